@@ -1,0 +1,41 @@
+# olla: two commands on a fresh machine.  `make run` serves etc/olla.yaml; `make test` runs
+# lint, types and the whole suite.  Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= etc/olla.yaml
+# Run from the working tree: twistd finds twisted/plugins/olla_plugin.py through PYTHONPATH.
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test lint typecheck unit bench clean
+
+$(VENV)/.run-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.run-installed
+	$(PY) -m pip install --quiet '.[test]'
+	touch $@
+
+run: $(VENV)/.run-installed
+	$(VENV)/bin/twistd --nodaemon --pidfile= olla --config $(CONFIG)
+
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check olla tests twisted benchmarks
+	$(VENV)/bin/ruff format --check olla tests twisted benchmarks
+
+typecheck: $(VENV)/.test-installed
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.test-installed
+	$(PY) -m pytest -q
+
+test: lint typecheck unit
+
+bench: $(VENV)/.run-installed
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,52 @@
+"""``python -m olla version`` and ``python -m olla validate-config [PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from olla import __version__
+from olla.config import ConfigError, load_config
+
+
+def validate(path: str | None, out: TextIO) -> int:
+    """Print one ``[OK]``/``[WARN]``/``[FAIL]`` line per finding; 0 only when clean."""
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        out.write(f"[FAIL] {e}\nResult: FAIL\n")
+        return 1
+    out.write(f"[OK] loaded {config.source or 'built-in defaults'}\n")
+    for warning in config.warnings:
+        out.write(f"[WARN] {warning}\n")
+    endpoints = config.discovery.endpoints
+    listed = ", ".join(f"{ep.name} ({ep.type}) {ep.url}" for ep in endpoints)
+    if endpoints:
+        out.write(f"[OK] {len(endpoints)} endpoint(s): {listed}\n")
+    else:
+        out.write("[WARN] no endpoints configured: every proxied request will get 503\n")
+    server = config.server
+    out.write(f"[OK] listens on {server.host}:{server.port}\n")
+    clean = not config.warnings and bool(endpoints)
+    out.write("Result: PASS\n" if clean else "Result: FAIL\n")
+    return 0 if clean else 1
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="python -m olla")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("version", help="print the version")
+    check = commands.add_parser("validate-config", help="check a config file without starting")
+    check.add_argument("path", nargs="?", help="config file (default: OLLA_CONFIG_FILE / search)")
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        out.write(f"olla {__version__}\n")
+        return 0
+    return validate(args.path, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+# -*- test-case-name: tests.test_health -*-
+"""Health checking: one poller per endpoint, at that endpoint's own ``check_interval``.
+
+A probe is ``GET health_url``. Its result sets the endpoint's status in the registry, and the
+next probe is scheduled from it: the plain interval (with a little jitter) while healthy, a
+growing backoff while a server answers badly or slowly, and a circuit breaker that stops
+probing a server that keeps failing that way. A refused connection costs the backend nothing,
+so it is re-checked at the plain interval: a machine that comes back is routable within one
+``check_interval``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import _newclient
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+from zope.interface import implementer
+
+from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
+from olla.interfaces import IHealthChecker
+
+#: A 2xx slower than this means the server is up but struggling.
+BUSY_THRESHOLD = 10.0
+RATE_LIMIT_DEFAULT = 30.0
+BACKOFF_CAP = 60.0
+MULTIPLIER_CAP = 12
+BREAKER_THRESHOLD = 3
+BREAKER_OPEN = 30.0
+_BODY_LIMIT = 64 * 1024
+_RETRY_DELAYS = (0.1, 0.2)
+
+_UNREACHABLE = (
+    net_error.ConnectError,
+    net_error.ConnectionLost,
+    net_error.ConnectionDone,
+    _newclient.RequestNotSent,
+    _newclient.RequestTransmissionFailed,
+    _newclient.ResponseNeverReceived,
+)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    status: EndpointStatus
+    latency: float
+    reason: str = ""
+    retry_after: float | None = None
+    #: a refused/unreachable socket: cheap to re-check, says nothing about server load
+    unreachable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (EndpointStatus.HEALTHY, EndpointStatus.BUSY)
+
+
+def classify(code: int | None, latency: float, error: Failure | None) -> ProbeResult:
+    """Turn one probe's outcome into a status (the rules of Olla's health checker)."""
+    if error is not None:
+        if error.check(DeferredTimeout, net_error.TimeoutError):
+            return ProbeResult(EndpointStatus.OFFLINE, latency, "health check timed out")
+        if error.check(*_UNREACHABLE):
+            return ProbeResult(EndpointStatus.OFFLINE, latency, _describe(error), unreachable=True)
+        return ProbeResult(EndpointStatus.UNHEALTHY, latency, _describe(error))
+    assert code is not None
+    if 200 <= code < 300:
+        if latency > BUSY_THRESHOLD:
+            return ProbeResult(EndpointStatus.BUSY, latency, f"slow answer ({latency:.1f}s)")
+        return ProbeResult(EndpointStatus.HEALTHY, latency)
+    if code in (401, 403):
+        return ProbeResult(EndpointStatus.CONFIG_ERROR, latency, f"HTTP {code}: check auth")
+    if code == 429:
+        return ProbeResult(EndpointStatus.RATE_LIMITED, latency, "HTTP 429")
+    if latency > BUSY_THRESHOLD:
+        return ProbeResult(EndpointStatus.BUSY, latency, f"HTTP {code}, slow")
+    return ProbeResult(EndpointStatus.UNHEALTHY, latency, f"HTTP {code}")
+
+
+def parse_retry_after(value: bytes | None, now: float) -> float:
+    """Seconds to wait from a ``Retry-After`` header (seconds or HTTP-date)."""
+    if not value:
+        return RATE_LIMIT_DEFAULT
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError):
+        return RATE_LIMIT_DEFAULT
+    return max(0.0, when - now)
+
+
+def _describe(failure: Failure) -> str:
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        return _describe(reasons[0])
+    if failure.check(net_error.ConnectionRefusedError):
+        return "connection refused"
+    return str(failure.value).strip() or type(failure.value).__name__
+
+
+class _Drain(Protocol):
+    """Reads and discards a probe's body (bounded) so its connection can be reused."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred()
+        self._seen = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self._seen += len(data)
+        if self._seen > _BODY_LIMIT:
+            transport: Any = self.transport
+            transport.stopProducing()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+@implementer(IHealthChecker)
+class HTTPHealthChecker:
+    """Probes ``GET endpoint.health_url`` with the endpoint's own headers and auth."""
+
+    def __init__(
+        self,
+        agent: IAgent,
+        clock: IReactorTime,
+        version: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._agent = agent
+        self._clock = clock
+        self._rng = rng or random.Random()
+        headers = Headers(
+            {
+                b"User-Agent": [f"olla-HealthChecker/{version}".encode()],
+                b"Accept": [b"application/json, text/plain, */*"],
+                b"Cache-Control": [b"no-cache"],
+            }
+        )
+        self._base_headers = headers
+
+    def probe(self, endpoint: Endpoint) -> Deferred[ProbeResult]:
+        return Deferred.fromCoroutine(self._probe(endpoint))
+
+    async def _probe(self, endpoint: Endpoint) -> ProbeResult:
+        for attempt in range(len(_RETRY_DELAYS) + 1):
+            result = await self._attempt(endpoint)
+            if not result.unreachable or attempt == len(_RETRY_DELAYS):
+                return result
+            # a refused connection may be a backend restarting: look again, briefly
+            delay = _RETRY_DELAYS[attempt] * self._rng.uniform(0.75, 1.25)
+            await deferLater(self._clock, delay, lambda: None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, endpoint: Endpoint) -> ProbeResult:
+        headers = self._base_headers.copy()
+        for name, value in endpoint.extra_headers:
+            headers.setRawHeaders(name, [value])
+        started = self._clock.seconds()
+        request = self._agent.request(b"GET", endpoint.health_url.encode(), headers)
+        request.addTimeout(endpoint.check_timeout, self._clock)
+        try:
+            response: IResponse = await request
+        except CancelledError:
+            raise
+        except Exception:
+            return classify(None, self._clock.seconds() - started, Failure())
+        latency = self._clock.seconds() - started
+        drain = _Drain()
+        response.deliverBody(drain)
+        result = classify(response.code, latency, None)
+        if result.status is EndpointStatus.RATE_LIMITED:
+            retry_after = parse_retry_after(
+                response.headers.getRawHeaders(b"retry-after", [b""])[0], self._clock.seconds()
+            )
+            result = ProbeResult(result.status, latency, result.reason, retry_after)
+        return result
+
+
+class _Poller:
+    """Scheduling state for one endpoint."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.call: IDelayedCall | None = None
+        self.running: Deferred[None] | None = None
+        self.breaker_failures = 0
+        self.breaker_open_until: float | None = None
+
+
+class HealthService(Service):
+    """Keeps every endpoint's status true, one poller each; never stops probing."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        registry: EndpointRegistry,
+        checker: IHealthChecker,
+        clock: IReactorTime,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._registry = registry
+        self._checker = checker
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._pollers = {ep: _Poller(ep) for ep in registry}
+        self.on_recovered: list[Callable[[Endpoint], None]] = []
+
+    # ------------------------------------------------------------------ service
+
+    def startService(self) -> None:
+        super().startService()
+        for poller in self._pollers.values():
+            self._run(poller)  # every endpoint at once: the startup gate waits on these
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for poller in self._pollers.values():
+            if poller.call is not None and poller.call.active():
+                poller.call.cancel()
+            poller.call = None
+            if poller.running is not None:
+                poller.running.cancel()
+        return succeed(None)
+
+    # ------------------------------------------------------------------ triggers
+
+    def check_now(self, endpoint: Endpoint) -> Deferred[None]:
+        """Probe ``endpoint`` now (or join the probe already running)."""
+        poller = self._pollers[endpoint]
+        if poller.running is not None:
+            return _follow(poller.running)
+        if not self.running:
+            return succeed(None)
+        return _follow(self._run(poller))
+
+    def report_connection_failure(self, endpoint: Endpoint, reason: str) -> None:
+        """A proxied request could not reach ``endpoint``: out of rotation now, recheck now."""
+        state = self._registry.state(endpoint)
+        state.consecutive_failures += 1
+        self._registry.set_status(endpoint, EndpointStatus.OFFLINE, reason)
+        self.check_now(endpoint)
+
+    # ------------------------------------------------------------------ one probe
+
+    def _run(self, poller: _Poller) -> Deferred[None]:
+        if poller.call is not None and poller.call.active():
+            poller.call.cancel()
+        poller.call = None
+        endpoint = poller.endpoint
+        now = self._clock.seconds()
+        if poller.breaker_open_until is not None and now < poller.breaker_open_until:
+            self._registry.set_status(endpoint, EndpointStatus.OFFLINE, "circuit breaker open")
+            self._schedule(poller, poller.breaker_open_until - now)
+            return succeed(None)
+        probe = self._checker.probe(endpoint)
+        # the checker has its own timeouts; this guard only stops a broken checker hanging us
+        probe.addTimeout(endpoint.check_timeout * 3 + 1, self._clock)
+        running: Deferred[None] = probe.addCallbacks(
+            lambda result: self._apply(poller, result),
+            lambda failure: self._checker_failed(poller, failure),
+        )
+        if not running.called:
+            poller.running = running
+            running.addBoth(self._clear_running, poller)
+        return running
+
+    def _clear_running(self, result: object, poller: _Poller) -> object:
+        poller.running = None
+        return result
+
+    def _checker_failed(self, poller: _Poller, failure: Failure) -> None:
+        if failure.check(CancelledError) and not self.running:
+            return  # stopping
+        if failure.check(DeferredTimeout):
+            result = ProbeResult(EndpointStatus.OFFLINE, 0.0, "health check hung")
+        else:
+            self._log.failure(
+                "health check of {endpoint} crashed", failure=failure, endpoint=poller.endpoint.name
+            )
+            result = ProbeResult(EndpointStatus.UNHEALTHY, 0.0, "health check error")
+        self._apply(poller, result)
+
+    def _apply(self, poller: _Poller, result: ProbeResult) -> None:
+        if not self.running:
+            return
+        endpoint = poller.endpoint
+        state = self._registry.state(endpoint)
+        now = self._clock.seconds()
+        state.last_check = now
+        state.last_probe_latency = result.latency
+        interval = endpoint.check_interval
+        previous = state.status
+        if result.ok:
+            state.consecutive_failures = 0
+            state.backoff_multiplier = 1
+            poller.breaker_failures = 0
+            poller.breaker_open_until = None
+            delay = self._jittered(interval)
+        elif result.status is EndpointStatus.RATE_LIMITED:
+            delay = max(result.retry_after or RATE_LIMIT_DEFAULT, interval)
+        elif result.status is EndpointStatus.CONFIG_ERROR:
+            delay = self._jittered(interval)
+        else:
+            state.consecutive_failures += 1
+            delay = self._backoff(state, interval)
+            if result.unreachable:
+                delay = self._jittered(interval)  # refused is cheap: keep looking
+            else:
+                poller.breaker_failures += 1
+                if poller.breaker_failures >= BREAKER_THRESHOLD:
+                    poller.breaker_open_until = now + BREAKER_OPEN
+                    delay = BREAKER_OPEN
+                    self._log.warn(
+                        "endpoint {endpoint}: {failures} failed checks, circuit open for "
+                        "{seconds:g}s",
+                        endpoint=endpoint.name,
+                        failures=poller.breaker_failures,
+                        seconds=BREAKER_OPEN,
+                    )
+            if state.consecutive_failures % 5 == 0:
+                self._log.warn(
+                    "endpoint {endpoint} still failing ({failures} in a row): {reason}",
+                    endpoint=endpoint.name,
+                    failures=state.consecutive_failures,
+                    reason=result.reason,
+                )
+        self._registry.set_status(endpoint, result.status, result.reason)
+        if result.ok and previous not in (EndpointStatus.UNKNOWN, EndpointStatus.HEALTHY):
+            for listener in self.on_recovered:
+                listener(endpoint)
+        self._schedule(poller, delay)
+
+    def _backoff(self, state: Any, interval: float) -> float:
+        if state.backoff_multiplier <= 1:
+            state.backoff_multiplier = 2
+            return float(interval)
+        delay = min(interval * state.backoff_multiplier, BACKOFF_CAP)
+        state.backoff_multiplier = min(state.backoff_multiplier * 2, MULTIPLIER_CAP)
+        return float(delay)
+
+    def _jittered(self, interval: float) -> float:
+        return interval * self._rng.uniform(0.9, 1.0)
+
+    def _schedule(self, poller: _Poller, delay: float) -> None:
+        if not self.running:
+            return
+        if poller.call is not None and poller.call.active():
+            poller.call.cancel()
+        self._registry.state(poller.endpoint).next_check = self._clock.seconds() + delay
+        poller.call = self._clock.callLater(delay, self._tick, poller)
+
+    def _tick(self, poller: _Poller) -> None:
+        poller.call = None
+        try:
+            self._run(poller)
+        except Exception:
+            self._log.failure("health poller for {endpoint} crashed", endpoint=poller.endpoint.name)
+            self._schedule(poller, poller.endpoint.check_interval)
+
+
+def _follow(d: Deferred[None]) -> Deferred[None]:
+    """A Deferred that fires when ``d`` does, without taking its result from others."""
+    follower: Deferred[None] = Deferred()
+
+    def relay(result: object) -> object:
+        if not follower.called:
+            follower.callback(None)
+        return result
+
+    d.addBoth(relay)
+    return follower

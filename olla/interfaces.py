@@ -1,0 +1,30 @@
+"""Every seam in olla, as zope interfaces. Implementations say ``@implementer(I...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from olla.endpoints import Endpoint, EndpointRegistry
+    from olla.health import ProbeResult
+
+
+class IBalancer(Interface):
+    """Chooses one endpoint among the candidates for one upstream attempt."""
+
+    name = Attribute("The ``proxy.load_balancer`` value this balancer implements.")
+
+    def choose(candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
+        """Pick one of ``candidates`` (never empty), reading load from ``registry``."""
+
+
+class IHealthChecker(Interface):
+    """Probes one endpoint once."""
+
+    def probe(endpoint: Endpoint) -> Deferred[ProbeResult]:
+        """Probe ``endpoint``; never fails (errors become an offline/unhealthy result)."""

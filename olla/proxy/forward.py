@@ -1,0 +1,178 @@
+# -*- test-case-name: tests.test_forward -*-
+"""Moving bytes: request bodies up to a backend, response bodies down to the client.
+
+Nothing here holds a whole body. Small request bodies are already in memory (twisted.web read
+them); large ones are streamed from twisted.web's temporary file, and can be replayed for
+failover. Response bodies are relayed chunk by chunk with the backend connection registered as
+the client's producer, so a slow client pauses the backend instead of filling olla's memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionAborted
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Cooperator
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer
+from twisted.web.server import Request
+from zope.interface import implementer
+
+#: Bodies up to this size are sent from memory in one write; larger ones stream from disk.
+IN_MEMORY_BODY = 256 * 1024
+_READ_SIZE = 64 * 1024
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """An in-memory request body, written in one go (no cooperator round trip)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _KeepOpen:
+    """A file view whose ``close`` is a no-op: FileBodyProducer closes its file at EOF, and a
+    request body must survive one attempt to be replayed to the next endpoint."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+
+    def read(self, size: int = -1) -> bytes:
+        return self._f.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        pass
+
+
+def body_producer(content: IO[bytes], size: int, cooperator: Cooperator) -> IBodyProducer | None:
+    """A fresh producer for the client's request body, from its start.
+
+    Args:
+        content: twisted.web's buffer of the request body (BytesIO or a temporary file).
+        size: its length in bytes.
+        cooperator: drives large bodies; injected so tests can run it on a Clock.
+    """
+    content.seek(0)
+    if size == 0:
+        return None
+    if size <= IN_MEMORY_BODY:
+        return BytesProducer(content.read())
+    return FileBodyProducer(_KeepOpen(content), cooperator=cooperator, readSize=_READ_SIZE)
+
+
+class StreamBody(Protocol):
+    """Relays one upstream response body to the client as it arrives.
+
+    ``done(reason)`` is called exactly once: with None when the body ended cleanly, else with
+    the failure (backend died, idle timeout, or :meth:`abort`). Writing stops the moment the
+    client is gone; the caller decides what to do with the client connection.
+    """
+
+    transport: Any  # twisted.web._newclient.TransportProxyProducer
+
+    def __init__(
+        self,
+        request: Request,
+        clock: IReactorTime,
+        idle_timeout: float,
+        done: Callable[[Failure | None], None],
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._done: Callable[[Failure | None], None] | None = done
+        self._idle_call: IDelayedCall | None = None
+        self._abort_reason: Failure | None = None
+        self._producing = False
+        self.relayed = 0
+
+    def connectionMade(self) -> None:
+        self._request.registerProducer(self.transport, True)
+        self._producing = True
+        self._arm_idle_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._abort_reason is not None:
+            return  # bytes _newclient had buffered before our stopProducing took effect
+        self._arm_idle_timer()
+        self.relayed += len(data)
+        self._request.write(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is None:
+            reason = Failure(ConnectionAborted())
+        self._cancel_idle_timer()
+        if self._producing:
+            self._producing = False
+            if self._request.channel is not None:  # a departed client has no channel
+                self._request.unregisterProducer()
+        if self._abort_reason is not None:
+            reason = self._abort_reason
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self._finish(None)
+            return
+        self._finish(reason)
+
+    def abort(self, why: Failure) -> None:
+        """Stop reading the upstream body (client gone, timeout); closes that connection."""
+        if self._abort_reason is None and self._done is not None:
+            self._abort_reason = why
+            self.transport.stopProducing()
+
+    # ------------------------------------------------------------------ internals
+
+    def _finish(self, reason: Failure | None) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(reason)
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timeout <= 0:
+            return
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+        else:
+            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle_expired)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        self.abort(Failure(ReadTimeout(self._idle_timeout)))
+
+
+class ReadTimeout(Exception):
+    """The backend sent nothing for ``proxy.read_timeout`` while streaming a body."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no data from the backend for {seconds:g}s")

@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_inspect -*-
+"""Reading what a request asks for (its model) without consuming or changing its body.
+
+Pure functions: bytes in, facts out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+#: Bodies up to this size are parsed as JSON; larger ones are only scanned at their start.
+PARSE_LIMIT = 1024 * 1024
+#: How much of a larger body is scanned for a top-level ``"model"``.
+SCAN_WINDOW = 64 * 1024
+
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
+
+
+def extract_model(body: bytes, path: bytes) -> str | None:
+    """The model a request body names, whatever its Content-Type said.
+
+    The top-level ``model`` field, or for ``/api/show`` (which aider and older Ollama clients
+    call with ``name``) the ``name`` field. Invalid JSON names no model: it is forwarded
+    untouched and the backend answers it.
+
+    Args:
+        body: the start of the body (all of it when it is at most ``PARSE_LIMIT`` bytes).
+        path: the request path below the route prefix, without the query.
+    """
+    if not body:
+        return None
+    if len(body) > PARSE_LIMIT:
+        return _scan_model(body[:SCAN_WINDOW])
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    model = document.get("model")
+    if (model is None or model == "") and path.rstrip(b"/") == b"/api/show":
+        model = document.get("name")
+    if isinstance(model, str) and model.strip():
+        return model.strip()
+    return None
+
+
+def _scan_model(window: bytes) -> str | None:
+    """Best effort for huge bodies: the first ``"model": "..."`` pair in the window."""
+    match = _MODEL_KEY.search(window)
+    if match is None:
+        return None
+    try:
+        value = json.loads(b'"' + match.group(1) + b'"')
+    except ValueError:
+        return None
+    return value.strip() or None if isinstance(value, str) else None

@@ -1,0 +1,443 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""The proxy route: pick an endpoint, forward, stream the answer back, fail over when safe.
+
+One ``_Exchange`` lives per client request. It tries endpoints in the order the balancer picks
+them and moves to the next only on a connection-class failure before any response byte; once
+the backend's status line is relayed, the request is committed to that endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import _newclient
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from olla.config import ProxyConfig
+from olla.endpoints import Endpoint, EndpointRegistry, Outcome
+from olla.interfaces import IBalancer
+from olla.proxy.forward import StreamBody, body_producer
+from olla.proxy.headers import (
+    SERVED_BY,
+    VIA_VALUE,
+    request_headers_for_upstream,
+    response_headers_for_client,
+)
+from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model
+from olla.web.errors import Dialect, write_error
+
+#: Ollama's model-management calls make no sense across a fleet.
+MANAGEMENT_PATHS = frozenset(
+    {b"/api/pull", b"/api/push", b"/api/create", b"/api/copy", b"/api/delete"}
+)
+
+#: Failures that prove nothing reached a backend's application: safe to try another endpoint.
+_CONNECTION_FAILURES = (
+    net_error.ConnectError,  # refused, no route, DNS, connect timeout, ...
+    net_error.TimeoutError,
+    DeferredTimeout,  # response_header_timeout
+    _newclient.RequestNotSent,
+    _newclient.RequestTransmissionFailed,
+    _newclient.ResponseNeverReceived,
+    net_error.ConnectionLost,
+    net_error.ConnectionDone,
+)
+
+#: Failures a stale pooled keep-alive connection causes; retried once on the same endpoint.
+_STALE_CONNECTION = (
+    _newclient.RequestNotSent,
+    _newclient.RequestTransmissionFailed,
+    _newclient.ResponseNeverReceived,
+)
+
+
+@dataclass(frozen=True)
+class ProviderRoute:
+    """``/olla/<prefix>/...`` served by endpoints of ``types``."""
+
+    prefix: str
+    types: frozenset[str]
+    label: str  # for messages: "ollama"
+
+
+@dataclass
+class ProxyDeps:
+    """What every exchange needs; built once by ``olla.tap``."""
+
+    registry: EndpointRegistry
+    balancer: IBalancer
+    agent: IAgent
+    clock: IReactorTime
+    cooperator: Cooperator
+    config: ProxyConfig
+    report_connection_failure: Callable[[Endpoint, str], None]
+    startup_wait: float
+
+
+class ProxyResource(Resource):
+    """Serves one provider prefix: ``/olla/<prefix>/<rest>`` -> ``<endpoint>/<rest>``."""
+
+    isLeaf = True
+
+    def __init__(self, route: ProviderRoute, deps: ProxyDeps) -> None:
+        super().__init__()
+        self._route = route
+        self._deps = deps
+
+    def render(self, request: Request) -> int | bytes:
+        target = _target_path(request)
+        if target is None:
+            # "/olla/ollama" without its slash: clients expect the subtree
+            request.setResponseCode(301)
+            request.setHeader(b"Location", request.uri.split(b"?", 1)[0] + b"/")
+            return b""
+        path = target.split(b"?", 1)[0]
+        dialect = Dialect.for_path(path)
+        if path.rstrip(b"/") in MANAGEMENT_PATHS:
+            write_error(
+                request,
+                501,
+                "model management operations not supported by proxy",
+                dialect=dialect,
+            )
+            return NOT_DONE_YET
+        model = extract_model(_peek_body(request), path)
+        _Exchange(self._deps, self._route, request, target, model, dialect).start()
+        return NOT_DONE_YET
+
+
+def _target_path(request: Request) -> bytes | None:
+    """The path and query below ``/olla/<prefix>``, or None when the slash is missing."""
+    assert request.prepath is not None and request.postpath is not None
+    consumed = b"/" + b"/".join(request.prepath)
+    uri = request.uri
+    if not uri.startswith(consumed):  # percent-encoded prefix: fall back to parsed segments
+        query = b"?" + uri.split(b"?", 1)[1] if b"?" in uri else b""
+        if not request.postpath:
+            return None
+        return b"/" + b"/".join(request.postpath) + query
+    rest = uri[len(consumed) :]
+    if not rest.startswith(b"/"):
+        return None if not rest or rest.startswith(b"?") else b"/" + rest
+    return rest
+
+
+def _peek_body(request: Request) -> bytes:
+    """The body (or its first window, when large) for inspection; leaves the file at 0."""
+    content = request.content
+    if content is None:
+        return b""
+    size = getattr(request, "body_size", None)
+    content.seek(0)
+    data: bytes = content.read(SCAN_WINDOW if size is not None and size > PARSE_LIMIT else -1)
+    content.seek(0)
+    return data
+
+
+def _request_size(request: Request) -> int:
+    size = getattr(request, "body_size", None)
+    if isinstance(size, int):
+        return size
+    content = request.content
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    end: int = content.tell()
+    content.seek(0)
+    return end
+
+
+class _Discard(Protocol):
+    """Takes a response nobody will read and closes its connection."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.stopProducing()
+
+
+class _Exchange:
+    """One client request through the proxy, from routing to the last byte."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        deps: ProxyDeps,
+        route: ProviderRoute,
+        request: Request,
+        target: bytes,
+        model: str | None,
+        dialect: Dialect,
+    ) -> None:
+        self._deps = deps
+        self._route = route
+        self._request = request
+        self._target = target
+        self._model = model
+        self._dialect = dialect
+        self._started = getattr(request, "started", None) or deps.clock.seconds()
+        self._body_size = _request_size(request)
+        self._candidates: list[Endpoint] = []
+        self._attempts = 0
+        self._attempt_budget = 1
+        self._stale_retried: set[Endpoint] = set()
+        self._client_gone = False
+        self._pending: Deferred[IResponse] | None = None
+        self._stream: StreamBody | None = None
+        self._endpoint: Endpoint | None = None
+        self._attempt_started = 0.0
+        self._status: int | None = None
+        request.notifyFinish().addErrback(self._client_left)
+
+    # ------------------------------------------------------------------ routing
+
+    def start(self) -> None:
+        registry = self._deps.registry
+        if registry.all_probed:
+            self._route_request()
+        else:  # olla is starting: wait for the first health results instead of failing
+            registry.when_probed(self._deps.startup_wait).addCallback(
+                lambda _: self._route_request()
+            )
+
+    def _route_request(self) -> None:
+        if self._client_gone:
+            return
+        self._candidates = self._deps.registry.routable(self._route.types)
+        if not self._candidates:
+            self._reject(503, f"no healthy {self._route.label} endpoints available")
+            return
+        retry = self._deps.config.retry
+        if retry.enabled and retry.on_connection_failure:
+            self._attempt_budget = retry.max_attempts or len(self._candidates)
+        self._attempt()
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _attempt(self, endpoint: Endpoint | None = None) -> None:
+        deps = self._deps
+        if endpoint is None:
+            endpoint = deps.balancer.choose(self._candidates, deps.registry)
+            self._attempts += 1
+        self._endpoint = endpoint
+        request = self._request
+        headers = request_headers_for_upstream(
+            list(request.requestHeaders.getAllRawHeaders()),
+            client_ip=_client_ip(request),
+            scheme=b"https" if request.isSecure() else b"http",
+            host=request.getHeader(b"host"),
+            model=self._model,
+            extra=endpoint.extra_headers,
+        )
+        assert request.content is not None
+        producer = body_producer(request.content, self._body_size, deps.cooperator)
+        url = endpoint.upstream_url(self._target)
+        self._attempt_started = deps.clock.seconds()
+        deps.registry.request_started(endpoint)
+        pending = deps.agent.request(request.method, url, Headers(dict(headers)), producer)
+        if deps.config.response_header_timeout > 0:
+            pending.addTimeout(deps.config.response_header_timeout, deps.clock)
+        self._pending = pending
+        pending.addCallbacks(
+            self._got_response,
+            self._attempt_failed,
+            callbackArgs=(endpoint,),
+            errbackArgs=(endpoint,),
+        )
+        pending.addErrback(self._bug)
+
+    def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
+        self._pending = None
+        registry = self._deps.registry
+        if self._client_gone or failure.check(CancelledError):
+            registry.request_finished(endpoint, Outcome.CLIENT_GONE, latency=0.0)
+            return
+        if failure.check(*_STALE_CONNECTION) and endpoint not in self._stale_retried:
+            # A pooled keep-alive connection the backend had just closed: not the backend's
+            # fault, and nothing reached it. One more try on a fresh connection decides.
+            self._stale_retried.add(endpoint)
+            registry.request_finished(endpoint, Outcome.CLIENT_GONE, latency=0.0)
+            self._attempt(endpoint)
+            return
+        registry.request_finished(endpoint, Outcome.FAILED, latency=0.0)
+        cause = _describe(failure)
+        if not failure.check(*_CONNECTION_FAILURES):
+            self._log.warn(
+                "request {request_id} to {endpoint} failed: {cause}",
+                request_id=_request_id(self._request),
+                endpoint=endpoint.name,
+                cause=cause,
+            )
+            self._reject(502, f"proxy error: endpoint {endpoint.name}: {cause}")
+            return
+        self._deps.report_connection_failure(endpoint, cause)
+        self._candidates = [ep for ep in self._candidates if ep is not endpoint]
+        self._log.info(
+            "request {request_id}: endpoint {endpoint} unreachable ({cause}); "
+            "{left} candidate(s) left",
+            request_id=_request_id(self._request),
+            endpoint=endpoint.name,
+            cause=cause,
+            left=len(self._candidates),
+        )
+        if self._candidates and self._attempts < self._attempt_budget:
+            self._attempt()
+            return
+        self._reject(
+            502,
+            f"proxy error: endpoint {endpoint.name} ({endpoint.display_url}) "
+            f"is unreachable: {cause}",
+        )
+
+    # ------------------------------------------------------------------ relaying
+
+    def _got_response(self, response: IResponse, endpoint: Endpoint) -> None:
+        self._pending = None
+        deps = self._deps
+        if self._client_gone:
+            response.deliverBody(_Discard())
+            deps.registry.request_finished(endpoint, Outcome.CLIENT_GONE, latency=0.0)
+            return
+        request = self._request
+        self._status = response.code
+        request.setResponseCode(response.code, response.phrase)
+        headers = request.responseHeaders
+        for name, values in response_headers_for_client(
+            list(response.headers.getAllRawHeaders()),
+            keep_length=False,
+            hidden=endpoint.credential_headers,
+        ):
+            headers.setRawHeaders(name, values)
+        # _newclient keeps framing headers out of response.headers: the length is its own field
+        if response.length is not UNKNOWN_LENGTH:
+            headers.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        via = headers.getRawHeaders(b"via")
+        headers.setRawHeaders(
+            b"Via", [*via[:-1], via[-1] + b", " + VIA_VALUE] if via else [VIA_VALUE]
+        )
+        headers.setRawHeaders(b"X-Served-By", [SERVED_BY])
+        headers.setRawHeaders(b"X-Olla-Endpoint", [endpoint.name.encode()])
+        headers.setRawHeaders(b"X-Olla-Backend-Type", [endpoint.type.encode()])
+        if self._model:
+            headers.setRawHeaders(b"X-Olla-Model", [self._model.lower().encode()])
+        to_headers = deps.clock.seconds() - self._started
+        headers.setRawHeaders(b"X-Olla-Response-Time", [b"%dms" % round(to_headers * 1000)])
+        request.write(b"")  # status and headers go out now, before the first body byte
+        self._stream = StreamBody(
+            request,
+            deps.clock,
+            deps.config.read_timeout,
+            lambda reason: self._body_done(endpoint, reason),
+        )
+        response.deliverBody(self._stream)
+
+    def _body_done(self, endpoint: Endpoint, reason: Failure | None) -> None:
+        stream = self._stream
+        relayed = stream.relayed if stream is not None else 0
+        latency = self._deps.clock.seconds() - self._attempt_started
+        if self._client_gone:
+            outcome = Outcome.CLIENT_GONE
+        elif reason is None:
+            outcome = Outcome.OK
+            self._request.finish()
+        else:
+            outcome = Outcome.FAILED
+            # never let a truncated body look complete: the client must see a broken stream
+            self._log.warn(
+                "request {request_id}: stream from {endpoint} broke after {relayed} bytes: {cause}",
+                request_id=_request_id(self._request),
+                endpoint=endpoint.name,
+                relayed=relayed,
+                cause=_describe(reason),
+            )
+            _abort_client(self._request)
+        self._deps.registry.request_finished(endpoint, outcome, latency=latency, relayed=relayed)
+        self._log_completion(endpoint, outcome, relayed)
+
+    # ------------------------------------------------------------------ endings
+
+    def _client_left(self, failure: Failure) -> None:
+        self._client_gone = True
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._stream is not None:
+            self._stream.abort(failure)
+
+    def _reject(self, status: int, message: str) -> None:
+        self._status = status
+        if not self._client_gone:
+            write_error(self._request, status, message, dialect=self._dialect)
+        self._log_completion(self._endpoint, None, 0)
+
+    def _log_completion(
+        self, endpoint: Endpoint | None, outcome: Outcome | None, relayed: int
+    ) -> None:
+        request = self._request
+        self._log.info(
+            "{method} {path} -> {endpoint} model={model} status={status} "
+            "{duration_ms}ms {bytes}B {outcome}",
+            request_id=_request_id(request),
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
+            endpoint=endpoint.name if endpoint else "-",
+            model=self._model or "-",
+            status=self._status,
+            duration_ms=round((self._deps.clock.seconds() - self._started) * 1000),
+            bytes=relayed,
+            outcome=(outcome.value if outcome else "rejected"),
+            attempts=self._attempts,
+        )
+
+    def _bug(self, failure: Failure) -> None:
+        self._log.failure("proxy exchange crashed", failure=failure)
+        if not self._client_gone and not self._request.finished:
+            if self._request.startedWriting:
+                _abort_client(self._request)
+            else:
+                write_error(self._request, 500, "internal proxy error", dialect=self._dialect)
+
+
+def _abort_client(request: Request) -> None:
+    transport: Any = request.channel.transport if request.channel is not None else None
+    if transport is not None:
+        transport.abortConnection()
+
+
+def _client_ip(request: Request) -> bytes:
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    return host.encode() if isinstance(host, str) else b"unknown"
+
+
+def _request_id(request: Request) -> str:
+    rid = getattr(request, "request_id", None)
+    return rid if isinstance(rid, str) else "-"
+
+
+def _describe(failure: Failure) -> str:
+    """A short human cause, unwrapping _newclient's wrapper exceptions."""
+    value = failure.value
+    reasons: Sequence[Failure] = getattr(value, "reasons", ()) or ()
+    if reasons:
+        inner = reasons[0]
+        if not inner.check(CancelledError):
+            return _describe(inner)
+    if isinstance(value, DeferredTimeout):
+        return "timed out waiting for response headers"
+    if isinstance(value, net_error.ConnectionRefusedError):
+        return "connection refused"
+    text = str(value).strip() or type(value).__name__
+    return text

@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.test_tap -*-
+"""``twistd olla``: the composition root.
+
+The only module that touches the global reactor. Everything else receives its clock, agent and
+cooperator from here, which is what lets the rest be tested on a ``Clock``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.task import Cooperator
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+from twisted.python.components import Componentized
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.resource import IResource
+
+from olla import __version__
+from olla.balancer import balancer_for
+from olla.config import ConfigError, OllaConfig, load_config
+from olla.endpoints import EndpointRegistry, endpoints_from_config
+from olla.health import HealthService, HTTPHealthChecker
+from olla.logging import make_observer
+from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
+from olla.web.internal import InternalApp
+from olla.web.site import OllaRoot, OllaSite, RootResource
+
+#: Provider prefixes served so far: /olla/<prefix>/ -> endpoints of these types.
+PROVIDER_ROUTES: Sequence[ProviderRoute] = (
+    ProviderRoute(prefix="ollama", types=frozenset({"ollama"}), label="ollama"),
+)
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """No "Starting factory" log line for every new backend connection."""
+
+    noisy = False
+
+
+class Options(usage.Options):
+    """``twistd olla [--config PATH]``; ``OLLA_CONFIG_FILE`` is used when it is not given."""
+
+    optParameters = [["config", "c", None, "Path to the olla YAML config file."]]
+
+    config: OllaConfig
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load_config(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(f"invalid configuration: {e}") from e
+
+
+class OllaService(MultiService):
+    """The whole daemon. Hands twistd its log observer (twistd asks the application for an
+    ``ILogObserver`` component after ``makeService``, and uses it instead of its own)."""
+
+    def __init__(self, observer: ILogObserver) -> None:
+        super().__init__()
+        self.log_observer = observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
+
+
+class _PoolService(Service):
+    """Closes the backend connection pool and the body cooperator when olla stops."""
+
+    def __init__(self, pool: HTTPConnectionPool, cooperator: Cooperator) -> None:
+        self._pool = pool
+        self._cooperator = cooperator
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._cooperator.stop()
+        d: Deferred[None] = self._pool.closeCachedConnections()
+        return d
+
+
+class _DrainService(Service):
+    """On stop, waits for in-flight requests (the listener stops accepting at the same time)."""
+
+    def __init__(self, site: OllaSite, timeout: float) -> None:
+        self._site = site
+        self._timeout = timeout
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._site.drain(self._timeout)
+
+
+class _StartupLog(Service):
+    _log = Logger()
+
+    def __init__(self, config: OllaConfig, registry: EndpointRegistry) -> None:
+        self._config = config
+        self._registry = registry
+
+    def startService(self) -> None:
+        super().startService()
+        server = self._config.server
+        self._log.info(
+            "olla {version} listening on http://{host}:{port} ({count} endpoint(s), "
+            "balancer {balancer})",
+            version=__version__,
+            host=server.host,
+            port=server.port,
+            count=len(self._registry),
+            balancer=self._config.proxy.load_balancer,
+        )
+        for warning in self._config.warnings:
+            self._log.warn("config: {warning}", warning=warning)
+        for endpoint in self._registry:
+            self._log.info(
+                "endpoint {endpoint}: {type} at {url} (priority {priority}, "
+                "checked every {interval:g}s)",
+                endpoint=endpoint.name,
+                type=endpoint.type,
+                url=endpoint.display_url,
+                priority=endpoint.priority,
+                interval=endpoint.check_interval,
+            )
+
+
+def build_service(config: OllaConfig, reactor: Any) -> OllaService:
+    """Wire the daemon for ``config`` on ``reactor``."""
+    service = OllaService(make_observer(config.logging.format, config.logging.level, sys.stdout))
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
+    # Twisted keeps 2 idle connections per backend by default: far too few for a proxy.
+    pool.maxPersistentPerHost = 256
+    pool.cachedConnectionTimeout = 60  # below common backend keep-alive timeouts
+    agent = Agent(reactor, connectTimeout=config.proxy.connection_timeout or None, pool=pool)
+    cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+
+    registry = EndpointRegistry(endpoints_from_config(config.discovery.endpoints), reactor)
+    health = HealthService(registry, HTTPHealthChecker(agent, reactor, __version__), reactor)
+
+    deps = ProxyDeps(
+        registry=registry,
+        balancer=balancer_for(config.proxy.load_balancer),
+        agent=agent,
+        clock=reactor,
+        cooperator=cooperator,
+        config=config.proxy,
+        report_connection_failure=health.report_connection_failure,
+        startup_wait=max((ep.check_timeout for ep in registry), default=0.0),
+    )
+    proxies: dict[bytes, IResource] = {
+        route.prefix.encode(): ProxyResource(route, deps) for route in PROVIDER_ROUTES
+    }
+    internal = InternalApp(
+        registry,
+        clock=reactor,
+        config=config,
+        active_connections=lambda: len(site.channels),
+    )
+    root = RootResource(OllaRoot(proxies), internal.app.resource())
+    limits = config.server.request_limits
+    site = OllaSite(
+        root,
+        clock=reactor,
+        max_body_size=limits.max_body_size,
+        max_header_size=limits.max_header_size,
+        timeout=config.server.idle_timeout or config.server.read_timeout,
+    )
+    site.noisy = False
+
+    host = config.server.host
+    endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+    listener = StreamServerEndpointService(
+        endpoint_type(reactor, config.server.port, interface=host), site
+    )
+    listener._raiseSynchronously = True  # a port in use stops startup with the reason
+
+    # Children stop in reverse order: the listener first, the pool last.
+    _PoolService(pool, cooperator).setServiceParent(service)
+    _DrainService(site, config.server.shutdown_timeout).setServiceParent(service)
+    health.setServiceParent(service)
+    _StartupLog(config, registry).setServiceParent(service)
+    listener.setServiceParent(service)
+    return service
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    return build_service(options.config, reactor)

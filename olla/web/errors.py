@@ -1,0 +1,65 @@
+# -*- test-case-name: tests.test_errors -*-
+"""One place that turns an error into a status and a body, in the caller's API dialect.
+
+Ollama clients expect ``{"error": "..."}``; OpenAI clients ``{"error": {"message", "type",
+"code"}}``. The proxy and the Klein routes both answer through here.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+
+from twisted.web.server import Request
+
+
+class Dialect(enum.Enum):
+    OLLAMA = "ollama"
+    OPENAI = "openai"
+
+    @classmethod
+    def for_path(cls, path: bytes) -> Dialect:
+        """OpenAI-style paths (``/v1/...``) get OpenAI errors; everything else Ollama's."""
+        return cls.OPENAI if path.startswith(b"/v1/") or path == b"/v1" else cls.OLLAMA
+
+
+def _openai_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status < 500:
+        return "invalid_request_error"
+    return "api_error"
+
+
+def error_body(dialect: Dialect, status: int, message: str, code: str | None = None) -> bytes:
+    """The JSON error body for ``status`` in ``dialect``."""
+    if dialect is Dialect.OPENAI:
+        payload: dict[str, object] = {
+            "error": {"message": message, "type": _openai_type(status), "code": code}
+        }
+    else:
+        payload = {"error": message}
+        if code is not None:
+            payload["code"] = code
+    return json.dumps(payload).encode()
+
+
+def write_error(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    dialect: Dialect = Dialect.OLLAMA,
+    code: str | None = None,
+) -> None:
+    """Answer ``request`` with a JSON error and finish it."""
+    body = error_body(dialect, status, message, code)
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
+    request.finish()

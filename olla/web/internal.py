@@ -1,0 +1,182 @@
+# -*- test-case-name: tests.test_status -*-
+"""What olla answers itself: ``/internal/*`` and ``/version``. Read-only views of the state."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+from werkzeug.exceptions import NotFound
+
+import twisted
+from olla import __version__
+from olla.config import OllaConfig
+from olla.endpoints import EndpointRegistry
+from olla.web.status import (
+    endpoints_payload,
+    etag_for,
+    etag_matches,
+    gzip_body,
+    process_payload,
+    should_gzip,
+    status_payload,
+)
+
+SUPPORTED_BACKENDS = (
+    "ollama",
+    "lemonade",
+    "litellm",
+    "llamacpp",
+    "lmdeploy",
+    "lm_studio",
+    "omlx",
+    "sglang",
+    "vllm",
+    "vllm-mlx",
+    "openai_compatible",
+    "docker-model-runner",
+)
+
+
+def json_response(request: IRequest, payload: object, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    """All values of a request header joined as one list, or ``None`` when absent."""
+    values = request.requestHeaders.getRawHeaders(name)
+    if not values:
+        return None
+    return ", ".join(value.decode("latin-1") for value in values)
+
+
+def conditional_json(request: IRequest, payload: object, stable_payload: object) -> bytes:
+    """Serve ``payload`` as JSON with a weak ETag over ``stable_payload``, 304 and gzip.
+
+    Every answer carries ``ETag``, ``Cache-Control: private, no-cache`` and
+    ``Vary: Accept-Encoding``. A matching ``If-None-Match`` gets a bare ``304``; otherwise a body
+    over 256 bytes is gzipped when the client accepts it. No ``Content-Length`` is set, so
+    twisted.web chunks the body.
+    """
+    etag = etag_for(stable_payload)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"ETag", etag.encode())
+    request.setHeader(b"Cache-Control", b"private, no-cache")
+    request.responseHeaders.addRawHeader(b"Vary", b"Accept-Encoding")
+    if etag_matches(_header(request, b"if-none-match"), etag):
+        request.setResponseCode(304)
+        return b""
+    request.setResponseCode(200)
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    if should_gzip(_header(request, b"accept-encoding"), body):
+        request.setHeader(b"Content-Encoding", b"gzip")
+        return gzip_body(body)
+    return body
+
+
+def version_payload() -> dict[str, Any]:
+    """``/version``: the Go original's shape, with olla's own values."""
+    return {
+        "name": "Olla",
+        "version": __version__,
+        "edition": "Community",
+        "description": "Reverse proxy and load balancer for self-hosted LLM servers (Python)",
+        "build": {
+            "commit": "unknown",
+            "date": "unknown",
+            "python_version": platform.python_version(),
+            "twisted_version": twisted.__version__,
+            "platform": f"{platform.system().lower()}/{platform.machine()}",
+        },
+        "capabilities": ["load_balancing", "health_checking", "endpoint_discovery"],
+        "capabilities_experimental": [],
+        "supported_backends": list(SUPPORTED_BACKENDS),
+        "api": {
+            "version": "v1",
+            "endpoints": {
+                "health": "/internal/health",
+                "status": "/internal/status",
+                "process": "/internal/process",
+                "version": "/version",
+            },
+        },
+        "links": {
+            "homepage": "https://github.com/thushan/olla",
+            "documentation": "https://thushan.github.io/olla/",
+        },
+    }
+
+
+class InternalApp:
+    """The Klein app for everything olla answers itself, bound to the live state."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        registry: EndpointRegistry,
+        *,
+        clock: IReactorTime,
+        config: OllaConfig,
+        active_connections: Callable[[], int] = lambda: 0,
+        proc_self: Path | None = Path("/proc/self"),
+    ) -> None:
+        """Bind the routes to the live state.
+
+        Args:
+            registry: the endpoints and what is known about them.
+            clock: every time on these pages comes from here; uptime counts from construction.
+            config: the loaded configuration (proxy engine, profile, balancer names).
+            active_connections: open client connections, for ``/internal/process``.
+            proc_self: the ``/proc/self`` directory ``/internal/process`` reads, or ``None``.
+        """
+        self._registry = registry
+        self._clock = clock
+        self._config = config
+        self._started = clock.seconds()
+        self._active_connections = active_connections
+        self._proc_self = proc_self
+
+    @app.route("/internal/health", branch=False)
+    def health(self, request: Request) -> bytes:
+        return json_response(request, {"status": "healthy"})
+
+    @app.route("/version", branch=False)
+    def version(self, request: Request) -> bytes:
+        return json_response(request, version_payload())
+
+    @app.route("/internal/status", branch=False)
+    def status(self, request: Request) -> bytes:
+        payload, stable = status_payload(
+            self._registry, self._config, now=self._clock.seconds(), started=self._started
+        )
+        return conditional_json(request, payload, stable)
+
+    @app.route("/internal/status/endpoints", branch=False)
+    def status_endpoints(self, request: Request) -> bytes:
+        payload, stable = endpoints_payload(self._registry, now=self._clock.seconds())
+        return conditional_json(request, payload, stable)
+
+    @app.route("/internal/process", branch=False)
+    def process(self, request: Request) -> bytes:
+        payload = process_payload(
+            now=self._clock.seconds(),
+            started=self._started,
+            active_connections=self._active_connections(),
+            proc_self=self._proc_self,
+        )
+        return json_response(request, payload)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return json_response(request, {"error": "404 page not found"}, 404)

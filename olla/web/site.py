@@ -1,0 +1,306 @@
+# -*- test-case-name: tests.test_site -*-
+"""The resource tree and the HTTP site: every request enters here.
+
+``OllaRequest`` enforces the body size limit while the body arrives (twisted.web otherwise
+buffers the whole body before any resource runs) and gives every request its id.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from olla.proxy.headers import valid_request_id
+from olla.web.errors import Dialect, error_body
+
+_ADJECTIVES = (
+    "amber", "brisk", "calm", "dapper", "eager", "fuzzy", "gentle", "hasty",
+    "idle", "jolly", "keen", "lucid", "mellow", "nimble", "plucky", "quiet",
+)  # fmt: skip
+_VERBS = (
+    "asks", "builds", "counts", "dances", "echoes", "finds", "greets", "hums",
+    "jumps", "knits", "leaps", "mends", "nods", "opens", "paints", "roams",
+)  # fmt: skip
+
+
+def new_request_id(rng: random.Random) -> str:
+    """A short, readable, probably-unique id: ``<adjective>-<verb>-<4 hex>``."""
+    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_VERBS)}-{rng.getrandbits(16):04x}"
+
+
+class _Discard:
+    """Where the rest of an oversized body goes."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class OllaRequest(Request):
+    """A request that knows its id, its start time and its body size, and refuses big bodies.
+
+    The size check runs when the length is declared and again for every chunk of a chunked
+    body, so a 413 goes out before the body is read past the limit.
+    """
+
+    defaultContentType = None  # a backend's answer keeps its own Content-Type, or none
+    _log = Logger()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_size = 0
+        self.request_id = ""
+        self.started = 0.0
+        self.rejected = False
+
+    @property
+    def olla_site(self) -> OllaSite:
+        site = getattr(self.channel, "site", None)
+        assert isinstance(site, OllaSite)
+        return site
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        limit = self.olla_site.max_body_size
+        if limit > 0 and length is not None and length > limit:
+            self._reject_body(limit)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.rejected:
+            return
+        self.body_size += len(data)
+        limit = self.olla_site.max_body_size
+        if limit > 0 and self.body_size > limit:
+            self._reject_body(limit)
+            return
+        super().handleContentChunk(data)
+
+    def _reject_body(self, limit: int) -> None:
+        """Answer 413 at once and stop listening to this connection's body.
+
+        No resource has run yet, so the response is written straight to the transport. The
+        write side is closed after it (rather than the whole connection) so the client reads
+        the 413 instead of a reset while it is still sending.
+        """
+        self.rejected = True
+        if self.content is not None:
+            self.content.close()
+        self.content = _Discard()
+        body = error_body_for(self.uri, 413, f"request body too large (limit {limit} bytes)")
+        transport: Any = self.channel.transport
+        if self.channel.requests and self.channel.requests[0] is not self:
+            transport.abortConnection()  # an earlier pipelined response is still going out
+            return
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self._log.info(
+            "rejected {method} {uri}: body over {limit} bytes",
+            method=self.method,
+            uri=self.uri,
+            limit=limit,
+        )
+        if hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
+
+    def process(self) -> None:
+        if self.rejected:
+            return
+        site = self.olla_site
+        self.started = site.clock.seconds()
+        given = self.getHeader(b"x-request-id")
+        if valid_request_id(given):
+            assert given is not None
+            self.request_id = given.decode("ascii")
+        else:
+            self.request_id = new_request_id(site.rng)
+        self.setHeader(b"X-Olla-Request-ID", self.request_id.encode("ascii"))
+        super().process()
+
+
+def error_body_for(uri: bytes, status: int, message: str) -> bytes:
+    """An error body in the dialect the URI suggests (``/v1/`` anywhere: OpenAI)."""
+    path = uri.split(b"?", 1)[0]
+    dialect = Dialect.OPENAI if b"/v1/" in path else Dialect.OLLAMA
+    return error_body(dialect, status, message)
+
+
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+class OllaChannel(HTTPChannel):
+    """An HTTP connection the site can count, and close politely when olla stops."""
+
+    site: OllaSite
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channels.add(self)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self.site.channels.discard(self)
+        super().connectionLost(reason)
+        self.site.check_drained()
+
+    def requestDone(self, request: http.Request) -> None:
+        if self.site.draining:
+            self.persistent = False  # answer, then close: olla is stopping
+        super().requestDone(request)
+        self.site.check_drained()
+
+
+class OllaSite(Site):
+    """The one HTTP site: request limits, timeouts, draining on shutdown, and a quiet access
+    log (the proxy logs each request itself, with more to say)."""
+
+    requestFactory = OllaRequest
+    # plain HTTP/1.1 channels (no h2 negotiation wrapper: olla does not terminate TLS)
+    protocol = OllaChannel  # type: ignore[assignment]
+    _log = Logger()
+
+    def __init__(
+        self,
+        root: IResource,
+        *,
+        clock: IReactorTime,
+        max_body_size: int,
+        max_header_size: int,
+        timeout: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(root, timeout=timeout or None, reactor=clock)
+        self.clock = clock
+        self.max_body_size = max_body_size
+        self.max_header_size = max_header_size
+        self.rng = rng or random.Random(os.urandom(8))
+        self.displayTracebacks = False
+        self.channels: set[OllaChannel] = set()
+        self.draining = False
+        self._drained: Deferred[None] | None = None
+        self._drain_deadline: IDelayedCall | None = None
+
+    @property
+    def busy_channels(self) -> list[OllaChannel]:
+        return [channel for channel in self.channels if channel.requests]
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Let in-flight requests finish for up to ``timeout`` seconds, then cut the rest.
+
+        Call after the listener stopped accepting. Idle keep-alive connections close at once;
+        busy ones close after their current response.
+        """
+        self.draining = True
+        self._drained = Deferred()
+        for channel in list(self.channels):
+            if not channel.requests:
+                channel.loseConnection()
+        busy = len(self.busy_channels)
+        if busy:
+            self._log.info(
+                "waiting up to {timeout:g}s for {busy} request(s) in flight",
+                timeout=timeout,
+                busy=busy,
+            )
+            self._drain_deadline = self.clock.callLater(timeout, self._cut_remaining)
+        drained = self._drained
+        self.check_drained()
+        return drained
+
+    def check_drained(self) -> None:
+        if self._drained is None or self.busy_channels:
+            return
+        if self._drain_deadline is not None and self._drain_deadline.active():
+            self._drain_deadline.cancel()
+        drained, self._drained = self._drained, None
+        drained.callback(None)
+
+    def _cut_remaining(self) -> None:
+        self._drain_deadline = None
+        remaining = self.busy_channels
+        self._log.warn(
+            "shutdown timeout: closing {count} connection(s) still busy", count=len(remaining)
+        )
+        for channel in remaining:
+            transport: Any = channel.transport
+            transport.abortConnection()
+        if self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.max_header_size
+        return channel
+
+    def log(self, request: http.Request) -> None:
+        """Proxied requests are logged by the proxy itself, with more to say."""
+
+
+class NotFound(Resource):
+    """``404 page not found`` as JSON, for any path olla does not serve."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(http.NOT_FOUND)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return error_body_for(request.uri, 404, "404 page not found")
+
+
+class OllaRoot(Resource):
+    """``/olla/<prefix>/...``: one child per provider prefix."""
+
+    def __init__(self, children: Mapping[bytes, IResource]) -> None:
+        super().__init__()
+        for name, child in children.items():
+            self.putChild(name, child)
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return NotFound()
+
+
+class RootResource(Resource):
+    """``/olla/...`` goes to the proxy tree; everything else to the Klein app."""
+
+    def __init__(self, olla: IResource, app: IResource) -> None:
+        super().__init__()
+        self._olla = olla
+        self._app = app
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if path == b"olla":
+            return self._olla
+        # hand Klein the whole path: it routes on prepath/postpath
+        assert request.prepath is not None and request.postpath is not None
+        request.postpath.insert(0, request.prepath.pop())
+        return self._app
+
+    def render(self, request: Request) -> bytes:
+        return NotFound().render(request)

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+olla = ServiceMaker("olla", "olla.tap", "Reverse proxy and load balancer for LLM servers", "olla")
