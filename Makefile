@@ -23,8 +23,8 @@ run: $(VENV)/.run-installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= olla --config $(CONFIG)
 
 lint: $(VENV)/.test-installed
-	$(VENV)/bin/ruff check olla tests twisted benchmarks
-	$(VENV)/bin/ruff format --check olla tests twisted benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
