@@ -31,6 +31,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
+from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.interfaces import IHealthChecker
 
@@ -172,8 +173,11 @@ class HTTPHealthChecker:
         for name, value in endpoint.extra_headers:
             headers.setRawHeaders(name, [value])
         started = self._clock.seconds()
-        request = self._agent.request(b"GET", endpoint.health_url.encode(), headers)
-        request.addTimeout(endpoint.check_timeout, self._clock)
+        request = with_deadline(
+            self._agent.request(b"GET", endpoint.health_url.encode(), headers),
+            endpoint.check_timeout,
+            self._clock,
+        )
         try:
             response: IResponse = await request
         except CancelledError:
@@ -271,7 +275,7 @@ class HealthService(Service):
             return succeed(None)
         probe = self._checker.probe(endpoint)
         # the checker has its own timeouts; this guard only stops a broken checker hanging us
-        probe.addTimeout(endpoint.check_timeout * 3 + 1, self._clock)
+        with_deadline(probe, endpoint.check_timeout * 3 + 1, self._clock)
         running: Deferred[None] = probe.addCallbacks(
             lambda result: self._apply(poller, result),
             lambda failure: self._checker_failed(poller, failure),

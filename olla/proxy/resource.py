@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from olla.config import ProxyConfig
+from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, Outcome
 from olla.interfaces import IBalancer
 from olla.proxy.forward import StreamBody, body_producer
@@ -249,7 +250,7 @@ class _Exchange:
         deps.registry.request_started(endpoint)
         pending = deps.agent.request(request.method, url, Headers(dict(headers)), producer)
         if deps.config.response_header_timeout > 0:
-            pending.addTimeout(deps.config.response_header_timeout, deps.clock)
+            with_deadline(pending, deps.config.response_header_timeout, deps.clock)
         self._pending = pending
         pending.addCallbacks(
             self._got_response,
