@@ -167,6 +167,7 @@ class FakeOllama(Resource):
         )
         self.state = FakeState()
         self.requests: list[Recorded] = []
+        self.connections = 0  # TCP connections accepted (process mode counts them)
 
     @property
     def resource(self) -> FakeOllama:
@@ -670,7 +671,23 @@ class FakeOllama(Resource):
             "default_chunks": self.state.default_chunks,
             "default_delay_ms": self.state.default_delay_ms,
             "status": self.state.status,
+            "connections": self.connections,
         }
+
+
+class _CountingSite(Site):
+    """Counts accepted connections (to show a proxy reuses them); no access log."""
+
+    def __init__(self, fake: FakeOllama) -> None:
+        super().__init__(fake)
+        self.fake = fake
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.fake.connections += 1
+        return super().buildProtocol(addr)
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -690,8 +707,7 @@ def main(argv: list[str] | None = None) -> None:
         openai_only=args.openai_only,
     )
     fake.state.loaded = {n for n in args.loaded.split(",") if n}
-    site = Site(fake)
-    site.log = lambda request: None  # type: ignore[method-assign]
+    site = _CountingSite(fake)
     port = reactor.listenTCP(args.port, site, interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"LISTENING {port.getHost().port}", flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):

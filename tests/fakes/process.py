@@ -51,6 +51,11 @@ class FakeProcess:
         result: dict[str, Any] = self._call("/_fake/state", update)
         return result
 
+    def connections(self) -> int:
+        """TCP connections the fake has accepted so far."""
+        state: dict[str, Any] = self._call("/_fake/state")
+        return int(state["connections"])
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
