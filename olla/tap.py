@@ -24,6 +24,7 @@ from twisted.web.resource import IResource
 
 from olla import __version__
 from olla.balancer import balancer_for
+from olla.breaker import CircuitBreakers
 from olla.config import ConfigError, OllaConfig, load_config
 from olla.endpoints import EndpointRegistry, endpoints_from_config
 from olla.health import HealthService, HTTPHealthChecker
@@ -155,6 +156,7 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
         config=config.proxy,
         report_connection_failure=health.report_connection_failure,
         startup_wait=max((ep.check_timeout for ep in registry), default=0.0),
+        breakers=CircuitBreakers(reactor),
     )
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in PROVIDER_ROUTES

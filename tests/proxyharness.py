@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from olla.balancer import RoundRobinBalancer
+from olla.breaker import CircuitBreakers
 from olla.config import EndpointConfig, OllaConfig, ProxyConfig
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
 from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
@@ -198,6 +199,7 @@ class Harness:
             config=proxy or replace(ProxyConfig(), read_timeout=30.0),
             report_connection_failure=record_failure,
             startup_wait=2.0,
+            breakers=CircuitBreakers(self.clock),
         )
         route = ProviderRoute("ollama", frozenset({"ollama"}), "ollama")
         root = RootResource(

@@ -487,3 +487,25 @@ class ShutdownTests(SynchronousTestCase):
         self.successResultOf(drained)
         self.assertTrue(busy.transport.disconnected)
         self.flushLoggedErrors()
+
+
+class BreakerTests(SynchronousTestCase):
+    def test_open_circuit_skips_endpoint(self) -> None:
+        """If an endpoint's requests keep timing out although it stays healthy, then after
+        five failures its circuit opens and requests go straight to the other endpoint."""
+        backend = Backend(Clock(), name="b")
+        proxy = replace(ProxyConfig(), response_header_timeout=1.0)
+        h = Harness({"a:1": HANG, "b:1": backend}, proxy=proxy)
+        h.deps.report_connection_failure = lambda endpoint, reason: None  # health stays green
+        for _ in range(5):
+            client = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
+            h.advance(1.0)
+            response = client.response()
+            assert response is not None
+            self.assertEqual(response.status, 200)  # failed over to b
+        waiting = len(h.agent.hanging)
+        for _ in range(4):
+            response = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT)).response()
+            assert response is not None
+            self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
+        self.assertEqual(len(h.agent.hanging), waiting)  # a was not tried again

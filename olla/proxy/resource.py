@@ -26,6 +26,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from olla.breaker import CircuitBreakers
 from olla.config import ProxyConfig
 from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, Outcome
@@ -86,6 +87,7 @@ class ProxyDeps:
     config: ProxyConfig
     report_connection_failure: Callable[[Endpoint, str], None]
     startup_wait: float
+    breakers: CircuitBreakers
 
 
 class ProxyResource(Resource):
@@ -217,9 +219,14 @@ class _Exchange:
     def _route_request(self) -> None:
         if self._client_gone:
             return
-        self._candidates = self._deps.registry.routable(self._route.types)
-        if not self._candidates:
+        healthy = self._deps.registry.routable(self._route.types)
+        if not healthy:
             self._reject(503, f"no healthy {self._route.label} endpoints available")
+            return
+        self._candidates = [ep for ep in healthy if self._deps.breakers.allows(ep)]
+        if not self._candidates:
+            names = ", ".join(ep.name for ep in healthy)
+            self._reject(502, f"proxy error: circuit breaker open for endpoint(s) {names}")
             return
         retry = self._deps.config.retry
         if retry.enabled and retry.on_connection_failure:
@@ -248,6 +255,7 @@ class _Exchange:
         url = endpoint.upstream_url(self._target)
         self._attempt_started = deps.clock.seconds()
         deps.registry.request_started(endpoint)
+        deps.breakers.attempt_started(endpoint)
         pending = deps.agent.request(request.method, url, Headers(dict(headers)), producer)
         if deps.config.response_header_timeout > 0:
             with_deadline(pending, deps.config.response_header_timeout, deps.clock)
@@ -260,20 +268,32 @@ class _Exchange:
         )
         pending.addErrback(self._bug)
 
+    def _attempt_ended(
+        self, endpoint: Endpoint, outcome: Outcome, latency: float = 0.0, relayed: int = 0
+    ) -> None:
+        """Every attempt ends here exactly once: counters and the circuit learn its fate."""
+        self._deps.registry.request_finished(endpoint, outcome, latency=latency, relayed=relayed)
+        breakers = self._deps.breakers
+        if outcome is Outcome.OK:
+            breakers.succeeded(endpoint)
+        elif outcome is Outcome.FAILED:
+            breakers.failed(endpoint)
+        else:
+            breakers.released(endpoint)
+
     def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
         self._pending = None
-        registry = self._deps.registry
         if self._client_gone or failure.check(CancelledError):
-            registry.request_finished(endpoint, Outcome.CLIENT_GONE, latency=0.0)
+            self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
             return
         if failure.check(*_STALE_CONNECTION) and endpoint not in self._stale_retried:
             # A pooled keep-alive connection the backend had just closed: not the backend's
             # fault, and nothing reached it. One more try on a fresh connection decides.
             self._stale_retried.add(endpoint)
-            registry.request_finished(endpoint, Outcome.CLIENT_GONE, latency=0.0)
+            self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
             self._attempt(endpoint)
             return
-        registry.request_finished(endpoint, Outcome.FAILED, latency=0.0)
+        self._attempt_ended(endpoint, Outcome.FAILED)
         cause = _describe(failure)
         if not failure.check(*_CONNECTION_FAILURES):
             self._log.warn(
@@ -310,7 +330,7 @@ class _Exchange:
         deps = self._deps
         if self._client_gone:
             response.deliverBody(_Discard())
-            deps.registry.request_finished(endpoint, Outcome.CLIENT_GONE, latency=0.0)
+            self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
             return
         request = self._request
         self._status = response.code
@@ -365,7 +385,7 @@ class _Exchange:
                 cause=_describe(reason),
             )
             _abort_client(self._request)
-        self._deps.registry.request_finished(endpoint, outcome, latency=latency, relayed=relayed)
+        self._attempt_ended(endpoint, outcome, latency, relayed)
         self._log_completion(endpoint, outcome, relayed)
 
     # ------------------------------------------------------------------ endings

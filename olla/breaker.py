@@ -1,0 +1,73 @@
+# -*- test-case-name: tests.test_breaker -*-
+"""The proxy's circuit breaker: stop sending requests to an endpoint whose requests keep
+failing at the transport level, even while its health probe still passes.
+
+Five consecutive transport failures open the circuit for 30 s; then one request at a time
+may try it (half-open); a success closes it, a failure opens it again. HTTP error statuses
+never count: the backend answered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from olla.endpoints import Endpoint
+
+FAILURE_THRESHOLD = 5
+OPEN_FOR = 30.0
+
+
+@dataclass
+class _Circuit:
+    failures: int = 0
+    open_until: float | None = None
+    probing: bool = False  # a half-open trial request is in flight
+
+
+class CircuitBreakers:
+    """One circuit per endpoint."""
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._circuits: dict[Endpoint, _Circuit] = {}
+
+    def allows(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` may be tried now (closed, or a free half-open slot)."""
+        circuit = self._circuits.get(endpoint)
+        if circuit is None or circuit.open_until is None:
+            return True
+        return self._clock.seconds() >= circuit.open_until and not circuit.probing
+
+    def attempt_started(self, endpoint: Endpoint) -> None:
+        circuit = self._circuits.get(endpoint)
+        if circuit is not None and circuit.open_until is not None:
+            circuit.probing = True
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        circuit = self._circuits.pop(endpoint, None)
+        if circuit is not None and circuit.open_until is not None:
+            self._log.info("circuit for {endpoint} closed", endpoint=endpoint.name)
+
+    def failed(self, endpoint: Endpoint) -> None:
+        circuit = self._circuits.setdefault(endpoint, _Circuit())
+        circuit.failures += 1
+        circuit.probing = False
+        if circuit.open_until is not None or circuit.failures >= FAILURE_THRESHOLD:
+            circuit.open_until = self._clock.seconds() + OPEN_FOR
+            self._log.warn(
+                "circuit for {endpoint} open for {seconds:g}s after {failures} failures",
+                endpoint=endpoint.name,
+                seconds=OPEN_FOR,
+                failures=circuit.failures,
+            )
+
+    def released(self, endpoint: Endpoint) -> None:
+        """The attempt ended without a verdict (client left): free the half-open slot."""
+        circuit = self._circuits.get(endpoint)
+        if circuit is not None:
+            circuit.probing = False

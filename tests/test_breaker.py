@@ -1,0 +1,56 @@
+"""The proxy circuit breaker, on a Clock."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from olla.breaker import FAILURE_THRESHOLD, OPEN_FOR, CircuitBreakers
+from olla.config import EndpointConfig
+from olla.endpoints import endpoints_from_config
+
+(EP,) = endpoints_from_config([EndpointConfig(url="http://a:1", name="a", type="ollama")])
+
+
+def test_opens_after_threshold() -> None:
+    """If five attempts in a row fail, then the endpoint is skipped for 30 s."""
+    clock = Clock()
+    breakers = CircuitBreakers(clock)
+    for _ in range(FAILURE_THRESHOLD - 1):
+        breakers.failed(EP)
+        assert breakers.allows(EP)
+    breakers.failed(EP)
+    assert not breakers.allows(EP)
+    clock.advance(OPEN_FOR - 0.1)
+    assert not breakers.allows(EP)
+
+
+def test_success_resets_count() -> None:
+    """If a success comes between failures, then the count starts again."""
+    breakers = CircuitBreakers(Clock())
+    for _ in range(FAILURE_THRESHOLD - 1):
+        breakers.failed(EP)
+    breakers.succeeded(EP)
+    breakers.failed(EP)
+    assert breakers.allows(EP)
+
+
+def test_half_open_single_trial() -> None:
+    """If the open period ends, then one trial is let through; its success closes the
+    circuit, its failure opens it for another 30 s."""
+    clock = Clock()
+    breakers = CircuitBreakers(clock)
+    for _ in range(FAILURE_THRESHOLD):
+        breakers.failed(EP)
+    clock.advance(OPEN_FOR)
+    assert breakers.allows(EP)
+    breakers.attempt_started(EP)
+    assert not breakers.allows(EP)  # one trial at a time
+    breakers.failed(EP)
+    assert not breakers.allows(EP)
+    clock.advance(OPEN_FOR)
+    breakers.attempt_started(EP)
+    breakers.released(EP)  # client left: no verdict, slot free again
+    assert breakers.allows(EP)
+    breakers.attempt_started(EP)
+    breakers.succeeded(EP)
+    assert breakers.allows(EP)
