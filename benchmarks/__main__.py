@@ -1,0 +1,251 @@
+"""``python -m benchmarks``: olla against the bare Twisted proxy, same run, same backend.
+
+Starts the shared fake backend (``shared/bench/fake_backend.js``, Node), then each proxy in turn
+pinned to CPU 0 (the bare Twisted floor of ``shared/bench/anchors/``, then olla as twistd),
+runs ``shared/bench/loadrun.py`` against it, and prints a table, the targets of the foundation
+issue as PASS/FAIL lines, and the merged JSON (also written to ``benchmarks/results/``).
+Everything binds 127.0.0.1 and is stopped at the end, also on errors or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OLLA_SHARED_DIR", REPO.parent / "shared"))
+BENCH = SHARED / "bench"
+
+#: (label, scenario, metric) rows of the printed table.
+ROWS = [
+    ("S1 c=1 req/s", "S1", "rps"),
+    ("S1 c=1 p50 ms", "S1", "p50_ms"),
+    ("S1 proxy CPU us/req", "S1", "proxy_cpu_us_per_req"),
+    ("S2 c=32 req/s", "S2_c32", "rps"),
+    ("S2 c=32 proxy CPU us/req", "S2_c32", "proxy_cpu_us_per_req"),
+    ("S2 c=128 req/s", "S2_c128", "rps"),
+    ("S2 c=128 errors", "S2_c128", "errors"),
+    ("S2 c=128 proxy CPU us/req", "S2_c128", "proxy_cpu_us_per_req"),
+    ("S2 c=128 backend conns opened", "S2_c128", "backend_conns"),
+    ("S2 c=128 requests", "S2_c128", "requests"),
+    ("S3 c=1 TTFC p50 ms", "S3_c1", "ttfc_p50_ms"),
+    ("S3 c=100 ok", "S3_c100", "ok"),
+    ("S3 c=100 gap p50 ms (backend 20)", "S3_c100", "gap_p50_ms"),
+    ("S3 c=100 gap p99 ms", "S3_c100", "gap_p99_ms"),
+    ("S3 c=100 % gaps < 2 ms", "S3_c100", "gaps_lt2ms_pct"),
+    ("S4 SSE c=100 gap p50 ms", "S4_c100", "gap_p50_ms"),
+    ("S4 SSE c=100 % gaps < 2 ms", "S4_c100", "gaps_lt2ms_pct"),
+    ("S5 50 MB download MiB/s", "S5", "mib_s_median"),
+    ("S5 RSS before MB", "S5", "proxy_rss_before_mb"),
+    ("S5 RSS peak MB", "S5", "proxy_rss_peak_mb"),
+    ("S6 50 MB upload MiB/s", "S6", "mib_s_median"),
+    ("S6 RSS before MB", "S6", "proxy_rss_before_mb"),
+    ("S6 RSS peak MB", "S6", "proxy_rss_peak_mb"),
+    ("S7 1000 slow streams ok", "S7", "ok"),
+    ("S7 planned", "S7", "planned"),
+    ("S7 RSS peak MB", "S7", "proxy_rss_peak_mb"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+@contextmanager
+def process(
+    cmd: list[str], *, cpu: int | None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` (pinned to ``cpu`` when taskset exists); always stopped afterwards."""
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def olla_config(directory: Path, port: int, backend: str, level: str) -> Path:
+    config = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "proxy": {"load_balancer": "least-connections"},
+        "discovery": {
+            "static": {
+                "endpoints": [
+                    {
+                        "name": "bench",
+                        "url": backend,
+                        "type": "ollama",
+                        "check_interval": "2s",
+                        "check_timeout": "1s",
+                    }
+                ]
+            }
+        },
+        "logging": {"level": level, "format": "json"},
+    }
+    path = directory / f"olla-{level}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def measure(
+    name: str, cmd: list[str], env: dict[str, str] | None, port: int, args: argparse.Namespace,
+    backend: str, out: Path,
+) -> dict[str, Any]:  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    with process(cmd, cpu=0, env=env) as proc:
+        wait_http(f"{base}/olla/ollama/api/tags")
+        loadrun = [
+            sys.executable, str(BENCH / "loadrun.py"), "--name", name, "--base", base,
+            "--prefix", "/olla/ollama", "--pid", str(proc.pid), "--backend", backend,
+            "--pin-cpu", "1", "--out", str(out),
+        ]  # fmt: skip
+        if args.quick:
+            loadrun.append("--quick")
+        if args.scenarios:
+            loadrun += ["--scenarios", args.scenarios]
+        subprocess.run(loadrun, check=True)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def metric(result: dict[str, Any], scenario: str, key: str) -> Any:
+    return result.get("scenarios", {}).get(scenario, {}).get(key)
+
+
+def targets(floor: dict[str, Any] | None, olla: dict[str, Any]) -> list[tuple[str, bool | None]]:
+    """The foundation issue's targets, judged on this run's numbers (None: not measured)."""
+    checks: list[tuple[str, bool | None]] = []
+    for scenario in ("S1", "S2_c32", "S2_c128"):
+        mine = metric(olla, scenario, "proxy_cpu_us_per_req")
+        base = metric(floor, scenario, "proxy_cpu_us_per_req") if floor else None
+        ok = None if mine is None or base is None else mine <= 1.5 * base
+        checks.append((f"{scenario} CPU/request within 1.5x of the floor", ok))
+    for scenario in ("S3_c100", "S4_c100"):
+        p50 = metric(olla, scenario, "gap_p50_ms")
+        bunched = metric(olla, scenario, "gaps_lt2ms_pct")
+        ok = None if p50 is None else abs(p50 - 20) <= 2 and (bunched or 0) < 1
+        checks.append((f"{scenario} chunk gaps equal the backend's (no bunching)", ok))
+    for scenario in ("S5", "S6"):
+        before = metric(olla, scenario, "proxy_rss_before_mb")
+        peak = metric(olla, scenario, "proxy_rss_peak_mb")
+        ok = None if before is None or peak is None else peak - before < 10
+        checks.append((f"{scenario} 50 MB with RSS growth < 10 MB", ok))
+    ok_streams, planned = metric(olla, "S7", "ok"), metric(olla, "S7", "planned")
+    checks.append(
+        ("S7 every slow stream completes", None if planned is None else ok_streams == planned)
+    )
+    conns, requests = metric(olla, "S2_c128", "backend_conns"), metric(olla, "S2_c128", "requests")
+    checks.append(
+        ("S2 backend connections reused", None if conns is None else conns <= 128 < (requests or 0))
+    )
+    return checks
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    names = list(results)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, scenario, key in ROWS:
+        cells = [metric(results[n], scenario, key) for n in names]
+        if all(c is None for c in cells):
+            continue
+        lines.append(
+            f"| {label} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke counts, not a measurement")
+    parser.add_argument("--scenarios", default="", help="e.g. S1,S3 (default: all)")
+    parser.add_argument("--skip-floor", action="store_true")
+    parser.add_argument("--info-logs", action="store_true", help="also run olla at log level info")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not (BENCH / "loadrun.py").exists():
+        print(f"no load harness at {BENCH} (set OLLA_SHARED_DIR)", file=sys.stderr)
+        return 2
+    if not shutil.which("node"):
+        print("node is needed for the fake backend", file=sys.stderr)
+        return 2
+    if not shutil.which("wrk"):
+        print("hint: wrk is not installed (apt-get install wrk); S1/S2 need it", file=sys.stderr)
+
+    work = Path(tempfile.mkdtemp(prefix="olla-bench-"))
+    backend_port = free_port()
+    backend = f"http://127.0.0.1:{backend_port}"
+    results: dict[str, dict[str, Any]] = {}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    with process(["node", str(BENCH / "fake_backend.js"), str(backend_port)], cpu=1):
+        wait_http(f"{backend}/api/tags")
+        if not args.skip_floor:
+            port = free_port()
+            floor = [
+                sys.executable, str(BENCH / "anchors" / "twisted_floor.py"), str(port), backend,
+                "/olla/ollama",
+            ]  # fmt: skip
+            results["floor"] = measure("floor", floor, env, port, args, backend, work / "f.json")
+        levels = ["warn", "info"] if args.info_logs else ["warn"]
+        for level in levels:
+            port = free_port()
+            config = olla_config(work, port, backend, level)
+            cmd = [twistd, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
+            name = "olla" if level == "warn" else "olla-info-logs"
+            results[name] = measure(name, cmd, env, port, args, backend, work / f"{name}.json")
+
+    print()
+    print(table(results))
+    print()
+    for label, ok in targets(results.get("floor"), results["olla"]):
+        print(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {label}")
+    out = args.out or REPO / "benchmarks" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
