@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from olla.balancer import RoundRobinBalancer
@@ -122,7 +123,7 @@ def parse_response(raw: bytes) -> Response | None:
 class ClientConnection:
     """One client socket to olla, as raw bytes."""
 
-    def __init__(self, site: OllaSite, raw: bytes) -> None:
+    def __init__(self, site: Site, raw: bytes) -> None:
         self.transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 40114),
             peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
