@@ -465,9 +465,13 @@ class ShutdownTests(SynchronousTestCase):
         busy = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
         drained = h.site.drain(10.0)
         self.assertTrue(idle.transport.disconnecting)
+        idle.disconnect()  # the socket closes once its buffer is flushed
         self.assertNoResult(drained)
         for _ in range(3):
             h.advance(1.0)
+        self.assertTrue(busy.transport.disconnecting)  # closed after its response
+        self.assertNoResult(drained)  # ... but not drained until the socket is gone
+        busy.disconnect()
         self.successResultOf(drained)
         response = busy.response()
         assert response is not None and response.complete

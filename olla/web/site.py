@@ -222,7 +222,7 @@ class OllaSite(Site):
             if not channel.requests:
                 channel.loseConnection()
         busy = len(self.busy_channels)
-        if busy:
+        if self.channels:
             self._log.info(
                 "waiting up to {timeout:g}s for {busy} request(s) in flight",
                 timeout=timeout,
@@ -234,7 +234,9 @@ class OllaSite(Site):
         return drained
 
     def check_drained(self) -> None:
-        if self._drained is None or self.busy_channels:
+        # Done when every connection has *closed*: a finished response may still sit in a
+        # transport's buffer, and the reactor drops unsent bytes when it shuts down.
+        if self._drained is None or self.channels:
             return
         if self._drain_deadline is not None and self._drain_deadline.active():
             self._drain_deadline.cancel()
@@ -243,9 +245,9 @@ class OllaSite(Site):
 
     def _cut_remaining(self) -> None:
         self._drain_deadline = None
-        remaining = self.busy_channels
+        remaining = list(self.channels)
         self._log.warn(
-            "shutdown timeout: closing {count} connection(s) still busy", count=len(remaining)
+            "shutdown timeout: closing {count} connection(s) still open", count=len(remaining)
         )
         for channel in remaining:
             transport: Any = channel.transport

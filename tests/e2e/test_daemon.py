@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -279,3 +280,31 @@ def _shipped_config_on(directory: Path, port: int) -> Path:
     path = directory / "olla.yaml"
     path.write_text(text.replace("port: 40114", f"port: {port}"))
     return path
+
+
+def test_sigterm_lets_streams_finish(tmp_path: Path, fake: FakeProcess) -> None:
+    """If olla gets SIGTERM while a stream is running, then it stops accepting new
+    connections, the stream still completes, and the daemon exits."""
+    config = write_config(tmp_path, [ollama_endpoint("a", fake.url)])
+    daemon = OllaDaemon(config)
+    try:
+        daemon.wait_ready()
+        lines: list[str] = []
+        with httpx.stream(
+            "POST",
+            f"{daemon.url}/olla/ollama/api/chat",
+            json={"model": CHAT_MODEL, "messages": []},
+            headers={"X-Fake-Chunks": "20", "X-Fake-Delay-Ms": "50"},
+            timeout=30,
+        ) as response:
+            iterator = response.iter_lines()
+            lines.append(next(iterator))
+            daemon.process.send_signal(signal.SIGTERM)
+            daemon.wait_for_log("waiting up to")
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{daemon.url}/internal/health", timeout=5)
+            lines.extend(line for line in iterator if line)
+        assert len(lines) == 21 and json.loads(lines[-1])["done"]
+        daemon.process.wait(15)
+    finally:
+        daemon.stop()
