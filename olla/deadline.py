@@ -37,3 +37,16 @@ def with_deadline(d: Deferred[T], seconds: float, clock: IReactorTime) -> Deferr
         return result
 
     return d.addBoth(settle)
+
+
+def follow(d: Deferred[T]) -> Deferred[None]:
+    """A Deferred that fires (with None) when ``d`` does, leaving ``d``'s result alone."""
+    follower: Deferred[None] = Deferred()
+
+    def relay(result: T | Failure) -> T | Failure:
+        if not follower.called:
+            follower.callback(None)
+        return result
+
+    d.addBoth(relay)
+    return follower

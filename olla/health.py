@@ -31,7 +31,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
-from olla.deadline import with_deadline
+from olla.deadline import follow, with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.interfaces import IHealthChecker
 
@@ -224,7 +224,7 @@ class HealthService(Service):
         self._clock = clock
         self._rng = rng or random.Random()
         self._pollers = {ep: _Poller(ep) for ep in registry}
-        self.on_recovered: list[Callable[[Endpoint], None]] = []
+        self.on_recovered: list[Callable[[Endpoint], object]] = []
 
     # ------------------------------------------------------------------ service
 
@@ -249,10 +249,10 @@ class HealthService(Service):
         """Probe ``endpoint`` now (or join the probe already running)."""
         poller = self._pollers[endpoint]
         if poller.running is not None:
-            return _follow(poller.running)
+            return follow(poller.running)
         if not self.running:
             return succeed(None)
-        return _follow(self._run(poller))
+        return follow(self._run(poller))
 
     def report_connection_failure(self, endpoint: Endpoint, reason: str) -> None:
         """A proxied request could not reach ``endpoint``: out of rotation now, recheck now."""
@@ -377,16 +377,3 @@ class HealthService(Service):
         except Exception:
             self._log.failure("health poller for {endpoint} crashed", endpoint=poller.endpoint.name)
             self._schedule(poller, poller.endpoint.check_interval)
-
-
-def _follow(d: Deferred[None]) -> Deferred[None]:
-    """A Deferred that fires when ``d`` does, without taking its result from others."""
-    follower: Deferred[None] = Deferred()
-
-    def relay(result: object) -> object:
-        if not follower.called:
-            follower.callback(None)
-        return result
-
-    d.addBoth(relay)
-    return follower

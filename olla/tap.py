@@ -36,11 +36,14 @@ from olla import __version__
 from olla.balancer import balancer_for
 from olla.breaker import CircuitBreakers
 from olla.config import ConfigError, OllaConfig, load_config
+from olla.discovery import DiscoveryService
 from olla.endpoints import EndpointRegistry, endpoints_from_config
 from olla.health import HealthService, HTTPHealthChecker
 from olla.logging import make_observer
+from olla.models import ModelCatalogue
 from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
 from olla.web.internal import InternalApp
+from olla.web.models import ModelsResource, OpenAIModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
 #: Provider prefixes served so far: /olla/<prefix>/ -> endpoints of these types.
@@ -179,6 +182,11 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
 
     registry = EndpointRegistry(endpoints_from_config(config.discovery.endpoints), reactor)
     health = HealthService(registry, HTTPHealthChecker(agent, reactor, __version__), reactor)
+    catalogue = ModelCatalogue(config.model_aliases)
+    discovery = DiscoveryService(
+        registry, catalogue, agent, reactor, config.discovery.model_discovery, __version__
+    )
+    health.on_recovered.append(discovery.refresh)  # a machine back up may have new models
 
     deps = ProxyDeps(
         registry=registry,
@@ -190,6 +198,9 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
         report_connection_failure=health.report_connection_failure,
         startup_wait=max((ep.check_timeout for ep in registry), default=0.0),
         breakers=CircuitBreakers(reactor),
+        catalogue=catalogue,
+        routing=config.model_registry.routing_strategy,
+        refresh_models=discovery.refresh_all,
     )
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in PROVIDER_ROUTES
@@ -200,6 +211,9 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
         config=config,
         active_connections=lambda: len(site.channels),
     )
+    proxies[b"models"] = ModelsResource(registry, catalogue, reactor)
+    for prefix in (b"proxy", b"openai", b"openai-compatible"):
+        proxies[prefix] = OpenAIModelsResource(registry, catalogue, reactor)
     root = RootResource(OllaRoot(proxies), internal.app.resource())
     limits = config.server.request_limits
     site = OllaSite(
@@ -222,6 +236,7 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
     _PoolService(pool, cooperator).setServiceParent(service)
     _DrainService(site, config.server.shutdown_timeout).setServiceParent(service)
     health.setServiceParent(service)
+    discovery.setServiceParent(service)
     _StartupLog(config, registry).setServiceParent(service)
     listener.setServiceParent(service)
     return service

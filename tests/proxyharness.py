@@ -8,7 +8,7 @@ through treq's ``RequestTraversalAgent``. Everything runs on one ``Clock``.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,13 +27,15 @@ from zope.interface import implementer
 
 from olla.balancer import RoundRobinBalancer
 from olla.breaker import CircuitBreakers
-from olla.config import EndpointConfig, OllaConfig, ProxyConfig
+from olla.config import EndpointConfig, OllaConfig, ProxyConfig, RoutingStrategyConfig
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.models import ModelCatalogue, ModelInfo
 from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
 from olla.web.internal import InternalApp
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
 REFUSE = "refuse"
+DEFAULT_MODELS = ("llama3.2:latest", "qwen:7b", "m")
 HANG = "hang"
 
 
@@ -166,6 +168,9 @@ class Harness:
         healthy: bool = True,
         on_connection_failure: Callable[[Endpoint, str], None] | None = None,
         clock: Clock | None = None,
+        models: Mapping[str, Sequence[str]] | None = None,
+        routing: RoutingStrategyConfig | None = None,
+        aliases: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.clock = clock or Clock()
         configs = [
@@ -182,6 +187,10 @@ class Harness:
             for endpoint in self.endpoints:
                 self.registry.set_status(endpoint, EndpointStatus.HEALTHY)
         self.agent = HostAgent({k.encode(): v for k, v in backends.items()})
+        self.catalogue = ModelCatalogue(aliases)
+        for endpoint, netloc in zip(self.endpoints, backends, strict=True):
+            names = (models or {}).get(netloc, DEFAULT_MODELS)
+            self.catalogue.set_models(endpoint, [ModelInfo(n) for n in names], 0.0)
         self.failures: list[tuple[str, str]] = []
         self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
 
@@ -201,6 +210,8 @@ class Harness:
             report_connection_failure=record_failure,
             startup_wait=2.0,
             breakers=CircuitBreakers(self.clock),
+            catalogue=self.catalogue,
+            routing=routing or RoutingStrategyConfig(),
         )
         route = ProviderRoute("ollama", frozenset({"ollama"}), "ollama")
         root = RootResource(

@@ -129,8 +129,8 @@ class RelayTests(SynchronousTestCase):
         with the same query."""
         backend = Backend(Clock())
         h = Harness({"a:1": backend})
-        h.send(http_request("GET", "/olla/ollama/v1/models?x=1&y=%20"))
-        self.assertEqual(backend.received[0]["path"], b"/v1/models?x=1&y=%20")
+        h.send(http_request("GET", "/olla/ollama/api/version?x=1&y=%20"))
+        self.assertEqual(backend.received[0]["path"], b"/api/version?x=1&y=%20")
 
     def test_credentials_and_spoofed_headers(self) -> None:
         """If the client sends credentials and the backend Set-Cookie / X-Olla-*, then

@@ -56,3 +56,25 @@ def _scan_model(window: bytes) -> str | None:
     except ValueError:
         return None
     return value.strip() or None if isinstance(value, str) else None
+
+
+def rewrite_model(body: bytes, model: str) -> bytes:
+    """``body`` with only its top-level ``model`` value replaced (an alias resolved).
+
+    The bytes around the value stay as they were; if the value cannot be found safely, the
+    document is re-serialised instead.
+    """
+    document = json.loads(body)
+    expected = dict(document, model=model)
+    replacement = json.dumps(model).encode()
+    for match in _MODEL_VALUE.finditer(body):
+        candidate = body[: match.start(1)] + replacement + body[match.end(1) :]
+        try:
+            if json.loads(candidate) == expected:
+                return candidate
+        except ValueError:
+            continue
+    return json.dumps(expected).encode()
+
+
+_MODEL_VALUE = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.)*")')

@@ -8,8 +8,9 @@ the backend's status line is relayed, the request is committed to that endpoint.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import error as net_error
@@ -27,18 +28,20 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from olla.breaker import CircuitBreakers
-from olla.config import ProxyConfig
+from olla.config import ProxyConfig, RoutingStrategyConfig
 from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, Outcome
 from olla.interfaces import IBalancer
-from olla.proxy.forward import StreamBody, body_producer
+from olla.listings import ollama_ps, ollama_tags, openai_models
+from olla.models import ModelCatalogue, RoutingDecision
+from olla.proxy.forward import BytesProducer, StreamBody, body_producer
 from olla.proxy.headers import (
     SERVED_BY,
     VIA_VALUE,
     request_headers_for_upstream,
     response_headers_for_client,
 )
-from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model
+from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model, rewrite_model
 from olla.web.errors import Dialect, write_error
 
 #: Ollama's model-management calls make no sense across a fleet.
@@ -88,6 +91,10 @@ class ProxyDeps:
     report_connection_failure: Callable[[Endpoint, str], None]
     startup_wait: float
     breakers: CircuitBreakers
+    catalogue: ModelCatalogue = field(default_factory=ModelCatalogue)
+    routing: RoutingStrategyConfig = field(default_factory=RoutingStrategyConfig)
+    #: re-run model discovery on every healthy endpoint (routing's refresh-on-miss)
+    refresh_models: Callable[[], Deferred[None]] | None = None
 
 
 class ProxyResource(Resource):
@@ -117,9 +124,35 @@ class ProxyResource(Resource):
                 dialect=dialect,
             )
             return NOT_DONE_YET
-        model = extract_model(_peek_body(request), path)
-        _Exchange(self._deps, self._route, request, target, model, dialect).start()
+        listing = self._listing(path)
+        if listing is not None:
+            return _json(request, listing)
+        body = _peek_body(request)
+        model = extract_model(body, path)
+        exchange = _Exchange(self._deps, self._route, request, target, model, dialect)
+        exchange.small_body = body if len(body) <= PARSE_LIMIT else None
+        exchange.start()
         return NOT_DONE_YET
+
+    def _listing(self, path: bytes) -> dict[str, object] | None:
+        """Model lists olla answers from its catalogue instead of asking one backend."""
+        deps = self._deps
+        path = path.rstrip(b"/")
+        endpoints = deps.registry.routable(self._route.types)
+        if path == b"/v1/models":
+            return openai_models(deps.catalogue, endpoints, deps.clock.seconds())
+        if "ollama" not in self._route.types:
+            return None
+        if path == b"/api/tags":
+            return ollama_tags(deps.catalogue, endpoints)
+        if path == b"/api/ps":
+            return ollama_ps(deps.catalogue, endpoints)
+        return None
+
+
+def _json(request: Request, payload: object) -> bytes:
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return json.dumps(payload).encode()
 
 
 def _target_path(request: Request) -> bytes | None:
@@ -196,6 +229,8 @@ class _Exchange:
         self._candidates: list[Endpoint] = []
         self._attempts = 0
         self._attempt_budget = 1
+        self._decision: RoutingDecision | None = None
+        self.small_body: bytes | None = None
         self._stale_retried: set[Endpoint] = set()
         self._client_gone = False
         self._pending: Deferred[IResponse] | None = None
@@ -216,22 +251,67 @@ class _Exchange:
                 lambda _: self._route_request()
             )
 
-    def _route_request(self) -> None:
+    def _route_request(self, refreshed: bool = False, refresh_failed: bool = False) -> None:
         if self._client_gone:
             return
-        healthy = self._deps.registry.routable(self._route.types)
+        deps = self._deps
+        healthy = deps.registry.routable(self._route.types)
+        if self._model is not None:
+            decision = deps.catalogue.route(
+                self._model,
+                healthy,
+                deps.routing,
+                refreshed=refreshed,
+                refresh_failed=refresh_failed,
+            )
+            if decision.rejected and self._may_refresh(refreshed, refresh_failed):
+                self._refresh_then_route()
+                return
+            self._decision = decision = deps.catalogue.prefer_loaded(self._model, decision)
+            headers = self._request.responseHeaders
+            headers.setRawHeaders(b"X-Olla-Routing-Strategy", [decision.strategy.encode()])
+            headers.setRawHeaders(b"X-Olla-Routing-Decision", [decision.decision.encode()])
+            headers.setRawHeaders(b"X-Olla-Routing-Reason", [decision.reason.encode()])
+            if decision.rejected:
+                self._reject(
+                    decision.status,
+                    _rejection_message(self._model, decision),
+                    code=decision.reason,
+                )
+                return
+            healthy = list(decision.endpoints)
         if not healthy:
             self._reject(503, f"no healthy {self._route.label} endpoints available")
             return
-        self._candidates = [ep for ep in healthy if self._deps.breakers.allows(ep)]
+        self._candidates = [ep for ep in healthy if deps.breakers.allows(ep)]
         if not self._candidates:
             names = ", ".join(ep.name for ep in healthy)
             self._reject(502, f"proxy error: circuit breaker open for endpoint(s) {names}")
             return
-        retry = self._deps.config.retry
+        retry = deps.config.retry
         if retry.enabled and retry.on_connection_failure:
             self._attempt_budget = retry.max_attempts or len(self._candidates)
         self._attempt()
+
+    def _may_refresh(self, refreshed: bool, refresh_failed: bool) -> bool:
+        routing = self._deps.routing
+        return (
+            routing.type == "discovery"
+            and routing.discovery_refresh_on_miss
+            and self._deps.refresh_models is not None
+            and not (refreshed or refresh_failed)
+        )
+
+    def _refresh_then_route(self) -> None:
+        """Ask every healthy endpoint for its models again, then decide (bounded in time)."""
+        assert self._deps.refresh_models is not None
+        refresh = with_deadline(
+            self._deps.refresh_models(), self._deps.routing.discovery_timeout, self._deps.clock
+        )
+        refresh.addCallbacks(
+            lambda _: self._route_request(refreshed=True),
+            lambda _: self._route_request(refresh_failed=True),
+        )
 
     # ------------------------------------------------------------------ one attempt
 
@@ -251,7 +331,12 @@ class _Exchange:
             extra=endpoint.extra_headers,
         )
         assert request.content is not None
-        producer = body_producer(request.content, self._body_size, deps.cooperator)
+        native = self._decision.rewrite.get(endpoint) if self._decision else None
+        if native is not None and self.small_body is not None:
+            # an alias: this endpoint knows the model under its own name
+            producer: Any = BytesProducer(rewrite_model(self.small_body, native))
+        else:
+            producer = body_producer(request.content, self._body_size, deps.cooperator)
         url = endpoint.upstream_url(self._target)
         self._attempt_started = deps.clock.seconds()
         deps.registry.request_started(endpoint)
@@ -374,6 +459,9 @@ class _Exchange:
         elif reason is None:
             outcome = Outcome.OK
             self._request.finish()
+            if self._model is not None and self._status is not None and self._status < 400:
+                native = self._decision.rewrite.get(endpoint) if self._decision else None
+                self._deps.catalogue.mark_loaded(endpoint, native or self._model)
         else:
             outcome = Outcome.FAILED
             # never let a truncated body look complete: the client must see a broken stream
@@ -397,10 +485,10 @@ class _Exchange:
         if self._stream is not None:
             self._stream.abort(failure)
 
-    def _reject(self, status: int, message: str) -> None:
+    def _reject(self, status: int, message: str, code: str | None = None) -> None:
         self._status = status
         if not self._client_gone:
-            write_error(self._request, status, message, dialect=self._dialect)
+            write_error(self._request, status, message, dialect=self._dialect, code=code)
         self._log_completion(self._endpoint, None, 0)
 
     def _log_completion(
@@ -429,6 +517,12 @@ class _Exchange:
                 _abort_client(self._request)
             else:
                 write_error(self._request, 500, "internal proxy error", dialect=self._dialect)
+
+
+def _rejection_message(model: str, decision: RoutingDecision) -> str:
+    if decision.reason == "model_not_found":
+        return f"model '{model}' not found on any endpoint (model_not_found)"
+    return f"model '{model}' is not available on a healthy endpoint ({decision.reason})"
 
 
 def _abort_client(request: Request) -> None:

@@ -163,6 +163,8 @@ def running_olla(
     daemon = OllaDaemon(write_config(directory, endpoints, extra=extra), env)
     try:
         daemon.wait_ready()
+        for endpoint in endpoints:  # routing by model needs the first model lists
+            daemon.wait_for_log(f"endpoint {endpoint['name']} serves")
         yield daemon
     finally:
         daemon.stop()

@@ -129,14 +129,14 @@ def test_headers_and_request_id(olla: OllaDaemon, fake: FakeProcess) -> None:
     and the backend saw forwarding headers but no client credentials."""
     fake.reset()
     request = urllib.request.Request(
-        f"{olla.url}/olla/ollama/api/tags",
+        f"{olla.url}/olla/ollama/api/version",
         headers={"X-Request-ID": "e2e-123", "Authorization": "Bearer secret"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.headers["X-Olla-Request-ID"] == "e2e-123"
         assert response.headers["X-Olla-Endpoint"] == "fake-a"
         assert response.headers["X-Olla-Backend-Type"] == "ollama"
-    seen = [r for r in fake.requests() if r["path"] == "/api/tags"][-1]
+    seen = [r for r in fake.requests() if r["path"] == "/api/version"][-1]
     assert "authorization" not in seen["headers"]
     assert seen["headers"]["x-forwarded-for"] == ["127.0.0.1"]
     completed = olla.wait_for_log("e2e-123")
@@ -216,7 +216,7 @@ def test_unreachable_backend_502(tmp_path: Path) -> None:
     with start_fake("--models", CHAT_MODEL) as lonely:
         endpoints = [ollama_endpoint("doomed", lonely.url, check_interval="30s")]
         with running_olla(tmp_path, endpoints) as daemon:
-            daemon.wait_for_log("doomed is now healthy")
+            daemon.wait_for_log("endpoint doomed serves 1 model(s)")
             lonely.stop()
             request = urllib.request.Request(
                 f"{daemon.url}/olla/ollama/api/chat",

@@ -1,0 +1,240 @@
+# -*- test-case-name: tests.test_discovery -*-
+"""Model discovery: ask each healthy endpoint which models it has (and, for Ollama, which are
+loaded), and keep the catalogue true.
+
+Runs at startup once the first health results are in, every ``model_discovery.interval``,
+whenever an endpoint recovers, and on demand (routing's refresh-on-miss). A failed discovery
+keeps the endpoint's last good list and is simply tried again next time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+
+from olla.config import ModelDiscoveryConfig
+from olla.deadline import follow, with_deadline
+from olla.endpoints import Endpoint, EndpointRegistry
+from olla.models import ModelCatalogue, ModelInfo, matches_filter, normalise_quantization
+
+BODY_LIMIT = 10 * 1024 * 1024
+
+
+class DiscoveryError(Exception):
+    """A model list could not be fetched or understood."""
+
+
+def parse_ollama_tags(document: Any) -> list[ModelInfo]:
+    """``GET /api/tags``: ``{"models": [{"name", "size", "digest", "details": {...}}]}``."""
+    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+        raise DiscoveryError("not an Ollama model list (no 'models' array)")
+    out = []
+    for item in document["models"]:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        raw_details = item.get("details")
+        details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
+        out.append(
+            ModelInfo(
+                name=item["name"],
+                size=item.get("size") if isinstance(item.get("size"), int) else None,
+                digest=item.get("digest") if isinstance(item.get("digest"), str) else None,
+                family=details.get("family"),
+                parameter_size=details.get("parameter_size"),
+                quantization=normalise_quantization(details.get("quantization_level")),
+                format=details.get("format"),
+                modified_at=item.get("modified_at"),
+            )
+        )
+    return out
+
+
+def parse_openai_models(document: Any) -> list[ModelInfo]:
+    """``GET /v1/models``: ``{"data": [{"id": ...}]}`` (``data: null`` is an empty list)."""
+    if not isinstance(document, dict) or "data" not in document:
+        raise DiscoveryError("not an OpenAI model list (no 'data')")
+    items = document["data"] or []
+    if not isinstance(items, list):
+        raise DiscoveryError("'data' is not a list")
+    return [
+        ModelInfo(name=item["id"])
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get("id"), str)
+    ]
+
+
+def parse_ollama_ps(document: Any) -> list[str]:
+    """``GET /api/ps``: the names of the models loaded now."""
+    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+        raise DiscoveryError("not an Ollama process list")
+    return [m["name"] for m in document["models"] if isinstance(m, dict) and "name" in m]
+
+
+def parser_for(endpoint: Endpoint) -> Callable[[Any], list[ModelInfo]]:
+    if endpoint.type == "ollama" or endpoint.model_url.endswith("/api/tags"):
+        return parse_ollama_tags
+    return parse_openai_models
+
+
+class _Collect(Protocol):
+    def __init__(self, limit: int) -> None:
+        self.done: Deferred[bytes] = Deferred()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+
+    def dataReceived(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            transport: Any = self.transport
+            transport.stopProducing()
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.done.called:
+            return
+        if self._size > self._limit:
+            self.done.errback(DiscoveryError(f"model list larger than {self._limit} bytes"))
+        elif reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
+
+
+class DiscoveryService(Service):
+    """Keeps ``catalogue`` in step with what the endpoints serve."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        registry: EndpointRegistry,
+        catalogue: ModelCatalogue,
+        agent: IAgent,
+        clock: IReactorTime,
+        config: ModelDiscoveryConfig,
+        version: str,
+    ) -> None:
+        self._registry = registry
+        self._catalogue = catalogue
+        self._agent = agent
+        self._clock = clock
+        self._config = config
+        self._limit = DeferredSemaphore(max(1, config.concurrent_workers))
+        self._headers = Headers(
+            {
+                b"User-Agent": [f"olla-Discovery/{version}".encode()],
+                b"Accept": [b"application/json"],
+            }
+        )
+        self._call: IDelayedCall | None = None
+        self._in_flight: dict[Endpoint, Deferred[None]] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        if not self._config.enabled:
+            return
+        # first discovery as soon as the first health results are in
+        self._registry.when_probed(60.0).addCallback(lambda _: self._tick())
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        for pending in list(self._in_flight.values()):
+            pending.cancel()
+        return succeed(None)
+
+    def _tick(self) -> None:
+        if not self.running:
+            return
+        self.refresh_all()
+        self._call = self._clock.callLater(self._config.interval, self._tick)
+
+    def refresh_all(self) -> Deferred[None]:
+        """Discover every healthy endpoint now (coalesced with runs already going)."""
+        runs = [self.refresh(ep) for ep in self._registry.routable()]
+        done: Deferred[None] = DeferredList(runs, consumeErrors=True).addCallback(lambda _: None)
+        return done
+
+    def refresh(self, endpoint: Endpoint) -> Deferred[None]:
+        """Discover one endpoint; never fails (errors are logged, the old list stays)."""
+        running = self._in_flight.get(endpoint)
+        if running is not None:
+            return follow(running)
+        d = self._limit.run(lambda: Deferred.fromCoroutine(self._discover(endpoint)))
+        d.addErrback(self._failed, endpoint)
+        self._in_flight[endpoint] = d
+        d.addBoth(self._settled, endpoint)
+        return follow(d)
+
+    def _settled(self, result: object, endpoint: Endpoint) -> object:
+        self._in_flight.pop(endpoint, None)
+        return result
+
+    def _failed(self, failure: Failure, endpoint: Endpoint) -> None:
+        self._log.warn(
+            "model discovery for {endpoint} failed, keeping {count} known model(s): {cause}",
+            endpoint=endpoint.name,
+            count=len(self._catalogue.models_of(endpoint)),
+            cause=failure.getErrorMessage() or repr(failure.value),
+        )
+
+    async def _get_json(self, endpoint: Endpoint, url: str) -> Any:
+        headers = self._headers.copy()
+        for name, value in endpoint.extra_headers:
+            headers.setRawHeaders(name, [value])
+        request = self._agent.request(b"GET", url.encode(), headers)
+        response: IResponse = await with_deadline(request, self._config.timeout, self._clock)
+        collect = _Collect(BODY_LIMIT)
+        response.deliverBody(collect)
+        body = await with_deadline(collect.done, self._config.timeout, self._clock)
+        if response.code != 200:
+            raise DiscoveryError(f"{url} answered HTTP {response.code}")
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise DiscoveryError(f"{url} sent invalid JSON: {e}") from None
+
+    async def _discover(self, endpoint: Endpoint) -> None:
+        document = await self._get_json(endpoint, endpoint.model_url)
+        models = [
+            m
+            for m in parser_for(endpoint)(document)
+            if matches_filter(m.name, endpoint.config.model_filter)
+        ]
+        before = {m.name for m in self._catalogue.models_of(endpoint)}
+        self._catalogue.set_models(endpoint, models, self._clock.seconds())
+        state = self._registry.state(endpoint)
+        state.model_count = len(models)
+        state.last_model_sync = self._clock.seconds()
+        added = sorted({m.name for m in models} - before)
+        if added:
+            self._log.info(
+                "endpoint {endpoint} serves {count} model(s); new: {added}",
+                endpoint=endpoint.name,
+                count=len(models),
+                added=", ".join(added),
+            )
+        if endpoint.type == "ollama":
+            ps_url = endpoint.upstream_url(b"/api/ps").decode()
+            try:
+                loaded = parse_ollama_ps(await self._get_json(endpoint, ps_url))
+            except Exception as e:  # an old Ollama without /api/ps still routes fine
+                self._log.debug("no /api/ps from {endpoint}: {e}", endpoint=endpoint.name, e=e)
+            else:
+                self._catalogue.set_loaded(endpoint, loaded)

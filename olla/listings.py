@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_models -*-
+"""Model listings answered from the catalogue (never proxied), in each client's shape."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from olla.endpoints import Endpoint
+from olla.models import ModelCatalogue, ModelInfo, denormalise_quantization
+
+_EPOCH = "1970-01-01T00:00:00Z"
+
+
+def _iso(seconds: float | None) -> str:
+    if seconds is None:
+        return _EPOCH
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _details(info: ModelInfo) -> dict[str, Any]:
+    return {
+        "format": info.format or "gguf",
+        "family": info.family or "",
+        "families": [info.family] if info.family else None,
+        "parameter_size": info.parameter_size or "",
+        "quantization_level": denormalise_quantization(info.quantization) or "",
+    }
+
+
+def ollama_tags(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    """``/api/tags``: each model once, ``name`` and ``model`` both set (the SDK reads
+    ``model``)."""
+    models = []
+    for info, hosts in catalogue.merged(endpoints):
+        synced = max((catalogue.synced_at(ep) or 0.0) for ep in hosts)
+        models.append(
+            {
+                "name": info.name,
+                "model": info.name,
+                "modified_at": info.modified_at or _iso(synced),
+                "size": info.size or 0,
+                "digest": info.digest or "",
+                "details": _details(info),
+            }
+        )
+    return {"models": models}
+
+
+def ollama_ps(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    """``/api/ps`` merged: every model loaded on any of ``endpoints``, once."""
+    models = []
+    for info, hosts in catalogue.merged(endpoints):
+        if any(info.name.lower() in catalogue.loaded_on(ep) for ep in hosts):
+            models.append(
+                {
+                    "name": info.name,
+                    "model": info.name,
+                    "size": info.size or 0,
+                    "digest": info.digest or "",
+                    "details": _details(info),
+                    "expires_at": _EPOCH,
+                    "size_vram": 0,
+                }
+            )
+    return {"models": models}
+
+
+def openai_models(
+    catalogue: ModelCatalogue, endpoints: Sequence[Endpoint], now: float
+) -> dict[str, Any]:
+    """OpenAI ``/v1/models`` over ``endpoints``."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": info.name, "object": "model", "created": int(now), "owned_by": "olla"}
+            for info, _ in catalogue.merged(endpoints)
+        ],
+    }
+
+
+def unified_models(
+    catalogue: ModelCatalogue, endpoints: Sequence[Endpoint], now: float
+) -> dict[str, Any]:
+    """``/olla/models``: the unified view, with where each model is and whether it is warm."""
+    data = []
+    for info, hosts in catalogue.merged(endpoints):
+        data.append(
+            {
+                "id": info.name,
+                "object": "model",
+                "owned_by": "olla",
+                "created": int(now),
+                "olla": {
+                    "family": info.family or "unknown",
+                    "parameter_size": info.parameter_size,
+                    "quantization": info.quantization,
+                    "availability": [
+                        {
+                            "endpoint": ep.name,
+                            "state": "loaded"
+                            if info.name.lower() in catalogue.loaded_on(ep)
+                            else "available",
+                        }
+                        for ep in hosts
+                    ],
+                },
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+def model_detail(
+    catalogue: ModelCatalogue, endpoints: Sequence[Endpoint], name: str
+) -> dict[str, Any] | None:
+    """``/olla/models/{id}``: one model, or None."""
+    for info, hosts in catalogue.merged(endpoints):
+        if info.name.lower() == name.lower():
+            return {
+                "id": info.name,
+                "family": info.family or "unknown",
+                "parameter_size": info.parameter_size,
+                "quantization": info.quantization,
+                "format": info.format,
+                "total_disk_size": info.size,
+                "digest": info.digest,
+                "endpoints": [ep.name for ep in hosts],
+                "loaded_endpoints": [
+                    ep.name for ep in hosts if info.name.lower() in catalogue.loaded_on(ep)
+                ],
+            }
+    return None

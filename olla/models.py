@@ -1,0 +1,265 @@
+# -*- test-case-name: tests.test_models -*-
+"""The model catalogue: which endpoint hosts (and has loaded) which model, and routing by model.
+
+Discovery writes per-endpoint lists; everything else reads. Names compare case-insensitively.
+``route()`` is a pure decision over the catalogue, the healthy candidates and the config.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from olla.config import FilterConfig, RoutingStrategyConfig
+from olla.endpoints import Endpoint
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model as one endpoint reported it."""
+
+    name: str
+    size: int | None = None
+    digest: str | None = None
+    family: str | None = None
+    parameter_size: str | None = None
+    quantization: str | None = None
+    format: str | None = None
+    modified_at: str | None = None
+
+
+_QUANT = re.compile(r"[^a-z0-9]")
+
+
+def normalise_quantization(value: str | None) -> str | None:
+    """``Q4_K_M`` -> ``q4km``, ``Q4_0`` -> ``q4``, ``F16``/``FP16`` -> ``f16`` (Olla's scheme)."""
+    if not value:
+        return None
+    q = _QUANT.sub("", value.lower())
+    if q.startswith("fp"):
+        q = q[1:]
+    return q[:-1] if re.fullmatch(r"q\d0", q) else q
+
+
+def denormalise_quantization(value: str | None) -> str | None:
+    """The Ollama spelling back: ``q4km`` -> ``Q4_K_M``, ``q4`` -> ``Q4_0``, ``f16`` -> ``F16``."""
+    if not value:
+        return None
+    if re.fullmatch(r"q\d", value):
+        return f"Q{value[1]}_0"
+    match = re.fullmatch(r"q(\d)k([sml])?", value)
+    if match:
+        return f"Q{match.group(1)}_K" + (f"_{match.group(2).upper()}" if match.group(2) else "")
+    return value.upper()
+
+
+def matches_filter(name: str, model_filter: FilterConfig | None) -> bool:
+    """Case-insensitive include/exclude globs; an empty include list admits everything."""
+    if model_filter is None:
+        return True
+    lowered = name.lower()
+    include = [p.lower() for p in model_filter.include]
+    if include and "*" not in include and not any(fnmatch.fnmatchcase(lowered, p) for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(lowered, p.lower()) for p in model_filter.exclude)
+
+
+@dataclass
+class _EndpointModels:
+    models: dict[str, ModelInfo] = field(default_factory=dict)  # lower-cased name -> info
+    loaded: set[str] = field(default_factory=set)  # lower-cased names
+    synced_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """What model routing decided for one request."""
+
+    strategy: str  # strict | optimistic | discovery | alias
+    decision: str  # routed | fallback | rejected
+    reason: str
+    endpoints: tuple[Endpoint, ...] = ()
+    status: int = 200  # for rejections: 404 or 503
+    #: per chosen endpoint, the model name to write into the body (aliases only)
+    rewrite: Mapping[Endpoint, str] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> bool:
+        return self.decision == "rejected"
+
+
+class ModelCatalogue:
+    """Per-endpoint model lists and loaded sets, with the merged views built on demand."""
+
+    def __init__(self, aliases: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._by_endpoint: dict[Endpoint, _EndpointModels] = {}
+        self._aliases = {k.lower(): tuple(v) for k, v in (aliases or {}).items()}
+
+    # ------------------------------------------------------------------ writes (discovery)
+
+    def set_models(self, endpoint: Endpoint, models: Iterable[ModelInfo], now: float) -> None:
+        entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
+        entry.models = {m.name.lower(): m for m in models}
+        entry.synced_at = now
+
+    def set_loaded(self, endpoint: Endpoint, names: Iterable[str]) -> None:
+        entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
+        entry.loaded = {n.lower() for n in names}
+
+    def mark_loaded(self, endpoint: Endpoint, name: str) -> None:
+        """A request for ``name`` went to ``endpoint``: it is warm there now."""
+        self._by_endpoint.setdefault(endpoint, _EndpointModels()).loaded.add(name.lower())
+
+    # ------------------------------------------------------------------ reads
+
+    def models_of(self, endpoint: Endpoint) -> list[ModelInfo]:
+        entry = self._by_endpoint.get(endpoint)
+        return list(entry.models.values()) if entry else []
+
+    def loaded_on(self, endpoint: Endpoint) -> set[str]:
+        entry = self._by_endpoint.get(endpoint)
+        return set(entry.loaded) if entry else set()
+
+    def synced_at(self, endpoint: Endpoint) -> float | None:
+        entry = self._by_endpoint.get(endpoint)
+        return entry.synced_at if entry else None
+
+    def hosts(self, name: str) -> list[Endpoint]:
+        """Endpoints that host ``name`` (any health), in no particular order."""
+        key = name.lower()
+        return [ep for ep, entry in self._by_endpoint.items() if key in entry.models]
+
+    def native_name(self, endpoint: Endpoint, name: str) -> str | None:
+        entry = self._by_endpoint.get(endpoint)
+        info = entry.models.get(name.lower()) if entry else None
+        return info.name if info else None
+
+    def merged(self, endpoints: Iterable[Endpoint]) -> list[tuple[ModelInfo, list[Endpoint]]]:
+        """Each model once across ``endpoints`` (same digest, else same name), with its hosts."""
+        groups: list[tuple[ModelInfo, list[Endpoint]]] = []
+        by_digest: dict[str, int] = {}
+        by_name: dict[str, int] = {}
+        for endpoint in endpoints:
+            entry = self._by_endpoint.get(endpoint)
+            if entry is None:
+                continue
+            for key, info in entry.models.items():
+                index = by_digest.get(info.digest) if info.digest else None
+                if index is None:
+                    index = by_name.get(key)
+                    if index is not None:
+                        other = groups[index][0].digest
+                        if other and info.digest and other != info.digest:
+                            index = None  # same name, different weights: two models
+                if index is None:
+                    index = len(groups)
+                    groups.append((info, []))
+                    by_name.setdefault(key, index)
+                    if info.digest:
+                        by_digest.setdefault(info.digest, index)
+                if endpoint not in groups[index][1]:
+                    groups[index][1].append(endpoint)
+        return groups
+
+    # ------------------------------------------------------------------ routing
+
+    def alias_targets(self, model: str) -> tuple[str, ...] | None:
+        return self._aliases.get(model.lower())
+
+    def route(
+        self,
+        model: str,
+        healthy: Sequence[Endpoint],
+        strategy: RoutingStrategyConfig,
+        *,
+        refreshed: bool = False,
+        refresh_failed: bool = False,
+    ) -> RoutingDecision:
+        """Decide the candidates for ``model`` among ``healthy`` endpoints (§6.4, §6.5)."""
+        targets = self.alias_targets(model)
+        if targets is not None:
+            rewrite: dict[Endpoint, str] = {}
+            for target in targets:
+                for endpoint in self.hosts(target):
+                    if endpoint in healthy and endpoint not in rewrite:
+                        rewrite[endpoint] = self.native_name(endpoint, target) or target
+            if rewrite:
+                chosen = tuple(ep for ep in healthy if ep in rewrite)
+                return RoutingDecision(
+                    "alias",
+                    "routed",
+                    f'alias "{model}" resolved to {len(chosen)} endpoint(s)',
+                    chosen,
+                    rewrite=rewrite,
+                )
+        hosts = self.hosts(model)
+        on_healthy = tuple(ep for ep in healthy if ep in hosts)
+        kind = strategy.type
+        if on_healthy:
+            reason = (
+                "model_found_no_refresh"
+                if kind == "discovery" and not refreshed
+                else ("model_found")
+            )
+            return RoutingDecision(kind, "routed", reason, on_healthy)
+        fallback = strategy.fallback_behavior
+        everyone = tuple(healthy)
+        if kind == "optimistic":
+            if not hosts:
+                if fallback == "all":
+                    return RoutingDecision(
+                        kind, "fallback", "model_not_found_fallback", tuple(healthy)
+                    )
+                return RoutingDecision(kind, "rejected", "model_not_found", status=404)
+            if fallback == "all":
+                return RoutingDecision(kind, "fallback", "all_healthy_fallback", everyone)
+            reason = (
+                "model_unavailable_no_fallback"
+                if fallback == "none"
+                else "model_unavailable_compatible_only"
+            )
+            return RoutingDecision(kind, "rejected", reason, status=503)
+        if kind == "discovery":
+            if refresh_failed:
+                if fallback == "all":
+                    return RoutingDecision(
+                        kind, "fallback", "discovery_failed_all_fallback", tuple(healthy)
+                    )
+                suffix = "no_fallback" if fallback == "none" else "compatible_only"
+                return RoutingDecision(kind, "rejected", f"discovery_failed_{suffix}", status=503)
+            if not refreshed:
+                return RoutingDecision(kind, "rejected", "model_unavailable_no_refresh", status=503)
+            if not healthy:
+                return RoutingDecision(kind, "rejected", "no_healthy_after_discovery", status=503)
+            if fallback == "all":
+                return RoutingDecision(
+                    kind, "fallback", "all_healthy_after_discovery", tuple(healthy)
+                )
+            return RoutingDecision(
+                kind, "rejected", "model_unavailable_after_discovery", status=503
+            )
+        if not hosts:
+            return RoutingDecision("strict", "rejected", "model_not_found", status=404)
+        return RoutingDecision("strict", "rejected", "model_unavailable", status=503)
+
+    def prefer_loaded(self, model: str, decision: RoutingDecision) -> RoutingDecision:
+        """Among the routed endpoints, keep those with the model already loaded, if any."""
+        if decision.rejected or len(decision.endpoints) < 2:
+            return decision
+        warm = tuple(
+            ep
+            for ep in decision.endpoints
+            if (decision.rewrite.get(ep) or model).lower() in self.loaded_on(ep)
+        )
+        if not warm or len(warm) == len(decision.endpoints):
+            return decision
+        return RoutingDecision(
+            decision.strategy,
+            decision.decision,
+            "model_loaded",
+            warm,
+            decision.status,
+            decision.rewrite,
+        )

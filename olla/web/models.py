@@ -1,0 +1,102 @@
+# -*- test-case-name: tests.test_models -*-
+"""``/olla/models`` and the cross-provider ``/v1/models`` lists, answered from the catalogue."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import unquote
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from olla.endpoints import EndpointRegistry
+from olla.listings import model_detail, ollama_tags, openai_models, unified_models
+from olla.models import ModelCatalogue
+from olla.web.errors import Dialect, error_body
+
+FORMATS = ("unified", "openai", "ollama")
+
+
+def _answer(request: Request, status: int, payload: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+
+
+class ModelsResource(Resource):
+    """``/olla/models[?format=&endpoint=&family=&available=]`` and ``/olla/models/{id}``."""
+
+    isLeaf = True
+
+    def __init__(
+        self, registry: EndpointRegistry, catalogue: ModelCatalogue, clock: IReactorTime
+    ) -> None:
+        super().__init__()
+        self._registry = registry
+        self._catalogue = catalogue
+        self._clock = clock
+
+    def render(self, request: Request) -> bytes:
+        endpoints = self._registry.routable()
+        args = {k.decode(): v[-1].decode() for k, v in (request.args or {}).items()}
+        if args.get("endpoint"):
+            endpoints = [ep for ep in endpoints if ep.name == args["endpoint"]]
+        assert request.postpath is not None
+        model_id = unquote(b"/".join(request.postpath).decode()).strip("/")
+        if model_id:
+            detail = model_detail(self._catalogue, endpoints, model_id)
+            if detail is None:
+                body = error_body(Dialect.OPENAI, 404, f"model {model_id!r} not found")
+                return _answer(request, 404, body)
+            return _answer(request, 200, detail)
+        fmt = args.get("format", "unified")
+        if fmt not in FORMATS:
+            message = f"invalid query parameter format={fmt} (one of {', '.join(FORMATS)})"
+            return _answer(request, 400, error_body(Dialect.OPENAI, 400, message))
+        if fmt == "ollama":
+            return _answer(request, 200, ollama_tags(self._catalogue, endpoints))
+        if fmt == "openai":
+            return _answer(request, 200, openai_models(self._catalogue, endpoints, self._now()))
+        payload = unified_models(self._catalogue, endpoints, self._now())
+        family = args.get("family")
+        if family:
+            payload["data"] = [m for m in payload["data"] if m["olla"]["family"] == family]
+        available = args.get("available")
+        if available is not None:
+            if available not in ("true", "false"):
+                message = f"invalid query parameter available={available}"
+                return _answer(request, 400, error_body(Dialect.OPENAI, 400, message))
+            want = available == "true"
+            payload["data"] = [
+                m
+                for m in payload["data"]
+                if any(a["state"] == "loaded" for a in m["olla"]["availability"]) is want
+            ]
+        return _answer(request, 200, payload)
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+
+class OpenAIModelsResource(Resource):
+    """``/olla/<openai|proxy>/v1/models``: every healthy endpoint's models, OpenAI-shaped."""
+
+    isLeaf = True
+
+    def __init__(
+        self, registry: EndpointRegistry, catalogue: ModelCatalogue, clock: IReactorTime
+    ) -> None:
+        super().__init__()
+        self._registry = registry
+        self._catalogue = catalogue
+        self._clock = clock
+
+    def render(self, request: Request) -> bytes:
+        assert request.postpath is not None
+        if b"/".join(request.postpath).rstrip(b"/") != b"v1/models":
+            return _answer(request, 404, error_body(Dialect.OPENAI, 404, "404 page not found"))
+        endpoints = self._registry.routable()
+        return _answer(
+            request, 200, openai_models(self._catalogue, endpoints, self._clock.seconds())
+        )
