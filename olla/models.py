@@ -39,7 +39,7 @@ def normalise_quantization(value: str | None) -> str | None:
         return None
     q = _QUANT.sub("", value.lower())
     if q.startswith("fp"):
-        q = q[1:]
+        q = "f" + q[2:]
     return q[:-1] if re.fullmatch(r"q\d0", q) else q
 
 

@@ -7,13 +7,15 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from olla.config import ProxyConfig, RetryConfig
+from olla.config import ProxyConfig, RetryConfig, RoutingStrategyConfig
 from olla.endpoints import EndpointStatus
+from olla.models import ModelInfo
 from tests.proxyharness import HANG, REFUSE, Harness, http_request
 
 
@@ -513,3 +515,120 @@ class BreakerTests(SynchronousTestCase):
             assert response is not None
             self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
         self.assertEqual(len(h.agent.hanging), waiting)  # a was not tried again
+
+
+class ModelRoutingTests(SynchronousTestCase):
+    def _fleet(self, **kw: Any) -> tuple[Harness, Backend, Backend]:
+        a, b = Backend(Clock(), name="a"), Backend(Clock(), name="b")
+        models = {"a:1": ["llama3.2:latest", "shared:7b"], "b:1": ["shared:7b", "qwen2.5:7b"]}
+        return Harness({"a:1": a, "b:1": b}, models=models, **kw), a, b
+
+    def _chat(self, h: Harness, model: str, path: str = "/olla/ollama/api/chat") -> Any:
+        body = json.dumps({"model": model, "messages": []}).encode()
+        response = h.send(http_request("POST", path, body)).response()
+        assert response is not None
+        return response
+
+    def test_model_on_one_endpoint(self) -> None:
+        """If only A hosts a model, then every request for it reaches A, with routing
+        headers."""
+        h, a, b = self._fleet()
+        for _ in range(5):
+            response = self._chat(h, "llama3.2:latest")
+            self.assertEqual(response.header(b"x-olla-endpoint"), b"a")
+        self.assertEqual((len(a.received), len(b.received)), (5, 0))
+        self.assertEqual(response.header(b"x-olla-routing-strategy"), b"strict")
+        self.assertEqual(response.header(b"x-olla-routing-decision"), b"routed")
+        self.assertEqual(response.header(b"x-olla-routing-reason"), b"model_found")
+
+    def test_unknown_model(self) -> None:
+        """If no endpoint knows the model, then 404 model_not_found in the route's dialect,
+        and no backend is contacted."""
+        h, a, b = self._fleet()
+        response = self._chat(h, "nope:1b")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(json.loads(response.body)["code"], "model_not_found")
+        self.assertEqual(response.header(b"x-olla-routing-decision"), b"rejected")
+        openai = self._chat(h, "nope:1b", "/olla/ollama/v1/chat/completions")
+        error = json.loads(openai.body)["error"]
+        self.assertEqual((error["code"], openai.status), ("model_not_found", 404))
+        self.assertEqual(h.agent.sent, [])
+
+    def test_model_unavailable(self) -> None:
+        """If the only host is down, then 503 model_unavailable."""
+        h, a, b = self._fleet()
+        h.registry.set_status(h.endpoints[0], EndpointStatus.OFFLINE)
+        response = self._chat(h, "llama3.2:latest")
+        self.assertEqual(response.status, 503)
+        self.assertIn("model_unavailable", json.loads(response.body)["error"])
+
+    def test_warm_model_preferred(self) -> None:
+        """If a shared model is loaded on B only, then requests go to B (model_loaded)."""
+        h, a, b = self._fleet()
+        h.catalogue.set_loaded(h.endpoints[1], ["shared:7b"])
+        for _ in range(4):
+            response = self._chat(h, "shared:7b")
+            self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
+        self.assertEqual(response.header(b"x-olla-routing-reason"), b"model_loaded")
+
+    def test_alias_rewrites_body(self) -> None:
+        """If an alias is requested, then the chosen endpoint gets its own name in the body,
+        everything else untouched, and the client sees the alias routing headers."""
+        h, a, b = self._fleet(aliases={"Fast": ["qwen2.5:7b"]})
+        body = b'{"model": "fast", "messages": [{"role": "user", "content": "fast"}]}'
+        response = h.send(http_request("POST", "/olla/ollama/api/chat", body)).response()
+        assert response is not None
+        self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
+        self.assertEqual(response.header(b"x-olla-routing-strategy"), b"alias")
+        self.assertEqual(response.header(b"x-olla-model"), b"fast")
+        self.assertEqual(
+            b.received[0]["body"],
+            b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "fast"}]}',
+        )
+        self.assertEqual(
+            b.received[0]["headers"][b"content-length"], [b"%d" % len(b.received[0]["body"])]
+        )
+
+    def test_refresh_on_miss(self) -> None:
+        """If the discovery strategy refreshes on a miss, then a model pulled since the last
+        discovery is found and routed at once."""
+        refreshes: list[int] = []
+        routing = RoutingStrategyConfig(type="discovery", discovery_refresh_on_miss=True)
+        h, a, b = self._fleet(routing=routing)
+
+        def refresh() -> Any:
+            refreshes.append(1)
+            h.catalogue.set_models(h.endpoints[1], [ModelInfo("fresh:1b")], 0.0)
+            return succeed(None)
+
+        h.deps.refresh_models = refresh
+        response = self._chat(h, "fresh:1b")
+        self.assertEqual((response.status, refreshes), (200, [1]))
+        self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
+        self.assertEqual(response.header(b"x-olla-routing-reason"), b"model_found")
+
+    def test_refresh_bounded(self) -> None:
+        """If the refresh hangs, then the decision comes after discovery_timeout (503)."""
+        routing = RoutingStrategyConfig(
+            type="discovery", discovery_refresh_on_miss=True, discovery_timeout=2.0
+        )
+        h, a, b = self._fleet(routing=routing)
+        h.deps.refresh_models = Deferred
+        client = h.send(http_request("POST", "/olla/ollama/api/chat", b'{"model":"x"}'))
+        self.assertIsNone(client.response())
+        h.advance(2.0)
+        response = client.response()
+        assert response is not None
+        self.assertEqual(response.status, 503)
+        self.assertEqual(
+            response.header(b"x-olla-routing-reason"), b"discovery_failed_compatible_only"
+        )
+
+    def test_tags_answered_locally(self) -> None:
+        """If /api/tags is asked, then olla answers from its catalogue, each model once."""
+        h, a, b = self._fleet()
+        response = h.send(http_request("GET", "/olla/ollama/api/tags")).response()
+        assert response is not None
+        names = [m["name"] for m in json.loads(response.body)["models"]]
+        self.assertEqual(sorted(names), ["llama3.2:latest", "qwen2.5:7b", "shared:7b"])
+        self.assertEqual(h.agent.sent, [])

@@ -1,0 +1,171 @@
+"""The model catalogue, routing decisions, parsers and listings (pure, no I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.task import Clock
+
+from olla.config import EndpointConfig, FilterConfig, RoutingStrategyConfig
+from olla.discovery import DiscoveryError, parse_ollama_ps, parse_ollama_tags, parse_openai_models
+from olla.endpoints import endpoints_from_config
+from olla.listings import ollama_tags, openai_models
+from olla.models import (
+    ModelCatalogue,
+    ModelInfo,
+    denormalise_quantization,
+    matches_filter,
+    normalise_quantization,
+)
+from olla.proxy.inspect import rewrite_model
+
+A, B, C = endpoints_from_config(
+    [EndpointConfig(url=f"http://{n}:1", name=n, type="ollama") for n in "abc"]
+)
+
+
+def _catalogue(aliases: dict[str, list[str]] | None = None) -> ModelCatalogue:
+    catalogue = ModelCatalogue(aliases)
+    catalogue.set_models(A, [ModelInfo("llama3.2:latest", digest="d1"), ModelInfo("Shared:7b")], 0)
+    catalogue.set_models(B, [ModelInfo("shared:7b"), ModelInfo("qwen2.5:7b")], 0)
+    return catalogue
+
+
+@pytest.mark.parametrize(
+    ("raw", "norm", "back"),
+    [("Q4_K_M", "q4km", "Q4_K_M"), ("Q4_0", "q4", "Q4_0"), ("Q8_0", "q8", "Q8_0"),
+     ("F16", "f16", "F16"), ("FP16", "f16", "F16"), ("BF16", "bf16", "BF16")],
+)  # fmt: skip
+def test_quantization(raw: str, norm: str, back: str) -> None:
+    """If a quantisation level is normalised and back, then Olla's spellings result."""
+    assert normalise_quantization(raw) == norm
+    assert denormalise_quantization(norm) == back
+
+
+def test_filters() -> None:
+    """If include/exclude globs are set, then matching is case-insensitive, exclude last."""
+    f = FilterConfig(include=("llama*", "*embed*"), exclude=("*70b*",))
+    assert matches_filter("Llama3:8b", f)
+    assert matches_filter("nomic-embed-text", f)
+    assert not matches_filter("llama3:70b", f)
+    assert not matches_filter("qwen", f)
+    assert matches_filter("anything", None)
+
+
+def test_merged_each_model_once() -> None:
+    """If two endpoints report a model (by name, any case), then it is listed once with both."""
+    merged = {info.name.lower(): [ep.name for ep in hosts] for info, hosts in
+              _catalogue().merged([A, B])}  # fmt: skip
+    assert merged == {"llama3.2:latest": ["a"], "shared:7b": ["a", "b"], "qwen2.5:7b": ["b"]}
+
+
+def test_different_digests_not_merged() -> None:
+    """If the same name has different digests, then they stay two models."""
+    catalogue = ModelCatalogue()
+    catalogue.set_models(A, [ModelInfo("m", digest="x")], 0)
+    catalogue.set_models(B, [ModelInfo("m", digest="y")], 0)
+    assert len(catalogue.merged([A, B])) == 2
+
+
+def _route(model: str, healthy: list, **strategy: object) -> tuple:  # type: ignore[type-arg]
+    decision = _catalogue().route(model, healthy, RoutingStrategyConfig(**strategy))  # type: ignore[arg-type]
+    return (
+        decision.strategy,
+        decision.decision,
+        decision.reason,
+        decision.status,
+        [ep.name for ep in decision.endpoints],
+    )
+
+
+def test_strict() -> None:
+    """If strict, then a hosted model routes to its hosts, unknown is 404, unhealthy 503."""
+    assert _route("LLAMA3.2:latest", [A, B]) == ("strict", "routed", "model_found", 200, ["a"])
+    assert _route("shared:7b", [A, B])[4] == ["a", "b"]
+    assert _route("nope", [A, B])[1:4] == ("rejected", "model_not_found", 404)
+    assert _route("llama3.2:latest", [B])[1:4] == ("rejected", "model_unavailable", 503)
+
+
+def test_optimistic() -> None:
+    """If optimistic, then fallback_behavior decides between rejecting and any endpoint."""
+    assert _route("nope", [A, B], type="optimistic")[2:4] == ("model_not_found", 404)
+    assert _route("nope", [A, B], type="optimistic", fallback_behavior="all")[1:3] == (
+        "fallback",
+        "model_not_found_fallback",
+    )
+    assert _route("llama3.2:latest", [B], type="optimistic")[2] == (
+        "model_unavailable_compatible_only"
+    )
+    assert _route("llama3.2:latest", [B], type="optimistic", fallback_behavior="all")[4] == ["b"]
+
+
+def test_discovery_strategy() -> None:
+    """If the discovery strategy misses, then without refresh it is 503; after a refresh the
+    outcome names the refresh."""
+    assert _route("nope", [A], type="discovery")[2] == "model_unavailable_no_refresh"
+    assert _route("llama3.2:latest", [A], type="discovery")[2] == "model_found_no_refresh"
+    catalogue = _catalogue()
+    strategy = RoutingStrategyConfig(type="discovery")
+    after = catalogue.route("nope", [A], strategy, refreshed=True)
+    assert (after.reason, after.status) == ("model_unavailable_after_discovery", 503)
+    failed = catalogue.route("nope", [A], strategy, refresh_failed=True)
+    assert failed.reason == "discovery_failed_compatible_only"
+
+
+def test_alias() -> None:
+    """If an alias names models known under different names, then each endpoint gets its own."""
+    catalogue = _catalogue({"Fast": ["qwen2.5:7b", "llama3.2:latest"]})
+    decision = catalogue.route("fast", [A, B], RoutingStrategyConfig())
+    assert (decision.strategy, decision.decision) == ("alias", "routed")
+    assert dict(decision.rewrite) == {B: "qwen2.5:7b", A: "llama3.2:latest"}
+    assert "resolved to 2 endpoint(s)" in decision.reason
+    unknown = catalogue.route("slow", [A, B], RoutingStrategyConfig())
+    assert unknown.reason == "model_not_found"
+
+
+def test_prefer_loaded() -> None:
+    """If a model is loaded on one of its hosts, then that host is preferred (model_loaded)."""
+    catalogue = _catalogue()
+    catalogue.set_loaded(B, ["SHARED:7b"])
+    decision = catalogue.prefer_loaded(
+        "shared:7b", catalogue.route("shared:7b", [A, B], RoutingStrategyConfig())
+    )
+    assert (decision.reason, decision.endpoints) == ("model_loaded", (B,))
+    catalogue.set_loaded(A, ["shared:7b"])
+    both = catalogue.prefer_loaded(
+        "shared:7b", catalogue.route("shared:7b", [A, B], RoutingStrategyConfig())
+    )
+    assert both.reason == "model_found" and len(both.endpoints) == 2
+
+
+def test_rewrite_model_only_top_level() -> None:
+    """If the model is rewritten, then only the top-level value changes, byte for byte."""
+    body = b'{"messages":[{"model":"fast"}],  "model" : "fast", "x": 1}'
+    out = rewrite_model(body, "qwen2.5:7b")
+    assert out == b'{"messages":[{"model":"fast"}],  "model" : "qwen2.5:7b", "x": 1}'
+    assert json.loads(out)["messages"][0]["model"] == "fast"
+
+
+def test_parsers() -> None:
+    """If backends answer their model lists, then names and details are read; junk fails."""
+    tags = parse_ollama_tags(
+        {"models": [{"name": "m:1", "size": 5, "digest": "d",
+                     "details": {"family": "llama", "quantization_level": "Q4_K_M"}}, {"x": 1}]}
+    )  # fmt: skip
+    assert tags == [ModelInfo("m:1", 5, "d", "llama", None, "q4km", None, None)]
+    assert parse_openai_models({"object": "list", "data": None}) == []
+    assert [m.name for m in parse_openai_models({"data": [{"id": "t"}]})] == ["t"]
+    assert parse_ollama_ps({"models": [{"name": "m:1"}]}) == ["m:1"]
+    with pytest.raises(DiscoveryError):
+        parse_ollama_tags({"data": []})
+
+
+def test_listings() -> None:
+    """If models are listed, then the Ollama shape has name and model, OpenAI the ids."""
+    catalogue = _catalogue()
+    tags = ollama_tags(catalogue, [A, B])["models"]
+    assert [(m["name"], m["model"]) for m in tags][0] == ("llama3.2:latest", "llama3.2:latest")
+    assert len(tags) == 3
+    ids = [m["id"] for m in openai_models(catalogue, [B], Clock().seconds())["data"]]
+    assert ids == ["shared:7b", "qwen2.5:7b"]
