@@ -210,6 +210,7 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
         clock=reactor,
         config=config,
         active_connections=lambda: len(site.channels),
+        catalogue=catalogue,
     )
     proxies[b"models"] = ModelsResource(registry, catalogue, reactor)
     for prefix in (b"proxy", b"openai", b"openai-compatible"):

@@ -20,6 +20,8 @@ import twisted
 from olla import __version__
 from olla.config import OllaConfig
 from olla.endpoints import EndpointRegistry
+from olla.listings import status_models
+from olla.models import ModelCatalogue
 from olla.web.status import (
     endpoints_payload,
     etag_for,
@@ -130,6 +132,7 @@ class InternalApp:
         config: OllaConfig,
         active_connections: Callable[[], int] = lambda: 0,
         proc_self: Path | None = Path("/proc/self"),
+        catalogue: ModelCatalogue | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -146,6 +149,7 @@ class InternalApp:
         self._started = clock.seconds()
         self._active_connections = active_connections
         self._proc_self = proc_self
+        self._catalogue = catalogue or ModelCatalogue()
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -165,6 +169,13 @@ class InternalApp:
     @app.route("/internal/status/endpoints", branch=False)
     def status_endpoints(self, request: Request) -> bytes:
         payload, stable = endpoints_payload(self._registry, now=self._clock.seconds())
+        return conditional_json(request, payload, stable)
+
+    @app.route("/internal/status/models", branch=False)
+    def status_models(self, request: Request) -> bytes:
+        payload, stable = status_models(
+            self._catalogue, self._registry.routable(), self._clock.seconds()
+        )
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/process", branch=False)

@@ -156,3 +156,6 @@ def test_models_listing_formats(tmp_path: Path, fakes: dict[str, FakeProcess]) -
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(f"{daemon.url}/olla/models?format=xml", timeout=10)
         assert raised.value.code == 400
+        status = httpx.get(f"{daemon.url}/internal/status/models", timeout=10).json()
+        assert status["total_models"] == 3 and status["total_endpoints"] == 3
+        assert sorted(status["models_by_family"]["llama"]) == ["llama3.2:latest", "shared:7b"]
