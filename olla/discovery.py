@@ -10,7 +10,6 @@ keeps the endpoint's last good list and is simply tried again next time.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -23,10 +22,12 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
+from zope.interface import implementer
 
 from olla.config import ModelDiscoveryConfig
 from olla.deadline import follow, with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry
+from olla.interfaces import IModelSource
 from olla.models import ModelCatalogue, ModelInfo, matches_filter, normalise_quantization
 
 BODY_LIMIT = 10 * 1024 * 1024
@@ -82,10 +83,33 @@ def parse_ollama_ps(document: Any) -> list[str]:
     return [m["name"] for m in document["models"] if isinstance(m, dict) and "name" in m]
 
 
-def parser_for(endpoint: Endpoint) -> Callable[[Any], list[ModelInfo]]:
+@implementer(IModelSource)
+class OllamaModelSource:
+    response_format = "ollama"
+
+    def parse(self, document: object) -> list[ModelInfo]:
+        return parse_ollama_tags(document)
+
+
+@implementer(IModelSource)
+class OpenAIModelSource:
+    response_format = "openai"
+
+    def parse(self, document: object) -> list[ModelInfo]:
+        return parse_openai_models(document)
+
+
+#: response_format -> parser; profiles add their own formats here.
+MODEL_SOURCES: dict[str, IModelSource] = {
+    source.response_format: source for source in (OllamaModelSource(), OpenAIModelSource())
+}
+
+
+def source_for(endpoint: Endpoint) -> IModelSource:
+    """The parser for an endpoint's model list (unknown formats read as OpenAI's)."""
     if endpoint.type == "ollama" or endpoint.model_url.endswith("/api/tags"):
-        return parse_ollama_tags
-    return parse_openai_models
+        return MODEL_SOURCES["ollama"]
+    return MODEL_SOURCES.get(endpoint.type, MODEL_SOURCES["openai"])
 
 
 class _Collect(Protocol):
@@ -141,6 +165,8 @@ class DiscoveryService(Service):
             }
         )
         self._call: IDelayedCall | None = None
+        #: forget an endpoint's models when its last successful discovery is this old
+        self.stale_threshold = 0.0
         self._in_flight: dict[Endpoint, Deferred[None]] = {}
 
     def startService(self) -> None:
@@ -162,6 +188,16 @@ class DiscoveryService(Service):
     def _tick(self) -> None:
         if not self.running:
             return
+        if self.stale_threshold > 0:
+            for endpoint in self._catalogue.drop_stale(
+                self._clock.seconds() - self.stale_threshold
+            ):
+                self._registry.state(endpoint).model_count = 0
+                self._log.info(
+                    "forgot the models of {endpoint}: not seen for {hours:g}h",
+                    endpoint=endpoint.name,
+                    hours=self.stale_threshold / 3600,
+                )
         self.refresh_all()
         self._call = self._clock.callLater(self._config.interval, self._tick)
 
@@ -214,7 +250,7 @@ class DiscoveryService(Service):
         document = await self._get_json(endpoint, endpoint.model_url)
         models = [
             m
-            for m in parser_for(endpoint)(document)
+            for m in source_for(endpoint).parse(document)
             if matches_filter(m.name, endpoint.config.model_filter)
         ]
         before = {m.name for m in self._catalogue.models_of(endpoint)}

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from olla.endpoints import Endpoint, EndpointRegistry
     from olla.health import ProbeResult
+    from olla.models import ModelInfo
 
 
 class IBalancer(Interface):
@@ -28,3 +29,12 @@ class IHealthChecker(Interface):
 
     def probe(endpoint: Endpoint) -> Deferred[ProbeResult]:
         """Probe ``endpoint``; never fails (errors become an offline/unhealthy result)."""
+
+
+class IModelSource(Interface):
+    """Reads one backend's model-list document (one ``response_format``)."""
+
+    response_format = Attribute("The profile ``response_format`` this parser reads.")
+
+    def parse(document: object) -> list[ModelInfo]:
+        """The models ``document`` lists; raises ``DiscoveryError`` if it is not such a list."""

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from olla.endpoints import Endpoint
-from olla.models import ModelCatalogue, ModelInfo, denormalise_quantization
+from olla.models import (
+    ModelCatalogue,
+    ModelInfo,
+    capabilities,
+    context_length,
+    denormalise_quantization,
+    model_type,
+)
 
 _EPOCH = "1970-01-01T00:00:00Z"
 
@@ -93,6 +100,9 @@ def unified_models(
                 "owned_by": "olla",
                 "created": int(now),
                 "olla": {
+                    "type": model_type(info.name, info.family),
+                    "capabilities": capabilities(info.name, info.family),
+                    "max_context_length": context_length(info.name),
                     "family": info.family or "unknown",
                     "parameter_size": info.parameter_size,
                     "quantization": info.quantization,
@@ -126,6 +136,8 @@ def model_detail(
                 "total_disk_size": info.size,
                 "digest": info.digest,
                 "endpoints": [ep.name for ep in hosts],
+                "capabilities": capabilities(info.name, info.family),
+                "max_context_length": context_length(info.name),
                 "loaded_endpoints": [
                     ep.name for ep in hosts if info.name.lower() in catalogue.loaded_on(ep)
                 ],

@@ -66,6 +66,63 @@ def matches_filter(name: str, model_filter: FilterConfig | None) -> bool:
     return not any(fnmatch.fnmatchcase(lowered, p.lower()) for p in model_filter.exclude)
 
 
+_VISION = ("*llava*", "*vision*", "*bakllava*", "*-vl*", "*vlm*")
+_EMBEDDINGS = ("*embed*", "*minilm*", "nomic-embed-text*", "mxbai-embed-large*", "*bge-*")
+_CODE = ("*code*", "codellama*", "deepseek-coder*", "qwen*coder*", "*starcoder*", "*codegen*")
+_CONTEXT = (
+    (("*-32k*", "*:32k*"), 32768),
+    (("*-16k*", "*:16k*"), 16384),
+    (("*-8k*", "*:8k*", "llama3*", "llama-3*"), 8192),
+)
+_NAME_RULES = (
+    (("*instruct*", "*chat*", "*assistant*"), ("instruction-following", "chat")),
+    (("*reasoning*", "*think*", "*r1*"), ("reasoning", "logic")),
+    (("*math*", "*mathstral*"), ("mathematics", "problem-solving")),
+)
+
+
+def _any(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def model_type(name: str, family: str | None = None) -> str:
+    """``embeddings``, ``vlm`` or ``llm``, from the name (and Ollama's family)."""
+    lowered = name.lower()
+    if _any(lowered, _EMBEDDINGS) or (family or "").lower() in ("bert", "nomic-bert"):
+        return "embeddings"
+    if _any(lowered, _VISION):
+        return "vlm"
+    return "llm"
+
+
+def context_length(name: str) -> int | None:
+    """A context length the name implies (the Ollama profile's context patterns)."""
+    lowered = name.lower()
+    return next((size for patterns, size in _CONTEXT if _any(lowered, patterns)), None)
+
+
+def capabilities(name: str, family: str | None = None) -> list[str]:
+    """What a model can do, by its type and name (Olla's rules, §6.2)."""
+    lowered = name.lower()
+    kind = model_type(name, family)
+    out: list[str] = []
+    if kind == "embeddings":
+        out += ["embeddings", "similarity", "vector-search"]
+    else:
+        out += ["text-generation", "chat", "completion"]
+        if kind == "vlm":
+            out += ["vision", "multimodal", "image-understanding"]
+        if _any(lowered, _CODE):
+            out += ["code-generation", "programming", "code-completion"]
+        for patterns, caps in _NAME_RULES:
+            if _any(lowered, patterns):
+                out += [c for c in caps if c not in out]
+    context = context_length(name) or 0
+    if context >= 32000:
+        out.append("extended-context")
+    return out
+
+
 @dataclass
 class _EndpointModels:
     models: dict[str, ModelInfo] = field(default_factory=dict)  # lower-cased name -> info
@@ -107,6 +164,18 @@ class ModelCatalogue:
     def set_loaded(self, endpoint: Endpoint, names: Iterable[str]) -> None:
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
         entry.loaded = {n.lower() for n in names}
+
+    def drop_stale(self, before: float) -> list[Endpoint]:
+        """Forget model lists last refreshed before ``before``; returns those endpoints."""
+        stale = [
+            ep
+            for ep, entry in self._by_endpoint.items()
+            if entry.synced_at is not None and entry.synced_at < before and entry.models
+        ]
+        for endpoint in stale:
+            self._by_endpoint[endpoint].models = {}
+            self._by_endpoint[endpoint].loaded = set()
+        return stale
 
     def mark_loaded(self, endpoint: Endpoint, name: str) -> None:
         """A request for ``name`` went to ``endpoint``: it is warm there now."""

@@ -186,6 +186,7 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
     discovery = DiscoveryService(
         registry, catalogue, agent, reactor, config.discovery.model_discovery, __version__
     )
+    discovery.stale_threshold = config.model_registry.unification.stale_threshold
     health.on_recovered.append(discovery.refresh)  # a machine back up may have new models
 
     deps = ProxyDeps(

@@ -32,6 +32,7 @@ from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints
 from olla.models import ModelCatalogue, ModelInfo
 from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
 from olla.web.internal import InternalApp
+from olla.web.models import ModelsResource, OpenAIModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
 REFUSE = "refuse"
@@ -215,7 +216,13 @@ class Harness:
         )
         route = ProviderRoute("ollama", frozenset({"ollama"}), "ollama")
         root = RootResource(
-            OllaRoot({b"ollama": ProxyResource(route, self.deps)}),
+            OllaRoot(
+                {
+                    b"ollama": ProxyResource(route, self.deps),
+                    b"models": ModelsResource(self.registry, self.catalogue, self.clock),
+                    b"openai": OpenAIModelsResource(self.registry, self.catalogue, self.clock),
+                }
+            ),
             InternalApp(self.registry, clock=self.clock, config=OllaConfig()).app.resource(),
         )
         self.site = OllaSite(

@@ -14,8 +14,11 @@ from olla.listings import ollama_tags, openai_models
 from olla.models import (
     ModelCatalogue,
     ModelInfo,
+    capabilities,
+    context_length,
     denormalise_quantization,
     matches_filter,
+    model_type,
     normalise_quantization,
 )
 from olla.proxy.inspect import rewrite_model
@@ -169,3 +172,22 @@ def test_listings() -> None:
     assert len(tags) == 3
     ids = [m["id"] for m in openai_models(catalogue, [B], Clock().seconds())["data"]]
     assert ids == ["shared:7b", "qwen2.5:7b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "has", "context"),
+    [
+        ("llama3.2:latest", "llm", "chat", 8192),
+        ("llava:13b", "vlm", "vision", None),
+        ("nomic-embed-text:latest", "embeddings", "embeddings", None),
+        ("qwen2.5-coder:7b", "llm", "code-generation", None),
+        ("mistral-32k:7b", "llm", "extended-context", 32768),
+        ("deepseek-r1:8b", "llm", "reasoning", None),
+    ],
+)
+def test_capabilities(name: str, kind: str, has: str, context: int | None) -> None:
+    """If a model name follows a known pattern, then its type, capabilities and context
+    length follow."""
+    assert model_type(name) == kind
+    assert has in capabilities(name)
+    assert context_length(name) == context

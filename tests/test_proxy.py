@@ -632,3 +632,38 @@ class ModelRoutingTests(SynchronousTestCase):
         names = [m["name"] for m in json.loads(response.body)["models"]]
         self.assertEqual(sorted(names), ["llama3.2:latest", "qwen2.5:7b", "shared:7b"])
         self.assertEqual(h.agent.sent, [])
+
+
+class ModelsRouteTests(SynchronousTestCase):
+    def _get(self, h: Harness, path: str) -> tuple[int, Any]:
+        response = h.send(http_request("GET", path)).response()
+        assert response is not None
+        return response.status, json.loads(response.body)
+
+    def test_filters(self) -> None:
+        """If /olla/models is filtered by type, capability, endpoint or availability, then
+        only matching models are listed; bad values are 400s."""
+        models = {"a:1": ["llama3.2:latest", "llava:7b"], "b:1": ["nomic-embed-text:latest"]}
+        h = Harness({"a:1": REFUSE, "b:1": REFUSE}, models=models)
+        h.catalogue.set_loaded(h.endpoints[0], ["llava:7b"])
+
+        def ids(query: str) -> list[str]:
+            status, payload = self._get(h, "/olla/models" + query)
+            self.assertEqual(status, 200)
+            return sorted(m["id"] for m in payload["data"])
+
+        self.assertEqual(ids("?type=embeddings"), ["nomic-embed-text:latest"])
+        self.assertEqual(ids("?capability=vision"), ["llava:7b"])
+        self.assertEqual(ids("?endpoint=b"), ["nomic-embed-text:latest"])
+        self.assertEqual(ids("?available=true"), ["llava:7b"])
+        self.assertEqual(len(ids("")), 3)
+        h.registry.set_status(h.endpoints[1], EndpointStatus.OFFLINE)
+        self.assertEqual(len(ids("")), 2)
+        self.assertEqual(len(ids("?include_unavailable=true")), 3)
+        for bad in ("?format=xml", "?type=robot", "?capability=telepathy", "?available=maybe"):
+            self.assertEqual(self._get(h, "/olla/models" + bad)[0], 400, bad)
+        status, detail = self._get(h, "/olla/models/llava:7b")
+        self.assertEqual((status, detail["loaded_endpoints"]), (200, ["a"]))
+        self.assertEqual(self._get(h, "/olla/models/nope")[0], 404)
+        status, listing = self._get(h, "/olla/openai/v1/models")
+        self.assertEqual(len(listing["data"]), 2)

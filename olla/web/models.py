@@ -16,6 +16,16 @@ from olla.models import ModelCatalogue
 from olla.web.errors import Dialect, error_body
 
 FORMATS = ("unified", "openai", "ollama")
+CAPABILITY_TYPES = {
+    "vision": "vlm",
+    "multimodal": "vlm",
+    "embedding": "embeddings",
+    "embeddings": "embeddings",
+    "vector_search": "embeddings",
+    "chat": "llm",
+    "text_generation": "llm",
+    "completion": "llm",
+}
 
 
 def _answer(request: Request, status: int, payload: object) -> bytes:
@@ -38,8 +48,9 @@ class ModelsResource(Resource):
         self._clock = clock
 
     def render(self, request: Request) -> bytes:
-        endpoints = self._registry.routable()
         args = {k.decode(): v[-1].decode() for k, v in (request.args or {}).items()}
+        everywhere = args.get("include_unavailable") == "true"
+        endpoints = list(self._registry) if everywhere else self._registry.routable()
         if args.get("endpoint"):
             endpoints = [ep for ep in endpoints if ep.name == args["endpoint"]]
         assert request.postpath is not None
@@ -62,6 +73,18 @@ class ModelsResource(Resource):
         family = args.get("family")
         if family:
             payload["data"] = [m for m in payload["data"] if m["olla"]["family"] == family]
+        kind = args.get("type")
+        capability = args.get("capability")
+        if capability is not None:
+            kind = CAPABILITY_TYPES.get(capability)
+            if kind is None:
+                message = f"invalid query parameter capability={capability}"
+                return _answer(request, 400, error_body(Dialect.OPENAI, 400, message))
+        if kind is not None:
+            if kind not in ("llm", "vlm", "embeddings"):
+                message = f"invalid query parameter type={kind} (llm, vlm or embeddings)"
+                return _answer(request, 400, error_body(Dialect.OPENAI, 400, message))
+            payload["data"] = [m for m in payload["data"] if m["olla"]["type"] == kind]
         available = args.get("available")
         if available is not None:
             if available not in ("true", "false"):

@@ -1,0 +1,142 @@
+"""Model discovery on a Clock, against the fake Ollama in memory."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from olla.config import EndpointConfig, FilterConfig, ModelDiscoveryConfig
+from olla.discovery import MODEL_SOURCES, DiscoveryService
+from olla.endpoints import EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.interfaces import IModelSource
+from olla.models import ModelCatalogue
+from tests.fakes.ollama import FakeModel, FakeOllama
+from tests.proxyharness import HANG, HostAgent
+
+
+class DiscoveryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.ollama = FakeOllama(self.clock, [FakeModel("llama3.2:latest"), FakeModel("big:70b")])
+        self.ollama.state.loaded = {"llama3.2:latest"}
+        self.openai = FakeOllama(self.clock, [FakeModel("test-model")], openai_only=True)
+        self.agent = HostAgent({b"o:1": self.ollama, b"c:1": self.openai})
+        self.endpoints = endpoints_from_config(
+            [
+                EndpointConfig(
+                    url="http://o:1",
+                    name="o",
+                    type="ollama",
+                    model_filter=FilterConfig(exclude=("*70b*",)),
+                ),
+                EndpointConfig(url="http://c:1", name="c", type="openai-compatible"),
+            ]
+        )
+        self.registry = EndpointRegistry(self.endpoints, self.clock)
+        self.catalogue = ModelCatalogue()
+        self.service = DiscoveryService(
+            self.registry,
+            self.catalogue,
+            self.agent,
+            self.clock,
+            ModelDiscoveryConfig(interval=60.0, timeout=5.0),
+            "1.0",
+        )
+
+    def _start(self) -> None:
+        for endpoint in self.endpoints:
+            self.registry.set_status(endpoint, EndpointStatus.HEALTHY)
+        self.service.startService()
+        self._pump()
+
+    def _pump(self) -> None:
+        for _ in range(6):
+            self.agent.flush()
+            self.clock.advance(0)
+
+    def _names(self, index: int) -> list[str]:
+        return sorted(m.name for m in self.catalogue.models_of(self.endpoints[index]))
+
+    def test_sources_provide_interface(self) -> None:
+        """If a model source is registered, then it provides IModelSource."""
+        for source in MODEL_SOURCES.values():
+            self.assertTrue(verifyObject(IModelSource, source))
+
+    def test_first_discovery_after_health(self) -> None:
+        """If the first health results are in, then both formats are discovered, the filter
+        applies, and Ollama's loaded models are known."""
+        self.service.startService()
+        self._pump()
+        self.assertEqual(self._names(0), [])  # nothing before the first probe
+        self._start()
+        self.assertEqual(self._names(0), ["llama3.2:latest"])
+        self.assertEqual(self._names(1), ["test-model"])
+        self.assertEqual(self.catalogue.loaded_on(self.endpoints[0]), {"llama3.2:latest"})
+        self.assertEqual(self.registry.state(self.endpoints[0]).model_count, 1)
+        headers = self.agent.sent[0][2]
+        self.assertEqual(headers.getRawHeaders(b"user-agent"), [b"olla-Discovery/1.0"])
+
+    def test_interval_and_pull(self) -> None:
+        """If a model is pulled, then the next interval's discovery finds it."""
+        self._start()
+        self.ollama.apply_state({"models": ["llama3.2:latest", "new:1b"]})
+        self.clock.advance(59)
+        self._pump()
+        self.assertEqual(self._names(0), ["llama3.2:latest"])
+        self.clock.advance(1)
+        self._pump()
+        self.assertEqual(self._names(0), ["llama3.2:latest", "new:1b"])
+
+    def test_failure_keeps_last_list(self) -> None:
+        """If discovery fails, then the last good list stays and it is tried again later."""
+        self._start()
+        self.ollama.apply_state({"status": 500, "models": ["other:1b"]})
+        self.clock.advance(60)
+        self._pump()
+        self.assertEqual(self._names(0), ["llama3.2:latest"])
+        self.ollama.apply_state({"status": None})
+        self.clock.advance(60)
+        self._pump()
+        self.assertEqual(self._names(0), ["other:1b"])
+
+    def test_only_healthy_endpoints(self) -> None:
+        """If an endpoint is offline, then discovery does not ask it."""
+        self.registry.set_status(self.endpoints[1], EndpointStatus.OFFLINE)
+        self.registry.set_status(self.endpoints[0], EndpointStatus.HEALTHY)
+        self.service.startService()
+        self._pump()
+        self.assertEqual(self._names(1), [])
+        self.assertTrue(all(b"c:1" not in uri for _, uri, _ in self.agent.sent))
+
+    def test_refresh_coalesces(self) -> None:
+        """If a refresh is asked while one runs, then one request goes out."""
+        self._start()
+        self.agent.behaviour[b"c:1"] = HANG  # the next discovery of c stays in flight
+        before = len(self.agent.sent)
+        first = self.service.refresh(self.endpoints[1])
+        second = self.service.refresh(self.endpoints[1])
+        self.assertEqual(len(self.agent.sent) - before, 1)
+        self.assertNoResult(first)
+        self.clock.advance(5.0)  # the discovery timeout ends it; the old list stays
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(self._names(1), ["test-model"])
+
+    def test_stale_lists_dropped(self) -> None:
+        """If an endpoint's list was not refreshed for stale_threshold, then it is dropped."""
+        self.service.stale_threshold = 100.0
+        self._start()
+        self.registry.set_status(self.endpoints[1], EndpointStatus.OFFLINE)
+        self.clock.advance(60)
+        self._pump()
+        self.clock.advance(60)
+        self._pump()
+        self.assertEqual(self._names(1), [])
+        self.assertEqual(self._names(0), ["llama3.2:latest"])
+
+    def test_stop_cancels(self) -> None:
+        """If the service stops, then no timer is left."""
+        self._start()
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
