@@ -49,6 +49,9 @@ MANAGEMENT_PATHS = frozenset(
     {b"/api/pull", b"/api/push", b"/api/create", b"/api/copy", b"/api/delete"}
 )
 
+#: Model lists olla answers itself on a provider route.
+_LISTINGS = frozenset({b"/v1/models", b"/api/tags", b"/api/ps"})
+
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
 _CONNECTION_FAILURES = (
     net_error.ConnectError,  # refused, no route, DNS, connect timeout, ...
@@ -136,18 +139,18 @@ class ProxyResource(Resource):
 
     def _listing(self, path: bytes) -> dict[str, object] | None:
         """Model lists olla answers from its catalogue instead of asking one backend."""
-        deps = self._deps
         path = path.rstrip(b"/")
+        if path not in _LISTINGS:
+            return None
+        if path != b"/v1/models" and "ollama" not in self._route.types:
+            return None
+        deps = self._deps
         endpoints = deps.registry.routable(self._route.types)
         if path == b"/v1/models":
             return openai_models(deps.catalogue, endpoints, deps.clock.seconds())
-        if "ollama" not in self._route.types:
-            return None
         if path == b"/api/tags":
             return ollama_tags(deps.catalogue, endpoints)
-        if path == b"/api/ps":
-            return ollama_ps(deps.catalogue, endpoints)
-        return None
+        return ollama_ps(deps.catalogue, endpoints)
 
 
 def _json(request: Request, payload: object) -> bytes:

@@ -34,8 +34,8 @@ def _answer(request: Request, status: int, payload: object) -> bytes:
     return payload if isinstance(payload, bytes) else json.dumps(payload).encode()
 
 
-class ModelsResource(Resource):
-    """``/olla/models[?format=&endpoint=&family=&available=]`` and ``/olla/models/{id}``."""
+class _CatalogueResource(Resource):
+    """A leaf that answers from the live catalogue."""
 
     isLeaf = True
 
@@ -46,6 +46,10 @@ class ModelsResource(Resource):
         self._registry = registry
         self._catalogue = catalogue
         self._clock = clock
+
+
+class ModelsResource(_CatalogueResource):
+    """``/olla/models[?format=&endpoint=&family=&available=]`` and ``/olla/models/{id}``."""
 
     def render(self, request: Request) -> bytes:
         args = {k.decode(): v[-1].decode() for k, v in (request.args or {}).items()}
@@ -102,18 +106,8 @@ class ModelsResource(Resource):
         return self._clock.seconds()
 
 
-class OpenAIModelsResource(Resource):
+class OpenAIModelsResource(_CatalogueResource):
     """``/olla/<openai|proxy>/v1/models``: every healthy endpoint's models, OpenAI-shaped."""
-
-    isLeaf = True
-
-    def __init__(
-        self, registry: EndpointRegistry, catalogue: ModelCatalogue, clock: IReactorTime
-    ) -> None:
-        super().__init__()
-        self._registry = registry
-        self._catalogue = catalogue
-        self._clock = clock
 
     def render(self, request: Request) -> bytes:
         assert request.postpath is not None
