@@ -8,17 +8,23 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from olla import __version__
-from olla.config import ConfigError, load_config
+from olla.config import ConfigError, check_endpoint_types, load_config, profiles_dir
+from olla.profiles import load_profiles
 
 
 def validate(path: str | None, out: TextIO) -> int:
     """Print one ``[OK]``/``[WARN]``/``[FAIL]`` line per finding; 0 only when clean."""
     try:
         config = load_config(path)
+        profiles = load_profiles(profiles_dir(config))
+        check_endpoint_types(config, (p.name for p in profiles))
     except ConfigError as e:
         out.write(f"[FAIL] {e}\nResult: FAIL\n")
         return 1
     out.write(f"[OK] loaded {config.source or 'built-in defaults'}\n")
+    out.write(
+        f"[OK] {len(list(profiles))} profiles: {', '.join(sorted(p.name for p in profiles))}\n"
+    )
     for warning in config.warnings:
         out.write(f"[WARN] {warning}\n")
     endpoints = config.discovery.endpoints

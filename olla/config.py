@@ -11,7 +11,7 @@ import base64
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -268,6 +268,7 @@ class OllaConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     engineering: EngineeringConfig = field(default_factory=EngineeringConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    profiles_dir: str | None = None  # user profiles; None: "profiles/" beside the config file
     source: str | None = None  # the file it was read from
     warnings: tuple[str, ...] = ()  # "<key.path>: <why>" for unknown/deprecated keys etc.
 
@@ -291,22 +292,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-#: Endpoint types olla knows, and the spellings that mean them.
-ENDPOINT_TYPES = (
-    "ollama",
-    "lm-studio",
-    "vllm",
-    "vllm-mlx",
-    "sglang",
-    "llamacpp",
-    "lemonade",
-    "litellm",
-    "lmdeploy",
-    "docker-model-runner",
-    "omlx",
-    "openai-compatible",
-    "auto",
-)
+#: Spellings of endpoint types that mean another (route prefixes, older names).
 _TYPE_ALIASES = {
     "openai": "openai-compatible",
     "lmstudio": "lm-studio",
@@ -386,7 +372,7 @@ def interpolate(text: str, environ: Mapping[str, str], path: Path_) -> str:
     return _ENV_REF.sub(expand, text)
 
 
-class _Reader:
+class SectionReader:
     """Reads one mapping of the YAML document, remembering which keys were used.
 
     Every getter takes the key and the default; the value's type is checked and errors carry
@@ -470,9 +456,9 @@ class _Reader:
             raise ConfigError(f"must be one of {', '.join(choices)}, got {value!r}", self.at(key))
         return value
 
-    def section(self, key: str) -> _Reader:
+    def section(self, key: str) -> SectionReader:
         self._used.add(key)
-        return _Reader(self.data.get(key), self.at(key), self.warnings)
+        return SectionReader(self.data.get(key), self.at(key), self.warnings)
 
     def finish(self) -> None:
         for key in self.data:
@@ -480,7 +466,7 @@ class _Reader:
                 self.warnings.append(f"{format_path(self.at(str(key)))}: unknown key, ignored")
 
 
-def _server(r: _Reader) -> ServerConfig:
+def _server(r: SectionReader) -> ServerConfig:
     d = ServerConfig()
     limits_r = r.section("request_limits")
     max_header = limits_r.size("max_header_size", d.request_limits.max_header_size)
@@ -540,7 +526,7 @@ def _server(r: _Reader) -> ServerConfig:
     return server
 
 
-def _proxy(r: _Reader) -> ProxyConfig:
+def _proxy(r: SectionReader) -> ProxyConfig:
     d = ProxyConfig()
     r.ignore("max_retries", "deprecated, has no effect (use proxy.retry.max_attempts)")
     r.ignore("retry_backoff", "deprecated, has no effect")
@@ -589,7 +575,7 @@ def _proxy(r: _Reader) -> ProxyConfig:
     return proxy
 
 
-def _filter(r: _Reader) -> FilterConfig:
+def _filter(r: SectionReader) -> FilterConfig:
     result = FilterConfig(include=r.strings("include", ()), exclude=r.strings("exclude", ()))
     r.finish()
     return result
@@ -603,7 +589,7 @@ def _check_cidr(value: str, path: Path_) -> None:
 
 
 def _read_secret(
-    r: _Reader, field_name: str, environ: Mapping[str, str], base_dir: Path
+    r: SectionReader, field_name: str, environ: Mapping[str, str], base_dir: Path
 ) -> str | None:
     """An auth field given inline (``token``) or as a file (``token_file``), never both."""
     inline, from_file = r.has(field_name), r.has(f"{field_name}_file")
@@ -637,7 +623,7 @@ _AUTH_FIELDS = {
 }
 
 
-def _auth(r: _Reader, environ: Mapping[str, str], base_dir: Path) -> AuthConfig:
+def _auth(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> AuthConfig:
     kind = r.text("type", "")
     if kind not in _AUTH_FIELDS:
         raise ConfigError(
@@ -676,7 +662,7 @@ def _auth(r: _Reader, environ: Mapping[str, str], base_dir: Path) -> AuthConfig:
 
 
 def _endpoint(
-    r: _Reader, environ: Mapping[str, str], base_dir: Path, defaults: EndpointConfig
+    r: SectionReader, environ: Mapping[str, str], base_dir: Path, defaults: EndpointConfig
 ) -> EndpointConfig:
     url = r.text("url", "").strip()
     if not url:
@@ -693,11 +679,8 @@ def _endpoint(
     url = url.rstrip("/")
     raw_type = r.text("type", "").strip().lower().replace("_", "-")
     kind = _TYPE_ALIASES.get(raw_type, _TYPE_ALIASES.get(raw_type.replace("-", ""), raw_type))
-    if kind not in ENDPOINT_TYPES:
-        raise ConfigError(
-            f"unsupported endpoint type {raw_type!r} (known: {', '.join(ENDPOINT_TYPES)})",
-            r.at("type"),
-        )
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", kind):
+        raise ConfigError(f"unsupported endpoint type {raw_type!r}", r.at("type"))
     check_interval = r.duration("check_interval", defaults.check_interval)
     if check_interval < 1.0:
         raise ConfigError(
@@ -745,7 +728,7 @@ def _endpoint(
     return endpoint
 
 
-def _discovery(r: _Reader, environ: Mapping[str, str], base_dir: Path) -> DiscoveryConfig:
+def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> DiscoveryConfig:
     d = DiscoveryConfig()
     kind = r.choice("type", d.type, ("static",))
     r.text("refresh_interval", "")  # known, unused (as in Olla)
@@ -773,7 +756,7 @@ def _discovery(r: _Reader, environ: Mapping[str, str], base_dir: Path) -> Discov
         raise ConfigError("must be a list", static_r.at("endpoints"))
     by_url: dict[str, EndpointConfig] = {}
     for i, item in enumerate(raw_endpoints):
-        reader = _Reader(item, (*static_r.at("endpoints"), i), r.warnings)
+        reader = SectionReader(item, (*static_r.at("endpoints"), i), r.warnings)
         endpoint = _endpoint(reader, environ, base_dir, EndpointConfig(url="", name="", type=""))
         if endpoint.url in by_url:
             r.warnings.append(
@@ -791,7 +774,7 @@ def _discovery(r: _Reader, environ: Mapping[str, str], base_dir: Path) -> Discov
     )
 
 
-def _model_registry(r: _Reader) -> ModelRegistryConfig:
+def _model_registry(r: SectionReader) -> ModelRegistryConfig:
     d = ModelRegistryConfig()
     kind = r.text("type", d.type) or "memory"
     if kind != "memory":
@@ -860,7 +843,7 @@ def _aliases(data: object, warnings: list[str]) -> dict[str, tuple[str, ...]]:
     return aliases
 
 
-def _translators(r: _Reader) -> TranslatorsConfig:
+def _translators(r: SectionReader) -> TranslatorsConfig:
     a_r = r.section("anthropic")
     d = AnthropicTranslatorConfig()
     i_r = a_r.section("inspector")
@@ -891,7 +874,7 @@ def _translators(r: _Reader) -> TranslatorsConfig:
     return TranslatorsConfig(anthropic=anthropic)
 
 
-def _logging(r: _Reader) -> LoggingConfig:
+def _logging(r: SectionReader) -> LoggingConfig:
     d = LoggingConfig()
     values = {"level": r.text("level", d.level).lower(), "format": r.text("format", d.format)}
     allowed = {"level": ("debug", "info", "warn", "warning", "error"), "format": ("json", "text")}
@@ -911,7 +894,7 @@ def _logging(r: _Reader) -> LoggingConfig:
     return result
 
 
-def _dashboard(r: _Reader) -> DashboardConfig:
+def _dashboard(r: SectionReader) -> DashboardConfig:
     d = DashboardConfig()
     p_r = r.section("access_policy")
     policy = AccessPolicyConfig(
@@ -968,8 +951,8 @@ def parse_config(
     """
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
-    root = _Reader(data, (), warnings)
-    root = _Reader(_apply_env(root.data, environ, warnings), (), warnings)
+    root = SectionReader(data, (), warnings)
+    root = SectionReader(_apply_env(root.data, environ, warnings), (), warnings)
     base = Path(base_dir)
     config = OllaConfig(
         server=_server(root.section("server")),
@@ -981,13 +964,14 @@ def parse_config(
         logging=_logging(root.section("logging")),
         engineering=_engineering(root.section("engineering")),
         dashboard=_dashboard(root.section("dashboard")),
+        profiles_dir=root.text("profiles_dir", "") or None,
     )
     root.finish()
     _validate(config)
     return replace(config, warnings=tuple(warnings))
 
 
-def _engineering(r: _Reader) -> EngineeringConfig:
+def _engineering(r: SectionReader) -> EngineeringConfig:
     result = EngineeringConfig(show_nerdstats=r.flag("show_nerdstats", False))
     r.finish()
     return result
@@ -1162,3 +1146,26 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> O
         raise ConfigError(f"{chosen}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     config = parse_config(document, environ, str(Path(chosen).resolve().parent))
     return replace(config, source=str(chosen))
+
+
+def check_endpoint_types(config: OllaConfig, known: Iterable[str]) -> None:
+    """Every endpoint's type must name a loaded profile (or be ``auto``).
+
+    Raises:
+        ConfigError: naming the endpoint's key path and the known types.
+    """
+    names = sorted(set(known))
+    for index, endpoint in enumerate(config.discovery.endpoints):
+        if endpoint.type != "auto" and endpoint.type not in names:
+            raise ConfigError(
+                f"unsupported endpoint type {endpoint.type!r} (known: {', '.join(names)}, auto)",
+                ("discovery", "static", "endpoints", index, "type"),
+            )
+
+
+def profiles_dir(config: OllaConfig) -> Path | None:
+    """Where user profiles live: ``profiles_dir``, else ``profiles/`` beside the config."""
+    if config.profiles_dir:
+        base = Path(config.source).parent if config.source else Path(".")
+        return base / config.profiles_dir
+    return Path(config.source).parent / "profiles" if config.source else None

@@ -93,23 +93,40 @@ class OllamaModelSource:
 
 @implementer(IModelSource)
 class OpenAIModelSource:
-    response_format = "openai"
+    """``{"data": [{"id": ...}]}`` lists: OpenAI's, and every server that copies its shape
+    (vLLM, SGLang, llama.cpp, LM Studio's ``/api/v0``, Lemonade, LMDeploy, Docker Model
+    Runner); their extra fields are not needed to route."""
+
+    def __init__(self, response_format: str = "openai") -> None:
+        self.response_format = response_format
 
     def parse(self, document: object) -> list[ModelInfo]:
         return parse_openai_models(document)
 
 
-#: response_format -> parser; profiles add their own formats here.
+#: response_format -> parser
 MODEL_SOURCES: dict[str, IModelSource] = {
-    source.response_format: source for source in (OllamaModelSource(), OpenAIModelSource())
+    "ollama": OllamaModelSource(),
+    **{
+        name: OpenAIModelSource(name)
+        for name in (
+            "openai",
+            "lmstudio",
+            "vllm",
+            "vllm-mlx",
+            "sglang",
+            "llamacpp",
+            "lemonade",
+            "lmdeploy",
+            "docker-model-runner",
+        )
+    },
 }
 
 
 def source_for(endpoint: Endpoint) -> IModelSource:
     """The parser for an endpoint's model list (unknown formats read as OpenAI's)."""
-    if endpoint.type == "ollama" or endpoint.model_url.endswith("/api/tags"):
-        return MODEL_SOURCES["ollama"]
-    return MODEL_SOURCES.get(endpoint.type, MODEL_SOURCES["openai"])
+    return MODEL_SOURCES.get(endpoint.response_format, MODEL_SOURCES["openai"])
 
 
 class _Collect(Protocol):

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from olla.config import EndpointConfig
+from olla.profiles import ProfileRegistry, builtin_profiles
 
 
 class EndpointStatus(enum.Enum):
@@ -40,22 +41,8 @@ class EndpointStatus(enum.Enum):
         return self in (EndpointStatus.HEALTHY, EndpointStatus.BUSY)
 
 
-#: Per endpoint type: (health check path, model discovery path), from the shipped profiles.
-DEFAULT_PATHS: dict[str, tuple[str, str]] = {
-    "ollama": ("/", "/api/tags"),
-    "lm-studio": ("/v1/models", "/api/v0/models"),
-    "vllm": ("/health", "/v1/models"),
-    "vllm-mlx": ("/health", "/v1/models"),
-    "sglang": ("/health", "/v1/models"),
-    "llamacpp": ("/health", "/v1/models"),
-    "lemonade": ("/api/v1/health", "/api/v1/models"),
-    "litellm": ("/health", "/v1/models"),
-    "lmdeploy": ("/health", "/v1/models"),
-    "docker-model-runner": ("/engines/v1/models", "/engines/v1/models"),
-    "omlx": ("/health", "/v1/models"),
-    "openai-compatible": ("/v1/models", "/v1/models"),
-    "auto": ("/", "/v1/models"),
-}
+#: For ``type: auto`` (no profile yet): where to look.
+AUTO_PATHS = ("/", "/v1/models")
 
 
 def fnv1a_32(data: bytes) -> int:
@@ -112,6 +99,8 @@ class Endpoint:
     model_url: str
     check_interval: float
     check_timeout: float
+    #: which IModelSource reads its model list (the profile's ``response_format``)
+    response_format: str
     #: endpoint headers then its auth header, applied to every upstream call
     extra_headers: tuple[tuple[bytes, bytes], ...]
     config: EndpointConfig = field(repr=False)
@@ -136,8 +125,15 @@ class Endpoint:
         return origin + base.encode() + path_and_query
 
 
-def endpoints_from_config(configs: Sequence[EndpointConfig]) -> list[Endpoint]:
-    """Build runtime endpoints; ids are base36 FNV-1a-32 of the sanitised URL, made unique."""
+def endpoints_from_config(
+    configs: Sequence[EndpointConfig], profiles: ProfileRegistry | None = None
+) -> list[Endpoint]:
+    """Build runtime endpoints; ids are base36 FNV-1a-32 of the sanitised URL, made unique.
+
+    Health and model URLs default to the endpoint type's profile (the built-in ones unless
+    ``profiles`` is given).
+    """
+    profiles = profiles or builtin_profiles()
     raw_ids = [base36(fnv1a_32(sanitise_url(c.url).encode())) for c in configs]
     out: list[Endpoint] = []
     for index, config in enumerate(configs):
@@ -147,7 +143,10 @@ def endpoints_from_config(configs: Sequence[EndpointConfig]) -> list[Endpoint]:
                 (configs[i].name, i) for i, other in enumerate(raw_ids) if other == endpoint_id
             )
             endpoint_id = f"{endpoint_id}-{same.index((config.name, index))}"
-        health_default, models_default = DEFAULT_PATHS.get(config.type, DEFAULT_PATHS["auto"])
+        profile = profiles.get(config.type)
+        health_default, models_default = (
+            (profile.health_check_path, profile.model_discovery_path) if profile else AUTO_PATHS
+        )
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in config.headers.items()]
         if config.auth is not None:
             auth_name = config.auth.header_name.encode("latin-1").lower()
@@ -167,6 +166,7 @@ def endpoints_from_config(configs: Sequence[EndpointConfig]) -> list[Endpoint]:
                 model_url=resolve_url(config.url, config.model_url, models_default),
                 check_interval=config.check_interval,
                 check_timeout=config.check_timeout,
+                response_format=profile.response_format if profile else "openai",
                 extra_headers=tuple(extra),
                 config=config,
             )

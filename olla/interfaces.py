@@ -38,3 +38,18 @@ class IModelSource(Interface):
 
     def parse(document: object) -> list[ModelInfo]:
         """The models ``document`` lists; raises ``DiscoveryError`` if it is not such a list."""
+
+
+class IProfile(Interface):
+    """What olla knows about one backend platform (loaded from a profile YAML)."""
+
+    name = Attribute("The platform name; also the endpoint ``type`` it describes.")
+    prefixes = Attribute("Route prefixes: ``/olla/<prefix>/`` reaches this platform.")
+    openai_compatible = Attribute("Whether ``/olla/openai/`` may route to it.")
+    paths = Attribute("The API paths it serves (narrows ``/olla/proxy/`` by path).")
+    health_check_path = Attribute("Default health check path.")
+    model_discovery_path = Attribute("Default model list path.")
+    response_format = Attribute("Which IModelSource reads its model list.")
+
+    def serves(path: str) -> bool:
+        """Whether ``path`` is one of its API paths."""

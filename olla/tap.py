@@ -8,7 +8,6 @@ cooperator from here, which is what lets the rest be tested on a ``Clock``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -35,21 +34,23 @@ from zope.interface import implementer
 from olla import __version__
 from olla.balancer import balancer_for
 from olla.breaker import CircuitBreakers
-from olla.config import ConfigError, OllaConfig, load_config
+from olla.config import (
+    ConfigError,
+    OllaConfig,
+    check_endpoint_types,
+    load_config,
+    profiles_dir,
+)
 from olla.discovery import DiscoveryService
 from olla.endpoints import EndpointRegistry, endpoints_from_config
 from olla.health import HealthService, HTTPHealthChecker
 from olla.logging import make_observer
 from olla.models import ModelCatalogue
+from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
 from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
 from olla.web.internal import InternalApp
-from olla.web.models import ModelsResource, OpenAIModelsResource
+from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
-
-#: Provider prefixes served so far: /olla/<prefix>/ -> endpoints of these types.
-PROVIDER_ROUTES: Sequence[ProviderRoute] = (
-    ProviderRoute(prefix="ollama", types=frozenset({"ollama"}), label="ollama"),
-)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -86,12 +87,32 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "Path to the olla YAML config file."]]
 
     config: OllaConfig
+    profiles: ProfileRegistry
 
     def postOptions(self) -> None:
         try:
-            self.config = load_config(self["config"])
+            self.config, self.profiles = load_all(self["config"])
         except ConfigError as e:
             raise usage.UsageError(f"invalid configuration: {e}") from e
+
+
+def load_all(path: str | None) -> tuple[OllaConfig, ProfileRegistry]:
+    """The config and the profiles it points at, checked against each other."""
+    config = load_config(path)
+    profiles = load_profiles(profiles_dir(config))
+    check_endpoint_types(config, (p.name for p in profiles))
+    return config, profiles
+
+
+def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
+    """``/olla/<prefix>/`` for every profile prefix, and ``/olla/proxy/`` across all types."""
+    routes = [
+        ProviderRoute(prefix, profiles.types_for_prefix(prefix), profile.name)
+        for prefix, profile in profiles.prefixes.items()
+    ]
+    everything = frozenset(p.name for p in profiles) | {"auto"}
+    routes.append(ProviderRoute("proxy", everything, "", by_path=profiles))
+    return routes
 
 
 class OllaService(MultiService):
@@ -167,8 +188,11 @@ class _StartupLog(Service):
             )
 
 
-def build_service(config: OllaConfig, reactor: Any) -> OllaService:
+def build_service(
+    config: OllaConfig, reactor: Any, profiles: ProfileRegistry | None = None
+) -> OllaService:
     """Wire the daemon for ``config`` on ``reactor``."""
+    profiles = profiles or builtin_profiles()
     service = OllaService(make_observer(config.logging.format, config.logging.level, sys.stdout))
 
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -180,7 +204,9 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
-    registry = EndpointRegistry(endpoints_from_config(config.discovery.endpoints), reactor)
+    registry = EndpointRegistry(
+        endpoints_from_config(config.discovery.endpoints, profiles), reactor
+    )
     health = HealthService(registry, HTTPHealthChecker(agent, reactor, __version__), reactor)
     catalogue = ModelCatalogue(config.model_aliases)
     discovery = DiscoveryService(
@@ -204,7 +230,7 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
         refresh_models=discovery.refresh_all,
     )
     proxies: dict[bytes, IResource] = {
-        route.prefix.encode(): ProxyResource(route, deps) for route in PROVIDER_ROUTES
+        route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
     }
     internal = InternalApp(
         registry,
@@ -214,8 +240,6 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
         catalogue=catalogue,
     )
     proxies[b"models"] = ModelsResource(registry, catalogue, reactor)
-    for prefix in (b"proxy", b"openai", b"openai-compatible"):
-        proxies[prefix] = OpenAIModelsResource(registry, catalogue, reactor)
     root = RootResource(OllaRoot(proxies), internal.app.resource())
     limits = config.server.request_limits
     site = OllaSite(
@@ -247,4 +271,4 @@ def build_service(config: OllaConfig, reactor: Any) -> OllaService:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor)
+    return build_service(options.config, reactor, options.profiles)

@@ -32,7 +32,7 @@ from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints
 from olla.models import ModelCatalogue, ModelInfo
 from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
 from olla.web.internal import InternalApp
-from olla.web.models import ModelsResource, OpenAIModelsResource
+from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
 REFUSE = "refuse"
@@ -220,7 +220,10 @@ class Harness:
                 {
                     b"ollama": ProxyResource(route, self.deps),
                     b"models": ModelsResource(self.registry, self.catalogue, self.clock),
-                    b"openai": OpenAIModelsResource(self.registry, self.catalogue, self.clock),
+                    b"openai": ProxyResource(
+                        ProviderRoute("openai", frozenset({"ollama", "openai-compatible"}), ""),
+                        self.deps,
+                    ),
                 }
             ),
             InternalApp(self.registry, clock=self.clock, config=OllaConfig()).app.resource(),

@@ -156,7 +156,7 @@ def test_fatal_values(document: dict[str, Any], path: str) -> None:
     [
         ({"type": "ollama"}, "endpoints[0].url: is required"),
         ({"url": "ftp://x", "type": "ollama"}, "endpoints[0].url: must be an http(s) URL"),
-        ({"url": "http://a:1", "type": "tgi"}, "endpoints[0].type: unsupported endpoint type"),
+        ({"url": "http://a:1", "type": "tgi server"}, "endpoints[0].type: unsupported endpoint"),
         ({"url": "http://a:1", "priority": -1}, "endpoints[0].priority: must be at least 0"),
         ({"url": "http://a:1", "check_interval": "500ms"}, "check_interval: must be at least 1s"),
         ({"url": "http://a:1", "check_timeout": "10s"}, "check_timeout: must be above 0"),
@@ -415,3 +415,15 @@ def test_config_is_frozen() -> None:
     config = OllaConfig()
     with pytest.raises(AttributeError):
         config.server.port = 1  # type: ignore[misc]
+
+
+def test_endpoint_type_must_have_profile() -> None:
+    """If an endpoint's type names no loaded profile, then startup fails naming the key."""
+    from olla.config import check_endpoint_types
+    from olla.profiles import builtin_profiles
+
+    config = parse_config(
+        _endpoints({"url": "http://a:1"}, {"url": "http://b:1", "type": "tgi"}), {}
+    )
+    with pytest.raises(ConfigError, match=r"endpoints\[1\]\.type: unsupported endpoint type 'tgi'"):
+        check_endpoint_types(config, (p.name for p in builtin_profiles()))

@@ -34,6 +34,7 @@ from olla.endpoints import Endpoint, EndpointRegistry, Outcome
 from olla.interfaces import IBalancer
 from olla.listings import ollama_ps, ollama_tags, openai_models
 from olla.models import ModelCatalogue, RoutingDecision
+from olla.profiles import ProfileRegistry
 from olla.proxy.forward import BytesProducer, StreamBody, body_producer
 from olla.proxy.headers import (
     SERVED_BY,
@@ -74,11 +75,16 @@ _STALE_CONNECTION = (
 
 @dataclass(frozen=True)
 class ProviderRoute:
-    """``/olla/<prefix>/...`` served by endpoints of ``types``."""
+    """``/olla/<prefix>/...`` served by endpoints of ``types``.
+
+    With ``by_path`` (the ``/olla/proxy/`` route), candidates narrow further to the types
+    whose profile serves the requested path, when any does.
+    """
 
     prefix: str
     types: frozenset[str]
     label: str  # for messages: "ollama"
+    by_path: ProfileRegistry | None = None
 
 
 @dataclass
@@ -142,15 +148,16 @@ class ProxyResource(Resource):
         path = path.rstrip(b"/")
         if path not in _LISTINGS:
             return None
-        if path != b"/v1/models" and "ollama" not in self._route.types:
-            return None
         deps = self._deps
-        endpoints = deps.registry.routable(self._route.types)
         if path == b"/v1/models":
+            endpoints = deps.registry.routable(self._route.types)
             return openai_models(deps.catalogue, endpoints, deps.clock.seconds())
+        if "ollama" not in self._route.types:
+            return None  # the backend's own answer (or its 404)
+        ollamas = deps.registry.routable(frozenset({"ollama"}))
         if path == b"/api/tags":
-            return ollama_tags(deps.catalogue, endpoints)
-        return ollama_ps(deps.catalogue, endpoints)
+            return ollama_tags(deps.catalogue, ollamas)
+        return ollama_ps(deps.catalogue, ollamas)
 
 
 def _json(request: Request, payload: object) -> bytes:
@@ -259,6 +266,11 @@ class _Exchange:
             return
         deps = self._deps
         healthy = deps.registry.routable(self._route.types)
+        if self._route.by_path is not None:
+            path = self._target.split(b"?", 1)[0].decode("utf-8", "replace")
+            serving = self._route.by_path.types_for_path(path)
+            narrowed = [ep for ep in healthy if serving and ep.type in serving]
+            healthy = narrowed or healthy
         if self._model is not None:
             decision = deps.catalogue.route(
                 self._model,

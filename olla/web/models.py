@@ -104,16 +104,3 @@ class ModelsResource(_CatalogueResource):
 
     def _now(self) -> float:
         return self._clock.seconds()
-
-
-class OpenAIModelsResource(_CatalogueResource):
-    """``/olla/<openai|proxy>/v1/models``: every healthy endpoint's models, OpenAI-shaped."""
-
-    def render(self, request: Request) -> bytes:
-        assert request.postpath is not None
-        if b"/".join(request.postpath).rstrip(b"/") != b"v1/models":
-            return _answer(request, 404, error_body(Dialect.OPENAI, 404, "404 page not found"))
-        endpoints = self._registry.routable()
-        return _answer(
-            request, 200, openai_models(self._catalogue, endpoints, self._clock.seconds())
-        )
