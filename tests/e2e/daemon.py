@@ -159,12 +159,13 @@ def running_olla(
     *,
     extra: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    wait_models: bool = True,
 ) -> Iterator[OllaDaemon]:
     daemon = OllaDaemon(write_config(directory, endpoints, extra=extra), env)
     try:
         daemon.wait_ready()
-        for endpoint in endpoints:  # routing by model needs the first model lists
-            daemon.wait_for_log(f"endpoint {endpoint['name']} serves")
+        for endpoint in endpoints if wait_models else ():
+            daemon.wait_for_log(f"endpoint {endpoint['name']} serves")  # first model lists
         yield daemon
     finally:
         daemon.stop()

@@ -168,6 +168,7 @@ class FakeOllama(Resource):
         self.state = FakeState()
         self.requests: list[Recorded] = []
         self.connections = 0  # TCP connections accepted (process mode counts them)
+        self.required_token: str | None = None  # answer 401 unless "Bearer <token>"
 
     @property
     def resource(self) -> FakeOllama:
@@ -189,8 +190,15 @@ class FakeOllama(Resource):
             "/upload": self._upload,
             "/big": self._big,
         }
+        if self.required_token is not None:
+            given = request.getHeader(b"authorization")
+            if given != f"Bearer {self.required_token}".encode():
+                request.setResponseCode(401)
+                request.setHeader(b"Content-Type", b"application/json")
+                return b'{"error":"unauthorized"}'
         if self.openai_only:
             routes["/health"] = lambda r, b, k: self._json(r, {"status": "ok"})
+            routes["/api/v0/models"] = self._v1_models  # LM Studio's richer list, same ids
         else:
             routes.update(
                 {
@@ -699,6 +707,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loaded", default="")
     parser.add_argument("--name", default="fake")
     parser.add_argument("--openai-only", action="store_true")
+    parser.add_argument("--require-token", default=None)
     args = parser.parse_args(argv)
     fake = FakeOllama(
         reactor,  # type: ignore[arg-type]
@@ -707,6 +716,7 @@ def main(argv: list[str] | None = None) -> None:
         openai_only=args.openai_only,
     )
     fake.state.loaded = {n for n in args.loaded.split(",") if n}
+    fake.required_token = args.require_token
     site = _CountingSite(fake)
     port = reactor.listenTCP(args.port, site, interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"LISTENING {port.getHost().port}", flush=True)
