@@ -63,16 +63,44 @@ def parse_ollama_tags(document: Any) -> list[ModelInfo]:
 
 
 def parse_openai_models(document: Any) -> list[ModelInfo]:
-    """``GET /v1/models``: ``{"data": [{"id": ...}]}`` (``data: null`` is an empty list)."""
+    """``GET /v1/models``: ``{"data": [{"id": ...}]}`` (``data: null`` is an empty list).
+
+    The servers that copy OpenAI's shape add fields of their own; the ones that help are read:
+    LM Studio's ``quantization`` and ``arch``, vLLM/SGLang's ``max_model_len`` (as
+    ``context``), llama.cpp's ``models[].details``.
+    """
     if not isinstance(document, dict) or "data" not in document:
         raise DiscoveryError("not an OpenAI model list (no 'data')")
     items = document["data"] or []
     if not isinstance(items, list):
         raise DiscoveryError("'data' is not a list")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        quantization = item.get("quantization")
+        out.append(
+            ModelInfo(
+                name=item["id"],
+                family=item.get("arch") if isinstance(item.get("arch"), str) else None,
+                quantization=normalise_quantization(quantization)
+                if isinstance(quantization, str)
+                else None,
+                format=item.get("compatibility_type")
+                if isinstance(item.get("compatibility_type"), str)
+                else None,
+            )
+        )
+    return out
+
+
+def parse_loaded_from_list(document: Any) -> list[str]:
+    """LM Studio's ``/api/v0/models`` says which models are loaded (``state``)."""
+    items = document.get("data") if isinstance(document, dict) else None
     return [
-        ModelInfo(name=item["id"])
-        for item in items
-        if isinstance(item, dict) and isinstance(item.get("id"), str)
+        item["id"]
+        for item in items or []
+        if isinstance(item, dict) and item.get("state") == "loaded" and "id" in item
     ]
 
 
@@ -283,6 +311,8 @@ class DiscoveryService(Service):
                 count=len(models),
                 added=", ".join(added),
             )
+        if endpoint.response_format == "lmstudio":
+            self._catalogue.set_loaded(endpoint, parse_loaded_from_list(document))
         if endpoint.type == "ollama":
             ps_url = endpoint.upstream_url(b"/api/ps").decode()
             try:

@@ -14,6 +14,7 @@ from olla.models import (
     capabilities,
     context_length,
     denormalise_quantization,
+    family_and_variant,
     model_type,
 )
 
@@ -87,6 +88,29 @@ def openai_models(
     }
 
 
+def lmstudio_models(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    """LM Studio's ``/api/v0/models`` shape: type and load state per model."""
+    data = []
+    for info, hosts in catalogue.merged(endpoints):
+        loaded = any(info.name.lower() in catalogue.loaded_on(ep) for ep in hosts)
+        kind = model_type(info.name, info.family)
+        entry: dict[str, Any] = {
+            "id": info.name,
+            "object": "model",
+            "type": {"embeddings": "embeddings", "vlm": "vlm"}.get(kind, "llm"),
+            "state": "loaded" if loaded else "not-loaded",
+        }
+        if info.family:
+            entry["arch"] = info.family
+        if info.quantization:
+            entry["quantization"] = denormalise_quantization(info.quantization)
+        context = context_length(info.name)
+        if context:
+            entry["max_context_length"] = context
+        data.append(entry)
+    return {"object": "list", "data": data}
+
+
 def unified_models(
     catalogue: ModelCatalogue, endpoints: Sequence[Endpoint], now: float
 ) -> dict[str, Any]:
@@ -103,7 +127,8 @@ def unified_models(
                     "type": model_type(info.name, info.family),
                     "capabilities": capabilities(info.name, info.family),
                     "max_context_length": context_length(info.name),
-                    "family": info.family or "unknown",
+                    "family": info.family or family_and_variant(info.name)[0],
+                    "variant": family_and_variant(info.name)[1],
                     "parameter_size": info.parameter_size,
                     "quantization": info.quantization,
                     "availability": [

@@ -85,6 +85,17 @@ def _any(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+_FAMILY = re.compile(r"^(?:[\w.-]+/)?([a-z]+(?:-[a-z]+)*?)-?(\d+(?:\.\d+)?)?(?=[:\-_.]|$)")
+
+
+def family_and_variant(name: str) -> tuple[str, str | None]:
+    """``llama3.2:latest`` -> (``llama``, ``3.2``); ``phi4`` -> (``phi``, ``4``)."""
+    match = _FAMILY.match(name.lower())
+    if match is None or not match.group(1):
+        return "unknown", None
+    return match.group(1), match.group(2)
+
+
 def model_type(name: str, family: str | None = None) -> str:
     """``embeddings``, ``vlm`` or ``llm``, from the name (and Ollama's family)."""
     lowered = name.lower()

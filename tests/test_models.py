@@ -191,3 +191,64 @@ def test_capabilities(name: str, kind: str, has: str, context: int | None) -> No
     assert model_type(name) == kind
     assert has in capabilities(name)
     assert context_length(name) == context
+
+
+# Model lists as each server sends them (shapes from their docs and from the servers run here:
+# llama-server answers both "models" and "data"; Ollama answers data: null when empty).
+SAMPLES = {
+    "lmstudio": {
+        "object": "list",
+        "data": [
+            {"id": "qwen2.5-7b-instruct", "object": "model", "type": "llm",
+             "publisher": "lmstudio-community", "arch": "qwen2", "compatibility_type": "gguf",
+             "quantization": "Q4_K_M", "state": "loaded", "max_context_length": 32768},
+            {"id": "text-embedding-nomic-embed-text-v1.5", "object": "model",
+             "type": "embeddings", "state": "not-loaded"},
+        ],
+    },
+    "vllm": {"object": "list", "data": [
+        {"id": "Qwen/Qwen2.5-7B-Instruct", "object": "model", "owned_by": "vllm",
+         "root": "Qwen/Qwen2.5-7B-Instruct", "parent": None, "max_model_len": 32768}]},
+    "llamacpp": {
+        "models": [{"name": "smollm2", "model": "smollm2", "type": "model"}],
+        "object": "list",
+        "data": [{"id": "smollm2", "object": "model", "owned_by": "llamacpp",
+                  "meta": {"n_ctx_train": 8192}}],
+    },
+    "lemonade": {"object": "list", "data": [
+        {"id": "Qwen2.5-0.5B-Instruct-CPU", "object": "model", "owned_by": "lemonade",
+         "checkpoint": "amd/Qwen2.5-0.5B", "recipe": "oga-cpu"}]},
+    "docker-model-runner": {"object": "list", "data": [
+        {"id": "ai/smollm2", "object": "model", "created": 1742816981, "owned_by": "docker"}]},
+    "sglang": {"object": "list", "data": [
+        {"id": "meta-llama/Llama-3.1-8B-Instruct", "object": "model", "owned_by": "sglang",
+         "max_model_len": 131072}]},
+    "lmdeploy": {"object": "list", "data": [
+        {"id": "internlm2_5-7b-chat", "object": "model", "owned_by": "lmdeploy"}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_every_format_parses(fmt: str) -> None:
+    """If a server of each response_format lists its models, then olla reads every id."""
+    from olla.discovery import MODEL_SOURCES
+
+    models = MODEL_SOURCES[fmt].parse(SAMPLES[fmt])
+    assert [m.name for m in models] == [item["id"] for item in SAMPLES[fmt]["data"]]
+
+
+def test_lmstudio_details_and_loaded() -> None:
+    """If LM Studio lists models, then quantisation, arch and load state are kept."""
+    from olla.discovery import parse_loaded_from_list
+
+    (qwen, _) = parse_openai_models(SAMPLES["lmstudio"])
+    assert (qwen.family, qwen.quantization, qwen.format) == ("qwen2", "q4km", "gguf")
+    assert parse_loaded_from_list(SAMPLES["lmstudio"]) == ["qwen2.5-7b-instruct"]
+
+
+def test_family_and_variant() -> None:
+    """If a name carries family and version, then both are read."""
+    from olla.models import family_and_variant
+
+    assert family_and_variant("llama3.2:latest") == ("llama", "3.2")
+    assert family_and_variant("Qwen/Qwen2.5-7B") == ("qwen", "2.5")

@@ -11,11 +11,30 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from olla.endpoints import EndpointRegistry
-from olla.listings import model_detail, ollama_tags, openai_models, unified_models
+from olla.listings import (
+    lmstudio_models,
+    model_detail,
+    ollama_tags,
+    openai_models,
+    unified_models,
+)
 from olla.models import ModelCatalogue
 from olla.web.errors import Dialect, error_body
 
-FORMATS = ("unified", "openai", "ollama")
+#: the formats of §1.3; the OpenAI-shaped servers' lists are OpenAI lists
+FORMATS = (
+    "unified",
+    "openai",
+    "ollama",
+    "lmstudio",
+    "lemonade",
+    "lmdeploy",
+    "sglang",
+    "vllm",
+    "vllm-mlx",
+    "llamacpp",
+    "docker-model-runner",
+)
 CAPABILITY_TYPES = {
     "vision": "vlm",
     "multimodal": "vlm",
@@ -71,7 +90,9 @@ class ModelsResource(_CatalogueResource):
             return _answer(request, 400, error_body(Dialect.OPENAI, 400, message))
         if fmt == "ollama":
             return _answer(request, 200, ollama_tags(self._catalogue, endpoints))
-        if fmt == "openai":
+        if fmt == "lmstudio":
+            return _answer(request, 200, lmstudio_models(self._catalogue, endpoints))
+        if fmt != "unified":
             return _answer(request, 200, openai_models(self._catalogue, endpoints, self._now()))
         payload = unified_models(self._catalogue, endpoints, self._now())
         family = args.get("family")
