@@ -1,100 +1,729 @@
-"""The fake Ollama itself: shapes and knobs the other tests rely on, in memory."""
+"""The fake Ollama itself: wire shapes, stream timing on a Clock, knobs, recording, control API
+(in memory), and one real process driven by the real ollama and openai SDKs."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import struct
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from tests.fakes.ollama import FakeModel, FakeOllama
-from tests.proxyharness import ClientConnection, http_request
+from tests.fakes.ollama import FakeModel, FakeOllama, FakeSite, floats_base64
+from tests.fakes.process import FakeProcess, start_fake
+
+URL = "http://fake.test"
+CHAT = {"model": "m:1", "messages": [{"role": "user", "content": "hi there"}]}
 
 
-class FakeTests(SynchronousTestCase):
+class InMemory(SynchronousTestCase):
+    """A FakeOllama on a Clock, reached through treq's in-memory agent."""
+
     def setUp(self) -> None:
         self.clock = Clock()
-        self.fake = FakeOllama(self.clock, [FakeModel("m:1"), FakeModel("all-minilm:l6")])
-        self.site = Site(self.fake, reactor=self.clock)
+        self.fake = FakeOllama(self.clock, [FakeModel("m:1"), FakeModel("all-minilm:l6")], name="A")
+        self.http: Any = StubTreq(self.fake)  # treq's functions, set at run time
 
-    def _send(
-        self, method: str, path: str, body: object = None, **headers: str
-    ) -> ClientConnection:
-        raw = None if body is None else json.dumps(body).encode()
-        return ClientConnection(self.site, http_request(method, path, raw, headers))
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> IResponse:
+        kwargs: dict[str, Any] = {"headers": headers or {}, "unbuffered": True}
+        if body is not None:
+            kwargs["json"] = body
+        if data is not None:
+            kwargs["data"] = data
+        d = self.http.request(method, URL + path, **kwargs)
+        self.http.flush()
+        response: IResponse = self.successResultOf(d)
+        return response
 
-    def test_tags_shape(self) -> None:
-        """If /api/tags is asked, then each model has name, model, digest and details."""
-        response = self._send("GET", "/api/tags").response()
-        assert response is not None
-        model = json.loads(response.body)["models"][0]
-        self.assertEqual(model["name"], model["model"])
-        self.assertEqual(set(model["details"]), {
-            "parent_model", "format", "family", "families", "parameter_size", "quantization_level",
-        })  # fmt: skip
+    def read(self, response: IResponse) -> bytes:
+        d = self.http.content(response)
+        self.http.flush()
+        body: bytes = self.successResultOf(d)
+        return body
 
-    def test_stream_timing_on_clock(self) -> None:
-        """If 3 chunks 50 ms apart are asked for, then they are written at 0, 50 and 100 ms,
-        then the done line."""
-        client = self._send(
-            "POST", "/api/chat", {"model": "m:1", "messages": []}, **{"X-Fake-Chunks": "3",
-            "X-Fake-Delay-Ms": "50"},
-        )  # fmt: skip
-        counts = []
-        for _ in range(4):
-            response = client.response()
-            assert response is not None
-            counts.append(len(response.chunks))
-            self.clock.advance(0.05)
-        self.assertEqual(counts, [1, 2, 3, 4])
-        response = client.response()
-        assert response is not None and response.complete
-        self.assertTrue(json.loads(response.chunks[-1])["done"])
+    def call(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[IResponse, bytes]:
+        response = self.send(method, path, body, headers)
+        return response, self.read(response)
 
-    def test_errors_and_knobs(self) -> None:
-        """If a model is unknown, a status is forced, or the body is malformed, then the real
-        error shapes come back."""
-        missing = self._send("POST", "/api/chat", {"model": "nope"}).response()
-        assert missing is not None
-        self.assertEqual(missing.status, 404)
-        self.assertIn("not found, try pulling it first", json.loads(missing.body)["error"])
-        openai = self._send("POST", "/v1/chat/completions", {"model": "nope"}).response()
-        assert openai is not None
-        self.assertEqual(json.loads(openai.body)["error"]["type"], "api_error")
-        forced = self._send("POST", "/api/chat", {"model": "m:1"}, **{"X-Fake-Status": "503"})
-        self.assertEqual(forced.response().status, 503)  # type: ignore[union-attr]
-        bad = self._send("POST", "/api/chat", {"model": "m:1"}, **{"X-Fake-Malformed": "1"})
-        self.assertRaises(ValueError, json.loads, bad.response().body)  # type: ignore[union-attr]
-        chat_on_embed = self._send("POST", "/api/chat", {"model": "all-minilm:l6"}).response()
-        self.assertEqual(chat_on_embed.status, 400)  # type: ignore[union-attr]
+    def doc(self, method: str, path: str, body: object = None, **headers: str) -> Any:
+        response, raw = self.call(method, path, body, headers)
+        return json.loads(raw)
 
-    def test_drop_and_hang(self) -> None:
-        """If drop_after is set, then the connection is cut mid-stream; if hang, nothing comes."""
-        dropped = self._send(
-            "POST", "/api/chat?drop_after=2&chunks=5", {"model": "m:1", "messages": []}
+    def header(self, response: IResponse, name: str) -> str | None:
+        values = response.headers.getRawHeaders(name.encode())
+        return values[0].decode() if values else None
+
+    def stream(self, response: IResponse) -> list[bytes]:
+        """A live list of the body's bytes as they arrive (call ``http.flush`` to move them)."""
+        received: list[bytes] = []
+        self.http.collect(response, received.append)
+        self.http.flush()
+        return received
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.http.flush()
+
+    def raw(self, request: bytes) -> tuple[StringTransport, Any]:
+        """A raw client connection (so the test can drop it)."""
+        site = FakeSite(self.fake, reactor=Clock())  # the channel's timers stay off self.clock
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(request)
+        return transport, protocol
+
+
+def _lines(received: list[bytes]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in b"".join(received).splitlines() if line.strip()]
+
+
+def _events(raw: bytes) -> list[str]:
+    """SSE ``data:`` payloads, in order."""
+    assert raw.endswith(b"\n\n")
+    events = []
+    for block in raw.decode().split("\n\n")[:-1]:
+        assert block.startswith("data: "), block
+        events.append(block[len("data: ") :])
+    return events
+
+
+def _post(path: str, body: dict[str, Any], headers: str = "") -> bytes:
+    raw = json.dumps(body).encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: fake\r\n{headers}Content-Length: {len(raw)}\r\n\r\n"
+    ).encode() + raw
+
+
+class ShapeTests(InMemory):
+    def test_root_version_and_head(self) -> None:
+        """If / and /api/version are asked (GET or HEAD), then the real bodies and content
+        types come back, with a Date and without a Server header."""
+        response, body = self.call("GET", "/")
+        self.assertEqual((response.code, body), (200, b"Ollama is running"))
+        self.assertEqual(self.header(response, "content-type"), "text/plain; charset=utf-8")
+        response, body = self.call("GET", "/api/version")
+        self.assertEqual(body, b'{"version":"0.5.4"}')
+        self.assertEqual(self.header(response, "content-type"), "application/json; charset=utf-8")
+        self.assertIsNotNone(self.header(response, "date"))
+        self.assertIsNone(self.header(response, "server"))
+        response, body = self.call("HEAD", "/api/version")
+        self.assertEqual((response.code, body), (200, b""))
+
+    def test_tags(self) -> None:
+        """If /api/tags is asked, then each model has name, model, modified_at, size, a stable
+        sha256 digest and the six details; embedding models are bert-family."""
+        models = self.doc("GET", "/api/tags")["models"]
+        self.assertEqual([m["name"] for m in models], ["m:1", "all-minilm:l6"])
+        first = models[0]
+        self.assertEqual(first["model"], "m:1")
+        self.assertEqual(first["digest"], hashlib.sha256(b"m:1").hexdigest())
+        self.assertTrue(first["modified_at"].endswith("Z"))
+        self.assertIsInstance(first["size"], int)
+        self.assertEqual(
+            first["details"],
+            {
+                "parent_model": "",
+                "format": "gguf",
+                "family": "llama",
+                "families": ["llama"],
+                "parameter_size": "3.2B",
+                "quantization_level": "Q4_K_M",
+            },
         )
-        for _ in range(3):
-            self.clock.advance(0)
-        response = dropped.response()
-        assert response is not None
-        self.assertEqual(len(response.chunks), 2)
-        self.assertTrue(dropped.transport.disconnected)
-        hung = self._send("POST", "/api/chat?hang=1", {"model": "m:1"})
-        self.assertEqual(hung.transport.value(), b"")
+        self.assertEqual(models[1]["details"]["family"], "bert")
 
-    def test_health_and_state(self) -> None:
-        """If health is set to fail, then / answers 500; loaded models appear in /api/ps."""
-        self.fake.apply_state({"health": "fail", "loaded": ["m:1"]})
-        self.assertEqual(self._send("GET", "/").response().status, 500)  # type: ignore[union-attr]
-        ps = json.loads(self._send("GET", "/api/ps").response().body)  # type: ignore[union-attr]
-        self.assertEqual([m["name"] for m in ps["models"]], ["m:1"])
+    def test_show(self) -> None:
+        """If /api/show is asked by model or by name, then it has model_info, details,
+        modelfile, parameters, template, modified_at and capabilities; unknown is a 404 and
+        no name a 400, with the real messages."""
+        shown = self.doc("POST", "/api/show", {"model": "m:1"})
+        for key in ("model_info", "details", "modelfile", "parameters", "template"):
+            self.assertIn(key, shown)
+        self.assertEqual(shown["capabilities"], ["completion"])
+        self.assertEqual(shown["model_info"]["general.architecture"], "llama")
+        by_name = self.doc("POST", "/api/show", {"name": "all-minilm:l6"})
+        self.assertEqual(by_name["capabilities"], ["embedding"])
+        response, body = self.call("POST", "/api/show", {"name": "nope"})
+        self.assertEqual((response.code, body), (404, b'{"error":"model \'nope\' not found"}'))
+        response, body = self.call("POST", "/api/show", {})
+        self.assertEqual((response.code, body), (400, b'{"error":"model is required"}'))
 
-    def test_recording(self) -> None:
-        """If requests arrive, then they are recorded with headers and body, control calls not."""
-        self._send("POST", "/api/show", {"name": "m:1"}, **{"X-Thing": "1"})
-        self._send("GET", "/_fake/state")
+    def test_tag_defaults_to_latest(self) -> None:
+        """If a model is named without a tag, then it means ``:latest``, as in Ollama."""
+        fake = FakeOllama(self.clock)
+        found = fake.model("llama3.2")
+        self.assertEqual(found.name if found else None, "llama3.2:latest")
+        self.assertIsNone(fake.model("llama3.2:1b"))
+
+    def test_chat_stream(self) -> None:
+        """If /api/chat is streamed (the default), then it is chunked NDJSON without a length:
+        three content lines and a final done line with every metric."""
+        response = self.send("POST", "/api/chat", CHAT)
+        self.assertEqual(self.header(response, "content-type"), "application/x-ndjson")
+        self.assertEqual(response.length, UNKNOWN_LENGTH)  # chunked
+        lines = _lines(self.stream(response))
+        self.assertEqual([line["message"]["content"] for line in lines], ["A0 ", "A1 ", "A2 ", ""])
+        self.assertEqual([line["done"] for line in lines], [False, False, False, True])
+        final = lines[-1]
+        self.assertEqual(final["done_reason"], "stop")
+        for key in (
+            "total_duration",
+            "load_duration",
+            "prompt_eval_count",
+            "prompt_eval_duration",
+            "eval_count",
+            "eval_duration",
+        ):
+            self.assertGreater(final[key], 0, key)
+        self.assertEqual(final["eval_count"], 3)
+
+    def test_chat_not_streamed(self) -> None:
+        """If /api/chat says stream false, then one JSON object comes back with the text."""
+        response, body = self.call("POST", "/api/chat", {**CHAT, "stream": False})
+        self.assertEqual(self.header(response, "content-type"), "application/json; charset=utf-8")
+        doc = json.loads(body)
+        self.assertEqual(doc["message"], {"role": "assistant", "content": "A0 A1 A2 "})
+        self.assertTrue(doc["done"])
+
+    def test_generate(self) -> None:
+        """If /api/generate has only a model, then it is the preload answer; with a prompt it
+        streams response lines and a final line with context."""
+        loaded = self.doc("POST", "/api/generate", {"model": "m:1"})
+        self.assertEqual(
+            {k: loaded[k] for k in ("response", "done", "done_reason")},
+            {"response": "", "done": True, "done_reason": "load"},
+        )
+        response = self.send("POST", "/api/generate", {"model": "m:1", "prompt": "Hello"})
+        lines = _lines(self.stream(response))
+        self.assertEqual("".join(line["response"] for line in lines), "A0 A1 A2 ")
+        self.assertIn("context", lines[-1])
+        response, body = self.call("POST", "/api/generate", {"model": "nope", "prompt": "x"})
+        self.assertEqual((response.code, body), (404, b'{"error":"model \'nope\' not found"}'))
+
+    def test_ps_follows_use(self) -> None:
+        """If a model is chatted with, then /api/ps lists it (with expires_at and size_vram);
+        keep_alive 0 unloads it."""
+        self.assertEqual(self.doc("GET", "/api/ps"), {"models": []})
+        self.call("POST", "/api/chat", {**CHAT, "stream": False})
+        (entry,) = self.doc("GET", "/api/ps")["models"]
+        self.assertEqual((entry["name"], entry["model"], entry["size_vram"]), ("m:1", "m:1", 0))
+        self.assertIn("expires_at", entry)
+        self.assertIn("details", entry)
+        unload = self.doc("POST", "/api/generate", {"model": "m:1", "keep_alive": 0})
+        self.assertEqual(unload["done_reason"], "unload")
+        self.assertEqual(self.doc("GET", "/api/ps"), {"models": []})
+
+    def test_embed(self) -> None:
+        """If /api/embed gets a string or a list, then one unit vector per input comes back,
+        the same for the same text; /api/embeddings answers a single vector."""
+        one = self.doc("POST", "/api/embed", {"model": "all-minilm:l6", "input": "a"})
+        two = self.doc("POST", "/api/embed", {"model": "all-minilm:l6", "input": ["a", "b"]})
+        self.assertEqual(len(one["embeddings"]), 1)
+        self.assertEqual(two["embeddings"][0], one["embeddings"][0])
+        self.assertNotEqual(two["embeddings"][0], two["embeddings"][1])
+        self.assertAlmostEqual(math.hypot(*one["embeddings"][0]), 1.0, places=5)
+        single = self.doc("POST", "/api/embeddings", {"model": "all-minilm:l6", "prompt": "a"})
+        self.assertEqual(len(single["embedding"]), 8)
+
+    def test_openai_models(self) -> None:
+        """If /v1/models is asked, then it is an OpenAI list owned by library, and ``data``
+        is null when there are no models; /v1/models/{id} answers one model or a 404."""
+        listing = self.doc("GET", "/v1/models")
+        self.assertEqual(listing["object"], "list")
+        self.assertEqual(
+            listing["data"][0],
+            {
+                "id": "m:1",
+                "object": "model",
+                "created": listing["data"][0]["created"],
+                "owned_by": "library",
+            },
+        )
+        self.assertEqual(self.doc("GET", "/v1/models/m:1")["id"], "m:1")
+        response, body = self.call("GET", "/v1/models/nope")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(json.loads(body)["error"]["type"], "api_error")
+        self.fake.apply_state({"models": []})
+        self.assertEqual(self.doc("GET", "/v1/models"), {"object": "list", "data": None})
+
+    def test_openai_chat(self) -> None:
+        """If /v1/chat/completions is not streamed, then one chat.completion with usage comes
+        back as application/json."""
+        response, body = self.call("POST", "/v1/chat/completions", CHAT)
+        self.assertEqual(self.header(response, "content-type"), "application/json")
+        doc = json.loads(body)
+        self.assertEqual(doc["object"], "chat.completion")
+        self.assertEqual(doc["choices"][0]["message"]["content"], "A0 A1 A2 ")
+        self.assertEqual(doc["choices"][0]["finish_reason"], "stop")
+        self.assertEqual(doc["usage"]["completion_tokens"], 3)
+
+    def test_openai_chat_stream(self) -> None:
+        """If /v1/chat/completions streams with include_usage, then SSE chunks come, a final
+        chunk with finish_reason, a usage chunk with no choices, then [DONE]."""
+        body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+        response = self.send("POST", "/v1/chat/completions", body)
+        self.assertEqual(self.header(response, "content-type"), "text/event-stream")
+        events = _events(b"".join(self.stream(response)))
+        self.assertEqual(events[-1], "[DONE]")
+        chunks = [json.loads(e) for e in events[:-1]]
+        self.assertTrue(all(c["object"] == "chat.completion.chunk" for c in chunks))
+        self.assertEqual(
+            [c["choices"][0]["delta"]["content"] for c in chunks[:3]], ["A0 ", "A1 ", "A2 "]
+        )
+        self.assertEqual(chunks[3]["choices"][0]["finish_reason"], "stop")
+        self.assertEqual(chunks[4]["choices"], [])
+        self.assertEqual(chunks[4]["usage"]["completion_tokens"], 3)
+        plain = self.send("POST", "/v1/chat/completions", {**CHAT, "stream": True})
+        self.assertEqual(len(_events(b"".join(self.stream(plain)))), 5)  # no usage chunk
+
+    def test_openai_completions(self) -> None:
+        """If /v1/completions is asked, then text_completion objects come back, streamed as
+        SSE when asked."""
+        doc = self.doc("POST", "/v1/completions", {"model": "m:1", "prompt": "Hi"})
+        self.assertEqual(
+            (doc["object"], doc["choices"][0]["text"]), ("text_completion", "A0 A1 A2 ")
+        )
+        response = self.send(
+            "POST", "/v1/completions", {"model": "m:1", "prompt": "Hi", "stream": True}
+        )
+        events = _events(b"".join(self.stream(response)))
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(json.loads(events[-2])["choices"][0]["finish_reason"], "stop")
+
+    def test_openai_embeddings(self) -> None:
+        """If /v1/embeddings asks for base64, then each vector is base64 of little-endian
+        float32, equal to the float answer."""
+        body = {"model": "all-minilm:l6", "input": ["a", "b"]}
+        floats = self.doc("POST", "/v1/embeddings", body)["data"]
+        encoded = self.doc("POST", "/v1/embeddings", {**body, "encoding_format": "base64"})
+        for plain, packed in zip(floats, encoded["data"], strict=True):
+            raw = base64.b64decode(packed["embedding"])
+            vector = plain["embedding"]
+            self.assertEqual(raw, struct.pack(f"<{len(vector)}f", *vector))  # same float32s
+            self.assertEqual(packed["embedding"], floats_base64(plain["embedding"]))
+        self.assertEqual(encoded["usage"]["prompt_tokens"], 2)
+
+
+class ErrorTests(InMemory):
+    def test_unknown_model_shapes(self) -> None:
+        """If a model is unknown, then /api/chat and /v1/chat/completions answer 404 with the
+        exact bodies real Ollama gives."""
+        response, body = self.call("POST", "/api/chat", {"model": "nope", "messages": []})
+        self.assertEqual(response.code, 404)
+        self.assertEqual(body, b'{"error":"model \\"nope\\" not found, try pulling it first"}')
+        self.assertEqual(self.header(response, "content-type"), "application/json; charset=utf-8")
+        response, body = self.call("POST", "/v1/chat/completions", {**CHAT, "model": "nope"})
+        self.assertEqual(response.code, 404)
+        self.assertEqual(
+            json.loads(body),
+            {
+                "error": {
+                    "message": 'model "nope" not found, try pulling it first',
+                    "type": "api_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        )
+
+    def test_embedding_model_refuses_chat(self) -> None:
+        """If a chat asks an embedding model, then it is a 400 saying it does not support chat."""
+        response, body = self.call("POST", "/api/chat", {**CHAT, "model": "all-minilm:l6"})
+        self.assertEqual(response.code, 400)
+        self.assertEqual(body, b'{"error":"\\"all-minilm:l6\\" does not support chat"}')
+
+    def test_bad_bodies(self) -> None:
+        """If a body is truncated, not JSON, empty or not an object, then Go's messages come
+        back as 400s; a valid body without a Content-Type is still read."""
+        cases = [
+            (b'{"model": "m:1"', "unexpected EOF"),
+            (b"xyz", "invalid character 'x' looking for beginning of value"),
+            (b"", "missing request body"),
+            (b"[1]", "json: cannot unmarshal array into Go value of type api.ChatRequest"),
+        ]
+        for raw, message in cases:
+            response = self.send("POST", "/api/chat", data=raw)
+            self.assertEqual(response.code, 400)
+            self.assertEqual(json.loads(self.read(response)), {"error": message})
+        response = self.send("POST", "/v1/chat/completions", data=b"{")
+        error = json.loads(self.read(response))["error"]
+        self.assertEqual(
+            (error["type"], error["message"]), ("invalid_request_error", "unexpected EOF")
+        )
+        response = self.send(
+            "POST", "/api/chat", data=json.dumps({**CHAT, "stream": False}).encode()
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.fake.requests[-1].headers.get("content-type"), None)
+
+    def test_unknown_path_and_method(self) -> None:
+        """If a path or method is not served, then gin's plain 404 comes back."""
+        for method, path in (("GET", "/nope"), ("GET", "/api/chat"), ("POST", "/api/tags")):
+            response, body = self.call(method, path)
+            self.assertEqual((response.code, body), (404, b"404 page not found"))
+            self.assertEqual(self.header(response, "content-type"), "text/plain")
+
+    def test_openai_only(self) -> None:
+        """If the fake is OpenAI-only, then /api/* and / are 404 while /v1/* and /health work."""
+        fake = FakeOllama(self.clock, [FakeModel("test-model")], openai_only=True)
+        http: Any = StubTreq(fake)
+        for path, code in (("/api/tags", 404), ("/", 404), ("/health", 200), ("/v1/models", 200)):
+            d = http.get(URL + path)
+            http.flush()
+            self.assertEqual(self.successResultOf(d).code, code, path)
+
+    def test_required_token(self) -> None:
+        """If a token is required, then requests without that bearer token are 401s."""
+        self.fake.required_token = "s3cret"
+        self.assertEqual(self.send("GET", "/v1/models").code, 401)
+        authorised = self.send("GET", "/v1/models", headers={"Authorization": "Bearer s3cret"})
+        self.assertEqual(authorised.code, 200)
+
+    def test_bad_knob(self) -> None:
+        """If a knob is not a number, then the fake says so with a 400 instead of crashing."""
+        response = self.send("POST", "/api/chat", CHAT, headers={"X-Fake-Chunks": "many"})
+        self.assertEqual(response.code, 400)
+        self.assertIn("x-fake-chunks", json.loads(self.read(response))["error"])
+
+
+class TimingTests(InMemory):
+    def test_chunks_on_an_absolute_clock(self) -> None:
+        """If 20 chunks 50 ms apart are asked, then chunk i is written at exactly i * 50 ms
+        however the clock is advanced (no drift), and the done line at 1 s."""
+        headers = {"X-Fake-Chunks": "20", "X-Fake-Delay-Ms": "50"}
+        received = self.stream(self.send("POST", "/api/chat", CHAT, headers))
+        elapsed = 0.0
+        for _ in range(34):  # 30 ms steps, out of phase with the chunks
+            self.assertEqual(len(_lines(received)), min(21, int(round(elapsed * 1000)) // 50 + 1))
+            self.advance(0.03)
+            elapsed += 0.03
+        lines = _lines(received)
+        self.assertEqual(len(lines), 21)
+        self.assertTrue(lines[-1]["done"])
+
+    def test_exact_boundaries(self) -> None:
+        """If the clock stops 1 ms before a chunk is due, then it has not come; 1 ms later it
+        has."""
+        query = "?chunks=5&delay_ms=100"
+        received = self.stream(
+            self.send("POST", "/api/generate" + query, {"model": "m:1", "prompt": "x"})
+        )
+        self.assertEqual(len(_lines(received)), 1)
+        for expected in range(2, 7):
+            self.advance(0.099)
+            self.assertEqual(len(_lines(received)), expected - 1)
+            self.advance(0.001)
+            self.assertEqual(len(_lines(received)), expected)
+
+    def test_time_to_first_token(self) -> None:
+        """If a time to first token is set, then not even the headers come before it."""
+        d = self.http.post(
+            URL + "/api/chat", json=CHAT, headers={"X-Fake-Ttft-Ms": "500"}, unbuffered=True
+        )
+        self.advance(0.499)
+        self.assertNoResult(d)
+        self.advance(0.001)
+        received = self.stream(self.successResultOf(d))
+        self.assertEqual(len(_lines(received)), 4)  # no delay: everything at once
+
+    def test_not_streamed_waits_for_the_whole_generation(self) -> None:
+        """If a non-streamed chat has ttft 50 ms and 3 chunks 100 ms apart, then the answer
+        comes at 350 ms, with a Content-Length."""
+        d = self.http.post(
+            URL + "/api/chat?ttft_ms=50&delay_ms=100", json={**CHAT, "stream": False}
+        )
+        self.advance(0.349)
+        self.assertNoResult(d)
+        self.advance(0.001)
+        response = self.successResultOf(d)
+        body = self.read(response)
+        self.assertEqual(response.length, len(body))
+        self.assertEqual(json.loads(body)["message"]["content"], "A0 A1 A2 ")
+
+    def test_time_to_first_byte_on_lists(self) -> None:
+        """If a time to first token is set on a list route, then its answer waits that long."""
+        d = self.http.get(URL + "/api/tags", headers={"X-Fake-Ttft-Ms": "200"})
+        self.advance(0.199)
+        self.assertNoResult(d)
+        self.advance(0.001)
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_chunk_count_from_the_body(self) -> None:
+        """If no knob is given, then options.num_predict (Ollama) or max_tokens (OpenAI) set the
+        chunk count; a knob header wins over both."""
+        body = {**CHAT, "options": {"num_predict": 5}}
+        self.assertEqual(len(_lines(self.stream(self.send("POST", "/api/chat", body)))), 6)
+        v1 = self.doc("POST", "/v1/chat/completions", {**CHAT, "max_tokens": 2})
+        self.assertEqual(v1["usage"]["completion_tokens"], 2)
+        knob = self.send("POST", "/api/chat", body, headers={"X-Fake-Chunks": "1"})
+        self.assertEqual(len(_lines(self.stream(knob))), 2)
+
+    def test_client_disconnect_stops_the_stream(self) -> None:
+        """If the client goes away mid-stream, then no timer is left, nothing more is written,
+        and the fake counts it as cancelled."""
+        transport, protocol = self.raw(_post("/api/chat?chunks=10&delay_ms=1000", CHAT))
+        self.clock.advance(2)
+        written = transport.value()
+        self.assertEqual(written.count(b'"done":false'), 3)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(20)
+        self.assertEqual(transport.value(), written)
+        state = self.fake.describe_state()
+        self.assertEqual((state["cancelled"], state["in_flight"]), (1, 0))
+
+
+class KnobTests(InMemory):
+    def test_status(self) -> None:
+        """If a status is forced by header, query or state, then that status comes with the
+        route's error shape; the server-wide one spares the health routes."""
+        response, body = self.call("POST", "/api/chat", CHAT, {"X-Fake-Status": "503"})
+        self.assertEqual((response.code, json.loads(body)), (503, {"error": "fake error 503"}))
+        response, body = self.call("POST", "/v1/chat/completions?status=429", CHAT)
+        self.assertEqual(response.code, 429)
+        self.assertEqual(json.loads(body)["error"]["type"], "api_error")
+        self.fake.apply_state({"status": 500})
+        self.assertEqual(self.send("GET", "/api/tags").code, 500)
+        self.assertEqual(self.send("GET", "/").code, 200)
+        self.fake.apply_state({"status": None})
+        self.assertEqual(self.send("GET", "/api/tags").code, 200)
+
+    def test_hang(self) -> None:
+        """If hang is asked, then no answer ever comes; when the client leaves, nothing is left
+        behind."""
+        d = self.http.get(URL + "/api/tags", headers={"X-Fake-Hang": "1"})
+        self.advance(3600)
+        self.assertNoResult(d)
+        transport, protocol = self.raw(b"GET /api/tags?hang=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(3600)
+        self.assertEqual(transport.value(), b"")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.fake.cancelled, 1)
+
+    def test_drop_mid_stream(self) -> None:
+        """If drop_after is 2, then the client gets two chunks and then a cut connection, so
+        the chunked body is incomplete."""
+        response = self.send("POST", "/api/chat?chunks=5&delay_ms=10&drop_after=2", CHAT)
+        received: list[bytes] = []
+        done = self.http.collect(response, received.append)
+        for _ in range(10):
+            self.advance(0.01)
+        self.failureResultOf(done)
+        self.assertEqual(len(_lines(received)), 2)
+        self.assertEqual(self.fake.dropped, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_drop_before_anything(self) -> None:
+        """If drop_after is 0, then the connection is cut before any byte of the answer."""
+        transport, _ = self.raw(_post("/api/chat", CHAT, "X-Fake-Drop-After: 0\r\n"))
+        self.clock.advance(0)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnected)
+
+    def test_drop_a_json_answer(self) -> None:
+        """If drop_after is set on a JSON answer, then half its body follows the headers and
+        the connection is cut."""
+        transport, _ = self.raw(b"GET /api/tags?drop_after=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(0)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        self.assertEqual(len(body), length // 2)
+        self.assertTrue(transport.disconnected)
+
+    def test_malformed(self) -> None:
+        """If malformed is asked, then a 200 comes whose body is not JSON."""
+        response, body = self.call("POST", "/api/chat", CHAT, {"X-Fake-Malformed": "1"})
+        self.assertEqual(response.code, 200)
+        self.assertRaises(ValueError, json.loads, body)
+
+    def test_health_modes(self) -> None:
+        """If health is set to fail, then / and /api/version answer 500 while the rest works;
+        with hang they never answer; back to ok they answer again."""
+        self.fake.apply_state({"health": "fail"})
+        self.assertEqual(self.send("GET", "/").code, 500)
+        self.assertEqual(self.send("GET", "/api/version").code, 500)
+        self.assertEqual(self.send("GET", "/api/tags").code, 200)
+        self.fake.apply_state({"health": "hang"})
+        d = self.http.get(URL + "/")
+        self.advance(60)
+        self.assertNoResult(d)
+        self.fake.apply_state({"health": "ok"})
+        self.assertEqual(self.send("GET", "/").code, 200)
+
+    def test_models_and_loaded_change_at_runtime(self) -> None:
+        """If the models and loaded set change (a pull after startup), then /api/tags,
+        /v1/models and /api/ps follow, and an unknown model becomes routable."""
+        self.assertEqual(self.send("POST", "/api/chat", {**CHAT, "model": "new:1b"}).code, 404)
+        self.fake.apply_state({"models": ["m:1", "new:1b"], "loaded": ["new:1b"]})
+        self.assertEqual(
+            [m["name"] for m in self.doc("GET", "/api/tags")["models"]], ["m:1", "new:1b"]
+        )
+        self.assertEqual(
+            [m["id"] for m in self.doc("GET", "/v1/models")["data"]], ["m:1", "new:1b"]
+        )
+        self.assertEqual([m["name"] for m in self.doc("GET", "/api/ps")["models"]], ["new:1b"])
+        self.assertEqual(self.send("POST", "/api/chat", {**CHAT, "model": "new:1b"}).code, 200)
+
+
+class RecordingTests(InMemory):
+    def test_requests_are_recorded(self) -> None:
+        """If requests arrive, then method, path, query, lower-cased headers (lists), body,
+        size, sha256 and clock time are recorded; /_fake/* calls are not."""
+        self.clock.advance(7)
+        self.call("POST", "/api/show?x=1", {"name": "m:1"}, {"X-Thing": "1"})
+        self.call("GET", "/_fake/state")
         (recorded,) = self.fake.requests
-        self.assertEqual(recorded.path, "/api/show")
+        self.assertEqual(
+            (recorded.method, recorded.path, recorded.query), ("POST", "/api/show", "x=1")
+        )
         self.assertEqual(recorded.headers["x-thing"], ["1"])
         self.assertEqual(json.loads(recorded.body), {"name": "m:1"})
+        self.assertEqual(recorded.body_size, len(recorded.body))
+        self.assertEqual(recorded.body_sha256, hashlib.sha256(recorded.body.encode()).hexdigest())
+        self.assertEqual(recorded.time, 7)
+
+    def test_binary_and_big_bodies(self) -> None:
+        """If a body is not UTF-8, then it is recorded as base64; above 1 MiB only its size and
+        sha256 are kept, and /upload answers them."""
+        self.send("POST", "/upload", data=b"\xff\x00")
+        self.assertEqual(self.fake.requests[-1].body, base64.b64encode(b"\xff\x00").decode())
+        big = b"y" * (1024 * 1024 + 1)
+        answer = json.loads(self.read(self.send("POST", "/upload", data=big)))
+        self.assertEqual(answer, {"bytes": len(big), "sha256": hashlib.sha256(big).hexdigest()})
+        recorded = self.fake.requests[-1]
+        self.assertEqual((recorded.body, recorded.body_size), ("", len(big)))
+
+    def test_big_download(self) -> None:
+        """If /big?bytes=N is asked, then exactly N bytes come, with a Content-Length."""
+        response, body = self.call("GET", "/big?bytes=200001")
+        self.assertEqual(len(body), 200001)
+        self.assertEqual(response.length, 200001)
+
+    def test_control_api(self) -> None:
+        """If the control API is used over HTTP, then it lists and resets the recorded requests
+        and reads and changes the state; a bad state is a 400."""
+        self.call("GET", "/api/tags", headers={"X-A": "b"})
+        self.call("GET", "/api/version")
+        listed = self.doc("GET", "/_fake/requests")
+        self.assertEqual([r["path"] for r in listed], ["/api/tags", "/api/version"])
+        self.assertEqual(listed[0]["headers"]["x-a"], ["b"])
+        self.assertEqual(len(self.doc("GET", "/_fake/requests?path=/api/version")), 1)
+        self.call("POST", "/_fake/reset")
+        self.assertEqual(self.doc("GET", "/_fake/requests"), [])
+        state = self.doc(
+            "POST",
+            "/_fake/state",
+            {
+                "health": "fail",
+                "models": ["x:1"],
+                "loaded": ["x:1"],
+                "default_chunks": 7,
+                "default_delay_ms": 5,
+                "status": 502,
+            },
+        )
+        self.assertEqual(
+            {k: state[k] for k in ("health", "models", "loaded", "default_chunks", "status")},
+            {
+                "health": "fail",
+                "models": ["x:1"],
+                "loaded": ["x:1"],
+                "default_chunks": 7,
+                "status": 502,
+            },
+        )
+        self.assertEqual(self.doc("GET", "/_fake/state")["default_delay_ms"], 5)
+        response, _ = self.call("POST", "/_fake/state", {"helth": "ok"})
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.fake.requests, [])
+
+
+# --------------------------------------------------------------------------- a real process
+
+
+@pytest.fixture
+def fake_process() -> Iterator[FakeProcess]:
+    with start_fake(
+        "--models", "llama3.2:latest,nomic-embed-text:latest", "--name", "P"
+    ) as process:
+        yield process
+
+
+@pytest.mark.e2e
+def test_real_sdks_against_the_process(fake_process: FakeProcess) -> None:
+    """If the fake runs as a process, then the real ollama and openai SDKs complete every call
+    they make against Ollama, and SIGTERM stops it cleanly."""
+    import ollama
+    from openai import OpenAI
+    from openai.types.chat import ChatCompletionMessageParam
+
+    chat = "llama3.2:latest"
+    embed = "nomic-embed-text:latest"
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    client = ollama.Client(host=fake_process.url)
+    assert [m.model for m in client.list().models] == [chat, embed]
+    shown = client.show(chat)
+    assert shown.modelinfo is not None
+    assert shown.details is not None and shown.details.family == "llama"
+    assert client.ps().models == []
+    reply = client.chat(model=chat, messages=messages, options={"num_predict": 4})
+    assert reply.message.content == "P0 P1 P2 P3 "
+    streamed = list(client.chat(model=chat, messages=messages, stream=True))
+    assert "".join(p.message.content or "" for p in streamed) == "P0 P1 P2 "
+    assert streamed[-1].done and streamed[-1].eval_count == 3
+    assert client.generate(model=chat, prompt="Hello").response == "P0 P1 P2 "
+    pieces = list(client.generate(model=chat, prompt="Hello", stream=True))
+    assert pieces[-1].done_reason == "stop"
+    assert len(client.embed(model=embed, input=["a", "b"]).embeddings) == 2
+    assert len(client.embeddings(model=embed, prompt="a").embedding) == 8
+    assert {m.model for m in client.ps().models} == {chat, embed}
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat(model="nope", messages=messages)
+    assert missing.value.status_code == 404
+
+    openai = OpenAI(base_url=f"{fake_process.url}/v1", api_key="x")
+    assert [m.id for m in openai.models.list()] == [chat, embed]
+    completion = openai.chat.completions.create(model=chat, messages=messages, max_tokens=2)
+    assert completion.choices[0].message.content == "P0 P1 "
+    events = list(
+        openai.chat.completions.create(
+            model=chat,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(e.choices[0].delta.content or "" for e in events if e.choices) == "P0 P1 P2 "
+    assert events[-1].usage is not None and events[-1].usage.completion_tokens == 3
+    text = openai.completions.create(model=chat, prompt="Hello", max_tokens=4)
+    assert text.choices[0].text == "P0 P1 P2 P3 "
+    vectors = openai.embeddings.create(model=embed, input=["a", "b"])  # base64 by default
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 8
+    assert math.isclose(math.hypot(*vectors.data[0].embedding), 1.0, rel_tol=1e-5)
+    (sent,) = fake_process.requests("/v1/embeddings")
+    assert json.loads(sent["body"])["encoding_format"] == "base64"
+
+    fake_process.stop()
+    assert fake_process.returncode == 0

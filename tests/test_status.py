@@ -7,6 +7,8 @@ import gzip
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -709,6 +711,12 @@ def _fake_proc(base: str, rss_kib: int, hwm_kib: int, fds: int) -> Path:
 
 
 class ProcessTests(_Harness):
+    def mktemp(self) -> str:
+        """A fresh directory path under the system temp dir, never under the checkout."""
+        base = tempfile.mkdtemp(prefix="olla-proc-")
+        self.addCleanup(shutil.rmtree, base, True)
+        return os.path.join(base, "proc")
+
     def test_route_with_fake_proc(self) -> None:
         """If /proc/self is readable, then memory and descriptors come from it."""
         proc = _fake_proc(self.mktemp(), rss_kib=2048, hwm_kib=4096, fds=3)

@@ -1,16 +1,36 @@
-"""A faithful fake Ollama: the real wire format (captured from Ollama 0.5.4), with knobs.
+"""A faithful fake Ollama: the wire format of Ollama 0.5.4 (read from its source and captures),
+with knobs for the failures a proxy must survive.
 
-Use it in memory (``FakeOllama(clock).resource``, every delay on the given clock) or as a
-process: ``python -m tests.fakes.ollama --port 0`` binds 127.0.0.1 and prints
-``LISTENING <port>``.
+Use it in memory (``FakeOllama(clock)`` is the root resource; every delay is on ``clock``) or as
+a process: ``python -m tests.fakes.ollama --port 0 [--models a,b] [--loaded a] [--name A]
+[--openai-only] [--require-token T]`` binds 127.0.0.1, prints ``LISTENING <port>`` and stops on
+SIGTERM/SIGINT.
 
 Knobs per request, first match wins: headers ``X-Fake-Chunks``, ``X-Fake-Delay-Ms``,
 ``X-Fake-Ttft-Ms``, ``X-Fake-Status``, ``X-Fake-Hang``, ``X-Fake-Drop-After``,
-``X-Fake-Malformed``, or the same as query parameters (``chunks``, ``delay_ms``, ``ttft_ms``,
-``status``, ``hang``, ``drop_after``, ``malformed``); the chunk count also from the body's
-``options.num_predict`` / ``max_tokens``. Server-wide state (health, models, loaded, defaults)
-is settable from Python and over ``POST /_fake/state``; ``GET /_fake/requests`` lists what was
-received (``/_fake/*`` calls are not recorded).
+``X-Fake-Malformed``; the same as query parameters (``chunks``, ``delay_ms``, ``ttft_ms``,
+``status``, ``hang``, ``drop_after``, ``malformed``); the chunk count also from the body
+(``options.num_predict``, ``max_tokens``, ``max_completion_tokens``); then the server-wide
+defaults in ``FakeOllama.state``.
+
+- chunks/delay/ttft: a stream writes ``chunks`` content pieces and then the final piece; piece
+  ``i`` is written at ``ttft + i * delay`` after the request arrived (absolute, no drift). A
+  non-streamed generation answers after ``ttft + chunks * delay``, anything else after ``ttft``.
+- status: answer that status with the route's error shape (the server-wide ``state.status``
+  spares the health routes ``/``, ``/api/version`` and ``/health``).
+- hang: never answer (until the client goes away).
+- drop_after K: a stream writes K pieces, then the TCP connection is aborted (K=0: before any
+  byte); a JSON answer sends its headers and half its body, then aborts.
+- malformed: 200 with a body that is not JSON.
+
+Server-wide: ``state.health`` (``ok``/``fail``/``hang``) for the health routes, the model list and
+the loaded set, default chunks/delay/ttft, a forced status. Over HTTP: ``GET /_fake/requests``,
+``POST /_fake/reset``, ``GET|POST /_fake/state`` (``/_fake/*`` calls are not recorded).
+
+Deliberate differences from the real server, for the tests' sake: a chat with no messages streams
+(the real one answers ``done_reason: "load"``), loaded models never expire, ``/v1/embeddings``
+honours ``encoding_format: base64`` (as newer Ollama and OpenAI do), and
+``/api/show`` lists ``capabilities`` (as newer Ollama does).
 """
 
 from __future__ import annotations
@@ -19,68 +39,132 @@ import argparse
 import base64
 import hashlib
 import json
-import signal
+import math
 import struct
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+#: request bodies above this are recorded as size and sha256 only
 BIG_BODY_RECORD = 1024 * 1024
-EMBED_DIM = 8
+#: ``GET /big`` writes this much at a time
+BIG_WRITE = 64 * 1024
+#: timers fire up to this early, and a piece this close to due is due (float clock drift)
+EPSILON = 1e-6
+HEALTH_PATHS = frozenset({"/", "/api/version", "/health"})
+HEALTH_MODES = ("ok", "fail", "hang")
+DEFAULT_MODELS = ("llama3.2:latest", "nomic-embed-text:latest")
+MODIFIED_AT = datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC).timestamp()
+
+JSON_UTF8 = b"application/json; charset=utf-8"  # gin's c.JSON
+JSON_PLAIN = b"application/json"  # the OpenAI middleware's writers
+NDJSON = b"application/x-ndjson"
+SSE = b"text/event-stream"
+TEXT_UTF8 = b"text/plain; charset=utf-8"  # gin's c.String
+TEXT_PLAIN = b"text/plain"  # gin's 404
+
+GET_HEAD = frozenset({b"GET", b"HEAD"})
+GET = frozenset({b"GET"})
+POST = frozenset({b"POST"})
+
+_LLAMA_TEMPLATE = (
+    "<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>"
+    "{{ range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+    "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+_EMBED_TEMPLATE = "{{ .Prompt }}"
+
+
+def is_embedding_name(name: str) -> bool:
+    """Names that Ollama users know as embedding models (``nomic-embed-text``, ``all-minilm``)."""
+    lowered = name.lower()
+    return "embed" in lowered or "minilm" in lowered
 
 
 @dataclass
 class FakeModel:
+    """One model the fake serves; everything but ``name`` has a realistic default."""
+
     name: str
-    size: int = 2019393189
-    family: str = "llama"
-    parameter_size: str = "3.2B"
-    quantization_level: str = "Q4_K_M"
+    size: int = 0  # 0: 2019393189 for a chat model, 274302450 for an embedding model
+    digest: str = ""  # "": sha256 of the name
+    family: str = ""  # "": llama, or bert / nomic-bert for an embedding model
+    parameter_size: str = ""  # "": 3.2B / 137M
+    quantization_level: str = ""  # "": Q4_K_M / F16
+    format: str = "gguf"
+    embedding: bool | None = None  # None: from the name (contains "embed" or "minilm")
+    context_length: int = 0  # 0: 131072 / 2048
+    dimensions: int = 8  # embedding vector length
+    modified_at: float = MODIFIED_AT  # unix seconds
 
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.name.encode()).hexdigest()
-
-    @property
-    def embedding(self) -> bool:
-        return "embed" in self.name or "minilm" in self.name
+    def __post_init__(self) -> None:
+        if self.embedding is None:
+            self.embedding = is_embedding_name(self.name)
+        if not self.digest:
+            self.digest = hashlib.sha256(self.name.encode()).hexdigest()
+        if self.embedding:
+            self.family = self.family or ("nomic-bert" if "nomic" in self.name else "bert")
+            self.size = self.size or 274302450
+            self.parameter_size = self.parameter_size or "137M"
+            self.quantization_level = self.quantization_level or "F16"
+            self.context_length = self.context_length or 2048
+        else:
+            self.family = self.family or "llama"
+            self.size = self.size or 2019393189
+            self.parameter_size = self.parameter_size or "3.2B"
+            self.quantization_level = self.quantization_level or "Q4_K_M"
+            self.context_length = self.context_length or 131072
 
     def details(self) -> dict[str, Any]:
         return {
             "parent_model": "",
-            "format": "gguf",
-            "family": "bert" if self.embedding else self.family,
-            "families": ["bert" if self.embedding else self.family],
+            "format": self.format,
+            "family": self.family,
+            "families": [self.family],
             "parameter_size": self.parameter_size,
             "quantization_level": self.quantization_level,
         }
 
+    def parameter_count(self) -> int:
+        text = self.parameter_size.upper()
+        scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}.get(text[-1:], 1.0)
+        try:
+            return int(float(text.rstrip("KMBT")) * scale)
+        except ValueError:
+            return 0
+
 
 @dataclass
-class Recorded:
+class RecordedRequest:
+    """What the fake received (``body`` is empty when ``body_size`` > ``BIG_BODY_RECORD``)."""
+
     method: str
     path: str
     query: str
-    headers: dict[str, list[str]]
-    body: str
+    headers: dict[str, list[str]]  # lower-cased names
+    body: str  # utf-8 text, or base64 when the bytes are not utf-8
     body_size: int
     body_sha256: str
-    time: float
+    time: float  # clock seconds
+
+
+Recorded = RecordedRequest
 
 
 @dataclass
 class Knobs:
     chunks: int
-    delay: float
-    ttft: float
+    delay: float  # seconds
+    ttft: float  # seconds
     status: int | None = None
     hang: bool = False
     drop_after: int | None = None
@@ -92,57 +176,186 @@ class FakeState:
     health: str = "ok"  # ok | fail | hang
     default_chunks: int = 3
     default_delay_ms: float = 0.0
-    status: int | None = None
+    default_ttft_ms: float = 0.0
+    status: int | None = None  # force this status on every non-health route
     loaded: set[str] = field(default_factory=set)
 
 
-def _now_iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
+class KnobError(ValueError):
+    pass
 
 
-def _vector(text: str) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    return [round((b - 128) / 128, 6) for b in digest[:EMBED_DIM]]
+# --------------------------------------------------------------------------- wire helpers
 
 
-@implementer(IPushProducer)
-class _BigBody:
-    """Writes N bytes in 64 KiB pieces, pausing when the client's socket is full."""
+def go_json(payload: object) -> bytes:
+    """JSON as Go's encoding/json writes it: compact, UTF-8, HTML characters escaped."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escaped)
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text.encode()
 
-    def __init__(self, request: Request, size: int, clock: IReactorTime) -> None:
+
+def rfc3339(seconds: float) -> str:
+    """Go's time.Time JSON (RFC 3339 with trailing fractional zeros trimmed), in UTC."""
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    fraction = f"{moment.microsecond:06d}".rstrip("0")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+def float32(value: float) -> float:
+    """``value`` as a float32, written with the fewest digits that read back the same."""
+    exact: float = struct.unpack("<f", struct.pack("<f", value))[0]
+    for precision in range(1, 10):
+        short = float(f"{exact:.{precision}g}")
+        if struct.unpack("<f", struct.pack("<f", short))[0] == exact:
+            return short
+    return exact
+
+
+def embedding_vector(model: str, text: str, dimensions: int, normalize: bool = True) -> list[float]:
+    """A stable vector for ``text`` (unit length, as Ollama's /api/embed normalises)."""
+    raw: list[float] = []
+    counter = 0
+    while len(raw) < dimensions:
+        digest = hashlib.sha256(f"{model}\0{text}\0{counter}".encode()).digest()
+        raw.extend((byte - 127.5) / 127.5 for byte in digest)
+        counter += 1
+    raw = raw[:dimensions]
+    if normalize:
+        norm = math.sqrt(sum(x * x for x in raw))
+        raw = [x / norm for x in raw] if norm else raw
+    return [float32(x) for x in raw]
+
+
+def floats_base64(vector: list[float]) -> str:
+    """Little-endian float32 bytes, base64: what OpenAI (and newer Ollama) send."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+_GO_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "bool"}
+
+
+def parse_go_json(raw: bytes, go_type: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Decode a request body; on failure, the message Go's decoder would give."""
+    if not raw.strip():
+        return None, "EOF"
+    try:
+        document = json.loads(raw)
+    except UnicodeDecodeError:
+        return None, "invalid character looking for beginning of value"
+    except json.JSONDecodeError as e:
+        text = e.doc
+        if text[e.pos :].strip() == "":
+            return None, "unexpected EOF"
+        return None, f"invalid character {text[e.pos]!r} looking for beginning of value"
+    if document is None:
+        return {}, None
+    if not isinstance(document, dict):
+        kind = _GO_TYPES.get(type(document), "value")
+        return None, f"json: cannot unmarshal {kind} into Go value of type {go_type}"
+    return document, None
+
+
+# --------------------------------------------------------------------------- per request
+
+
+class _Exchange:
+    """One request's lifetime: its timers, and whether its client is still there."""
+
+    def __init__(self, fake: FakeOllama, request: Request) -> None:
+        self.fake = fake
         self.request = request
-        self.left = size
-        self.clock = clock
-        self.paused = False
-        self.stopped = False
+        self.gone = False
+        self.settled = False
+        self.calls: list[IDelayedCall] = []
+        fake.in_flight += 1
+        request.notifyFinish().addCallbacks(self._finished, self._lost)
 
-    def start(self) -> None:
-        self.request.registerProducer(self, True)
-        self._pump()
+    def _settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.fake.in_flight -= 1
 
-    def _pump(self) -> None:
-        while self.left > 0 and not self.paused and not self.stopped:
-            piece = min(self.left, 65536)
-            self.left -= piece
-            self.request.write(b"x" * piece)
-        if self.left == 0 and not self.stopped:
-            self.stopped = True
-            self.request.unregisterProducer()
-            self.request.finish()
+    def _finished(self, _: object) -> None:
+        self._settle()
 
-    def pauseProducing(self) -> None:
-        self.paused = True
+    def _lost(self, _: Failure) -> None:
+        if not self.gone:
+            self.fake.cancelled += 1
+        self.gone = True
+        self._cancel()
+        self._settle()
 
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.clock.callLater(0, self._pump)
+    def _cancel(self) -> None:
+        for call in self.calls:
+            if call.active():
+                call.cancel()
+        self.calls.clear()
 
-    def stopProducing(self) -> None:
-        self.stopped = True
+    def later(self, delay: float, function: Callable[..., None], *args: object) -> None:
+        self.calls = [call for call in self.calls if call.active()]
+        self.calls.append(self.fake.clock.callLater(max(0.0, delay), function, *args))
+
+    def abort(self) -> None:
+        """Cut the TCP connection (RST) once the bytes already written have left Twisted's
+        buffer: an abort drops unsent data, and the client must see the pieces before the cut."""
+        if self.gone:
+            return
+        self.gone = True
+        self.fake.dropped += 1
+        self._cancel()
+        self._settle()
+        transport: Any = self.request.channel.transport
+        clock = self.fake.clock
+
+        def cut(turns: int) -> None:
+            # abstract.FileDescriptor's buffers; in-memory transports have none
+            pending = getattr(transport, "dataBuffer", b"") or getattr(
+                transport, "_tempDataBuffer", None
+            )
+            if pending and turns < 1000 and getattr(transport, "connected", False):
+                clock.callLater(0, cut, turns + 1)
+            else:
+                transport.abortConnection()
+
+        clock.callLater(0, cut, 0)
+
+
+@dataclass
+class _Call:
+    request: Request
+    path: str
+    body: dict[str, Any]
+    knobs: Knobs
+    exchange: _Exchange
+    start: float
+
+    @property
+    def openai(self) -> bool:
+        return self.path.startswith("/v1/")
+
+
+Handler = Callable[[_Call], bytes | int]
+
+
+@dataclass
+class _Route:
+    methods: frozenset[bytes]
+    handler: Handler
+    go_type: str | None = None  # the request body is JSON of this Go type
+
+
+# --------------------------------------------------------------------------- the server
 
 
 class FakeOllama(Resource):
-    """The fake server; itself the root resource (``.resource`` for symmetry)."""
+    """The fake server; itself the root resource (``.resource`` is the same object)."""
 
     isLeaf = True
 
@@ -161,515 +374,94 @@ class FakeOllama(Resource):
         self.version = version
         self.openai_only = openai_only
         self.models: list[FakeModel] = (
-            models
-            if models is not None
-            else [FakeModel("llama3.2:latest"), FakeModel("nomic-embed-text:latest")]
+            list(models) if models is not None else [FakeModel(n) for n in DEFAULT_MODELS]
         )
         self.state = FakeState()
-        self.requests: list[Recorded] = []
-        self.connections = 0  # TCP connections accepted (process mode counts them)
+        self.requests: list[RecordedRequest] = []
         self.required_token: str | None = None  # answer 401 unless "Bearer <token>"
+        self.connections = 0  # TCP connections accepted (counted by FakeSite)
+        self.in_flight = 0  # requests not yet answered in full
+        self.cancelled = 0  # requests whose client went away before the answer was complete
+        self.dropped = 0  # connections the fake cut itself (drop_after)
+        self._loaded_at: dict[str, float] = {}
+        self._routes = self._build_routes()
 
     @property
     def resource(self) -> FakeOllama:
         return self
 
-    # ------------------------------------------------------------------ dispatch
+    # ------------------------------------------------------------------ python API
 
-    def render(self, request: Request) -> bytes | int:
-        path = request.path.decode()
-        assert request.content is not None
-        if path.startswith("/_fake/"):
-            return self._control(request, path)
-        body = self._record(request, path)
-        routes: dict[str, Callable[[Request, Any, Knobs], bytes | int]] = {
-            "/v1/models": self._v1_models,
-            "/v1/chat/completions": self._v1_chat,
-            "/v1/completions": self._v1_completions,
-            "/v1/embeddings": self._v1_embeddings,
-            "/upload": self._upload,
-            "/big": self._big,
-        }
-        if self.required_token is not None:
-            given = request.getHeader(b"authorization")
-            if given != f"Bearer {self.required_token}".encode():
-                request.setResponseCode(401)
-                request.setHeader(b"Content-Type", b"application/json")
-                return b'{"error":"unauthorized"}'
-        if self.openai_only:
-            routes["/health"] = lambda r, b, k: self._json(r, {"status": "ok"})
-            routes["/api/v0/models"] = self._v1_models  # LM Studio's richer list, same ids
-        else:
-            routes.update(
-                {
-                    "/": self._root,
-                    "/api/version": self._version,
-                    "/api/tags": self._tags,
-                    "/api/ps": self._ps,
-                    "/api/show": self._show,
-                    "/api/chat": self._chat,
-                    "/api/generate": self._generate,
-                    "/api/embed": self._embed,
-                    "/api/embeddings": self._embeddings,
-                }
-            )
-        handler = routes.get(path)
-        if handler is None and path.startswith("/v1/models/"):
-            handler = self._v1_model
-        if handler is None:
-            request.setResponseCode(404)
-            request.setHeader(b"Content-Type", b"text/plain")
-            return b"404 page not found"
-        knobs = self._knobs(request, body)
-        if knobs.hang:
-            return NOT_DONE_YET
-        if knobs.status is not None and path not in ("/", "/api/version", "/health"):
-            return self._error(request, knobs.status, f"fake error {knobs.status}", path)
-        if knobs.malformed:
-            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-            return b'{"model": "broken", "message": {'
-        parsed: Any = None
-        if request.method == b"POST" and path not in ("/upload",):
-            try:
-                parsed = json.loads(body) if body else {}
-            except ValueError:
-                return self._error(request, 400, "invalid character in request body", path)
-            if not isinstance(parsed, dict):
-                return self._error(request, 400, "request body must be an object", path)
-        return handler(request, parsed, knobs)
+    def model(self, name: object) -> FakeModel | None:
+        """The model ``name`` refers to; like Ollama, a name without a tag means ``:latest``."""
+        if not isinstance(name, str) or not name:
+            return None
+        wanted = name.lower()
+        if ":" not in wanted.rsplit("/", 1)[-1]:
+            wanted += ":latest"
+        for candidate in self.models:
+            if candidate.name.lower() in (name.lower(), wanted):
+                return candidate
+        return None
 
-    def _record(self, request: Request, path: str) -> bytes:
-        assert request.content is not None
-        request.content.seek(0, 2)
-        size = request.content.tell()
-        request.content.seek(0)
-        digest = hashlib.sha256()
-        kept = b""
-        while True:
-            piece = request.content.read(1024 * 1024)
-            if not piece:
-                break
-            digest.update(piece)
-            if size <= BIG_BODY_RECORD:
-                kept += piece
-        request.content.seek(0)
-        try:
-            text = kept.decode()
-        except UnicodeDecodeError:
-            text = base64.b64encode(kept).decode()
-        headers = {
-            k.decode().lower(): [v.decode("latin-1") for v in vs]
-            for k, vs in request.requestHeaders.getAllRawHeaders()
-        }
-        self.requests.append(
-            Recorded(
-                method=request.method.decode(),
-                path=path,
-                query=request.uri.decode().partition("?")[2],
-                headers=headers,
-                body=text,
-                body_size=size,
-                body_sha256=digest.hexdigest(),
-                time=self.clock.seconds(),
-            )
-        )
-        return kept
+    def load(self, name: str) -> None:
+        self.state.loaded.add(name)
+        self._loaded_at[name] = self.clock.seconds()
 
-    def _knobs(self, request: Request, body: bytes) -> Knobs:
-        query = parse_qs(request.uri.decode().partition("?")[2])
+    def unload(self, name: str) -> None:
+        self.state.loaded.discard(name)
 
-        def knob(name: str, header: str) -> str | None:
-            value = request.getHeader(header)
-            if value is not None:
-                return str(value)
-            values = query.get(name)
-            return values[0] if values else None
+    def reset(self) -> None:
+        """Forget recorded requests and the counters (not the state)."""
+        self.requests.clear()
+        self.cancelled = 0
+        self.dropped = 0
 
-        chunks: int | None = None
-        raw = knob("chunks", "x-fake-chunks")
-        if raw is not None:
-            chunks = int(raw)
-        else:
-            try:
-                doc = json.loads(body) if body else {}
-            except ValueError:
-                doc = {}
-            if isinstance(doc, dict):
-                options = doc.get("options")
-                if isinstance(options, dict) and isinstance(options.get("num_predict"), int):
-                    chunks = options["num_predict"]
-                elif isinstance(doc.get("max_tokens"), int):
-                    chunks = doc["max_tokens"]
-        delay = knob("delay_ms", "x-fake-delay-ms")
-        ttft = knob("ttft_ms", "x-fake-ttft-ms")
-        status = knob("status", "x-fake-status")
-        drop = knob("drop_after", "x-fake-drop-after")
-        return Knobs(
-            chunks=max(1, chunks if chunks is not None else self.state.default_chunks),
-            delay=float(delay) / 1000 if delay else self.state.default_delay_ms / 1000,
-            ttft=float(ttft) / 1000 if ttft else 0.0,
-            status=int(status) if status else self.state.status,
-            hang=knob("hang", "x-fake-hang") in ("1", "true"),
-            drop_after=int(drop) if drop else None,
-            malformed=knob("malformed", "x-fake-malformed") in ("1", "true"),
-        )
-
-    # ------------------------------------------------------------------ helpers
-
-    def _json(self, request: Request, payload: object, status: int = 200) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        return json.dumps(payload).encode()
-
-    def _error(self, request: Request, status: int, message: str, path: str) -> bytes:
-        if path.startswith("/v1/"):
-            payload: object = {
-                "error": {"message": message, "type": "api_error", "param": None, "code": None}
-            }
-        else:
-            payload = {"error": message}
-        return self._json(request, payload, status)
-
-    def _model(self, name: object) -> FakeModel | None:
-        return next((m for m in self.models if m.name == name), None)
-
-    def _missing(self, request: Request, name: object, path: str) -> bytes:
-        return self._error(request, 404, f'model "{name}" not found, try pulling it first', path)
-
-    def _stream(
-        self,
-        request: Request,
-        content_type: bytes,
-        pieces: list[bytes],
-        knobs: Knobs,
-    ) -> int:
-        """Write ``pieces`` one by one at ttft + i*delay from now (absolute, no drift)."""
-        request.setHeader(b"Content-Type", content_type)
-        start = self.clock.seconds()
-        calls: list[IDelayedCall] = []
-        gone = [False]
-
-        def stop(_: object) -> None:
-            gone[0] = True
-            for call in calls:
-                if call.active():
-                    call.cancel()
-
-        request.notifyFinish().addErrback(stop)
-
-        def emit(i: int) -> None:
-            if gone[0]:
-                return
-            if knobs.drop_after is not None and i == knobs.drop_after:
-                gone[0] = True
-                request.channel.transport.abortConnection()
-                return
-            request.write(pieces[i])
-            if i + 1 == len(pieces):
-                request.finish()
-                return
-            when = start + knobs.ttft + (i + 1) * knobs.delay
-            calls.append(self.clock.callLater(max(0.0, when - self.clock.seconds()), emit, i + 1))
-
-        if knobs.ttft > 0:
-            calls.append(self.clock.callLater(knobs.ttft, emit, 0))
-        else:
-            request.write(b"")  # headers now, as Ollama does
-            emit(0)
-        return NOT_DONE_YET
-
-    def _durations(self, count: int) -> dict[str, Any]:
-        return {
-            "total_duration": 1_000_000 * (count + 10),
-            "load_duration": 1_000_000,
-            "prompt_eval_count": 12,
-            "prompt_eval_duration": 2_000_000,
-            "eval_count": count,
-            "eval_duration": 1_000_000 * count,
-        }
-
-    # ------------------------------------------------------------------ ollama routes
-
-    def _root(self, request: Request, body: Any, knobs: Knobs) -> bytes | int:
-        if self.state.health == "hang":
-            return NOT_DONE_YET
-        if self.state.health == "fail":
-            request.setResponseCode(500)
-            return b"unhealthy"
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"Ollama is running"
-
-    def _version(self, request: Request, body: Any, knobs: Knobs) -> bytes | int:
-        if self.state.health != "ok":
-            return self._root(request, body, knobs)
-        return self._json(request, {"version": self.version})
-
-    def _tag(self, model: FakeModel) -> dict[str, Any]:
-        return {
-            "name": model.name,
-            "model": model.name,
-            "modified_at": "2026-11-01T10:00:00.000000000Z",
-            "size": model.size,
-            "digest": model.digest,
-            "details": model.details(),
-        }
-
-    def _tags(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        return self._json(request, {"models": [self._tag(m) for m in self.models]})
-
-    def _ps(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        loaded = [m for m in self.models if m.name in self.state.loaded]
-        expires = _now_iso(self.clock.seconds() + 300)
-        return self._json(
-            request,
-            {"models": [{**self._tag(m), "expires_at": expires, "size_vram": 0} for m in loaded]},
-        )
-
-    def _show(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        name = body.get("model") or body.get("name")
-        model = self._model(name)
-        if model is None:
-            return self._json(request, {"error": f"model '{name}' not found"}, 404)
-        return self._json(
-            request,
-            {
-                "license": "",
-                "modelfile": f"# Modelfile generated by fake\nFROM {model.name}\n",
-                "parameters": "stop <|im_end|>",
-                "template": "{{ .Prompt }}",
-                "details": model.details(),
-                "model_info": {"general.architecture": model.details()["family"]},
-                "modified_at": "2026-11-01T10:00:00.000000000Z",
-                "capabilities": ["embedding"] if model.embedding else ["completion"],
-            },
-        )
-
-    def _generation(self, request: Request, body: Any, knobs: Knobs, chat: bool) -> bytes | int:
-        path = "/api/chat" if chat else "/api/generate"
-        name = body.get("model")
-        model = self._model(name)
-        if model is None:
-            return self._missing(request, name, path)
-        if model.embedding and chat:
-            return self._json(request, {"error": f'"{name}" does not support chat'}, 400)
-        self.state.loaded.add(model.name)
-        created = _now_iso(self.clock.seconds())
-        if not chat and not body.get("prompt") and "stream" not in body:
-            return self._json(
-                request,
-                {
-                    "model": name,
-                    "created_at": created,
-                    "response": "",
-                    "done": True,
-                    "done_reason": "load",
-                },
-            )
-
-        def piece(text: str, done: bool) -> dict[str, Any]:
-            out: dict[str, Any] = {"model": name, "created_at": created}
-            if chat:
-                out["message"] = {"role": "assistant", "content": text}
-            else:
-                out["response"] = text
-            out["done"] = done
-            if done:
-                out["done_reason"] = "stop"
-                out.update(self._durations(knobs.chunks))
-                if not chat:
-                    out["context"] = [1, 2, 3]
-            return out
-
-        if body.get("stream") is False:
-            text = "".join(f"{self.name}{i} " for i in range(knobs.chunks))
-            return self._json(request, piece(text, True))
-        pieces = [
-            json.dumps(piece(f"{self.name}{i} ", False)).encode() + b"\n"
-            for i in range(knobs.chunks)
-        ]
-        pieces.append(json.dumps(piece("", True)).encode() + b"\n")
-        return self._stream(request, b"application/x-ndjson", pieces, knobs)
-
-    def _chat(self, request: Request, body: Any, knobs: Knobs) -> bytes | int:
-        return self._generation(request, body, knobs, chat=True)
-
-    def _generate(self, request: Request, body: Any, knobs: Knobs) -> bytes | int:
-        return self._generation(request, body, knobs, chat=False)
-
-    def _embed(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        name = body.get("model")
-        if self._model(name) is None:
-            return self._missing(request, name, "/api/embed")
-        inputs = body.get("input", "")
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-        return self._json(
-            request,
-            {
-                "model": name,
-                "embeddings": [_vector(str(i)) for i in inputs],
-                "total_duration": 1000,
-                "load_duration": 100,
-                "prompt_eval_count": len(inputs),
-            },
-        )
-
-    def _embeddings(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        name = body.get("model")
-        if self._model(name) is None:
-            return self._missing(request, name, "/api/embeddings")
-        return self._json(request, {"embedding": _vector(str(body.get("prompt", "")))})
-
-    # ------------------------------------------------------------------ openai routes
-
-    def _openai_model(self, model: FakeModel) -> dict[str, Any]:
-        return {"id": model.name, "object": "model", "created": 1761991200, "owned_by": "library"}
-
-    def _v1_models(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        data = [self._openai_model(m) for m in self.models] or None
-        return self._json(request, {"object": "list", "data": data})
-
-    def _v1_model(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        name = request.path.decode()[len("/v1/models/") :]
-        model = self._model(name)
-        if model is None:
-            return self._missing(request, name, "/v1/models")
-        return self._json(request, self._openai_model(model))
-
-    def _v1_generation(self, request: Request, body: Any, knobs: Knobs, chat: bool) -> bytes | int:
-        path = "/v1/chat/completions" if chat else "/v1/completions"
-        name = body.get("model")
-        model = self._model(name)
-        if model is None:
-            return self._missing(request, name, path)
-        self.state.loaded.add(model.name)
-        created = int(self.clock.seconds())
-        object_name = "chat.completion" if chat else "text_completion"
-        usage = {
-            "prompt_tokens": 12,
-            "completion_tokens": knobs.chunks,
-            "total_tokens": 12 + knobs.chunks,
-        }
-
-        def choice(text: str, finish: str | None, delta: bool) -> dict[str, Any]:
-            if not chat:
-                return {"text": text, "index": 0, "finish_reason": finish}
-            key = "delta" if delta else "message"
-            return {
-                "index": 0,
-                key: {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }
-
-        if not body.get("stream"):
-            text = "".join(f"{self.name}{i} " for i in range(knobs.chunks))
-            return self._json(
-                request,
-                {
-                    "id": "chatcmpl-1",
-                    "object": object_name,
-                    "created": created,
-                    "model": name,
-                    "system_fingerprint": "fp_ollama",
-                    "choices": [choice(text, "stop", False)],
-                    "usage": usage,
-                },
-            )
-        chunk_object = "chat.completion.chunk" if chat else "text_completion"
-
-        def event(choices: list[Any], extra: dict[str, Any] | None = None) -> bytes:
-            payload = {
-                "id": "chatcmpl-1",
-                "object": chunk_object,
-                "created": created,
-                "model": name,
-                "system_fingerprint": "fp_ollama",
-                "choices": choices,
-                **(extra or {}),
-            }
-            return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-        pieces = [event([choice(f"{self.name}{i} ", None, True)]) for i in range(knobs.chunks)]
-        pieces.append(event([choice("", "stop", True)]))
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            pieces.append(event([], {"usage": usage}))
-        pieces.append(b"data: [DONE]\n\n")
-        return self._stream(request, b"text/event-stream", pieces, knobs)
-
-    def _v1_chat(self, request: Request, body: Any, knobs: Knobs) -> bytes | int:
-        return self._v1_generation(request, body, knobs, chat=True)
-
-    def _v1_completions(self, request: Request, body: Any, knobs: Knobs) -> bytes | int:
-        return self._v1_generation(request, body, knobs, chat=False)
-
-    def _v1_embeddings(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        name = body.get("model")
-        if self._model(name) is None:
-            return self._missing(request, name, "/v1/embeddings")
-        inputs = body.get("input", "")
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-        as_base64 = body.get("encoding_format") == "base64"
-        data = []
-        for i, text in enumerate(inputs):
-            vector = _vector(str(text))
-            embedding: Any = (
-                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-                if as_base64
-                else vector
-            )
-            data.append({"object": "embedding", "embedding": embedding, "index": i})
-        return self._json(
-            request,
-            {
-                "object": "list",
-                "data": data,
-                "model": name,
-                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
-            },
-        )
-
-    # ------------------------------------------------------------------ bulk routes
-
-    def _upload(self, request: Request, body: Any, knobs: Knobs) -> bytes:
-        last = self.requests[-1]
-        return self._json(request, {"bytes": last.body_size, "sha256": last.body_sha256})
-
-    def _big(self, request: Request, body: Any, knobs: Knobs) -> int:
-        size = int(parse_qs(request.uri.decode().partition("?")[2]).get("bytes", ["0"])[0])
-        request.setHeader(b"Content-Type", b"application/octet-stream")
-        request.setHeader(b"Content-Length", b"%d" % size)
-        _BigBody(request, size, self.clock).start()
-        return NOT_DONE_YET
-
-    # ------------------------------------------------------------------ control API
-
-    def _control(self, request: Request, path: str) -> bytes:
-        assert request.content is not None
-        if path == "/_fake/requests":
-            return self._json(request, [asdict(r) for r in self.requests])
-        if path == "/_fake/reset":
-            self.requests.clear()
-            return self._json(request, {"ok": True})
-        if path == "/_fake/state":
-            if request.method == b"POST":
-                self.apply_state(json.loads(request.content.read() or b"{}"))
-            return self._json(request, self.describe_state())
-        request.setResponseCode(404)
-        return b"no such control route"
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path]
 
     def apply_state(self, update: dict[str, Any]) -> None:
+        """Change server-wide state; keys as in ``describe_state`` (unknown keys: ValueError)."""
+        known = {
+            "health",
+            "models",
+            "loaded",
+            "default_chunks",
+            "default_delay_ms",
+            "default_ttft_ms",
+            "status",
+        }
+        unknown = set(update) - known
+        if unknown:
+            raise ValueError(f"unknown state keys: {sorted(unknown)}")
         if "health" in update:
+            if update["health"] not in HEALTH_MODES:
+                raise ValueError(f"health must be one of {HEALTH_MODES}")
             self.state.health = update["health"]
         if "models" in update:
-            self.models = [FakeModel(name) for name in update["models"]]
+            current = {m.name: m for m in self.models}
+            models = []
+            for item in update["models"]:
+                if isinstance(item, str):
+                    models.append(current.get(item) or FakeModel(item))
+                elif isinstance(item, dict):
+                    models.append(FakeModel(**item))
+                else:
+                    raise ValueError(f"a model is a name or an object, not {item!r}")
+            self.models = models
         if "loaded" in update:
-            self.state.loaded = set(update["loaded"])
+            self.state.loaded = set()
+            for loaded in update["loaded"]:
+                self.load(str(loaded))
         if "default_chunks" in update:
             self.state.default_chunks = int(update["default_chunks"])
         if "default_delay_ms" in update:
             self.state.default_delay_ms = float(update["default_delay_ms"])
+        if "default_ttft_ms" in update:
+            self.state.default_ttft_ms = float(update["default_ttft_ms"])
         if "status" in update:
-            self.state.status = update["status"]
+            status = update["status"]
+            self.state.status = None if status is None else int(status)
 
     def describe_state(self) -> dict[str, Any]:
         return {
@@ -678,16 +470,865 @@ class FakeOllama(Resource):
             "loaded": sorted(self.state.loaded),
             "default_chunks": self.state.default_chunks,
             "default_delay_ms": self.state.default_delay_ms,
+            "default_ttft_ms": self.state.default_ttft_ms,
             "status": self.state.status,
             "connections": self.connections,
+            "in_flight": self.in_flight,
+            "cancelled": self.cancelled,
+            "dropped": self.dropped,
+            "requests": len(self.requests),
         }
 
+    # ------------------------------------------------------------------ dispatch
 
-class _CountingSite(Site):
-    """Counts accepted connections (to show a proxy reuses them); no access log."""
+    def _build_routes(self) -> dict[str, _Route]:
+        routes = {
+            "/v1/models": _Route(GET, self._v1_models),
+            "/v1/chat/completions": _Route(POST, self._v1_chat, "openai.ChatCompletionRequest"),
+            "/v1/completions": _Route(POST, self._v1_completions, "openai.CompletionRequest"),
+            "/v1/embeddings": _Route(POST, self._v1_embeddings, "openai.EmbedRequest"),
+            "/upload": _Route(frozenset({b"POST", b"PUT"}), self._upload),
+            "/big": _Route(GET, self._big),
+        }
+        if self.openai_only:
+            routes["/health"] = _Route(GET_HEAD, self._health)
+            routes["/api/v0/models"] = _Route(GET, self._lmstudio_models)
+        else:
+            routes.update(
+                {
+                    "/": _Route(GET_HEAD, self._root),
+                    "/api/version": _Route(GET_HEAD, self._version),
+                    "/api/tags": _Route(GET_HEAD, self._tags),
+                    "/api/ps": _Route(GET, self._ps),
+                    "/api/show": _Route(POST, self._show, "api.ShowRequest"),
+                    "/api/chat": _Route(POST, self._chat, "api.ChatRequest"),
+                    "/api/generate": _Route(POST, self._generate, "api.GenerateRequest"),
+                    "/api/embed": _Route(POST, self._embed, "api.EmbedRequest"),
+                    "/api/embeddings": _Route(POST, self._embeddings, "api.EmbeddingRequest"),
+                }
+            )
+        return routes
 
-    def __init__(self, fake: FakeOllama) -> None:
-        super().__init__(fake)
+    def _route(self, method: bytes, path: str) -> _Route | None:
+        route = self._routes.get(path)
+        if route is None and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
+            route = _Route(GET, self._v1_model)
+        if route is None or method not in route.methods:
+            return None  # gin answers a wrong method with its plain 404 too
+        return route
+
+    def render(self, request: Request) -> bytes | int:
+        request.responseHeaders.removeHeader(b"server")  # Go sends none
+        path = request.path.decode("utf-8", "replace")
+        if path.startswith("/_fake/"):
+            return self._control(request, path)
+        raw = self._record(request, path)
+        exchange = _Exchange(self, request)
+        if self.required_token is not None:
+            given = request.getHeader(b"authorization")
+            if given != f"Bearer {self.required_token}".encode():
+                request.setResponseCode(401)
+                request.setHeader(b"content-type", JSON_PLAIN)
+                return b'{"error":"Unauthorized"}'
+        route = self._route(request.method, path)
+        if route is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", TEXT_PLAIN)
+            return b"404 page not found"
+        try:
+            knobs = self._knobs(request, raw)
+        except KnobError as e:
+            return self._plain_error(request, 400, path, str(e))
+        if knobs.hang:
+            return NOT_DONE_YET
+        health_route = path in HEALTH_PATHS
+        if health_route and self.state.health == "hang":
+            return NOT_DONE_YET
+        body: dict[str, Any] = {}
+        call = _Call(request, path, body, knobs, exchange, self.clock.seconds())
+        if health_route and self.state.health == "fail":
+            return self._fail(call, 500, "fake: unhealthy")
+        status = knobs.status
+        if status is None and not health_route:
+            status = self.state.status
+        if status is not None:
+            return self._fail(call, status, f"fake error {status}", latency=knobs.ttft)
+        if knobs.malformed:
+            ctype = TEXT_UTF8 if path == "/" else JSON_UTF8
+            return self._send(call, 200, ctype, b'{"model":"broken","message":{"role":', 0.0)
+        if route.go_type is not None:
+            document, error = parse_go_json(raw, route.go_type)
+            if error is not None:
+                return self._bad_body(call, error)
+            call.body = document or {}
+        return route.handler(call)
+
+    def _record(self, request: Request, path: str) -> bytes:
+        """Record the request; return its body (``b""`` for big uploads, hashed as they stream)."""
+        content = request.content
+        assert content is not None
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        digest = hashlib.sha256()
+        pieces: list[bytes] = []
+        keep = size <= BIG_BODY_RECORD or path != "/upload"
+        while True:
+            piece = content.read(1024 * 1024)
+            if not piece:
+                break
+            digest.update(piece)
+            if keep:
+                pieces.append(piece)
+        content.seek(0)
+        raw = b"".join(pieces)
+        shown = raw if size <= BIG_BODY_RECORD else b""
+        try:
+            text = shown.decode()
+        except UnicodeDecodeError:
+            text = base64.b64encode(shown).decode()
+        headers = {
+            name.decode("latin-1").lower(): [v.decode("latin-1") for v in values]
+            for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        self.requests.append(
+            RecordedRequest(
+                method=request.method.decode("latin-1"),
+                path=path,
+                query=request.uri.decode("latin-1").partition("?")[2],
+                headers=headers,
+                body=text,
+                body_size=size,
+                body_sha256=digest.hexdigest(),
+                time=self.clock.seconds(),
+            )
+        )
+        return raw
+
+    def _knobs(self, request: Request, raw: bytes) -> Knobs:
+        query = parse_qs(request.uri.decode("latin-1").partition("?")[2])
+
+        def knob(name: str, header: str) -> str | None:
+            value = request.getHeader(header)
+            if value is not None:
+                return str(value).strip()
+            values = query.get(name)
+            return values[0].strip() if values else None
+
+        def number(name: str, header: str) -> float | None:
+            value = knob(name, header)
+            if value is None or value == "":
+                return None
+            try:
+                result = float(value)
+            except ValueError:
+                raise KnobError(f"fake: {header} must be a number, not {value!r}") from None
+            if result < 0 or math.isnan(result) or math.isinf(result):
+                raise KnobError(f"fake: {header} must be a non-negative number")
+            return result
+
+        def flag(name: str, header: str) -> bool:
+            return (knob(name, header) or "").lower() in ("1", "true", "yes", "on")
+
+        chunks = number("chunks", "x-fake-chunks")
+        if chunks is None:
+            chunks = self._body_chunks(raw)
+        delay = number("delay_ms", "x-fake-delay-ms")
+        ttft = number("ttft_ms", "x-fake-ttft-ms")
+        status = number("status", "x-fake-status")
+        drop = number("drop_after", "x-fake-drop-after")
+        if status is not None and not 100 <= status <= 599:
+            raise KnobError("fake: x-fake-status must be an HTTP status")
+        return Knobs(
+            chunks=int(chunks if chunks is not None else self.state.default_chunks),
+            delay=(delay if delay is not None else self.state.default_delay_ms) / 1000,
+            ttft=(ttft if ttft is not None else self.state.default_ttft_ms) / 1000,
+            status=int(status) if status is not None else None,
+            hang=flag("hang", "x-fake-hang"),
+            drop_after=int(drop) if drop is not None else None,
+            malformed=flag("malformed", "x-fake-malformed"),
+        )
+
+    @staticmethod
+    def _body_chunks(raw: bytes) -> int | None:
+        if not raw or len(raw) > BIG_BODY_RECORD:
+            return None
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(document, dict):
+            return None
+        options = document.get("options")
+        candidates = [
+            options.get("num_predict") if isinstance(options, dict) else None,
+            document.get("max_tokens"),
+            document.get("max_completion_tokens"),
+        ]
+        for value in candidates:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return None
+
+    # ------------------------------------------------------------------ responses
+
+    def _send(
+        self, call: _Call, status: int, ctype: bytes, body: bytes, latency: float
+    ) -> bytes | int:
+        """Answer ``body`` now or after ``latency``; with drop_after, half of it, then abort."""
+        request = call.request
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", ctype)
+        drop = call.knobs.drop_after
+        if drop is None and latency <= 0:
+            return body
+        request.setHeader(b"content-length", b"%d" % len(body))
+        exchange = call.exchange
+
+        def deliver() -> None:
+            if exchange.gone:
+                return
+            if drop is not None:
+                if drop > 0:
+                    request.write(body[: len(body) // 2])
+                exchange.abort()
+                return
+            request.write(body)
+            request.finish()
+
+        if latency > 0:
+            exchange.later(latency - EPSILON, deliver)
+        else:
+            deliver()
+        return NOT_DONE_YET
+
+    def _json(
+        self, call: _Call, payload: object, status: int = 200, latency: float = 0.0
+    ) -> bytes | int:
+        if call.openai:  # json.NewEncoder: no charset, a trailing newline
+            return self._send(call, status, JSON_PLAIN, go_json(payload) + b"\n", latency)
+        return self._send(call, status, JSON_UTF8, go_json(payload), latency)
+
+    def _fail(self, call: _Call, status: int, message: str, latency: float = 0.0) -> bytes | int:
+        """A handler's error: ``{"error": msg}``, or on /v1 the OpenAI shape Ollama 0.5.4 gives
+        every handler error (type ``api_error`` whatever the status)."""
+        if call.path == "/":
+            return self._send(call, status, TEXT_UTF8, message.encode(), latency)
+        if call.openai:
+            error = {"message": message, "type": "api_error", "param": None, "code": None}
+            return self._json(call, {"error": error}, status, latency)
+        return self._json(call, {"error": message}, status, latency)
+
+    def _bad_body(self, call: _Call, error: str) -> bytes | int:
+        """A body that does not decode: gin's ``AbortWithStatusJSON(400, ...)``."""
+        if call.openai:
+            payload: dict[str, Any] = {
+                "error": {
+                    "message": error,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        else:
+            payload = {"error": "missing request body" if error == "EOF" else error}
+        return self._send(call, 400, JSON_UTF8, go_json(payload), 0.0)
+
+    def _plain_error(self, request: Request, status: int, path: str, message: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", JSON_UTF8)
+        if path.startswith("/v1/"):
+            error = {"message": message, "type": "invalid_request_error", "param": None}
+            return go_json({"error": {**error, "code": None}})
+        return go_json({"error": message})
+
+    def _stream(self, call: _Call, ctype: bytes, groups: list[list[bytes]]) -> int:
+        """Write ``groups`` (each a list of separate writes) one by one: group ``i`` at
+        ``start + ttft + i * delay``. Headers go out with the first group, as Go's do."""
+        request = call.request
+        exchange = call.exchange
+        knobs = call.knobs
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", ctype)
+        position = [0]
+
+        def pump() -> None:
+            while not exchange.gone:
+                index = position[0]
+                due = call.start + knobs.ttft + index * knobs.delay
+                now = self.clock.seconds()
+                if due > now + EPSILON:
+                    exchange.later(due - now - EPSILON, pump)
+                    return
+                if knobs.drop_after is not None and index >= knobs.drop_after:
+                    exchange.abort()
+                    return
+                for piece in groups[index]:
+                    request.write(piece)
+                position[0] = index + 1
+                if position[0] == len(groups):
+                    request.finish()
+                    return
+
+        pump()
+        return NOT_DONE_YET
+
+    # ------------------------------------------------------------------ health and lists
+
+    def _root(self, call: _Call) -> bytes | int:
+        return self._send(call, 200, TEXT_UTF8, b"Ollama is running", call.knobs.ttft)
+
+    def _version(self, call: _Call) -> bytes | int:
+        return self._json(call, {"version": self.version}, latency=call.knobs.ttft)
+
+    def _health(self, call: _Call) -> bytes | int:
+        return self._send(call, 200, JSON_UTF8, b'{"status":"ok"}', call.knobs.ttft)
+
+    def _tag(self, model: FakeModel) -> dict[str, Any]:
+        return {
+            "name": model.name,
+            "model": model.name,
+            "modified_at": rfc3339(model.modified_at),
+            "size": model.size,
+            "digest": model.digest,
+            "details": model.details(),
+        }
+
+    def _tags(self, call: _Call) -> bytes | int:
+        models = [self._tag(m) for m in self.models]
+        return self._json(call, {"models": models}, latency=call.knobs.ttft)
+
+    def _ps(self, call: _Call) -> bytes | int:
+        now = self.clock.seconds()
+        loaded = [m for m in self.models if m.name in self.state.loaded]
+        loaded.sort(key=lambda m: -self._loaded_at.get(m.name, 0.0))
+        entries = [
+            {
+                "name": m.name,
+                "model": m.name,
+                "size": m.size,
+                "digest": m.digest,
+                "details": m.details(),
+                "expires_at": rfc3339(now + 300),
+                "size_vram": 0,
+            }
+            for m in loaded
+        ]
+        return self._json(call, {"models": entries}, latency=call.knobs.ttft)
+
+    def _show(self, call: _Call) -> bytes | int:
+        name = call.body.get("model") or call.body.get("name")
+        if not name:
+            return self._json(call, {"error": "model is required"}, 400)
+        model = self.model(name)
+        if model is None:
+            return self._json(call, {"error": f"model '{name}' not found"}, 404)
+        template = _EMBED_TEMPLATE if model.embedding else _LLAMA_TEMPLATE
+        stops = [] if model.embedding else ["<|start_header_id|>", "<|end_header_id|>"]
+        parameters = "\n".join(f"{'stop':<30} {json.dumps(stop)}" for stop in stops)
+        modelfile = (
+            '# Modelfile generated by "ollama show"\n'
+            "# To build a new Modelfile based on this, replace FROM with:\n"
+            f"# FROM {model.name}\n\n"
+            f"FROM /root/.ollama/models/blobs/sha256-{model.digest}\n"
+            f'TEMPLATE """{template}"""\n' + "".join(f"PARAMETER stop {s}\n" for s in stops)
+        )
+        arch = model.family
+        info: dict[str, Any] = {
+            "general.architecture": arch,
+            "general.file_type": 1 if model.embedding else 15,
+            "general.parameter_count": model.parameter_count(),
+            "general.quantization_version": 2,
+            f"{arch}.context_length": model.context_length,
+            f"{arch}.embedding_length": model.dimensions,
+        }
+        if model.embedding:
+            info[f"{arch}.pooling_type"] = 1
+        payload: dict[str, Any] = {"modelfile": modelfile}
+        if parameters:
+            payload["parameters"] = parameters
+        payload.update(
+            {
+                "template": template,
+                "details": model.details(),
+                "model_info": info,
+                "modified_at": rfc3339(model.modified_at),
+                "capabilities": ["embedding"] if model.embedding else ["completion"],
+            }
+        )
+        return self._json(call, payload, latency=call.knobs.ttft)
+
+    # ------------------------------------------------------------------ generation
+
+    def _durations(self, call: _Call, prompt_tokens: int, eval_count: int) -> dict[str, int]:
+        """Metrics for a final line; Go omits zero values (``omitempty``)."""
+        knobs = call.knobs
+        prompt_ns = int(knobs.ttft * 1e9) or 1_500_000
+        eval_ns = int(knobs.delay * eval_count * 1e9) or 1_000_000 * max(1, eval_count)
+        load_ns = 1_000_000
+        metrics = {
+            "total_duration": load_ns + prompt_ns + eval_ns + 250_000,
+            "load_duration": load_ns,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": prompt_ns,
+            "eval_count": eval_count,
+            "eval_duration": eval_ns,
+        }
+        return {k: v for k, v in metrics.items() if v}
+
+    def _pieces(self, count: int) -> list[str]:
+        return [f"{self.name}{i} " for i in range(count)]
+
+    def _generation_latency(self, call: _Call) -> float:
+        return call.knobs.ttft + call.knobs.chunks * call.knobs.delay
+
+    @staticmethod
+    def _keep_alive_zero(body: dict[str, Any]) -> bool:
+        value = body.get("keep_alive")
+        return value in (0, "0", "0s", "0m")
+
+    def _chat(self, call: _Call) -> bytes | int:
+        body = call.body
+        name = body.get("model")
+        messages = body.get("messages") or []
+        created = rfc3339(self.clock.seconds())
+        model = self.model(name)
+        if not messages and self._keep_alive_zero(body):
+            if model is None:
+                return self._json(call, {"error": f"model '{name}' not found"}, 404)
+            self.unload(model.name)
+            message = {"role": "assistant", "content": ""}
+            payload = {"model": name, "created_at": created, "message": message}
+            return self._json(call, {**payload, "done_reason": "unload", "done": True})
+        if not name:
+            return self._json(call, {"error": "model is required"}, 400)
+        if model is None:
+            return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
+        if model.embedding:
+            return self._json(call, {"error": f'"{name}" does not support chat'}, 400)
+        self.load(model.name)
+        text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        prompt_tokens = _tokens(text) + 10
+        pieces = self._pieces(call.knobs.chunks)
+
+        def line(content: str, done: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "model": name,
+                "created_at": rfc3339(self.clock.seconds()),
+                "message": {"role": "assistant", "content": content},
+            }
+            if done:
+                out["done_reason"] = "stop"
+            out["done"] = done
+            if done:
+                out.update(self._durations(call, prompt_tokens, len(pieces)))
+            return out
+
+        if body.get("stream") is False:
+            latency = self._generation_latency(call)
+            return self._json(call, line("".join(pieces), True), latency=latency)
+        groups = [[go_json(line(p, False)) + b"\n"] for p in pieces]
+        groups.append([go_json(line("", True)) + b"\n"])
+        return self._stream(call, NDJSON, groups)
+
+    def _generate(self, call: _Call) -> bytes | int:
+        body = call.body
+        name = body.get("model")
+        model = self.model(name)
+        if model is None:
+            return self._json(call, {"error": f"model '{name}' not found"}, 404)
+        created = rfc3339(self.clock.seconds())
+        prompt = body.get("prompt") or ""
+        if not prompt and self._keep_alive_zero(body):
+            self.unload(model.name)
+            out = {"model": name, "created_at": created, "response": ""}
+            return self._json(call, {**out, "done": True, "done_reason": "unload"})
+        if model.embedding:
+            return self._json(call, {"error": f'"{name}" does not support generate'}, 400)
+        self.load(model.name)
+        if not prompt:  # the preload idiom; JSON even when a stream was asked for
+            out = {"model": name, "created_at": created, "response": ""}
+            return self._json(call, {**out, "done": True, "done_reason": "load"})
+        prompt_tokens = _tokens(str(prompt)) + 10
+        pieces = self._pieces(call.knobs.chunks)
+
+        def line(response: str, done: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "model": name,
+                "created_at": rfc3339(self.clock.seconds()),
+                "response": response,
+                "done": done,
+            }
+            if done:
+                out["done_reason"] = "stop"
+                if not body.get("raw"):
+                    out["context"] = list(range(1, prompt_tokens + len(pieces) + 1))
+                out.update(self._durations(call, prompt_tokens, len(pieces)))
+            return out
+
+        if body.get("stream") is False:
+            latency = self._generation_latency(call)
+            return self._json(call, line("".join(pieces), True), latency=latency)
+        groups = [[go_json(line(p, False)) + b"\n"] for p in pieces]
+        groups.append([go_json(line("", True)) + b"\n"])
+        return self._stream(call, NDJSON, groups)
+
+    # ------------------------------------------------------------------ embeddings
+
+    def _inputs(self, value: object) -> list[str] | None:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value] if value else []
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        return None
+
+    def _embed(self, call: _Call) -> bytes | int:
+        body = call.body
+        inputs = self._inputs(body.get("input"))
+        if inputs is None:
+            return self._json(call, {"error": "invalid input type"}, 400)
+        name = body.get("model")
+        model = self.model(name)
+        if model is None:
+            return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
+        self.load(model.name)
+        if not inputs:
+            return self._json(call, {"model": name, "embeddings": []})
+        embeddings = [embedding_vector(model.name, text, model.dimensions) for text in inputs]
+        payload = {
+            "model": name,
+            "embeddings": embeddings,
+            "total_duration": 2_500_000 + int(call.knobs.ttft * 1e9),
+            "load_duration": 1_000_000,
+            "prompt_eval_count": sum(_tokens(text) for text in inputs),
+        }
+        return self._json(call, payload, latency=call.knobs.ttft)
+
+    def _embeddings(self, call: _Call) -> bytes | int:
+        body = call.body
+        name = body.get("model")
+        if not name:
+            return self._json(call, {"error": "model is required"}, 400)
+        model = self.model(name)
+        if model is None:
+            return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
+        self.load(model.name)
+        prompt = body.get("prompt") or ""
+        if not prompt:
+            return self._json(call, {"embedding": []})
+        vector = embedding_vector(model.name, str(prompt), model.dimensions, normalize=False)
+        return self._json(call, {"embedding": vector}, latency=call.knobs.ttft)
+
+    # ------------------------------------------------------------------ OpenAI routes
+
+    def _openai_model(self, model: FakeModel) -> dict[str, Any]:
+        owner = model.name.split("/")[0] if "/" in model.name else "library"
+        return {
+            "id": model.name,
+            "object": "model",
+            "created": int(model.modified_at),
+            "owned_by": owner,
+        }
+
+    def _v1_models(self, call: _Call) -> bytes | int:
+        data = [self._openai_model(m) for m in self.models] or None  # Go's nil slice
+        return self._json(call, {"object": "list", "data": data}, latency=call.knobs.ttft)
+
+    def _v1_model(self, call: _Call) -> bytes | int:
+        name = unquote(call.path[len("/v1/models/") :])
+        model = self.model(name)
+        if model is None:
+            return self._fail(call, 404, f"model '{name}' not found")
+        entry = {**self._openai_model(model), "id": name}
+        return self._json(call, entry, latency=call.knobs.ttft)
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    def _v1_chat(self, call: _Call) -> bytes | int:
+        body = call.body
+        messages = body.get("messages")
+        if not messages:
+            return self._bad_body(call, "[] is too short - 'messages'")
+        name = body.get("model")
+        model = self.model(name)
+        if not name:
+            return self._fail(call, 400, "model is required")
+        if model is None:
+            return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
+        if model.embedding:
+            return self._fail(call, 400, f'"{name}" does not support chat')
+        self.load(model.name)
+        text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        prompt_tokens = _tokens(text) + 10
+        pieces = self._pieces(call.knobs.chunks)
+        usage = self._usage(prompt_tokens, len(pieces))
+        ident = f"chatcmpl-{int(hashlib.sha256(text.encode()).hexdigest(), 16) % 999}"
+        if not body.get("stream"):
+            completion = {
+                "id": ident,
+                "object": "chat.completion",
+                "created": int(self.clock.seconds()),
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(pieces)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+            return self._json(call, completion, latency=self._generation_latency(call))
+
+        def chunk(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
+            payload = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": int(self.clock.seconds()),
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+                "choices": choices,
+                **(extra or {}),
+            }
+            return b"data: " + go_json(payload) + b"\n\n"
+
+        def choice(content: str, finish: str | None) -> dict[str, Any]:
+            delta = {"role": "assistant", "content": content}
+            return {"index": 0, "delta": delta, "finish_reason": finish}
+
+        groups = [[chunk([choice(p, None)])] for p in pieces]
+        final = [chunk([choice("", "stop")])]
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            final.append(chunk([], {"usage": usage}))
+        final.append(b"data: [DONE]\n\n")
+        groups.append(final)
+        return self._stream(call, SSE, groups)
+
+    def _v1_completions(self, call: _Call) -> bytes | int:
+        body = call.body
+        name = body.get("model")
+        model = self.model(name)
+        if model is None:
+            return self._fail(call, 404, f"model '{name}' not found")
+        if model.embedding:
+            return self._fail(call, 400, f'"{name}" does not support generate')
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, str):  # 0.5.4 takes a single string prompt only
+            kind = _GO_TYPES.get(type(prompt), "value")
+            return self._bad_body(
+                call,
+                f"json: cannot unmarshal {kind} into Go struct field "
+                "CompletionRequest.prompt of type string",
+            )
+        self.load(model.name)
+        prompt_tokens = _tokens(prompt) + 10
+        pieces = self._pieces(call.knobs.chunks)
+        usage = self._usage(prompt_tokens, len(pieces))
+        ident = f"cmpl-{int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 999}"
+        if not body.get("stream"):
+            completion = {
+                "id": ident,
+                "object": "text_completion",
+                "created": int(self.clock.seconds()),
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"text": "".join(pieces), "index": 0, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+            return self._json(call, completion, latency=self._generation_latency(call))
+        options = body.get("stream_options")
+        with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+
+        def chunk(choices: list[dict[str, Any]], chunk_usage: dict[str, int] | None) -> bytes:
+            payload: dict[str, Any] = {
+                "id": ident,
+                "object": "text_completion",
+                "created": int(self.clock.seconds()),
+                "choices": choices,
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+            }
+            if chunk_usage is not None:
+                payload["usage"] = chunk_usage
+            return b"data: " + go_json(payload) + b"\n\n"
+
+        zero = self._usage(0, 0) if with_usage else None  # 0.5.4 puts zeros on every chunk
+
+        def choice(text: str, finish: str | None) -> dict[str, Any]:
+            return {"text": text, "index": 0, "finish_reason": finish}
+
+        groups = [[chunk([choice(p, None)], zero)] for p in pieces]
+        final = [chunk([choice("", "stop")], zero)]
+        if with_usage:
+            final.append(chunk([], usage))
+        final.append(b"data: [DONE]\n\n")
+        groups.append(final)
+        return self._stream(call, SSE, groups)
+
+    def _v1_embeddings(self, call: _Call) -> bytes | int:
+        body = call.body
+        raw_input = body.get("input")
+        if raw_input == "":
+            raw_input = [""]
+        if raw_input is None or raw_input == []:
+            return self._bad_body(call, "invalid input")
+        inputs = self._inputs(raw_input)
+        if inputs is None:
+            return self._fail(call, 400, "invalid input type")
+        encoding = str(body.get("encoding_format") or "float").lower()
+        if encoding not in ("float", "base64"):
+            message = (
+                f"Invalid value for 'encoding_format' = {body.get('encoding_format')}. "
+                "Supported values: ['float', 'base64']."
+            )
+            return self._bad_body(call, message)
+        name = body.get("model")
+        model = self.model(name)
+        if model is None:
+            return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
+        self.load(model.name)
+        data = []
+        for index, text in enumerate(inputs):
+            vector = embedding_vector(model.name, text, model.dimensions)
+            embedding: Any = floats_base64(vector) if encoding == "base64" else vector
+            data.append({"object": "embedding", "embedding": embedding, "index": index})
+        tokens = sum(_tokens(text) for text in inputs)
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return self._json(call, payload, latency=call.knobs.ttft)
+
+    def _lmstudio_models(self, call: _Call) -> bytes | int:
+        """LM Studio's ``/api/v0/models``: OpenAI ids plus type, arch and load state."""
+        data = [
+            {
+                "id": m.name,
+                "object": "model",
+                "type": "embeddings" if m.embedding else "llm",
+                "publisher": "fake",
+                "arch": m.family,
+                "compatibility_type": m.format,
+                "quantization": m.quantization_level,
+                "state": "loaded" if m.name in self.state.loaded else "not-loaded",
+                "max_context_length": m.context_length,
+            }
+            for m in self.models
+        ]
+        return self._json(call, {"object": "list", "data": data}, latency=call.knobs.ttft)
+
+    # ------------------------------------------------------------------ bulk routes
+
+    def _upload(self, call: _Call) -> bytes | int:
+        last = self.requests[-1]
+        payload = {"bytes": last.body_size, "sha256": last.body_sha256}
+        return self._json(call, payload, latency=call.knobs.ttft)
+
+    def _big(self, call: _Call) -> int:
+        request = call.request
+        values = parse_qs(request.uri.decode("latin-1").partition("?")[2]).get("bytes", ["0"])
+        try:
+            size = max(0, int(values[0]))
+        except ValueError:
+            size = 0
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", b"%d" % size)
+        BigBody(request, size).start()
+        return NOT_DONE_YET
+
+    # ------------------------------------------------------------------ control API
+
+    def _control(self, request: Request, path: str) -> bytes:
+        request.setHeader(b"content-type", JSON_UTF8)
+        method = request.method
+        if path == "/_fake/requests" and method == b"GET":
+            wanted = parse_qs(request.uri.decode("latin-1").partition("?")[2]).get("path")
+            recorded = [asdict(r) for r in self.requests if not wanted or r.path in wanted]
+            return json.dumps(recorded).encode()
+        if path == "/_fake/reset" and method == b"POST":
+            self.reset()
+            return b'{"ok":true}'
+        if path == "/_fake/state" and method in (b"GET", b"POST"):
+            if method == b"POST":
+                assert request.content is not None
+                raw = request.content.read()
+                try:
+                    update = json.loads(raw) if raw.strip() else {}
+                    if not isinstance(update, dict):
+                        raise ValueError("the state update must be a JSON object")
+                    self.apply_state(update)
+                except (ValueError, TypeError) as e:
+                    request.setResponseCode(400)
+                    return json.dumps({"error": str(e)}).encode()
+            return json.dumps(self.describe_state()).encode()
+        request.setResponseCode(404)
+        return json.dumps({"error": f"no control route {method.decode()} {path}"}).encode()
+
+
+@implementer(IPushProducer)
+class BigBody:
+    """Writes ``size`` bytes in 64 KiB pieces, pausing whenever the client's socket is full."""
+
+    def __init__(self, request: Request, size: int) -> None:
+        self.request = request
+        self.left = size
+        self.paused = False
+        self.stopped = False
+        self._pumping = False
+        self._block = b"x" * BIG_WRITE
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        self.request.registerProducer(self, True)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.left > 0 and not self.paused and not self.stopped:
+                piece = min(self.left, BIG_WRITE)
+                self.left -= piece
+                self.request.write(self._block if piece == BIG_WRITE else self._block[:piece])
+        finally:
+            self._pumping = False
+        if self.left == 0 and not self.stopped:
+            self.stopped = True
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class FakeSite(Site):
+    """A Site that counts accepted connections (to show a proxy reuses them); no access log."""
+
+    def __init__(self, fake: FakeOllama, reactor: Any = None) -> None:
+        try:  # keep form bodies out of request.args (Twisted >= 25)
+            super().__init__(fake, reactor=reactor, parsePOSTFormSubmission=False)
+        except TypeError:
+            super().__init__(fake, reactor=reactor)
         self.fake = fake
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -698,33 +1339,65 @@ class _CountingSite(Site):
         pass
 
 
-def main(argv: list[str] | None = None) -> None:
-    from twisted.internet import reactor
+def main(argv: list[str] | None = None) -> int:
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
-    parser = argparse.ArgumentParser(description="fake Ollama server on 127.0.0.1")
+    parser = argparse.ArgumentParser(description="a fake Ollama server on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--models", default="llama3.2:latest,nomic-embed-text:latest")
-    parser.add_argument("--loaded", default="")
-    parser.add_argument("--name", default="fake")
-    parser.add_argument("--openai-only", action="store_true")
-    parser.add_argument("--require-token", default=None)
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
+    parser.add_argument("--loaded", default="", help="comma-separated models loaded at start")
+    parser.add_argument("--name", default="fake", help="prefix of the generated text")
+    parser.add_argument("--version", default="0.5.4", help="what /api/version says")
+    parser.add_argument("--openai-only", action="store_true", help="only /v1/* and /health")
+    parser.add_argument("--require-token", default=None, help="401 unless 'Bearer <token>'")
+    parser.add_argument("--chunks", type=int, default=None, help="default chunk count")
+    parser.add_argument("--delay-ms", type=float, default=None, help="default chunk spacing")
+    parser.add_argument("--ttft-ms", type=float, default=None, help="default time to first")
+    parser.add_argument("--health", choices=HEALTH_MODES, default="ok")
     args = parser.parse_args(argv)
+    reactor: Any = global_reactor
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
+        redirectStandardIO=False,
+    )
     fake = FakeOllama(
-        reactor,  # type: ignore[arg-type]
+        reactor,
         [FakeModel(n) for n in args.models.split(",") if n],
         name=args.name,
+        version=args.version,
         openai_only=args.openai_only,
     )
-    fake.state.loaded = {n for n in args.loaded.split(",") if n}
+    update: dict[str, Any] = {
+        "loaded": [n for n in args.loaded.split(",") if n],
+        "health": args.health,
+    }
+    if args.chunks is not None:
+        update["default_chunks"] = args.chunks
+    if args.delay_ms is not None:
+        update["default_delay_ms"] = args.delay_ms
+    if args.ttft_ms is not None:
+        update["default_ttft_ms"] = args.ttft_ms
+    fake.apply_state(update)
     fake.required_token = args.require_token
-    site = _CountingSite(fake)
-    port = reactor.listenTCP(args.port, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        port = reactor.listenTCP(args.port, FakeSite(fake), interface="127.0.0.1")
+    except CannotListenError as e:
+        print(f"fake ollama: cannot listen: {e}", file=sys.stderr, flush=True)
+        return 2
     print(f"LISTENING {port.getHost().port}", flush=True)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
-    sys.exit(0)
+    reactor.run()  # Twisted's own SIGTERM/SIGINT handlers stop it
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
