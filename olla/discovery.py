@@ -10,6 +10,7 @@ keeps the endpoint's last good list and is simply tried again next time.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.application.service import Service
@@ -57,6 +58,7 @@ def parse_ollama_tags(document: Any) -> list[ModelInfo]:
                 quantization=normalise_quantization(details.get("quantization_level")),
                 format=details.get("format"),
                 modified_at=item.get("modified_at"),
+                native=item,
             )
         )
     return out
@@ -104,11 +106,11 @@ def parse_loaded_from_list(document: Any) -> list[str]:
     ]
 
 
-def parse_ollama_ps(document: Any) -> list[str]:
-    """``GET /api/ps``: the names of the models loaded now."""
+def parse_ollama_ps(document: Any) -> list[dict[str, Any]]:
+    """``GET /api/ps``: the rows of the models loaded now, as the backend sent them."""
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise DiscoveryError("not an Ollama process list")
-    return [m["name"] for m in document["models"] if isinstance(m, dict) and "name" in m]
+    return [m for m in document["models"] if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
 
 @implementer(IModelSource)
@@ -314,10 +316,22 @@ class DiscoveryService(Service):
         if endpoint.response_format == "lmstudio":
             self._catalogue.set_loaded(endpoint, parse_loaded_from_list(document))
         if endpoint.type == "ollama":
-            ps_url = endpoint.upstream_url(b"/api/ps").decode()
-            try:
-                loaded = parse_ollama_ps(await self._get_json(endpoint, ps_url))
-            except Exception as e:  # an old Ollama without /api/ps still routes fine
-                self._log.debug("no /api/ps from {endpoint}: {e}", endpoint=endpoint.name, e=e)
-            else:
-                self._catalogue.set_loaded(endpoint, loaded)
+            await self._read_loaded(endpoint)
+
+    async def _read_loaded(self, endpoint: Endpoint) -> None:
+        ps_url = endpoint.upstream_url(b"/api/ps").decode()
+        try:
+            rows = parse_ollama_ps(await self._get_json(endpoint, ps_url))
+        except Exception as e:  # an old Ollama without /api/ps still routes fine
+            self._log.debug("no /api/ps from {endpoint}: {e}", endpoint=endpoint.name, e=e)
+        else:
+            self._catalogue.set_loaded(endpoint, [row["name"] for row in rows], rows)
+
+    def refresh_loaded(self, endpoints: Iterable[Endpoint]) -> Deferred[None]:
+        """Ask each Ollama endpoint what it has in memory now (``/api/ps`` is live state: a
+        model loads on first use and unloads on a timer, so a cached answer would be stale)."""
+        runs = [
+            Deferred.fromCoroutine(self._read_loaded(ep)) for ep in endpoints if ep.type == "ollama"
+        ]
+        done: Deferred[None] = DeferredList(runs, consumeErrors=True).addCallback(lambda _: None)
+        return done

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from olla.endpoints import Endpoint
@@ -38,10 +39,14 @@ def _details(info: ModelInfo) -> dict[str, Any]:
 
 
 def ollama_tags(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
-    """``/api/tags``: each model once, ``name`` and ``model`` both set (the SDK reads
-    ``model``)."""
+    """``/api/tags``: each model once, newest first as Ollama orders it. An entry an Ollama
+    backend listed is replayed as it was; others get ``name`` and ``model`` both set (the SDK
+    reads ``model``)."""
     models = []
     for info, hosts in catalogue.merged(endpoints):
+        if info.native is not None:
+            models.append({**info.native, "model": info.native.get("model", info.name)})
+            continue
         synced = max((catalogue.synced_at(ep) or 0.0) for ep in hosts)
         models.append(
             {
@@ -53,25 +58,29 @@ def ollama_tags(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) -> dic
                 "details": _details(info),
             }
         )
+    models.sort(key=lambda entry: _timestamp(entry.get("modified_at")), reverse=True)
     return {"models": models}
 
 
+def _timestamp(value: object) -> float:
+    if not isinstance(value, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def ollama_ps(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
-    """``/api/ps`` merged: every model loaded on any of ``endpoints``, once."""
-    models = []
-    for info, hosts in catalogue.merged(endpoints):
-        if any(info.name.lower() in catalogue.loaded_on(ep) for ep in hosts):
-            models.append(
-                {
-                    "name": info.name,
-                    "model": info.name,
-                    "size": info.size or 0,
-                    "digest": info.digest or "",
-                    "details": _details(info),
-                    "expires_at": _EPOCH,
-                    "size_vram": 0,
-                }
-            )
+    """``/api/ps`` merged: the rows every Ollama endpoint reported, each model once."""
+    models: list[Mapping[str, object]] = []
+    seen: set[tuple[object, object]] = set()
+    for endpoint in endpoints:
+        for row in catalogue.running_on(endpoint):
+            key = (row.get("name"), row.get("digest"))
+            if key not in seen:
+                seen.add(key)
+                models.append(row)
     return {"models": models}
 
 

@@ -28,6 +28,9 @@ class ModelInfo:
     quantization: str | None = None
     format: str | None = None
     modified_at: str | None = None
+    #: the entry exactly as an Ollama backend listed it, replayed by ``/api/tags`` so that the
+    #: merged list reads like the backend's own (``Q4_1``, ``parent_model`` and all)
+    native: Mapping[str, object] | None = field(default=None, compare=False, hash=False)
 
 
 _QUANT = re.compile(r"[^a-z0-9]")
@@ -138,6 +141,7 @@ def capabilities(name: str, family: str | None = None) -> list[str]:
 class _EndpointModels:
     models: dict[str, ModelInfo] = field(default_factory=dict)  # lower-cased name -> info
     loaded: set[str] = field(default_factory=set)  # lower-cased names
+    running: tuple[Mapping[str, object], ...] = ()  # Ollama /api/ps rows, as sent
     synced_at: float | None = None
 
 
@@ -172,9 +176,16 @@ class ModelCatalogue:
         entry.models = {m.name.lower(): m for m in models}
         entry.synced_at = now
 
-    def set_loaded(self, endpoint: Endpoint, names: Iterable[str]) -> None:
+    def set_loaded(
+        self,
+        endpoint: Endpoint,
+        names: Iterable[str],
+        entries: Sequence[Mapping[str, object]] = (),
+    ) -> None:
+        """Which models ``endpoint`` has in memory; ``entries`` are Ollama's ``/api/ps`` rows."""
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
         entry.loaded = {n.lower() for n in names}
+        entry.running = tuple(entries)
 
     def drop_stale(self, before: float) -> list[Endpoint]:
         """Forget model lists last refreshed before ``before``; returns those endpoints."""
@@ -201,6 +212,11 @@ class ModelCatalogue:
     def loaded_on(self, endpoint: Endpoint) -> set[str]:
         entry = self._by_endpoint.get(endpoint)
         return set(entry.loaded) if entry else set()
+
+    def running_on(self, endpoint: Endpoint) -> tuple[Mapping[str, object], ...]:
+        """The ``/api/ps`` rows ``endpoint`` last reported (empty for non-Ollama backends)."""
+        entry = self._by_endpoint.get(endpoint)
+        return entry.running if entry else ()
 
     def synced_at(self, endpoint: Endpoint) -> float | None:
         entry = self._by_endpoint.get(endpoint)

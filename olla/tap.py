@@ -228,6 +228,7 @@ def build_service(
         catalogue=catalogue,
         routing=config.model_registry.routing_strategy,
         refresh_models=discovery.refresh_all,
+        refresh_loaded=discovery.refresh_loaded,
     )
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)

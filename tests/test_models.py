@@ -159,7 +159,7 @@ def test_parsers() -> None:
     assert tags == [ModelInfo("m:1", 5, "d", "llama", None, "q4km", None, None)]
     assert parse_openai_models({"object": "list", "data": None}) == []
     assert [m.name for m in parse_openai_models({"data": [{"id": "t"}]})] == ["t"]
-    assert parse_ollama_ps({"models": [{"name": "m:1"}]}) == ["m:1"]
+    assert parse_ollama_ps({"models": [{"name": "m:1"}, {"x": 1}]}) == [{"name": "m:1"}]
     with pytest.raises(DiscoveryError):
         parse_ollama_tags({"data": []})
 

@@ -313,7 +313,7 @@ class FailureTests(SynchronousTestCase):
         assert response is not None
         error = json.loads(response.body)["error"]
         self.assertEqual(response.status, 502)
-        self.assertEqual(set(error), {"message", "type", "code"})
+        self.assertEqual(set(error), {"message", "type", "param", "code"})
 
     def test_failover_replays_body(self) -> None:
         """If the first endpoint refuses, then the same request body goes to the next one."""
@@ -547,8 +547,11 @@ class ModelRoutingTests(SynchronousTestCase):
         h, a, b = self._fleet()
         response = self._chat(h, "nope:1b")
         self.assertEqual(response.status, 404)
-        self.assertEqual(json.loads(response.body)["code"], "model_not_found")
+        # Ollama's own shape, exactly one key; the reason rides in the message and the headers
+        self.assertEqual(list(json.loads(response.body)), ["error"])
+        self.assertIn("(model_not_found)", json.loads(response.body)["error"])
         self.assertEqual(response.header(b"x-olla-routing-decision"), b"rejected")
+        self.assertEqual(response.header(b"x-olla-routing-reason"), b"model_not_found")
         openai = self._chat(h, "nope:1b", "/olla/ollama/v1/chat/completions")
         error = json.loads(openai.body)["error"]
         self.assertEqual((error["code"], openai.status), ("model_not_found", 404))

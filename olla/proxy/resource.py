@@ -104,6 +104,8 @@ class ProxyDeps:
     routing: RoutingStrategyConfig = field(default_factory=RoutingStrategyConfig)
     #: re-run model discovery on every healthy endpoint (routing's refresh-on-miss)
     refresh_models: Callable[[], Deferred[None]] | None = None
+    #: ask Ollama endpoints what they have loaded right now (for a live ``/api/ps``)
+    refresh_loaded: Callable[[Sequence[Endpoint]], Deferred[None]] | None = None
 
 
 class ProxyResource(Resource):
@@ -133,6 +135,9 @@ class ProxyResource(Resource):
                 dialect=dialect,
             )
             return NOT_DONE_YET
+        if self._is_live_ps(path):
+            self._answer_ps(request)
+            return NOT_DONE_YET
         listing = self._listing(path)
         if listing is not None:
             return _json(request, listing)
@@ -142,6 +147,31 @@ class ProxyResource(Resource):
         exchange.small_body = body if len(body) <= PARSE_LIMIT else None
         exchange.start()
         return NOT_DONE_YET
+
+    def _is_live_ps(self, path: bytes) -> bool:
+        return (
+            path.rstrip(b"/") == b"/api/ps"
+            and "ollama" in self._route.types
+            and self._deps.refresh_loaded is not None
+        )
+
+    def _answer_ps(self, request: Request) -> None:
+        """``/api/ps`` from every Ollama endpoint, asked now; one that fails keeps its last
+        answer."""
+        deps = self._deps
+        assert deps.refresh_loaded is not None
+        ollamas = deps.registry.routable(frozenset({"ollama"}))
+
+        def answer(_: object) -> None:
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            body = json.dumps(ollama_ps(deps.catalogue, ollamas)).encode()
+            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        deps.refresh_loaded(ollamas).addCallback(answer)
 
     def _listing(self, path: bytes) -> dict[str, object] | None:
         """Model lists olla answers from its catalogue instead of asking one backend."""

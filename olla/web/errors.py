@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_errors -*-
 """One place that turns an error into a status and a body, in the caller's API dialect.
 
-Ollama clients expect ``{"error": "..."}``; OpenAI clients ``{"error": {"message", "type",
-"code"}}``. The proxy and the Klein routes both answer through here.
+Ollama clients expect ``{"error": "..."}`` and nothing more (the real server sends exactly that);
+OpenAI clients ``{"error": {"message", "type", "param", "code"}}``. The proxy and the Klein
+routes both answer through here.
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ def error_body(dialect: Dialect, status: int, message: str, code: str | None = N
     """The JSON error body for ``status`` in ``dialect``."""
     if dialect is Dialect.OPENAI:
         payload: dict[str, object] = {
-            "error": {"message": message, "type": _openai_type(status), "code": code}
+            "error": {
+                "message": message,
+                "type": _openai_type(status),
+                "param": None,
+                "code": code,
+            }
         }
     else:
         payload = {"error": message}
-        if code is not None:
-            payload["code"] = code
     return json.dumps(payload).encode()
 
 

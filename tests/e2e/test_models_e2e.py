@@ -77,7 +77,8 @@ def test_catalogue_and_routing(tmp_path: Path, fakes: dict[str, FakeProcess]) ->
             fake.reset()
         missing = _chat(daemon, "nope:1b")
         assert missing.status_code == 404
-        assert missing.json()["code"] == "model_not_found"
+        assert missing.headers["x-olla-routing-reason"] == "model_not_found"
+        assert list(missing.json()) == ["error"]
         assert missing.headers["x-olla-routing-decision"] == "rejected"
         assert all(
             not [r for r in fake.requests() if r["path"] == "/api/chat"] for fake in fakes.values()

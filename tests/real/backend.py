@@ -1,0 +1,139 @@
+"""The real Ollama 0.5.4 of the compatibility suite: installed by ``install.sh``, run on 127.0.0.1.
+
+``RealOllama`` starts ``ollama-lib serve`` from the cached ``bigdl-core-cpp`` wheel on a free port
+with its own model store, creates the suite's models from local GGUF files and is always stopped.
+The generated text is garbled on the CPU (a fault of that runner), so tests assert on protocol and
+structure only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.e2e.daemon import REPO, free_port
+
+CHAT_MODEL = "smollm2:135m"
+EMBED_MODEL = "all-minilm:l6-v2"
+INSTALL_SCRIPT = Path(__file__).with_name("install.sh")
+# Where install.sh puts everything; shared with CI runs through the project-local .cache/.
+CACHE = Path(os.environ.get("OLLA_REAL_CACHE", REPO / ".cache" / "real"))
+# The embedding model is optional: a 46 MB GGUF that lies beside the project on these machines.
+EMBED_GGUF = Path(
+    os.environ.get("OLLA_EMBED_GGUF", REPO.parent / "shared" / "models" / "all-minilm-l6-v2-f16.gguf")
+)
+
+
+class InstallImpossible(Exception):
+    """install.sh could not set the backends up (no registry, no compiler...)."""
+
+
+def ensure_installed(cache: Path = CACHE) -> None:
+    """Run install.sh (a no-op once everything is cached); raise with its output if it fails."""
+    result = subprocess.run(
+        ["bash", str(INSTALL_SCRIPT), str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise InstallImpossible(f"tests/real/install.sh exited {result.returncode}:\n{tail}")
+
+
+def ollama_libs(cache: Path = CACHE) -> Path:
+    found = sorted((cache / "ollama" / "venv" / "lib").glob("python3*/site-packages/bigdl/cpp/libs"))
+    if not found:
+        raise InstallImpossible(f"no bigdl/cpp/libs under {cache}/ollama/venv")
+    return found[0]
+
+
+class RealOllama:
+    """A running real Ollama; ``url`` is its base URL, ``version`` what ``/api/version`` says."""
+
+    def __init__(self, workdir: Path, cache: Path = CACHE) -> None:
+        self.cache = cache
+        self.libs = ollama_libs(cache)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models_dir = workdir / "ollama-models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "ollama-serve.log"
+        self.env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": f"{cache / 'ollama' / 'venv' / 'lib'}:{self.libs}",
+            "LD_PRELOAD": str(cache / "ollama" / "shim" / "libnosycl.so"),
+            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+            "OLLAMA_MODELS": str(self.models_dir),
+            "OLLAMA_NOPRUNE": "1",
+        }
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(self.libs / "ollama-lib"), "serve"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its model runners are children: stop the whole group
+        )
+        self.version = self._wait_up()
+        self.models: list[str] = []
+
+    def _wait_up(self, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ollama exited {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/version", timeout=2) as reply:
+                    version: str = json.load(reply)["version"]
+                    return version
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"ollama not up after {timeout}s:\n{self.log()}") from None
+            time.sleep(0.1)
+
+    def create(self, name: str, gguf: Path) -> None:
+        """``ollama create NAME`` from a local GGUF file, as a user would."""
+        modelfile = self.models_dir.parent / f"Modelfile.{name.replace(':', '_')}"
+        modelfile.write_text(f"FROM {gguf}\n")
+        subprocess.run(
+            [str(self.libs / "ollama-lib"), "create", name, "-f", str(modelfile)],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        self.models.append(name)
+
+    def log(self) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-60:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self._log.close()
+
+
+@contextmanager
+def running_real_ollama(workdir: Path, cache: Path = CACHE) -> Iterator[RealOllama]:
+    server = RealOllama(workdir, cache)
+    try:
+        server.create(CHAT_MODEL, cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+        if EMBED_GGUF.is_file():
+            server.create(EMBED_MODEL, EMBED_GGUF)
+        yield server
+    finally:
+        server.stop()
