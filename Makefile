@@ -1,5 +1,6 @@
 # olla: two commands on a fresh machine.  `make run` serves etc/olla.yaml; `make test` runs
-# lint, types and the whole suite.  Both create .venv on first use.
+# lint, types and the whole suite.  Both create .venv on first use.  `make test-real` runs the
+# compatibility suite against a real Ollama and real clients (CI runs both).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ CONFIG ?= etc/olla.yaml
 # Run from the working tree: twistd finds twisted/plugins/olla_plugin.py through PYTHONPATH.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test test-real lint typecheck unit bench clean
 
 $(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,10 @@ $(VENV)/.run-installed: pyproject.toml
 
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.run-installed
 	$(PY) -m pip install --quiet '.[test]'
+	touch $@
+
+$(VENV)/.real-installed: pyproject.toml $(VENV)/.test-installed
+	$(PY) -m pip install --quiet '.[test,real]'
 	touch $@
 
 run: $(VENV)/.run-installed
@@ -30,7 +35,12 @@ typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
 unit: $(VENV)/.test-installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/real
+
+# The compatibility suite: a real Ollama and real clients (installed into .cache/real on first
+# use by tests/real/install.sh, then reused).
+test-real: $(VENV)/.real-installed
+	$(PY) -m pytest -q -ra tests/real
 
 test: lint typecheck unit
 

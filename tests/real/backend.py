@@ -26,9 +26,8 @@ INSTALL_SCRIPT = Path(__file__).with_name("install.sh")
 # Where install.sh puts everything; shared with CI runs through the project-local .cache/.
 CACHE = Path(os.environ.get("OLLA_REAL_CACHE", REPO / ".cache" / "real"))
 # The embedding model is optional: a 46 MB GGUF that lies beside the project on these machines.
-EMBED_GGUF = Path(
-    os.environ.get("OLLA_EMBED_GGUF", REPO.parent / "shared" / "models" / "all-minilm-l6-v2-f16.gguf")
-)
+SHARED_MODELS = REPO.parent / "shared" / "models"
+EMBED_GGUF = Path(os.environ.get("OLLA_EMBED_GGUF", SHARED_MODELS / "all-minilm-l6-v2-f16.gguf"))
 
 
 class InstallImpossible(Exception):
@@ -49,7 +48,8 @@ def ensure_installed(cache: Path = CACHE) -> None:
 
 
 def ollama_libs(cache: Path = CACHE) -> Path:
-    found = sorted((cache / "ollama" / "venv" / "lib").glob("python3*/site-packages/bigdl/cpp/libs"))
+    site_packages = cache / "ollama" / "venv" / "lib"
+    found = sorted(site_packages.glob("python3*/site-packages/bigdl/cpp/libs"))
     if not found:
         raise InstallImpossible(f"no bigdl/cpp/libs under {cache}/ollama/venv")
     return found[0]

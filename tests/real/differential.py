@@ -92,6 +92,10 @@ class Recorder(httpx.BaseTransport):
 
 
 def json_shape(value: Any, key: str | None = None) -> Any:
+    if key == "error" and isinstance(value, dict):
+        # OpenAI error objects: the same keys, but olla fills ``type``/``code`` the way OpenAI
+        # does (invalid_request_error / model_not_found) where Ollama says api_error / null
+        return dict.fromkeys(sorted(value), "any")
     if isinstance(value, dict):
         return {k: json_shape(v, k) for k, v in sorted(value.items())}
     if isinstance(value, list):

@@ -22,7 +22,7 @@ MESSAGES = [{"role": "user", "content": "Say hi"}]
 def both_ways(
     real_ollama: RealOllama, olla: OllaDaemon, call: Callable[[ollama.Client], Any]
 ) -> tuple[Any, Any]:
-    """Make ``call`` with a client aimed at the backend, then one aimed at olla; compare the wire."""
+    """Make ``call`` aimed at the backend, then at olla; compare what crossed the wire."""
     results = []
     recorders = []
     for base in (real_ollama.url, f"{olla.url}/olla/ollama"):
