@@ -9,19 +9,19 @@ the client's producer, so a slow client pauses the backend instead of filling ol
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
-from twisted.web.server import Request
 from zope.interface import implementer
 
 #: Bodies up to this size are sent from memory in one write; larger ones stream from disk.
@@ -87,6 +87,19 @@ def body_producer(content: IO[bytes], size: int, cooperator: Cooperator) -> IBod
     return FileBodyProducer(_KeepOpen(content), cooperator=cooperator, readSize=_READ_SIZE)
 
 
+class BodySink(typing.Protocol):
+    """Where a relayed body goes: the client's request, or a translator in front of it."""
+
+    @property
+    def channel(self) -> object | None: ...
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
 class StreamBody(Protocol):
     """Relays one upstream response body to the client as it arrives.
 
@@ -99,7 +112,7 @@ class StreamBody(Protocol):
 
     def __init__(
         self,
-        request: Request,
+        request: BodySink,
         clock: IReactorTime,
         idle_timeout: float,
         done: Callable[[Failure | None], None],
