@@ -317,6 +317,19 @@ class DiscoveryService(Service):
             self._catalogue.set_loaded(endpoint, parse_loaded_from_list(document))
         if endpoint.type == "ollama":
             await self._read_loaded(endpoint)
+            await self._read_version(endpoint)
+
+    async def _read_version(self, endpoint: Endpoint) -> None:
+        """Ollama's version decides whether it speaks the Anthropic API (0.14.0 and later)."""
+        url = endpoint.upstream_url(b"/api/version").decode()
+        try:
+            document = await self._get_json(endpoint, url)
+        except Exception as e:
+            self._log.debug("no /api/version from {endpoint}: {e}", endpoint=endpoint.name, e=e)
+            return
+        version = document.get("version") if isinstance(document, dict) else None
+        if isinstance(version, str):
+            self._registry.state(endpoint).version = version
 
     async def _read_loaded(self, endpoint: Endpoint) -> None:
         ps_url = endpoint.upstream_url(b"/api/ps").decode()

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from olla.config import EndpointConfig
-from olla.profiles import ProfileRegistry, builtin_profiles
+from olla.profiles import Profile, ProfileRegistry, builtin_profiles
 
 
 class EndpointStatus(enum.Enum):
@@ -29,6 +29,8 @@ class EndpointStatus(enum.Enum):
     UNHEALTHY = "unhealthy"
     CONFIG_ERROR = "config_error"
     RATE_LIMITED = "rate_limited"
+    #: ``type: auto`` whose platform is not known yet: never routable, probed until it is
+    DETECTING = "detecting"
 
     @property
     def routable(self) -> bool:
@@ -85,25 +87,91 @@ def resolve_url(base: str, ref: str | None, default_path: str) -> str:
     return urljoin(base.rstrip("/") + "/", ref.lstrip("/"))
 
 
+@dataclass(frozen=True)
+class Platform:
+    """What an endpoint's type decides: which profile, and where it is checked and listed."""
+
+    type: str
+    health_url: str
+    model_url: str
+    #: which IModelSource reads its model list (the profile's ``response_format``)
+    response_format: str
+
+
+def platform_for(config: EndpointConfig, profile: Profile | None) -> Platform:
+    """The platform of ``config`` as ``profile`` (None: no profile, e.g. ``auto`` undetected).
+
+    Configured ``health_check_url``/``model_url`` win over the profile's defaults.
+    """
+    health_default, models_default = (
+        (profile.health_check_path, profile.model_discovery_path) if profile else AUTO_PATHS
+    )
+    return Platform(
+        type=profile.name if profile else config.type,
+        health_url=resolve_url(config.url, config.health_check_url, health_default),
+        model_url=resolve_url(config.url, config.model_url, models_default),
+        response_format=profile.response_format if profile else "openai",
+    )
+
+
+@dataclass
+class _Detected:
+    platform: Platform | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class Endpoint:
-    """One configured backend. Compared by identity: two configs never share an object."""
+    """One configured backend. Compared by identity: two configs never share an object.
+
+    Everything but the platform of a ``type: auto`` endpoint is fixed at startup. That one is
+    learnt once (``EndpointRegistry.set_detected``), and ``type``, ``health_url``,
+    ``model_url`` and ``response_format`` read it, so every module sees the detected type.
+    """
 
     id: str
     name: str
     url: str  # without trailing slash
-    type: str
     priority: int
     preserve_path: bool
-    health_url: str
-    model_url: str
     check_interval: float
     check_timeout: float
-    #: which IModelSource reads its model list (the profile's ``response_format``)
-    response_format: str
     #: endpoint headers then its auth header, applied to every upstream call
     extra_headers: tuple[tuple[bytes, bytes], ...]
     config: EndpointConfig = field(repr=False)
+    #: the configured type's platform (for ``auto``: where to look until detected)
+    configured: Platform = field(repr=False)
+    #: ``type: auto``: the profiles detection tries, in order
+    candidates: tuple[Profile, ...] = field(default=(), repr=False)
+    _detected: _Detected = field(default_factory=_Detected, init=False, repr=False)
+
+    @property
+    def platform(self) -> Platform:
+        return self._detected.platform or self.configured
+
+    @property
+    def type(self) -> str:
+        return self.platform.type
+
+    @property
+    def health_url(self) -> str:
+        return self.platform.health_url
+
+    @property
+    def model_url(self) -> str:
+        return self.platform.model_url
+
+    @property
+    def response_format(self) -> str:
+        return self.platform.response_format
+
+    @property
+    def detecting(self) -> bool:
+        """``type: auto`` and its platform not known yet."""
+        return self.config.type == "auto" and self._detected.platform is None
+
+    def platform_of(self, profile: Profile) -> Platform:
+        """What this endpoint would be as ``profile``'s type."""
+        return platform_for(self.config, profile)
 
     @property
     def display_url(self) -> str:
@@ -131,7 +199,7 @@ def endpoints_from_config(
     """Build runtime endpoints; ids are base36 FNV-1a-32 of the sanitised URL, made unique.
 
     Health and model URLs default to the endpoint type's profile (the built-in ones unless
-    ``profiles`` is given).
+    ``profiles`` is given); a ``type: auto`` endpoint gets the profiles detection may choose.
     """
     profiles = profiles or builtin_profiles()
     raw_ids = [base36(fnv1a_32(sanitise_url(c.url).encode())) for c in configs]
@@ -143,10 +211,6 @@ def endpoints_from_config(
                 (configs[i].name, i) for i, other in enumerate(raw_ids) if other == endpoint_id
             )
             endpoint_id = f"{endpoint_id}-{same.index((config.name, index))}"
-        profile = profiles.get(config.type)
-        health_default, models_default = (
-            (profile.health_check_path, profile.model_discovery_path) if profile else AUTO_PATHS
-        )
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in config.headers.items()]
         if config.auth is not None:
             auth_name = config.auth.header_name.encode("latin-1").lower()
@@ -159,16 +223,14 @@ def endpoints_from_config(
                 id=endpoint_id,
                 name=config.name,
                 url=config.url.rstrip("/"),
-                type=config.type,
                 priority=config.priority,
                 preserve_path=config.preserve_path,
-                health_url=resolve_url(config.url, config.health_check_url, health_default),
-                model_url=resolve_url(config.url, config.model_url, models_default),
                 check_interval=config.check_interval,
                 check_timeout=config.check_timeout,
-                response_format=profile.response_format if profile else "openai",
                 extra_headers=tuple(extra),
                 config=config,
+                configured=platform_for(config, profiles.get(config.type)),
+                candidates=profiles.detection_candidates() if config.type == "auto" else (),
             )
         )
     return out
@@ -187,6 +249,8 @@ class EndpointState:
     last_probe_latency: float | None = None
     last_model_sync: float | None = None
     model_count: int = 0
+    #: what the backend says its version is (Ollama's ``/api/version``), once discovery asked
+    version: str | None = None
     # traffic, counted per upstream attempt (see stats in the spec, §10)
     in_flight: int = 0
     requests: int = 0
@@ -276,6 +340,16 @@ class EndpointRegistry:
             listener(endpoint, old, status)
         if old is EndpointStatus.UNKNOWN:
             self._release_first_probe_waiters()
+
+    def set_detected(self, endpoint: Endpoint, profile: Profile) -> None:
+        """A ``type: auto`` endpoint turned out to be ``profile``'s platform: from now on it is
+        checked, listed and routed exactly as an endpoint configured with that type."""
+        endpoint._detected.platform = endpoint.platform_of(profile)
+        self._log.info(
+            "endpoint {endpoint} detected as {type}",
+            endpoint=endpoint.name,
+            type=profile.name,
+        )
 
     # ------------------------------------------------------------------ startup gate
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import email.utils
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -32,8 +32,10 @@ from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from olla.deadline import follow, with_deadline
+from olla.detect import PlatformDetector
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
-from olla.interfaces import IHealthChecker
+from olla.interfaces import IHealthChecker, IPlatformDetector
+from olla.profiles import Profile
 
 #: A 2xx slower than this means the server is up but struggling.
 BUSY_THRESHOLD = 10.0
@@ -63,6 +65,8 @@ class ProbeResult:
     retry_after: float | None = None
     #: a refused/unreachable socket: cheap to re-check, says nothing about server load
     unreachable: bool = False
+    #: ``type: auto``: the platform this probe found (it then probed that platform's health)
+    detected: Profile | None = None
 
     @property
     def ok(self) -> bool:
@@ -134,7 +138,11 @@ class _Drain(Protocol):
 
 @implementer(IHealthChecker)
 class HTTPHealthChecker:
-    """Probes ``GET endpoint.health_url`` with the endpoint's own headers and auth."""
+    """Probes ``GET endpoint.health_url`` with the endpoint's own headers and auth.
+
+    A ``type: auto`` endpoint has no health URL of its own yet: its platform is detected
+    first (with the same agent and clock), so detection is retried on the health schedule.
+    """
 
     def __init__(
         self,
@@ -142,10 +150,12 @@ class HTTPHealthChecker:
         clock: IReactorTime,
         version: str,
         rng: random.Random | None = None,
+        detector: IPlatformDetector | None = None,
     ) -> None:
         self._agent = agent
         self._clock = clock
         self._rng = rng or random.Random()
+        self._detector = detector or PlatformDetector(agent, clock, version)
         headers = Headers(
             {
                 b"User-Agent": [f"olla-HealthChecker/{version}".encode()],
@@ -159,22 +169,30 @@ class HTTPHealthChecker:
         return Deferred.fromCoroutine(self._probe(endpoint))
 
     async def _probe(self, endpoint: Endpoint) -> ProbeResult:
+        detected: Profile | None = None
+        url = endpoint.health_url
+        if endpoint.detecting:
+            detection = await self._detector.detect(endpoint)
+            if detection.profile is None:
+                return ProbeResult(EndpointStatus.DETECTING, detection.latency, detection.reason)
+            detected = detection.profile
+            url = endpoint.platform_of(detected).health_url
         for attempt in range(len(_RETRY_DELAYS) + 1):
-            result = await self._attempt(endpoint)
+            result = await self._attempt(endpoint, url)
             if not result.unreachable or attempt == len(_RETRY_DELAYS):
-                return result
+                return replace(result, detected=detected) if detected else result
             # a refused connection may be a backend restarting: look again, briefly
             delay = _RETRY_DELAYS[attempt] * self._rng.uniform(0.75, 1.25)
             await deferLater(self._clock, delay, lambda: None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, endpoint: Endpoint) -> ProbeResult:
+    async def _attempt(self, endpoint: Endpoint, url: str) -> ProbeResult:
         headers = self._base_headers.copy()
         for name, value in endpoint.extra_headers:
             headers.setRawHeaders(name, [value])
         started = self._clock.seconds()
         request = with_deadline(
-            self._agent.request(b"GET", endpoint.health_url.encode(), headers),
+            self._agent.request(b"GET", url.encode(), headers),
             endpoint.check_timeout,
             self._clock,
         )
@@ -275,7 +293,8 @@ class HealthService(Service):
             return succeed(None)
         probe = self._checker.probe(endpoint)
         # the checker has its own timeouts; this guard only stops a broken checker hanging us
-        with_deadline(probe, endpoint.check_timeout * 3 + 1, self._clock)
+        budget = endpoint.check_timeout * (5 if endpoint.detecting else 3) + 1
+        with_deadline(probe, budget, self._clock)
         running: Deferred[None] = probe.addCallbacks(
             lambda result: self._apply(poller, result),
             lambda failure: self._checker_failed(poller, failure),
@@ -293,7 +312,8 @@ class HealthService(Service):
         if failure.check(CancelledError) and not self.running:
             return  # stopping
         if failure.check(DeferredTimeout):
-            result = ProbeResult(EndpointStatus.OFFLINE, 0.0, "health check hung")
+            hung = EndpointStatus.DETECTING if poller.endpoint.detecting else EndpointStatus.OFFLINE
+            result = ProbeResult(hung, 0.0, "health check hung")
         else:
             self._log.failure(
                 "health check of {endpoint} crashed", failure=failure, endpoint=poller.endpoint.name
@@ -305,6 +325,8 @@ class HealthService(Service):
         if not self.running:
             return
         endpoint = poller.endpoint
+        if result.detected is not None:
+            self._registry.set_detected(endpoint, result.detected)
         state = self._registry.state(endpoint)
         now = self._clock.seconds()
         state.last_check = now
@@ -319,7 +341,8 @@ class HealthService(Service):
             delay = self._jittered(interval)
         elif result.status is EndpointStatus.RATE_LIMITED:
             delay = max(result.retry_after or RATE_LIMIT_DEFAULT, interval)
-        elif result.status is EndpointStatus.CONFIG_ERROR:
+        elif result.status in (EndpointStatus.CONFIG_ERROR, EndpointStatus.DETECTING):
+            # not the server failing: nothing to back off from, keep looking at the interval
             delay = self._jittered(interval)
         else:
             state.consecutive_failures += 1

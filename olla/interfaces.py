@@ -10,6 +10,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from olla.detect import Detection
     from olla.endpoints import Endpoint, EndpointRegistry
     from olla.health import ProbeResult
     from olla.models import ModelInfo
@@ -28,7 +29,18 @@ class IHealthChecker(Interface):
     """Probes one endpoint once."""
 
     def probe(endpoint: Endpoint) -> Deferred[ProbeResult]:
-        """Probe ``endpoint``; never fails (errors become an offline/unhealthy result)."""
+        """Probe ``endpoint``; never fails (errors become an offline/unhealthy result).
+
+        An endpoint still ``detecting`` its platform is detected first: the result is
+        ``detecting`` until that succeeds, and then carries the platform in ``detected``.
+        """
+
+
+class IPlatformDetector(Interface):
+    """Learns which platform a ``type: auto`` endpoint runs."""
+
+    def detect(endpoint: Endpoint) -> Deferred[Detection]:
+        """Try ``endpoint.candidates`` in order; never fails (no match is a Detection too)."""
 
 
 class IModelSource(Interface):

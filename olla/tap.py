@@ -32,6 +32,8 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from olla import __version__
+from olla.anthropic.resource import AnthropicResource
+from olla.anthropic.stats import TranslatorStats
 from olla.balancer import balancer_for
 from olla.breaker import CircuitBreakers
 from olla.config import (
@@ -233,12 +235,18 @@ def build_service(
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
     }
+    translator_stats = TranslatorStats("anthropic")
+    if config.translators.anthropic.enabled:
+        proxies[b"anthropic"] = AnthropicResource(
+            deps, profiles, config.translators.anthropic, translator_stats
+        )
     internal = InternalApp(
         registry,
         clock=reactor,
         config=config,
         active_connections=lambda: len(site.channels),
         catalogue=catalogue,
+        translators=[translator_stats],
     )
     proxies[b"models"] = ModelsResource(registry, catalogue, reactor)
     root = RootResource(OllaRoot(proxies), internal.app.resource())

@@ -21,7 +21,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from tests.fakes.ollama import FakeModel, FakeOllama, FakeSite, floats_base64
+from tests.fakes.ollama import (
+    FakeModel,
+    FakeOllama,
+    FakeSite,
+    floats_base64,
+    tool_arguments,
+    version_tuple,
+)
 from tests.fakes.process import FakeProcess, start_fake
 
 URL = "http://fake.test"
@@ -107,6 +114,26 @@ def _events(raw: bytes) -> list[str]:
         assert block.startswith("data: "), block
         events.append(block[len("data: ") :])
     return events
+
+
+def _sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """Anthropic's SSE: ``(event name, data)`` pairs, checking each is ``event: X\\ndata: {}``."""
+    assert raw.endswith(b"\n\n")
+    pairs = []
+    for block in raw.decode().split("\n\n")[:-1]:
+        event, data = block.split("\n")
+        assert event.startswith("event: ") and data.startswith("data: "), block
+        payload = json.loads(data[len("data: ") :])
+        assert payload["type"] == event[len("event: ") :]
+        pairs.append((event[len("event: ") :], payload))
+    return pairs
+
+
+def _chunks(raw: bytes) -> list[dict[str, Any]]:
+    """OpenAI SSE chunks, checking the stream ends with ``[DONE]``."""
+    events = _events(raw)
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
 
 
 def _post(path: str, body: dict[str, Any], headers: str = "") -> bytes:
@@ -660,6 +687,573 @@ class RecordingTests(InMemory):
         self.assertEqual(self.fake.requests, [])
 
 
+MESSAGES: dict[str, Any] = {
+    "model": "m:1",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hi there"}],
+}
+WEATHER: dict[str, Any] = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "note": {"type": "string"},
+        },
+        "required": ["city", "days", "unit"],
+    },
+}
+WEATHER_ARGS = {"city": "x", "days": 1, "unit": "celsius"}
+FUNCTIONS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {"name": WEATHER["name"], "parameters": WEATHER["input_schema"]},
+    },
+    {"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}},
+]
+
+
+class AnthropicTests(InMemory):
+    """``/v1/messages`` on a fake that says it is Ollama 0.14.0."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake.apply_state({"version": "0.14.0"})
+
+    def test_served_from_ollama_0_14(self) -> None:
+        """If the fake's version is below 0.14.0 (the default 0.5.4, or 0.13.9), then
+        /v1/messages is gin's plain 404; from 0.14.0 on (compared as numbers, suffixes and a
+        leading v allowed) it is served, and /v1/messages/count_tokens stays a 404."""
+        self.assertEqual(FakeOllama(self.clock).version, "0.5.4")
+        for version, code in (
+            ("0.5.4", 404),
+            ("0.5.4-ipexllm-20250407", 404),
+            ("0.13.9", 404),
+            ("0.14.0", 200),
+            ("0.14.0-rc1", 200),
+            ("v0.15.2", 200),
+            ("1.0", 200),
+            ("nonsense", 404),
+        ):
+            self.fake.apply_state({"version": version})
+            response, body = self.call("POST", "/v1/messages", MESSAGES)
+            self.assertEqual(response.code, code, version)
+            if code == 404:
+                self.assertEqual(body, b"404 page not found")
+                self.assertEqual(self.header(response, "content-type"), "text/plain")
+        self.assertEqual(self.doc("GET", "/api/version"), {"version": "nonsense"})
+        self.assertEqual(self.doc("GET", "/_fake/state")["version"], "nonsense")
+        self.assertGreater(version_tuple("0.14.0"), version_tuple("0.9.9"))
+        fake = FakeOllama(self.clock, [FakeModel("m:1")], version="0.14.0")
+        http: Any = StubTreq(fake)
+        d = http.post(URL + "/v1/messages", json=MESSAGES)
+        http.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        response, body = self.call("POST", "/v1/messages/count_tokens", MESSAGES)
+        self.assertEqual((response.code, body), (404, b"404 page not found"))
+        self.assertEqual(self.send("GET", "/v1/messages").code, 404)
+
+    def test_not_streamed(self) -> None:
+        """If a message is asked without stream, then one JSON message comes back (as Go's
+        json.Encoder writes it) with a msg_ id, the model as asked, one text block, end_turn,
+        a null stop_sequence and the token usage."""
+        response, body = self.call("POST", "/v1/messages", MESSAGES)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.header(response, "content-type"), "application/json")
+        self.assertTrue(body.endswith(b"}\n"))
+        doc = json.loads(body)
+        self.assertRegex(doc.pop("id"), r"^msg_[0-9a-f]{24}$")
+        self.assertEqual(
+            doc,
+            {
+                "type": "message",
+                "role": "assistant",
+                "model": "m:1",
+                "content": [{"type": "text", "text": "A0 A1 A2 "}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 12, "output_tokens": 3},
+            },
+        )
+        self.assertEqual(list(json.loads(body)), ["id", *doc])  # Go's field order
+        self.assertIn("m:1", self.fake.state.loaded)
+
+    def test_streamed(self) -> None:
+        """If a message is streamed, then it is SSE with Anthropic's event names: message_start,
+        content_block_start, ping, one text_delta per chunk, content_block_stop, message_delta
+        (stop_reason and usage) and message_stop."""
+        response = self.send("POST", "/v1/messages", {**MESSAGES, "stream": True})
+        self.assertEqual(self.header(response, "content-type"), "text/event-stream")
+        self.assertEqual(self.header(response, "cache-control"), "no-cache")
+        self.assertEqual(response.length, UNKNOWN_LENGTH)
+        events = _sse(b"".join(self.stream(response)))
+        self.assertEqual(
+            [name for name, _ in events],
+            ["message_start", "content_block_start", "ping"]
+            + ["content_block_delta"] * 3
+            + ["content_block_stop", "message_delta", "message_stop"],
+        )
+        started = events[0][1]["message"]
+        self.assertEqual(
+            {k: started[k] for k in ("type", "role", "model", "content", "stop_reason")},
+            {
+                "type": "message",
+                "role": "assistant",
+                "model": "m:1",
+                "content": [],
+                "stop_reason": None,
+            },
+        )
+        self.assertEqual(started["usage"], {"input_tokens": 12, "output_tokens": 0})
+        self.assertEqual(
+            events[1][1],
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
+        self.assertEqual({d["type"] for d in deltas}, {"text_delta"})
+        self.assertEqual("".join(d["text"] for d in deltas), "A0 A1 A2 ")
+        self.assertEqual(events[-3][1], {"type": "content_block_stop", "index": 0})
+        self.assertEqual(
+            events[-2][1],
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"input_tokens": 12, "output_tokens": 3},
+            },
+        )
+
+    def test_stream_paced_by_the_knobs(self) -> None:
+        """If chunks are 100 ms apart after a 50 ms first token, then nothing comes before
+        50 ms, the opening events and first delta come together, each later delta 100 ms on,
+        and the closing events with the last group."""
+        d = self.http.post(
+            URL + "/v1/messages?ttft_ms=50&delay_ms=100",
+            json={**MESSAGES, "stream": True},
+            unbuffered=True,
+        )
+        self.advance(0.049)
+        self.assertNoResult(d)
+        self.advance(0.001)
+        received = self.stream(self.successResultOf(d))
+        self.assertEqual(len(b"".join(received).split(b"\n\n")) - 1, 4)
+        for expected in (5, 6):
+            self.advance(0.099)
+            self.assertEqual(len(b"".join(received).split(b"\n\n")) - 1, expected - 1)
+            self.advance(0.001)
+            self.assertEqual(len(b"".join(received).split(b"\n\n")) - 1, expected)
+        self.advance(0.1)
+        self.assertEqual(_sse(b"".join(received))[-1][0], "message_stop")
+
+    def test_not_streamed_waits_for_the_generation(self) -> None:
+        """If a non-streamed message has 3 chunks 100 ms apart, then it answers at 300 ms."""
+        d = self.http.post(URL + "/v1/messages?delay_ms=100", json=MESSAGES)
+        self.advance(0.299)
+        self.assertNoResult(d)
+        self.advance(0.001)
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_max_tokens_caps_the_chunks(self) -> None:
+        """If max_tokens is below the chunk count, then the text is cut there and stop_reason is
+        max_tokens; a large max_tokens (required on every request) does not set the chunk count,
+        which stays the knob or the server default."""
+        short = self.doc("POST", "/v1/messages", {**MESSAGES, "max_tokens": 2})
+        self.assertEqual(short["content"][0]["text"], "A0 A1 ")
+        self.assertEqual((short["stop_reason"], short["usage"]["output_tokens"]), ("max_tokens", 2))
+        large = self.doc("POST", "/v1/messages", {**MESSAGES, "max_tokens": 4096})
+        self.assertEqual((large["usage"]["output_tokens"], large["stop_reason"]), (3, "end_turn"))
+        knob = self.doc(
+            "POST", "/v1/messages", {**MESSAGES, "max_tokens": 4096}, **{"X-Fake-Chunks": "5"}
+        )
+        self.assertEqual(knob["usage"]["output_tokens"], 5)
+        streamed = self.send("POST", "/v1/messages", {**MESSAGES, "max_tokens": 1, "stream": True})
+        events = _sse(b"".join(self.stream(streamed)))
+        self.assertEqual(events[-2][1]["delta"]["stop_reason"], "max_tokens")
+        self.assertEqual(events[-2][1]["usage"]["output_tokens"], 1)
+
+    def test_errors(self) -> None:
+        """If the model is unknown, then a 404 comes in Anthropic's error envelope; a missing
+        model, max_tokens or messages, a body that is not JSON or of the wrong types, and an
+        embedding model are 400 invalid_request_errors with Ollama's messages."""
+        response, body = self.call("POST", "/v1/messages", {**MESSAGES, "model": "x"})
+        self.assertEqual(response.code, 404)
+        self.assertEqual(self.header(response, "content-type"), "application/json")
+        self.assertEqual(
+            json.loads(body),
+            {
+                "type": "error",
+                "error": {"type": "not_found_error", "message": "model 'x' not found"},
+            },
+        )
+        streamed, body = self.call(
+            "POST", "/v1/messages", {**MESSAGES, "model": "x", "stream": True}
+        )
+        self.assertEqual(
+            (streamed.code, json.loads(body)["error"]["type"]), (404, "not_found_error")
+        )
+        without = {key: {k: v for k, v in MESSAGES.items() if k != key} for key in MESSAGES}
+        field = "MessagesRequest.max_tokens"
+        cases: list[tuple[object, str]] = [
+            (without["model"], "model is required"),
+            (without["max_tokens"], "max_tokens is required and must be positive"),
+            ({**MESSAGES, "max_tokens": 0}, "max_tokens is required and must be positive"),
+            (without["messages"], "messages is required"),
+            ({**MESSAGES, "messages": []}, "messages is required"),
+            (
+                {**MESSAGES, "max_tokens": "8"},
+                f"json: cannot unmarshal string into Go struct field {field} of type int",
+            ),
+            (
+                {**MESSAGES, "max_tokens": 1.5},
+                f"json: cannot unmarshal number 1.5 into Go struct field {field} of type int",
+            ),
+            ([1], "json: cannot unmarshal array into Go value of type anthropic.MessagesRequest"),
+            ({**MESSAGES, "model": "all-minilm:l6"}, '"all-minilm:l6" does not support chat'),
+        ]
+        for request, message in cases:
+            response, body = self.call("POST", "/v1/messages", request)
+            self.assertEqual(response.code, 400, message)
+            expected = {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": message},
+            }
+            self.assertEqual(json.loads(body), expected)
+        response = self.send("POST", "/v1/messages", data=b"{")
+        self.assertEqual(json.loads(self.read(response))["error"]["message"], "unexpected EOF")
+
+    def test_knobs(self) -> None:
+        """If a status is forced, then it comes in Anthropic's envelope typed by status; a bad
+        knob is an invalid_request_error; drop_after cuts the stream after that many groups."""
+        for status, kind in (
+            (529, "overloaded_error"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+        ):
+            response, body = self.call(
+                "POST", "/v1/messages", MESSAGES, {"X-Fake-Status": str(status)}
+            )
+            self.assertEqual(response.code, status)
+            self.assertEqual(
+                json.loads(body)["error"], {"type": kind, "message": f"fake error {status}"}
+            )
+        self.fake.apply_state({"status": 503})
+        response, body = self.call("POST", "/v1/messages", MESSAGES)
+        self.assertEqual(
+            (response.code, json.loads(body)["error"]["type"]), (503, "overloaded_error")
+        )
+        self.fake.apply_state({"status": None})
+        response, body = self.call("POST", "/v1/messages", MESSAGES, {"X-Fake-Delay-Ms": "soon"})
+        self.assertEqual(json.loads(body)["error"]["type"], "invalid_request_error")
+        response = self.send(
+            "POST", "/v1/messages?chunks=5&delay_ms=10&drop_after=2", {**MESSAGES, "stream": True}
+        )
+        received: list[bytes] = []
+        done = self.http.collect(response, received.append)
+        for _ in range(10):
+            self.advance(0.01)
+        self.failureResultOf(done)
+        names = [name for name, _ in _sse(b"".join(received))]
+        self.assertEqual(names[-2:], ["content_block_delta", "content_block_delta"])
+        self.assertNotIn("message_stop", names)
+        self.assertEqual(self.fake.dropped, 1)
+
+    def test_auth_headers_are_recorded(self) -> None:
+        """If the anthropic SDK's headers arrive (x-api-key with anthropic-version, or a bearer
+        token), then the recorded request has them, and a request without them has none."""
+        self.call(
+            "POST",
+            "/v1/messages",
+            MESSAGES,
+            {"X-Api-Key": "sk-old", "Anthropic-Version": "2023-06-01"},
+        )
+        self.call(
+            "POST",
+            "/v1/messages",
+            MESSAGES,
+            {"Authorization": "Bearer sk-new", "Anthropic-Version": "2026-10-21"},
+        )
+        self.call("POST", "/v1/messages", MESSAGES)
+        old, new, bare = self.fake.requests_to("/v1/messages")
+        self.assertEqual(
+            (old.headers["x-api-key"], old.headers["anthropic-version"]),
+            (["sk-old"], ["2023-06-01"]),
+        )
+        self.assertNotIn("authorization", old.headers)
+        self.assertEqual(new.headers["authorization"], ["Bearer sk-new"])
+        self.assertNotIn("x-api-key", new.headers)
+        for name in ("x-api-key", "authorization", "anthropic-version"):
+            self.assertNotIn(name, bare.headers)
+        self.assertEqual(json.loads(bare.body), MESSAGES)
+
+    def test_tool_use(self) -> None:
+        """If tools are given, then the answer is a tool_use block calling the first tool with
+        its schema's required properties, stop_reason tool_use; tool_choice can name another
+        tool, and tool_choice none gets text."""
+        doc = self.doc("POST", "/v1/messages", {**MESSAGES, "tools": [WEATHER]})
+        (block,) = doc["content"]
+        self.assertRegex(block.pop("id"), r"^toolu_[0-9a-f]{24}$")
+        self.assertEqual(block, {"type": "tool_use", "name": "get_weather", "input": WEATHER_ARGS})
+        self.assertEqual(doc["stop_reason"], "tool_use")
+        other = {"name": "noop", "input_schema": {"type": "object"}}
+        named = self.doc(
+            "POST",
+            "/v1/messages",
+            {
+                **MESSAGES,
+                "tools": [WEATHER, other],
+                "tool_choice": {"type": "tool", "name": "noop"},
+            },
+        )
+        self.assertEqual((named["content"][0]["name"], named["content"][0]["input"]), ("noop", {}))
+        none = self.doc(
+            "POST",
+            "/v1/messages",
+            {**MESSAGES, "tools": [WEATHER], "tool_choice": {"type": "none"}},
+        )
+        self.assertEqual(none["content"][0]["type"], "text")
+        empty = self.doc("POST", "/v1/messages", {**MESSAGES, "tools": []})
+        self.assertEqual(empty["stop_reason"], "end_turn")
+
+    def test_tool_use_streamed(self) -> None:
+        """If tools are given to a stream, then content_block_start opens a tool_use block with
+        an empty input, two or more input_json_delta pieces make up the input, and message_delta
+        says tool_use."""
+        response = self.send(
+            "POST", "/v1/messages", {**MESSAGES, "tools": [WEATHER], "stream": True}
+        )
+        events = _sse(b"".join(self.stream(response)))
+        opened = events[1][1]["content_block"]
+        self.assertEqual(
+            {k: opened[k] for k in ("type", "name", "input")},
+            {"type": "tool_use", "name": "get_weather", "input": {}},
+        )
+        self.assertTrue(opened["id"].startswith("toolu_"))
+        deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
+        self.assertGreaterEqual(len(deltas), 2)
+        self.assertEqual({d["type"] for d in deltas}, {"input_json_delta"})
+        self.assertEqual(json.loads("".join(d["partial_json"] for d in deltas)), WEATHER_ARGS)
+        self.assertEqual(events[-2][1]["delta"]["stop_reason"], "tool_use")
+        self.assertEqual(events[-2][1]["usage"]["output_tokens"], len(deltas))
+        one = self.send(
+            "POST", "/v1/messages?chunks=1", {**MESSAGES, "tools": [WEATHER], "stream": True}
+        )
+        events = _sse(b"".join(self.stream(one)))
+        self.assertEqual(sum(name == "content_block_delta" for name, _ in events), 2)
+
+    def test_tool_result_gets_text(self) -> None:
+        """If the last user message carries a tool_result, then the answer is plain text."""
+        turn = self.doc("POST", "/v1/messages", {**MESSAGES, "tools": [WEATHER]})
+        result = {
+            "type": "tool_result",
+            "tool_use_id": turn["content"][0]["id"],
+            "content": "sunny",
+        }
+        conversation = [
+            *MESSAGES["messages"],
+            {"role": "assistant", "content": turn["content"]},
+            {"role": "user", "content": [result]},
+        ]
+        doc = self.doc(
+            "POST", "/v1/messages", {**MESSAGES, "tools": [WEATHER], "messages": conversation}
+        )
+        self.assertEqual(
+            (doc["content"], doc["stop_reason"]),
+            ([{"type": "text", "text": "A0 A1 A2 "}], "end_turn"),
+        )
+
+    def test_ids_are_deterministic(self) -> None:
+        """If two fakes of the same name get the same requests, then they give the same ids;
+        within one fake every id differs."""
+        other = FakeOllama(self.clock, [FakeModel("m:1")], name="A", version="0.14.0")
+        http: Any = StubTreq(other)
+        mine, theirs = [], []
+        for _ in range(2):
+            mine.append(self.doc("POST", "/v1/messages", MESSAGES)["id"])
+            d = http.post(URL + "/v1/messages", json=MESSAGES)
+            http.flush()
+            response = self.successResultOf(d)
+            d = http.json_content(response)
+            http.flush()
+            theirs.append(self.successResultOf(d)["id"])
+        self.assertEqual(mine, theirs)
+        self.assertNotEqual(mine[0], mine[1])
+
+
+class ToolCallTests(InMemory):
+    """Tool calls on /v1/chat/completions and /api/chat."""
+
+    def test_arguments_from_the_schema(self) -> None:
+        """If a tool's schema has required properties, then the arguments hold exactly those,
+        with a sample per type ("x", 1, true, [], {}, an enum's first value)."""
+        schema = {
+            "type": "object",
+            "properties": {
+                "s": {"type": "string"},
+                "i": {"type": "integer"},
+                "n": {"type": ["number", "null"]},
+                "b": {"type": "boolean"},
+                "a": {"type": "array"},
+                "o": {"type": "object"},
+                "e": {"enum": [3, 4]},
+                "optional": {"type": "string"},
+            },
+            "required": ["s", "i", "n", "b", "a", "o", "e", "untyped"],
+        }
+        self.assertEqual(
+            tool_arguments(schema),
+            {"s": "x", "i": 1, "n": 1, "b": True, "a": [], "o": {}, "e": 3, "untyped": "x"},
+        )
+        self.assertEqual(tool_arguments({"type": "object"}), {})
+        self.assertEqual(tool_arguments(None), {})
+
+    def test_openai_tool_call(self) -> None:
+        """If a chat completion has tools, then the message carries one tool call of the first
+        tool (id call_..., arguments a JSON string), empty content and finish_reason
+        tool_calls."""
+        doc = self.doc("POST", "/v1/chat/completions", {**CHAT, "tools": FUNCTIONS})
+        (choice,) = doc["choices"]
+        self.assertEqual(choice["finish_reason"], "tool_calls")
+        message = choice["message"]
+        self.assertEqual((message["role"], message["content"]), ("assistant", ""))
+        (tool_call,) = message["tool_calls"]
+        self.assertRegex(tool_call["id"], r"^call_[0-9a-f]{8}$")
+        self.assertEqual(tool_call["type"], "function")
+        self.assertEqual(tool_call["function"]["name"], "get_weather")
+        self.assertEqual(json.loads(tool_call["function"]["arguments"]), WEATHER_ARGS)
+        chosen = {"type": "function", "function": {"name": "noop"}}
+        named = self.doc(
+            "POST", "/v1/chat/completions", {**CHAT, "tools": FUNCTIONS, "tool_choice": chosen}
+        )
+        self.assertEqual(
+            named["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "noop"
+        )
+        none = self.doc(
+            "POST", "/v1/chat/completions", {**CHAT, "tools": FUNCTIONS, "tool_choice": "none"}
+        )
+        self.assertEqual(none["choices"][0]["finish_reason"], "stop")
+
+    def test_openai_tool_call_streamed(self) -> None:
+        """If a streamed chat completion has tools, then the first delta has the call's index,
+        id, type and name with empty arguments, the arguments follow in two or more deltas, the
+        last chunk says tool_calls, then the usage chunk and [DONE]."""
+        body = {
+            **CHAT,
+            "tools": FUNCTIONS,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        response = self.send("POST", "/v1/chat/completions", body)
+        self.assertEqual(self.header(response, "content-type"), "text/event-stream")
+        chunks = _chunks(b"".join(self.stream(response)))
+        first = chunks[0]["choices"][0]["delta"]["tool_calls"]
+        self.assertEqual(len(first), 1)
+        self.assertEqual(
+            {k: first[0][k] for k in ("index", "type", "function")},
+            {"index": 0, "type": "function", "function": {"name": "get_weather", "arguments": ""}},
+        )
+        self.assertTrue(first[0]["id"].startswith("call_"))
+        pieces = chunks[1:-2]
+        self.assertGreaterEqual(len(pieces), 2)
+        arguments = ""
+        for piece in pieces:
+            (tool_call,) = piece["choices"][0]["delta"]["tool_calls"]
+            self.assertEqual(tool_call["index"], 0)
+            self.assertNotIn("id", tool_call)
+            self.assertIsNone(piece["choices"][0]["finish_reason"])
+            arguments += tool_call["function"]["arguments"]
+        self.assertEqual(json.loads(arguments), WEATHER_ARGS)
+        self.assertEqual(chunks[-2]["choices"][0]["finish_reason"], "tool_calls")
+        self.assertEqual(
+            (chunks[-1]["choices"], chunks[-1]["usage"]["completion_tokens"]), ([], len(pieces))
+        )
+
+    def test_openai_tool_call_paced(self) -> None:
+        """If a streamed tool call has chunks 100 ms apart, then the opening delta comes at once
+        and each argument piece 100 ms after the one before."""
+        response = self.send(
+            "POST",
+            "/v1/chat/completions?delay_ms=100",
+            {**CHAT, "tools": FUNCTIONS, "stream": True},
+        )
+        received = self.stream(response)
+        for count in (1, 2, 3, 4):
+            self.assertEqual(len(b"".join(received).split(b"\n\n")) - 1, count)
+            self.advance(0.1)
+        self.assertEqual(_events(b"".join(received))[-1], "[DONE]")
+
+    def test_openai_text_after_a_tool_message(self) -> None:
+        """If the last message is a tool's answer, or tools is empty, then the answer is text."""
+        messages = [
+            *CHAT["messages"],
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ]
+        doc = self.doc(
+            "POST", "/v1/chat/completions", {**CHAT, "tools": FUNCTIONS, "messages": messages}
+        )
+        self.assertEqual(
+            doc["choices"][0]["message"], {"role": "assistant", "content": "A0 A1 A2 "}
+        )
+        self.assertEqual(doc["choices"][0]["finish_reason"], "stop")
+        response = self.send(
+            "POST",
+            "/v1/chat/completions",
+            {**CHAT, "tools": FUNCTIONS, "messages": messages, "stream": True},
+        )
+        chunks = _chunks(b"".join(self.stream(response)))
+        self.assertEqual("".join(c["choices"][0]["delta"]["content"] for c in chunks), "A0 A1 A2 ")
+        empty = self.doc("POST", "/v1/chat/completions", {**CHAT, "tools": []})
+        self.assertNotIn("tool_calls", empty["choices"][0]["message"])
+
+    def test_native_tool_call(self) -> None:
+        """If /api/chat has tools, then the message carries Ollama's tool_calls (arguments as an
+        object, no id) with empty content, whole in one line when streamed; after a tool
+        message, or with the SDK's empty tools list, the answer is text."""
+        doc = self.doc("POST", "/api/chat", {**CHAT, "tools": FUNCTIONS, "stream": False})
+        self.assertEqual(
+            doc["message"],
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "get_weather", "arguments": WEATHER_ARGS}}],
+            },
+        )
+        self.assertEqual((doc["done"], doc["done_reason"]), (True, "stop"))
+        lines = _lines(self.stream(self.send("POST", "/api/chat", {**CHAT, "tools": FUNCTIONS})))
+        self.assertEqual([line["done"] for line in lines], [False, True])
+        self.assertEqual(
+            lines[0]["message"]["tool_calls"][0]["function"]["arguments"], WEATHER_ARGS
+        )
+        self.assertNotIn("tool_calls", lines[1]["message"])
+        messages = [
+            *CHAT["messages"],
+            {"role": "assistant", "content": "", "tool_calls": doc["message"]["tool_calls"]},
+            {"role": "tool", "content": "sunny"},
+        ]
+        after = self.doc(
+            "POST", "/api/chat", {**CHAT, "tools": FUNCTIONS, "messages": messages, "stream": False}
+        )
+        self.assertEqual(after["message"], {"role": "assistant", "content": "A0 A1 A2 "})
+        sdk = self.doc("POST", "/api/chat", {**CHAT, "tools": [], "stream": False})
+        self.assertEqual(sdk["message"]["content"], "A0 A1 A2 ")
+
+
 # --------------------------------------------------------------------------- a real process
 
 
@@ -727,3 +1321,54 @@ def test_real_sdks_against_the_process(fake_process: FakeProcess) -> None:
 
     fake_process.stop()
     assert fake_process.returncode == 0
+
+
+@pytest.mark.e2e
+def test_anthropic_and_tools_against_the_process() -> None:
+    """If the fake runs as a process with --version 0.14.0, then /v1/messages answers JSON and
+    SSE over real HTTP, and the real openai and ollama SDKs read its tool calls."""
+    import httpx
+    import ollama
+    from openai import OpenAI
+    from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+
+    with start_fake("--version", "0.14.0", "--name", "P") as process:
+        headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+        body = {**MESSAGES, "model": "llama3.2:latest"}
+        message = httpx.post(f"{process.url}/v1/messages", json=body, headers=headers).json()
+        assert message["content"] == [{"type": "text", "text": "P0 P1 P2 "}]
+        with httpx.stream(
+            "POST", f"{process.url}/v1/messages", json={**body, "stream": True, "tools": [WEATHER]}
+        ) as response:
+            assert response.headers["content-type"] == "text/event-stream"
+            events = _sse(response.read())
+        assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+        (recorded, _) = process.requests("/v1/messages")
+        assert recorded["headers"]["x-api-key"] == ["k"]
+
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "weather?"}]
+        tools: list[ChatCompletionToolParam] = [
+            {
+                "type": "function",
+                "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]},
+            }
+        ]
+        openai = OpenAI(base_url=f"{process.url}/v1", api_key="x")
+        with openai.chat.completions.stream(
+            model="llama3.2:latest", messages=messages, tools=tools
+        ) as stream:
+            final = stream.get_final_completion()
+        (tool_call,) = final.choices[0].message.tool_calls or []
+        assert tool_call.type == "function"
+        assert json.loads(tool_call.function.arguments) == WEATHER_ARGS
+        assert final.choices[0].finish_reason == "tool_calls"
+
+        client = ollama.Client(host=process.url)
+        reply = client.chat(
+            model="llama3.2:latest", messages=[{"role": "user", "content": "w"}], tools=tools
+        )
+        (native,) = reply.message.tool_calls or []
+        assert (native.function.name, dict(native.function.arguments)) == (
+            "get_weather",
+            WEATHER_ARGS,
+        )

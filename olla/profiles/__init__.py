@@ -22,6 +22,10 @@ from olla.interfaces import IProfile
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 
+#: What ``type: auto`` tries, in this order (§6.1): the platforms whose model list says who they
+#: are come first, and the generic OpenAI shape, which every one of them also speaks, last.
+DETECTION_ORDER = ("ollama", "llamacpp", "lm-studio", "vllm", "omlx", "openai-compatible")
+
 
 class ProfileError(ConfigError):
     """A profile file is broken; the message names the file and the key."""
@@ -135,6 +139,10 @@ class ProfileRegistry:
         if profile.name == "openai-compatible":
             return frozenset(p.name for p in self if p.openai_compatible)
         return frozenset({profile.name})
+
+    def detection_candidates(self) -> tuple[Profile, ...]:
+        """The loaded profiles ``type: auto`` may turn out to be, in the order they are tried."""
+        return tuple(p for name in DETECTION_ORDER if (p := self.get(name)) is not None)
 
     def types_for_path(self, path: str) -> frozenset[str] | None:
         """Endpoint types whose profile serves ``path`` (None: no profile claims it)."""

@@ -17,6 +17,7 @@ from twisted.web.server import Request
 class Dialect(enum.Enum):
     OLLAMA = "ollama"
     OPENAI = "openai"
+    ANTHROPIC = "anthropic"
 
     @classmethod
     def for_path(cls, path: bytes) -> Dialect:
@@ -36,10 +37,38 @@ def _openai_type(status: int) -> str:
     return "api_error"
 
 
-def error_body(dialect: Dialect, status: int, message: str, code: str | None = None) -> bytes:
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error")
+
+
+def error_body(
+    dialect: Dialect,
+    status: int,
+    message: str,
+    code: str | None = None,
+    request_id: str | None = None,
+) -> bytes:
     """The JSON error body for ``status`` in ``dialect``."""
-    if dialect is Dialect.OPENAI:
+    if dialect is Dialect.ANTHROPIC:
         payload: dict[str, object] = {
+            "type": "error",
+            "error": {"type": anthropic_error_type(status), "message": message},
+            "request_id": request_id,
+        }
+    elif dialect is Dialect.OPENAI:
+        payload = {
             "error": {
                 "message": message,
                 "type": _openai_type(status),
@@ -61,7 +90,10 @@ def write_error(
     code: str | None = None,
 ) -> None:
     """Answer ``request`` with a JSON error and finish it."""
-    body = error_body(dialect, status, message, code)
+    rid = getattr(request, "request_id", None)
+    body = error_body(dialect, status, message, code, rid if isinstance(rid, str) else None)
+    if dialect is Dialect.ANTHROPIC and isinstance(rid, str):
+        request.setHeader(b"request-id", rid.encode())
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
     request.setHeader(b"Content-Length", b"%d" % len(body))

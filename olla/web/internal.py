@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from werkzeug.exceptions import NotFound
 
 import twisted
 from olla import __version__
+from olla.anthropic.stats import TranslatorStats, translators_payload
 from olla.config import OllaConfig
 from olla.endpoints import EndpointRegistry
 from olla.listings import status_models
@@ -133,6 +134,7 @@ class InternalApp:
         active_connections: Callable[[], int] = lambda: 0,
         proc_self: Path | None = Path("/proc/self"),
         catalogue: ModelCatalogue | None = None,
+        translators: Sequence[TranslatorStats] = (),
     ) -> None:
         """Bind the routes to the live state.
 
@@ -150,6 +152,7 @@ class InternalApp:
         self._active_connections = active_connections
         self._proc_self = proc_self
         self._catalogue = catalogue or ModelCatalogue()
+        self._translators = list(translators)
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -177,6 +180,10 @@ class InternalApp:
             self._catalogue, self._registry.routable(), self._clock.seconds()
         )
         return conditional_json(request, payload, stable)
+
+    @app.route("/internal/stats/translators", branch=False)
+    def stats_translators(self, request: Request) -> bytes:
+        return json_response(request, translators_payload(self._translators))
 
     @app.route("/internal/process", branch=False)
     def process(self, request: Request) -> bytes:

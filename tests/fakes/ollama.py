@@ -3,15 +3,15 @@ with knobs for the failures a proxy must survive.
 
 Use it in memory (``FakeOllama(clock)`` is the root resource; every delay is on ``clock``) or as
 a process: ``python -m tests.fakes.ollama --port 0 [--models a,b] [--loaded a] [--name A]
-[--openai-only] [--require-token T]`` binds 127.0.0.1, prints ``LISTENING <port>`` and stops on
-SIGTERM/SIGINT.
+[--version V] [--openai-only] [--require-token T]`` binds 127.0.0.1, prints ``LISTENING <port>``
+and stops on SIGTERM/SIGINT.
 
 Knobs per request, first match wins: headers ``X-Fake-Chunks``, ``X-Fake-Delay-Ms``,
 ``X-Fake-Ttft-Ms``, ``X-Fake-Status``, ``X-Fake-Hang``, ``X-Fake-Drop-After``,
 ``X-Fake-Malformed``; the same as query parameters (``chunks``, ``delay_ms``, ``ttft_ms``,
 ``status``, ``hang``, ``drop_after``, ``malformed``); the chunk count also from the body
-(``options.num_predict``, ``max_tokens``, ``max_completion_tokens``); then the server-wide
-defaults in ``FakeOllama.state``.
+(``options.num_predict``, ``max_tokens``, ``max_completion_tokens``; not on ``/v1/messages``);
+then the server-wide defaults in ``FakeOllama.state``.
 
 - chunks/delay/ttft: a stream writes ``chunks`` content pieces and then the final piece; piece
   ``i`` is written at ``ttft + i * delay`` after the request arrived (absolute, no drift). A
@@ -24,13 +24,34 @@ defaults in ``FakeOllama.state``.
 - malformed: 200 with a body that is not JSON.
 
 Server-wide: ``state.health`` (``ok``/``fail``/``hang``) for the health routes, the model list and
-the loaded set, default chunks/delay/ttft, a forced status. Over HTTP: ``GET /_fake/requests``,
-``POST /_fake/reset``, ``GET|POST /_fake/state`` (``/_fake/*`` calls are not recorded).
+the loaded set, default chunks/delay/ttft, a forced status, the version. Over HTTP:
+``GET /_fake/requests``, ``POST /_fake/reset``, ``GET|POST /_fake/state`` (``/_fake/*`` calls are
+not recorded).
+
+Newer Ollama, by version (``FakeOllama(clock, version="0.14.0")``, ``--version 0.14.0`` or the
+state key ``version``): from 0.14.0 on, ``POST /v1/messages`` speaks the Anthropic Messages API
+(JSON, or SSE ``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``...,
+``content_block_stop``, ``message_delta``, ``message_stop``; errors in Anthropic's envelope).
+Its chunk count is the knob or the server default, cut at ``max_tokens`` (then ``stop_reason`` is
+``max_tokens``, otherwise ``end_turn``). ``/v1/messages/count_tokens`` stays gin's 404, as in the
+real server; below 0.14.0 so does ``/v1/messages``.
+
+Tool calls: a request with non-empty ``tools`` (and ``tool_choice`` not none) is answered with a
+call of its first tool (or the one ``tool_choice`` names) whose arguments hold the tool schema's
+required properties (strings ``"x"``, numbers 1, booleans true, an enum's first value), unless
+the conversation already carries a tool's answer: a last ``tool`` message on
+``/v1/chat/completions`` and ``/api/chat``, a ``tool_result`` block in the last user message on
+``/v1/messages``. Streamed, the arguments come in ``max(2, chunks)`` pieces on ``/v1/*``, and in
+one line on ``/api/chat``.
 
 Deliberate differences from the real server, for the tests' sake: a chat with no messages streams
 (the real one answers ``done_reason: "load"``), loaded models never expire, ``/v1/embeddings``
 honours ``encoding_format: base64`` (as newer Ollama and OpenAI do), and
-``/api/show`` lists ``capabilities`` (as newer Ollama does).
+``/api/show`` lists ``capabilities`` (as newer Ollama does). On ``/v1/messages`` the fake sends
+what Anthropic's own API does where Ollama trims it: ``stop_sequence: null``, ``stop_reason: null``
+in ``message_start``, a ``ping`` event, and tool arguments in several ``input_json_delta`` pieces;
+its errors carry no ``request_id``. On ``/v1/chat/completions`` tool arguments stream in pieces
+(Ollama sends them whole).
 """
 
 from __future__ import annotations
@@ -40,6 +61,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import struct
 import sys
 from collections.abc import Callable
@@ -63,6 +85,10 @@ EPSILON = 1e-6
 HEALTH_PATHS = frozenset({"/", "/api/version", "/health"})
 HEALTH_MODES = ("ok", "fail", "hang")
 DEFAULT_MODELS = ("llama3.2:latest", "nomic-embed-text:latest")
+DEFAULT_VERSION = "0.5.4"
+#: the first Ollama release that serves the Anthropic Messages API
+ANTHROPIC_MIN_VERSION = (0, 14, 0)
+MESSAGES_PATH = "/v1/messages"
 MODIFIED_AT = datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC).timestamp()
 
 JSON_UTF8 = b"application/json; charset=utf-8"  # gin's c.JSON
@@ -238,6 +264,100 @@ def _tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """``"0.14.1-rc0"`` as ``(0, 14, 1)``; missing parts are 0, and so is a version that does not
+    start with a number (a leading ``v`` is allowed)."""
+    found = re.match(r"\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    if found is None:
+        return (0, 0, 0)
+    major, minor, patch = (int(part or 0) for part in found.groups())
+    return (major, minor, patch)
+
+
+def _hex_id(*parts: object) -> str:
+    """24 stable hex digits (the length of Ollama's random message ids) from ``parts``."""
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+def _split(text: str, parts: int) -> list[str]:
+    """``text`` in ``parts`` pieces of near-equal length (fewer when it is shorter)."""
+    parts = max(1, min(parts, len(text)))
+    return [text[len(text) * i // parts : len(text) * (i + 1) // parts] for i in range(parts)]
+
+
+def _sample(spec: object) -> Any:
+    """A value that fits the JSON schema ``spec``: its enum's first value, or one per type."""
+    if not isinstance(spec, dict):
+        return "x"
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = spec.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    samples: dict[str, Any] = {"integer": 1, "number": 1, "boolean": True, "null": None}
+    if kind == "array":
+        return []
+    if kind == "object":
+        return {}
+    return samples.get(str(kind), "x")
+
+
+def tool_arguments(schema: object) -> dict[str, Any]:
+    """The arguments the fake calls a tool with: each required property of its JSON schema."""
+    if not isinstance(schema, dict):
+        return {}
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required")
+    names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else []
+    return {name: _sample(properties.get(name)) for name in names}
+
+
+def _pick_tool(tools: object, wanted: object) -> dict[str, Any] | None:
+    """The tool to call: the one named ``wanted`` if there is one, else the first."""
+    if not isinstance(tools, list):
+        return None
+    candidates = [t for t in tools if isinstance(t, dict)]
+    for tool in candidates:
+        function = tool.get("function")
+        name = function.get("name") if isinstance(function, dict) else tool.get("name")
+        if wanted and name == wanted:
+            return tool
+    return candidates[0] if candidates else None
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error envelope, typed by status as Ollama's ``anthropic.NewError`` does."""
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        529: "overloaded_error",
+    }
+    error = {"type": kinds.get(status, "api_error"), "message": message}
+    return {"type": "error", "error": error}
+
+
+def _anthropic_text(content: object) -> str:
+    """The text of an Anthropic ``content`` (a string or blocks, tool results included)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts = []
+    for block in content:
+        if isinstance(block, dict):
+            if isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif block.get("type") == "tool_result":
+                texts.append(_anthropic_text(block.get("content")))
+    return " ".join(texts)
+
+
 _GO_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "bool"}
 
 
@@ -260,6 +380,27 @@ def parse_go_json(raw: bytes, go_type: str) -> tuple[dict[str, Any] | None, str 
         kind = _GO_TYPES.get(type(document), "value")
         return None, f"json: cannot unmarshal {kind} into Go value of type {go_type}"
     return document, None
+
+
+def _field_type_error(
+    document: dict[str, Any], struct_name: str, fields: tuple[tuple[str, type, str], ...]
+) -> str | None:
+    """Go's decoder error for the first field of the wrong JSON type (null is fine)."""
+    for key, wanted, go_type in fields:
+        value = document.get(key)
+        if value is None:
+            continue
+        if isinstance(value, wanted) and not (wanted is int and isinstance(value, bool)):
+            continue
+        if wanted is int and isinstance(value, float):
+            kind = f"number {json.dumps(value)}"
+        else:
+            kind = {dict: "object"}.get(type(value)) or _GO_TYPES.get(type(value), "value")
+        return (
+            f"json: cannot unmarshal {kind} into Go struct field "
+            f"{struct_name}.{key} of type {go_type}"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- per request
@@ -340,6 +481,10 @@ class _Call:
     def openai(self) -> bool:
         return self.path.startswith("/v1/")
 
+    @property
+    def anthropic(self) -> bool:
+        return self.path == MESSAGES_PATH
+
 
 Handler = Callable[[_Call], bytes | int]
 
@@ -365,7 +510,7 @@ class FakeOllama(Resource):
         models: list[FakeModel] | None = None,
         *,
         name: str = "fake",
-        version: str = "0.5.4",
+        version: str = DEFAULT_VERSION,
         openai_only: bool = False,
     ) -> None:
         super().__init__()
@@ -384,11 +529,17 @@ class FakeOllama(Resource):
         self.cancelled = 0  # requests whose client went away before the answer was complete
         self.dropped = 0  # connections the fake cut itself (drop_after)
         self._loaded_at: dict[str, float] = {}
+        self._sequence = 0  # numbers the generated message and tool call ids
         self._routes = self._build_routes()
 
     @property
     def resource(self) -> FakeOllama:
         return self
+
+    @property
+    def speaks_anthropic(self) -> bool:
+        """Whether ``/v1/messages`` is served: Ollama 0.14.0 and later."""
+        return version_tuple(self.version) >= ANTHROPIC_MIN_VERSION
 
     # ------------------------------------------------------------------ python API
 
@@ -430,6 +581,7 @@ class FakeOllama(Resource):
             "default_delay_ms",
             "default_ttft_ms",
             "status",
+            "version",
         }
         unknown = set(update) - known
         if unknown:
@@ -462,6 +614,10 @@ class FakeOllama(Resource):
         if "status" in update:
             status = update["status"]
             self.state.status = None if status is None else int(status)
+        if "version" in update:
+            if not isinstance(update["version"], str):
+                raise ValueError("version must be a string")
+            self.version = update["version"]
 
     def describe_state(self) -> dict[str, Any]:
         return {
@@ -472,6 +628,7 @@ class FakeOllama(Resource):
             "default_delay_ms": self.state.default_delay_ms,
             "default_ttft_ms": self.state.default_ttft_ms,
             "status": self.state.status,
+            "version": self.version,
             "connections": self.connections,
             "in_flight": self.in_flight,
             "cancelled": self.cancelled,
@@ -513,6 +670,8 @@ class FakeOllama(Resource):
         route = self._routes.get(path)
         if route is None and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
             route = _Route(GET, self._v1_model)
+        if route is None and path == MESSAGES_PATH and self.speaks_anthropic:
+            route = _Route(POST, self._messages, "anthropic.MessagesRequest")
         if route is None or method not in route.methods:
             return None  # gin answers a wrong method with its plain 404 too
         return route
@@ -536,7 +695,7 @@ class FakeOllama(Resource):
             request.setHeader(b"content-type", TEXT_PLAIN)
             return b"404 page not found"
         try:
-            knobs = self._knobs(request, raw)
+            knobs = self._knobs(request, raw, path)
         except KnobError as e:
             return self._plain_error(request, 400, path, str(e))
         if knobs.hang:
@@ -605,7 +764,7 @@ class FakeOllama(Resource):
         )
         return raw
 
-    def _knobs(self, request: Request, raw: bytes) -> Knobs:
+    def _knobs(self, request: Request, raw: bytes, path: str) -> Knobs:
         query = parse_qs(request.uri.decode("latin-1").partition("?")[2])
 
         def knob(name: str, header: str) -> str | None:
@@ -631,7 +790,7 @@ class FakeOllama(Resource):
             return (knob(name, header) or "").lower() in ("1", "true", "yes", "on")
 
         chunks = number("chunks", "x-fake-chunks")
-        if chunks is None:
+        if chunks is None and path != MESSAGES_PATH:  # there max_tokens is a cap, see _messages
             chunks = self._body_chunks(raw)
         delay = number("delay_ms", "x-fake-delay-ms")
         ttft = number("ttft_ms", "x-fake-ttft-ms")
@@ -714,6 +873,8 @@ class FakeOllama(Resource):
         every handler error (type ``api_error`` whatever the status)."""
         if call.path == "/":
             return self._send(call, status, TEXT_UTF8, message.encode(), latency)
+        if call.anthropic:  # the middleware re-wraps every handler error
+            return self._json(call, anthropic_error(status, message), status, latency)
         if call.openai:
             error = {"message": message, "type": "api_error", "param": None, "code": None}
             return self._json(call, {"error": error}, status, latency)
@@ -721,8 +882,10 @@ class FakeOllama(Resource):
 
     def _bad_body(self, call: _Call, error: str) -> bytes | int:
         """A body that does not decode: gin's ``AbortWithStatusJSON(400, ...)``."""
-        if call.openai:
-            payload: dict[str, Any] = {
+        if call.anthropic:
+            payload: dict[str, Any] = anthropic_error(400, error)
+        elif call.openai:
+            payload = {
                 "error": {
                     "message": error,
                     "type": "invalid_request_error",
@@ -737,6 +900,8 @@ class FakeOllama(Resource):
     def _plain_error(self, request: Request, status: int, path: str, message: str) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", JSON_UTF8)
+        if path == MESSAGES_PATH:
+            return go_json(anthropic_error(status, message))
         if path.startswith("/v1/"):
             error = {"message": message, "type": "invalid_request_error", "param": None}
             return go_json({"error": {**error, "code": None}})
@@ -882,6 +1047,50 @@ class FakeOllama(Resource):
     def _generation_latency(self, call: _Call) -> float:
         return call.knobs.ttft + call.knobs.chunks * call.knobs.delay
 
+    def _next_id(self, prefix: str, digits: int = 24) -> str:
+        """A new id, stable for a given fake name and request order (no randomness)."""
+        self._sequence += 1
+        return prefix + _hex_id(self.name, prefix, self._sequence)[:digits]
+
+    @staticmethod
+    def _function_tool(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The tool call to answer an OpenAI or Ollama chat with (name, arguments), if any: not
+        when the last message is a tool's answer, nor with ``tool_choice: "none"``."""
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "tool":
+            return None
+        choice = body.get("tool_choice")
+        if choice == "none":
+            return None
+        function = choice.get("function") if isinstance(choice, dict) else None
+        wanted = function.get("name") if isinstance(function, dict) else None
+        tool = _pick_tool(body.get("tools"), wanted)
+        function = tool.get("function") if tool is not None else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return None
+        return function["name"], tool_arguments(function.get("parameters"))
+
+    @staticmethod
+    def _anthropic_tool(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The tool_use to answer a Messages request with (name, input), if any: not when the
+        last user message carries a ``tool_result``, nor with ``tool_choice`` type none."""
+        messages = body.get("messages") or []
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        content = users[-1].get("content") if users else None
+        if isinstance(content, list) and any(
+            isinstance(block, dict) and block.get("type") == "tool_result" for block in content
+        ):
+            return None
+        choice = body.get("tool_choice")
+        choice = choice if isinstance(choice, dict) else {}
+        if choice.get("type") == "none":
+            return None
+        tool = _pick_tool(body.get("tools"), choice.get("name") if choice.get("type") else None)
+        if tool is None or not isinstance(tool.get("name"), str):
+            return None
+        return tool["name"], tool_arguments(tool.get("input_schema"))
+
     @staticmethod
     def _keep_alive_zero(body: dict[str, Any]) -> bool:
         value = body.get("keep_alive")
@@ -909,26 +1118,37 @@ class FakeOllama(Resource):
         self.load(model.name)
         text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         prompt_tokens = _tokens(text) + 10
-        pieces = self._pieces(call.knobs.chunks)
+        tool = self._function_tool(body)
+        tool_calls: list[dict[str, Any]] = []
+        if tool is not None:  # Ollama's own form: arguments as an object, no id
+            call.knobs.chunks = 1
+            tool_calls = [{"function": {"name": tool[0], "arguments": tool[1]}}]
+        pieces = self._pieces(call.knobs.chunks) if tool is None else []
+        eval_count = len(pieces) if tool is None else 1
 
-        def line(content: str, done: bool) -> dict[str, Any]:
+        def line(content: str, done: bool, calls: list[dict[str, Any]]) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = calls
             out: dict[str, Any] = {
                 "model": name,
                 "created_at": rfc3339(self.clock.seconds()),
-                "message": {"role": "assistant", "content": content},
+                "message": message,
             }
             if done:
                 out["done_reason"] = "stop"
             out["done"] = done
             if done:
-                out.update(self._durations(call, prompt_tokens, len(pieces)))
+                out.update(self._durations(call, prompt_tokens, eval_count))
             return out
 
         if body.get("stream") is False:
             latency = self._generation_latency(call)
-            return self._json(call, line("".join(pieces), True), latency=latency)
-        groups = [[go_json(line(p, False)) + b"\n"] for p in pieces]
-        groups.append([go_json(line("", True)) + b"\n"])
+            return self._json(call, line("".join(pieces), True, tool_calls), latency=latency)
+        groups = [[go_json(line(p, False, [])) + b"\n"] for p in pieces]
+        if tool_calls:
+            groups.append([go_json(line("", False, tool_calls)) + b"\n"])
+        groups.append([go_json(line("", True, [])) + b"\n"])
         return self._stream(call, NDJSON, groups)
 
     def _generate(self, call: _Call) -> bytes | int:
@@ -1067,9 +1287,12 @@ class FakeOllama(Resource):
         self.load(model.name)
         text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         prompt_tokens = _tokens(text) + 10
+        ident = f"chatcmpl-{int(hashlib.sha256(text.encode()).hexdigest(), 16) % 999}"
+        tool = self._function_tool(body)
+        if tool is not None:
+            return self._v1_chat_tool(call, ident, prompt_tokens, *tool)
         pieces = self._pieces(call.knobs.chunks)
         usage = self._usage(prompt_tokens, len(pieces))
-        ident = f"chatcmpl-{int(hashlib.sha256(text.encode()).hexdigest(), 16) % 999}"
         if not body.get("stream"):
             completion = {
                 "id": ident,
@@ -1089,16 +1312,7 @@ class FakeOllama(Resource):
             return self._json(call, completion, latency=self._generation_latency(call))
 
         def chunk(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
-            payload = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": int(self.clock.seconds()),
-                "model": name,
-                "system_fingerprint": "fp_ollama",
-                "choices": choices,
-                **(extra or {}),
-            }
-            return b"data: " + go_json(payload) + b"\n\n"
+            return self._v1_chat_chunk(ident, str(name), choices, extra)
 
         def choice(content: str, finish: str | None) -> dict[str, Any]:
             delta = {"role": "assistant", "content": content}
@@ -1109,6 +1323,78 @@ class FakeOllama(Resource):
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             final.append(chunk([], {"usage": usage}))
+        final.append(b"data: [DONE]\n\n")
+        groups.append(final)
+        return self._stream(call, SSE, groups)
+
+    def _v1_chat_chunk(
+        self,
+        ident: str,
+        name: str,
+        choices: list[dict[str, Any]],
+        extra: dict[str, Any] | None = None,
+    ) -> bytes:
+        payload = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": int(self.clock.seconds()),
+            "model": name,
+            "system_fingerprint": "fp_ollama",
+            "choices": choices,
+            **(extra or {}),
+        }
+        return b"data: " + go_json(payload) + b"\n\n"
+
+    def _v1_chat_tool(
+        self,
+        call: _Call,
+        ident: str,
+        prompt_tokens: int,
+        tool_name: str,
+        arguments: dict[str, Any],
+    ) -> bytes | int:
+        """A chat completion that calls ``tool_name``; streamed, the call's id, type and name
+        come first, then its arguments in ``max(2, chunks)`` pieces, as OpenAI streams them."""
+        body = call.body
+        name = str(body.get("model"))
+        text = go_json(arguments).decode()
+        pieces = _split(text, max(2, call.knobs.chunks))
+        usage = self._usage(prompt_tokens, len(pieces))
+        call_id = self._next_id("call_", 8)
+        call.knobs.chunks = len(pieces) + 1  # as long as the stream takes
+        if not body.get("stream"):
+            function = {"name": tool_name, "arguments": text}
+            tool_call = {"id": call_id, "type": "function", "function": function}
+            message = {"role": "assistant", "content": "", "tool_calls": [tool_call]}
+            completion = {
+                "id": ident,
+                "object": "chat.completion",
+                "created": int(self.clock.seconds()),
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                "usage": usage,
+            }
+            return self._json(call, completion, latency=self._generation_latency(call))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            return self._v1_chat_chunk(ident, name, choices)
+
+        opening = {
+            "index": 0,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": tool_name, "arguments": ""},
+        }
+        groups = [[chunk({"role": "assistant", "content": "", "tool_calls": [opening]})]]
+        for piece in pieces:
+            argument = {"index": 0, "function": {"arguments": piece}}
+            groups.append([chunk({"tool_calls": [argument]})])
+        final = [chunk({"role": "assistant", "content": ""}, "tool_calls")]
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            final.append(self._v1_chat_chunk(ident, name, [], {"usage": usage}))
         final.append(b"data: [DONE]\n\n")
         groups.append(final)
         return self._stream(call, SSE, groups)
@@ -1209,6 +1495,116 @@ class FakeOllama(Resource):
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return self._json(call, payload, latency=call.knobs.ttft)
+
+    # ------------------------------------------------------------------ Anthropic (>= 0.14.0)
+
+    def _messages(self, call: _Call) -> bytes | int:
+        """``POST /v1/messages`` as Ollama's Anthropic middleware answers it."""
+        body = call.body
+        error = _field_type_error(
+            body,
+            "MessagesRequest",
+            (
+                ("model", str, "string"),
+                ("max_tokens", int, "int"),
+                ("messages", list, "[]anthropic.MessageParam"),
+                ("stream", bool, "bool"),
+            ),
+        )
+        if error is not None:
+            return self._bad_body(call, error)
+        name = body.get("model")
+        if not name:
+            return self._bad_body(call, "model is required")
+        max_tokens = body.get("max_tokens") or 0
+        if max_tokens <= 0:
+            return self._bad_body(call, "max_tokens is required and must be positive")
+        messages = body.get("messages") or []
+        if not messages:
+            return self._bad_body(call, "messages is required")
+        model = self.model(name)
+        if model is None:
+            return self._fail(call, 404, f"model '{name}' not found")
+        if model.embedding:
+            return self._fail(call, 400, f'"{name}" does not support chat')
+        self.load(model.name)
+        texts = [_anthropic_text(body.get("system"))]
+        texts += [_anthropic_text(m.get("content")) for m in messages if isinstance(m, dict)]
+        input_tokens = _tokens(" ".join(texts)) + 10
+        ident = self._next_id("msg_")
+        knobs = call.knobs
+        tool = self._anthropic_tool(body)
+        if tool is None:
+            wanted = knobs.chunks
+            knobs.chunks = min(wanted, max_tokens)
+            pieces = self._pieces(knobs.chunks)
+            stop_reason = "max_tokens" if wanted > max_tokens else "end_turn"
+            block: dict[str, Any] = {"type": "text", "text": "".join(pieces)}
+            opening_block: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in pieces]
+        else:
+            tool_name, arguments = tool
+            pieces = _split(go_json(arguments).decode(), max(2, knobs.chunks))
+            knobs.chunks = len(pieces)
+            stop_reason = "tool_use"
+            tool_id = self._next_id("toolu_")
+            block = {"type": "tool_use", "id": tool_id, "name": tool_name, "input": arguments}
+            opening_block = {**block, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+        usage = {"input_tokens": input_tokens, "output_tokens": len(pieces)}
+        message: dict[str, Any] = {
+            "id": ident,
+            "type": "message",
+            "role": "assistant",
+            "model": name,
+            "content": [block],
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return self._json(call, message, latency=self._generation_latency(call))
+
+        def event(kind: str, payload: dict[str, Any]) -> bytes:
+            return b"event: " + kind.encode() + b"\ndata: " + go_json(payload) + b"\n\n"
+
+        started = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 0},
+        }
+        opening = [
+            event("message_start", {"type": "message_start", "message": started}),
+            event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": opening_block},
+            ),
+            event("ping", {"type": "ping"}),
+        ]
+        groups = [
+            [event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})]
+            for d in deltas
+        ]
+        closing = [
+            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": usage,
+                },
+            ),
+            event("message_stop", {"type": "message_stop"}),
+        ]
+        if groups:
+            groups[0] = opening + groups[0]
+        else:
+            closing = opening + closing
+        groups.append(closing)
+        call.request.setHeader(b"cache-control", b"no-cache")
+        return self._stream(call, SSE, groups)
 
     def _lmstudio_models(self, call: _Call) -> bytes | int:
         """LM Studio's ``/api/v0/models``: OpenAI ids plus type, arch and load state."""
@@ -1355,7 +1751,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
     parser.add_argument("--loaded", default="", help="comma-separated models loaded at start")
     parser.add_argument("--name", default="fake", help="prefix of the generated text")
-    parser.add_argument("--version", default="0.5.4", help="what /api/version says")
+    parser.add_argument(
+        "--version",
+        default=DEFAULT_VERSION,
+        help="what /api/version says; from 0.14.0 on, /v1/messages is served",
+    )
     parser.add_argument("--openai-only", action="store_true", help="only /v1/* and /health")
     parser.add_argument("--require-token", default=None, help="401 unless 'Bearer <token>'")
     parser.add_argument("--chunks", type=int, default=None, help="default chunk count")

@@ -4,6 +4,9 @@ with start_fake("--models", "llama3.2:latest", "--name", "A") as fake:
     httpx.get(f"{fake.url}/api/tags")
     fake.set_state(health="fail")
     fake.requests()
+
+``start_fake("--version", "0.14.0")`` is an Ollama that also serves the Anthropic Messages API
+(``POST /v1/messages``); ``fake.set_state(version=...)`` switches it at run time.
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ class FakeProcess:
 
     def set_state(self, **update: Any) -> dict[str, Any]:
         """``health``, ``models``, ``loaded``, ``default_chunks``, ``default_delay_ms``,
-        ``default_ttft_ms``, ``status``; answers the whole new state."""
+        ``default_ttft_ms``, ``status``, ``version`` (from "0.14.0" on, /v1/messages is served);
+        answers the whole new state."""
         result: dict[str, Any] = self._call("/_fake/state", update)
         return result
 

@@ -1,0 +1,1 @@
+"""The Anthropic Messages API: passthrough where a backend speaks it, translation elsewhere."""

@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_anthropic_translate -*-
+"""Which endpoints may take an Anthropic request as it is (§8.2): pure decisions, no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from olla.anthropic.request import uses_images, uses_thinking, uses_tools
+from olla.endpoints import Endpoint
+from olla.profiles import Profile, ProfileRegistry
+
+_VERSION = re.compile(r"v?(\d+(?:\.\d+)*)")
+
+#: profile limitation -> the request feature it rules out
+_LIMITS: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
+    "no_tool_use": uses_tools,
+    "no_extended_thinking": uses_thinking,
+    "no_vision": uses_images,
+}
+
+
+def version_tuple(text: str | None) -> tuple[int, ...] | None:
+    """``"0.5.4-ipexllm-20250407"`` -> ``(0, 5, 4)``; None when there is no leading version."""
+    match = _VERSION.match(text.strip()) if text else None
+    return tuple(int(part) for part in match.group(1).split(".")) if match else None
+
+
+def version_at_least(have: str | None, need: str | None) -> bool:
+    """Whether ``have`` is ``need`` or later; an unknown ``have`` is not (translation is safe)."""
+    wanted = version_tuple(need)
+    if wanted is None:
+        return True
+    got = version_tuple(have)
+    if got is None:
+        return False
+    width = max(len(got), len(wanted))
+    return got + (0,) * (width - len(got)) >= wanted + (0,) * (width - len(wanted))
+
+
+#: the platforms whose version olla reads (Ollama's ``/api/version``, by discovery); for the
+#: others a profile's ``min_version`` cannot be checked and the profile is trusted
+VERSIONED_TYPES = frozenset({"ollama"})
+
+
+def speaks_anthropic(profile: Profile | None, version: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether an endpoint of ``profile`` at ``version`` can answer ``body`` natively."""
+    if profile is None or not profile.anthropic.enabled:
+        return False
+    checked = profile.name in VERSIONED_TYPES
+    if checked and not version_at_least(version, profile.anthropic.min_version):
+        return False
+    return not any(
+        _LIMITS[limit](body) for limit in profile.anthropic.limitations if limit in _LIMITS
+    )
+
+
+def passthrough_endpoints(
+    candidates: Sequence[Endpoint],
+    profiles: ProfileRegistry,
+    versions: Callable[[Endpoint], str | None],
+    body: Mapping[str, Any],
+) -> tuple[list[Endpoint], str]:
+    """The candidates that take ``body`` natively, all on one messages path, and that path.
+
+    When candidates disagree on the path, the largest group wins (ties: the first seen).
+    """
+    able = [ep for ep in candidates if speaks_anthropic(profiles.get(ep.type), versions(ep), body)]
+    if not able:
+        return [], ""
+    paths = {ep: _messages_path(profiles.get(ep.type)) for ep in able}
+    path = Counter(paths[ep] for ep in able).most_common(1)[0][0]
+    return [ep for ep in able if paths[ep] == path], path
+
+
+def _messages_path(profile: Profile | None) -> str:
+    return profile.anthropic.messages_path if profile else "/v1/messages"
+
+
+def chat_completions_path(profile: Profile | None) -> str:
+    """Where an endpoint of ``profile`` takes OpenAI chat completions."""
+    for path in profile.paths if profile else ():
+        if path.endswith("/chat/completions"):
+            return path
+    return "/v1/chat/completions"

@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.test_anthropic -*-
+"""``/olla/anthropic/v1/{messages,messages/count_tokens,models}``: the Messages API front door.
+
+Each request is validated here, then handed to a passthrough or a translated exchange
+(``olla.anthropic.exchange``) which routes it like every other proxied request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from olla.anthropic.exchange import PassthroughExchange, TranslatedExchange
+from olla.anthropic.passthrough import chat_completions_path, passthrough_endpoints
+from olla.anthropic.request import InvalidRequest, estimate_input_tokens, to_openai, validate
+from olla.anthropic.stats import Fallback, TranslatorStats
+from olla.config import AnthropicTranslatorConfig
+from olla.endpoints import Endpoint
+from olla.profiles import ProfileRegistry
+from olla.proxy.exchange import ProviderRoute, ProxyDeps, request_size
+from olla.web.errors import Dialect, write_error
+
+MESSAGES = b"/v1/messages"
+COUNT_TOKENS = b"/v1/messages/count_tokens"
+MODELS = b"/v1/models"
+
+
+class AnthropicResource(Resource):
+    """Serves ``/olla/anthropic/...`` (registered only when the translator is enabled)."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(
+        self,
+        deps: ProxyDeps,
+        profiles: ProfileRegistry,
+        config: AnthropicTranslatorConfig,
+        stats: TranslatorStats,
+    ) -> None:
+        super().__init__()
+        self._deps = deps
+        self._profiles = profiles
+        self._config = config
+        self._stats = stats
+        self._route = ProviderRoute(
+            prefix="anthropic", types=frozenset(p.name for p in profiles), label="anthropic"
+        )
+        self._started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deps.clock.seconds()))
+
+    def render(self, request: Request) -> int | bytes:
+        assert request.postpath is not None
+        path = b"/" + b"/".join(request.postpath).rstrip(b"/")
+        method = request.method
+        if path == MODELS and method in (b"GET", b"HEAD"):
+            return self._models(request)
+        if path in (MESSAGES, COUNT_TOKENS):
+            if method != b"POST":
+                request.setHeader(b"Allow", b"POST")
+                return self._error(request, 405, f"method {method.decode()} not allowed")
+            read = self._read_body(request)
+            if read is None:
+                return NOT_DONE_YET
+            raw, body = read
+            if path == COUNT_TOKENS:
+                return self._count_tokens(request, body)
+            self._messages(request, raw, body)
+            return NOT_DONE_YET
+        return self._error(request, 404, f"not found: /olla/anthropic{path.decode()}")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _error(self, request: Request, status: int, message: str) -> int:
+        write_error(request, status, message, dialect=Dialect.ANTHROPIC)
+        return NOT_DONE_YET
+
+    def _read_body(self, request: Request) -> tuple[bytes, Any] | None:
+        """The body and its JSON, or None after answering 413/400."""
+        limit = self._config.max_message_size
+        if request_size(request) > limit:
+            self._error(request, 413, f"request body exceeds {limit} bytes")
+            return None
+        assert request.content is not None
+        request.content.seek(0)
+        raw: bytes = request.content.read()
+        request.content.seek(0)
+        try:
+            return raw, json.loads(raw)
+        except ValueError as e:
+            self._error(request, 400, f"invalid JSON body: {e}")
+            return None
+
+    def _json(self, request: Request, payload: object) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(payload).encode()
+
+    # ------------------------------------------------------------------ routes
+
+    def _models(self, request: Request) -> bytes:
+        deps = self._deps
+        names = [info.name for info, _ in deps.catalogue.merged(deps.registry.routable())]
+        data = [
+            {"type": "model", "id": n, "display_name": n, "created_at": self._started_at}
+            for n in names
+        ]
+        return self._json(
+            request,
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None,
+            },
+        )
+
+    def _count_tokens(self, request: Request, body: Any) -> int | bytes:
+        if not isinstance(body, dict):
+            return self._error(request, 400, "request body must be a JSON object")
+        return self._json(request, {"input_tokens": estimate_input_tokens(body)})
+
+    def _messages(self, request: Request, raw: bytes, document: Any) -> None:
+        try:
+            body = validate(document)
+            openai_body = to_openai(body)
+        except InvalidRequest as e:
+            self._error(request, 400, str(e))
+            return
+        deps = self._deps
+        model: str = body["model"]
+        streaming = bool(body.get("stream"))
+        native, path, fallback = self._passthrough_plan(model, body)
+        self._stats.started(passthrough=bool(native), streaming=streaming, fallback=fallback)
+        if native:
+            exchange: PassthroughExchange | TranslatedExchange = PassthroughExchange(
+                deps, self._route, request, model, self._stats, native, path.encode()
+            )
+        else:
+            exchange = TranslatedExchange(
+                deps,
+                self._route,
+                request,
+                model,
+                self._stats,
+                [],
+                openai_body=openai_body,
+                input_tokens=estimate_input_tokens(body),
+                paths=lambda ep: chat_completions_path(self._profiles.get(ep.type)),
+            )
+        exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough
+        exchange.start()
+
+    def _passthrough_plan(
+        self, model: str, body: dict[str, Any]
+    ) -> tuple[list[Endpoint], str, Fallback | None]:
+        """The endpoints that take ``body`` as it is (with their path), or why none does."""
+        if not self._config.passthrough_enabled:
+            return [], "", Fallback.PASSTHROUGH_DISABLED
+        deps = self._deps
+        healthy = deps.registry.routable()
+        decision = deps.catalogue.route(model, healthy, deps.routing)
+        candidates = list(decision.endpoints) if not decision.rejected else []
+        if not candidates:
+            return [], "", Fallback.NO_COMPATIBLE_ENDPOINTS
+        native, path = passthrough_endpoints(
+            candidates, self._profiles, lambda ep: deps.registry.state(ep).version, body
+        )
+        if not native:
+            return [], "", Fallback.CANNOT_PASSTHROUGH
+        return native, path, None
