@@ -42,7 +42,10 @@ def olla(
         ollama_endpoint("A", fakes["A"].url),
         {**ollama_endpoint("B", fakes["B"].url), "type": "openai-compatible"},
     ]
-    extra = {"translators": {"anthropic": {"max_message_size": 65536}}}
+    extra = {
+        "translators": {"anthropic": {"max_message_size": 65536}},
+        "model_aliases": {"claude-sonnet": [NATIVE], "claude-haiku": [OPENAI]},
+    }
     with running_olla(tmp_path_factory.mktemp("olla"), endpoints, extra=extra) as daemon:
         yield daemon
 
@@ -183,6 +186,32 @@ def test_backend_failure_is_an_anthropic_error(
     assert error["error"]["message"] != ""
 
 
+@pytest.mark.parametrize(
+    ("alias", "model", "fake", "path"),
+    [
+        ("claude-sonnet", NATIVE, "A", "/v1/messages"),
+        ("claude-haiku", OPENAI, "B", "/v1/chat/completions"),
+    ],
+    ids=["passthrough", "translation"],
+)
+def test_aliases(
+    olla: OllaDaemon,
+    fakes: dict[str, FakeProcess],
+    alias: str,
+    model: str,
+    fake: str,
+    path: str,
+) -> None:
+    """If a Claude client asks for an alias, then the backend gets the model it knows."""
+    fakes[fake].reset()
+    body = {"model": alias, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(f"{olla.url}/olla/anthropic/v1/messages", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-olla-endpoint"] == fake
+    [seen] = fakes[fake].requests(path)
+    assert json.loads(seen["body"])["model"] == model
+
+
 def test_models_and_stats(olla: OllaDaemon) -> None:
     """If a client lists Anthropic models, then both backends' models are there in Anthropic's
     shape; the translator stats count passthrough and translation."""
@@ -194,3 +223,26 @@ def test_models_and_stats(olla: OllaDaemon) -> None:
     entry = stats["translators"]["anthropic"]
     assert entry["passthrough_requests"] >= 1 and entry["translation_requests"] >= 1
     assert stats["summary"]["total_requests"] == entry["total_requests"]
+
+
+def test_backend_dies_mid_stream(olla: OllaDaemon) -> None:
+    """If the translated backend's stream is cut after two chunks, then the client's SSE ends
+    with one Anthropic error event and a clean end of body, never a hang."""
+    body = {
+        "model": OPENAI,
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    response = httpx.post(
+        f"{olla.url}/olla/anthropic/v1/messages",
+        json=body,
+        headers={"X-Fake-Drop-After": "2", "X-Fake-Chunks": "6"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    names = [line[7:] for line in response.text.splitlines() if line.startswith("event: ")]
+    assert names[0] == "message_start"
+    assert names[-1] == "error" and names.count("error") == 1
+    assert "message_stop" not in names
