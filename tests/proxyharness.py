@@ -25,11 +25,20 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from olla.anthropic.resource import AnthropicResource
+from olla.anthropic.stats import TranslatorStats
 from olla.balancer import RoundRobinBalancer
 from olla.breaker import CircuitBreakers
-from olla.config import EndpointConfig, OllaConfig, ProxyConfig, RoutingStrategyConfig
+from olla.config import (
+    AnthropicTranslatorConfig,
+    EndpointConfig,
+    OllaConfig,
+    ProxyConfig,
+    RoutingStrategyConfig,
+)
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
 from olla.models import ModelCatalogue, ModelInfo
+from olla.profiles import builtin_profiles
 from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
@@ -172,6 +181,7 @@ class Harness:
         models: Mapping[str, Sequence[str]] | None = None,
         routing: RoutingStrategyConfig | None = None,
         aliases: Mapping[str, Sequence[str]] | None = None,
+        anthropic: AnthropicTranslatorConfig | None = None,
     ) -> None:
         self.clock = clock or Clock()
         configs = [
@@ -215,11 +225,19 @@ class Harness:
             routing=routing or RoutingStrategyConfig(),
         )
         route = ProviderRoute("ollama", frozenset({"ollama"}), "ollama")
+        self.translator_stats = TranslatorStats("anthropic")
+        anthropic_resource = AnthropicResource(
+            self.deps,
+            builtin_profiles(),
+            anthropic or AnthropicTranslatorConfig(),
+            self.translator_stats,
+        )
         root = RootResource(
             OllaRoot(
                 {
                     b"ollama": ProxyResource(route, self.deps),
                     b"models": ModelsResource(self.registry, self.catalogue, self.clock),
+                    b"anthropic": anthropic_resource,
                     b"openai": ProxyResource(
                         ProviderRoute("openai", frozenset({"ollama", "openai-compatible"}), ""),
                         self.deps,

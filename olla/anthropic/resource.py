@@ -68,7 +68,7 @@ class AnthropicResource(Resource):
                 return NOT_DONE_YET
             raw, body = read
             if path == COUNT_TOKENS:
-                return self._count_tokens(request, body)
+                return self._count_tokens(request, raw, body)
             self._messages(request, raw, body)
             return NOT_DONE_YET
         return self._error(request, 404, f"not found: /olla/anthropic{path.decode()}")
@@ -118,10 +118,36 @@ class AnthropicResource(Resource):
             },
         )
 
-    def _count_tokens(self, request: Request, body: Any) -> int | bytes:
+    def _count_tokens(self, request: Request, raw: bytes, body: Any) -> int | bytes:
+        """Asked of a backend that counts natively, else estimated here (§8.5)."""
         if not isinstance(body, dict):
             return self._error(request, 400, "request body must be a JSON object")
+        model = body.get("model")
+        if isinstance(model, str) and model:
+            native, path, _ = self._passthrough_plan(model, body)
+            counting = [ep for ep in native if self._counts_tokens(ep)]
+            if counting:
+                exchange = PassthroughExchange(
+                    self._deps,
+                    self._route,
+                    request,
+                    model,
+                    TranslatorStats("count_tokens"),  # not a translation: kept out of the page
+                    counting,
+                    (path + "/count_tokens").encode(),
+                )
+                exchange.small_body = raw
+                exchange.start()
+                return NOT_DONE_YET
         return self._json(request, {"input_tokens": estimate_input_tokens(body)})
+
+    def _counts_tokens(self, endpoint: Endpoint) -> bool:
+        profile = self._profiles.get(endpoint.type)
+        return (
+            profile is not None
+            and profile.anthropic.token_count
+            and not {"no_token_counting", "token_counting_404"} & set(profile.anthropic.limitations)
+        )
 
     def _messages(self, request: Request, raw: bytes, document: Any) -> None:
         try:
