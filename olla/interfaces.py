@@ -65,3 +65,40 @@ class IProfile(Interface):
 
     def serves(path: str) -> bool:
         """Whether ``path`` is one of its API paths."""
+
+
+class ITranslator(Interface):
+    """Turns one client API into OpenAI chat completions and the answers back. Pure: no I/O,
+    no reactor, so it is tested by feeding it documents and bytes."""
+
+    name = Attribute("The translator's name on the stats page and in logs.")
+
+    def validate(document: object) -> dict[str, object]:
+        """The request as a dict; raises ``InvalidRequest`` (a ValueError) naming the field."""
+
+    def translate_request(body: dict[str, object]) -> dict[str, object]:
+        """The OpenAI ``/v1/chat/completions`` body asking what ``body`` asks."""
+
+    def translate_answer(document: object, model: str) -> dict[str, object]:
+        """The client's answer for one whole chat completion (ValueError if it is not one)."""
+
+    def stream(model: str, input_tokens: int) -> IStreamTranslator:
+        """A translator for one streamed answer."""
+
+    def estimate_tokens(body: dict[str, object]) -> int:
+        """The input token estimate for ``body``."""
+
+
+class IStreamTranslator(Interface):
+    """One streamed answer: backend bytes in (any split point), client bytes out."""
+
+    failed = Attribute("Whether the stream ended in an error event.")
+
+    def feed(data: bytes) -> bytes:
+        """The client bytes ``data`` completes."""
+
+    def finish() -> bytes:
+        """The backend's body ended cleanly: the closing bytes."""
+
+    def fail(message: str) -> bytes:
+        """The backend's body broke off: the bytes that end the client's stream cleanly."""

@@ -511,3 +511,19 @@ def test_stats_payload() -> None:
     assert entry["average_latency"] == "200ms"
     assert payload["summary"]["total_streaming"] == 1
     assert payload["summary"]["active_translators"] == 1
+
+
+def test_translator_seam() -> None:
+    """If the Anthropic translator is used through ITranslator, then it provides the interface
+    and its streams provide IStreamTranslator."""
+    from zope.interface.verify import verifyObject
+
+    from olla.anthropic.translator import AnthropicTranslator
+    from olla.interfaces import IStreamTranslator, ITranslator
+
+    translator = AnthropicTranslator()
+    assert verifyObject(ITranslator, translator)
+    assert verifyObject(IStreamTranslator, translator.stream("m", 1))
+    body = translator.validate(dict(BASE))
+    assert translator.translate_request(body)["messages"] == [{"role": "user", "content": "hi"}]
+    assert translator.estimate_tokens(body) == 1

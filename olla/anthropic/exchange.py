@@ -15,9 +15,9 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.server import Request
 
-from olla.anthropic.response import MalformedAnswer, StreamTranslator, to_message
 from olla.anthropic.stats import TranslatorStats
 from olla.endpoints import Endpoint
+from olla.interfaces import IStreamTranslator, ITranslator
 from olla.proxy.exchange import Exchange, ProviderRoute, ProxyDeps
 from olla.proxy.forward import BytesProducer, StreamBody
 from olla.web.errors import Dialect, write_error
@@ -112,16 +112,18 @@ class TranslatedExchange(_Tracked):
         stats: TranslatorStats,
         allowed: list[Endpoint],
         *,
+        translator: ITranslator,
         openai_body: dict[str, Any],
         input_tokens: int,
         paths: Callable[[Endpoint], str],
     ) -> None:
         super().__init__(deps, route, request, model, stats, allowed, b"/v1/chat/completions")
+        self._translation = translator
         self._openai_body = openai_body
         self._input_tokens = input_tokens
         self._paths = paths
         self._streaming = bool(openai_body.get("stream"))
-        self._translator: StreamTranslator | None = None
+        self._translator: IStreamTranslator | None = None
         self._collected: list[bytes] = []
         self._collected_size = 0
         self._upstream_status = 200
@@ -159,7 +161,7 @@ class TranslatedExchange(_Tracked):
         streaming = self._streaming and response.code < 400
         if streaming:
             self._status = response.code
-            self._translator = StreamTranslator(self._model or "", self._input_tokens)
+            self._translator = self._translation.stream(self._model or "", self._input_tokens)
             request.setResponseCode(200)
             request.setHeader(b"Content-Type", b"text/event-stream")
             request.setHeader(b"Cache-Control", b"no-cache")
@@ -201,8 +203,8 @@ class TranslatedExchange(_Tracked):
             self._answer_error(502, "proxy error: the backend's answer is too large to translate")
             return
         try:
-            message = to_message(json.loads(body), self._model or "")
-        except (ValueError, MalformedAnswer) as e:
+            message = self._translation.translate_answer(json.loads(body), self._model or "")
+        except ValueError as e:
             self._answer_error(502, f"proxy error: the backend's answer is not a completion: {e}")
             return
         self.count(ok=True)

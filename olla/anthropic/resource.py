@@ -17,8 +17,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from olla.anthropic.exchange import PassthroughExchange, TranslatedExchange
 from olla.anthropic.passthrough import chat_completions_path, passthrough_endpoints
-from olla.anthropic.request import InvalidRequest, estimate_input_tokens, to_openai, validate
+from olla.anthropic.request import InvalidRequest
 from olla.anthropic.stats import Fallback, TranslatorStats
+from olla.anthropic.translator import AnthropicTranslator
 from olla.config import AnthropicTranslatorConfig
 from olla.endpoints import Endpoint
 from olla.profiles import ProfileRegistry
@@ -48,6 +49,7 @@ class AnthropicResource(Resource):
         self._profiles = profiles
         self._config = config
         self._stats = stats
+        self._translator = AnthropicTranslator()
         self._route = ProviderRoute(
             prefix="anthropic", types=frozenset(p.name for p in profiles), label="anthropic"
         )
@@ -139,7 +141,7 @@ class AnthropicResource(Resource):
                 exchange.small_body = raw
                 exchange.start()
                 return NOT_DONE_YET
-        return self._json(request, {"input_tokens": estimate_input_tokens(body)})
+        return self._json(request, {"input_tokens": self._translator.estimate_tokens(body)})
 
     def _counts_tokens(self, endpoint: Endpoint) -> bool:
         profile = self._profiles.get(endpoint.type)
@@ -151,8 +153,8 @@ class AnthropicResource(Resource):
 
     def _messages(self, request: Request, raw: bytes, document: Any) -> None:
         try:
-            body = validate(document)
-            openai_body = to_openai(body)
+            body = self._translator.validate(document)
+            openai_body = self._translator.translate_request(body)
         except InvalidRequest as e:
             self._error(request, 400, str(e))
             return
@@ -173,8 +175,9 @@ class AnthropicResource(Resource):
                 model,
                 self._stats,
                 [],
+                translator=self._translator,
                 openai_body=openai_body,
-                input_tokens=estimate_input_tokens(body),
+                input_tokens=self._translator.estimate_tokens(body),
                 paths=lambda ep: chat_completions_path(self._profiles.get(ep.type)),
             )
         exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough

@@ -13,6 +13,10 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from zope.interface import implementer
+
+from olla.interfaces import IStreamTranslator
+
 _BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
@@ -107,6 +111,7 @@ def error_event(error_type: str, message: str) -> bytes:
     return sse_event("error", {"type": "error", "error": {"type": error_type, "message": message}})
 
 
+@implementer(IStreamTranslator)
 class StreamTranslator:
     """One OpenAI SSE stream in, the Anthropic SSE event sequence out.
 
