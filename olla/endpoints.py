@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_endpoints -*-
 """Endpoints: what the config says about each backend, and what olla has learnt since.
 
-``Endpoint`` is immutable identity and addressing. ``EndpointState`` is the mutable record the
-health service, the proxy and the status pages share. ``EndpointRegistry`` holds both and is
-the one place that changes a status, so every transition is logged and announced once.
+``Endpoint`` is identity and addressing, fixed except for the platform a ``type: auto``
+endpoint turns out to run. ``EndpointState`` is the mutable record the health service, the
+proxy and the status pages share. ``EndpointRegistry`` holds both and is the one place that
+changes a status or a platform, so every transition is logged and announced once.
 """
 
 from __future__ import annotations

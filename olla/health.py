@@ -6,7 +6,8 @@ next probe is scheduled from it: the plain interval (with a little jitter) while
 growing backoff while a server answers badly or slowly, and a circuit breaker that stops
 probing a server that keeps failing that way. A refused connection costs the backend nothing,
 so it is re-checked at the plain interval: a machine that comes back is routable within one
-``check_interval``.
+``check_interval``. A ``type: auto`` endpoint is first probed for its platform (``detect.py``),
+at the plain interval too, and shows ``detecting`` until one is found.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class HTTPHealthChecker:
         for attempt in range(len(_RETRY_DELAYS) + 1):
             result = await self._attempt(endpoint, url)
             if not result.unreachable or attempt == len(_RETRY_DELAYS):
-                return replace(result, detected=detected) if detected else result
+                return result if detected is None else replace(result, detected=detected)
             # a refused connection may be a backend restarting: look again, briefly
             delay = _RETRY_DELAYS[attempt] * self._rng.uniform(0.75, 1.25)
             await deferLater(self._clock, delay, lambda: None)

@@ -40,6 +40,7 @@ from olla.proxy.headers import (
     response_headers_for_client,
 )
 from olla.proxy.inspect import rewrite_model
+from olla.proxy.needs import body_needs, narrow_by_needs
 from olla.web.errors import Dialect, write_error
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
@@ -175,6 +176,8 @@ class Exchange:
             serving = self._route.by_path.types_for_path(path)
             narrowed = [ep for ep in healthy if serving and ep.type in serving]
             healthy = narrowed or healthy
+            needs = body_needs(self.small_body, path)  # tools, images, embeddings (§4.2)
+            healthy = narrow_by_needs(healthy, needs, deps.catalogue, self._model)
         healthy = self.narrow(healthy)
         if self._model is not None:
             decision = deps.catalogue.route(
