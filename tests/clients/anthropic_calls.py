@@ -1,9 +1,12 @@
 """Drive the Anthropic Python SDK installed beside this interpreter; print what it saw as JSON.
 
-    python anthropic_calls.py BASE_URL MODEL [--no-tools]
+    python anthropic_calls.py BASE_URL MODEL [--no-tools] [--fabricate-tool-call]
 
 Runs ``messages.create``, ``messages.stream`` (text), a tool-use round trip with
-``messages.stream`` and ``messages.count_tokens``, each through the SDK's own parsing. Standard
+``messages.stream`` and ``messages.count_tokens``, each through the SDK's own parsing. With
+``--fabricate-tool-call`` the round trip goes on even when the model chose not to call the tool
+(a tiny real model rarely does): the assistant's call is written by hand, as a client replaying
+a conversation would. Standard
 library and the SDK only, so that any venv with any release of the SDK can run it.
 """
 
@@ -57,20 +60,29 @@ def main() -> None:
         ) as stream:
             tool_events = [event.type for event in stream]
             asked = stream.get_final_message()
-        uses = [b for b in asked.content if b.type == "tool_use"]
+        uses = [b.model_dump() for b in asked.content if b.type == "tool_use"]
         out["tool_use"] = {
             "events": tool_events,
             "stop_reason": asked.stop_reason,
-            "calls": [{"name": u.name, "input": u.input} for u in uses],
+            "calls": [{"name": u["name"], "input": u["input"]} for u in uses],
         }
+        if not uses and "--fabricate-tool-call" in sys.argv:
+            uses = [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01",
+                    "name": "get_weather",
+                    "input": {"city": "x"},
+                }
+            ]
         if uses:
             follow_up = [
                 *question,
-                {"role": "assistant", "content": [u.model_dump() for u in uses]},
+                {"role": "assistant", "content": uses},
                 {
                     "role": "user",
                     "content": [
-                        {"type": "tool_result", "tool_use_id": u.id, "content": "sunny"}
+                        {"type": "tool_result", "tool_use_id": u["id"], "content": "sunny"}
                         for u in uses
                     ],
                 },

@@ -21,6 +21,9 @@ from pathlib import Path
 from tests.e2e.daemon import REPO, free_port
 
 CHAT_MODEL = "smollm2:135m"
+#: the same weights with a chat template that declares tools (Ollama refuses tools otherwise)
+TOOLS_MODEL = "smollm2-tools:135m"
+TOOLS_TEMPLATE = Path(__file__).with_name("data") / "tools-template.txt"
 EMBED_MODEL = "all-minilm:l6-v2"
 INSTALL_SCRIPT = Path(__file__).with_name("install.sh")
 # Where install.sh puts everything; shared with CI runs through the project-local .cache/.
@@ -99,10 +102,13 @@ class RealOllama:
                     raise TimeoutError(f"ollama not up after {timeout}s:\n{self.log()}") from None
             time.sleep(0.1)
 
-    def create(self, name: str, gguf: Path) -> None:
+    def create(self, name: str, gguf: Path, template: str | None = None) -> None:
         """``ollama create NAME`` from a local GGUF file, as a user would."""
         modelfile = self.models_dir.parent / f"Modelfile.{name.replace(':', '_')}"
-        modelfile.write_text(f"FROM {gguf}\n")
+        text = f"FROM {gguf}\n"
+        if template is not None:
+            text += f'TEMPLATE """{template}"""\n'
+        modelfile.write_text(text)
         subprocess.run(
             [str(self.libs / "ollama-lib"), "create", name, "-f", str(modelfile)],
             env=self.env,
@@ -131,7 +137,9 @@ class RealOllama:
 def running_real_ollama(workdir: Path, cache: Path = CACHE) -> Iterator[RealOllama]:
     server = RealOllama(workdir, cache)
     try:
-        server.create(CHAT_MODEL, cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+        smollm2 = cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        server.create(CHAT_MODEL, smollm2)
+        server.create(TOOLS_MODEL, smollm2, TOOLS_TEMPLATE.read_text())
         if EMBED_GGUF.is_file():
             server.create(EMBED_MODEL, EMBED_GGUF)
         yield server

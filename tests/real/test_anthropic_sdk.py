@@ -13,7 +13,7 @@ import pytest
 
 from tests.clients.venvs import ClientUnavailable, client_python
 from tests.e2e.daemon import OllaDaemon
-from tests.real.backend import CHAT_MODEL, RealOllama
+from tests.real.backend import CHAT_MODEL, TOOLS_MODEL, RealOllama
 
 pytestmark = pytest.mark.e2e
 
@@ -22,15 +22,16 @@ DRIVER = Path(__file__).resolve().parents[1] / "clients" / "anthropic_calls.py"
 
 @pytest.mark.parametrize("release", ["2.x", "anthropic==0.125.0"])
 def test_anthropic_sdk_translated(real_ollama: RealOllama, olla: OllaDaemon, release: str) -> None:
-    """If the SDK creates, streams and counts tokens through olla against the real Ollama, then
-    each call parses and the unknown model is a not_found_error. (The tiny model has no tool
-    template, so the tool round trip runs against the fakes in tests/e2e.)"""
+    """If the SDK creates, streams, runs a tool round trip and counts tokens through olla
+    against the real Ollama, then each call parses and the unknown model is a not_found_error.
+    (The tiny model writes noise, so when it does not call the tool the client's side of the
+    round trip is written by hand: the translated tool_use/tool_result must still be accepted.)"""
     try:
         python = sys.executable if release == "2.x" else str(client_python(release))
     except ClientUnavailable as why:
         pytest.skip(f"{release} cannot be installed here: {why}")
     result = subprocess.run(
-        [python, str(DRIVER), f"{olla.url}/olla/anthropic", CHAT_MODEL, "--no-tools"],
+        [python, str(DRIVER), f"{olla.url}/olla/anthropic", TOOLS_MODEL, "--fabricate-tool-call"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -43,6 +44,11 @@ def test_anthropic_sdk_translated(real_ollama: RealOllama, olla: OllaDaemon, rel
     events = report["stream"]["events"]
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert "content_block_delta" in events or "text" in events
+    tool = report["tool_use"]
+    assert tool["events"][0] == "message_start" and tool["events"][-1] == "message_stop"
+    assert tool["stop_reason"] in ("tool_use", "end_turn", "max_tokens")
+    assert report["tool_result"]["stop_reason"] in ("end_turn", "max_tokens")
+    assert report["tool_result"]["content_types"] == ["text"]
     assert report["count_tokens"] >= 1
     assert report["unknown_model"] == {"status": 404, "type": "not_found_error"}
 
