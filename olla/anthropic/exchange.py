@@ -110,14 +110,14 @@ class TranslatedExchange(_Tracked):
         request: Request,
         model: str,
         stats: TranslatorStats,
-        allowed: list[Endpoint],
         *,
         translator: ITranslator,
         openai_body: dict[str, Any],
         input_tokens: int,
         paths: Callable[[Endpoint], str],
     ) -> None:
-        super().__init__(deps, route, request, model, stats, allowed, b"/v1/chat/completions")
+        # any endpoint hosting the model will do; ``paths`` names each one's completions path
+        super().__init__(deps, route, request, model, stats, [], b"/v1/chat/completions")
         self._translation = translator
         self._openai_body = openai_body
         self._input_tokens = input_tokens

@@ -174,7 +174,6 @@ class AnthropicResource(Resource):
                 request,
                 model,
                 self._stats,
-                [],
                 translator=self._translator,
                 openai_body=openai_body,
                 input_tokens=self._translator.estimate_tokens(body),
