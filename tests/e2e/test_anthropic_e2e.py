@@ -246,3 +246,15 @@ def test_backend_dies_mid_stream(olla: OllaDaemon) -> None:
     assert names[0] == "message_start"
     assert names[-1] == "error" and names.count("error") == 1
     assert "message_stop" not in names
+
+
+def test_disabled_translator_has_no_routes(fakes: dict[str, FakeProcess], tmp_path: Path) -> None:
+    """If translators.anthropic.enabled is false, then /olla/anthropic/ does not exist (404) and
+    the other routes still work."""
+    extra = {"translators": {"anthropic": {"enabled": False}}}
+    endpoints = [ollama_endpoint("A", fakes["A"].url)]
+    with running_olla(tmp_path, endpoints, extra=extra) as daemon:
+        body = {"model": NATIVE, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+        missing = httpx.post(f"{daemon.url}/olla/anthropic/v1/messages", json=body, timeout=10)
+        assert missing.status_code == 404
+        assert httpx.get(f"{daemon.url}/olla/ollama/api/tags", timeout=10).status_code == 200
