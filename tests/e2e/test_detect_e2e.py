@@ -24,6 +24,8 @@ def fakes() -> Iterator[dict[str, FakeProcess]]:
             "--models", "m-openai", "--name", "openai", "--openai-only", "--require-token", TOKEN
         ),
         "locked": start_fake("--models", "m-locked", "--openai-only", "--require-token", TOKEN),
+        # a plain OpenAI-compatible server: /v1/* and nothing of any platform's own
+        "plain": start_fake("--models", "m-plain", "--openai-only", "--no-lmstudio-api"),
     }
     try:
         yield started
@@ -43,9 +45,10 @@ def olla(
         ollama_endpoint("auto-openai", fakes["openai"].url, type="auto", auth=auth),
         # its token is not configured: nothing answers, so it stays undetected
         ollama_endpoint("auto-locked", fakes["locked"].url, type="auto"),
+        ollama_endpoint("auto-plain", fakes["plain"].url, type="auto"),
     ]
     with running_olla(directory, endpoints, wait_models=False) as daemon:
-        for name in ("auto-ollama", "auto-openai"):
+        for name in ("auto-ollama", "auto-openai", "auto-plain"):
             daemon.wait_for_log(f"endpoint {name} serves")
         yield daemon
 
@@ -61,7 +64,9 @@ def test_detected_types(olla: OllaDaemon) -> None:
     shows detecting with a reason and no secret."""
     olla.wait_for_log("endpoint auto-ollama detected as ollama")
     olla.wait_for_log("endpoint auto-openai detected as lm-studio")
+    olla.wait_for_log("endpoint auto-plain detected as openai-compatible")
     endpoints = _by_name(olla)
+    assert endpoints["auto-plain"]["type"] == "openai-compatible"
     assert (endpoints["auto-ollama"]["type"], endpoints["auto-ollama"]["status"]) == (
         "ollama",
         "healthy",
@@ -105,12 +110,12 @@ def test_nothing_routed_while_detecting(olla: OllaDaemon, fakes: dict[str, FakeP
     """If an endpoint is still detecting, then even a request that names no model (so any
     OpenAI-compatible endpoint may take it) never reaches it."""
     seen = set()
-    for _ in range(6):
+    for _ in range(9):
         response = httpx.post(
             f"{olla.url}/olla/openai/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "hi"}]},
             timeout=10,
         )
         seen.add(response.headers["x-olla-endpoint"])
-    assert seen == {"auto-ollama", "auto-openai"}
+    assert seen == {"auto-ollama", "auto-openai", "auto-plain"}
     assert fakes["locked"].requests("/v1/chat/completions") == []

@@ -512,12 +512,15 @@ class FakeOllama(Resource):
         name: str = "fake",
         version: str = DEFAULT_VERSION,
         openai_only: bool = False,
+        lmstudio_api: bool = True,
     ) -> None:
         super().__init__()
         self.clock = clock
         self.name = name
         self.version = version
         self.openai_only = openai_only
+        #: in OpenAI-only mode, also LM Studio's /api/v0/models (off: a plain OpenAI server)
+        self.lmstudio_api = lmstudio_api
         self.models: list[FakeModel] = (
             list(models) if models is not None else [FakeModel(n) for n in DEFAULT_MODELS]
         )
@@ -649,7 +652,8 @@ class FakeOllama(Resource):
         }
         if self.openai_only:
             routes["/health"] = _Route(GET_HEAD, self._health)
-            routes["/api/v0/models"] = _Route(GET, self._lmstudio_models)
+            if self.lmstudio_api:
+                routes["/api/v0/models"] = _Route(GET, self._lmstudio_models)
         else:
             routes.update(
                 {
@@ -1756,7 +1760,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_VERSION,
         help="what /api/version says; from 0.14.0 on, /v1/messages is served",
     )
-    parser.add_argument("--openai-only", action="store_true", help="only /v1/* and /health")
+    parser.add_argument(
+        "--openai-only", action="store_true", help="only /v1/*, /health and /api/v0/models"
+    )
+    parser.add_argument(
+        "--no-lmstudio-api", action="store_true", help="with --openai-only: no /api/v0/models"
+    )
     parser.add_argument("--require-token", default=None, help="401 unless 'Bearer <token>'")
     parser.add_argument("--chunks", type=int, default=None, help="default chunk count")
     parser.add_argument("--delay-ms", type=float, default=None, help="default chunk spacing")
@@ -1776,6 +1785,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name,
         version=args.version,
         openai_only=args.openai_only,
+        lmstudio_api=not args.no_lmstudio_api,
     )
     update: dict[str, Any] = {
         "loaded": [n for n in args.loaded.split(",") if n],
