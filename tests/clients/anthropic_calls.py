@@ -39,8 +39,10 @@ def main() -> None:
     ask = [{"role": "user", "content": "Say hi"}]
     out: dict[str, Any] = {"sdk": anthropic.__version__}
 
-    created = client.messages.create(model=model, max_tokens=16, messages=ask)
+    raw = client.messages.with_raw_response.create(model=model, max_tokens=16, messages=ask)
+    created = raw.parse()
     out["create"] = {
+        "mode": raw.headers.get("x-olla-mode"),
         "type": created.type,
         "role": created.role,
         "stop_reason": created.stop_reason,

@@ -87,6 +87,7 @@ def test_sdk_calls(
     assert report["sdk"].startswith("2." if sdk_python == sys.executable else "0.")
     create = report["create"]
     assert (create["type"], create["role"]) == ("message", "assistant")
+    assert create["mode"] == ("passthrough" if model == NATIVE else "translation")
     assert create["content"][0]["type"] == "text" and create["content"][0]["text"]
     assert create["stop_reason"] in ("end_turn", "max_tokens")
     stream = report["stream"]

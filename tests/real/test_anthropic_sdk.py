@@ -39,6 +39,7 @@ def test_anthropic_sdk_translated(real_ollama: RealOllama, olla: OllaDaemon, rel
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["create"]["type"] == "message"
+    assert report["create"]["mode"] == "translation"
     assert report["create"]["stop_reason"] in ("end_turn", "max_tokens")
     assert report["create"]["usage"][0] > 0  # the backend's prompt_eval_count, translated
     events = report["stream"]["events"]
