@@ -1,11 +1,14 @@
 """Client SDK releases in venvs of their own, cached under ``.cache/clients/`` (e.g. a 0.x
-release of the Anthropic SDK beside the 2.x line in the project's venv)."""
+release of the Anthropic SDK beside the 2.x line in the project's venv), and the driver that
+runs one of them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.daemon import REPO
 
@@ -41,3 +44,22 @@ def client_python(requirement: str) -> Path:
             raise ClientUnavailable(f"{' '.join(step)}: {result.stderr.strip()[-2000:]}")
     marker.touch()
     return python
+
+
+ANTHROPIC_DRIVER = Path(__file__).with_name("anthropic_calls.py")
+
+
+def drive_anthropic(
+    python: str, base_url: str, model: str, *flags: str, timeout: float = 300
+) -> dict[str, Any]:
+    """Run ``anthropic_calls.py`` with ``python`` (whichever SDK release its venv holds) and
+    return what the SDK saw."""
+    result = subprocess.run(
+        [python, str(ANTHROPIC_DRIVER), base_url, model, *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report

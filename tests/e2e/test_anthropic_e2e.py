@@ -4,22 +4,19 @@ speaks ``/v1/messages`` (0.14.0), translation to a fake OpenAI-compatible backen
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.clients.venvs import ClientUnavailable, client_python
+from tests.clients.venvs import ClientUnavailable, client_python, drive_anthropic
 from tests.e2e.daemon import OllaDaemon, ollama_endpoint, running_olla
 from tests.fakes.process import FakeProcess, start_fake
 
 pytestmark = pytest.mark.e2e
 
-DRIVER = Path(__file__).resolve().parents[1] / "clients" / "anthropic_calls.py"
 NATIVE = "llama3.2:latest"  # on A, an Ollama new enough to speak Anthropic: passthrough
 OPENAI = "qwen2.5:7b"  # on B, an OpenAI-compatible server: translation
 SDK_0X = "anthropic==0.125.0"  # sends x-api-key (the 2.x line sends Authorization: Bearer)
@@ -60,18 +57,6 @@ def sdk_python(request: pytest.FixtureRequest) -> str:
         pytest.skip(f"{SDK_0X} cannot be installed here: {why}")
 
 
-def drive(python: str, olla: OllaDaemon, model: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [python, str(DRIVER), f"{olla.url}/olla/anthropic", model],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr + "\n" + olla.output()
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
 TEXT_EVENTS = {"message_start", "content_block_start", "content_block_stop", "message_stop"}
 
 
@@ -83,7 +68,7 @@ def test_sdk_calls(
     every call parses, whether olla passes the request through or translates it."""
     for fake in fakes.values():
         fake.reset()
-    report = drive(sdk_python, olla, model)
+    report = drive_anthropic(sdk_python, f"{olla.url}/olla/anthropic", model, timeout=120)
     assert report["sdk"].startswith("2." if sdk_python == sys.executable else "0.")
     create = report["create"]
     assert (create["type"], create["role"]) == ("message", "assistant")

@@ -9,9 +9,9 @@ streams as one shape per chunk.  Two calls agree when their statuses, media type
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -136,6 +136,28 @@ def wire_shape(media_type: str, body: bytes) -> Any:
     if media_type == "application/json":
         return json_shape(json.loads(text)) if text.strip() else None
     return {"media_type": media_type, "text": text}
+
+
+Client = TypeVar("Client")
+Result = TypeVar("Result")
+
+
+def compare_calls(
+    bases: tuple[str, str],
+    make: Callable[[str, Recorder], Client],
+    use: Callable[[Client], Result],
+) -> tuple[Result, Result]:
+    """Make one client call against each base (a client from ``make`` per base, recording what
+    it reads), assert the two wires agreed, and give back both results."""
+    results = []
+    recorded = []
+    for base in bases:
+        recorder = Recorder()
+        results.append(use(make(base, recorder)))
+        recorded.append(recorder.exchanges)
+    assert_same_exchanges(recorded[0], recorded[1])
+    assert recorded[1], "the call reached the wire"
+    return results[0], results[1]
 
 
 def assert_same_exchanges(direct: list[Exchange], proxied: list[Exchange]) -> None:

@@ -3,21 +3,16 @@ Messages API (0.14.0): olla must translate, and the SDK must not notice."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.clients.venvs import ClientUnavailable, client_python
+from tests.clients.venvs import ClientUnavailable, client_python, drive_anthropic
 from tests.e2e.daemon import OllaDaemon
 from tests.real.backend import CHAT_MODEL, TOOLS_MODEL, RealOllama
 
 pytestmark = pytest.mark.e2e
-
-DRIVER = Path(__file__).resolve().parents[1] / "clients" / "anthropic_calls.py"
 
 
 @pytest.mark.parametrize("release", ["2.x", "anthropic==0.125.0"])
@@ -30,14 +25,9 @@ def test_anthropic_sdk_translated(real_ollama: RealOllama, olla: OllaDaemon, rel
         python = sys.executable if release == "2.x" else str(client_python(release))
     except ClientUnavailable as why:
         pytest.skip(f"{release} cannot be installed here: {why}")
-    result = subprocess.run(
-        [python, str(DRIVER), f"{olla.url}/olla/anthropic", TOOLS_MODEL, "--fabricate-tool-call"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    report = drive_anthropic(
+        python, f"{olla.url}/olla/anthropic", TOOLS_MODEL, "--fabricate-tool-call"
     )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     assert report["create"]["type"] == "message"
     assert report["create"]["mode"] == "translation"
     assert report["create"]["stop_reason"] in ("end_turn", "max_tokens")

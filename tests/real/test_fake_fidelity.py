@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.process import FakeProcess, start_fake
 from tests.real.backend import CHAT_MODEL, EMBED_MODEL, RealOllama
-from tests.real.differential import Exchange, Recorder, assert_same_exchanges
+from tests.real.differential import compare_calls
 
 pytestmark = pytest.mark.e2e
 
@@ -75,44 +75,33 @@ def preload(base: str) -> None:
     ollama.Client(host=base).generate(model=CHAT_MODEL)  # so that /api/ps lists it on both
 
 
-def record(bases: list[str], make: Callable[[str, Recorder], Any], call: Any, model: str) -> Any:
-    recorded: list[list[Exchange]] = []
-    for base in bases:
-        recorder = Recorder()
-        call(make(base, recorder), model)
-        recorded.append(recorder.exchanges)
-    return recorded
-
-
 @pytest.mark.parametrize("name", sorted(OLLAMA_CALLS))
 def test_ollama_sdk_calls(real_ollama: RealOllama, fake: FakeProcess, name: str) -> None:
     """If the Ollama SDK makes a call to the real server and to the fake, then both answers have
     the same status, media type, structure and number of stream chunks."""
-    bases = [real_ollama.url, fake.url]
+    bases = (real_ollama.url, fake.url)
     for base in bases:
         preload(base)
-    real, faked = record(
+    model = embed_model(real_ollama)
+    compare_calls(
         bases,
         lambda base, rec: ollama.Client(host=base, transport=rec),
-        OLLAMA_CALLS[name],
-        embed_model(real_ollama),
+        lambda client: OLLAMA_CALLS[name](client, model),
     )
-    assert_same_exchanges(real, faked)
 
 
 @pytest.mark.parametrize("name", sorted(OPENAI_CALLS))
 def test_openai_sdk_calls(real_ollama: RealOllama, fake: FakeProcess, name: str) -> None:
     """If the OpenAI SDK makes a call to the real server's /v1 and to the fake's, then both
     answers have the same status, media type, structure and number of SSE events."""
-    real, faked = record(
-        [real_ollama.url, fake.url],
+    model = embed_model(real_ollama)
+    compare_calls(
+        (real_ollama.url, fake.url),
         lambda base, rec: openai.OpenAI(
             base_url=base + "/v1", api_key="x", http_client=rec.client(), max_retries=0
         ),
-        OPENAI_CALLS[name],
-        embed_model(real_ollama),
+        lambda client: OPENAI_CALLS[name](client, model),
     )
-    assert_same_exchanges(real, faked)
 
 
 def test_show_keys(real_ollama: RealOllama, fake: FakeProcess) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,25 +11,11 @@ from langchain_openai import ChatOpenAI
 
 from tests.e2e.daemon import OllaDaemon
 from tests.real.backend import CHAT_MODEL, RealOllama
-from tests.real.differential import Recorder, assert_same_exchanges
+from tests.real.differential import Recorder, compare_calls
 
 pytestmark = pytest.mark.e2e
 
 PROMPT = "Say hi"
-
-
-def both_ways(
-    bases: tuple[str, str], make: Callable[[str, Recorder], Any], use: Callable[[Any], Any]
-) -> tuple[Any, Any]:
-    results = []
-    recorders = []
-    for base in bases:
-        recorder = Recorder()
-        results.append(use(make(base, recorder)))
-        recorders.append(recorder)
-    assert_same_exchanges(recorders[0].exchanges, recorders[1].exchanges)
-    assert recorders[1].exchanges
-    return results[0], results[1]
 
 
 def chat_ollama(base: str, recorder: Recorder) -> ChatOllama:
@@ -65,7 +50,7 @@ def test_chat_ollama(real_ollama: RealOllama, olla: OllaDaemon, stream: bool) ->
     def use(model: ChatOllama) -> list[Any]:
         return list(model.stream(PROMPT)) if stream else [model.invoke(PROMPT)]
 
-    _, proxied = both_ways((real_ollama.url, f"{olla.url}/olla/ollama"), chat_ollama, use)
+    _, proxied = compare_calls((real_ollama.url, f"{olla.url}/olla/ollama"), chat_ollama, use)
     assert all(isinstance(part, AIMessage | AIMessageChunk) for part in proxied)
     assert proxied[-1].response_metadata.get("done") is True or stream
 
@@ -78,6 +63,6 @@ def test_chat_openai(real_ollama: RealOllama, olla: OllaDaemon, prefix: str, str
     def use(model: ChatOpenAI) -> list[Any]:
         return list(model.stream(PROMPT)) if stream else [model.invoke(PROMPT)]
 
-    _, proxied = both_ways((f"{real_ollama.url}/v1", f"{olla.url}{prefix}"), chat_openai, use)
+    _, proxied = compare_calls((f"{real_ollama.url}/v1", f"{olla.url}{prefix}"), chat_openai, use)
     assert all(isinstance(part, AIMessage | AIMessageChunk) for part in proxied)
     assert "".join(str(part.content) for part in proxied)

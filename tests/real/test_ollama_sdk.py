@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.daemon import OllaDaemon
 from tests.real.backend import CHAT_MODEL, EMBED_MODEL, RealOllama
-from tests.real.differential import Recorder, assert_same_exchanges
+from tests.real.differential import compare_calls
 
 pytestmark = pytest.mark.e2e
 
@@ -23,16 +23,11 @@ def both_ways(
     real_ollama: RealOllama, olla: OllaDaemon, call: Callable[[ollama.Client], Any]
 ) -> tuple[Any, Any]:
     """Make ``call`` aimed at the backend, then at olla; compare what crossed the wire."""
-    results = []
-    recorders = []
-    for base in (real_ollama.url, f"{olla.url}/olla/ollama"):
-        recorder = Recorder()
-        client = ollama.Client(host=base, transport=recorder)
-        results.append(call(client))
-        recorders.append(recorder)
-    assert_same_exchanges(recorders[0].exchanges, recorders[1].exchanges)
-    assert recorders[1].exchanges, "the call reached the wire"
-    return results[0], results[1]
+    return compare_calls(
+        (real_ollama.url, f"{olla.url}/olla/ollama"),
+        lambda base, recorder: ollama.Client(host=base, transport=recorder),
+        call,
+    )
 
 
 def embed_model(real_ollama: RealOllama) -> str:

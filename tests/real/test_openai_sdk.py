@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.daemon import OllaDaemon
 from tests.real.backend import CHAT_MODEL, EMBED_MODEL, RealOllama
-from tests.real.differential import Recorder, assert_same_exchanges
+from tests.real.differential import compare_calls
 
 pytestmark = pytest.mark.e2e
 
@@ -22,17 +22,13 @@ GREEDY: dict[str, Any] = {"temperature": 0, "seed": 7, "max_tokens": 6}
 def both_ways(
     real_ollama: RealOllama, olla: OllaDaemon, prefix: str, call: Callable[[openai.OpenAI], Any]
 ) -> tuple[Any, Any]:
-    results = []
-    recorders = []
-    for base in (f"{real_ollama.url}/v1", f"{olla.url}{prefix}"):
-        recorder = Recorder()
-        client = openai.OpenAI(
+    return compare_calls(
+        (f"{real_ollama.url}/v1", f"{olla.url}{prefix}"),
+        lambda base, recorder: openai.OpenAI(
             base_url=base, api_key="sk-test", http_client=recorder.client(), max_retries=0
-        )
-        results.append(call(client))
-        recorders.append(recorder)
-    assert_same_exchanges(recorders[0].exchanges, recorders[1].exchanges)
-    return results[0], results[1]
+        ),
+        call,
+    )
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
