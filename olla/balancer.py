@@ -1,5 +1,10 @@
 # -*- test-case-name: tests.test_balancer -*-
-"""Load balancers: pure choices over the candidates and the registry's counters, no I/O."""
+"""Load balancers: pure orderings of the candidates by the registry's counters, no I/O.
+
+Each balancer puts every candidate in the order it would try them; routing
+(``olla.proxy.routing``) uses that order among endpoints it finds equal, and ``tier`` to keep
+the priority balancer's tiers apart.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +17,38 @@ from olla.endpoints import Endpoint, EndpointRegistry
 from olla.interfaces import IBalancer
 
 
+class _Ordering:
+    def tier(self, endpoint: Endpoint) -> int:
+        return 0
+
+    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+        raise NotImplementedError
+
+    def choose(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
+        return self.order(candidates, registry)[0]
+
+
 @implementer(IBalancer)
-class PriorityBalancer:
-    """Only the highest priority tier; uniformly random within it."""
+class PriorityBalancer(_Ordering):
+    """Highest priority tier first, uniformly random within a tier; lower tiers after."""
 
     name = "priority"
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
-        top = max(ep.priority for ep in candidates)
-        tier = [ep for ep in candidates if ep.priority == top]
-        return tier[0] if len(tier) == 1 else self._rng.choice(tier)
+    def tier(self, endpoint: Endpoint) -> int:
+        return -endpoint.priority
+
+    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+        shuffled = list(candidates)
+        if len(shuffled) > 1:
+            self._rng.shuffle(shuffled)
+        return sorted(shuffled, key=self.tier)
 
 
 @implementer(IBalancer)
-class RoundRobinBalancer:
+class RoundRobinBalancer(_Ordering):
     """Each candidate in turn, in the stable order the candidates are given (config order)."""
 
     name = "round-robin"
@@ -36,27 +56,26 @@ class RoundRobinBalancer:
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
-        chosen = candidates[self._next % len(candidates)]
+    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+        start = self._next % len(candidates)
         self._next += 1
-        return chosen
+        return [*candidates[start:], *candidates[:start]]
 
 
 @implementer(IBalancer)
-class LeastConnectionsBalancer:
-    """The candidate with the fewest requests in flight; ties take turns."""
+class LeastConnectionsBalancer(_Ordering):
+    """Fewest requests in flight first; ties take turns."""
 
     name = "least-connections"
 
     def __init__(self) -> None:
         self._tie_cursor = 0
 
-    def choose(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
-        fewest = min(registry.state(ep).in_flight for ep in candidates)
-        tied = [ep for ep in candidates if registry.state(ep).in_flight == fewest]
-        chosen = tied[self._tie_cursor % len(tied)]
+    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+        start = self._tie_cursor % len(candidates)
         self._tie_cursor += 1
-        return chosen
+        rotated = [*candidates[start:], *candidates[:start]]
+        return sorted(rotated, key=lambda ep: registry.state(ep).in_flight)
 
 
 def balancer_for(name: str, rng: random.Random | None = None) -> IBalancer:

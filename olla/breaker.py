@@ -4,17 +4,23 @@ failing at the transport level, even while its health probe still passes.
 
 Five consecutive transport failures open the circuit for 30 s; then one request at a time
 may try it (half-open); a success closes it, a failure opens it again. HTTP error statuses
-never count: the backend answered.
+never count: the backend answered. A passing health probe closes the circuit too (the
+registry tells it), so a machine that was restarted takes traffic within one check.
+
+The registry owns one ``CircuitBreakers`` and feeds it every attempt; routing only asks
+``allows`` (and ``retry_after`` when every candidate's circuit is open).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from olla.endpoints import Endpoint
+if TYPE_CHECKING:  # circuits are keyed by endpoint; the registry owns them
+    from olla.endpoints import Endpoint
 
 FAILURE_THRESHOLD = 5
 OPEN_FOR = 30.0
@@ -42,6 +48,16 @@ class CircuitBreakers:
         if circuit is None or circuit.open_until is None:
             return True
         return self._clock.seconds() >= circuit.open_until and not circuit.probing
+
+    def retry_after(self, endpoint: Endpoint) -> float:
+        """Seconds until ``endpoint`` may be tried again (0 if it may be tried now)."""
+        circuit = self._circuits.get(endpoint)
+        if circuit is None or circuit.open_until is None:
+            return 0.0
+        wait = circuit.open_until - self._clock.seconds()
+        if wait <= 0 and circuit.probing:
+            return 1.0  # a trial request is deciding right now
+        return max(0.0, wait)
 
     def attempt_started(self, endpoint: Endpoint) -> None:
         circuit = self._circuits.get(endpoint)

@@ -101,6 +101,17 @@ class RetryConfig:
     enabled: bool = True
     on_connection_failure: bool = True
     max_attempts: int = 0  # 0 = try every candidate once
+    #: backend statuses that, before any byte is relayed, send the request to the next candidate
+    on_status: tuple[int, ...] = (429, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class WarmRoutingConfig:
+    """Send a model's requests where it is loaded, while that host has a free slot."""
+
+    enabled: bool = True
+    #: expected model load time until one is observed (Ollama's ``load_duration``)
+    default_load_time: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,7 @@ class ProxyConfig:
     tls_handshake_timeout: float = 10.0
     stream_buffer_size: int | None = None
     retry: RetryConfig = field(default_factory=RetryConfig)
+    warm_routing: WarmRoutingConfig = field(default_factory=WarmRoutingConfig)
     sticky_sessions: StickySessionsConfig = field(default_factory=StickySessionsConfig)
     profile_filter: FilterConfig = field(default_factory=FilterConfig)
 
@@ -161,6 +173,8 @@ class EndpointConfig:
     model_url: str | None = None  # None: the profile default
     check_interval: float = 5.0
     check_timeout: float = 2.0
+    #: requests it serves in parallel (Ollama's parallel slots) before olla counts it as full
+    max_concurrency: int = 4
     model_filter: FilterConfig | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: AuthConfig | None = None
@@ -535,8 +549,15 @@ def _proxy(r: SectionReader) -> ProxyConfig:
         enabled=retry_r.flag("enabled", d.retry.enabled),
         on_connection_failure=retry_r.flag("on_connection_failure", d.retry.on_connection_failure),
         max_attempts=retry_r.integer("max_attempts", d.retry.max_attempts, minimum=0),
+        on_status=_statuses(retry_r, "on_status", d.retry.on_status),
     )
     retry_r.finish()
+    warm_r = r.section("warm_routing")
+    warm = WarmRoutingConfig(
+        enabled=warm_r.flag("enabled", d.warm_routing.enabled),
+        default_load_time=warm_r.duration("default_load_time", d.warm_routing.default_load_time),
+    )
+    warm_r.finish()
     sticky_r = r.section("sticky_sessions")
     sd = d.sticky_sessions
     sticky = StickySessionsConfig(
@@ -568,11 +589,27 @@ def _proxy(r: SectionReader) -> ProxyConfig:
         tls_handshake_timeout=r.duration("tls_handshake_timeout", d.tls_handshake_timeout),
         stream_buffer_size=r.size("stream_buffer_size", 0) or None,
         retry=retry,
+        warm_routing=warm,
         sticky_sessions=sticky,
         profile_filter=_filter(r.section("profile_filter")),
     )
     r.finish()
     return proxy
+
+
+def _statuses(r: SectionReader, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """A list of HTTP status codes (``[]`` is allowed: none)."""
+    if not r.has(key):
+        return default
+    value = r.raw(key)
+    if not isinstance(value, list):
+        raise ConfigError(f"must be a list of HTTP status codes, got {value!r}", r.at(key))
+    for i, code in enumerate(value):
+        if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+            raise ConfigError(
+                f"must be an HTTP status code (100-599), got {code!r}", (*r.at(key), i)
+            )
+    return tuple(value)
 
 
 def _filter(r: SectionReader) -> FilterConfig:
@@ -720,6 +757,7 @@ def _endpoint(
         model_url=r.text("model_url", "") or None,
         check_interval=check_interval,
         check_timeout=check_timeout,
+        max_concurrency=r.integer("max_concurrency", defaults.max_concurrency, minimum=1),
         model_filter=model_filter,
         headers=headers,
         auth=auth,

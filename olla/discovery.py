@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -27,7 +33,7 @@ from zope.interface import implementer
 
 from olla.config import ModelDiscoveryConfig
 from olla.deadline import follow, with_deadline
-from olla.endpoints import Endpoint, EndpointRegistry
+from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.interfaces import IModelSource
 from olla.models import ModelCatalogue, ModelInfo, matches_filter, normalise_quantization
 
@@ -220,8 +226,16 @@ class DiscoveryService(Service):
         super().startService()
         if not self._config.enabled:
             return
-        # first discovery as soon as the first health results are in
-        self._registry.when_probed(60.0).addCallback(lambda _: self._tick())
+        # each endpoint is asked as soon as it comes up (the startup gate waits for it), and
+        # again whenever it recovers: a machine back up may serve other models now
+        self._registry.add_listener(self._status_changed)
+        for endpoint in self._registry.routable():
+            self.refresh(endpoint)
+        self._call = self._clock.callLater(self._config.interval, self._tick)
+
+    def _status_changed(self, endpoint: Endpoint, old: EndpointStatus, new: EndpointStatus) -> None:
+        if self.running and new.routable and not old.routable:
+            self.refresh(endpoint)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -239,7 +253,7 @@ class DiscoveryService(Service):
             for endpoint in self._catalogue.drop_stale(
                 self._clock.seconds() - self.stale_threshold
             ):
-                self._registry.state(endpoint).model_count = 0
+                self._registry.models_forgotten(endpoint)
                 self._log.info(
                     "forgot the models of {endpoint}: not seen for {hours:g}h",
                     endpoint=endpoint.name,
@@ -270,6 +284,9 @@ class DiscoveryService(Service):
         return result
 
     def _failed(self, failure: Failure, endpoint: Endpoint) -> None:
+        if failure.check(CancelledError) and not self.running:
+            return  # stopping
+        self._registry.models_unlisted(endpoint)
         self._log.warn(
             "model discovery for {endpoint} failed, keeping {count} known model(s): {cause}",
             endpoint=endpoint.name,
@@ -302,9 +319,6 @@ class DiscoveryService(Service):
         ]
         before = {m.name for m in self._catalogue.models_of(endpoint)}
         self._catalogue.set_models(endpoint, models, self._clock.seconds())
-        state = self._registry.state(endpoint)
-        state.model_count = len(models)
-        state.last_model_sync = self._clock.seconds()
         added = sorted({m.name for m in models} - before)
         if added:
             self._log.info(
@@ -318,6 +332,8 @@ class DiscoveryService(Service):
         if endpoint.type == "ollama":
             await self._read_loaded(endpoint)
             await self._read_version(endpoint)
+        # announced last: what is loaded decides the first requests' order too
+        self._registry.models_listed(endpoint, len(models))
 
     async def _read_version(self, endpoint: Endpoint) -> None:
         """Ollama's version decides whether it speaks the Anthropic API (0.14.0 and later)."""
@@ -329,7 +345,7 @@ class DiscoveryService(Service):
             return
         version = document.get("version") if isinstance(document, dict) else None
         if isinstance(version, str):
-            self._registry.state(endpoint).version = version
+            self._registry.version_read(endpoint, version)
 
     async def _read_loaded(self, endpoint: Endpoint) -> None:
         ps_url = endpoint.upstream_url(b"/api/ps").decode()

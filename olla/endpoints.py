@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from olla.breaker import CircuitBreakers
 from olla.config import EndpointConfig
 from olla.profiles import Profile, ProfileRegistry, builtin_profiles
 
@@ -136,6 +137,8 @@ class Endpoint:
     preserve_path: bool
     check_interval: float
     check_timeout: float
+    #: requests it serves in parallel before olla counts it as full
+    max_concurrency: int
     #: endpoint headers then its auth header, applied to every upstream call
     extra_headers: tuple[tuple[bytes, bytes], ...]
     config: EndpointConfig = field(repr=False)
@@ -228,6 +231,7 @@ def endpoints_from_config(
                 preserve_path=config.preserve_path,
                 check_interval=config.check_interval,
                 check_timeout=config.check_timeout,
+                max_concurrency=config.max_concurrency,
                 extra_headers=tuple(extra),
                 config=config,
                 configured=platform_for(config, profiles.get(config.type)),
@@ -239,7 +243,7 @@ def endpoints_from_config(
 
 @dataclass
 class EndpointState:
-    """What olla knows about one endpoint right now. Mutated only through the registry."""
+    """What olla knows about one endpoint right now. Written only by ``EndpointRegistry``."""
 
     status: EndpointStatus = EndpointStatus.UNKNOWN
     status_reason: str = ""
@@ -250,10 +254,18 @@ class EndpointState:
     last_probe_latency: float | None = None
     last_model_sync: float | None = None
     model_count: int = 0
+    #: a first model list was asked for since the endpoint came up (answered or failed)
+    models_asked: bool = False
     #: what the backend says its version is (Ollama's ``/api/version``), once discovery asked
     version: str | None = None
     # traffic, counted per upstream attempt (see stats in the spec, §10)
     in_flight: int = 0
+    #: the sum of the start times of the attempts in flight (their mean age is O(1) from it)
+    in_flight_since: float = 0.0
+    #: a moving average of how long an attempt here takes, start to last byte
+    service_time: float = 0.0
+    #: the backend said it is full (429/503): tried after the others until then
+    busy_until: float = 0.0
     requests: int = 0
     successes: int = 0
     failures: int = 0
@@ -271,30 +283,57 @@ class EndpointState:
     def avg_latency(self) -> float | None:
         return None if self.successes == 0 else self.latency_total / self.successes
 
+    def expected_service_time(self, now: float) -> float:
+        """How long a request here takes: the moving average, or longer while the requests in
+        flight have already been running longer than that."""
+        if self.in_flight <= 0:
+            return self.service_time
+        return max(self.service_time, now - self.in_flight_since / self.in_flight)
+
 
 class Outcome(enum.Enum):
     """How one upstream attempt ended."""
 
     OK = "ok"  # the response reached the client in full, whatever its status
     FAILED = "failed"  # transport error, timeout or truncated stream
+    REFUSED = "refused"  # the backend answered that it is busy (429/503...): tried elsewhere
     CLIENT_GONE = "client_gone"
 
+
+#: weight of the newest attempt in ``EndpointState.service_time``
+_SERVICE_EWMA = 0.2
 
 StatusListener = Callable[[Endpoint, EndpointStatus, EndpointStatus], None]
 
 
 class EndpointRegistry:
-    """The endpoints in config order, their states, and status-change announcements."""
+    """The endpoints in config order and the one writer of their states.
+
+    Health, discovery and the proxy report what they saw through the named methods below
+    (probe results, model lists, attempts); everything else only reads ``state()``. Status
+    changes are logged and announced to listeners once each.
+    """
 
     _log = Logger()
 
-    def __init__(self, endpoints: Sequence[Endpoint], clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        clock: IReactorTime,
+        *,
+        breakers: CircuitBreakers | None = None,
+        lists_models: bool = True,
+    ) -> None:
         self._endpoints = tuple(endpoints)
         self._states = {ep: EndpointState() for ep in self._endpoints}
         self._by_name = {ep.name: ep for ep in self._endpoints}
         self._clock = clock
+        self.breakers = breakers or CircuitBreakers(clock)
+        #: whether model discovery runs (readiness then also waits for the first lists)
+        self._lists_models = lists_models
         self._listeners: list[StatusListener] = []
-        self._first_probe_waiters: list[Deferred[None]] = []
+        self._ready_waiters: list[Deferred[None]] = []
+        self._started = False  # latched by ``ready``: the gate is for startup only
 
     def __iter__(self) -> Iterator[Endpoint]:
         return iter(self._endpoints)
@@ -339,8 +378,7 @@ class EndpointRegistry:
         )
         for listener in list(self._listeners):
             listener(endpoint, old, status)
-        if old is EndpointStatus.UNKNOWN:
-            self._release_first_probe_waiters()
+        self._release_ready_waiters()
 
     def set_detected(self, endpoint: Endpoint, profile: Profile) -> None:
         """A ``type: auto`` endpoint turned out to be ``profile``'s platform: from now on it is
@@ -352,21 +390,94 @@ class EndpointRegistry:
             type=profile.name,
         )
 
+    # ------------------------------------------------------------------ health (probes)
+
+    def probe_finished(
+        self,
+        endpoint: Endpoint,
+        status: EndpointStatus,
+        reason: str = "",
+        *,
+        latency: float,
+        backoff_multiplier: int | None = None,
+    ) -> None:
+        """One health probe's verdict. A passing probe also closes the proxy's circuit: the
+        machine answers again, so a restarted one takes traffic at once."""
+        state = self._states[endpoint]
+        state.last_check = self._clock.seconds()
+        state.last_probe_latency = latency
+        if status.up:
+            state.consecutive_failures = 0
+            self.breakers.succeeded(endpoint)
+        elif status in (EndpointStatus.OFFLINE, EndpointStatus.UNHEALTHY):
+            state.consecutive_failures += 1
+        if backoff_multiplier is not None:
+            state.backoff_multiplier = backoff_multiplier
+        self.set_status(endpoint, status, reason)
+
+    def probe_scheduled(self, endpoint: Endpoint, at: float) -> None:
+        self._states[endpoint].next_check = at
+
+    def unreachable(self, endpoint: Endpoint, reason: str) -> None:
+        """A proxied request could not connect: out of rotation until a probe passes."""
+        self._states[endpoint].consecutive_failures += 1
+        self.set_status(endpoint, EndpointStatus.OFFLINE, reason)
+
+    # ------------------------------------------------------------------ discovery (models)
+
+    def models_listed(self, endpoint: Endpoint, count: int) -> None:
+        state = self._states[endpoint]
+        state.model_count = count
+        state.last_model_sync = self._clock.seconds()
+        self._models_asked(endpoint)
+
+    def models_unlisted(self, endpoint: Endpoint) -> None:
+        """Asking for the model list failed; whatever was known stays known."""
+        self._models_asked(endpoint)
+
+    def models_forgotten(self, endpoint: Endpoint) -> None:
+        self._states[endpoint].model_count = 0
+
+    def version_read(self, endpoint: Endpoint, version: str) -> None:
+        self._states[endpoint].version = version
+
+    def _models_asked(self, endpoint: Endpoint) -> None:
+        state = self._states[endpoint]
+        if not state.models_asked:
+            state.models_asked = True
+            self._release_ready_waiters()
+
     # ------------------------------------------------------------------ startup gate
 
     @property
     def all_probed(self) -> bool:
         return all(s.status is not EndpointStatus.UNKNOWN for s in self._states.values())
 
-    def when_probed(self, timeout: float) -> Deferred[None]:
-        """Fires once every endpoint has a first health result, or after ``timeout`` seconds.
+    @property
+    def ready(self) -> bool:
+        """Startup is over: every endpoint has a first health result, and every routable one a
+        first answer to its model list (or an error), so routing decisions can be trusted.
+
+        Latched: a machine that comes back later is routed on what is known (routing sends a
+        model nobody lists to endpoints whose lists are still unknown).
+        """
+        if not self._started:
+            self._started = all(
+                s.status is not EndpointStatus.UNKNOWN
+                and (s.models_asked or not self._lists_models or not s.status.routable)
+                for s in self._states.values()
+            )
+        return self._started
+
+    def when_ready(self, timeout: float) -> Deferred[None]:
+        """Fires once ``ready`` holds, or after ``timeout`` seconds.
 
         Requests that arrive while olla is starting wait on this instead of failing.
         """
-        if self.all_probed:
+        if self.ready:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._first_probe_waiters.append(waiter)
+        self._ready_waiters.append(waiter)
         call = self._clock.callLater(timeout, self._expire_waiter, waiter)
 
         def cancel_timer(result: None) -> None:
@@ -378,43 +489,61 @@ class EndpointRegistry:
         return waiter
 
     def _expire_waiter(self, waiter: Deferred[None]) -> None:
-        if waiter in self._first_probe_waiters:
-            self._first_probe_waiters.remove(waiter)
+        if waiter in self._ready_waiters:
+            self._ready_waiters.remove(waiter)
             waiter.callback(None)
 
-    def _release_first_probe_waiters(self) -> None:
-        if not self.all_probed:
+    def _release_ready_waiters(self) -> None:
+        if not self._ready_waiters or not self.ready:
             return
-        waiters, self._first_probe_waiters = self._first_probe_waiters, []
+        waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
-    # ------------------------------------------------------------------ traffic
+    # ------------------------------------------------------------------ traffic (proxy)
 
-    def request_started(self, endpoint: Endpoint) -> None:
-        self._states[endpoint].in_flight += 1
+    def attempt_started(self, endpoint: Endpoint, started: float) -> None:
+        """One upstream attempt begins; ``attempt_ended`` with the same ``started`` ends it."""
+        state = self._states[endpoint]
+        state.in_flight += 1
+        state.in_flight_since += started
+        self.breakers.attempt_started(endpoint)
 
-    def request_finished(
-        self, endpoint: Endpoint, outcome: Outcome, *, latency: float, relayed: int = 0
+    def attempt_ended(
+        self, endpoint: Endpoint, outcome: Outcome, *, started: float, relayed: int = 0
     ) -> None:
-        """End one upstream attempt.
+        """End one upstream attempt: counters, service time and the circuit learn its fate.
 
         A client that left is not the endpoint's fault: it frees the slot and counts nothing.
         """
         state = self._states[endpoint]
+        latency = max(0.0, self._clock.seconds() - started)
         state.in_flight = max(0, state.in_flight - 1)
+        state.in_flight_since = state.in_flight_since - started if state.in_flight else 0.0
         state.bytes_relayed += relayed
         if outcome is Outcome.CLIENT_GONE:
+            self.breakers.released(endpoint)
             return
         state.requests += 1
-        if outcome is Outcome.OK:
-            state.successes += 1
-            state.latency_total += latency
-            state.latency_min = (
-                latency if state.latency_min is None else min(state.latency_min, latency)
-            )
-            state.latency_max = (
-                latency if state.latency_max is None else max(state.latency_max, latency)
-            )
-        else:
+        if outcome is Outcome.FAILED:
             state.failures += 1
+            self.breakers.failed(endpoint)
+            return
+        self.breakers.succeeded(endpoint)  # it answered: the transport works
+        if outcome is Outcome.REFUSED:
+            state.failures += 1
+            return
+        state.successes += 1
+        state.service_time += _SERVICE_EWMA * (latency - state.service_time)
+        state.latency_total += latency
+        state.latency_min = (
+            latency if state.latency_min is None else min(state.latency_min, latency)
+        )
+        state.latency_max = (
+            latency if state.latency_max is None else max(state.latency_max, latency)
+        )
+
+    def backend_busy(self, endpoint: Endpoint, seconds: float) -> None:
+        """The backend answered that it is full: others go first for ``seconds``."""
+        state = self._states[endpoint]
+        state.busy_until = max(state.busy_until, self._clock.seconds() + seconds)

@@ -224,6 +224,7 @@ class _Poller:
         self.running: Deferred[None] | None = None
         self.breaker_failures = 0
         self.breaker_open_until: float | None = None
+        self.backoff_multiplier = 1
 
 
 class HealthService(Service):
@@ -275,9 +276,7 @@ class HealthService(Service):
 
     def report_connection_failure(self, endpoint: Endpoint, reason: str) -> None:
         """A proxied request could not reach ``endpoint``: out of rotation now, recheck now."""
-        state = self._registry.state(endpoint)
-        state.consecutive_failures += 1
-        self._registry.set_status(endpoint, EndpointStatus.OFFLINE, reason)
+        self._registry.unreachable(endpoint, reason)
         self.check_now(endpoint)
 
     # ------------------------------------------------------------------ one probe
@@ -328,15 +327,11 @@ class HealthService(Service):
         endpoint = poller.endpoint
         if result.detected is not None:
             self._registry.set_detected(endpoint, result.detected)
-        state = self._registry.state(endpoint)
         now = self._clock.seconds()
-        state.last_check = now
-        state.last_probe_latency = result.latency
         interval = endpoint.check_interval
-        previous = state.status
+        previous = self._registry.state(endpoint).status
         if result.ok:
-            state.consecutive_failures = 0
-            state.backoff_multiplier = 1
+            poller.backoff_multiplier = 1
             poller.breaker_failures = 0
             poller.breaker_open_until = None
             delay = self._jittered(interval)
@@ -346,8 +341,7 @@ class HealthService(Service):
             # not the server failing: nothing to back off from, keep looking at the interval
             delay = self._jittered(interval)
         else:
-            state.consecutive_failures += 1
-            delay = self._backoff(state, interval)
+            delay = self._backoff(poller, interval)
             if result.unreachable:
                 delay = self._jittered(interval)  # refused is cheap: keep looking
             else:
@@ -362,25 +356,32 @@ class HealthService(Service):
                         failures=poller.breaker_failures,
                         seconds=BREAKER_OPEN,
                     )
-            if state.consecutive_failures % 5 == 0:
-                self._log.warn(
-                    "endpoint {endpoint} still failing ({failures} in a row): {reason}",
-                    endpoint=endpoint.name,
-                    failures=state.consecutive_failures,
-                    reason=result.reason,
-                )
-        self._registry.set_status(endpoint, result.status, result.reason)
+        self._registry.probe_finished(
+            endpoint,
+            result.status,
+            result.reason,
+            latency=result.latency,
+            backoff_multiplier=poller.backoff_multiplier,
+        )
+        failures = self._registry.state(endpoint).consecutive_failures
+        if not result.ok and failures and failures % 5 == 0:
+            self._log.warn(
+                "endpoint {endpoint} still failing ({failures} in a row): {reason}",
+                endpoint=endpoint.name,
+                failures=failures,
+                reason=result.reason,
+            )
         if result.ok and previous not in (EndpointStatus.UNKNOWN, EndpointStatus.HEALTHY):
             for listener in self.on_recovered:
                 listener(endpoint)
         self._schedule(poller, delay)
 
-    def _backoff(self, state: Any, interval: float) -> float:
-        if state.backoff_multiplier <= 1:
-            state.backoff_multiplier = 2
+    def _backoff(self, poller: _Poller, interval: float) -> float:
+        if poller.backoff_multiplier <= 1:
+            poller.backoff_multiplier = 2
             return float(interval)
-        delay = min(interval * state.backoff_multiplier, BACKOFF_CAP)
-        state.backoff_multiplier = min(state.backoff_multiplier * 2, MULTIPLIER_CAP)
+        delay = min(interval * poller.backoff_multiplier, BACKOFF_CAP)
+        poller.backoff_multiplier = min(poller.backoff_multiplier * 2, MULTIPLIER_CAP)
         return float(delay)
 
     def _jittered(self, interval: float) -> float:
@@ -391,7 +392,7 @@ class HealthService(Service):
             return
         if poller.call is not None and poller.call.active():
             poller.call.cancel()
-        self._registry.state(poller.endpoint).next_check = self._clock.seconds() + delay
+        self._registry.probe_scheduled(poller.endpoint, self._clock.seconds() + delay)
         poller.call = self._clock.callLater(delay, self._tick, poller)
 
     def _tick(self, poller: _Poller) -> None:

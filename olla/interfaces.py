@@ -17,12 +17,19 @@ if TYPE_CHECKING:
 
 
 class IBalancer(Interface):
-    """Chooses one endpoint among the candidates for one upstream attempt."""
+    """Orders the candidates of one request: the order among endpoints routing finds equal."""
 
     name = Attribute("The ``proxy.load_balancer`` value this balancer implements.")
 
+    def order(candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+        """Every one of ``candidates`` (never empty), best first, reading load from
+        ``registry``. Called once per request (round-robin advances once)."""
+
+    def tier(endpoint: Endpoint) -> int:
+        """Lower tiers go first whatever else routing prefers (0 for balancers without)."""
+
     def choose(candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
-        """Pick one of ``candidates`` (never empty), reading load from ``registry``."""
+        """The first of ``order(candidates, registry)``."""
 
 
 class IHealthChecker(Interface):

@@ -141,6 +141,8 @@ def capabilities(name: str, family: str | None = None) -> list[str]:
 class _EndpointModels:
     models: dict[str, ModelInfo] = field(default_factory=dict)  # lower-cased name -> info
     loaded: set[str] = field(default_factory=set)  # lower-cased names
+    #: the backend says what it has in memory (Ollama's /api/ps, LM Studio's state)
+    reports_loaded: bool = False
     running: tuple[Mapping[str, object], ...] = ()  # Ollama /api/ps rows, as sent
     synced_at: float | None = None
 
@@ -168,6 +170,7 @@ class ModelCatalogue:
     def __init__(self, aliases: Mapping[str, Sequence[str]] | None = None) -> None:
         self._by_endpoint: dict[Endpoint, _EndpointModels] = {}
         self._aliases = {k.lower(): tuple(v) for k, v in (aliases or {}).items()}
+        self._load_times: dict[str, float] = {}
 
     # ------------------------------------------------------------------ writes (discovery)
 
@@ -186,6 +189,7 @@ class ModelCatalogue:
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
         entry.loaded = {n.lower() for n in names}
         entry.running = tuple(entries)
+        entry.reports_loaded = True
 
     def drop_stale(self, before: float) -> list[Endpoint]:
         """Forget model lists last refreshed before ``before``; returns those endpoints."""
@@ -200,8 +204,18 @@ class ModelCatalogue:
         return stale
 
     def mark_loaded(self, endpoint: Endpoint, name: str) -> None:
-        """A request for ``name`` went to ``endpoint``: it is warm there now."""
+        """``endpoint`` answered a request for ``name``: it is warm there now."""
         self._by_endpoint.setdefault(endpoint, _EndpointModels()).loaded.add(name.lower())
+
+    def observe_load(self, name: str, seconds: float) -> None:
+        """A backend took ``seconds`` to load ``name`` (Ollama's ``load_duration``)."""
+        key = name.lower()
+        known = self._load_times.get(key)
+        self._load_times[key] = seconds if known is None else known + 0.3 * (seconds - known)
+
+    def load_time(self, name: str, default: float) -> float:
+        """The expected time to load ``name`` on a machine that does not have it in memory."""
+        return self._load_times.get(name.lower(), default)
 
     # ------------------------------------------------------------------ reads
 
@@ -212,6 +226,19 @@ class ModelCatalogue:
     def loaded_on(self, endpoint: Endpoint) -> set[str]:
         entry = self._by_endpoint.get(endpoint)
         return set(entry.loaded) if entry else set()
+
+    def warm(self, endpoint: Endpoint, name: str) -> bool:
+        """Whether ``name`` is in memory on ``endpoint``. A backend that never says what it
+        has loaded (vLLM, llama.cpp...) serves what it lists without loading: warm."""
+        entry = self._by_endpoint.get(endpoint)
+        if entry is None or not entry.reports_loaded:
+            return True
+        return name.lower() in entry.loaded
+
+    def listed(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint``'s model list has been read (it may be empty)."""
+        entry = self._by_endpoint.get(endpoint)
+        return entry is not None and entry.synced_at is not None
 
     def running_on(self, endpoint: Endpoint) -> tuple[Mapping[str, object], ...]:
         """The ``/api/ps`` rows ``endpoint`` last reported (empty for non-Ollama backends)."""
@@ -339,23 +366,3 @@ class ModelCatalogue:
         if not hosts:
             return RoutingDecision("strict", "rejected", "model_not_found", status=404)
         return RoutingDecision("strict", "rejected", "model_unavailable", status=503)
-
-    def prefer_loaded(self, model: str, decision: RoutingDecision) -> RoutingDecision:
-        """Among the routed endpoints, keep those with the model already loaded, if any."""
-        if decision.rejected or len(decision.endpoints) < 2:
-            return decision
-        warm = tuple(
-            ep
-            for ep in decision.endpoints
-            if (decision.rewrite.get(ep) or model).lower() in self.loaded_on(ep)
-        )
-        if not warm or len(warm) == len(decision.endpoints):
-            return decision
-        return RoutingDecision(
-            decision.strategy,
-            decision.decision,
-            "model_loaded",
-            warm,
-            decision.status,
-            decision.rewrite,
-        )

@@ -49,7 +49,8 @@ from olla.health import HealthService, HTTPHealthChecker
 from olla.logging import make_observer
 from olla.models import ModelCatalogue
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
-from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
+from olla.proxy.resource import ProxyDeps, ProxyResource
+from olla.proxy.routing import ProviderRoute, Router
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
@@ -190,6 +191,15 @@ class _StartupLog(Service):
             )
 
 
+def startup_wait(config: OllaConfig) -> float:
+    """How long a request that arrives while olla starts may wait for the first probes (each
+    bounded by its ``check_timeout``, plus the quick re-checks of a refused one) and the first
+    model lists (tags, loaded models and version, each bounded by the discovery timeout)."""
+    probes = max((ep.check_timeout for ep in config.discovery.endpoints), default=0.0) + 0.5
+    discovery = config.discovery.model_discovery
+    return probes + (3 * discovery.timeout if discovery.enabled else 0.0)
+
+
 def build_service(
     config: OllaConfig, reactor: Any, profiles: ProfileRegistry | None = None
 ) -> OllaService:
@@ -206,29 +216,34 @@ def build_service(
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
+    discovery_config = config.discovery.model_discovery
     registry = EndpointRegistry(
-        endpoints_from_config(config.discovery.endpoints, profiles), reactor
+        endpoints_from_config(config.discovery.endpoints, profiles),
+        reactor,
+        breakers=CircuitBreakers(reactor),
+        lists_models=discovery_config.enabled,
     )
     health = HealthService(registry, HTTPHealthChecker(agent, reactor, __version__), reactor)
     catalogue = ModelCatalogue(config.model_aliases)
-    discovery = DiscoveryService(
-        registry, catalogue, agent, reactor, config.discovery.model_discovery, __version__
-    )
+    discovery = DiscoveryService(registry, catalogue, agent, reactor, discovery_config, __version__)
     discovery.stale_threshold = config.model_registry.unification.stale_threshold
-    health.on_recovered.append(discovery.refresh)  # a machine back up may have new models
 
+    router = Router(
+        registry,
+        catalogue,
+        balancer_for(config.proxy.load_balancer),
+        reactor,
+        strategy=config.model_registry.routing_strategy,
+        warm=config.proxy.warm_routing,
+    )
     deps = ProxyDeps(
-        registry=registry,
-        balancer=balancer_for(config.proxy.load_balancer),
+        router=router,
         agent=agent,
         clock=reactor,
         cooperator=cooperator,
         config=config.proxy,
         report_connection_failure=health.report_connection_failure,
-        startup_wait=max((ep.check_timeout for ep in registry), default=0.0),
-        breakers=CircuitBreakers(reactor),
-        catalogue=catalogue,
-        routing=config.model_registry.routing_strategy,
+        startup_wait=startup_wait(config),
         refresh_models=discovery.refresh_all,
         refresh_loaded=discovery.refresh_loaded,
     )

@@ -28,7 +28,6 @@ from zope.interface import implementer
 from olla.anthropic.resource import AnthropicResource
 from olla.anthropic.stats import TranslatorStats
 from olla.balancer import RoundRobinBalancer
-from olla.breaker import CircuitBreakers
 from olla.config import (
     AnthropicTranslatorConfig,
     EndpointConfig,
@@ -37,9 +36,11 @@ from olla.config import (
     RoutingStrategyConfig,
 )
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.interfaces import IBalancer
 from olla.models import ModelCatalogue, ModelInfo
 from olla.profiles import builtin_profiles
-from olla.proxy.resource import ProviderRoute, ProxyDeps, ProxyResource
+from olla.proxy.resource import ProxyDeps, ProxyResource
+from olla.proxy.routing import ProviderRoute, Router
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
@@ -182,6 +183,7 @@ class Harness:
         routing: RoutingStrategyConfig | None = None,
         aliases: Mapping[str, Sequence[str]] | None = None,
         anthropic: AnthropicTranslatorConfig | None = None,
+        balancer: IBalancer | None = None,
     ) -> None:
         self.clock = clock or Clock()
         configs = [
@@ -202,27 +204,33 @@ class Harness:
         for endpoint, netloc in zip(self.endpoints, backends, strict=True):
             names = (models or {}).get(netloc, DEFAULT_MODELS)
             self.catalogue.set_models(endpoint, [ModelInfo(n) for n in names], 0.0)
+            self.registry.models_listed(endpoint, len(names))
         self.failures: list[tuple[str, str]] = []
         self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
 
         def record_failure(endpoint: Endpoint, reason: str) -> None:
             self.failures.append((endpoint.name, reason))
-            self.registry.set_status(endpoint, EndpointStatus.OFFLINE, reason)
+            self.registry.unreachable(endpoint, reason)
             if on_connection_failure is not None:
                 on_connection_failure(endpoint, reason)
 
+        proxy_config = proxy or replace(ProxyConfig(), read_timeout=30.0)
+        self.router = Router(
+            self.registry,
+            self.catalogue,
+            balancer or RoundRobinBalancer(),
+            self.clock,
+            strategy=routing or RoutingStrategyConfig(),
+            warm=proxy_config.warm_routing,
+        )
         self.deps = ProxyDeps(
-            registry=self.registry,
-            balancer=RoundRobinBalancer(),
+            router=self.router,
             agent=self.agent,
             clock=self.clock,
             cooperator=self.cooperator,
-            config=proxy or replace(ProxyConfig(), read_timeout=30.0),
+            config=proxy_config,
             report_connection_failure=record_failure,
             startup_wait=2.0,
-            breakers=CircuitBreakers(self.clock),
-            catalogue=self.catalogue,
-            routing=routing or RoutingStrategyConfig(),
         )
         route = ProviderRoute("ollama", frozenset({"ollama"}), "ollama")
         self.translator_stats = TranslatorStats("anthropic")

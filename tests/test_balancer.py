@@ -64,8 +64,8 @@ def test_round_robin_even_and_stable() -> None:
 def test_least_connections_prefers_idle() -> None:
     """If one endpoint has fewer requests in flight, then least-connections picks it."""
     endpoints, registry = _fleet(100, 100, 100)
-    registry.request_started(endpoints[0])
-    registry.request_started(endpoints[1])
+    registry.attempt_started(endpoints[0], 0.0)
+    registry.attempt_started(endpoints[1], 0.0)
     balancer = LeastConnectionsBalancer()
     assert balancer.choose(endpoints, registry) is endpoints[2]
 
@@ -83,5 +83,5 @@ def test_least_connections_follows_load() -> None:
     endpoints, registry = _fleet(100, 100, 100)
     balancer = LeastConnectionsBalancer()
     for _ in range(300):
-        registry.request_started(balancer.choose(endpoints, registry))
+        registry.attempt_started(balancer.choose(endpoints, registry), 0.0)
     assert [registry.state(ep).in_flight for ep in endpoints] == [100, 100, 100]

@@ -104,12 +104,16 @@ class ClassifyTests(SynchronousTestCase):
 
 class ServiceTests(SynchronousTestCase):
     def test_startup_probes_all_and_opens_gate(self) -> None:
-        """If the service starts, then every endpoint is probed at once and the startup gate
-        opens."""
+        """If the service starts, then every endpoint is probed at once, and the startup gate
+        opens once each healthy one has had its model list asked for too."""
         service, registry, checker, clock, endpoints = _service("a", "b")
-        gate = registry.when_probed(5.0)
+        gate = registry.when_ready(5.0)
         service.startService()
         self.assertEqual(checker.probes, [("a", 0.0), ("b", 0.0)])
+        self.assertNoResult(gate)
+        registry.models_listed(endpoints[0], 3)
+        self.assertNoResult(gate)
+        registry.models_unlisted(endpoints[1])  # a failed list counts: nothing to wait for
         self.successResultOf(gate)
         self.assertEqual(registry.routable(), endpoints)
         self.successResultOf(service.stopService())

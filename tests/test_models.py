@@ -127,21 +127,6 @@ def test_alias() -> None:
     assert unknown.reason == "model_not_found"
 
 
-def test_prefer_loaded() -> None:
-    """If a model is loaded on one of its hosts, then that host is preferred (model_loaded)."""
-    catalogue = _catalogue()
-    catalogue.set_loaded(B, ["SHARED:7b"])
-    decision = catalogue.prefer_loaded(
-        "shared:7b", catalogue.route("shared:7b", [A, B], RoutingStrategyConfig())
-    )
-    assert (decision.reason, decision.endpoints) == ("model_loaded", (B,))
-    catalogue.set_loaded(A, ["shared:7b"])
-    both = catalogue.prefer_loaded(
-        "shared:7b", catalogue.route("shared:7b", [A, B], RoutingStrategyConfig())
-    )
-    assert both.reason == "model_found" and len(both.endpoints) == 2
-
-
 def test_rewrite_model_only_top_level() -> None:
     """If the model is rewritten, then only the top-level value changes, byte for byte."""
     body = b'{"messages":[{"model":"fast"}],  "model" : "fast", "x": 1}'

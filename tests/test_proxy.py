@@ -503,12 +503,13 @@ class BreakerTests(SynchronousTestCase):
         proxy = replace(ProxyConfig(), response_header_timeout=1.0)
         h = Harness({"a:1": HANG, "b:1": backend}, proxy=proxy)
         h.deps.report_connection_failure = lambda endpoint, reason: None  # health stays green
-        for _ in range(5):
+        for _ in range(10):  # round-robin puts a first every other request: five timeouts
             client = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
             h.advance(1.0)
             response = client.response()
             assert response is not None
             self.assertEqual(response.status, 200)  # failed over to b
+        self.assertFalse(h.registry.breakers.allows(h.endpoints[0]))
         waiting = len(h.agent.hanging)
         for _ in range(4):
             response = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT)).response()
@@ -568,6 +569,7 @@ class ModelRoutingTests(SynchronousTestCase):
     def test_warm_model_preferred(self) -> None:
         """If a shared model is loaded on B only, then requests go to B (model_loaded)."""
         h, a, b = self._fleet()
+        h.catalogue.set_loaded(h.endpoints[0], [])  # A says it has nothing in memory
         h.catalogue.set_loaded(h.endpoints[1], ["shared:7b"])
         for _ in range(4):
             response = self._chat(h, "shared:7b")

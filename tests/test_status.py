@@ -111,12 +111,13 @@ class _Harness(SynchronousTestCase):
     def traffic(
         self, endpoint: Endpoint, ok: int, failed: int = 0, latency: float = 0.1, size: int = 0
     ) -> None:
+        started = self.clock.seconds() - latency
         for _ in range(ok):
-            self.registry.request_started(endpoint)
-            self.registry.request_finished(endpoint, Outcome.OK, latency=latency, relayed=size)
+            self.registry.attempt_started(endpoint, started)
+            self.registry.attempt_ended(endpoint, Outcome.OK, started=started, relayed=size)
         for _ in range(failed):
-            self.registry.request_started(endpoint)
-            self.registry.request_finished(endpoint, Outcome.FAILED, latency=latency)
+            self.registry.attempt_started(endpoint, started)
+            self.registry.attempt_ended(endpoint, Outcome.FAILED, started=started)
 
 
 # =========================================================================== pure formats
@@ -252,7 +253,7 @@ class StatusTests(_Harness):
         self.traffic(ep, ok=249, latency=0.120, size=4 * 1024**2)
         self.traffic(ep, ok=0, failed=1)
         self.traffic(ep, ok=1, latency=0.004)
-        self.registry.request_started(ep)  # one still in flight
+        self.registry.attempt_started(ep, self.clock.seconds())  # one still in flight
         state = self.registry.state(ep)
         state.last_check = T0 - 2
         state.next_check = T0 + 3.5
@@ -416,7 +417,7 @@ class StatusTests(_Harness):
         self.registry.set_status(eps["c"], EndpointStatus.BUSY)
         self.traffic(eps["a"], ok=8, latency=0.2, size=1024)
         self.traffic(eps["b"], ok=0, failed=2)
-        self.registry.request_started(eps["a"])
+        self.registry.attempt_started(eps["a"], self.clock.seconds())
         system = self.get_json("/internal/status")["system"]
         self.assertEqual(system["status"], "critical")
         self.assertEqual(system["endpoints_up"], "2/3")

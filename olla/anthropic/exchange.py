@@ -18,8 +18,9 @@ from twisted.web.server import Request
 from olla.anthropic.stats import TranslatorStats
 from olla.endpoints import Endpoint
 from olla.interfaces import IStreamTranslator, ITranslator
-from olla.proxy.exchange import Exchange, ProviderRoute, ProxyDeps
+from olla.proxy.exchange import Exchange, ProxyDeps
 from olla.proxy.forward import BytesProducer, StreamBody
+from olla.proxy.routing import ProviderRoute
 from olla.web.errors import Dialect, write_error
 
 #: the most of a non-streamed answer (or an error body) olla holds to translate it
@@ -63,16 +64,11 @@ class _Tracked(Exchange):
         request: Request,
         model: str,
         stats: TranslatorStats,
-        allowed: list[Endpoint],
         target: bytes,
     ) -> None:
         super().__init__(deps, route, request, target, model, Dialect.ANTHROPIC)
         self._stats = stats
-        self._allowed = allowed
         self._counted = False
-
-    def narrow(self, healthy: list[Endpoint]) -> list[Endpoint]:
-        return [ep for ep in healthy if ep in self._allowed] if self._allowed else healthy
 
     def count(self, ok: bool) -> None:
         if not self._counted:
@@ -117,7 +113,7 @@ class TranslatedExchange(_Tracked):
         paths: Callable[[Endpoint], str],
     ) -> None:
         # any endpoint hosting the model will do; ``paths`` names each one's completions path
-        super().__init__(deps, route, request, model, stats, [], b"/v1/chat/completions")
+        super().__init__(deps, route, request, model, stats, b"/v1/chat/completions")
         self._translation = translator
         self._openai_body = openai_body
         self._input_tokens = input_tokens
@@ -144,7 +140,7 @@ class TranslatedExchange(_Tracked):
 
     def upstream_body(self, endpoint: Endpoint) -> IBodyProducer | None:
         body = self._openai_body
-        native = self._decision.rewrite.get(endpoint) if self._decision else None
+        native = self.native_model(endpoint)
         if native is not None:  # an alias: this endpoint knows the model by its own name
             body = {**body, "model": native}
         return BytesProducer(json.dumps(body).encode())

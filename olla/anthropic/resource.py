@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -23,7 +24,8 @@ from olla.anthropic.translator import AnthropicTranslator
 from olla.config import AnthropicTranslatorConfig
 from olla.endpoints import Endpoint
 from olla.profiles import ProfileRegistry
-from olla.proxy.exchange import ProviderRoute, ProxyDeps, request_size
+from olla.proxy.exchange import ProxyDeps, request_size
+from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
 from olla.web.errors import Dialect, write_error
 
 MESSAGES = b"/v1/messages"
@@ -125,23 +127,32 @@ class AnthropicResource(Resource):
         if not isinstance(body, dict):
             return self._error(request, 400, "request body must be a JSON object")
         model = body.get("model")
-        if isinstance(model, str) and model:
-            native, path, _ = self._passthrough_plan(model, body)
-            counting = [ep for ep in native if self._counts_tokens(ep)]
-            if counting:
-                exchange = PassthroughExchange(
-                    self._deps,
-                    self._route,
-                    request,
-                    model,
-                    TranslatorStats("count_tokens"),  # not a translation: kept out of the page
-                    counting,
-                    (path + "/count_tokens").encode(),
-                )
-                exchange.small_body = raw
-                exchange.start()
-                return NOT_DONE_YET
-        return self._json(request, {"input_tokens": self._translator.estimate_tokens(body)})
+        if not isinstance(model, str) or not model:
+            return self._json(request, {"input_tokens": self._translator.estimate_tokens(body)})
+
+        def count(plan: RoutePlan) -> None:
+            if _gone(request):
+                return
+            native, path, _ = self._passthrough(plan, body)
+            counting = tuple(ep for ep in native if self._counts_tokens(ep))
+            if not counting:
+                estimate = {"input_tokens": self._translator.estimate_tokens(body)}
+                request.write(self._json(request, estimate))
+                request.finish()
+                return
+            exchange = PassthroughExchange(
+                self._deps,
+                self._route,
+                request,
+                model,
+                TranslatorStats("count_tokens"),  # not a translation: kept out of the page
+                (path + "/count_tokens").encode(),
+            )
+            exchange.small_body = raw
+            exchange.start(RoutePlan(counting, plan.decision))
+
+        self._routed(model).addCallback(count)
+        return NOT_DONE_YET
 
     def _counts_tokens(self, endpoint: Endpoint) -> bool:
         profile = self._profiles.get(endpoint.type)
@@ -158,45 +169,64 @@ class AnthropicResource(Resource):
         except InvalidRequest as e:
             self._error(request, 400, str(e))
             return
-        deps = self._deps
         model: str = body["model"]
-        streaming = bool(body.get("stream"))
-        native, path, fallback = self._passthrough_plan(model, body)
-        self._stats.started(passthrough=bool(native), streaming=streaming, fallback=fallback)
-        if native:
-            exchange: PassthroughExchange | TranslatedExchange = PassthroughExchange(
-                deps, self._route, request, model, self._stats, native, path.encode()
-            )
-        else:
-            exchange = TranslatedExchange(
-                deps,
-                self._route,
-                request,
-                model,
-                self._stats,
-                translator=self._translator,
-                openai_body=openai_body,
-                input_tokens=self._translator.estimate_tokens(body),
-                paths=lambda ep: chat_completions_path(self._profiles.get(ep.type)),
-            )
-        exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough
-        exchange.start()
 
-    def _passthrough_plan(
-        self, model: str, body: dict[str, Any]
-    ) -> tuple[list[Endpoint], str, Fallback | None]:
-        """The endpoints that take ``body`` as it is (with their path), or why none does."""
-        if not self._config.passthrough_enabled:
-            return [], "", Fallback.PASSTHROUGH_DISABLED
+        def send(plan: RoutePlan) -> None:
+            if _gone(request):
+                return
+            native, path, fallback = self._passthrough(plan, body)
+            self._stats.started(
+                passthrough=bool(native), streaming=bool(body.get("stream")), fallback=fallback
+            )
+            if native:
+                exchange: PassthroughExchange | TranslatedExchange = PassthroughExchange(
+                    self._deps, self._route, request, model, self._stats, path.encode()
+                )
+                plan = RoutePlan(native, plan.decision)
+            else:
+                exchange = TranslatedExchange(
+                    self._deps,
+                    self._route,
+                    request,
+                    model,
+                    self._stats,
+                    translator=self._translator,
+                    openai_body=openai_body,
+                    input_tokens=self._translator.estimate_tokens(body),
+                    paths=lambda ep: chat_completions_path(self._profiles.get(ep.type)),
+                )
+            exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough
+            exchange.start(plan)
+
+        self._routed(model).addCallback(send)
+
+    def _routed(self, model: str) -> Deferred[RoutePlan]:
+        """Route once (after startup's first probes and lists, like every proxied request);
+        the exchange then walks these candidates, whichever way it speaks to them."""
         deps = self._deps
-        healthy = deps.registry.routable()
-        decision = deps.catalogue.route(model, healthy, deps.routing)
-        candidates = list(decision.endpoints) if not decision.rejected else []
-        if not candidates:
-            return [], "", Fallback.NO_COMPATIBLE_ENDPOINTS
+        query = RouteQuery(route=self._route, path=MESSAGES.decode(), model=model)
+        return deps.registry.when_ready(deps.startup_wait).addCallback(
+            lambda _: deps.router.plan(query)
+        )
+
+    def _passthrough(
+        self, plan: RoutePlan, body: dict[str, Any]
+    ) -> tuple[tuple[Endpoint, ...], str, Fallback | None]:
+        """The candidates that take ``body`` as it is (in routing's order, with their path),
+        or why none does."""
+        if not self._config.passthrough_enabled:
+            return (), "", Fallback.PASSTHROUGH_DISABLED
+        if not plan.candidates:
+            return (), "", Fallback.NO_COMPATIBLE_ENDPOINTS
+        registry = self._deps.registry
         native, path = passthrough_endpoints(
-            candidates, self._profiles, lambda ep: deps.registry.state(ep).version, body
+            list(plan.candidates), self._profiles, lambda ep: registry.state(ep).version, body
         )
         if not native:
-            return [], "", Fallback.CANNOT_PASSTHROUGH
-        return native, path, None
+            return (), "", Fallback.CANNOT_PASSTHROUGH
+        return tuple(native), path, None
+
+
+def _gone(request: Request) -> bool:
+    """The client left (or was answered) while its request waited for startup to finish."""
+    return bool(request.finished or getattr(request, "_disconnected", False))

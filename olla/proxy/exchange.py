@@ -1,15 +1,19 @@
 # -*- test-case-name: tests.test_proxy -*-
-"""One client request through the proxy: routing, attempts, failover and relaying the answer.
+"""One client request through the proxy: it walks the routing plan, attempt by attempt.
 
-``Exchange`` streams the backend's answer to the client untouched; subclasses reshape it (the
-Anthropic translator) through a few hooks: ``narrow``, ``upstream_body``, ``upstream_headers``,
-``relay_response`` and ``reject``.
+Routing (``olla.proxy.routing``) decides the candidates, best first; ``Exchange`` tries them in
+that order. It moves to the next on a connection-class failure, or on a busy answer (429, 503...:
+``proxy.retry.on_status``) that arrived before any byte was relayed, replaying the body exactly;
+once a response is relayed, the request is committed. It streams the backend's answer to the
+client untouched; subclasses reshape it (the Anthropic translator) through a few hooks:
+``upstream_path``, ``upstream_headers``, ``upstream_body``, ``relay_response``, ``end_body``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import error as net_error
@@ -25,13 +29,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 
-from olla.breaker import CircuitBreakers
-from olla.config import ProxyConfig, RoutingStrategyConfig
+from olla.config import ProxyConfig
 from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, Outcome
-from olla.interfaces import IBalancer
-from olla.models import ModelCatalogue, RoutingDecision
-from olla.profiles import ProfileRegistry
+from olla.health import parse_retry_after
+from olla.models import ModelCatalogue
 from olla.proxy.forward import BytesProducer, StreamBody, body_producer
 from olla.proxy.headers import (
     SERVED_BY,
@@ -40,7 +42,8 @@ from olla.proxy.headers import (
     response_headers_for_client,
 )
 from olla.proxy.inspect import rewrite_model
-from olla.proxy.needs import body_needs, narrow_by_needs
+from olla.proxy.needs import body_needs
+from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
 from olla.web.errors import Dialect, write_error
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
@@ -63,39 +66,31 @@ _STALE_CONNECTION = (
 )
 
 
-@dataclass(frozen=True)
-class ProviderRoute:
-    """``/olla/<prefix>/...`` served by endpoints of ``types``.
-
-    With ``by_path`` (the ``/olla/proxy/`` route), candidates narrow further to the types
-    whose profile serves the requested path, when any does.
-    """
-
-    prefix: str
-    types: frozenset[str]
-    label: str  # for messages: "ollama"
-    by_path: ProfileRegistry | None = None
-
-
 @dataclass
 class ProxyDeps:
     """What every exchange needs; built once by ``olla.tap``."""
 
-    registry: EndpointRegistry
-    balancer: IBalancer
+    router: Router
     agent: IAgent
     clock: IReactorTime
     cooperator: Cooperator
     config: ProxyConfig
+    #: a request could not connect to this endpoint: out of rotation, re-probe now
     report_connection_failure: Callable[[Endpoint, str], None]
+    #: how long a request that arrives during startup waits for the first probes and lists
     startup_wait: float
-    breakers: CircuitBreakers
-    catalogue: ModelCatalogue = field(default_factory=ModelCatalogue)
-    routing: RoutingStrategyConfig = field(default_factory=RoutingStrategyConfig)
     #: re-run model discovery on every healthy endpoint (routing's refresh-on-miss)
     refresh_models: Callable[[], Deferred[None]] | None = None
     #: ask Ollama endpoints what they have loaded right now (for a live ``/api/ps``)
     refresh_loaded: Callable[[Sequence[Endpoint]], Deferred[None]] | None = None
+
+    @property
+    def registry(self) -> EndpointRegistry:
+        return self.router.registry
+
+    @property
+    def catalogue(self) -> ModelCatalogue:
+        return self.router.catalogue
 
 
 def request_size(request: Request) -> int:
@@ -119,6 +114,25 @@ class _Discard(Protocol):
         transport.stopProducing()
 
 
+class _Drain(Protocol):
+    """Reads a refused answer's (small) body to the end, so its connection can be reused."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self._seen = getattr(self, "_seen", 0) + len(data)
+        if self._seen > _DRAIN_LIMIT:
+            transport: Any = self.transport
+            transport.stopProducing()
+
+
+#: the most of a refused answer's body olla reads to keep its connection
+_DRAIN_LIMIT = 64 * 1024
+#: how long a backend that said "busy" without ``Retry-After`` goes after the others
+BUSY_BACKOFF = 1.0
+#: the Ollama answers olla reads the model load time from (their last chunk)
+_GENERATION_PATHS = (b"/api/chat", b"/api/generate")
+_LOAD_DURATION = re.compile(rb'"load_duration"\s*:\s*(\d+)')
+
+
 class Exchange:
     """One client request through the proxy, from routing to the last byte."""
 
@@ -132,6 +146,8 @@ class Exchange:
         target: bytes,
         model: str | None,
         dialect: Dialect,
+        *,
+        allowed: frozenset[Endpoint] | None = None,
     ) -> None:
         self._deps = deps
         self._route = route
@@ -139,12 +155,15 @@ class Exchange:
         self._target = target
         self._model = model
         self._dialect = dialect
+        self._allowed = allowed
         self._started = getattr(request, "started", None) or deps.clock.seconds()
         self._body_size = request_size(request)
+        self._plan = RoutePlan()
         self._candidates: list[Endpoint] = []
         self._attempts = 0
         self._attempt_budget = 1
-        self._decision: RoutingDecision | None = None
+        #: "name:cause" for each attempt that handed over to the next candidate
+        self._failovers: list[str] = []
         self.small_body: bytes | None = None
         self._stale_retried: set[Endpoint] = set()
         self._client_gone = False
@@ -152,72 +171,74 @@ class Exchange:
         self._stream: StreamBody | None = None
         self._endpoint: Endpoint | None = None
         self._attempt_started = 0.0
+        self._cold = False
         self._status: int | None = None
         request.notifyFinish().addErrback(self._client_left)
 
     # ------------------------------------------------------------------ routing
 
-    def start(self) -> None:
+    def start(self, plan: RoutePlan | None = None) -> None:
+        """Route (or take the caller's ``plan``) and make the first attempt.
+
+        While olla is starting, the request waits for the first probes and model lists
+        instead of being routed on half the facts.
+        """
+        if plan is not None:
+            self._follow(plan)
+            return
         registry = self._deps.registry
-        if registry.all_probed:
+        if registry.ready:
             self._route_request()
-        else:  # olla is starting: wait for the first health results instead of failing
-            registry.when_probed(self._deps.startup_wait).addCallback(
+        else:
+            registry.when_ready(self._deps.startup_wait).addCallback(
                 lambda _: self._route_request()
             )
+
+    def _query(self, refreshed: bool, refresh_failed: bool) -> RouteQuery:
+        path = self._target.split(b"?", 1)[0].decode("utf-8", "replace")
+        needs = body_needs(self.small_body, path) if self._route.by_path else frozenset()
+        return RouteQuery(
+            route=self._route,
+            path=path,
+            model=self._model,
+            needs=needs,
+            allowed=self._allowed,
+            refreshed=refreshed,
+            refresh_failed=refresh_failed,
+        )
 
     def _route_request(self, refreshed: bool = False, refresh_failed: bool = False) -> None:
         if self._client_gone:
             return
-        deps = self._deps
-        healthy = deps.registry.routable(self._route.types)
-        if self._route.by_path is not None:
-            path = self._target.split(b"?", 1)[0].decode("utf-8", "replace")
-            serving = self._route.by_path.types_for_path(path)
-            narrowed = [ep for ep in healthy if serving and ep.type in serving]
-            healthy = narrowed or healthy
-            needs = body_needs(self.small_body, path)  # tools, images, embeddings (§4.2)
-            healthy = narrow_by_needs(healthy, needs, deps.catalogue, self._model)
-        healthy = self.narrow(healthy)
-        if self._model is not None:
-            decision = deps.catalogue.route(
-                self._model,
-                healthy,
-                deps.routing,
-                refreshed=refreshed,
-                refresh_failed=refresh_failed,
-            )
-            if decision.rejected and self._may_refresh(refreshed, refresh_failed):
+        plan = self._deps.router.plan(self._query(refreshed, refresh_failed))
+        if plan.rejection is not None and plan.decision is not None and plan.decision.rejected:
+            if self._may_refresh(refreshed, refresh_failed):
                 self._refresh_then_route()
                 return
-            self._decision = decision = deps.catalogue.prefer_loaded(self._model, decision)
+        self._follow(plan)
+
+    def _follow(self, plan: RoutePlan) -> None:
+        self._plan = plan
+        decision = plan.decision
+        if decision is not None:
             headers = self._request.responseHeaders
             headers.setRawHeaders(b"X-Olla-Routing-Strategy", [decision.strategy.encode()])
             headers.setRawHeaders(b"X-Olla-Routing-Decision", [decision.decision.encode()])
             headers.setRawHeaders(b"X-Olla-Routing-Reason", [decision.reason.encode()])
-            if decision.rejected:
-                self._reject(
-                    decision.status,
-                    _rejection_message(self._model, decision),
-                    code=decision.reason,
-                )
-                return
-            healthy = list(decision.endpoints)
-        if not healthy:
-            self._reject(503, f"no healthy {self._route.label} endpoints available")
+        rejection = plan.rejection
+        if rejection is not None:
+            if rejection.retry_after is not None:
+                self._request.setHeader(b"Retry-After", b"%d" % rejection.retry_after)
+            self._reject(rejection.status, rejection.message, code=rejection.code)
             return
-        self._candidates = [ep for ep in healthy if deps.breakers.allows(ep)]
-        if not self._candidates:
-            names = ", ".join(ep.name for ep in healthy)
-            self._reject(502, f"proxy error: circuit breaker open for endpoint(s) {names}")
-            return
-        retry = deps.config.retry
-        if retry.enabled and retry.on_connection_failure:
+        self._candidates = list(plan.candidates)
+        retry = self._deps.config.retry
+        if retry.enabled:
             self._attempt_budget = retry.max_attempts or len(self._candidates)
-        self._attempt()
+        self._attempt_next()
 
     def _may_refresh(self, refreshed: bool, refresh_failed: bool) -> bool:
-        routing = self._deps.routing
+        routing = self._deps.router.strategy
         return (
             routing.type == "discovery"
             and routing.discovery_refresh_on_miss
@@ -229,20 +250,16 @@ class Exchange:
         """Ask every healthy endpoint for its models again, then decide (bounded in time)."""
         assert self._deps.refresh_models is not None
         refresh = with_deadline(
-            self._deps.refresh_models(), self._deps.routing.discovery_timeout, self._deps.clock
+            self._deps.refresh_models(),
+            self._deps.router.strategy.discovery_timeout,
+            self._deps.clock,
         )
         refresh.addCallbacks(
             lambda _: self._route_request(refreshed=True),
             lambda _: self._route_request(refresh_failed=True),
         )
 
-    # ------------------------------------------------------------------ one attempt
-
     # ------------------------------------------------------------------ hooks
-
-    def narrow(self, healthy: list[Endpoint]) -> list[Endpoint]:
-        """The endpoints this request may use, before model routing (all, by default)."""
-        return healthy
 
     def upstream_path(self, endpoint: Endpoint) -> bytes:
         """The path and query to ask ``endpoint`` for."""
@@ -259,29 +276,49 @@ class Exchange:
             extra=endpoint.extra_headers,
         )
 
+    def native_model(self, endpoint: Endpoint) -> str | None:
+        """The name ``endpoint`` knows the requested model by, when an alias was asked for."""
+        return self._plan.rewrite.get(endpoint)
+
     def upstream_body(self, endpoint: Endpoint) -> IBodyProducer | None:
         """The client's body, replayable across attempts; an alias rewrites the model name."""
         assert self._request.content is not None
-        native = self._decision.rewrite.get(endpoint) if self._decision else None
+        native = self.native_model(endpoint)
         if native is not None and self.small_body is not None:
             # an alias: this endpoint knows the model under its own name
             return BytesProducer(rewrite_model(self.small_body, native))
         return body_producer(self._request.content, self._body_size, self._deps.cooperator)
 
-    def _attempt(self, endpoint: Endpoint | None = None) -> None:
+    # ------------------------------------------------------------------ one attempt
+
+    def _attempt_next(self) -> None:
+        """Try the best candidate left (routing ordered them)."""
+        endpoint = self._candidates.pop(0)
+        self._attempts += 1
+        self._attempt(endpoint)
+
+    def _may_fail_over(self) -> bool:
+        return bool(self._candidates) and self._attempts < self._attempt_budget
+
+    def _attempt(self, endpoint: Endpoint) -> None:
         deps = self._deps
-        if endpoint is None:
-            endpoint = deps.balancer.choose(self._candidates, deps.registry)
-            self._attempts += 1
         self._endpoint = endpoint
-        headers = self.upstream_headers(endpoint)
-        producer = self.upstream_body(endpoint)
-        url = endpoint.upstream_url(self.upstream_path(endpoint))
+        self._cold = self._model is not None and not deps.catalogue.warm(
+            endpoint, self.native_model(endpoint) or self._model
+        )
+        try:
+            headers = self.upstream_headers(endpoint)
+            producer = self.upstream_body(endpoint)
+            url = endpoint.upstream_url(self.upstream_path(endpoint))
+            pending = deps.agent.request(
+                self._request.method, url, Headers(dict(headers)), producer
+            )
+        except Exception:  # nothing was counted yet: a bug, or a target Agent refuses
+            self._bug(Failure())
+            return
+        # counted only once the request is really on its way: one start, one end
         self._attempt_started = deps.clock.seconds()
-        deps.registry.request_started(endpoint)
-        deps.breakers.attempt_started(endpoint)
-        method = self._request.method
-        pending = deps.agent.request(method, url, Headers(dict(headers)), producer)
+        deps.registry.attempt_started(endpoint, self._attempt_started)
         if deps.config.response_header_timeout > 0:
             with_deadline(pending, deps.config.response_header_timeout, deps.clock)
         self._pending = pending
@@ -293,18 +330,11 @@ class Exchange:
         )
         pending.addErrback(self._bug)
 
-    def _attempt_ended(
-        self, endpoint: Endpoint, outcome: Outcome, latency: float = 0.0, relayed: int = 0
-    ) -> None:
+    def _attempt_ended(self, endpoint: Endpoint, outcome: Outcome, relayed: int = 0) -> None:
         """Every attempt ends here exactly once: counters and the circuit learn its fate."""
-        self._deps.registry.request_finished(endpoint, outcome, latency=latency, relayed=relayed)
-        breakers = self._deps.breakers
-        if outcome is Outcome.OK:
-            breakers.succeeded(endpoint)
-        elif outcome is Outcome.FAILED:
-            breakers.failed(endpoint)
-        else:
-            breakers.released(endpoint)
+        self._deps.registry.attempt_ended(
+            endpoint, outcome, started=self._attempt_started, relayed=relayed
+        )
 
     def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
         self._pending = None
@@ -330,7 +360,7 @@ class Exchange:
             self._reject(502, f"proxy error: endpoint {endpoint.name}: {cause}")
             return
         self._deps.report_connection_failure(endpoint, cause)
-        self._candidates = [ep for ep in self._candidates if ep is not endpoint]
+        self._failovers.append(f"{endpoint.name}:{cause}")
         self._log.info(
             "request {request_id}: endpoint {endpoint} unreachable ({cause}); "
             "{left} candidate(s) left",
@@ -339,8 +369,8 @@ class Exchange:
             cause=cause,
             left=len(self._candidates),
         )
-        if self._candidates and self._attempts < self._attempt_budget:
-            self._attempt()
+        if self._may_fail_over():
+            self._attempt_next()
             return
         self._reject(
             502,
@@ -356,7 +386,33 @@ class Exchange:
             response.deliverBody(_Discard())
             self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
             return
+        if response.code in self._deps.config.retry.on_status and self._may_fail_over():
+            self._refused(response, endpoint)
+            return
+        if self._model is not None and response.code < 400:
+            # its first answer means the model is in memory there now
+            self._deps.catalogue.mark_loaded(endpoint, self.native_model(endpoint) or self._model)
         self.relay_response(response, endpoint)
+
+    def _refused(self, response: IResponse, endpoint: Endpoint) -> None:
+        """A busy answer (429, 503...) before any byte was relayed: the next candidate gets the
+        request, body replayed. The backend is up, so it stays healthy; it just goes after
+        the others for a while (its ``Retry-After``, else a second)."""
+        response.deliverBody(_Drain())
+        self._attempt_ended(endpoint, Outcome.REFUSED)
+        retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
+        wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
+        self._deps.registry.backend_busy(endpoint, wait or BUSY_BACKOFF)
+        self._failovers.append(f"{endpoint.name}:{response.code}")
+        self._log.info(
+            "request {request_id}: endpoint {endpoint} answered {status}; trying the next of "
+            "{left} candidate(s)",
+            request_id=request_id(self._request),
+            endpoint=endpoint.name,
+            status=response.code,
+            left=len(self._candidates),
+        )
+        self._attempt_next()
 
     def set_olla_headers(self, endpoint: Endpoint) -> None:
         """The ``X-Olla-*`` headers every answer from a backend carries."""
@@ -411,15 +467,13 @@ class Exchange:
     def _body_done(self, endpoint: Endpoint, reason: Failure | None) -> None:
         stream = self._stream
         relayed = stream.relayed if stream is not None else 0
-        latency = self._deps.clock.seconds() - self._attempt_started
         if self._client_gone:
             outcome = Outcome.CLIENT_GONE
         elif reason is None:
             outcome = Outcome.OK
+            if self._cold and stream is not None:
+                self._learn_load_time(endpoint, stream.tail)
             self.end_body()
-            if self._model is not None and self._status is not None and self._status < 400:
-                native = self._decision.rewrite.get(endpoint) if self._decision else None
-                self._deps.catalogue.mark_loaded(endpoint, native or self._model)
         else:
             outcome = Outcome.FAILED
             self._log.warn(
@@ -430,8 +484,19 @@ class Exchange:
                 cause=_describe(reason),
             )
             self.end_broken_body(reason)
-        self._attempt_ended(endpoint, outcome, latency, relayed)
+        self._attempt_ended(endpoint, outcome, relayed)
         self._log_completion(endpoint, outcome, relayed)
+
+    def _learn_load_time(self, endpoint: Endpoint, tail: bytes) -> None:
+        """A cold machine answered: Ollama's last chunk says how long the load took."""
+        if endpoint.type != "ollama" or self._model is None:
+            return
+        if self.upstream_path(endpoint).split(b"?", 1)[0].rstrip(b"/") not in _GENERATION_PATHS:
+            return
+        match = _LOAD_DURATION.search(tail)
+        if match is not None:
+            name = self.native_model(endpoint) or self._model
+            self._deps.catalogue.observe_load(name, int(match.group(1)) / 1e9)
 
     # ------------------------------------------------------------------ endings
 
@@ -454,7 +519,7 @@ class Exchange:
         request = self._request
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
-            "{duration_ms}ms {bytes}B {outcome}",
+            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tried}",
             request_id=request_id(request),
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
@@ -465,6 +530,8 @@ class Exchange:
             bytes=relayed,
             outcome=(outcome.value if outcome else "rejected"),
             attempts=self._attempts,
+            failovers=self._failovers,
+            tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
         )
 
     def _bug(self, failure: Failure) -> None:
@@ -474,12 +541,6 @@ class Exchange:
                 _abort_client(self._request)
             else:
                 write_error(self._request, 500, "internal proxy error", dialect=self._dialect)
-
-
-def _rejection_message(model: str, decision: RoutingDecision) -> str:
-    if decision.reason == "model_not_found":
-        return f"model '{model}' not found on any endpoint (model_not_found)"
-    return f"model '{model}' is not available on a healthy endpoint ({decision.reason})"
 
 
 def _abort_client(request: Request) -> None:

@@ -100,6 +100,10 @@ class BodySink(typing.Protocol):
     def write(self, data: bytes) -> None: ...
 
 
+#: how much of a body's end ``StreamBody.tail`` keeps
+TAIL_SIZE = 2048
+
+
 class StreamBody(Protocol):
     """Relays one upstream response body to the client as it arrives.
 
@@ -125,6 +129,8 @@ class StreamBody(Protocol):
         self._abort_reason: Failure | None = None
         self._producing = False
         self.relayed = 0
+        #: the body's last bytes (an Ollama stream's final chunk carries its figures)
+        self.tail = b""
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self.transport, True)
@@ -136,6 +142,7 @@ class StreamBody(Protocol):
             return  # bytes _newclient had buffered before our stopProducing took effect
         self._arm_idle_timer()
         self.relayed += len(data)
+        self.tail = data[-TAIL_SIZE:] if len(data) >= TAIL_SIZE else (self.tail + data)[-TAIL_SIZE:]
         self._request.write(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:

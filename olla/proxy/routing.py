@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_routing -*-
+"""Routing: every endpoint that may serve one request, best first, and why.
+
+``Router.plan`` is one pure step over a snapshot of the fleet (the registry's states and
+circuits, the catalogue, the balancer, the clock): no I/O. It keeps every usable candidate,
+so failover always has somewhere to go while a healthy machine can serve the request. The
+rules, in the order they apply:
+
+1. the route's types (``/olla/<prefix>/`` fails closed) and health;
+2. ``/olla/proxy/`` only: the types that serve the path, then what the body needs;
+3. what the caller allows (the Anthropic passthrough's endpoints);
+4. the model: its hosts and aliases, by the configured strategy (``models.route``); a model
+   nobody lists while some endpoint's list is still unknown goes to those endpoints;
+5. the order: the balancer's tiers, then machines that just said they are full last, then the
+   expected wait (a warm host with a free slot waits nothing; a full one waits its queue; a
+   cold one also waits the model's load), then the balancer's order among equals;
+6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
+   are open the request is refused with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+from olla.config import RoutingStrategyConfig, WarmRoutingConfig
+from olla.endpoints import Endpoint, EndpointRegistry
+from olla.interfaces import IBalancer
+from olla.models import ModelCatalogue, RoutingDecision
+from olla.profiles import ProfileRegistry
+from olla.proxy.needs import narrow_by_needs
+
+#: the decision reason when every warm host was full and a cold one went first
+SPILLED = "loaded_hosts_full"
+#: the decision reason when a warm host went first ahead of cold ones
+WARM_FIRST = "model_loaded"
+#: the decision reason when nobody lists the model yet but some lists are still unknown
+LISTS_PENDING = "model_list_pending"
+
+
+@dataclass(frozen=True)
+class ProviderRoute:
+    """``/olla/<prefix>/...`` served by endpoints of ``types``.
+
+    With ``by_path`` (the ``/olla/proxy/`` route), candidates narrow further to the types
+    whose profile serves the requested path, when any does.
+    """
+
+    prefix: str
+    types: frozenset[str]
+    label: str  # for messages: "ollama"
+    by_path: ProfileRegistry | None = None
+
+
+@dataclass(frozen=True)
+class RouteQuery:
+    """What routing needs to know about one request."""
+
+    route: ProviderRoute
+    path: str  # below the route prefix, without the query
+    model: str | None
+    #: what the body needs (tools, vision, embeddings); ``/olla/proxy/`` narrows on it
+    needs: frozenset[str] = frozenset()
+    #: only these endpoints may serve it (None: any)
+    allowed: frozenset[Endpoint] | None = None
+    #: discovery was asked again for this request (``discovery_refresh_on_miss``)
+    refreshed: bool = False
+    refresh_failed: bool = False
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """No candidate: the answer olla gives itself."""
+
+    status: int
+    message: str
+    code: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """The candidates, best first, or a rejection; ``decision`` when a model was named."""
+
+    candidates: tuple[Endpoint, ...] = ()
+    decision: RoutingDecision | None = None
+    rejection: Rejection | None = None
+
+    @property
+    def rewrite(self) -> Mapping[Endpoint, str]:
+        """Per endpoint, the name it knows the model by (aliases only)."""
+        return self.decision.rewrite if self.decision is not None else {}
+
+
+class Router:
+    """Plans each request over the live fleet (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        registry: EndpointRegistry,
+        catalogue: ModelCatalogue,
+        balancer: IBalancer,
+        clock: IReactorTime,
+        *,
+        strategy: RoutingStrategyConfig | None = None,
+        warm: WarmRoutingConfig | None = None,
+    ) -> None:
+        self.registry = registry
+        self.catalogue = catalogue
+        self.balancer = balancer
+        self.strategy = strategy or RoutingStrategyConfig()
+        self.warm = warm or WarmRoutingConfig()
+        self._clock = clock
+
+    def plan(self, query: RouteQuery) -> RoutePlan:
+        healthy = self.registry.routable(query.route.types)
+        healthy = self._by_path(healthy, query)
+        if query.allowed is not None:
+            healthy = [ep for ep in healthy if ep in query.allowed]
+        decision: RoutingDecision | None = None
+        if query.model is not None:
+            decision = self._by_model(query, healthy)
+            if decision.rejected:
+                message = rejection_message(query.model, decision)
+                return RoutePlan(
+                    decision=decision,
+                    rejection=Rejection(decision.status, message, decision.reason),
+                )
+            healthy = list(decision.endpoints)
+        if not healthy:
+            label = f"{query.route.label} " if query.route.label else ""
+            return RoutePlan(
+                decision=decision,
+                rejection=Rejection(503, f"no healthy {label}endpoints available"),
+            )
+        ordered = self._order(healthy, query.model, decision)
+        usable = tuple(ep for ep in ordered if self.registry.breakers.allows(ep))
+        if not usable:
+            wait = min(self.registry.breakers.retry_after(ep) for ep in ordered)
+            names = ", ".join(ep.name for ep in ordered)
+            return RoutePlan(
+                decision=decision,
+                rejection=Rejection(
+                    503,
+                    f"circuit breaker open for endpoint(s) {names}",
+                    "circuit_open",
+                    retry_after=max(1.0, math.ceil(wait)),
+                ),
+            )
+        if decision is not None and query.model is not None:
+            decision = self._explain(decision, usable, query.model)
+        return RoutePlan(usable, decision)
+
+    # ------------------------------------------------------------------ narrowing rules
+
+    def _by_path(self, healthy: list[Endpoint], query: RouteQuery) -> list[Endpoint]:
+        """``/olla/proxy/``: the types serving the path (if any does), then the body's needs."""
+        profiles = query.route.by_path
+        if profiles is None:
+            return healthy
+        serving = profiles.types_for_path(query.path)
+        narrowed = [ep for ep in healthy if serving and ep.type in serving]
+        return narrow_by_needs(narrowed or healthy, query.needs, self.catalogue, query.model)
+
+    def _by_model(self, query: RouteQuery, healthy: list[Endpoint]) -> RoutingDecision:
+        assert query.model is not None
+        decision = self.catalogue.route(
+            query.model,
+            healthy,
+            self.strategy,
+            refreshed=query.refreshed,
+            refresh_failed=query.refresh_failed,
+        )
+        if not decision.rejected:
+            return decision
+        # Olla is still learning (or could not read) some lists: those endpoints may have it.
+        unlisted = tuple(ep for ep in healthy if not self.catalogue.listed(ep))
+        if unlisted:
+            return RoutingDecision(decision.strategy, "fallback", LISTS_PENDING, unlisted)
+        return decision
+
+    # ------------------------------------------------------------------ ordering rules
+
+    def _order(
+        self, candidates: Sequence[Endpoint], model: str | None, decision: RoutingDecision | None
+    ) -> list[Endpoint]:
+        now = self._clock.seconds()
+        by_balancer = self.balancer.order(candidates, self.registry)
+        if model is None or not self.warm.enabled:
+
+            def key(ep: Endpoint) -> tuple[float, ...]:
+                return (self.balancer.tier(ep), self._busy(ep, now))
+
+        else:
+            rewrite = decision.rewrite if decision is not None else {}
+
+            def key(ep: Endpoint) -> tuple[float, ...]:
+                name = rewrite.get(ep) or model
+                return (self.balancer.tier(ep), self._busy(ep, now), self.expected_wait(ep, name))
+
+        return sorted(by_balancer, key=key)  # stable: the balancer's order among equals
+
+    def _busy(self, endpoint: Endpoint, now: float) -> int:
+        return 1 if self.registry.state(endpoint).busy_until > now else 0
+
+    def expected_wait(self, endpoint: Endpoint, model: str) -> float:
+        """Seconds before ``endpoint`` would start answering a request for ``model``.
+
+        Its queue (requests beyond ``max_concurrency``) times its service time shared over
+        its slots, plus the model's load time if it is not in memory there.
+        """
+        state = self.registry.state(endpoint)
+        slots = endpoint.max_concurrency
+        ahead = state.in_flight - slots + 1
+        wait = 0.0
+        if ahead > 0:
+            wait = ahead * state.expected_service_time(self._clock.seconds()) / slots
+        if not self.catalogue.warm(endpoint, model):
+            wait += self.catalogue.load_time(model, self.warm.default_load_time)
+        return wait
+
+    def _explain(
+        self, decision: RoutingDecision, usable: Sequence[Endpoint], model: str
+    ) -> RoutingDecision:
+        """Say so in the decision's reason when warmth decided the first candidate."""
+        if not self.warm.enabled or len(usable) < 2 or decision.reason == LISTS_PENDING:
+            return decision
+        warm = [self.catalogue.warm(ep, decision.rewrite.get(ep) or model) for ep in usable]
+        if all(warm) or not any(warm):
+            return decision
+        reason = WARM_FIRST if warm[0] else SPILLED
+        return RoutingDecision(
+            decision.strategy,
+            decision.decision,
+            reason,
+            decision.endpoints,
+            decision.status,
+            decision.rewrite,
+        )
+
+
+def rejection_message(model: str, decision: RoutingDecision) -> str:
+    if decision.reason == "model_not_found":
+        return f"model '{model}' not found on any endpoint (model_not_found)"
+    return f"model '{model}' is not available on a healthy endpoint ({decision.reason})"
