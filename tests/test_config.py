@@ -144,6 +144,13 @@ def test_example_error_message() -> None:
         ({"model_aliases": {"a": []}}, "model_aliases.a"),
         ({"model_aliases": {" a": ["x"]}}, "model_aliases. a"),
         ({"model_aliases": {"a": ["x", ""]}}, "model_aliases.a[1]"),
+        ({"proxy": {"retry": {"on_status": 503}}}, "proxy.retry.on_status"),
+        ({"proxy": {"retry": {"on_status": [503, 700]}}}, "proxy.retry.on_status[1]"),
+        ({"proxy": {"warm_routing": {"default_load_time": "soon"}}}, "default_load_time"),
+        (
+            _endpoints({"url": "http://a:1", "type": "ollama", "max_concurrency": 0}),
+            "endpoints[0].max_concurrency",
+        ),
     ],
 )
 def test_fatal_values(document: dict[str, Any], path: str) -> None:
@@ -427,3 +434,27 @@ def test_endpoint_type_must_have_profile() -> None:
     )
     with pytest.raises(ConfigError, match=r"endpoints\[1\]\.type: unsupported endpoint type 'tgi'"):
         check_endpoint_types(config, (p.name for p in builtin_profiles()))
+
+
+def test_routing_keys() -> None:
+    """If the routing keys are set, then they are read; by default Olla's busy statuses fail
+    over, warm routing is on with a 5 s load estimate, and an endpoint has 4 slots."""
+    default = parse_config({}, {})
+    assert default.proxy.retry.on_status == (429, 502, 503, 504)
+    assert default.proxy.warm_routing.enabled
+    assert default.proxy.warm_routing.default_load_time == 5.0
+    config = parse_config(
+        {
+            "proxy": {
+                "retry": {"on_status": []},
+                "warm_routing": {"enabled": False, "default_load_time": "1500ms"},
+            },
+            **_endpoints({"url": "http://a:1", "type": "ollama", "max_concurrency": 8}),
+        },
+        {},
+    )
+    assert config.proxy.retry.on_status == ()
+    assert not config.proxy.warm_routing.enabled
+    assert config.proxy.warm_routing.default_load_time == 1.5
+    assert config.discovery.endpoints[0].max_concurrency == 8
+    assert not config.warnings

@@ -187,21 +187,23 @@ class Router:
     def _order(
         self, candidates: Sequence[Endpoint], model: str | None, decision: RoutingDecision | None
     ) -> list[Endpoint]:
+        """Best first by (tier, busy, expected wait); the balancer orders the best group.
+
+        Only the best group goes through the balancer, so round-robin rotates over exactly the
+        endpoints that are equally good (two warm hosts share a hot model evenly) and advances
+        once per request.
+        """
         now = self._clock.seconds()
-        by_balancer = self.balancer.order(candidates, self.registry)
-        if model is None or not self.warm.enabled:
-
-            def key(ep: Endpoint) -> tuple[float, ...]:
-                return (self.balancer.tier(ep), self._busy(ep, now))
-
-        else:
-            rewrite = decision.rewrite if decision is not None else {}
-
-            def key(ep: Endpoint) -> tuple[float, ...]:
-                name = rewrite.get(ep) or model
-                return (self.balancer.tier(ep), self._busy(ep, now), self.expected_wait(ep, name))
-
-        return sorted(by_balancer, key=key)  # stable: the balancer's order among equals
+        rewrite = decision.rewrite if decision is not None else {}
+        warm = model is not None and self.warm.enabled
+        keys: dict[Endpoint, tuple[float, ...]] = {}
+        for ep in candidates:
+            wait = self.expected_wait(ep, rewrite.get(ep) or model) if model and warm else 0.0
+            keys[ep] = (self.balancer.tier(ep), self._busy(ep, now), wait)
+        ranked = sorted(candidates, key=keys.__getitem__)  # stable: config order among equals
+        best = keys[ranked[0]]
+        head = [ep for ep in ranked if keys[ep] == best]
+        return [*self.balancer.order(head, self.registry), *ranked[len(head) :]]
 
     def _busy(self, endpoint: Endpoint, now: float) -> int:
         return 1 if self.registry.state(endpoint).busy_until > now else 0
