@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_anthropic -*-
 """Anthropic requests through the proxy machinery: passed through as they are, or translated.
 
-Both are ``olla.proxy.exchange.Exchange`` subclasses, so routing, health, aliases, balancing,
-failover and timeouts are exactly those of every other request.
+Both are shapes (``olla.proxy.shape.IExchangeShape``) of an ordinary ``Exchange``, so routing,
+health, aliases, balancing, failover and timeouts are exactly those of every other request;
+the shapes only say what to ask each backend and what the client gets back.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from olla.anthropic.stats import TranslatorStats
 from olla.endpoints import Endpoint
 from olla.interfaces import IStreamTranslator, ITranslator
-from olla.proxy.exchange import Exchange, ProxyDeps
-from olla.proxy.forward import BytesProducer, StreamBody
-from olla.proxy.routing import ProviderRoute
-from olla.web.errors import Dialect, write_error
+from olla.proxy.forward import BytesProducer
+from olla.proxy.shape import IExchangeShape, Reply, Verbatim
 
 #: the most of a non-streamed answer (or an error body) olla holds to translate it
 ANSWER_LIMIT = 16 * 1024 * 1024
@@ -54,125 +55,100 @@ class _Sink:
             self._request.write(out)
 
 
-class _Tracked(Exchange):
+class _Counted:
     """Counts each request's outcome in the translator's stats exactly once."""
 
-    def __init__(
-        self,
-        deps: ProxyDeps,
-        route: ProviderRoute,
-        request: Request,
-        model: str,
-        stats: TranslatorStats,
-        target: bytes,
-    ) -> None:
-        super().__init__(deps, route, request, target, model, Dialect.ANTHROPIC)
+    def __init__(self, stats: TranslatorStats, clock: IReactorTime) -> None:
         self._stats = stats
+        self._clock = clock
+        self._since = clock.seconds()
         self._counted = False
 
     def count(self, ok: bool) -> None:
         if not self._counted:
             self._counted = True
-            self._stats.ended(ok=ok, latency=self._deps.clock.seconds() - self._started)
-
-    def end_body(self) -> None:
-        self.count(ok=(self._status or 500) < 400)
-        super().end_body()
-
-    def end_broken_body(self, reason: Failure) -> None:
-        self.count(ok=False)
-        super().end_broken_body(reason)
-
-    def _reject(self, status: int, message: str, code: str | None = None) -> None:
-        self.count(ok=False)
-        super()._reject(status, message, code)
+            self._stats.ended(ok=ok, latency=self._clock.seconds() - self._since)
 
 
-class PassthroughExchange(_Tracked):
+@implementer(IExchangeShape)
+class Passthrough(Verbatim, _Counted):
     """The body goes unchanged to the backend's messages path; the answer comes back verbatim."""
 
-    def set_olla_headers(self, endpoint: Endpoint) -> None:
-        super().set_olla_headers(endpoint)
-        self._request.responseHeaders.setRawHeaders(b"X-Olla-Mode", [b"passthrough"])
+    mode = b"passthrough"
+
+    def __init__(self, stats: TranslatorStats, clock: IReactorTime, path: bytes) -> None:
+        _Counted.__init__(self, stats, clock)
+        self._path = path
+
+    def upstream_path(self, endpoint: Endpoint, target: bytes) -> bytes:
+        return self._path
+
+    def finished(self, status: int | None, complete: bool) -> None:
+        self.count(ok=complete and (status or 500) < 400)
 
 
-class TranslatedExchange(_Tracked):
+@implementer(IExchangeShape)
+class Translation(_Counted):
     """An OpenAI chat completion is asked for; its answer is rewritten as an Anthropic one."""
+
+    mode = b"translation"
 
     def __init__(
         self,
-        deps: ProxyDeps,
-        route: ProviderRoute,
-        request: Request,
-        model: str,
         stats: TranslatorStats,
+        clock: IReactorTime,
         *,
         translator: ITranslator,
         openai_body: dict[str, Any],
         input_tokens: int,
         paths: Callable[[Endpoint], str],
     ) -> None:
-        # any endpoint hosting the model will do; ``paths`` names each one's completions path
-        super().__init__(deps, route, request, model, stats, b"/v1/chat/completions")
+        super().__init__(stats, clock)
         self._translation = translator
         self._openai_body = openai_body
         self._input_tokens = input_tokens
-        self._paths = paths
+        self._paths = paths  # each endpoint's chat completions path
         self._streaming = bool(openai_body.get("stream"))
         self._translator: IStreamTranslator | None = None
         self._collected: list[bytes] = []
         self._collected_size = 0
         self._upstream_status = 200
+        self._endpoint: Endpoint | None = None
 
     # ------------------------------------------------------------------ the request
 
-    def upstream_path(self, endpoint: Endpoint) -> bytes:
+    def upstream_path(self, endpoint: Endpoint, target: bytes) -> bytes:
         return self._paths(endpoint).encode()
 
-    def upstream_headers(self, endpoint: Endpoint) -> list[tuple[bytes, list[bytes]]]:
-        headers = [
-            (name, values)
-            for name, values in super().upstream_headers(endpoint)
-            if name.lower() not in _ANTHROPIC_ONLY
-        ]
+    def upstream_headers(
+        self, endpoint: Endpoint, headers: list[tuple[bytes, list[bytes]]]
+    ) -> list[tuple[bytes, list[bytes]]]:
+        kept = [(name, values) for name, values in headers if name.lower() not in _ANTHROPIC_ONLY]
         # identity encoding: olla has to read the answer to translate it
-        return [*headers, (b"Content-Type", [b"application/json"])]
+        return [*kept, (b"Content-Type", [b"application/json"])]
 
-    def upstream_body(self, endpoint: Endpoint) -> IBodyProducer | None:
+    def upstream_body(self, endpoint: Endpoint, native_model: str | None) -> IBodyProducer:
         body = self._openai_body
-        native = self.native_model(endpoint)
-        if native is not None:  # an alias: this endpoint knows the model by its own name
-            body = {**body, "model": native}
+        if native_model is not None:  # an alias: this endpoint knows the model by its own name
+            body = {**body, "model": native_model}
         return BytesProducer(json.dumps(body).encode())
 
     # ------------------------------------------------------------------ the answer
 
-    def set_olla_headers(self, endpoint: Endpoint) -> None:
-        super().set_olla_headers(endpoint)
-        self._request.responseHeaders.setRawHeaders(b"X-Olla-Mode", [b"translation"])
-
-    def relay_response(self, response: IResponse, endpoint: Endpoint) -> None:
-        request = self._request
+    def response_sink(self, response: IResponse, endpoint: Endpoint, reply: Reply) -> _Sink:
+        request = reply.request
+        self._endpoint = endpoint
         self._upstream_status = response.code
-        streaming = self._streaming and response.code < 400
-        if streaming:
-            self._status = response.code
-            self._translator = self._translation.stream(self._model or "", self._input_tokens)
+        if self._streaming and response.code < 400:
+            reply.answered(response.code)
+            self._translator = self._translation.stream(reply.model, self._input_tokens)
             request.setResponseCode(200)
             request.setHeader(b"Content-Type", b"text/event-stream")
             request.setHeader(b"Cache-Control", b"no-cache")
-            self.set_olla_headers(endpoint)
+            reply.olla_headers(endpoint)
             request.write(b"")  # headers now; events follow as the backend's chunks arrive
-            sink = _Sink(request, self._translator.feed)
-        else:
-            sink = _Sink(request, self._collect)
-        self._stream = StreamBody(
-            sink,
-            self._deps.clock,
-            self._deps.config.read_timeout,
-            lambda reason: self._body_done(endpoint, reason),
-        )
-        response.deliverBody(self._stream)
+            return _Sink(request, self._translator.feed)
+        return _Sink(request, self._collect)
 
     def _collect(self, data: bytes) -> bytes:
         limit = ANSWER_LIMIT if self._upstream_status < 400 else _ERROR_BODY_LIMIT
@@ -181,8 +157,8 @@ class TranslatedExchange(_Tracked):
         self._collected_size += len(data)
         return b""
 
-    def end_body(self) -> None:
-        request = self._request
+    def body_ended(self, reply: Reply) -> None:
+        request = reply.request
         if self._translator is not None:
             tail = self._translator.finish()
             if tail:
@@ -190,45 +166,49 @@ class TranslatedExchange(_Tracked):
             self.count(ok=not self._translator.failed)
             request.finish()
             return
-        assert self._endpoint is not None
         body = b"".join(self._collected)
         if self._upstream_status >= 400:
-            self._answer_error(self._upstream_status, _upstream_message(body))
+            self._answer_error(reply, self._upstream_status, _upstream_message(body))
             return
         if self._collected_size > ANSWER_LIMIT:
-            self._answer_error(502, "proxy error: the backend's answer is too large to translate")
+            message = "proxy error: the backend's answer is too large to translate"
+            self._answer_error(reply, 502, message)
             return
         try:
-            message = self._translation.translate_answer(json.loads(body), self._model or "")
+            answer = self._translation.translate_answer(json.loads(body), reply.model)
         except ValueError as e:
-            self._answer_error(502, f"proxy error: the backend's answer is not a completion: {e}")
+            self._answer_error(
+                reply, 502, f"proxy error: the backend's answer is not a completion: {e}"
+            )
             return
         self.count(ok=True)
-        self._status = 200
-        payload = json.dumps(message).encode()
+        reply.answered(200)
+        payload = json.dumps(answer).encode()
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Content-Length", b"%d" % len(payload))
-        self.set_olla_headers(self._endpoint)
+        assert self._endpoint is not None
+        reply.olla_headers(self._endpoint)
         request.write(payload)
         request.finish()
 
-    def _answer_error(self, status: int, message: str) -> None:
+    def _answer_error(self, reply: Reply, status: int, message: str) -> None:
         self.count(ok=False)
-        self._status = status
-        if self._endpoint is not None:
-            self.set_olla_headers(self._endpoint)
-        write_error(self._request, status, message, dialect=Dialect.ANTHROPIC)
+        reply.error(status, message, self._endpoint)
 
-    def end_broken_body(self, reason: Failure) -> None:
+    def body_broke(self, reply: Reply, reason: Failure) -> None:
         if self._translator is None:  # nothing sent yet: a clean error answer
-            self._answer_error(502, f"proxy error: the backend's answer broke off: {reason.value}")
+            message = f"proxy error: the backend's answer broke off: {reason.value}"
+            self._answer_error(reply, 502, message)
             return
         self.count(ok=False)
         tail = self._translator.fail(f"the backend's stream broke off: {reason.value}")
         if tail:
-            self._request.write(tail)
-        self._request.finish()
+            reply.request.write(tail)
+        reply.request.finish()
+
+    def finished(self, status: int | None, complete: bool) -> None:
+        self.count(ok=False)  # only reached uncounted when olla refused or the stream broke
 
 
 def _upstream_message(body: bytes) -> str:

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_anthropic -*-
 """``/olla/anthropic/v1/{messages,messages/count_tokens,models}``: the Messages API front door.
 
-Each request is validated here, then handed to a passthrough or a translated exchange
-(``olla.anthropic.exchange``) which routes it like every other proxied request.
+Each request is validated here and routed once; the plan's candidates decide passthrough or
+translation (``olla.anthropic.exchange``), and an ordinary ``Exchange`` with that shape walks
+them like every other proxied request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from olla.anthropic.exchange import PassthroughExchange, TranslatedExchange
+from olla.anthropic.exchange import Passthrough, Translation
 from olla.anthropic.passthrough import chat_completions_path, passthrough_endpoints
 from olla.anthropic.request import InvalidRequest
 from olla.anthropic.stats import Fallback, TranslatorStats
@@ -24,8 +25,9 @@ from olla.anthropic.translator import AnthropicTranslator
 from olla.config import AnthropicTranslatorConfig
 from olla.endpoints import Endpoint
 from olla.profiles import ProfileRegistry
-from olla.proxy.exchange import ProxyDeps, request_size
+from olla.proxy.exchange import Exchange, ProxyDeps, request_size
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
+from olla.proxy.shape import IExchangeShape
 from olla.web.errors import Dialect, write_error
 
 MESSAGES = b"/v1/messages"
@@ -140,14 +142,12 @@ class AnthropicResource(Resource):
                 request.write(self._json(request, estimate))
                 request.finish()
                 return
-            exchange = PassthroughExchange(
-                self._deps,
-                self._route,
-                request,
-                model,
+            shape = Passthrough(
                 TranslatorStats("count_tokens"),  # not a translation: kept out of the page
+                self._deps.clock,
                 (path + "/count_tokens").encode(),
             )
+            exchange = self._exchange(request, model, shape)
             exchange.small_body = raw
             exchange.start(RoutePlan(counting, plan.decision))
 
@@ -178,27 +178,30 @@ class AnthropicResource(Resource):
             self._stats.started(
                 passthrough=bool(native), streaming=bool(body.get("stream")), fallback=fallback
             )
+            clock = self._deps.clock
+            shape: Passthrough | Translation
             if native:
-                exchange: PassthroughExchange | TranslatedExchange = PassthroughExchange(
-                    self._deps, self._route, request, model, self._stats, path.encode()
-                )
+                shape = Passthrough(self._stats, clock, path.encode())
                 plan = RoutePlan(native, plan.decision)
             else:
-                exchange = TranslatedExchange(
-                    self._deps,
-                    self._route,
-                    request,
-                    model,
+                shape = Translation(
                     self._stats,
+                    clock,
                     translator=self._translator,
                     openai_body=openai_body,
                     input_tokens=self._translator.estimate_tokens(body),
                     paths=lambda ep: chat_completions_path(self._profiles.get(ep.type)),
                 )
+            exchange = self._exchange(request, model, shape)
             exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough
             exchange.start(plan)
 
         self._routed(model).addCallback(send)
+
+    def _exchange(self, request: Request, model: str, shape: IExchangeShape) -> Exchange:
+        return Exchange(
+            self._deps, self._route, request, MESSAGES, model, Dialect.ANTHROPIC, shape=shape
+        )
 
     def _routed(self, model: str) -> Deferred[RoutePlan]:
         """Route once (after startup's first probes and lists, like every proxied request);

@@ -4,9 +4,9 @@
 Routing (``olla.proxy.routing``) decides the candidates, best first; ``Exchange`` tries them in
 that order. It moves to the next on a connection-class failure, or on a busy answer (429, 503...:
 ``proxy.retry.on_status``) that arrived before any byte was relayed, replaying the body exactly;
-once a response is relayed, the request is committed. It streams the backend's answer to the
-client untouched; subclasses reshape it (the Anthropic translator) through a few hooks:
-``upstream_path``, ``upstream_headers``, ``upstream_body``, ``relay_response``, ``end_body``.
+once a response is relayed, the request is committed. What each attempt asks for and what the
+client gets back is its ``IExchangeShape``'s (``olla.proxy.shape``): ``Verbatim`` streams the
+backend's answer untouched; the Anthropic translator reshapes both ways.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from olla.proxy.headers import (
 from olla.proxy.inspect import rewrite_model
 from olla.proxy.needs import body_needs
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
+from olla.proxy.shape import VERBATIM, IExchangeShape
 from olla.web.errors import Dialect, write_error
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
@@ -148,8 +149,10 @@ class Exchange:
         dialect: Dialect,
         *,
         allowed: frozenset[Endpoint] | None = None,
+        shape: IExchangeShape = VERBATIM,
     ) -> None:
         self._deps = deps
+        self._shape = shape
         self._route = route
         self._request = request
         self._target = target
@@ -172,6 +175,8 @@ class Exchange:
         self._endpoint: Endpoint | None = None
         self._attempt_started = 0.0
         self._cold = False
+        self._shaped = False  # the shape took the current answer over
+        self._shape_told = False
         self._status: int | None = None
         request.notifyFinish().addErrback(self._client_left)
 
@@ -259,15 +264,11 @@ class Exchange:
             lambda _: self._route_request(refresh_failed=True),
         )
 
-    # ------------------------------------------------------------------ hooks
+    # ------------------------------------------------------------------ the upstream request
 
-    def upstream_path(self, endpoint: Endpoint) -> bytes:
-        """The path and query to ask ``endpoint`` for."""
-        return self._target
-
-    def upstream_headers(self, endpoint: Endpoint) -> list[tuple[bytes, list[bytes]]]:
+    def _upstream_headers(self, endpoint: Endpoint) -> list[tuple[bytes, list[bytes]]]:
         request = self._request
-        return request_headers_for_upstream(
+        headers = request_headers_for_upstream(
             list(request.requestHeaders.getAllRawHeaders()),
             client_ip=_client_ip(request),
             scheme=b"https" if request.isSecure() else b"http",
@@ -275,15 +276,19 @@ class Exchange:
             model=self._model,
             extra=endpoint.extra_headers,
         )
+        return self._shape.upstream_headers(endpoint, headers)
 
     def native_model(self, endpoint: Endpoint) -> str | None:
         """The name ``endpoint`` knows the requested model by, when an alias was asked for."""
         return self._plan.rewrite.get(endpoint)
 
-    def upstream_body(self, endpoint: Endpoint) -> IBodyProducer | None:
+    def _upstream_body(self, endpoint: Endpoint) -> IBodyProducer | None:
         """The client's body, replayable across attempts; an alias rewrites the model name."""
-        assert self._request.content is not None
         native = self.native_model(endpoint)
+        shaped = self._shape.upstream_body(endpoint, native)
+        if shaped is not None:
+            return shaped
+        assert self._request.content is not None
         if native is not None and self.small_body is not None:
             # an alias: this endpoint knows the model under its own name
             return BytesProducer(rewrite_model(self.small_body, native))
@@ -307,9 +312,9 @@ class Exchange:
             endpoint, self.native_model(endpoint) or self._model
         )
         try:
-            headers = self.upstream_headers(endpoint)
-            producer = self.upstream_body(endpoint)
-            url = endpoint.upstream_url(self.upstream_path(endpoint))
+            headers = self._upstream_headers(endpoint)
+            producer = self._upstream_body(endpoint)
+            url = endpoint.upstream_url(self._shape.upstream_path(endpoint, self._target))
             pending = deps.agent.request(
                 self._request.method, url, Headers(dict(headers)), producer
             )
@@ -414,19 +419,57 @@ class Exchange:
         )
         self._attempt_next()
 
-    def set_olla_headers(self, endpoint: Endpoint) -> None:
+    # ------------------------------------------------------------------ Reply (for shapes)
+
+    @property
+    def request(self) -> Request:
+        return self._request
+
+    @property
+    def model(self) -> str:
+        return self._model or ""
+
+    def olla_headers(self, endpoint: Endpoint) -> None:
         """The ``X-Olla-*`` headers every answer from a backend carries."""
         headers = self._request.responseHeaders
         headers.setRawHeaders(b"X-Olla-Endpoint", [endpoint.name.encode()])
         headers.setRawHeaders(b"X-Olla-Backend-Type", [endpoint.type.encode()])
         if self._model:
             headers.setRawHeaders(b"X-Olla-Model", [self._model.lower().encode()])
+        if self._shape.mode is not None:
+            headers.setRawHeaders(b"X-Olla-Mode", [self._shape.mode])
         to_headers = self._deps.clock.seconds() - self._started
         headers.setRawHeaders(b"X-Olla-Response-Time", [b"%dms" % round(to_headers * 1000)])
 
+    def answered(self, status: int) -> None:
+        self._status = status
+
+    def error(self, status: int, message: str, endpoint: Endpoint | None = None) -> None:
+        self._status = status
+        if endpoint is not None:
+            self.olla_headers(endpoint)
+        write_error(self._request, status, message, dialect=self._dialect)
+
+    # ------------------------------------------------------------------ relaying
+
     def relay_response(self, response: IResponse, endpoint: Endpoint) -> None:
-        """Send the backend's status, headers and body to the client as they come."""
+        """Send the backend's status, headers and body to the client as they come (or hand
+        them to the shape)."""
         deps = self._deps
+        sink = self._shape.response_sink(response, endpoint, self)
+        self._shaped = sink is not None
+        if sink is None:
+            sink = self._request
+            self._relay_head(response, endpoint)
+        self._stream = StreamBody(
+            sink,
+            deps.clock,
+            deps.config.read_timeout,
+            lambda reason: self._body_done(endpoint, reason),
+        )
+        response.deliverBody(self._stream)
+
+    def _relay_head(self, response: IResponse, endpoint: Endpoint) -> None:
         request = self._request
         self._status = response.code
         request.setResponseCode(response.code, response.phrase)
@@ -445,24 +488,23 @@ class Exchange:
             b"Via", [*via[:-1], via[-1] + b", " + VIA_VALUE] if via else [VIA_VALUE]
         )
         headers.setRawHeaders(b"X-Served-By", [SERVED_BY])
-        self.set_olla_headers(endpoint)
+        self.olla_headers(endpoint)
         request.write(b"")  # status and headers go out now, before the first body byte
-        self._stream = StreamBody(
-            request,
-            deps.clock,
-            deps.config.read_timeout,
-            lambda reason: self._body_done(endpoint, reason),
-        )
-        response.deliverBody(self._stream)
 
-    def end_body(self) -> None:
+    def _end_body(self) -> None:
         """The backend's body ended cleanly and all of it was relayed."""
-        self._request.finish()
+        if self._shaped:
+            self._shape.body_ended(self)
+        else:
+            self._request.finish()
 
-    def end_broken_body(self, reason: Failure) -> None:
+    def _end_broken_body(self, reason: Failure) -> None:
         """The backend's body broke off: never let a truncated body look complete, so the
-        client sees its connection cut."""
-        _abort_client(self._request)
+        client sees its connection cut (a shape may end its own answer cleanly)."""
+        if self._shaped:
+            self._shape.body_broke(self, reason)
+        else:
+            _abort_client(self._request)
 
     def _body_done(self, endpoint: Endpoint, reason: Failure | None) -> None:
         stream = self._stream
@@ -473,7 +515,7 @@ class Exchange:
             outcome = Outcome.OK
             if self._cold and stream is not None:
                 self._learn_load_time(endpoint, stream.tail)
-            self.end_body()
+            self._end_body()
         else:
             outcome = Outcome.FAILED
             self._log.warn(
@@ -483,7 +525,7 @@ class Exchange:
                 relayed=relayed,
                 cause=_describe(reason),
             )
-            self.end_broken_body(reason)
+            self._end_broken_body(reason)
         self._attempt_ended(endpoint, outcome, relayed)
         self._log_completion(endpoint, outcome, relayed)
 
@@ -491,7 +533,8 @@ class Exchange:
         """A cold machine answered: Ollama's last chunk says how long the load took."""
         if endpoint.type != "ollama" or self._model is None:
             return
-        if self.upstream_path(endpoint).split(b"?", 1)[0].rstrip(b"/") not in _GENERATION_PATHS:
+        path = self._shape.upstream_path(endpoint, self._target)
+        if path.split(b"?", 1)[0].rstrip(b"/") not in _GENERATION_PATHS:
             return
         match = _LOAD_DURATION.search(tail)
         if match is not None:
@@ -516,6 +559,7 @@ class Exchange:
     def _log_completion(
         self, endpoint: Endpoint | None, outcome: Outcome | None, relayed: int
     ) -> None:
+        self._shape_finished(outcome is Outcome.OK)
         request = self._request
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
@@ -534,8 +578,15 @@ class Exchange:
             tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
         )
 
+    def _shape_finished(self, complete: bool) -> None:
+        if not self._shape_told:
+            self._shape_told = True
+            self._shape.finished(self._status, complete)
+
     def _bug(self, failure: Failure) -> None:
         self._log.failure("proxy exchange crashed", failure=failure)
+        self._status = 500
+        self._shape_finished(False)
         if not self._client_gone and not self._request.finished:
             if self._request.startedWriting:
                 _abort_client(self._request)
