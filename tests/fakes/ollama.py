@@ -3,8 +3,8 @@ with knobs for the failures a proxy must survive.
 
 Use it in memory (``FakeOllama(clock)`` is the root resource; every delay is on ``clock``) or as
 a process: ``python -m tests.fakes.ollama --port 0 [--models a,b] [--loaded a] [--name A]
-[--version V] [--openai-only] [--require-token T]`` binds 127.0.0.1, prints ``LISTENING <port>``
-and stops on SIGTERM/SIGINT.
+[--version V] [--openai-only] [--require-token T] [cost model flags]`` binds 127.0.0.1, prints
+``LISTENING <port>`` and stops on SIGTERM/SIGINT.
 
 Knobs per request, first match wins: headers ``X-Fake-Chunks``, ``X-Fake-Delay-Ms``,
 ``X-Fake-Ttft-Ms``, ``X-Fake-Status``, ``X-Fake-Hang``, ``X-Fake-Drop-After``,
@@ -27,6 +27,19 @@ Server-wide: ``state.health`` (``ok``/``fail``/``hang``) for the health routes, 
 the loaded set, default chunks/delay/ttft, a forced status, the version. Over HTTP:
 ``GET /_fake/requests``, ``POST /_fake/reset``, ``GET|POST /_fake/state`` (``/_fake/*`` calls are
 not recorded).
+
+Cost model, off unless set (``--capacity N --max-queue Q --load-ms MS --max-loaded K
+--token-ms MS``, or the same state keys with underscores): a generation request (``/api/chat``,
+``/api/generate``, ``/api/embed``, ``/api/embeddings``, ``/v1/chat/completions``,
+``/v1/completions``, ``/v1/embeddings``, ``/v1/messages``) that names a known model takes one of
+``capacity`` slots or waits in a FIFO queue (a client that leaves, leaves it); with ``max_queue``
+already queued the next one gets Ollama's 503 ``server busy, please try again.  maximum pending
+requests exceeded``. With a slot, a model that is not loaded is loaded first (``load_ms``, once
+however many wait for it; the final line's ``load_duration`` is what this request waited), evicting
+the least recently used idle model when ``max_loaded`` are loaded (none idle: wait for one). Each
+chunk then takes ``token_ms`` more. The state counts ``loads``, ``evictions``,
+``busy_rejections``, ``peak_running``, ``peak_queued`` (``POST /_fake/reset`` zeroes them) and
+shows ``running`` and ``queued``. Lowering ``max_loaded`` evicts nothing until the next load.
 
 Newer Ollama, by version (``FakeOllama(clock, version="0.14.0")``, ``--version 0.14.0`` or the
 state key ``version``): from 0.14.0 on, ``POST /v1/messages`` speaks the Anthropic Messages API
@@ -64,10 +77,11 @@ import math
 import re
 import struct
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -90,6 +104,10 @@ DEFAULT_VERSION = "0.5.4"
 ANTHROPIC_MIN_VERSION = (0, 14, 0)
 MESSAGES_PATH = "/v1/messages"
 MODIFIED_AT = datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC).timestamp()
+#: Ollama 0.5.x's ErrMaxQueue text, two spaces and all
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+#: ``load_duration`` of a request that did not wait for a model load
+WARM_LOAD_NS = 1_000_000
 
 JSON_UTF8 = b"application/json; charset=utf-8"  # gin's c.JSON
 JSON_PLAIN = b"application/json"  # the OpenAI middleware's writers
@@ -205,6 +223,22 @@ class FakeState:
     default_ttft_ms: float = 0.0
     status: int | None = None  # force this status on every non-health route
     loaded: set[str] = field(default_factory=set)
+    # the cost model (0: off, today's behaviour); see _Scheduler
+    capacity: int = 0  # parallel generation slots (OLLAMA_NUM_PARALLEL)
+    max_queue: int = 0  # requests waiting for a slot before a 503 (OLLAMA_MAX_QUEUE)
+    load_ms: float = 0.0  # time to load a model that is not loaded
+    max_loaded: int = 0  # models loaded at once (OLLAMA_MAX_LOADED_MODELS)
+    token_ms: float = 0.0  # extra time per generated chunk
+
+
+#: the cost model's state keys (``FakeState`` fields) and their types
+COST_KEYS: dict[str, type[int] | type[float]] = {
+    "capacity": int,
+    "max_queue": int,
+    "load_ms": float,
+    "max_loaded": int,
+    "token_ms": float,
+}
 
 
 class KnobError(ValueError):
@@ -415,6 +449,8 @@ class _Exchange:
         self.gone = False
         self.settled = False
         self.calls: list[IDelayedCall] = []
+        #: run once when the request is over, however it ends (the cost model's slot)
+        self.on_settle: Callable[[], None] | None = None
         fake.in_flight += 1
         request.notifyFinish().addCallbacks(self._finished, self._lost)
 
@@ -422,6 +458,8 @@ class _Exchange:
         if not self.settled:
             self.settled = True
             self.fake.in_flight -= 1
+            if self.on_settle is not None:
+                self.on_settle()
 
     def _finished(self, _: object) -> None:
         self._settle()
@@ -475,7 +513,10 @@ class _Call:
     body: dict[str, Any]
     knobs: Knobs
     exchange: _Exchange
-    start: float
+    start: float  # when generation starts: arrival, or the end of the wait for slot and model
+    handler: Handler | None = None  # re-run by the cost model after a wait
+    job: _Job | None = None  # the cost model's bookkeeping, once admitted
+    load_wait: float = 0.0  # seconds this request waited for its model to load
 
     @property
     def openai(self) -> bool:
@@ -494,6 +535,187 @@ class _Route:
     methods: frozenset[bytes]
     handler: Handler
     go_type: str | None = None  # the request body is JSON of this Go type
+
+
+# --------------------------------------------------------------------------- cost model
+
+
+@dataclass(eq=False)  # compared by identity: a job is removed from the queue it sits in
+class _Job:
+    """One generation request in the cost model."""
+
+    call: _Call
+    model: str
+    slot: bool = False  # holds one of the ``capacity`` slots
+    using: bool = False  # counted in its model's in-use count (so the model is not evicted)
+    since: float = 0.0  # when it got its slot and began waiting for its model
+    done: bool = False  # the request is over: out of every list, slot given back
+
+
+Admission = Literal["run", "wait", "busy"]
+
+
+class _Scheduler:
+    """What makes the fake cost like a real Ollama under load, after ``FakeState``'s knobs.
+
+    A generation request takes one of ``capacity`` slots or waits in a FIFO queue (at most
+    ``max_queue`` long: the next one is refused as busy). With a slot it needs its model loaded:
+    already loaded, joining a load under way, or loading it (``load_ms``) after evicting the
+    least recently used idle model when ``max_loaded`` are loaded. When every loaded model is in
+    use, it waits, slot held, until one goes idle (as Ollama waits for a runner to unload). Then
+    its handler runs again from the start (``_Call.start`` moved to now) and the slot is held
+    until the request is over, however it ends. Everything is synchronous when nothing waits,
+    so with every knob at 0 the fake answers exactly as it does without the cost model.
+    """
+
+    def __init__(self, fake: FakeOllama) -> None:
+        self.fake = fake
+        self.running = 0  # requests holding a slot
+        self.queue: deque[_Job] = deque()
+        self.loading: dict[str, list[_Job]] = {}  # model -> jobs waiting for that load
+        self.memory: list[_Job] = []  # jobs whose load waits for a loaded model to go idle
+        self.in_use: dict[str, int] = {}
+        self.used_at: dict[str, float] = {}  # for LRU eviction
+        self.reset()
+
+    def reset(self) -> None:
+        self.loads = 0
+        self.evictions = 0
+        self.busy_rejections = 0
+        self.peak_running = self.running
+        self.peak_queued = len(self.queue)
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "running": self.running,
+            "queued": len(self.queue),
+            "loads": self.loads,
+            "evictions": self.evictions,
+            "busy_rejections": self.busy_rejections,
+            "peak_running": self.peak_running,
+            "peak_queued": self.peak_queued,
+        }
+
+    def admit(self, call: _Call, model: str) -> Admission:
+        """``run``: go on now; ``wait``: ``call.handler`` is run again when it may go on;
+        ``busy``: refuse it."""
+        state = self.fake.state
+        full = bool(self.queue) or 0 < state.capacity <= self.running
+        if full and 0 < state.max_queue <= len(self.queue):
+            self.busy_rejections += 1
+            return "busy"
+        job = _Job(call, model)
+        call.job = job
+        call.knobs.delay += state.token_ms / 1000
+        call.exchange.on_settle = lambda: self.leave(job)
+        if full:
+            self.queue.append(job)
+            self.peak_queued = max(self.peak_queued, len(self.queue))
+            return "wait"
+        self._take_slot(job)
+        return "run" if self._ensure_loaded(job) else "wait"
+
+    def leave(self, job: _Job) -> None:
+        """The request is over (answered, cut, or its client left): free what it held."""
+        if job.done:
+            return
+        job.done = True
+        if not job.slot:
+            self.queue.remove(job)
+            return
+        self.running -= 1
+        if job.using:
+            self.used_at[job.model] = self.fake.clock.seconds()
+            self.in_use[job.model] -= 1
+            if not self.in_use[job.model]:
+                del self.in_use[job.model]
+        else:  # left while waiting for its model; a load under way goes on without it
+            waiters = self.loading.get(job.model, [])
+            for waiting in (waiters, self.memory):
+                if job in waiting:
+                    waiting.remove(job)
+        self.retry_memory()  # jobs with a slot come before the queue
+        self.pump()
+
+    def pump(self) -> None:
+        """Give free slots to the queue's head (also after ``capacity`` grew)."""
+        capacity = self.fake.state.capacity
+        while self.queue and (not capacity or self.running < capacity):
+            job = self.queue.popleft()
+            self._take_slot(job)
+            if self._ensure_loaded(job):
+                self._resume(job)
+
+    def retry_memory(self) -> None:
+        """Jobs waiting for room to load their model try again (a model may be idle now)."""
+        if not self.memory:
+            return
+        waiting, self.memory = self.memory, []
+        ready = [job for job in waiting if self._ensure_loaded(job)]
+        for job in ready:
+            self._resume(job)
+
+    def _take_slot(self, job: _Job) -> None:
+        job.slot = True
+        job.since = self.fake.clock.seconds()
+        self.running += 1
+        self.peak_running = max(self.peak_running, self.running)
+
+    def _ensure_loaded(self, job: _Job) -> bool:
+        """True when ``job``'s model is loaded and counted in use; else ``job`` waits in
+        ``loading`` or ``memory`` and is resumed from there."""
+        state = self.fake.state
+        name = job.model
+        if name in self.loading:  # one load, however many ask during it
+            self.loading[name].append(job)
+            return False
+        if name in state.loaded:
+            self._use(job)
+            return True
+        while state.max_loaded and len(state.loaded) + len(self.loading) >= state.max_loaded:
+            idle = [m for m in state.loaded if not self.in_use.get(m)]
+            if not idle:
+                self.memory.append(job)
+                return False
+            victim = min(idle, key=lambda m: self.used_at.get(m, 0.0))
+            self.fake.unload(victim)
+            self.evictions += 1
+        self.loads += 1
+        if state.load_ms <= 0:
+            self.fake.load(name)
+            self._use(job)
+            return True
+        self.loading[name] = [job]
+        self.fake.clock.callLater(state.load_ms / 1000, self._loaded, name)
+        return False
+
+    def _loaded(self, name: str) -> None:
+        self.fake.load(name)
+        ready = [job for job in self.loading.pop(name, []) if not job.done]
+        for job in ready:  # all in use before any runs, so none can evict it
+            self._use(job)
+        for job in ready:
+            self._resume(job)
+        self.retry_memory()  # nobody left waiting for it: it is idle
+
+    def _use(self, job: _Job) -> None:
+        now = self.fake.clock.seconds()
+        job.using = True
+        job.call.load_wait = now - job.since
+        self.in_use[job.model] = self.in_use.get(job.model, 0) + 1
+        self.used_at[job.model] = now
+
+    def _resume(self, job: _Job) -> None:
+        """Run the handler again, as if the request had arrived now."""
+        call = job.call
+        if job.done or call.handler is None:
+            return
+        call.start = self.fake.clock.seconds()
+        body = call.handler(call)
+        if isinstance(body, bytes):  # what Request.render does with a body returned at once
+            call.request.setHeader(b"content-length", b"%d" % len(body))
+            call.request.write(body)
+            call.request.finish()
 
 
 # --------------------------------------------------------------------------- the server
@@ -534,6 +756,7 @@ class FakeOllama(Resource):
         self._loaded_at: dict[str, float] = {}
         self._sequence = 0  # numbers the generated message and tool call ids
         self._routes = self._build_routes()
+        self.scheduler = _Scheduler(self)
 
     @property
     def resource(self) -> FakeOllama:
@@ -570,6 +793,7 @@ class FakeOllama(Resource):
         self.requests.clear()
         self.cancelled = 0
         self.dropped = 0
+        self.scheduler.reset()
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
@@ -585,6 +809,7 @@ class FakeOllama(Resource):
             "default_ttft_ms",
             "status",
             "version",
+            *COST_KEYS,
         }
         unknown = set(update) - known
         if unknown:
@@ -621,6 +846,13 @@ class FakeOllama(Resource):
             if not isinstance(update["version"], str):
                 raise ValueError("version must be a string")
             self.version = update["version"]
+        for key, kind in COST_KEYS.items():
+            if key in update:
+                value = kind(update[key])
+                if value < 0 or math.isnan(value) or math.isinf(value):
+                    raise ValueError(f"{key} must be a non-negative number")
+                setattr(self.state, key, value)
+        self.scheduler.pump()  # a larger capacity lets queued requests in
 
     def describe_state(self) -> dict[str, Any]:
         return {
@@ -632,6 +864,8 @@ class FakeOllama(Resource):
             "default_ttft_ms": self.state.default_ttft_ms,
             "status": self.state.status,
             "version": self.version,
+            **{key: getattr(self.state, key) for key in COST_KEYS},
+            **self.scheduler.describe(),
             "connections": self.connections,
             "in_flight": self.in_flight,
             "cancelled": self.cancelled,
@@ -708,7 +942,7 @@ class FakeOllama(Resource):
         if health_route and self.state.health == "hang":
             return NOT_DONE_YET
         body: dict[str, Any] = {}
-        call = _Call(request, path, body, knobs, exchange, self.clock.seconds())
+        call = _Call(request, path, body, knobs, exchange, self.clock.seconds(), route.handler)
         if health_route and self.state.health == "fail":
             return self._fail(call, 500, "fake: unhealthy")
         status = knobs.status
@@ -1029,12 +1263,29 @@ class FakeOllama(Resource):
 
     # ------------------------------------------------------------------ generation
 
+    def _admit(self, call: _Call, model: FakeModel) -> bytes | int | None:
+        """Where a handler starts to use ``model``: None to go on, or what the handler answers
+        instead (``NOT_DONE_YET`` while the cost model makes it wait, or the busy 503)."""
+        if call.job is None:  # not yet admitted (a handler run again after a wait is)
+            verdict = self.scheduler.admit(call, model.name)
+            if verdict == "busy":
+                return self._fail(call, 503, BUSY_MESSAGE)
+            if verdict == "wait":
+                return NOT_DONE_YET
+        self.load(model.name)
+        return None
+
+    @staticmethod
+    def _load_ns(call: _Call) -> int:
+        """``load_duration``: the load this request waited for, as Ollama reports it."""
+        return int(call.load_wait * 1e9) or WARM_LOAD_NS
+
     def _durations(self, call: _Call, prompt_tokens: int, eval_count: int) -> dict[str, int]:
         """Metrics for a final line; Go omits zero values (``omitempty``)."""
         knobs = call.knobs
         prompt_ns = int(knobs.ttft * 1e9) or 1_500_000
         eval_ns = int(knobs.delay * eval_count * 1e9) or 1_000_000 * max(1, eval_count)
-        load_ns = 1_000_000
+        load_ns = self._load_ns(call)
         metrics = {
             "total_duration": load_ns + prompt_ns + eval_ns + 250_000,
             "load_duration": load_ns,
@@ -1119,7 +1370,8 @@ class FakeOllama(Resource):
             return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
         if model.embedding:
             return self._json(call, {"error": f'"{name}" does not support chat'}, 400)
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         prompt_tokens = _tokens(text) + 10
         tool = self._function_tool(body)
@@ -1169,7 +1421,8 @@ class FakeOllama(Resource):
             return self._json(call, {**out, "done": True, "done_reason": "unload"})
         if model.embedding:
             return self._json(call, {"error": f'"{name}" does not support generate'}, 400)
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         if not prompt:  # the preload idiom; JSON even when a stream was asked for
             out = {"model": name, "created_at": created, "response": ""}
             return self._json(call, {**out, "done": True, "done_reason": "load"})
@@ -1217,15 +1470,16 @@ class FakeOllama(Resource):
         model = self.model(name)
         if model is None:
             return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         if not inputs:
             return self._json(call, {"model": name, "embeddings": []})
         embeddings = [embedding_vector(model.name, text, model.dimensions) for text in inputs]
         payload = {
             "model": name,
             "embeddings": embeddings,
-            "total_duration": 2_500_000 + int(call.knobs.ttft * 1e9),
-            "load_duration": 1_000_000,
+            "total_duration": 1_500_000 + self._load_ns(call) + int(call.knobs.ttft * 1e9),
+            "load_duration": self._load_ns(call),
             "prompt_eval_count": sum(_tokens(text) for text in inputs),
         }
         return self._json(call, payload, latency=call.knobs.ttft)
@@ -1238,7 +1492,8 @@ class FakeOllama(Resource):
         model = self.model(name)
         if model is None:
             return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         prompt = body.get("prompt") or ""
         if not prompt:
             return self._json(call, {"embedding": []})
@@ -1288,7 +1543,8 @@ class FakeOllama(Resource):
             return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
         if model.embedding:
             return self._fail(call, 400, f'"{name}" does not support chat')
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         prompt_tokens = _tokens(text) + 10
         ident = f"chatcmpl-{int(hashlib.sha256(text.encode()).hexdigest(), 16) % 999}"
@@ -1419,7 +1675,8 @@ class FakeOllama(Resource):
                 f"json: cannot unmarshal {kind} into Go struct field "
                 "CompletionRequest.prompt of type string",
             )
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         prompt_tokens = _tokens(prompt) + 10
         pieces = self._pieces(call.knobs.chunks)
         usage = self._usage(prompt_tokens, len(pieces))
@@ -1485,7 +1742,8 @@ class FakeOllama(Resource):
         model = self.model(name)
         if model is None:
             return self._fail(call, 404, f'model "{name}" not found, try pulling it first')
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         data = []
         for index, text in enumerate(inputs):
             vector = embedding_vector(model.name, text, model.dimensions)
@@ -1531,7 +1789,8 @@ class FakeOllama(Resource):
             return self._fail(call, 404, f"model '{name}' not found")
         if model.embedding:
             return self._fail(call, 400, f'"{name}" does not support chat')
-        self.load(model.name)
+        if (held := self._admit(call, model)) is not None:
+            return held
         texts = [_anthropic_text(body.get("system"))]
         texts += [_anthropic_text(m.get("content")) for m in messages if isinstance(m, dict)]
         input_tokens = _tokens(" ".join(texts)) + 10
@@ -1771,6 +2030,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=None, help="default chunk spacing")
     parser.add_argument("--ttft-ms", type=float, default=None, help="default time to first")
     parser.add_argument("--health", choices=HEALTH_MODES, default="ok")
+    cost = parser.add_argument_group("cost model (0: off)")
+    cost.add_argument("--capacity", type=int, default=0, help="parallel generation slots")
+    cost.add_argument("--max-queue", type=int, default=0, help="queued requests before a 503")
+    cost.add_argument("--load-ms", type=float, default=0, help="time to load a model")
+    cost.add_argument("--max-loaded", type=int, default=0, help="models loaded at once (LRU)")
+    cost.add_argument("--token-ms", type=float, default=0, help="extra time per chunk")
     args = parser.parse_args(argv)
     reactor: Any = global_reactor
 
@@ -1790,6 +2055,7 @@ def main(argv: list[str] | None = None) -> int:
     update: dict[str, Any] = {
         "loaded": [n for n in args.loaded.split(",") if n],
         "health": args.health,
+        **{key: getattr(args, key) for key in COST_KEYS},
     }
     if args.chunks is not None:
         update["default_chunks"] = args.chunks
