@@ -221,6 +221,7 @@ class DiscoveryService(Service):
         #: forget an endpoint's models when its last successful discovery is this old
         self.stale_threshold = 0.0
         self._in_flight: dict[Endpoint, Deferred[None]] = {}
+        self._asking_loaded: dict[Endpoint, Deferred[None]] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -359,8 +360,20 @@ class DiscoveryService(Service):
     def refresh_loaded(self, endpoints: Iterable[Endpoint]) -> Deferred[None]:
         """Ask each Ollama endpoint what it has in memory now (``/api/ps`` is live state: a
         model loads on first use and unloads on a timer, so a cached answer would be stale)."""
-        runs = [
-            Deferred.fromCoroutine(self._read_loaded(ep)) for ep in endpoints if ep.type == "ollama"
-        ]
+        runs = [self._ask_loaded(ep) for ep in endpoints if ep.type == "ollama"]
         done: Deferred[None] = DeferredList(runs, consumeErrors=True).addCallback(lambda _: None)
         return done
+
+    def _ask_loaded(self, endpoint: Endpoint) -> Deferred[None]:
+        """One ``/api/ps`` for ``endpoint``, shared by everyone who asks while it runs."""
+        running = self._asking_loaded.get(endpoint)
+        if running is not None:
+            return follow(running)
+        d = Deferred.fromCoroutine(self._read_loaded(endpoint))
+        self._asking_loaded[endpoint] = d
+        d.addBoth(self._asked_loaded, endpoint)
+        return follow(d)
+
+    def _asked_loaded(self, result: object, endpoint: Endpoint) -> object:
+        self._asking_loaded.pop(endpoint, None)
+        return result

@@ -143,6 +143,8 @@ class _EndpointModels:
     loaded: set[str] = field(default_factory=set)  # lower-cased names
     #: the backend says what it has in memory (Ollama's /api/ps, LM Studio's state)
     reports_loaded: bool = False
+    #: lower-cased name -> when olla sent it to this endpoint while it was not loaded there
+    loading: dict[str, float] = field(default_factory=dict)
     running: tuple[Mapping[str, object], ...] = ()  # Ollama /api/ps rows, as sent
     synced_at: float | None = None
 
@@ -190,6 +192,8 @@ class ModelCatalogue:
         entry.loaded = {n.lower() for n in names}
         entry.running = tuple(entries)
         entry.reports_loaded = True
+        for name in entry.loaded & entry.loading.keys():
+            del entry.loading[name]
 
     def drop_stale(self, before: float) -> list[Endpoint]:
         """Forget model lists last refreshed before ``before``; returns those endpoints."""
@@ -201,11 +205,30 @@ class ModelCatalogue:
         for endpoint in stale:
             self._by_endpoint[endpoint].models = {}
             self._by_endpoint[endpoint].loaded = set()
+            self._by_endpoint[endpoint].loading = {}
         return stale
 
     def mark_loaded(self, endpoint: Endpoint, name: str) -> None:
         """``endpoint`` answered a request for ``name``: it is warm there now."""
-        self._by_endpoint.setdefault(endpoint, _EndpointModels()).loaded.add(name.lower())
+        entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
+        entry.loaded.add(name.lower())
+        entry.loading.pop(name.lower(), None)
+
+    def mark_loading(self, endpoint: Endpoint, name: str, now: float) -> None:
+        """A request for ``name`` went to ``endpoint`` where it is not loaded: the load is
+        under way, so the next request for it there waits only for the rest of it."""
+        entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
+        entry.loading.setdefault(name.lower(), now)
+
+    def loading_since(self, endpoint: Endpoint, name: str) -> float | None:
+        entry = self._by_endpoint.get(endpoint)
+        return entry.loading.get(name.lower()) if entry else None
+
+    def load_failed(self, endpoint: Endpoint, name: str) -> None:
+        """The request that was loading ``name`` on ``endpoint`` got no answer."""
+        entry = self._by_endpoint.get(endpoint)
+        if entry is not None:
+            entry.loading.pop(name.lower(), None)
 
     def observe_load(self, name: str, seconds: float) -> None:
         """A backend took ``seconds`` to load ``name`` (Ollama's ``load_duration``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -128,6 +129,25 @@ class DeadWarmHostTests(SynchronousTestCase):
         assert response is not None
         self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
         self.assertTrue(h.catalogue.warm(h.endpoints[1], MODEL))
+
+
+class ResidencyTests(SynchronousTestCase):
+    def test_a_load_asks_what_is_in_memory_now(self) -> None:
+        """If a cold Ollama answered (it loaded the model, maybe evicting another), then olla
+        asks that endpoint's /api/ps again; a warm answer asks nothing."""
+        h = _harness(Backend(Clock(), name="a"), Backend(Clock(), name="b"))
+        asked: list[list[str]] = []
+
+        def refresh_loaded(endpoints: object) -> Deferred[None]:
+            asked.append([ep.name for ep in endpoints])  # type: ignore[attr-defined]
+            return succeed(None)
+
+        h.deps.refresh_loaded = refresh_loaded
+        h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))  # a: warm
+        self.assertEqual(asked, [])
+        h.registry.backend_busy(h.endpoints[0], 10.0)
+        h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))  # b: cold
+        self.assertEqual(asked, [["b"]])
 
 
 class LoadTimeTests(SynchronousTestCase):

@@ -227,6 +227,18 @@ class WarmOrderTests(SynchronousTestCase):
         fleet.clock.advance(20.0)  # 1 ahead x 20 s / 2 slots = 10 s > 5 s load
         self.assertEqual(fleet.order()[0], "b")
 
+    def test_a_load_under_way_is_joined(self) -> None:
+        """If olla just sent a cold model to a, then the next requests for it go to a as well
+        (they wait for the rest of that load) instead of loading it on b and c too."""
+        fleet = Fleet("a", "b", "c", balancer=LeastConnectionsBalancer())
+        first = fleet.order()[0]
+        fleet.catalogue.mark_loading(fleet.by_name[first], MODEL, fleet.clock.seconds())
+        fleet.busy(first, 1)
+        fleet.clock.advance(1.0)
+        self.assertEqual([fleet.order()[0] for _ in range(3)], [first] * 3)
+        fleet.catalogue.load_failed(fleet.by_name[first], MODEL)
+        self.assertNotEqual(fleet.order()[0], first)
+
     def test_cold_hosts_by_queue(self) -> None:
         """If no host has the model loaded, then the one with the shorter queue goes first."""
         fleet = Fleet("a", "b", slots=1, balancer=RoundRobinBalancer())

@@ -132,6 +132,8 @@ BUSY_BACKOFF = 1.0
 #: the Ollama answers olla reads the model load time from (their last chunk)
 _GENERATION_PATHS = (b"/api/chat", b"/api/generate")
 _LOAD_DURATION = re.compile(rb'"load_duration"\s*:\s*(\d+)')
+#: a ``load_duration`` this long means the model was loaded for this request
+_LOAD_SEEN = 0.05
 
 
 class Exchange:
@@ -308,9 +310,11 @@ class Exchange:
     def _attempt(self, endpoint: Endpoint) -> None:
         deps = self._deps
         self._endpoint = endpoint
-        self._cold = self._model is not None and not deps.catalogue.warm(
-            endpoint, self.native_model(endpoint) or self._model
-        )
+        model = self.native_model(endpoint) or self._model
+        self._cold = model is not None and not deps.catalogue.warm(endpoint, model)
+        if self._cold:
+            assert model is not None
+            deps.catalogue.mark_loading(endpoint, model, deps.clock.seconds())
         try:
             headers = self._upstream_headers(endpoint)
             producer = self._upstream_body(endpoint)
@@ -340,6 +344,9 @@ class Exchange:
         self._deps.registry.attempt_ended(
             endpoint, outcome, started=self._attempt_started, relayed=relayed
         )
+        if self._cold and outcome is not Outcome.OK and self._model is not None:
+            name = self.native_model(endpoint) or self._model
+            self._deps.catalogue.load_failed(endpoint, name)
 
     def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
         self._pending = None
@@ -513,8 +520,8 @@ class Exchange:
             outcome = Outcome.CLIENT_GONE
         elif reason is None:
             outcome = Outcome.OK
-            if self._cold and stream is not None:
-                self._learn_load_time(endpoint, stream.tail)
+            if stream is not None and endpoint.type == "ollama":
+                self._after_ollama_answer(endpoint, stream.tail)
             self._end_body()
         else:
             outcome = Outcome.FAILED
@@ -529,17 +536,23 @@ class Exchange:
         self._attempt_ended(endpoint, outcome, relayed)
         self._log_completion(endpoint, outcome, relayed)
 
-    def _learn_load_time(self, endpoint: Endpoint, tail: bytes) -> None:
-        """A cold machine answered: Ollama's last chunk says how long the load took."""
-        if endpoint.type != "ollama" or self._model is None:
+    def _after_ollama_answer(self, endpoint: Endpoint, tail: bytes) -> None:
+        """An Ollama answered: learn the model's load time from its last chunk, and when it
+        loaded a model, ask what it has in memory now (loading one may have evicted another,
+        and routing must not send that one's requests there as if it were still warm)."""
+        if self._model is None:
             return
+        name = self.native_model(endpoint) or self._model
+        loaded = self._cold
         path = self._shape.upstream_path(endpoint, self._target)
-        if path.split(b"?", 1)[0].rstrip(b"/") not in _GENERATION_PATHS:
-            return
-        match = _LOAD_DURATION.search(tail)
-        if match is not None:
-            name = self.native_model(endpoint) or self._model
-            self._deps.catalogue.observe_load(name, int(match.group(1)) / 1e9)
+        if path.split(b"?", 1)[0].rstrip(b"/") in _GENERATION_PATHS:
+            match = _LOAD_DURATION.search(tail)
+            seconds = int(match.group(1)) / 1e9 if match is not None else 0.0
+            if seconds >= _LOAD_SEEN:
+                self._deps.catalogue.observe_load(name, seconds)
+                loaded = True
+        if loaded and self._deps.refresh_loaded is not None:
+            self._deps.refresh_loaded([endpoint])
 
     # ------------------------------------------------------------------ endings
 

@@ -212,16 +212,21 @@ class Router:
         """Seconds before ``endpoint`` would start answering a request for ``model``.
 
         Its queue (requests beyond ``max_concurrency``) times its service time shared over
-        its slots, plus the model's load time if it is not in memory there.
+        its slots, plus the model's load time if it is not in memory there (what is left of
+        it, if olla already sent it there).
         """
+        now = self._clock.seconds()
         state = self.registry.state(endpoint)
         slots = endpoint.max_concurrency
         ahead = state.in_flight - slots + 1
         wait = 0.0
         if ahead > 0:
-            wait = ahead * state.expected_service_time(self._clock.seconds()) / slots
+            wait = ahead * state.expected_service_time(now) / slots
         if not self.catalogue.warm(endpoint, model):
-            wait += self.catalogue.load_time(model, self.warm.default_load_time)
+            load = self.catalogue.load_time(model, self.warm.default_load_time)
+            since = self.catalogue.loading_since(endpoint, model)
+            # a load already under way there costs only what is left of it
+            wait += load if since is None else max(0.0, load - (now - since))
         return wait
 
     def _explain(
