@@ -1,4 +1,5 @@
 """``python -m benchmarks``: olla against the bare Twisted proxy, same run, same backend.
+(``python -m benchmarks fleet`` is the fleet-latency benchmark of ``benchmarks/fleet.py``.)
 
 Starts the shared fake backend (``shared/bench/fake_backend.js``, Node), then each proxy in turn
 pinned to CPU 0 (the bare Twisted floor of ``shared/bench/anchors/``, then olla as twistd),
@@ -196,6 +197,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fleet"]:  # the fleet-latency benchmark (benchmarks/fleet.py)
+        from benchmarks import fleet
+
+        return fleet.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke counts, not a measurement")
     parser.add_argument("--scenarios", default="", help="e.g. S1,S3 (default: all)")
