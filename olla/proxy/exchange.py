@@ -589,6 +589,8 @@ class Exchange:
             attempts=self._attempts,
             failovers=self._failovers,
             tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
+            #: marks the one line per proxied request (``server.request_logging`` filters it)
+            request_line=True,
         )
 
     def _shape_finished(self, complete: bool) -> None:
