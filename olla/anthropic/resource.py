@@ -97,9 +97,11 @@ class AnthropicResource(Resource):
         request.content.seek(0)
         try:
             return raw, json.loads(raw)
-        except ValueError as e:
+        except RecursionError:
+            self._error(request, 400, "invalid JSON body: nested too deeply")
+        except (ValueError, UnicodeDecodeError) as e:
             self._error(request, 400, f"invalid JSON body: {e}")
-            return None
+        return None
 
     def _json(self, request: Request, payload: object) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
@@ -168,6 +170,9 @@ class AnthropicResource(Resource):
             openai_body = self._translator.translate_request(body)
         except InvalidRequest as e:
             self._error(request, 400, str(e))
+            return
+        except RecursionError:  # a tool schema or content nested beyond reason
+            self._error(request, 400, "request body is nested too deeply")
             return
         model: str = body["model"]
 

@@ -14,6 +14,20 @@ PARSE_LIMIT = 1024 * 1024
 #: How much of a larger body is scanned for a top-level ``"model"``.
 SCAN_WINDOW = 64 * 1024
 
+#: what decoding a client's JSON can raise: bad syntax, bad UTF-8, or nesting so deep that the
+#: decoder would exhaust the stack (it raises RecursionError instead of crashing)
+JSON_ERRORS = (ValueError, UnicodeDecodeError, RecursionError)
+
+
+def parse_json(body: bytes) -> object | None:
+    """``body`` decoded as JSON, or None when it is not JSON olla can read."""
+    try:
+        document: object = json.loads(body)
+    except JSON_ERRORS:
+        return None
+    return document
+
+
 _MODEL_KEY = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 
 
@@ -32,10 +46,7 @@ def extract_model(body: bytes, path: bytes) -> str | None:
         return None
     if len(body) > PARSE_LIMIT:
         return _scan_model(body[:SCAN_WINDOW])
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    document = parse_json(body)
     if not isinstance(document, dict):
         return None
     model = document.get("model")
@@ -51,10 +62,7 @@ def _scan_model(window: bytes) -> str | None:
     match = _MODEL_KEY.search(window)
     if match is None:
         return None
-    try:
-        value = json.loads(b'"' + match.group(1) + b'"')
-    except ValueError:
-        return None
+    value = parse_json(b'"' + match.group(1) + b'"')
     return value.strip() or None if isinstance(value, str) else None
 
 

@@ -8,12 +8,12 @@ catalogue knows nothing about is not narrowed on, and if nobody fits, nothing is
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from olla.endpoints import Endpoint
 from olla.models import ModelCatalogue, capabilities
+from olla.proxy.inspect import parse_json
 
 TOOLS = "tools"
 VISION = "vision"
@@ -95,12 +95,7 @@ def _names(model: str | None, catalogue: ModelCatalogue) -> tuple[str, ...]:
 
 
 def _parse(body: bytes | None) -> Any:
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    return parse_json(body) if body else None
 
 
 def _filled(value: object) -> bool:

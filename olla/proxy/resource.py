@@ -9,6 +9,7 @@ any response byte; once the backend's status line is relayed, the request is com
 from __future__ import annotations
 
 import json
+import re
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -41,7 +42,12 @@ class ProxyResource(Resource):
         self._deps = deps
 
     def render(self, request: Request) -> int | bytes:
-        target = _target_path(request)
+        try:
+            target = _target_path(request)
+        except BadTarget as e:
+            dialect = Dialect.OPENAI if b"/v1/" in request.path else Dialect.OLLAMA
+            write_error(request, 400, str(e), dialect=dialect)
+            return NOT_DONE_YET
         if target is None:
             # "/olla/ollama" without its slash: clients expect the subtree
             request.setResponseCode(301)
@@ -117,20 +123,52 @@ def _json(request: Request, payload: object) -> bytes:
     return json.dumps(payload).encode()
 
 
+class BadTarget(ValueError):
+    """A request path olla will not send to any backend."""
+
+
+#: what Agent accepts in a URI (``twisted.web.client``): printable ASCII, no spaces
+_SAFE_TARGET = re.compile(rb"\A[\x21-\x7e]*\Z")
+
+
 def _target_path(request: Request) -> bytes | None:
-    """The path and query below ``/olla/<prefix>``, or None when the slash is missing."""
-    assert request.prepath is not None and request.postpath is not None
-    consumed = b"/" + b"/".join(request.prepath)
-    uri = request.uri
-    if not uri.startswith(consumed):  # percent-encoded prefix: fall back to parsed segments
-        query = b"?" + uri.split(b"?", 1)[1] if b"?" in uri else b""
-        if not request.postpath:
-            return None
-        return b"/" + b"/".join(request.postpath) + query
-    rest = uri[len(consumed) :]
-    if not rest.startswith(b"/"):
-        return None if not rest or rest.startswith(b"?") else b"/" + rest
-    return rest
+    """The path and query below ``/olla/<prefix>``, or None when the slash is missing.
+
+    Built from the raw URI (the client's percent-encoding is kept as sent) with its dot
+    segments removed (RFC 3986 §5.2.4, ``%2e`` counting as a dot), so it can never climb
+    above the endpoint's base path. Raises ``BadTarget`` for a path that would.
+    """
+    assert request.prepath is not None
+    raw_path, has_query, query = request.uri.partition(b"?")
+    segments = raw_path.split(b"/")[1:]  # twisted.web consumed len(prepath) of them
+    consumed = len(request.prepath)
+    if len(segments) <= consumed:
+        return None  # "/olla/ollama" without its slash
+    target = remove_dot_segments(segments[consumed:])
+    if has_query:
+        target += b"?" + query
+    if not _SAFE_TARGET.match(target):
+        raise BadTarget("request path has characters that are not allowed in a URL")
+    return target
+
+
+def remove_dot_segments(segments: list[bytes]) -> bytes:
+    """``/`` + the segments without ``.`` and ``..`` (``%2e`` is a dot); ``BadTarget`` if a
+    ``..`` would climb above the start."""
+    out: list[bytes] = []
+    for segment in segments:
+        plain = segment.replace(b"%2e", b".").replace(b"%2E", b".")
+        if plain == b".":
+            continue
+        if plain == b"..":
+            if not out:
+                raise BadTarget("request path climbs above the route")
+            out.pop()
+            continue
+        out.append(segment)
+    last = segments[-1].replace(b"%2e", b".").replace(b"%2E", b".") if segments else b""
+    trailing = b"/" if last in (b".", b"..") and out else b""
+    return b"/" + b"/".join(out) + trailing
 
 
 def _peek_body(request: Request) -> bytes:
