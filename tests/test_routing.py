@@ -293,6 +293,14 @@ class BusyAndBreakerTests(SynchronousTestCase):
         fleet.clock.advance(2.0)
         self.assertEqual(fleet.order(), ["a", "b"])
 
+    def test_busy_beats_priority(self) -> None:
+        """If the top-priority host said 429 with Retry-After, then the lower tier goes first
+        until then: the Retry-After is honoured while another host can serve."""
+        fleet = Fleet("a", "b", balancer=PriorityBalancer(random.Random(1)), priorities=(200, 100))
+        self.assertEqual(fleet.order(), ["a", "b"])
+        fleet.registry.backend_busy(fleet.by_name["a"], 2.0)
+        self.assertEqual(fleet.order(), ["b", "a"])
+
     def _open(self, fleet: Fleet, name: str) -> None:
         ep = fleet.by_name[name]
         for _ in range(FAILURE_THRESHOLD):

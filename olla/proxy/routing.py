@@ -11,8 +11,8 @@ rules, in the order they apply:
 3. what the caller allows (the Anthropic passthrough's endpoints);
 4. the model: its hosts and aliases, by the configured strategy (``models.route``); a model
    nobody lists while some endpoint's list is still unknown goes to those endpoints;
-5. the order: the balancer's tiers, then machines that just said they are full last, then the
-   expected wait (a warm host with a free slot waits nothing; a full one waits its queue; a
+5. the order: machines that just said they are full (429/503 with their ``Retry-After``) last,
+   then the balancer's tiers, then the expected wait (a warm host with a free slot waits nothing; a full one waits its queue; a
    cold one also waits the model's load), then the balancer's order among equals;
 6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
    are open the request is refused with ``Retry-After``.
@@ -187,7 +187,10 @@ class Router:
     def _order(
         self, candidates: Sequence[Endpoint], model: str | None, decision: RoutingDecision | None
     ) -> list[Endpoint]:
-        """Best first by (tier, busy, expected wait); the balancer orders the best group.
+        """Best first by (busy, tier, expected wait); the balancer orders the best group.
+
+        A machine that said it is full goes after every other, whatever its priority: its
+        ``Retry-After`` is honoured while anyone else can serve.
 
         Only the best group goes through the balancer, so round-robin rotates over exactly the
         endpoints that are equally good (two warm hosts share a hot model evenly) and advances
@@ -199,7 +202,7 @@ class Router:
         keys: dict[Endpoint, tuple[float, ...]] = {}
         for ep in candidates:
             wait = self.expected_wait(ep, rewrite.get(ep) or model) if model and warm else 0.0
-            keys[ep] = (self.balancer.tier(ep), self._busy(ep, now), wait)
+            keys[ep] = (self._busy(ep, now), self.balancer.tier(ep), wait)
         ranked = sorted(candidates, key=keys.__getitem__)  # stable: config order among equals
         best = keys[ranked[0]]
         head = [ep for ep in ranked if keys[ep] == best]
