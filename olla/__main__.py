@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from olla import __version__
-from olla.config import ConfigError, check_endpoint_types, load_config, profiles_dir
+from olla.config import (
+    ConfigError,
+    check_endpoint_types,
+    load_config,
+    no_effect_warnings,
+    profiles_dir,
+)
 from olla.profiles import load_profiles
 
 
@@ -25,7 +31,10 @@ def validate(path: str | None, out: TextIO) -> int:
     out.write(
         f"[OK] {len(list(profiles))} profiles: {', '.join(sorted(p.name for p in profiles))}\n"
     )
-    for warning in config.warnings:
+    # Keys with no effect yet fail the result like unknown keys do, and for the same reason:
+    # the file asks for something (rate limits, CORS, sticky sessions) olla will not do.
+    warnings = [*config.warnings, *no_effect_warnings(config)]
+    for warning in warnings:
         out.write(f"[WARN] {warning}\n")
     endpoints = config.discovery.endpoints
     listed = ", ".join(f"{ep.name} ({ep.type}) {ep.url}" for ep in endpoints)
@@ -35,7 +44,7 @@ def validate(path: str | None, out: TextIO) -> int:
         out.write("[WARN] no endpoints configured: every proxied request will get 503\n")
     server = config.server
     out.write(f"[OK] listens on {server.host}:{server.port}\n")
-    clean = not config.warnings and bool(endpoints)
+    clean = not warnings and bool(endpoints)
     out.write("Result: PASS\n" if clean else "Result: FAIL\n")
     return 0 if clean else 1
 

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -250,7 +250,8 @@ class TranslatorsConfig:
 class LoggingConfig:
     level: str = "info"  # debug | info | warn | error
     format: str = "json"  # json | text
-    output: str = "stdout"  # stdout | file
+    output: str = "stdout"  # stdout (or twistd's --logfile / --syslog) | file
+    file: str | None = None  # absolute; required with output: file
 
 
 @dataclass(frozen=True)
@@ -769,7 +770,7 @@ def _endpoint(
 def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> DiscoveryConfig:
     d = DiscoveryConfig()
     kind = r.choice("type", d.type, ("static",))
-    r.text("refresh_interval", "")  # known, unused (as in Olla)
+    refresh_interval = r.duration("refresh_interval", d.refresh_interval)
     health_r = r.section("health_check")
     for key in list(health_r.data):
         health_r.ignore(str(key), "not used by olla (health checks follow each endpoint)")
@@ -806,7 +807,7 @@ def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> 
     r.finish()
     return DiscoveryConfig(
         type=kind,
-        refresh_interval=d.refresh_interval,
+        refresh_interval=refresh_interval,
         model_discovery=model_discovery,
         endpoints=tuple(by_url.values()),
     )
@@ -912,7 +913,7 @@ def _translators(r: SectionReader) -> TranslatorsConfig:
     return TranslatorsConfig(anthropic=anthropic)
 
 
-def _logging(r: SectionReader) -> LoggingConfig:
+def _logging(r: SectionReader, base_dir: Path) -> LoggingConfig:
     d = LoggingConfig()
     values = {"level": r.text("level", d.level).lower(), "format": r.text("format", d.format)}
     allowed = {"level": ("debug", "info", "warn", "warning", "error"), "format": ("json", "text")}
@@ -923,13 +924,34 @@ def _logging(r: SectionReader) -> LoggingConfig:
                 f"got {value!r}; using {getattr(d, key)}"
             )
             values[key] = getattr(d, key)
+    output = r.choice("output", d.output, ("stdout", "file"))
     result = LoggingConfig(
         level=values["level"],
         format=values["format"],
-        output=r.choice("output", d.output, ("stdout", "file")),
+        output=output,
+        file=_log_file(r, base_dir, required=output == "file"),
     )
     r.finish()
     return result
+
+
+def _log_file(r: SectionReader, base_dir: Path, required: bool) -> str | None:
+    """``logging.file``, relative to the config file's directory, in a directory that exists
+    (checked here, so a typo fails at startup and not at the first log line)."""
+    text = r.text("file", "").strip()
+    if not text:
+        if required:
+            raise ConfigError("is required when logging.output is file", r.at("file"))
+        return None
+    if not required:
+        r.warnings.append(f"{format_path(r.at('file'))}: ignored unless logging.output is file")
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else base_dir.resolve() / path
+    if path.is_dir():
+        raise ConfigError(f"must be a file, {str(path)!r} is a directory", r.at("file"))
+    if not path.parent.is_dir():
+        raise ConfigError(f"directory {str(path.parent)!r} does not exist", r.at("file"))
+    return str(path)
 
 
 def _dashboard(r: SectionReader) -> DashboardConfig:
@@ -951,8 +973,6 @@ def _dashboard(r: SectionReader) -> DashboardConfig:
             )
         for i, cidr in enumerate(policy.allowed_cidrs):
             _check_cidr(cidr, (*p_r.at("allowed_cidrs"), i))
-    if result.gate_internal_api:
-        r.warnings.append(f"{format_path(r.at('gate_internal_api'))}: has no effect yet")
     p_r.finish()
     r.finish()
     return result
@@ -999,7 +1019,7 @@ def parse_config(
         model_registry=_model_registry(root.section("model_registry")),
         model_aliases=_aliases(root.raw("model_aliases"), warnings),
         translators=_translators(root.section("translators")),
-        logging=_logging(root.section("logging")),
+        logging=_logging(root.section("logging"), base),
         engineering=_engineering(root.section("engineering")),
         dashboard=_dashboard(root.section("dashboard")),
         profiles_dir=root.text("profiles_dir", "") or None,
@@ -1013,6 +1033,65 @@ def _engineering(r: SectionReader) -> EngineeringConfig:
     result = EngineeringConfig(show_nerdstats=r.flag("show_nerdstats", False))
     r.finish()
     return result
+
+
+# --------------------------------------------------------------------------- not built yet
+
+#: Keys olla accepts (so Go configs load unchanged) but does not act on yet. Each is reported
+#: as ``<key path>: accepted, has no effect yet`` by validate-config and the startup log when
+#: it is set to anything but its default: the default is what olla does without the feature,
+#: so that one predicate fits every row. A key path is also its attribute path in
+#: :class:`OllaConfig`; ``.*`` stands for every field of that section. Remove a row once the
+#: key works.
+NO_EFFECT_YET: tuple[str, ...] = (
+    "server.read_header_timeout",
+    "server.write_timeout",
+    "server.rate_limits.*",
+    "server.cors.enabled",
+    "proxy.engine",
+    "proxy.profile",
+    "proxy.connection_keep_alive",
+    "proxy.response_timeout",
+    "proxy.tls_handshake_timeout",
+    "proxy.stream_buffer_size",
+    "proxy.sticky_sessions.enabled",
+    "proxy.profile_filter.*",
+    "discovery.refresh_interval",
+    "discovery.model_discovery.retry_attempts",
+    "discovery.model_discovery.retry_backoff",
+    "model_registry.enable_unifier",
+    "model_registry.unification.cleanup_interval",
+    "translators.anthropic.inspector.enabled",
+    "engineering.show_nerdstats",
+    "dashboard.access_policy.*",
+    "dashboard.gate_internal_api",
+)
+
+
+def _attribute(config: OllaConfig, key: str) -> Any:
+    value: Any = config
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def no_effect_warnings(config: OllaConfig) -> list[str]:
+    """``"<key path>: accepted, has no effect yet"`` for every :data:`NO_EFFECT_YET` key that
+    ``config`` sets to something other than the default, in table order."""
+    default = OllaConfig()
+    found: list[str] = []
+    for path in NO_EFFECT_YET:
+        if path.endswith(".*"):
+            section = path[:-2]
+            keys = [f"{section}.{f.name}" for f in fields(_attribute(default, section))]
+        else:
+            keys = [path]
+        found.extend(
+            f"{key}: accepted, has no effect yet"
+            for key in keys
+            if _attribute(config, key) != _attribute(default, key)
+        )
+    return found
 
 
 # --------------------------------------------------------------------------- environment

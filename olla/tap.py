@@ -41,12 +41,13 @@ from olla.config import (
     OllaConfig,
     check_endpoint_types,
     load_config,
+    no_effect_warnings,
     profiles_dir,
 )
 from olla.discovery import DiscoveryService
 from olla.endpoints import EndpointRegistry, endpoints_from_config
 from olla.health import HealthService, HTTPHealthChecker
-from olla.logging import make_observer
+from olla.logging import LogSink, ReopenOnHangup, StreamSink, make_observer, open_sink
 from olla.models import ModelCatalogue
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
 from olla.proxy.resource import ProxyDeps, ProxyResource
@@ -91,12 +92,19 @@ class Options(usage.Options):
 
     config: OllaConfig
     profiles: ProfileRegistry
+    log_sink: LogSink
 
     def postOptions(self) -> None:
         try:
             self.config, self.profiles = load_all(self["config"])
         except ConfigError as e:
             raise usage.UsageError(f"invalid configuration: {e}") from e
+        # Here, not in makeService: twistd's own flags are parsed by now (self.parent), a log
+        # file that cannot be opened is a usage error, and sys.stdout is still the real one.
+        try:
+            self.log_sink = open_sink(self.config.logging, self.parent, sys.stdout)
+        except (OSError, ValueError) as e:
+            raise usage.UsageError(f"cannot open the log: {e}") from e
 
 
 def load_all(path: str | None) -> tuple[OllaConfig, ProfileRegistry]:
@@ -161,9 +169,10 @@ class _DrainService(Service):
 class _StartupLog(Service):
     _log = Logger()
 
-    def __init__(self, config: OllaConfig, registry: EndpointRegistry) -> None:
+    def __init__(self, config: OllaConfig, registry: EndpointRegistry, log_where: str) -> None:
         self._config = config
         self._registry = registry
+        self._log_where = log_where
 
     def startService(self) -> None:
         super().startService()
@@ -177,7 +186,8 @@ class _StartupLog(Service):
             count=len(self._registry),
             balancer=self._config.proxy.load_balancer,
         )
-        for warning in self._config.warnings:
+        self._log.info("logging to {where}", where=self._log_where)
+        for warning in (*self._config.warnings, *no_effect_warnings(self._config)):
             self._log.warn("config: {warning}", warning=warning)
         for endpoint in self._registry:
             self._log.info(
@@ -201,11 +211,22 @@ def startup_wait(config: OllaConfig) -> float:
 
 
 def build_service(
-    config: OllaConfig, reactor: Any, profiles: ProfileRegistry | None = None
+    config: OllaConfig,
+    reactor: Any,
+    profiles: ProfileRegistry | None = None,
+    log_sink: LogSink | None = None,
 ) -> OllaService:
-    """Wire the daemon for ``config`` on ``reactor``."""
+    """Wire the daemon for ``config`` on ``reactor``, logging to ``log_sink`` (stdout)."""
     profiles = profiles or builtin_profiles()
-    service = OllaService(make_observer(config.logging.format, config.logging.level, sys.stdout))
+    log_sink = log_sink or StreamSink(sys.stdout)
+    service = OllaService(
+        make_observer(
+            config.logging.format,
+            config.logging.level,
+            log_sink,
+            request_logging=config.server.request_logging,
+        )
+    )
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietClientFactory
@@ -283,11 +304,12 @@ def build_service(
     listener._raiseSynchronously = True  # a port in use stops startup with the reason
 
     # Children stop in reverse order: the listener first, the pool last.
+    ReopenOnHangup(log_sink, reactor).setServiceParent(service)
     _PoolService(pool, cooperator).setServiceParent(service)
     _DrainService(site, config.server.shutdown_timeout).setServiceParent(service)
     health.setServiceParent(service)
     discovery.setServiceParent(service)
-    _StartupLog(config, registry).setServiceParent(service)
+    _StartupLog(config, registry, log_sink.where).setServiceParent(service)
     listener.setServiceParent(service)
     return service
 
@@ -295,4 +317,4 @@ def build_service(
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor, options.profiles)
+    return build_service(options.config, reactor, options.profiles, options.log_sink)

@@ -458,3 +458,138 @@ def test_routing_keys() -> None:
     assert config.proxy.warm_routing.default_load_time == 1.5
     assert config.discovery.endpoints[0].max_concurrency == 8
     assert not config.warnings
+
+
+# --------------------------------------------------------------------------- logging.output/file
+
+
+def test_logging_file_output(tmp_path: Path) -> None:
+    """If logging.output is file, then logging.file is read, relative to the config file's
+    directory, and stored as an absolute path."""
+    (tmp_path / "logs").mkdir()
+    config = parse_config(
+        {"logging": {"output": "file", "file": "logs/olla.log"}}, {}, base_dir=str(tmp_path)
+    )
+    assert config.logging.output == "file"
+    assert config.logging.file == str(tmp_path / "logs" / "olla.log")
+    absolute = str(tmp_path / "a.log")
+    assert parse_config({"logging": {"output": "file", "file": absolute}}, {}).logging.file == (
+        absolute
+    )
+    assert parse_config({}, {}).logging.file is None
+    assert not config.warnings
+
+
+@pytest.mark.parametrize(
+    ("logging", "fragment"),
+    [
+        ({"output": "file"}, "logging.file: is required when logging.output is file"),
+        ({"output": "file", "file": ""}, "logging.file: is required"),
+        ({"output": "file", "file": "missing/olla.log"}, "logging.file: directory "),
+        ({"output": "file", "file": "."}, "logging.file: must be a file"),
+        ({"output": "syslog"}, "logging.output: must be one of stdout, file"),
+        ({"output": "file", "file": ["a"]}, "logging.file: must be a string"),
+    ],
+)
+def test_logging_file_errors(tmp_path: Path, logging: dict[str, Any], fragment: str) -> None:
+    """If logging.output is file without a usable logging.file, then the config is rejected
+    naming the key path."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"logging": logging}, {}, base_dir=str(tmp_path))
+    assert fragment in str(raised.value)
+
+
+def test_logging_file_without_file_output_warns(tmp_path: Path) -> None:
+    """If logging.file is set while logging.output is stdout, then it warns that it is
+    ignored."""
+    config = parse_config({"logging": {"file": "olla.log"}}, {}, base_dir=str(tmp_path))
+    assert config.warnings == ("logging.file: ignored unless logging.output is file",)
+
+
+def test_refresh_interval_is_a_duration() -> None:
+    """If discovery.refresh_interval is set, then it is read as a duration like any other."""
+    assert parse_config({"discovery": {"refresh_interval": "1m"}}, {}).discovery.refresh_interval
+    assert "discovery.refresh_interval" in _error({"discovery": {"refresh_interval": "often"}})
+
+
+# --------------------------------------------------------------------------- no effect yet
+
+
+def test_no_effect_table_paths_resolve() -> None:
+    """If a row of the no-effect table is read against the config, then its key path is an
+    attribute path (a ``.*`` row names a section), and it is a key the parser accepts."""
+    from dataclasses import is_dataclass
+
+    from olla.config import NO_EFFECT_YET, _attribute
+
+    default = OllaConfig()
+    for path in NO_EFFECT_YET:
+        value = _attribute(default, path.removesuffix(".*"))
+        assert is_dataclass(value) == path.endswith(".*"), path
+    assert "server.request_logging" not in NO_EFFECT_YET  # works now
+    assert not any(p.startswith("logging.") for p in NO_EFFECT_YET)
+
+
+def test_no_effect_warnings_name_changed_keys() -> None:
+    """If keys olla accepts but does not act on yet are set to something other than their
+    default, then each is named as "<key path>: accepted, has no effect yet", in table order;
+    defaults, and keys that work (server.request_logging), are not."""
+    from olla.config import no_effect_warnings
+
+    assert no_effect_warnings(parse_config({}, {})) == []
+    go = load_config(str(REPO / "tests" / "data" / "go-original.yaml"), {})
+    assert no_effect_warnings(go) == []  # the Go original ships the defaults
+    config = parse_config(
+        {
+            "server": {
+                "request_logging": False,
+                "rate_limits": {"burst_size": 5, "global_requests_per_minute": 1000},
+                "cors": {"enabled": True},
+            },
+            "proxy": {
+                "sticky_sessions": {"enabled": True},
+                "retry": {"on_connection_failure": False},
+            },
+            "dashboard": {"gate_internal_api": True},
+        },
+        {},
+    )
+    assert no_effect_warnings(config) == [
+        "server.rate_limits.burst_size: accepted, has no effect yet",
+        "server.cors.enabled: accepted, has no effect yet",
+        "proxy.sticky_sessions.enabled: accepted, has no effect yet",
+        "dashboard.gate_internal_api: accepted, has no effect yet",
+    ]
+    assert not config.warnings  # reported apart from the parser's own warnings
+    env = parse_config({}, {"OLLA_SERVER_PER_IP_RATE_LIMIT": "7"})
+    assert no_effect_warnings(env) == [
+        "server.rate_limits.per_ip_requests_per_minute: accepted, has no effect yet"
+    ]
+
+
+def test_validate_config_reports_no_effect_keys(tmp_path: Path) -> None:
+    """If a config sets keys with no effect yet, then validate-config prints one WARN line per
+    key path and fails, like any other warning; the same keys at their defaults pass."""
+    endpoint = "discovery: {static: {endpoints: [{url: 'http://a:1', type: ollama}]}}\n"
+    inert = tmp_path / "inert.yaml"
+    inert.write_text(
+        "server:\n  rate_limits: {per_ip_requests_per_minute: 10}\n  cors: {enabled: true}\n"
+        "proxy: {sticky_sessions: {enabled: true}}\n" + endpoint
+    )
+    out = io.StringIO()
+    assert cli(["validate-config", str(inert)], out) == 1
+    warns = [line for line in out.getvalue().splitlines() if line.startswith("[WARN]")]
+    assert warns == [
+        "[WARN] server.rate_limits.per_ip_requests_per_minute: accepted, has no effect yet",
+        "[WARN] server.cors.enabled: accepted, has no effect yet",
+        "[WARN] proxy.sticky_sessions.enabled: accepted, has no effect yet",
+    ]
+    assert out.getvalue().endswith("Result: FAIL\n")
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(
+        "server:\n  request_logging: false\n  rate_limits: {per_ip_requests_per_minute: 100}\n"
+        "  cors: {enabled: false}\n" + endpoint
+    )
+    out = io.StringIO()
+    assert cli(["validate-config", str(defaults)], out) == 0, out.getvalue()
+    assert "[WARN]" not in out.getvalue()

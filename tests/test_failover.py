@@ -164,3 +164,16 @@ class LoadTimeTests(SynchronousTestCase):
         h.registry.backend_busy(h.endpoints[0], 10.0)
         h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
         self.assertEqual(h.catalogue.load_time(MODEL, 5.0), 1.5)
+
+
+def test_no_failover_on_connection_failure_when_off() -> None:
+    """If ``proxy.retry.on_connection_failure`` is off, then a refused connection is the
+    client's 502 (no second attempt)."""
+    retry = replace(RetryConfig(), on_connection_failure=False)
+    proxy = replace(ProxyConfig(), read_timeout=30.0, retry=retry)
+    ok = Backend(Clock(), name="b")
+    h = _harness(REFUSE, ok, proxy=proxy)
+    response = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT)).response()
+    assert response is not None
+    assert response.status == 502
+    assert ok.received == []

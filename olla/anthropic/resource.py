@@ -68,7 +68,7 @@ class AnthropicResource(Resource):
         if path in (MESSAGES, COUNT_TOKENS):
             if method != b"POST":
                 request.setHeader(b"Allow", b"POST")
-                return self._error(request, 405, f"method {method.decode()} not allowed")
+                return self._error(request, 405, f"method {method.decode('latin-1')} not allowed")
             read = self._read_body(request)
             if read is None:
                 return NOT_DONE_YET
@@ -77,7 +77,9 @@ class AnthropicResource(Resource):
                 return self._count_tokens(request, raw, body)
             self._messages(request, raw, body)
             return NOT_DONE_YET
-        return self._error(request, 404, f"not found: /olla/anthropic{path.decode()}")
+        return self._error(
+            request, 404, f"not found: /olla/anthropic{path.decode('utf-8', 'replace')}"
+        )
 
     # ------------------------------------------------------------------ helpers
 

@@ -381,7 +381,7 @@ class Exchange:
             cause=cause,
             left=len(self._candidates),
         )
-        if self._may_fail_over():
+        if self._deps.config.retry.on_connection_failure and self._may_fail_over():
             self._attempt_next()
             return
         self._reject(

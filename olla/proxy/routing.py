@@ -12,8 +12,9 @@ rules, in the order they apply:
 4. the model: its hosts and aliases, by the configured strategy (``models.route``); a model
    nobody lists while some endpoint's list is still unknown goes to those endpoints;
 5. the order: machines that just said they are full (429/503 with their ``Retry-After``) last,
-   then the balancer's tiers, then the expected wait (a warm host with a free slot waits nothing; a full one waits its queue; a
-   cold one also waits the model's load), then the balancer's order among equals;
+   then the balancer's tiers, then the expected wait (a warm host with a free slot waits
+   nothing; a full one waits its queue; a cold one also waits the model's load), then the
+   balancer's order among equals;
 6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
    are open the request is refused with ``Retry-After``.
 """

@@ -71,13 +71,16 @@ class ModelsResource(_CatalogueResource):
     """``/olla/models[?format=&endpoint=&family=&available=]`` and ``/olla/models/{id}``."""
 
     def render(self, request: Request) -> bytes:
-        args = {k.decode(): v[-1].decode() for k, v in (request.args or {}).items()}
+        args = {
+            k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace")
+            for k, v in (request.args or {}).items()
+        }
         everywhere = args.get("include_unavailable") == "true"
         endpoints = list(self._registry) if everywhere else self._registry.routable()
         if args.get("endpoint"):
             endpoints = [ep for ep in endpoints if ep.name == args["endpoint"]]
         assert request.postpath is not None
-        model_id = unquote(b"/".join(request.postpath).decode()).strip("/")
+        model_id = unquote(b"/".join(request.postpath).decode("utf-8", "replace")).strip("/")
         if model_id:
             detail = model_detail(self._catalogue, endpoints, model_id)
             if detail is None:
