@@ -132,8 +132,9 @@ BUSY_BACKOFF = 1.0
 #: the Ollama answers olla reads the model load time from (their last chunk)
 _GENERATION_PATHS = (b"/api/chat", b"/api/generate")
 _LOAD_DURATION = re.compile(rb'"load_duration"\s*:\s*(\d+)')
-#: a ``load_duration`` this long means the model was loaded for this request
-_LOAD_SEEN = 0.05
+#: a ``load_duration`` this long means the model was loaded for this request (a warm Ollama
+#: reports a few to tens of milliseconds)
+_LOAD_SEEN = 0.25
 
 
 class Exchange:
