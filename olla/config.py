@@ -1044,7 +1044,6 @@ def _engineering(r: SectionReader) -> EngineeringConfig:
 #: :class:`OllaConfig`; ``.*`` stands for every field of that section. Remove a row once the
 #: key works.
 NO_EFFECT_YET: tuple[str, ...] = (
-    "server.read_header_timeout",
     "server.write_timeout",
     "server.rate_limits.*",
     "server.cors.enabled",

@@ -293,6 +293,8 @@ def build_service(
         max_body_size=limits.max_body_size,
         max_header_size=limits.max_header_size,
         timeout=config.server.idle_timeout or config.server.read_timeout,
+        header_timeout=config.server.read_header_timeout,
+        body_timeout=config.server.read_timeout,
     )
     site.noisy = False
 

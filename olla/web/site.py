@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -21,6 +23,7 @@ from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import HTTPException
 
 from olla.proxy.headers import valid_request_id
 from olla.web.errors import Dialect, error_body
@@ -130,6 +133,31 @@ class OllaRequest(Request):
         else:
             transport.loseConnection()
 
+    def processingFailed(self, reason: Failure) -> None:
+        """A bug while rendering: its traceback is logged once, the client gets a JSON 500
+        with the request id (never Twisted's HTML page)."""
+        self._log.failure(
+            "request {request_id} ({method} {uri}) failed",
+            failure=reason,
+            request_id=self.request_id,
+            method=self.method,
+            uri=self.uri,
+        )
+        if self.finished or self.channel is None:
+            return
+        if self.startedWriting:
+            transport: Any = self.channel.transport
+            transport.abortConnection()  # a half-sent answer must not look complete
+            return
+        body = error_body_for(
+            self.uri, 500, f"internal error (request id {self.request_id})", self.request_id
+        )
+        self.setResponseCode(http.INTERNAL_SERVER_ERROR)
+        self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
     def process(self) -> None:
         if self.rejected:
             return
@@ -145,26 +173,58 @@ class OllaRequest(Request):
         super().process()
 
 
-def error_body_for(uri: bytes, status: int, message: str) -> bytes:
-    """An error body in the dialect the URI suggests (``/v1/`` anywhere: OpenAI)."""
+def error_body_for(uri: bytes, status: int, message: str, request_id: str | None = None) -> bytes:
+    """An error body in the dialect the URI suggests (Anthropic's under ``/olla/anthropic/``,
+    OpenAI's for ``/v1/`` anywhere, else Ollama's)."""
     path = uri.split(b"?", 1)[0]
-    dialect = Dialect.OPENAI if b"/v1/" in path else Dialect.OLLAMA
-    return error_body(dialect, status, message)
+    if path.startswith(b"/olla/anthropic/"):
+        dialect = Dialect.ANTHROPIC
+    elif b"/v1/" in path:
+        dialect = Dialect.OPENAI
+    else:
+        dialect = Dialect.OLLAMA
+    return error_body(dialect, status, message, request_id=request_id)
+
+
+#: a Host header olla can route on: a name, IPv4 or bracketed IPv6, and an optional port
+_HOST = re.compile(rb"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::[0-9]{0,5})?\Z")
+#: characters a Content-Type may not carry: Python's header parser splits lines at them
+_LINE_BREAKS = re.compile(rb"[\x0b\x0c\x1c\x1d\x1e\x85]")
+#: the longest request line or single header line olla reads (Twisted's own limit; longer
+#: ones are answered 414 or 431 now instead of a silent close)
+LINE_LIMIT = 16 * 1024
 
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
 class OllaChannel(HTTPChannel):
-    """An HTTP connection the site can count, and close politely when olla stops."""
+    """An HTTP connection the site can count, and close politely when olla stops.
+
+    It answers malformed requests in JSON (Twisted sends a bare 400 or just closes): ``414``
+    for a request line over ``LINE_LIMIT``, ``431`` for a header line over it or a header
+    block over ``max_header_size``, ``400`` for a bad or (HTTP/1.1) missing ``Host``. And it
+    holds slow clients to deadlines rather than idle timers: the whole header block within
+    the site's ``header_timeout``, the whole body within its ``body_timeout``.
+    """
 
     site: OllaSite
+    MAX_LENGTH = LINE_LIMIT
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._refused = False
+        self._deadline: IDelayedCall | None = None
+        self._closer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._cancel_deadline()
+        if self._closer is not None and self._closer.active():
+            self._closer.cancel()
         self.site.channels.discard(self)
         super().connectionLost(reason)
         self.site.check_drained()
@@ -174,6 +234,116 @@ class OllaChannel(HTTPChannel):
             self.persistent = False  # answer, then close: olla is stopping
         super().requestDone(request)
         self.site.check_drained()
+
+    # ------------------------------------------------------------------ parsing guards
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: the rest is not read
+        if self.line_mode and self._deadline is None and data.strip(b"\r\n"):
+            self._arm(self.site.header_timeout, "request headers")
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self.refuse(431, "Request Header Fields Too Large", "request headers too large")
+            return
+        super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:  # a refusal mid-buffer: the rest of that buffer is dropped too
+            super().rawDataReceived(data)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self.refuse(431, "Request Header Fields Too Large", "too many request header fields")
+            return False
+        ok: bool = super().headerReceived(line)
+        return ok
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._receivedHeaderSize == 0:  # nothing of this request yet: its request line
+            self.refuse(414, "URI Too Long", "request line too long")
+        else:
+            self.refuse(431, "Request Header Fields Too Large", "request header line too long")
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        if hosts is None and self._version == b"HTTP/1.1":
+            self.refuse(400, "Bad Request", "HTTP/1.1 request without a Host header")
+            return
+        if hosts is not None and (len(hosts) > 1 or not _HOST.match(hosts[0])):
+            self.refuse(400, "Bad Request", "invalid Host header")
+            return
+        types = request.requestHeaders.getRawHeaders(b"content-type") or []
+        if any(_LINE_BREAKS.search(value) for value in types):
+            self.refuse(400, "Bad Request", "invalid Content-Type header")
+            return
+        self._cancel_deadline()
+        super().allHeadersReceived()
+        if self.length != 0 and not self._refused:
+            self._arm(self.site.body_timeout, "request body")
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.refuse(400, "Bad Request", "malformed request")
+
+    def refuse(self, status: int, phrase: str, message: str) -> None:
+        """Answer ``status`` in JSON and close, reading nothing more from this client.
+
+        The write side closes first so the client can read the answer while it is still
+        sending (closing at once would reset the connection and lose it).
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_deadline()
+        self.persistent = False
+        body = error_body_for(self._path_so_far(), status, message)
+        transport: Any = self.transport
+        transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, phrase.encode(), len(body), body)
+        )
+        self._log.info("refused a request: {status} {why}", status=status, why=message)
+        if hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+            self._closer = self.site.clock.callLater(_LINGER, transport.abortConnection)
+        else:
+            transport.loseConnection()
+
+    def _path_so_far(self) -> bytes:
+        path = getattr(self, "_path", b"")
+        return path if isinstance(path, bytes) else b""
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._cancel_deadline()
+        if seconds > 0:
+            self._deadline = self.site.clock.callLater(seconds, self._too_slow, seconds, what)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self, seconds: float, what: str) -> None:
+        self._deadline = None
+        self.refuse(408, "Request Timeout", f"{what} not received within {seconds:g}s")
+
+
+#: how long a refused client may keep reading its answer before the connection is cut
+_LINGER = 5.0
 
 
 class OllaSite(Site):
@@ -193,12 +363,18 @@ class OllaSite(Site):
         max_body_size: int,
         max_header_size: int,
         timeout: float,
+        header_timeout: float = 10.0,
+        body_timeout: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(root, timeout=timeout or None, reactor=clock)
         self.clock = clock
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size
+        #: the whole header block of a request must arrive within this (0: no deadline)
+        self.header_timeout = header_timeout
+        #: the whole body of a request must arrive within this (0: no deadline)
+        self.body_timeout = body_timeout
         self.rng = rng or random.Random(os.urandom(8))
         self.displayTracebacks = False
         self.channels: set[OllaChannel] = set()
@@ -259,6 +435,7 @@ class OllaSite(Site):
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.totalHeadersSize = self.max_header_size
+        channel.MAX_LENGTH = min(LINE_LIMIT, self.max_header_size)
         return channel
 
     def log(self, request: http.Request) -> None:
@@ -287,6 +464,38 @@ class OllaRoot(Resource):
     def getChild(self, path: bytes, request: Request) -> IResource:
         return NotFound()
 
+    def render(self, request: Request) -> bytes:
+        """``/olla`` and ``/olla/`` themselves: nothing to serve there."""
+        return NotFound().render(request)
+
+
+class KleinGuard(Resource):
+    """The Klein app, with what Klein and werkzeug would answer in plain text or HTML (a path
+    that is not UTF-8, a Host that cannot be IDNA-encoded) answered in JSON instead."""
+
+    isLeaf = True
+
+    def __init__(self, app: IResource) -> None:
+        super().__init__()
+        self._app = app
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return _json_error(request, 400, "request path is not valid UTF-8")
+        try:
+            rendered: bytes | int = self._app.render(request)
+        except HTTPException as e:
+            return _json_error(request, e.code or 400, e.description or e.name)
+        return rendered
+
+
+def _json_error(request: Request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return error_body_for(request.uri, status, message)
+
 
 class RootResource(Resource):
     """``/olla/...`` goes to the proxy tree; everything else to the Klein app."""
@@ -294,7 +503,7 @@ class RootResource(Resource):
     def __init__(self, olla: IResource, app: IResource) -> None:
         super().__init__()
         self._olla = olla
-        self._app = app
+        self._app = KleinGuard(app)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"olla":
