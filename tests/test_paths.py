@@ -121,3 +121,27 @@ class DeepBodyTests(SynchronousTestCase):
         assert response is not None
         self.assertEqual(response.status, 400)
         self.assertEqual(json.loads(response.body)["type"], "error")
+
+
+class BreakerTrialTests(SynchronousTestCase):
+    def test_encoded_requests_complete_the_half_open_trial(self) -> None:
+        """If an endpoint's circuit is half-open and the trial is a percent-encoded request,
+        then the trial completes (the circuit closes) and nothing stays in flight."""
+        from olla.breaker import FAILURE_THRESHOLD, OPEN_FOR
+        from olla.endpoints import Outcome
+
+        backend = Backend(Clock(), name="a")
+        h = Harness({"a:1": backend})
+        endpoint = h.endpoints[0]
+        for _ in range(FAILURE_THRESHOLD):
+            started = h.clock.seconds()
+            h.registry.attempt_started(endpoint, started)
+            h.registry.attempt_ended(endpoint, Outcome.FAILED, started=started)
+        self.assertFalse(h.registry.breakers.allows(endpoint))
+        h.advance(OPEN_FOR)
+        for _ in range(10):
+            response = h.send(http_request("GET", "/olla/%6fllama/api/ver%20sion")).response()
+            assert response is not None
+            self.assertEqual(response.status, 200)
+        self.assertTrue(h.registry.breakers.allows(endpoint))
+        self.assertEqual(h.registry.state(endpoint).in_flight, 0)
