@@ -146,3 +146,18 @@ class HostileHTTPTests(SynchronousTestCase):
         rid = response.header(b"x-olla-request-id")
         assert rid is not None
         self.assertIn(rid.decode(), json.loads(response.body)["error"])
+
+    def test_unknown_methods_on_internal_routes(self) -> None:
+        """If an internal route is asked with a method HTTP does not define, then a JSON 405
+        with Allow; standard methods are answered as the Go original answers them."""
+        client = self.h.send(http_request("BREW", "/internal/status"))
+        response = parse_response(client.transport.value())
+        assert response is not None
+        self.assertEqual(response.status, 405)
+        self.assertEqual(response.header(b"allow"), b"GET, HEAD")
+        self.assertIn("BREW", json.loads(response.body)["error"])
+        for method in ("GET", "HEAD", "POST"):
+            client = self.h.send(http_request(method, "/internal/health"))
+            response = parse_response(client.transport.value())
+            assert response is not None
+            self.assertEqual(response.status, 200, method)

@@ -480,6 +480,11 @@ class KleinGuard(Resource):
         self._app = app
 
     def render(self, request: Request) -> bytes | int:
+        if request.method not in _HTTP_METHODS:
+            # any standard method is answered, as the Go original does (§1.1); others are not
+            request.setHeader(b"Allow", b"GET, HEAD")
+            method = request.method.decode("latin-1")
+            return _json_error(request, 405, f"method {method} not allowed")
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -489,6 +494,11 @@ class KleinGuard(Resource):
         except HTTPException as e:
             return _json_error(request, e.code or 400, e.description or e.name)
         return rendered
+
+
+_HTTP_METHODS = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE", b"CONNECT"}
+)
 
 
 def _json_error(request: Request, status: int, message: str) -> bytes:
