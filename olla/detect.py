@@ -29,9 +29,9 @@ from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from olla.deadline import with_deadline
-from olla.discovery import BODY_LIMIT, MODEL_SOURCES, DiscoveryError
 from olla.endpoints import Endpoint, resolve_url
 from olla.interfaces import IPlatformDetector
+from olla.modelsources import BODY_LIMIT, MODEL_SOURCES, DiscoveryError
 from olla.profiles import Profile
 
 

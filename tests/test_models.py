@@ -8,7 +8,6 @@ import pytest
 from twisted.internet.task import Clock
 
 from olla.config import EndpointConfig, FilterConfig, RoutingStrategyConfig
-from olla.discovery import DiscoveryError, parse_ollama_ps, parse_ollama_tags, parse_openai_models
 from olla.endpoints import endpoints_from_config
 from olla.listings import ollama_tags, openai_models
 from olla.models import (
@@ -20,6 +19,12 @@ from olla.models import (
     matches_filter,
     model_type,
     normalise_quantization,
+)
+from olla.modelsources import (
+    DiscoveryError,
+    parse_ollama_ps,
+    parse_ollama_tags,
+    parse_openai_models,
 )
 from olla.proxy.inspect import rewrite_model
 
@@ -216,7 +221,7 @@ SAMPLES = {
 @pytest.mark.parametrize("fmt", sorted(SAMPLES))
 def test_every_format_parses(fmt: str) -> None:
     """If a server of each response_format lists its models, then olla reads every id."""
-    from olla.discovery import MODEL_SOURCES
+    from olla.modelsources import MODEL_SOURCES
 
     models = MODEL_SOURCES[fmt].parse(SAMPLES[fmt])
     assert [m.name for m in models] == [item["id"] for item in SAMPLES[fmt]["data"]]
@@ -224,7 +229,7 @@ def test_every_format_parses(fmt: str) -> None:
 
 def test_lmstudio_details_and_loaded() -> None:
     """If LM Studio lists models, then quantisation, arch and load state are kept."""
-    from olla.discovery import parse_loaded_from_list
+    from olla.modelsources import parse_loaded_from_list
 
     (qwen, _) = parse_openai_models(SAMPLES["lmstudio"])
     assert (qwen.family, qwen.quantization, qwen.format) == ("qwen2", "q4km", "gguf")

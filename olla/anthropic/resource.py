@@ -24,11 +24,11 @@ from olla.anthropic.stats import Fallback, TranslatorStats
 from olla.anthropic.translator import AnthropicTranslator
 from olla.config import AnthropicTranslatorConfig
 from olla.endpoints import Endpoint
+from olla.errors import Dialect, write_error
 from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import Exchange, ProxyDeps, request_size
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
 from olla.proxy.shape import IExchangeShape
-from olla.web.errors import Dialect, write_error
 
 MESSAGES = b"/v1/messages"
 COUNT_TOKENS = b"/v1/messages/count_tokens"

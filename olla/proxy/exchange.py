@@ -32,6 +32,7 @@ from twisted.web.server import Request
 from olla.config import ProxyConfig
 from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, Outcome
+from olla.errors import Dialect, write_error
 from olla.health import parse_retry_after
 from olla.models import ModelCatalogue
 from olla.proxy.forward import BytesProducer, StreamBody, body_producer
@@ -45,7 +46,6 @@ from olla.proxy.inspect import rewrite_model
 from olla.proxy.needs import body_needs
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
 from olla.proxy.shape import VERBATIM, IExchangeShape
-from olla.web.errors import Dialect, write_error
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
 _CONNECTION_FAILURES = (

@@ -14,11 +14,11 @@ import re
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from olla.errors import Dialect, write_error
 from olla.listings import ollama_ps, ollama_tags, openai_models
 from olla.proxy.exchange import Exchange, ProxyDeps
 from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model
 from olla.proxy.routing import ProviderRoute
-from olla.web.errors import Dialect, write_error
 
 #: Ollama's model-management calls make no sense across a fleet.
 MANAGEMENT_PATHS = frozenset(

@@ -11,6 +11,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from olla.endpoints import EndpointRegistry
+from olla.errors import Dialect, error_body
 from olla.listings import (
     lmstudio_models,
     model_detail,
@@ -19,7 +20,6 @@ from olla.listings import (
     unified_models,
 )
 from olla.models import ModelCatalogue
-from olla.web.errors import Dialect, error_body
 
 #: the formats of §1.3; the OpenAI-shaped servers' lists are OpenAI lists
 FORMATS = (

@@ -25,8 +25,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
+from olla.errors import Dialect, error_body
 from olla.proxy.headers import valid_request_id
-from olla.web.errors import Dialect, error_body
 
 _ADJECTIVES = (
     "amber", "brisk", "calm", "dapper", "eager", "fuzzy", "gentle", "hasty",
