@@ -18,6 +18,14 @@ from olla.interfaces import IBalancer
 
 
 class _Ordering:
+    _turn = 0
+
+    def _rotated(self, candidates: Sequence[Endpoint]) -> list[Endpoint]:
+        """The candidates starting one further along each call: turns among equals."""
+        start = self._turn % len(candidates)
+        self._turn += 1
+        return [*candidates[start:], *candidates[:start]]
+
     def tier(self, endpoint: Endpoint) -> int:
         return 0
 
@@ -53,13 +61,8 @@ class RoundRobinBalancer(_Ordering):
 
     name = "round-robin"
 
-    def __init__(self) -> None:
-        self._next = 0
-
     def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
-        start = self._next % len(candidates)
-        self._next += 1
-        return [*candidates[start:], *candidates[:start]]
+        return self._rotated(candidates)
 
 
 @implementer(IBalancer)
@@ -68,14 +71,8 @@ class LeastConnectionsBalancer(_Ordering):
 
     name = "least-connections"
 
-    def __init__(self) -> None:
-        self._tie_cursor = 0
-
     def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
-        start = self._tie_cursor % len(candidates)
-        self._tie_cursor += 1
-        rotated = [*candidates[start:], *candidates[:start]]
-        return sorted(rotated, key=lambda ep: registry.state(ep).in_flight)
+        return sorted(self._rotated(candidates), key=lambda ep: registry.state(ep).in_flight)
 
 
 def balancer_for(name: str, rng: random.Random | None = None) -> IBalancer:

@@ -373,15 +373,7 @@ class Exchange:
             self._reject(502, f"proxy error: endpoint {endpoint.name}: {cause}")
             return
         self._deps.report_connection_failure(endpoint, cause)
-        self._failovers.append(f"{endpoint.name}:{cause}")
-        self._log.info(
-            "request {request_id}: endpoint {endpoint} unreachable ({cause}); "
-            "{left} candidate(s) left",
-            request_id=request_id(self._request),
-            endpoint=endpoint.name,
-            cause=cause,
-            left=len(self._candidates),
-        )
+        self._note_failover(endpoint, cause, f"unreachable ({cause})")
         if self._deps.config.retry.on_connection_failure and self._may_fail_over():
             self._attempt_next()
             return
@@ -416,16 +408,20 @@ class Exchange:
         retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
         wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
         self._deps.registry.backend_busy(endpoint, wait or BUSY_BACKOFF)
-        self._failovers.append(f"{endpoint.name}:{response.code}")
+        self._note_failover(endpoint, str(response.code), f"answered {response.code}")
+        self._attempt_next()
+
+    def _note_failover(self, endpoint: Endpoint, cause: str, what: str) -> None:
+        """Remember (for the request's log line) and log why ``endpoint`` handed over."""
+        self._failovers.append(f"{endpoint.name}:{cause}")
         self._log.info(
-            "request {request_id}: endpoint {endpoint} answered {status}; trying the next of "
-            "{left} candidate(s)",
+            "request {request_id}: endpoint {endpoint} {what}; {left} candidate(s) left",
             request_id=request_id(self._request),
             endpoint=endpoint.name,
-            status=response.code,
+            what=what,
+            cause=cause,
             left=len(self._candidates),
         )
-        self._attempt_next()
 
     # ------------------------------------------------------------------ Reply (for shapes)
 
