@@ -28,14 +28,10 @@ from twisted.web.client import (
     _StandardEndpointFactory,
 )
 from twisted.web.iweb import IAgentEndpointFactory
-from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from olla import __version__
-from olla.anthropic.resource import AnthropicResource
-from olla.anthropic.stats import TranslatorStats
-from olla.balancer import balancer_for
-from olla.breaker import CircuitBreakers
+from olla.app import build_app
 from olla.config import (
     ConfigError,
     OllaConfig,
@@ -44,19 +40,17 @@ from olla.config import (
     no_effect_warnings,
     profiles_dir,
 )
-from olla.discovery import DiscoveryService
-from olla.endpoints import EndpointRegistry, endpoints_from_config
-from olla.health import HealthService, HTTPHealthChecker
+from olla.endpoints import EndpointRegistry
 from olla.logging import LogSink, ReopenOnHangup, StreamSink, make_observer, open_sink
-from olla.models import ModelCatalogue
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
-from olla.proxy.resource import ProxyDeps, ProxyResource
-from olla.proxy.routing import ProviderRoute, Router
-from olla.web.internal import InternalApp
-from olla.web.models import ModelsResource
-from olla.web.site import OllaRoot, OllaSite, RootResource
+from olla.web.site import OllaSite
 
 
+# Two private Twisted names, on purpose, and only here: Agent offers no public way to build a
+# connection factory that does not log "Starting factory" per backend connection
+# (``_HTTP11ClientFactory``, set as ``pool._factory``), nor to wrap its default endpoint
+# factory (``_StandardEndpointFactory``) so host names are IDNA-encoded once per backend
+# instead of once per request. Both are stable since Twisted 14; tests cover the pool's use.
 class _QuietClientFactory(_HTTP11ClientFactory):
     """No "Starting factory" log line for every new backend connection."""
 
@@ -113,17 +107,6 @@ def load_all(path: str | None) -> tuple[OllaConfig, ProfileRegistry]:
     profiles = load_profiles(profiles_dir(config))
     check_endpoint_types(config, (p.name for p in profiles))
     return config, profiles
-
-
-def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
-    """``/olla/<prefix>/`` for every profile prefix, and ``/olla/proxy/`` across all types."""
-    routes = [
-        ProviderRoute(prefix, profiles.types_for_prefix(prefix), profile.name)
-        for prefix, profile in profiles.prefixes.items()
-    ]
-    everything = frozenset(p.name for p in profiles) | {"auto"}
-    routes.append(ProviderRoute("proxy", everything, "", by_path=profiles))
-    return routes
 
 
 class OllaService(MultiService):
@@ -201,22 +184,14 @@ class _StartupLog(Service):
             )
 
 
-def startup_wait(config: OllaConfig) -> float:
-    """How long a request that arrives while olla starts may wait for the first probes (each
-    bounded by its ``check_timeout``, plus the quick re-checks of a refused one) and the first
-    model lists (tags, loaded models and version, each bounded by the discovery timeout)."""
-    probes = max((ep.check_timeout for ep in config.discovery.endpoints), default=0.0) + 0.5
-    discovery = config.discovery.model_discovery
-    return probes + (3 * discovery.timeout if discovery.enabled else 0.0)
-
-
 def build_service(
     config: OllaConfig,
     reactor: Any,
     profiles: ProfileRegistry | None = None,
     log_sink: LogSink | None = None,
 ) -> OllaService:
-    """Wire the daemon for ``config`` on ``reactor``, logging to ``log_sink`` (stdout)."""
+    """The daemon for ``config`` on ``reactor``, logging to ``log_sink`` (stdout): the
+    reactor-facing parts (connection pool, agent, listener, log observer) around ``build_app``."""
     profiles = profiles or builtin_profiles()
     log_sink = log_sink or StreamSink(sys.stdout)
     service = OllaService(
@@ -237,81 +212,22 @@ def build_service(
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
-    discovery_config = config.discovery.model_discovery
-    registry = EndpointRegistry(
-        endpoints_from_config(config.discovery.endpoints, profiles),
-        reactor,
-        breakers=CircuitBreakers(reactor),
-        lists_models=discovery_config.enabled,
-    )
-    health = HealthService(registry, HTTPHealthChecker(agent, reactor, __version__), reactor)
-    catalogue = ModelCatalogue(config.model_aliases)
-    discovery = DiscoveryService(registry, catalogue, agent, reactor, discovery_config, __version__)
-    discovery.stale_threshold = config.model_registry.unification.stale_threshold
-
-    router = Router(
-        registry,
-        catalogue,
-        balancer_for(config.proxy.load_balancer),
-        reactor,
-        strategy=config.model_registry.routing_strategy,
-        warm=config.proxy.warm_routing,
-    )
-    deps = ProxyDeps(
-        router=router,
-        agent=agent,
-        clock=reactor,
-        cooperator=cooperator,
-        config=config.proxy,
-        report_connection_failure=health.report_connection_failure,
-        startup_wait=startup_wait(config),
-        refresh_models=discovery.refresh_all,
-        refresh_loaded=discovery.refresh_loaded,
-    )
-    proxies: dict[bytes, IResource] = {
-        route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
-    }
-    translator_stats = TranslatorStats("anthropic")
-    if config.translators.anthropic.enabled:
-        proxies[b"anthropic"] = AnthropicResource(
-            deps, profiles, config.translators.anthropic, translator_stats
-        )
-    internal = InternalApp(
-        registry,
-        clock=reactor,
-        config=config,
-        active_connections=lambda: len(site.channels),
-        catalogue=catalogue,
-        translators=[translator_stats],
-    )
-    proxies[b"models"] = ModelsResource(registry, catalogue, reactor)
-    root = RootResource(OllaRoot(proxies), internal.app.resource())
-    limits = config.server.request_limits
-    site = OllaSite(
-        root,
-        clock=reactor,
-        max_body_size=limits.max_body_size,
-        max_header_size=limits.max_header_size,
-        timeout=config.server.idle_timeout or config.server.read_timeout,
-        header_timeout=config.server.read_header_timeout,
-        body_timeout=config.server.read_timeout,
-    )
-    site.noisy = False
+    app = build_app(config, profiles, clock=reactor, agent=agent, cooperator=cooperator)
 
     host = config.server.host
     endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
     listener = StreamServerEndpointService(
-        endpoint_type(reactor, config.server.port, interface=host), site
+        endpoint_type(reactor, config.server.port, interface=host), app.site
     )
     listener._raiseSynchronously = True  # a port in use stops startup with the reason
 
     # Children stop in reverse order: the listener first, the pool last.
     ReopenOnHangup(log_sink, reactor).setServiceParent(service)
     _PoolService(pool, cooperator).setServiceParent(service)
-    _DrainService(site, config.server.shutdown_timeout).setServiceParent(service)
-    health.setServiceParent(service)
-    discovery.setServiceParent(service)
-    _StartupLog(config, registry, log_sink.where).setServiceParent(service)
+    _DrainService(app.site, config.server.shutdown_timeout).setServiceParent(service)
+    for poller in app.services:
+        poller.setServiceParent(service)
+    _StartupLog(config, app.registry, log_sink.where).setServiceParent(service)
     listener.setServiceParent(service)
     return service
 

@@ -25,8 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from olla.anthropic.resource import AnthropicResource
-from olla.anthropic.stats import TranslatorStats
+from olla.app import build_app
 from olla.balancer import RoundRobinBalancer
 from olla.config import (
     AnthropicTranslatorConfig,
@@ -35,15 +34,10 @@ from olla.config import (
     ProxyConfig,
     RoutingStrategyConfig,
 )
-from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.endpoints import Endpoint, EndpointStatus
 from olla.interfaces import IBalancer
-from olla.models import ModelCatalogue, ModelInfo
+from olla.models import ModelInfo
 from olla.profiles import builtin_profiles
-from olla.proxy.resource import ProxyDeps, ProxyResource
-from olla.proxy.routing import ProviderRoute, Router
-from olla.web.internal import InternalApp
-from olla.web.models import ModelsResource
-from olla.web.site import OllaRoot, OllaSite, RootResource
 
 REFUSE = "refuse"
 DEFAULT_MODELS = ("llama3.2:latest", "qwen:7b", "m")
@@ -186,27 +180,65 @@ class Harness:
         balancer: IBalancer | None = None,
     ) -> None:
         self.clock = clock or Clock()
-        configs = [
+        configs = tuple(
             EndpointConfig(
                 url=f"http://{netloc}",
                 name=netloc.split(":")[0],
                 type=(types or {}).get(netloc, "ollama"),
             )
             for netloc in backends
-        ]
-        self.endpoints = endpoints_from_config(configs)
-        self.registry = EndpointRegistry(self.endpoints, self.clock)
+        )
+        defaults = OllaConfig()
+        config = replace(
+            defaults,
+            # no idle timer and no body deadline unless a test sets one on the site
+            server=replace(
+                defaults.server,
+                read_timeout=0.0,
+                request_limits=replace(
+                    defaults.server.request_limits,
+                    max_body_size=max_body_size,
+                    max_header_size=65536,
+                ),
+            ),
+            proxy=proxy or replace(ProxyConfig(), read_timeout=30.0),
+            discovery=replace(defaults.discovery, endpoints=configs),
+            model_registry=replace(
+                defaults.model_registry, routing_strategy=routing or RoutingStrategyConfig()
+            ),
+            model_aliases={k: tuple(v) for k, v in (aliases or {}).items()},
+            translators=replace(
+                defaults.translators, anthropic=anthropic or AnthropicTranslatorConfig()
+            ),
+        )
+        self.agent = HostAgent({k.encode(): v for k, v in backends.items()})
+        self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
+        # the daemon's own graph (olla.app), over in-memory backends on the Clock
+        self.app = build_app(
+            config,
+            builtin_profiles(),
+            clock=self.clock,
+            agent=self.agent,
+            cooperator=self.cooperator,
+            rng=random.Random(1),
+        )
+        self.registry = self.app.registry
+        self.catalogue = self.app.catalogue
+        self.router = self.app.router
+        self.deps = self.app.deps
+        self.site = self.app.site
+        self.translator_stats = self.app.translator_stats
+        self.endpoints = list(self.registry)
+        self.router.balancer = balancer or RoundRobinBalancer()
+        self.deps.startup_wait = 2.0
         if healthy:
             for endpoint in self.endpoints:
                 self.registry.set_status(endpoint, EndpointStatus.HEALTHY)
-        self.agent = HostAgent({k.encode(): v for k, v in backends.items()})
-        self.catalogue = ModelCatalogue(aliases)
         for endpoint, netloc in zip(self.endpoints, backends, strict=True):
             names = (models or {}).get(netloc, DEFAULT_MODELS)
             self.catalogue.set_models(endpoint, [ModelInfo(n) for n in names], 0.0)
             self.registry.models_listed(endpoint, len(names))
         self.failures: list[tuple[str, str]] = []
-        self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
 
         def record_failure(endpoint: Endpoint, reason: str) -> None:
             self.failures.append((endpoint.name, reason))
@@ -214,54 +246,7 @@ class Harness:
             if on_connection_failure is not None:
                 on_connection_failure(endpoint, reason)
 
-        proxy_config = proxy or replace(ProxyConfig(), read_timeout=30.0)
-        self.router = Router(
-            self.registry,
-            self.catalogue,
-            balancer or RoundRobinBalancer(),
-            self.clock,
-            strategy=routing or RoutingStrategyConfig(),
-            warm=proxy_config.warm_routing,
-        )
-        self.deps = ProxyDeps(
-            router=self.router,
-            agent=self.agent,
-            clock=self.clock,
-            cooperator=self.cooperator,
-            config=proxy_config,
-            report_connection_failure=record_failure,
-            startup_wait=2.0,
-        )
-        route = ProviderRoute("ollama", frozenset({"ollama"}), "ollama")
-        self.translator_stats = TranslatorStats("anthropic")
-        anthropic_resource = AnthropicResource(
-            self.deps,
-            builtin_profiles(),
-            anthropic or AnthropicTranslatorConfig(),
-            self.translator_stats,
-        )
-        root = RootResource(
-            OllaRoot(
-                {
-                    b"ollama": ProxyResource(route, self.deps),
-                    b"models": ModelsResource(self.registry, self.catalogue, self.clock),
-                    b"anthropic": anthropic_resource,
-                    b"openai": ProxyResource(
-                        ProviderRoute("openai", frozenset({"ollama", "openai-compatible"}), ""),
-                        self.deps,
-                    ),
-                }
-            ),
-            InternalApp(self.registry, clock=self.clock, config=OllaConfig()).app.resource(),
-        )
-        self.site = OllaSite(
-            root,
-            clock=self.clock,
-            max_body_size=max_body_size,
-            max_header_size=65536,
-            timeout=0,
-            rng=random.Random(1),
-        )
+        self.deps.report_connection_failure = record_failure
 
     def send(self, raw: bytes) -> ClientConnection:
         client = ClientConnection(self.site, raw)

@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("olla.proxy",),
     ("olla.anthropic",),
     ("olla.web",),
+    ("olla.app",),
     ("olla.tap", "olla.__main__"),
 )
 

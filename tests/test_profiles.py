@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from zope.interface.verify import verifyObject
 
+from olla.app import provider_routes
 from olla.interfaces import IProfile
 from olla.profiles import ProfileError, builtin_profiles, load_profiles
-from olla.tap import provider_routes
 
 SHIPPED = {
     "ollama": ("ollama",),

@@ -1,0 +1,163 @@
+# -*- test-case-name: tests.test_app -*-
+"""The composition root: one function builds olla's whole object graph for a config.
+
+``build_app`` takes the reactor-facing parts (clock, agent, cooperator) as arguments, so the
+same graph runs under ``twistd`` (``olla.tap`` gives it the reactor, a pooled ``Agent`` and a
+listener), in the tests (a ``Clock`` and in-memory backends) and, later, under hot reload.
+It starts nothing: the caller parents ``app.services`` and serves ``app.site``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
+from twisted.web.iweb import IAgent
+from twisted.web.resource import IResource
+
+from olla import __version__
+from olla.anthropic.resource import AnthropicResource
+from olla.anthropic.stats import TranslatorStats
+from olla.balancer import balancer_for
+from olla.breaker import CircuitBreakers
+from olla.config import OllaConfig
+from olla.discovery import DiscoveryService
+from olla.endpoints import EndpointRegistry, endpoints_from_config
+from olla.health import HealthService, HTTPHealthChecker
+from olla.interfaces import IHealthChecker
+from olla.models import ModelCatalogue
+from olla.profiles import ProfileRegistry
+from olla.proxy.exchange import ProxyDeps
+from olla.proxy.resource import ProxyResource
+from olla.proxy.routing import ProviderRoute, Router
+from olla.web.internal import InternalApp
+from olla.web.models import ModelsResource
+from olla.web.site import OllaRoot, OllaSite, RootResource
+
+
+@dataclass
+class App:
+    """Everything ``build_app`` made, for the caller to run (and the tests to look at)."""
+
+    config: OllaConfig
+    registry: EndpointRegistry
+    catalogue: ModelCatalogue
+    router: Router
+    deps: ProxyDeps
+    health: HealthService
+    discovery: DiscoveryService
+    translator_stats: TranslatorStats
+    site: OllaSite
+
+    @property
+    def services(self) -> Sequence[IService]:
+        """What must run for the endpoints' states and model lists to stay true."""
+        return (self.health, self.discovery)
+
+
+def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
+    """``/olla/<prefix>/`` for every profile prefix, and ``/olla/proxy/`` across all types."""
+    routes = [
+        ProviderRoute(prefix, profiles.types_for_prefix(prefix), profile.name)
+        for prefix, profile in profiles.prefixes.items()
+    ]
+    everything = frozenset(p.name for p in profiles) | {"auto"}
+    routes.append(ProviderRoute("proxy", everything, "", by_path=profiles))
+    return routes
+
+
+def startup_wait(config: OllaConfig) -> float:
+    """How long a request that arrives while olla starts may wait for the first probes (each
+    bounded by its ``check_timeout``, plus the quick re-checks of a refused one) and the first
+    model lists (tags, loaded models and version, each bounded by the discovery timeout)."""
+    probes = max((ep.check_timeout for ep in config.discovery.endpoints), default=0.0) + 0.5
+    discovery = config.discovery.model_discovery
+    return probes + (3 * discovery.timeout if discovery.enabled else 0.0)
+
+
+def build_app(
+    config: OllaConfig,
+    profiles: ProfileRegistry,
+    *,
+    clock: IReactorTime,
+    agent: IAgent,
+    cooperator: Cooperator,
+    checker: IHealthChecker | None = None,
+    rng: random.Random | None = None,
+) -> App:
+    """olla for ``config``: registry, catalogue, pollers, router, routes and the HTTP site."""
+    discovery_config = config.discovery.model_discovery
+    registry = EndpointRegistry(
+        endpoints_from_config(config.discovery.endpoints, profiles),
+        clock,
+        breakers=CircuitBreakers(clock),
+        lists_models=discovery_config.enabled,
+    )
+    health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
+    catalogue = ModelCatalogue(config.model_aliases)
+    discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
+    discovery.stale_threshold = config.model_registry.unification.stale_threshold
+
+    router = Router(
+        registry,
+        catalogue,
+        balancer_for(config.proxy.load_balancer),
+        clock,
+        strategy=config.model_registry.routing_strategy,
+        warm=config.proxy.warm_routing,
+    )
+    deps = ProxyDeps(
+        router=router,
+        agent=agent,
+        clock=clock,
+        cooperator=cooperator,
+        config=config.proxy,
+        report_connection_failure=health.report_connection_failure,
+        startup_wait=startup_wait(config),
+        refresh_models=discovery.refresh_all,
+        refresh_loaded=discovery.refresh_loaded,
+    )
+    proxies: dict[bytes, IResource] = {
+        route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
+    }
+    translator_stats = TranslatorStats("anthropic")
+    if config.translators.anthropic.enabled:
+        proxies[b"anthropic"] = AnthropicResource(
+            deps, profiles, config.translators.anthropic, translator_stats
+        )
+    proxies[b"models"] = ModelsResource(registry, catalogue, clock)
+    internal = InternalApp(
+        registry,
+        clock=clock,
+        config=config,
+        active_connections=lambda: len(site.channels),
+        catalogue=catalogue,
+        translators=[translator_stats],
+    )
+    limits = config.server.request_limits
+    site = OllaSite(
+        RootResource(OllaRoot(proxies), internal.app.resource()),
+        clock=clock,
+        max_body_size=limits.max_body_size,
+        max_header_size=limits.max_header_size,
+        timeout=config.server.idle_timeout or config.server.read_timeout,
+        header_timeout=config.server.read_header_timeout,
+        body_timeout=config.server.read_timeout,
+        rng=rng,
+    )
+    site.noisy = False
+    return App(
+        config=config,
+        registry=registry,
+        catalogue=catalogue,
+        router=router,
+        deps=deps,
+        health=health,
+        discovery=discovery,
+        translator_stats=translator_stats,
+        site=site,
+    )
