@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from treq.content import collect
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
+from olla.bodies import BodyTooLarge, BoundedBody
 from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, resolve_url
 from olla.interfaces import IPlatformDetector
@@ -175,15 +176,11 @@ class PlatformDetector:
 
 def _read(response: IResponse) -> Deferred[bytes]:
     """The body, at most ``BODY_LIMIT`` bytes (a bigger one is cut off and fails)."""
-    chunks: list[bytes] = []
-    size = 0
+    reader = BoundedBody(BODY_LIMIT, keep=True)
+    response.deliverBody(reader)
 
-    def take(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > BODY_LIMIT:
-            raise DiscoveryError(f"larger than {BODY_LIMIT} bytes")
-        chunks.append(data)
+    def too_large(failure: Failure) -> bytes:
+        failure.trap(BodyTooLarge)
+        raise DiscoveryError(str(failure.value))
 
-    done: Deferred[None] = collect(response, take)
-    return done.addCallback(lambda _: b"".join(chunks))
+    return reader.done.addErrback(too_large)

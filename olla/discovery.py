@@ -22,14 +22,12 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
+from olla.bodies import BodyTooLarge, BoundedBody
 from olla.config import ModelDiscoveryConfig
 from olla.deadline import follow, with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
@@ -41,32 +39,6 @@ from olla.modelsources import (
     parse_ollama_ps,
     source_for,
 )
-
-
-class _Collect(Protocol):
-    def __init__(self, limit: int) -> None:
-        self.done: Deferred[bytes] = Deferred()
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._limit = limit
-
-    def dataReceived(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > self._limit:
-            transport: Any = self.transport
-            transport.stopProducing()
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if self.done.called:
-            return
-        if self._size > self._limit:
-            self.done.errback(DiscoveryError(f"model list larger than {self._limit} bytes"))
-        elif reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._chunks))
-        else:
-            self.done.errback(reason)
 
 
 class DiscoveryService(Service):
@@ -179,9 +151,12 @@ class DiscoveryService(Service):
             headers.setRawHeaders(name, [value])
         request = self._agent.request(b"GET", url.encode(), headers)
         response: IResponse = await with_deadline(request, self._config.timeout, self._clock)
-        collect = _Collect(BODY_LIMIT)
-        response.deliverBody(collect)
-        body = await with_deadline(collect.done, self._config.timeout, self._clock)
+        reader = BoundedBody(BODY_LIMIT, keep=True)
+        response.deliverBody(reader)
+        try:
+            body = await with_deadline(reader.done, self._config.timeout, self._clock)
+        except BodyTooLarge as e:
+            raise DiscoveryError(f"model list {e}") from None
         if response.code != 200:
             raise DiscoveryError(f"{url} answered HTTP {response.code}")
         try:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from olla.breaker import CircuitBreakers
 from olla.config import EndpointConfig
+from olla.ids import base36, fnv1a
 from olla.profiles import Profile, ProfileRegistry, builtin_profiles
 
 
@@ -47,23 +48,6 @@ class EndpointStatus(enum.Enum):
 
 #: For ``type: auto`` (no profile yet): where to look.
 AUTO_PATHS = ("/", "/v1/models")
-
-
-def fnv1a_32(data: bytes) -> int:
-    h = 0x811C9DC5
-    for byte in data:
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h
-
-
-def base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if not n:
-            return out
 
 
 def sanitise_url(url: str) -> str:
@@ -206,7 +190,7 @@ def endpoints_from_config(
     ``profiles`` is given); a ``type: auto`` endpoint gets the profiles detection may choose.
     """
     profiles = profiles or builtin_profiles()
-    raw_ids = [base36(fnv1a_32(sanitise_url(c.url).encode())) for c in configs]
+    raw_ids = [base36(fnv1a(sanitise_url(c.url).encode())) for c in configs]
     out: list[Endpoint] = []
     for index, config in enumerate(configs):
         endpoint_id = raw_ids[index]

@@ -16,25 +16,23 @@ import email.utils
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import _newclient
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
+from olla.bodies import BoundedBody
 from olla.deadline import follow, with_deadline
 from olla.detect import PlatformDetector
 from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
+from olla.failures import TIMEOUTS, UNREACHABLE, describe
 from olla.interfaces import IHealthChecker, IPlatformDetector
 from olla.profiles import Profile
 
@@ -47,15 +45,6 @@ BREAKER_THRESHOLD = 3
 BREAKER_OPEN = 30.0
 _BODY_LIMIT = 64 * 1024
 _RETRY_DELAYS = (0.1, 0.2)
-
-_UNREACHABLE = (
-    net_error.ConnectError,
-    net_error.ConnectionLost,
-    net_error.ConnectionDone,
-    _newclient.RequestNotSent,
-    _newclient.RequestTransmissionFailed,
-    _newclient.ResponseNeverReceived,
-)
 
 
 @dataclass(frozen=True)
@@ -77,11 +66,11 @@ class ProbeResult:
 def classify(code: int | None, latency: float, error: Failure | None) -> ProbeResult:
     """Turn one probe's outcome into a status (the rules of Olla's health checker)."""
     if error is not None:
-        if error.check(DeferredTimeout, net_error.TimeoutError):
+        if error.check(*TIMEOUTS):
             return ProbeResult(EndpointStatus.OFFLINE, latency, "health check timed out")
-        if error.check(*_UNREACHABLE):
-            return ProbeResult(EndpointStatus.OFFLINE, latency, _describe(error), unreachable=True)
-        return ProbeResult(EndpointStatus.UNHEALTHY, latency, _describe(error))
+        if error.check(*UNREACHABLE):
+            return ProbeResult(EndpointStatus.OFFLINE, latency, describe(error), unreachable=True)
+        return ProbeResult(EndpointStatus.UNHEALTHY, latency, describe(error))
     assert code is not None
     if 200 <= code < 300:
         if latency > BUSY_THRESHOLD:
@@ -108,33 +97,6 @@ def parse_retry_after(value: bytes | None, now: float) -> float:
     except (TypeError, ValueError):
         return RATE_LIMIT_DEFAULT
     return max(0.0, when - now)
-
-
-def _describe(failure: Failure) -> str:
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons:
-        return _describe(reasons[0])
-    if failure.check(net_error.ConnectionRefusedError):
-        return "connection refused"
-    return str(failure.value).strip() or type(failure.value).__name__
-
-
-class _Drain(Protocol):
-    """Reads and discards a probe's body (bounded) so its connection can be reused."""
-
-    def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred()
-        self._seen = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self._seen += len(data)
-        if self._seen > _BODY_LIMIT:
-            transport: Any = self.transport
-            transport.stopProducing()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.done.called:
-            self.done.callback(None)
 
 
 @implementer(IHealthChecker)
@@ -204,8 +166,7 @@ class HTTPHealthChecker:
         except Exception:
             return classify(None, self._clock.seconds() - started, Failure())
         latency = self._clock.seconds() - started
-        drain = _Drain()
-        response.deliverBody(drain)
+        response.deliverBody(BoundedBody(_BODY_LIMIT, keep=False))  # drained: reusable
         result = classify(response.code, latency, None)
         if result.status is EndpointStatus.RATE_LIMITED:
             retry_after = parse_retry_after(

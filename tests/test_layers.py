@@ -15,7 +15,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "olla"
 
 #: lowest first; a module's layer is the one of its longest matching prefix
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("olla", "olla.errors", "olla.deadline", "olla.config", "olla.breaker", "olla.interfaces"),
+    (
+        "olla",
+        "olla.errors",
+        "olla.failures",
+        "olla.bodies",
+        "olla.ids",
+        "olla.deadline",
+        "olla.config",
+        "olla.breaker",
+        "olla.interfaces",
+    ),
     ("olla.profiles", "olla.endpoints"),
     ("olla.models", "olla.modelsources", "olla.balancer"),
     ("olla.health", "olla.detect", "olla.discovery", "olla.listings", "olla.logging"),

@@ -16,23 +16,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import _newclient
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 
+from olla.bodies import BoundedBody
 from olla.config import ProxyConfig
 from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, Outcome
 from olla.errors import Dialect, write_error
+from olla.failures import STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
 from olla.health import parse_retry_after
 from olla.models import ModelCatalogue
 from olla.proxy.forward import BytesProducer, StreamBody, body_producer
@@ -48,23 +47,7 @@ from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
 from olla.proxy.shape import VERBATIM, IExchangeShape
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
-_CONNECTION_FAILURES = (
-    net_error.ConnectError,  # refused, no route, DNS, connect timeout, ...
-    net_error.TimeoutError,
-    DeferredTimeout,  # response_header_timeout
-    _newclient.RequestNotSent,
-    _newclient.RequestTransmissionFailed,
-    _newclient.ResponseNeverReceived,
-    net_error.ConnectionLost,
-    net_error.ConnectionDone,
-)
-
-#: Failures a stale pooled keep-alive connection causes; retried once on the same endpoint.
-_STALE_CONNECTION = (
-    _newclient.RequestNotSent,
-    _newclient.RequestTransmissionFailed,
-    _newclient.ResponseNeverReceived,
-)
+_CONNECTION_FAILURES = (*UNREACHABLE, *TIMEOUTS)
 
 
 @dataclass
@@ -113,16 +96,6 @@ class _Discard(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.stopProducing()
-
-
-class _Drain(Protocol):
-    """Reads a refused answer's (small) body to the end, so its connection can be reused."""
-
-    def dataReceived(self, data: bytes) -> None:
-        self._seen = getattr(self, "_seen", 0) + len(data)
-        if self._seen > _DRAIN_LIMIT:
-            transport: Any = self.transport
-            transport.stopProducing()
 
 
 #: the most of a refused answer's body olla reads to keep its connection
@@ -354,7 +327,7 @@ class Exchange:
         if self._client_gone or failure.check(CancelledError):
             self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
             return
-        if failure.check(*_STALE_CONNECTION) and endpoint not in self._stale_retried:
+        if failure.check(*STALE_CONNECTION) and endpoint not in self._stale_retried:
             # A pooled keep-alive connection the backend had just closed: not the backend's
             # fault, and nothing reached it. One more try on a fresh connection decides.
             self._stale_retried.add(endpoint)
@@ -403,7 +376,7 @@ class Exchange:
         """A busy answer (429, 503...) before any byte was relayed: the next candidate gets the
         request, body replayed. The backend is up, so it stays healthy; it just goes after
         the others for a while (its ``Retry-After``, else a second)."""
-        response.deliverBody(_Drain())
+        response.deliverBody(BoundedBody(_DRAIN_LIMIT, keep=False))
         self._attempt_ended(endpoint, Outcome.REFUSED)
         retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
         wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
@@ -624,16 +597,4 @@ def request_id(request: Request) -> str:
 
 
 def _describe(failure: Failure) -> str:
-    """A short human cause, unwrapping _newclient's wrapper exceptions."""
-    value = failure.value
-    reasons: Sequence[Failure] = getattr(value, "reasons", ()) or ()
-    if reasons:
-        inner = reasons[0]
-        if not inner.check(CancelledError):
-            return _describe(inner)
-    if isinstance(value, DeferredTimeout):
-        return "timed out waiting for response headers"
-    if isinstance(value, net_error.ConnectionRefusedError):
-        return "connection refused"
-    text = str(value).strip() or type(value).__name__
-    return text
+    return describe(failure, timed_out="timed out waiting for response headers")

@@ -35,9 +35,9 @@ from olla.endpoints import (
     EndpointRegistry,
     EndpointState,
     EndpointStatus,
-    base36,
     sanitise_url,
 )
+from olla.ids import base36, fnv1a
 
 #: Bodies at or below this size are sent as they are: gzip's overhead outweighs the saving.
 GZIP_MIN_SIZE = 256
@@ -498,17 +498,10 @@ def process_payload(
 # --------------------------------------------------------------------------- conditional GET
 
 
-def fnv1a_64(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for byte in data:
-        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
 def etag_for(stable: object) -> str:
     """The weak validator of a stable view: ``W/"<base36 FNV-1a-64 of its canonical JSON>"``."""
     canonical = json.dumps(stable, sort_keys=True, separators=(",", ":")).encode()
-    return f'W/"{base36(fnv1a_64(canonical))}"'
+    return f'W/"{base36(fnv1a(canonical, 64))}"'
 
 
 def _opaque(tag: str) -> str:
