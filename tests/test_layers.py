@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.failures",
         "olla.bodies",
         "olla.ids",
+        "olla.responses",
         "olla.deadline",
         "olla.config",
         "olla.breaker",

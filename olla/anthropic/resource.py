@@ -29,6 +29,7 @@ from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import Exchange, ProxyDeps, request_size
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
 from olla.proxy.shape import IExchangeShape
+from olla.responses import json_response
 
 MESSAGES = b"/v1/messages"
 COUNT_TOKENS = b"/v1/messages/count_tokens"
@@ -106,8 +107,7 @@ class AnthropicResource(Resource):
         return None
 
     def _json(self, request: Request, payload: object) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(payload).encode()
+        return json_response(request, payload, request.code, content_type=b"application/json")
 
     # ------------------------------------------------------------------ routes
 

@@ -19,6 +19,7 @@ from olla.listings import ollama_ps, ollama_tags, openai_models
 from olla.proxy.exchange import Exchange, ProxyDeps
 from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model
 from olla.proxy.routing import ProviderRoute
+from olla.responses import json_response
 
 #: Ollama's model-management calls make no sense across a fleet.
 MANAGEMENT_PATHS = frozenset(
@@ -119,8 +120,7 @@ class ProxyResource(Resource):
 
 
 def _json(request: Request, payload: object) -> bytes:
-    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-    return json.dumps(payload).encode()
+    return json_response(request, payload, request.code)
 
 
 class BadTarget(ValueError):

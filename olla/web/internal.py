@@ -14,10 +14,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import HTTPException, NotFound
 
 import twisted
-from olla import __version__
+from olla import __version__, responses
 from olla.anthropic.stats import TranslatorStats, translators_payload
 from olla.config import OllaConfig
 from olla.endpoints import EndpointRegistry
@@ -50,9 +50,8 @@ SUPPORTED_BACKENDS = (
 
 
 def json_response(request: IRequest, payload: object, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-    return json.dumps(payload, separators=(",", ":")).encode()
+    """Internal routes answer compact JSON."""
+    return responses.json_response(request, payload, status, compact=True)
 
 
 def _header(request: IRequest, name: bytes) -> str | None:
@@ -195,6 +194,17 @@ class InternalApp:
         )
         return json_response(request, payload)
 
-    @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return json_response(request, {"error": "404 page not found"}, 404)
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        """What werkzeug's router raises (an unknown path, and whatever else a route table can
+        say) as JSON; Klein would send werkzeug's HTML page. Its headers (``Allow``,
+        ``Location``) are kept."""
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        if isinstance(error, NotFound):
+            return json_response(request, {"error": "404 page not found"}, 404)
+        for name, value in error.get_response({}).headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        status = error.code or 500
+        return json_response(request, {"error": error.description or error.name}, status)

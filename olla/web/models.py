@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import unquote
 
 from twisted.internet.interfaces import IReactorTime
@@ -20,6 +19,7 @@ from olla.listings import (
     unified_models,
 )
 from olla.models import ModelCatalogue
+from olla.responses import json_response
 
 #: the formats of §1.3; the OpenAI-shaped servers' lists are OpenAI lists
 FORMATS = (
@@ -48,9 +48,7 @@ CAPABILITY_TYPES = {
 
 
 def _answer(request: Request, status: int, payload: object) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-    return payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return json_response(request, payload, status)
 
 
 class _CatalogueResource(Resource):
