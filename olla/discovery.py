@@ -10,7 +10,7 @@ keeps the endpoint's last good list and is simply tried again next time.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
@@ -70,8 +70,8 @@ class DiscoveryService(Service):
         self._call: IDelayedCall | None = None
         #: forget an endpoint's models when its last successful discovery is this old
         self.stale_threshold = 0.0
-        self._in_flight: dict[Endpoint, Deferred[None]] = {}
-        self._asking_loaded: dict[Endpoint, Deferred[None]] = {}
+        self._discovering = _Coalesced()
+        self._asking_loaded = _Coalesced()
 
     def startService(self) -> None:
         super().startService()
@@ -93,8 +93,8 @@ class DiscoveryService(Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        for pending in list(self._in_flight.values()):
-            pending.cancel()
+        self._discovering.cancel_all()
+        self._asking_loaded.cancel_all()
         return succeed(None)
 
     def _tick(self) -> None:
@@ -115,24 +115,16 @@ class DiscoveryService(Service):
 
     def refresh_all(self) -> Deferred[None]:
         """Discover every healthy endpoint now (coalesced with runs already going)."""
-        runs = [self.refresh(ep) for ep in self._registry.routable()]
-        done: Deferred[None] = DeferredList(runs, consumeErrors=True).addCallback(lambda _: None)
-        return done
+        return _all(self.refresh(ep) for ep in self._registry.routable())
 
     def refresh(self, endpoint: Endpoint) -> Deferred[None]:
         """Discover one endpoint; never fails (errors are logged, the old list stays)."""
-        running = self._in_flight.get(endpoint)
-        if running is not None:
-            return follow(running)
-        d = self._limit.run(lambda: Deferred.fromCoroutine(self._discover(endpoint)))
-        d.addErrback(self._failed, endpoint)
-        self._in_flight[endpoint] = d
-        d.addBoth(self._settled, endpoint)
-        return follow(d)
 
-    def _settled(self, result: object, endpoint: Endpoint) -> object:
-        self._in_flight.pop(endpoint, None)
-        return result
+        def start() -> Deferred[None]:
+            d = self._limit.run(lambda: Deferred.fromCoroutine(self._discover(endpoint)))
+            return d.addErrback(self._failed, endpoint)
+
+        return self._discovering.run(endpoint, start)
 
     def _failed(self, failure: Failure, endpoint: Endpoint) -> None:
         if failure.check(CancelledError) and not self.running:
@@ -212,21 +204,42 @@ class DiscoveryService(Service):
 
     def refresh_loaded(self, endpoints: Iterable[Endpoint]) -> Deferred[None]:
         """Ask each Ollama endpoint what it has in memory now (``/api/ps`` is live state: a
-        model loads on first use and unloads on a timer, so a cached answer would be stale)."""
-        runs = [self._ask_loaded(ep) for ep in endpoints if ep.type == "ollama"]
-        done: Deferred[None] = DeferredList(runs, consumeErrors=True).addCallback(lambda _: None)
-        return done
+        model loads on first use and unloads on a timer, so a cached answer would be stale).
+        One request per endpoint at a time, shared by everyone who asks while it runs."""
+        return _all(self._ask_loaded(ep) for ep in endpoints if ep.type == "ollama")
 
     def _ask_loaded(self, endpoint: Endpoint) -> Deferred[None]:
-        """One ``/api/ps`` for ``endpoint``, shared by everyone who asks while it runs."""
-        running = self._asking_loaded.get(endpoint)
+        def start() -> Deferred[None]:
+            return Deferred.fromCoroutine(self._read_loaded(endpoint))
+
+        return self._asking_loaded.run(endpoint, start)
+
+
+class _Coalesced:
+    """At most one run per endpoint at a time; whoever asks while it runs shares it."""
+
+    def __init__(self) -> None:
+        self._running: dict[Endpoint, Deferred[None]] = {}
+
+    def run(self, endpoint: Endpoint, start: Callable[[], Deferred[None]]) -> Deferred[None]:
+        running = self._running.get(endpoint)
         if running is not None:
             return follow(running)
-        d = Deferred.fromCoroutine(self._read_loaded(endpoint))
-        self._asking_loaded[endpoint] = d
-        d.addBoth(self._asked_loaded, endpoint)
+        d = start()
+        self._running[endpoint] = d
+        d.addBoth(self._settled, endpoint)
         return follow(d)
 
-    def _asked_loaded(self, result: object, endpoint: Endpoint) -> object:
-        self._asking_loaded.pop(endpoint, None)
+    def _settled(self, result: object, endpoint: Endpoint) -> object:
+        self._running.pop(endpoint, None)
         return result
+
+    def cancel_all(self) -> None:
+        for pending in list(self._running.values()):
+            pending.cancel()
+
+
+def _all(runs: Iterable[Deferred[None]]) -> Deferred[None]:
+    """Fires when every run has (they never fail: each logs its own errors)."""
+    done: Deferred[None] = DeferredList(list(runs), consumeErrors=True).addCallback(lambda _: None)
+    return done
