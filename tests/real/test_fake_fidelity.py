@@ -1,6 +1,6 @@
 """The fake Ollama against the real one: the same SDK calls must cross the wire the same way.
 
-The unit and e2e suites trust ``tests/fakes/ollama.py``; this is what keeps that trust honest.
+The unit and e2e suites trust ``tests/fakes/ollama/``; this is what keeps that trust honest.
 Two differences are deliberate and named in the fake's docstring: ``/api/show`` lists
 ``capabilities`` (newer Ollama does; olla reads them) and its ``model_info`` holds a few keys, not
 the whole GGUF header; ``/v1/embeddings`` honours ``encoding_format: base64`` (newer Ollama and
