@@ -145,6 +145,13 @@ def test_example_error_message() -> None:
         ({"model_aliases": {" a": ["x"]}}, "model_aliases. a"),
         ({"model_aliases": {"a": ["x", ""]}}, "model_aliases.a[1]"),
         ({"proxy": {"retry": {"on_status": 503}}}, "proxy.retry.on_status"),
+        ({"server": {"rate_limits": {"burst_size": -1}}}, "server.rate_limits.burst_size"),
+        ({"server": {"cors": {"max_age": "long"}}}, "server.cors.max_age"),
+        (
+            {"discovery": {"model_discovery": {"retry_attempts": -1}}},
+            "discovery.model_discovery.retry_attempts",
+        ),
+        ({"proxy": {"warm_routing": {"enabled": "sure"}}}, "proxy.warm_routing.enabled"),
         ({"proxy": {"retry": {"on_status": [503, 700]}}}, "proxy.retry.on_status[1]"),
         ({"proxy": {"warm_routing": {"default_load_time": "soon"}}}, "default_load_time"),
         (

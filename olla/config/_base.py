@@ -8,6 +8,7 @@ in the other modules of :mod:`olla.config`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -187,6 +188,26 @@ class SectionReader:
 
     def size(self, key: str, default: int) -> int:
         return self._get(key, default, parse_size)
+
+    def fields(self, default: Any) -> Any:
+        """A copy of the dataclass instance ``default`` with each of its plain fields read
+        from this section by the field's type (``bool``, ``int``, ``str``, ``tuple[str, ...]``,
+        ``float`` as a duration; ``metadata={"minimum": n}`` bounds an ``int``), so a key is
+        written once, in its dataclass. Other fields keep their defaults for the caller."""
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(default):
+            current = getattr(default, spec.name)
+            if spec.type == "bool":
+                values[spec.name] = self.flag(spec.name, current)
+            elif spec.type == "int":
+                values[spec.name] = self.integer(spec.name, current, spec.metadata.get("minimum"))
+            elif spec.type == "float":
+                values[spec.name] = self.duration(spec.name, current)
+            elif spec.type == "str":
+                values[spec.name] = self.text(spec.name, current)
+            elif spec.type == "tuple[str, ...]":
+                values[spec.name] = self.strings(spec.name, current)
+        return dataclasses.replace(default, **values)
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         def convert(v: Any, p: Path_) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ class ModelDiscoveryConfig:
     interval: float = 300.0
     timeout: float = 30.0
     concurrent_workers: int = 5
-    retry_attempts: int = 3
+    retry_attempts: int = field(default=3, metadata={"minimum": 0})
     retry_backoff: float = 1.0
 
 
@@ -221,14 +221,7 @@ def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> 
         health_r.ignore(str(key), "not used by olla (health checks follow each endpoint)")
     md_r = r.section("model_discovery")
     md = d.model_discovery
-    model_discovery = ModelDiscoveryConfig(
-        enabled=md_r.flag("enabled", md.enabled),
-        interval=md_r.duration("interval", md.interval),
-        timeout=md_r.duration("timeout", md.timeout),
-        concurrent_workers=md_r.integer("concurrent_workers", md.concurrent_workers),
-        retry_attempts=md_r.integer("retry_attempts", md.retry_attempts, minimum=0),
-        retry_backoff=md_r.duration("retry_backoff", md.retry_backoff),
-    )
+    model_discovery = md_r.fields(md)
     if model_discovery.enabled:
         for key in ("interval", "timeout", "concurrent_workers"):
             if getattr(model_discovery, key) <= 0:

@@ -58,10 +58,7 @@ def _model_registry(r: SectionReader) -> ModelRegistryConfig:
     opts.finish()
     rs_r.finish()
     un_r = r.section("unification")
-    unification = UnificationConfig(
-        stale_threshold=un_r.duration("stale_threshold", d.unification.stale_threshold),
-        cleanup_interval=un_r.duration("cleanup_interval", d.unification.cleanup_interval),
-    )
+    unification = un_r.fields(d.unification)
     un_r.finish()
     result = ModelRegistryConfig(
         type="memory",

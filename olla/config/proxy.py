@@ -72,10 +72,7 @@ def _proxy(r: SectionReader) -> ProxyConfig:
     )
     retry_r.finish()
     warm_r = r.section("warm_routing")
-    warm = WarmRoutingConfig(
-        enabled=warm_r.flag("enabled", d.warm_routing.enabled),
-        default_load_time=warm_r.duration("default_load_time", d.warm_routing.default_load_time),
-    )
+    warm = warm_r.fields(d.warm_routing)
     warm_r.finish()
     sticky_r = r.section("sticky_sessions")
     sd = d.sticky_sessions

@@ -30,7 +30,7 @@ class RateLimits:
     global_requests_per_minute: int = 1000
     per_ip_requests_per_minute: int = 100
     health_requests_per_minute: int = 1000
-    burst_size: int = 50
+    burst_size: int = field(default=50, metadata={"minimum": 0})
     cleanup_interval: float = 300.0
     trust_proxy_headers: bool = False
     trusted_proxy_cidrs: tuple[str, ...] = (
@@ -69,35 +69,13 @@ def _server(r: SectionReader) -> ServerConfig:
     rl_r = r.section("rate_limits")
     rd = d.rate_limits
     rl_r.ignore("per_endpoint", "not supported, ignored")
-    rate_limits = RateLimits(
-        global_requests_per_minute=rl_r.integer(
-            "global_requests_per_minute", rd.global_requests_per_minute
-        ),
-        per_ip_requests_per_minute=rl_r.integer(
-            "per_ip_requests_per_minute", rd.per_ip_requests_per_minute
-        ),
-        health_requests_per_minute=rl_r.integer(
-            "health_requests_per_minute", rd.health_requests_per_minute
-        ),
-        burst_size=rl_r.integer("burst_size", rd.burst_size, minimum=0),
-        cleanup_interval=rl_r.duration("cleanup_interval", rd.cleanup_interval),
-        trust_proxy_headers=rl_r.flag("trust_proxy_headers", rd.trust_proxy_headers),
-        trusted_proxy_cidrs=rl_r.strings("trusted_proxy_cidrs", rd.trusted_proxy_cidrs),
-    )
+    rate_limits = rl_r.fields(rd)
     for i, cidr in enumerate(rate_limits.trusted_proxy_cidrs):
         _check_cidr(cidr, (*rl_r.at("trusted_proxy_cidrs"), i))
     rl_r.finish()
     cors_r = r.section("cors")
     cd = d.cors
-    cors = CorsConfig(
-        enabled=cors_r.flag("enabled", cd.enabled),
-        allowed_origins=cors_r.strings("allowed_origins", cd.allowed_origins),
-        allowed_methods=cors_r.strings("allowed_methods", cd.allowed_methods),
-        allowed_headers=cors_r.strings("allowed_headers", cd.allowed_headers),
-        exposed_headers=cors_r.strings("exposed_headers", cd.exposed_headers),
-        allow_credentials=cors_r.flag("allow_credentials", cd.allow_credentials),
-        max_age=cors_r.integer("max_age", cd.max_age),
-    )
+    cors = cors_r.fields(cd)
     cors_r.finish()
     server = ServerConfig(
         host=r.text("host", d.host),
