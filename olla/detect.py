@@ -34,15 +34,7 @@ from olla.endpoints import Endpoint, resolve_url
 from olla.interfaces import IPlatformDetector
 from olla.modelsources import BODY_LIMIT, MODEL_SOURCES, DiscoveryError
 from olla.profiles import Profile
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detection run: the platform found, or why none was."""
-
-    profile: Profile | None
-    latency: float
-    reason: str = ""
+from olla.values import Detection
 
 
 @dataclass(frozen=True)

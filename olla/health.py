@@ -15,7 +15,7 @@ from __future__ import annotations
 import email.utils
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -35,6 +35,7 @@ from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.failures import TIMEOUTS, UNREACHABLE, describe
 from olla.interfaces import IHealthChecker, IPlatformDetector
 from olla.profiles import Profile
+from olla.values import ProbeResult
 
 #: A 2xx slower than this means the server is up but struggling.
 BUSY_THRESHOLD = 10.0
@@ -45,22 +46,6 @@ BREAKER_THRESHOLD = 3
 BREAKER_OPEN = 30.0
 _BODY_LIMIT = 64 * 1024
 _RETRY_DELAYS = (0.1, 0.2)
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    status: EndpointStatus
-    latency: float
-    reason: str = ""
-    retry_after: float | None = None
-    #: a refused/unreachable socket: cheap to re-check, says nothing about server load
-    unreachable: bool = False
-    #: ``type: auto``: the platform this probe found (it then probed that platform's health)
-    detected: Profile | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (EndpointStatus.HEALTHY, EndpointStatus.BUSY)
 
 
 def classify(code: int | None, latency: float, error: Failure | None) -> ProbeResult:

@@ -10,10 +10,8 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from olla.detect import Detection
     from olla.endpoints import Endpoint, EndpointRegistry
-    from olla.health import ProbeResult
-    from olla.models import ModelInfo
+    from olla.values import Detection, ModelInfo, ProbeResult
 
 
 class IBalancer(Interface):

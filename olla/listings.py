@@ -11,13 +11,13 @@ from typing import Any
 from olla.endpoints import Endpoint
 from olla.models import (
     ModelCatalogue,
-    ModelInfo,
     capabilities,
     context_length,
     denormalise_quantization,
     family_and_variant,
     model_type,
 )
+from olla.values import ModelInfo
 
 _EPOCH = "1970-01-01T00:00:00Z"
 

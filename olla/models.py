@@ -14,24 +14,7 @@ from dataclasses import dataclass, field
 
 from olla.config import FilterConfig, RoutingStrategyConfig
 from olla.endpoints import Endpoint
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One model as one endpoint reported it."""
-
-    name: str
-    size: int | None = None
-    digest: str | None = None
-    family: str | None = None
-    parameter_size: str | None = None
-    quantization: str | None = None
-    format: str | None = None
-    modified_at: str | None = None
-    #: the entry exactly as an Ollama backend listed it, replayed by ``/api/tags`` so that the
-    #: merged list reads like the backend's own (``Q4_1``, ``parent_model`` and all)
-    native: Mapping[str, object] | None = field(default=None, compare=False, hash=False)
-
+from olla.values import ModelInfo
 
 _QUANT = re.compile(r"[^a-z0-9]")
 

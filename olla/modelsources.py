@@ -12,7 +12,8 @@ from zope.interface import implementer
 
 from olla.endpoints import Endpoint
 from olla.interfaces import IModelSource
-from olla.models import ModelInfo, normalise_quantization
+from olla.models import normalise_quantization
+from olla.values import ModelInfo
 
 #: the largest model list olla reads
 BODY_LIMIT = 10 * 1024 * 1024

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.interfaces",
     ),
     ("olla.profiles", "olla.endpoints"),
-    ("olla.models", "olla.modelsources", "olla.balancer"),
+    ("olla.values", "olla.models", "olla.modelsources", "olla.balancer"),
     ("olla.health", "olla.detect", "olla.discovery", "olla.listings", "olla.logging"),
     ("olla.proxy",),
     ("olla.anthropic",),
