@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import json
+import warnings
+from typing import Any
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.error import UnsupportedMethod
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyRequest
+from werkzeug.exceptions import MethodNotAllowed
 
-from tests.proxyharness import Harness, http_request, parse_response
+from olla.config import OllaConfig
+from olla.endpoints import EndpointRegistry
+from olla.web.internal import InternalApp
+from olla.web.site import OllaSite
+from tests.proxyharness import ClientConnection, Harness, Response, http_request, parse_response
 from tests.test_fuzz import captured_errors
 from tests.test_proxy import Backend
 
@@ -161,3 +176,300 @@ class HostileHTTPTests(SynchronousTestCase):
             response = parse_response(client.transport.value())
             assert response is not None
             self.assertEqual(response.status, 200, method)
+
+
+class _HalfCloseTransport(StringTransport):
+    """A socket that can close its write side alone, as TCP can."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 40114),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 50001),
+        )
+        self.write_closed = False
+        self.aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+class RequestTargetTests(SynchronousTestCase):
+    """Hosts and request targets: what is refused, and what is served."""
+
+    def setUp(self) -> None:
+        self.backend = Backend(Clock(), name="a")
+        self.h = Harness({"a:1": self.backend})
+
+    def answer(self, raw: bytes) -> tuple[int, Any, Response]:
+        with captured_errors() as errors:
+            response = self.h.send(raw).response()
+        self.assertEqual(errors, [])
+        assert response is not None
+        self.assertEqual(response.header(b"content-type"), b"application/json; charset=utf-8")
+        return response.status, json.loads(response.body), response
+
+    def test_hosts_werkzeug_cannot_encode_are_400_on_every_route(self) -> None:
+        """If a Host has an empty or a 64-character label (werkzeug raises BadHost on them),
+        then every route answers 400 in its own dialect, and no backend is asked."""
+        for host in (b"a..b", b".", b"a" * 64 + b":80", b".example"):
+            for path, shape in (
+                (b"/internal/health", str),
+                (b"/olla/ollama/api/version", str),
+                (b"/olla/openai/v1/models", dict),
+            ):
+                raw = b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+                status, body, _ = self.answer(raw)
+                self.assertEqual(status, 400, (host, path))
+                self.assertIsInstance(body["error"], shape)
+        self.assertEqual(self.backend.received, [])
+
+    def test_invalid_request_targets_are_400(self) -> None:
+        """If the request target is neither a path nor an http(s) URL with a valid host, or
+        is ``*`` without OPTIONS, then 400."""
+        for target in (
+            b"foo",
+            b"*",
+            b"ftp://h/x",
+            b"http://a..b/olla/ollama/api/version",
+            b"http://user@h/internal/health",
+            b"http:///internal/health",
+        ):
+            raw = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+            status, body, _ = self.answer(raw)
+            self.assertEqual(status, 400, target)
+            self.assertIn("target", body["error"])
+        self.assertEqual(self.backend.received, [])
+
+    def test_options_star_is_answered_empty(self) -> None:
+        """If ``OPTIONS *`` arrives, then a bare 200 with no body (nothing to be JSON)."""
+        response = self.h.send(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").response()
+        assert response is not None
+        self.assertEqual((response.status, response.body), (200, b""))
+
+    def test_absolute_form_is_routed_on_its_path(self) -> None:
+        """If the target is an absolute URL (RFC 9112 §3.2.2), then it is served as its path,
+        with its authority as the Host (the Host header is ignored)."""
+        status, body, _ = self.answer(
+            b"GET http://olla.test:40114/internal/health HTTP/1.1\r\nHost: other\r\n\r\n"
+        )
+        self.assertEqual((status, body), (200, {"status": "healthy"}))
+        raw = b"GET HTTP://olla.test/olla/ollama/api/version?x=1 HTTP/1.1\r\nHost: o\r\n\r\n"
+        response = self.h.send(raw).response()
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        [got] = self.backend.received
+        self.assertEqual(got["path"], b"/api/version?x=1")
+        self.assertEqual(got["headers"][b"x-forwarded-host"], [b"olla.test"])
+
+
+class JSONGuardTests(SynchronousTestCase):
+    """Whatever twisted.web would answer with an HTML page is JSON from olla's site."""
+
+    def setUp(self) -> None:
+        class GetOnly(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Request) -> bytes:
+                request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+                return b'{"ok": true}'
+
+        class Nothing(Resource):
+            isLeaf = True
+
+            def render(self, request: Request) -> bytes:
+                raise UnsupportedMethod(())
+
+        class Text(Resource):
+            isLeaf = True
+
+            def render(self, request: Request) -> str:
+                return "not bytes"
+
+        root = Resource()
+        root.putChild(b"get-only", GetOnly())
+        root.putChild(b"nothing", Nothing())
+        root.putChild(b"text", Text())
+        root.putChild(b"tree", Resource())  # its children are Twisted's NoResource pages
+        self.site = OllaSite(
+            root, clock=Clock(), max_body_size=1024, max_header_size=65536, timeout=0.0
+        )
+
+    def answer(self, method: str, path: str) -> Response:
+        client = ClientConnection(self.site, http_request(method, path))
+        response = client.response()
+        assert response is not None
+        if method != "HEAD":
+            self.assertEqual(response.header(b"content-type"), b"application/json; charset=utf-8")
+            json.loads(response.body)
+        return response
+
+    def test_unknown_methods(self) -> None:
+        """If a resource has no render method for the request's, then 405 with its Allow, or
+        501 when it allows none; HEAD is still answered from GET."""
+        with captured_errors() as errors:
+            brew = self.answer("BREW", "/get-only")
+            none = self.answer("POST", "/nothing")
+            head = self.answer("HEAD", "/get-only")
+        self.assertEqual(errors, [])
+        self.assertEqual(brew.status, 405)
+        self.assertEqual(sorted((brew.header(b"allow") or b"").split(b", ")), [b"GET", b"HEAD"])
+        self.assertEqual(json.loads(brew.body), {"error": "method BREW not allowed"})
+        self.assertEqual(none.status, 501)
+        self.assertEqual((head.status, head.body), (200, b""))
+
+    def test_twisted_error_pages_become_json(self) -> None:
+        """If traversal ends at one of Twisted's error pages (NoResource), then its status
+        goes out with a JSON body, in the path's dialect."""
+        with captured_errors() as errors, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # NoResource is deprecated
+            ollama = self.answer("GET", "/tree/x")
+            openai = self.answer("GET", "/tree/v1/x")
+        self.assertEqual(errors, [])
+        self.assertEqual((ollama.status, json.loads(ollama.body)), (404, {"error": "Not Found"}))
+        self.assertEqual(openai.status, 404)
+        self.assertEqual(json.loads(openai.body)["error"]["message"], "Not Found")
+
+    def test_a_render_that_returns_no_bytes_is_a_logged_500(self) -> None:
+        """If a resource renders something that is not bytes (a bug), then its traceback is
+        logged once and the client gets a JSON 500 with the request id."""
+        with captured_errors() as errors:
+            response = self.answer("GET", "/text")
+        self.assertEqual(len(errors), 1)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(response.status, 500)
+        rid = response.header(b"x-olla-request-id")
+        assert rid is not None
+        self.assertIn(rid.decode(), json.loads(response.body)["error"])
+
+    def test_klein_errors_are_json(self) -> None:
+        """If werkzeug's router raises something other than NotFound (405 for a route that
+        limits its methods), then the internal app answers it in JSON with its headers."""
+        app = InternalApp(EndpointRegistry([], Clock()), clock=Clock(), config=OllaConfig())
+        request = DummyRequest([b"internal"])
+        body = app.http_error(request, Failure(MethodNotAllowed(["GET", "HEAD"])))
+        self.assertEqual(request.responseCode, 405)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"allow"), [b"GET, HEAD"])
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"content-type"),
+            [b"application/json; charset=utf-8"],
+        )
+        self.assertIn("method is not allowed", json.loads(body)["error"])
+
+
+class RefusalTests(SynchronousTestCase):
+    """Limits and deadlines: answered once, in the route's dialect, then the connection ends."""
+
+    def setUp(self) -> None:
+        self.backend = Backend(Clock(), name="a")
+        self.h = Harness({"a:1": self.backend}, max_body_size=1000)
+        self.h.site.header_timeout = 10.0
+        self.h.site.body_timeout = 30.0
+
+    def connect(self) -> tuple[_HalfCloseTransport, Any]:
+        transport = _HalfCloseTransport()
+        channel = self.h.site.buildProtocol(None)
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        return transport, channel
+
+    def refused(self, transport: _HalfCloseTransport) -> tuple[int, Any]:
+        response = parse_response(transport.value())
+        assert response is not None, transport.value()
+        self.assertEqual(response.header(b"content-type"), b"application/json; charset=utf-8")
+        self.assertEqual(response.header(b"connection"), b"close")
+        return response.status, json.loads(response.body)
+
+    def test_big_header_block_is_431_before_the_rest_is_read(self) -> None:
+        """If a client sends a 2 MB header block (max_header_size 1 MB), then 431 goes out
+        once the limit is passed, the write side closes, the rest is not parsed, and the
+        connection is cut if the client lingers."""
+        self.h.site.max_header_size = 1024 * 1024
+        transport, channel = self.connect()
+        with captured_errors() as errors:
+            channel.dataReceived(b"GET /olla/openai/v1/models HTTP/1.1\r\nHost: h\r\n")
+            sent = 0
+            while not transport.value():  # 10 KB lines: under the line and field-count limits
+                channel.dataReceived(b"X-Pad-%d: %s\r\n" % (sent, b"p" * 10_000))
+                sent += 1
+            self.assertLess(sent, 110)
+            for _ in range(20):  # the client keeps sending: ignored
+                channel.dataReceived(b"X-More: " + b"m" * 50_000 + b"\r\n")
+        self.assertEqual(errors, [])
+        status, body = self.refused(transport)
+        self.assertEqual(status, 431)
+        self.assertIn("too large", body["error"]["message"])  # the /v1/ dialect
+        self.assertTrue(transport.write_closed)
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.h.advance(5.0)
+        self.assertTrue(transport.aborted)
+
+    def test_header_line_over_the_line_limit_is_431(self) -> None:
+        """If one header line is 20 KB (the line limit is 16 KB, the block limit larger), then
+        431 before its end arrives."""
+        transport, channel = self.connect()
+        channel.dataReceived(b"GET /olla/ollama/api/tags HTTP/1.1\r\nHost: h\r\nX-Long: ")
+        channel.dataReceived(b"y" * 20_000)
+        status, body = self.refused(transport)
+        self.assertEqual(status, 431)
+        self.assertIn("line", body["error"])
+
+    def test_too_many_header_fields_are_431(self) -> None:
+        """If a request has more header fields than twisted.web keeps (500), then 431."""
+        transport, channel = self.connect()
+        lines = b"".join(b"X-%d: v\r\n" % i for i in range(600))
+        channel.dataReceived(b"GET /internal/health HTTP/1.1\r\nHost: h\r\n" + lines + b"\r\n")
+        self.assertEqual(self.refused(transport)[0], 431)
+
+    def test_body_over_the_limit_is_413_in_the_route_dialect_and_stops_reading(self) -> None:
+        """If a declared body is over max_body_size, then an OpenAI-shaped 413 on a /v1/
+        route, the write side closes and nothing more is read or sent to a backend."""
+        transport, channel = self.connect()
+        head = b"POST /olla/openai/v1/chat/completions HTTP/1.1\r\nHost: h\r\n"
+        channel.dataReceived(head + b"Content-Length: 5000\r\n\r\n" + b"x" * 100)
+        channel.dataReceived(b"x" * 4900)
+        self.h.pump()
+        status, body = self.refused(transport)
+        self.assertEqual(status, 413)
+        self.assertEqual(body["error"]["type"], "invalid_request_error")
+        self.assertTrue(transport.write_closed)
+        self.assertEqual(self.backend.received, [])
+
+    def test_slow_headers_do_not_hold_up_other_clients(self) -> None:
+        """If one client drips its headers, then others are answered meanwhile, and the slow
+        one gets 408 at read_header_timeout counted from its first byte, in its dialect."""
+        transport, channel = self.connect()
+        self.h.advance(3.0)  # connected but silent: the deadline has not started
+        channel.dataReceived(b"POST /olla/anthropic/v1/messages HTTP/1.1\r\n")
+        started = self.h.clock.seconds()
+        for byte in b"Host: h\r\nX-Slow: " * 3:
+            if transport.value():
+                break
+            other = self.h.send(http_request("GET", "/internal/health")).response()
+            assert other is not None
+            self.assertEqual(other.status, 200)
+            channel.dataReceived(bytes([byte]))
+            self.h.advance(0.5)
+        status, body = self.refused(transport)
+        self.assertEqual(status, 408)
+        self.assertEqual(body["error"]["type"], "timeout_error")  # Anthropic's shape
+        self.assertEqual(self.h.clock.seconds() - started, 10.0)
+
+    def test_slow_body_is_408_at_read_timeout_after_the_headers(self) -> None:
+        """If the headers arrive on time and the body drips, then 408 at read_timeout after
+        the end of the headers, and no backend is asked."""
+        transport, channel = self.connect()
+        channel.dataReceived(
+            b"POST /olla/ollama/api/chat HTTP/1.1\r\nHost: h\r\nContent-Length: 900\r\n\r\n"
+        )
+        for _ in range(29):
+            self.h.advance(1.0)
+            channel.dataReceived(b" ")
+        self.assertEqual(transport.value(), b"")
+        self.h.advance(1.0)
+        self.assertEqual(self.refused(transport)[0], 408)
+        self.assertEqual(self.backend.received, [])
+        self.assertEqual(self.h.clock.getDelayedCalls()[0].getTime(), 35.0)  # the linger cut

@@ -1,8 +1,11 @@
-# -*- test-case-name: tests.test_site -*-
+# -*- test-case-name: tests.test_hostile_http -*-
 """The resource tree and the HTTP site: every request enters here.
 
 ``OllaRequest`` enforces the body size limit while the body arrives (twisted.web otherwise
 buffers the whole body before any resource runs) and gives every request its id.
+``OllaChannel`` refuses what is malformed, too big or too slow before any resource runs. Every
+answer olla makes itself is JSON in the caller's dialect: twisted.web's HTML pages (error
+pages, "Huh?", "Processing Failed") never go out.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.error import UnsupportedMethod
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
 
 from olla.errors import Dialect, error_body
@@ -102,36 +106,16 @@ class OllaRequest(Request):
         super().handleContentChunk(data)
 
     def _reject_body(self, limit: int) -> None:
-        """Answer 413 at once and stop listening to this connection's body.
-
-        No resource has run yet, so the response is written straight to the transport. The
-        write side is closed after it (rather than the whole connection) so the client reads
-        the 413 instead of a reset while it is still sending.
-        """
+        """Answer 413 at once and stop reading this connection (no resource has run yet)."""
         self.rejected = True
         if self.content is not None:
             self.content.close()
         self.content = _Discard()
-        body = error_body_for(self.uri, 413, f"request body too large (limit {limit} bytes)")
-        transport: Any = self.channel.transport
-        if self.channel.requests and self.channel.requests[0] is not self:
-            transport.abortConnection()  # an earlier pipelined response is still going out
-            return
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"Content-Type: application/json; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        channel = self.channel
+        assert isinstance(channel, OllaChannel)
+        channel.refuse(
+            413, "Request Entity Too Large", f"request body too large (limit {limit} bytes)"
         )
-        self._log.info(
-            "rejected {method} {uri}: body over {limit} bytes",
-            method=self.method,
-            uri=self.uri,
-            limit=limit,
-        )
-        if hasattr(transport, "loseWriteConnection"):
-            transport.loseWriteConnection()
-        else:
-            transport.loseConnection()
 
     def processingFailed(self, reason: Failure) -> None:
         """A bug while rendering: its traceback is logged once, the client gets a JSON 500
@@ -157,6 +141,16 @@ class OllaRequest(Request):
         self.setHeader(b"Content-Length", b"%d" % len(body))
         self.write(body)
         self.finish()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        origin = _origin_form(path)
+        # absolute-form (RFC 9112 §3.2.2): route on its path; the channel made its authority
+        # the Host
+        super().requestReceived(command, path if origin is None else origin, version)
+
+    def render(self, resrc: IResource) -> None:
+        """Render through ``JSONGuard``: what twisted.web would answer itself is HTML."""
+        super().render(JSONGuard(resrc))
 
     def process(self) -> None:
         if self.rejected:
@@ -188,6 +182,49 @@ def error_body_for(uri: bytes, status: int, message: str, request_id: str | None
 
 #: a Host header olla can route on: a name, IPv4 or bracketed IPv6, and an optional port
 _HOST = re.compile(rb"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::[0-9]{0,5})?\Z")
+#: an absolute-form request target: ``http(s)://authority`` and what follows it
+_ABSOLUTE = re.compile(rb"\A[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)\Z", re.DOTALL)
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether ``value`` is a Host olla accepts: the characters above, and a name that can be
+    IDNA-encoded (no empty label, none over 63 characters), as werkzeug needs it."""
+    if not _HOST.match(value):
+        return False
+    if value.startswith(b"["):
+        return True
+    try:
+        value.partition(b":")[0].decode("ascii").encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def _origin_form(target: bytes) -> bytes | None:
+    """The path and query of an absolute-form target, or None for any other form."""
+    absolute = _ABSOLUTE.match(target)
+    if absolute is None:
+        return None
+    rest = absolute.group(2)
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
+def target_problem(method: bytes, target: bytes) -> str | None:
+    """Why a request target is not one olla serves (RFC 9112 §3.2), or None when it is.
+
+    Origin-form (``/path?query``) and absolute-form (``http://host/path``) are served; the
+    asterisk only with ``OPTIONS`` (twisted.web answers that one itself).
+    """
+    if target.startswith(b"/"):
+        return None
+    if target == b"*":
+        return None if method == b"OPTIONS" else "the * target is only for OPTIONS"
+    absolute = _ABSOLUTE.match(target)
+    if absolute is not None:
+        return None if valid_host(absolute.group(1)) else "invalid host in the request target"
+    return "invalid request target"
+
+
 #: characters a Content-Type may not carry: Python's header parser splits lines at them
 _LINE_BREAKS = re.compile(rb"[\x0b\x0c\x1c\x1d\x1e\x85]")
 #: the longest request line or single header line olla reads (Twisted's own limit; longer
@@ -203,7 +240,9 @@ class OllaChannel(HTTPChannel):
 
     It answers malformed requests in JSON (Twisted sends a bare 400 or just closes): ``414``
     for a request line over ``LINE_LIMIT``, ``431`` for a header line over it or a header
-    block over ``max_header_size``, ``400`` for a bad or (HTTP/1.1) missing ``Host``. And it
+    block over ``max_header_size``, ``400`` for a bad or (HTTP/1.1) missing ``Host`` or a
+    request target that is neither a path nor an ``http(s)`` URL (``*`` only for OPTIONS),
+    ``413`` (for ``OllaRequest``) for a body over ``max_body_size``. And it
     holds slow clients to deadlines rather than idle timers: the whole header block within
     the site's ``header_timeout``, the whole body within its ``body_timeout``.
     """
@@ -275,9 +314,17 @@ class OllaChannel(HTTPChannel):
         if hosts is None and self._version == b"HTTP/1.1":
             self.refuse(400, "Bad Request", "HTTP/1.1 request without a Host header")
             return
-        if hosts is not None and (len(hosts) > 1 or not _HOST.match(hosts[0])):
+        if hosts is not None and (len(hosts) > 1 or not valid_host(hosts[0])):
             self.refuse(400, "Bad Request", "invalid Host header")
             return
+        target = self._path_so_far()
+        problem = target_problem(self._method_so_far(), target)
+        if problem is not None:
+            self.refuse(400, "Bad Request", problem)
+            return
+        absolute = _ABSOLUTE.match(target)
+        if absolute is not None:  # RFC 9112 §3.2.2: the target's authority, not Host, counts
+            request.requestHeaders.setRawHeaders(b"host", [absolute.group(1)])
         types = request.requestHeaders.getRawHeaders(b"content-type") or []
         if any(_LINE_BREAKS.search(value) for value in types):
             self.refuse(400, "Bad Request", "invalid Content-Type header")
@@ -307,23 +354,35 @@ class OllaChannel(HTTPChannel):
         self._refused = True
         self._cancel_deadline()
         self.persistent = False
-        body = error_body_for(self._path_so_far(), status, message)
+        target = self._path_so_far()
+        body = error_body_for(_origin_form(target) or target, status, message)
         transport: Any = self.transport
         transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (status, phrase.encode(), len(body), body)
         )
-        self._log.info("refused a request: {status} {why}", status=status, why=message)
+        self._log.info(
+            "refused {method} {target} with {status}: {why}",
+            method=self._method_so_far().decode("latin-1") or "-",  # "-": not parsed yet
+            target=target[:200].decode("latin-1") or "-",  # a bounded, printable start
+            status=status,
+            why=message,
+        )
         if hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
             self._closer = self.site.clock.callLater(_LINGER, transport.abortConnection)
         else:
             transport.loseConnection()
 
+    # HTTPChannel keeps the request line's parts in private attributes until the body is in
     def _path_so_far(self) -> bytes:
         path = getattr(self, "_path", b"")
         return path if isinstance(path, bytes) else b""
+
+    def _method_so_far(self) -> bytes:
+        method = getattr(self, "_command", b"")
+        return method if isinstance(method, bytes) else b""
 
     # ------------------------------------------------------------------ deadlines
 
@@ -467,6 +526,45 @@ class OllaRoot(Resource):
     def render(self, request: Request) -> bytes:
         """``/olla`` and ``/olla/`` themselves: nothing to serve there."""
         return NotFound().render(request)
+
+
+class JSONGuard(Resource):
+    """A resource as ``OllaRequest`` renders it, with what twisted.web would answer with an
+    HTML page answered in JSON.
+
+    A method the resource has no ``render_*`` for is a 405 with ``Allow`` (or a 501 when it
+    allows none); a Twisted error page (``NoResource`` and its kin, from a ``getChild`` that
+    fell back to the default) keeps its status; a render that returns neither bytes nor
+    ``NOT_DONE_YET`` is a bug, so it raises and becomes the logged JSON 500.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            body: object = self._inner.render(request)
+        except UnsupportedMethod as e:
+            allowed: list[bytes] = list(e.allowedMethods)
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise  # twisted.web answers HEAD by rendering GET (through this guard again)
+            method = request.method.decode("latin-1")
+            if not allowed:
+                return _json_error(request, 501, f"method {method} not implemented")
+            request.setHeader(b"Allow", b", ".join(allowed))
+            return _json_error(request, 405, f"method {method} not allowed")
+        if body is NOT_DONE_YET:
+            return NOT_DONE_YET
+        if not isinstance(body, bytes):
+            raise TypeError(f"{self._inner!r} rendered {type(body).__name__}, not bytes")
+        types = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
+        if types[-1].startswith(b"text/html"):  # olla writes no HTML: a Twisted error page
+            code = request.code
+            return _json_error(request, code, http.RESPONSES.get(code, b"error").decode())
+        return body
 
 
 class KleinGuard(Resource):

@@ -73,28 +73,60 @@ def _json_status(data: bytes) -> int:
     return response.status
 
 
+def _crashes(daemon: OllaDaemon) -> list[object]:
+    """What the daemon logged as an error or with a traceback."""
+    return [
+        e.get("msg")
+        for e in daemon.events
+        if e.get("traceback") or e.get("level") in ("error", "critical")
+    ]
+
+
 def test_oversized_headers_get_431(daemon: OllaDaemon) -> None:
-    """If a client sends a 2 MB header block, or one 20 KB header line, then it gets a JSON
-    431 (not a reset or silence)."""
+    """If a client sends a 2 MB header block (8 KB lines, max_header_size 1 MB), or one 20 KB
+    header line, then it gets a JSON 431 (not a reset or silence), and nothing is logged as
+    an error."""
     head = b"GET /olla/ollama/api/tags HTTP/1.1\r\nHost: h\r\n"
-    block = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(2048))
-    assert _json_status(_raw(daemon, head + block + b"\r\n")) == 431
+    block = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 8000) for i in range(256))
+    answer = _raw(daemon, head + block + b"\r\n")
+    assert _json_status(answer) == 431
+    assert b"request headers too large" in answer
     line = b"X-Long: " + b"l" * 20_000 + b"\r\n"
-    assert _json_status(_raw(daemon, head + line + b"\r\n")) == 431
+    answer = _raw(daemon, head + line + b"\r\n")
+    assert _json_status(answer) == 431
+    assert b"header line too long" in answer
+    assert _crashes(daemon) == []
 
 
-def test_malformed_requests_get_json(daemon: OllaDaemon) -> None:
-    """If a request has no Host (HTTP/1.1), a non-UTF-8 path, or asks for /olla itself, then
-    the answer is JSON with a 4xx."""
-    assert _json_status(_raw(daemon, b"GET /olla/ollama/api/tags HTTP/1.1\r\n\r\n")) == 400
-    assert _json_status(_raw(daemon, b"GET /internal/%ff HTTP/1.1\r\nHost: h\r\n\r\n")) == 400
-    for path in (b"/olla", b"/olla/"):
-        request = b"GET " + path + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
-        assert _json_status(_raw(daemon, request)) == 404
+def test_malformed_requests_get_json(daemon: OllaDaemon, fake: FakeProcess) -> None:
+    """If a request has no Host (HTTP/1.1), a bad Host, a non-UTF-8 path, a target that is no
+    path, a method HTTP does not define, or asks for /olla itself, then the answer is JSON
+    with a 4xx, no backend is asked, and nothing is logged as an error."""
+    fake.reset()
+
+    def ask(line: bytes, host: bytes | None = b"h") -> int:
+        head = line + b"\r\n" + (b"Host: " + host + b"\r\n" if host is not None else b"")
+        return _json_status(_raw(daemon, head + b"Connection: close\r\n\r\n"))
+
+    assert ask(b"GET /olla/ollama/api/tags HTTP/1.1", host=None) == 400
+    for host in (b"a..b", b"a" * 64, b"a b", b"h:1:2"):
+        assert ask(b"GET /internal/health HTTP/1.1", host) == 400, host
+        assert ask(b"GET /olla/ollama/api/version HTTP/1.1", host) == 400, host
+    assert ask(b"GET /internal/%ff HTTP/1.1") == 400
+    assert ask(b"GET /version%c3%28 HTTP/1.1") == 400
+    assert ask(b"GET internal/health HTTP/1.1") == 400
+    assert ask(b"GET * HTTP/1.1") == 400
+    assert ask(b"BREW /internal/status HTTP/1.1") == 405
+    for line in (b"GET /olla HTTP/1.1", b"GET /olla/ HTTP/1.1", b"BREW /olla HTTP/1.1"):
+        assert ask(line) == 404, line
+    assert not [r for r in fake.requests() if "x-forwarded-for" in r["headers"]]  # proxied
+    # an absolute URL as the target is served as its path
+    assert ask(b"GET http://olla.test/internal/health HTTP/1.1", host=b"other") == 200
+    assert _crashes(daemon) == []
 
 
 def test_slowloris_is_cut_at_its_deadline(daemon: OllaDaemon) -> None:
-    """If one client drips its headers and another its body a byte at a time, then each is
+    """If one client drips its headers and another its body at a byte a second, then each is
     closed at its deadline (408), while a third client is served meanwhile."""
     results: dict[str, tuple[float, bytes]] = {}
 
@@ -108,7 +140,7 @@ def test_slowloris_is_cut_at_its_deadline(daemon: OllaDaemon) -> None:
                     sock.sendall(bytes([byte]))
                 except OSError:
                     break
-                sock.settimeout(0.5)
+                sock.settimeout(1.0)  # one byte a second
                 try:
                     answer += sock.recv(65536)
                 except TimeoutError:
@@ -138,6 +170,7 @@ def test_slowloris_is_cut_at_its_deadline(daemon: OllaDaemon) -> None:
         assert _json_status(answer) == 408, name
         assert DEADLINE - 0.2 <= took <= DEADLINE + 1.5, (name, took)
     assert served > 5
+    assert _crashes(daemon) == []
 
 
 def test_encoded_prefixes_and_dot_segments(daemon: OllaDaemon, fake: FakeProcess) -> None:
