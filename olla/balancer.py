@@ -9,6 +9,7 @@ the priority balancer's tiers apart.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from zope.interface import implementer
@@ -17,7 +18,9 @@ from olla.endpoints import Endpoint, EndpointRegistry
 from olla.interfaces import IBalancer
 
 
-class _Ordering:
+class _Ordering(ABC):
+    """What every balancer shares: turns among equals, no tiers, ``choose`` from ``order``."""
+
     _turn = 0
 
     def _rotated(self, candidates: Sequence[Endpoint]) -> list[Endpoint]:
@@ -29,8 +32,9 @@ class _Ordering:
     def tier(self, endpoint: Endpoint) -> int:
         return 0
 
+    @abstractmethod
     def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
-        raise NotImplementedError
+        """Every candidate, best first (``IBalancer.order``)."""
 
     def choose(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
         return self.order(candidates, registry)[0]

@@ -434,10 +434,6 @@ class EndpointRegistry:
     # ------------------------------------------------------------------ startup gate
 
     @property
-    def all_probed(self) -> bool:
-        return all(s.status is not EndpointStatus.UNKNOWN for s in self._states.values())
-
-    @property
     def ready(self) -> bool:
         """Startup is over: every endpoint has a first health result, and every routable one a
         first answer to its model list (or an error), so routing decisions can be trusted.
