@@ -34,6 +34,7 @@ from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
+from olla.security import SecurityStats
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
@@ -51,6 +52,7 @@ class App:
     health: HealthService
     discovery: DiscoveryService
     translator_stats: TranslatorStats
+    security: SecurityStats
     site: OllaSite
 
     @property
@@ -130,6 +132,7 @@ def build_app(
             deps, profiles, config.translators.anthropic, translator_stats
         )
     proxies[b"models"] = ModelsResource(registry, catalogue, clock)
+    security = SecurityStats()
     internal = InternalApp(
         registry,
         clock=clock,
@@ -137,6 +140,7 @@ def build_app(
         active_connections=lambda: len(site.channels),
         catalogue=catalogue,
         translators=[translator_stats],
+        security=security,
     )
     limits = config.server.request_limits
     site = OllaSite(
@@ -148,6 +152,7 @@ def build_app(
         header_timeout=config.server.read_header_timeout,
         body_timeout=config.server.read_timeout,
         rng=rng,
+        security=security,
     )
     site.noisy = False
     return App(
@@ -159,5 +164,6 @@ def build_app(
         health=health,
         discovery=discovery,
         translator_stats=translator_stats,
+        security=security,
         site=site,
     )

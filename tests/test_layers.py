@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.config",
         "olla.breaker",
         "olla.interfaces",
+        "olla.security",
     ),
     ("olla.profiles", "olla.endpoints"),
     ("olla.values", "olla.models", "olla.modelsources", "olla.balancer"),

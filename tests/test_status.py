@@ -376,7 +376,12 @@ class StatusTests(_Harness):
             {
                 "status": "normal",
                 "blocked_ips": 0,
-                "violations": {"rate_limits": 0, "size_limits": 0},
+                "violations": {
+                    "rate_limits": 0,
+                    "size_limits": 0,
+                    "header_limits": 0,
+                    "auth_failures": 0,
+                },
             },
         )
         self.assertEqual(payload["timestamp"], "2023-11-14T22:13:20Z")

@@ -23,6 +23,7 @@ from olla.config import OllaConfig
 from olla.endpoints import EndpointRegistry
 from olla.listings import status_models
 from olla.models import ModelCatalogue
+from olla.security import SecurityStats
 from olla.web.status import (
     endpoints_payload,
     etag_for,
@@ -134,6 +135,7 @@ class InternalApp:
         proc_self: Path | None = Path("/proc/self"),
         catalogue: ModelCatalogue | None = None,
         translators: Sequence[TranslatorStats] = (),
+        security: SecurityStats | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -143,6 +145,7 @@ class InternalApp:
             config: the loaded configuration (proxy engine, profile, balancer names).
             active_connections: open client connections, for ``/internal/process``.
             proc_self: the ``/proc/self`` directory ``/internal/process`` reads, or ``None``.
+            security: what the HTTP layer and the guards refused, for ``/internal/status``.
         """
         self._registry = registry
         self._clock = clock
@@ -152,6 +155,7 @@ class InternalApp:
         self._proc_self = proc_self
         self._catalogue = catalogue or ModelCatalogue()
         self._translators = list(translators)
+        self._security = security or SecurityStats()
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -164,7 +168,11 @@ class InternalApp:
     @app.route("/internal/status", branch=False)
     def status(self, request: Request) -> bytes:
         payload, stable = status_payload(
-            self._registry, self._config, now=self._clock.seconds(), started=self._started
+            self._registry,
+            self._config,
+            now=self._clock.seconds(),
+            started=self._started,
+            security=self._security.snapshot(),
         )
         return conditional_json(request, payload, stable)
 

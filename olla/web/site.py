@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from olla.errors import Dialect, error_body
 from olla.proxy.headers import valid_request_id
+from olla.security import SecurityStats
 
 _ADJECTIVES = (
     "amber", "brisk", "calm", "dapper", "eager", "fuzzy", "gentle", "hasty",
@@ -354,6 +355,10 @@ class OllaChannel(HTTPChannel):
         self._refused = True
         self._cancel_deadline()
         self.persistent = False
+        if status == 413:
+            self.site.security.size_limit()
+        elif status in (414, 431):
+            self.site.security.header_limit()
         target = self._path_so_far()
         body = error_body_for(_origin_form(target) or target, status, message)
         transport: Any = self.transport
@@ -425,8 +430,11 @@ class OllaSite(Site):
         header_timeout: float = 10.0,
         body_timeout: float = 0.0,
         rng: random.Random | None = None,
+        security: SecurityStats | None = None,
     ) -> None:
         super().__init__(root, timeout=timeout or None, reactor=clock)
+        #: what this site refused to protect itself (413, 414, 431, and the guards' refusals)
+        self.security = security or SecurityStats()
         self.clock = clock
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size

@@ -38,6 +38,7 @@ from olla.endpoints import (
     sanitise_url,
 )
 from olla.ids import base36, fnv1a
+from olla.security import SecuritySnapshot, SecurityStats
 
 #: Bodies at or below this size are sent as they are: gzip's overhead outweighs the saving.
 GZIP_MIN_SIZE = 256
@@ -333,7 +334,12 @@ def system_status(total: int, healthy: int, successes: int, failures: int) -> st
 
 
 def status_payload(
-    registry: EndpointRegistry, config: OllaConfig, *, now: float, started: float
+    registry: EndpointRegistry,
+    config: OllaConfig,
+    *,
+    now: float,
+    started: float,
+    security: SecuritySnapshot | None = None,
 ) -> Payloads:
     """``/internal/status``: the full snapshot, and its stable view for the ETag.
 
@@ -342,10 +348,12 @@ def status_payload(
         config: for the proxy engine, profile and balancer names.
         now: the clock's current time (POSIX seconds).
         started: when olla started, for ``uptime`` and ``start_time``.
+        security: what the HTTP layer and the guards refused (none: all zero).
 
     Returns:
         The payload, and the same with every clock-driven field removed.
     """
+    refused = security or SecurityStats().snapshot()
     pairs = _sorted(registry)
     states = [state for _, state in pairs]
     successes = sum(s.successes for s in states)
@@ -365,7 +373,7 @@ def status_payload(
         "version": __version__,
         "commit": COMMIT,
         "active_connections": sum(s.in_flight for s in states),
-        "security_violations": 0,
+        "security_violations": refused.violations,
         "total_requests": requests,
         "total_failures": failures,
         "has_traffic": requests > 0,
@@ -375,22 +383,27 @@ def status_payload(
         "profile": config.proxy.profile,
         "balancer": config.proxy.load_balancer,
     }
-    security = {
-        "status": "normal",
-        "blocked_ips": 0,
-        "violations": {"rate_limits": 0, "size_limits": 0},
+    security_section = {
+        "status": refused.status,
+        "blocked_ips": refused.blocked_ips,
+        "violations": {
+            "rate_limits": refused.rate_limits,
+            "size_limits": refused.size_limits,
+            "header_limits": refused.header_limits,
+            "auth_failures": refused.auth_failures,
+        },
     }
     payload = {
         "timestamp": rfc3339(now),
         "endpoints": endpoints,
         "proxy": proxy,
-        "security": security,
+        "security": security_section,
         "system": system,
     }
     stable = {
         "endpoints": [_without(entry, _STATUS_VOLATILE) for entry in endpoints],
         "proxy": proxy,
-        "security": security,
+        "security": security_section,
         "system": _without(system, ("uptime",)),
     }
     return payload, stable
