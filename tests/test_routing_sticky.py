@@ -189,6 +189,24 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(response.header(b"x-olla-sticky-session"), b"disabled")
         self.assertIsNone(response.header(b"x-olla-sticky-key-source"))
 
+    def test_hostile_bodies_are_served_as_usual(self) -> None:
+        """If a body is not JSON, nested beyond reason, or has odd message shapes, then the
+        request is answered as without stickiness (the prefix gives no key, or a stable one),
+        never a 500."""
+        h = self.build()
+        odd = [
+            b"not json at all",
+            b'{"model": "' + MODEL.encode() + b'", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            json.dumps(
+                {"model": MODEL, "messages": [1, None, {"role": 7, "content": {}}]}
+            ).encode(),
+            json.dumps({"model": MODEL, "messages": "text", "prompt": ["a", {"b": 1}]}).encode(),
+        ]
+        for body in odd:
+            response = self.post(h, body)
+            self.assertNotEqual(response.status, 500, body[:40])
+            self.assertIsNotNone(response.header(b"x-olla-sticky-session"))
+
     def test_off_by_default(self) -> None:
         """If sticky sessions are not enabled, then answers carry no sticky headers and the
         stats say enabled false, as Olla's do."""

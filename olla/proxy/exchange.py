@@ -558,6 +558,8 @@ class Exchange:
     ) -> None:
         self._shape_finished(outcome is Outcome.OK)
         request = self._request
+        affinity = self.affinity
+        sticky = affinity.outcome if affinity is not None else None
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
             "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tried}",
@@ -573,6 +575,8 @@ class Exchange:
             attempts=self._attempts,
             failovers=self._failovers,
             tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
+            sticky_outcome=sticky.value if sticky is not None else None,
+            sticky_key_source=affinity.key.source if affinity and affinity.key else None,
             #: marks the one line per proxied request (``server.request_logging`` filters it)
             request_line=True,
         )
