@@ -193,7 +193,9 @@ class StickySessions:
                 "only the max_sessions LRU bounds them"
             )
 
-    def __len__(self) -> int:
+    @property
+    def active(self) -> int:
+        """Sessions remembered now (expired ones may remain until the next sweep)."""
         return len(self._entries)
 
     def _expires(self) -> float:

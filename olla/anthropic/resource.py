@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -31,7 +30,6 @@ from olla.proxy.exchange import Exchange, ProxyDeps, request_size
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
 from olla.proxy.shape import IExchangeShape
 from olla.responses import json_response
-from olla.sticky import Affinity
 
 MESSAGES = b"/v1/messages"
 COUNT_TOKENS = b"/v1/messages/count_tokens"
@@ -179,7 +177,8 @@ class AnthropicResource(Resource):
             self._error(request, 400, "request body is nested too deeply")
             return
         model: str = body["model"]
-        affinity: list[Affinity] = []  # the session, looked up when the request is routed
+        sticky = self._deps.sticky
+        affinity = sticky.for_request(request, model, lambda: body) if sticky is not None else None
 
         def send(plan: RoutePlan) -> None:
             if _gone(request):
@@ -204,41 +203,25 @@ class AnthropicResource(Resource):
                 )
             exchange = self._exchange(request, model, shape)
             exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough
-            exchange.affinity = affinity[0] if affinity else None
+            exchange.affinity = affinity
             exchange.start(plan)
 
-        self._routed(model, lambda: self._session(request, model, body, affinity)).addCallback(send)
+        self._routed(model, affinity.pinned if affinity is not None else None).addCallback(send)
 
     def _exchange(self, request: Request, model: str, shape: IExchangeShape) -> Exchange:
         return Exchange(
             self._deps, self._route, request, MESSAGES, model, Dialect.ANTHROPIC, shape=shape
         )
 
-    def _routed(
-        self, model: str, pinned: Callable[[], Endpoint | None] = lambda: None
-    ) -> Deferred[RoutePlan]:
+    def _routed(self, model: str, pinned: Endpoint | None = None) -> Deferred[RoutePlan]:
         """Route once (after startup's first probes and lists, like every proxied request);
-        the exchange then walks these candidates, whichever way it speaks to them."""
+        the exchange then walks these candidates, whichever way it speaks to them. ``pinned``:
+        where the request's sticky session was last served."""
         deps = self._deps
-
-        def plan(_: object) -> RoutePlan:
-            query = RouteQuery(
-                route=self._route, path=MESSAGES.decode(), model=model, pinned=pinned()
-            )
-            return deps.router.plan(query)
-
-        return deps.registry.when_ready(deps.startup_wait).addCallback(plan)
-
-    def _session(
-        self, request: Request, model: str, body: dict[str, Any], found: list[Affinity]
-    ) -> Endpoint | None:
-        """Look up the request's sticky session (kept in ``found``); where it is pinned."""
-        sticky = self._deps.sticky
-        if sticky is None:
-            return None
-        affinity = sticky.for_request(request, model, lambda: body)
-        found.append(affinity)
-        return affinity.pinned
+        query = RouteQuery(route=self._route, path=MESSAGES.decode(), model=model, pinned=pinned)
+        return deps.registry.when_ready(deps.startup_wait).addCallback(
+            lambda _: deps.router.plan(query)
+        )
 
     def _passthrough(
         self, plan: RoutePlan, body: dict[str, Any]
