@@ -7,6 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from olla.config import EndpointConfig, StickySessionsConfig
@@ -213,8 +215,13 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(sessions.stats()["evictions"], 1)
 
     def test_zero_ttl_never_expires(self) -> None:
-        """If idle_ttl_seconds is 0, then a session outlives any idle time."""
+        """If idle_ttl_seconds is 0, then a warning says so at startup and a session outlives
+        any idle time."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         sessions = self.store(idle_ttl_seconds=0)
+        warnings = [e for e in events if e["log_level"] is LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("never expire", formatEvent(warnings[0]))
         sessions.lookup(SessionKey("k", "ip")).served(self.a)
         self.clock.advance(10**9)
         self.assertIs(sessions.lookup(SessionKey("k", "ip")).pinned, self.a)
