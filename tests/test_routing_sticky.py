@@ -169,12 +169,10 @@ class WireTests(SynchronousTestCase):
     def test_busy_pinned_endpoint_hands_over(self) -> None:
         """If the pinned endpoint answers 503 (queue full), then the request is served by the
         next one, the pin moves there, and the client sees a 200."""
-        clock = Clock()
-        h = self.build(**{n: Backend(clock, name=n) for n in "abc"})
+        backends = {n: Backend(Clock(), name=n) for n in "abc"}
+        h = self.build(**backends)
         pinned = self.post(h, chat()).header(b"x-olla-endpoint").decode()
-        backend = h.agent.agents[f"{pinned}:1".encode()]
-        resource: Any = backend._rootResource  # type: ignore[attr-defined]
-        resource.status = 503
+        backends[pinned].status = 503
         moved = self.post(h, chat())
         self.assertEqual(moved.status, 200)
         self.assertEqual(moved.header(b"x-olla-sticky-session"), b"repin")
