@@ -9,6 +9,12 @@ without nginx, olla round robin with warm routing off), and, when the olla under
 ``proxy.warm_routing``, olla round robin with warm routing off. Reported per target: served,
 errors, latency percentiles, and the hosts' own counters (model loads, evictions, busy answers).
 Everything binds 127.0.0.1 and every process started is stopped by its PID, also on errors.
+
+``--scenario multi-turn`` measures sticky sessions instead: every host has one model loaded and
+the fake's prompt cache (``--prompt-ms`` per prompt token the host has not cached, the last
+``--prompt-cache`` conversations kept per host); each client holds conversations of
+``--turns`` turns that grow by ``--turn-words`` words a turn, streamed, and the time to the
+first answer line (TTFT) is measured through olla with ``proxy.sticky_sessions`` on and off.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 #: model -> share of the requests
 WEIGHTS = {"hot-a": 0.4, "hot-b": 0.4, "cold-c": 0.1, "cold-d": 0.1}
+#: the multi-turn scenario's one model (loaded on every host: only the prompt cache differs)
+CHAT_MODEL = "chat"
 #: per-host counters of the fake summed (or maxed) over the fleet
-SUMMED = ("loads", "evictions", "busy_rejections")
+SUMMED = ("loads", "evictions", "busy_rejections", "prompt_tokens", "cached_tokens")
 PEAKS = ("peak_running", "peak_queued")
 
 
@@ -56,6 +64,8 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)  # by status or exception name
     unfinished: int = 0  # still running when the time was up
     by_model: Counter[str] = field(default_factory=Counter)  # served, per model
+    ttfts_ms: list[float] = field(default_factory=list)  # multi-turn: to the first line
+    sticky: Counter[str] = field(default_factory=Counter)  # multi-turn: X-Olla-Sticky-Session
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -107,6 +117,77 @@ def client(base: str, index: int, args: argparse.Namespace, deadline: float, tal
                 time.sleep(0.05)  # no hot loop against a refusing target
 
 
+def conversation_client(
+    base: str, index: int, args: argparse.Namespace, deadline: float, tally: Tally
+) -> None:
+    """One agent: conversations of ``args.turns`` turns, each resending the whole history plus
+    ``args.turn_words`` new words, streamed; TTFT is the time to the first answer line."""
+    words = random.Random(args.seed * 1000 + index)
+    vocabulary = [f"w{n}" for n in range(500)]
+    with httpx.Client(base_url=base) as http:
+        conversation = 0
+        while deadline - time.monotonic() > 0:
+            conversation += 1
+            messages = [{"role": "system", "content": f"agent {index}.{conversation}"}]
+            for _ in range(args.turns):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                text = " ".join(words.choices(vocabulary, k=args.turn_words))
+                messages.append({"role": "user", "content": text})
+                body = {
+                    "model": CHAT_MODEL,
+                    "messages": messages,
+                    "options": {"num_predict": args.tokens},
+                }
+                outcome, answer = _stream_turn(http, body, left, tally)
+                if outcome == "cut":
+                    return
+                if outcome != "ok":
+                    with tally.lock:
+                        tally.errors[outcome] += 1
+                    time.sleep(0.05)
+                    break  # the conversation is lost: start another
+                messages.append({"role": "assistant", "content": answer})
+
+
+def _stream_turn(
+    http: httpx.Client, body: dict[str, Any], left: float, tally: Tally
+) -> tuple[str, str]:
+    """One streamed turn: ("ok", answer), ("cut", "") at the end of the run, or (error, "")."""
+    started = time.monotonic()
+    first: float | None = None
+    pieces: list[str] = []
+    try:
+        with http.stream("POST", "/api/chat", json=body, timeout=max(left, 0.05)) as response:
+            if response.status_code != 200:
+                response.read()
+                return str(response.status_code), ""
+            outcome = response.headers.get("x-olla-sticky-session", "-")
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                if first is None:
+                    first = time.monotonic()
+                pieces.append(json.loads(line).get("message", {}).get("content", ""))
+    except httpx.TimeoutException:
+        if time.monotonic() - started >= left:
+            with tally.lock:
+                tally.unfinished += 1
+            return "cut", ""
+        return "timeout", ""
+    except httpx.HTTPError as e:
+        return type(e).__name__, ""
+    if first is None:
+        return "empty", ""
+    with tally.lock:
+        tally.ttfts_ms.append((first - started) * 1000)
+        tally.latencies_ms.append((time.monotonic() - started) * 1000)
+        tally.by_model[CHAT_MODEL] += 1
+        tally.sticky[outcome] += 1
+    return "ok", "".join(pieces)
+
+
 @contextmanager
 def spawn(cmd: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``cmd`` in its own session, output to ``log``; stopped by its PID afterwards."""
@@ -147,10 +228,14 @@ def wait_until(ready: Any, what: str, proc: subprocess.Popen[bytes], timeout: fl
         time.sleep(0.2)
 
 
-def olla_config(work: Path, name: str, port: int, hosts: list[str], blind: bool) -> Path:
+def olla_config(
+    work: Path, name: str, port: int, hosts: list[str], blind: bool, sticky: bool = False
+) -> Path:
     proxy: dict[str, Any] = {"load_balancer": "least-connections"}
     if blind:
         proxy = {"load_balancer": "round-robin", "warm_routing": {"enabled": False}}
+    if sticky:
+        proxy["sticky_sessions"] = {"enabled": True}
     endpoint = {"type": "ollama", "check_interval": "1s", "check_timeout": "500ms"}
     config = {
         "server": {"host": "127.0.0.1", "port": port},
@@ -185,9 +270,17 @@ def knows_warm_routing(olla_dir: Path, work: Path) -> bool:
 
 
 @contextmanager
-def olla(olla_dir: Path, work: Path, name: str, hosts: list[str], blind: bool) -> Iterator[str]:
+def olla(
+    olla_dir: Path,
+    work: Path,
+    name: str,
+    hosts: list[str],
+    blind: bool,
+    sticky: bool = False,
+    models: tuple[str, ...] = tuple(WEIGHTS),
+) -> Iterator[str]:
     port = free_port()
-    config = olla_config(work, name, port, hosts, blind)
+    config = olla_config(work, name, port, hosts, blind, sticky)
     cmd = [TWISTD, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
     env = dict(os.environ, PYTHONPATH=str(olla_dir))
     base = f"http://127.0.0.1:{port}"
@@ -197,7 +290,7 @@ def olla(olla_dir: Path, work: Path, name: str, hosts: list[str], blind: bool) -
             status = get_json(f"{base}/internal/status/endpoints")
             tags = get_json(f"{base}/olla/ollama/api/tags")
             names = {m["name"].split(":")[0] for m in tags["models"]}
-            return bool(status["healthy_count"] == len(hosts) and set(WEIGHTS) <= names)
+            return bool(status["healthy_count"] == len(hosts) and set(models) <= names)
 
         wait_until(ready, name, proc)
         yield f"{base}/olla/ollama"
@@ -248,6 +341,12 @@ def nginx(binary: str, work: Path, hosts: list[str]) -> Iterator[str]:
 
 
 def fleet_flags(args: argparse.Namespace) -> list[str]:
+    if args.scenario == "multi-turn":
+        return [
+            "--models", CHAT_MODEL, "--loaded", CHAT_MODEL, "--capacity", str(args.capacity),
+            "--max-queue", str(args.max_queue), "--token-ms", str(args.token_ms),
+            "--prompt-ms", str(args.prompt_ms), "--prompt-cache", str(args.prompt_cache),
+        ]  # fmt: skip
     return [
         "--models", ",".join(WEIGHTS), "--capacity", str(args.capacity),
         "--max-queue", str(args.max_queue), "--load-ms", str(args.load_ms),
@@ -266,13 +365,20 @@ def measure(target: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
         hosts = [fake.url for fake in fakes]
         if target == "nginx-rr":
             base = stack.enter_context(nginx(args.nginx, work, hosts))
+        elif args.scenario == "multi-turn":
+            sticky = target == "olla-sticky"
+            models = (CHAT_MODEL,)
+            base = stack.enter_context(
+                olla(args.olla_dir, work, target, hosts, False, sticky, models)
+            )
         else:
             blind = target != "olla"
             base = stack.enter_context(olla(args.olla_dir, work, target, hosts, blind))
         tally = Tally()
         deadline = time.monotonic() + args.duration
+        run = conversation_client if args.scenario == "multi-turn" else client
         threads = [
-            threading.Thread(target=client, args=(base, i, args, deadline, tally), daemon=True)
+            threading.Thread(target=run, args=(base, i, args, deadline, tally), daemon=True)
             for i in range(args.clients)
         ]
         for thread in threads:
@@ -296,6 +402,18 @@ def measure(target: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
         "loads_per_host": [int(s["loads"]) for s in states],
         "served_by_model": dict(sorted(tally.by_model.items())),
     }
+    if args.scenario == "multi-turn":
+        ttfts = tally.ttfts_ms
+        read, cached = result["prompt_tokens"], result["cached_tokens"]
+        result.update(
+            {
+                "ttft_p50_ms": percentile(ttfts, 0.50),
+                "ttft_p95_ms": percentile(ttfts, 0.95),
+                "ttft_p99_ms": percentile(ttfts, 0.99),
+                "cached_share": round(cached / (read + cached), 3) if read + cached else None,
+                "sticky_outcomes": dict(sorted(tally.sticky.items())),
+            }
+        )
     return result
 
 
@@ -320,10 +438,28 @@ ROWS = [
 ]
 
 
-def table(results: dict[str, dict[str, Any]], ratios: dict[str, Any]) -> str:
+#: (label, key) rows of the multi-turn table
+TURN_ROWS = [
+    ("turns served", "served"),
+    ("errors", "errors"),
+    ("unfinished at the end", "unfinished"),
+    ("TTFT p50 ms", "ttft_p50_ms"),
+    ("TTFT p95 ms", "ttft_p95_ms"),
+    ("TTFT p99 ms", "ttft_p99_ms"),
+    ("turn p95 ms", "p95_ms"),
+    ("prompt tokens read (all hosts)", "prompt_tokens"),
+    ("prompt tokens from cache", "cached_tokens"),
+    ("share from cache", "cached_share"),
+    ("busy rejections (503)", "busy_rejections"),
+]
+
+
+def table(
+    results: dict[str, dict[str, Any]], ratios: dict[str, Any], rows: list[tuple[str, str]] = ROWS
+) -> str:
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for label, key in ROWS:
+    for label, key in rows:
         cells = ["-" if results[n].get(key) is None else str(results[n][key]) for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if ratios:
@@ -345,6 +481,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-ms", type=float, default=2000)
     parser.add_argument("--max-loaded", type=int, default=2)
     parser.add_argument("--token-ms", type=float, default=20)
+    parser.add_argument(
+        "--scenario",
+        choices=("models", "multi-turn"),
+        default="models",
+        help="models: model loads, olla vs round robin; multi-turn: sticky sessions on vs off",
+    )
+    parser.add_argument("--turns", type=int, default=8, help="multi-turn: turns a conversation")
+    parser.add_argument("--turn-words", type=int, default=120, help="multi-turn: words a turn")
+    parser.add_argument(
+        "--prompt-ms", type=float, default=1.0, help="multi-turn: ms per uncached prompt token"
+    )
+    parser.add_argument(
+        "--prompt-cache", type=int, default=4, help="multi-turn: conversations cached per host"
+    )
     parser.add_argument("--olla-dir", type=Path, default=REPO, help="the olla checkout to run")
     parser.add_argument(
         "--olla-blind",
@@ -363,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no olla checkout at {args.olla_dir}", file=sys.stderr)
         return 2
 
+    if args.scenario == "multi-turn":
+        return multi_turn(args)
     work = Path(tempfile.mkdtemp(prefix="olla-fleet-"))
     work.chmod(0o755)  # nginx workers (nobody, when run as root) read under it
     try:
@@ -399,8 +551,48 @@ def main(argv: list[str] | None = None) -> int:
             "token_ms": args.token_ms,
         },
     }
-    report = {"setup": setup, "targets": results, "ratios": ratios}
-    text = table(results, ratios)
+    return publish({"setup": setup, "targets": results, "ratios": ratios}, ROWS, args)
+
+
+def multi_turn(args: argparse.Namespace) -> int:
+    """The multi-turn scenario: the same conversations through olla, sticky sessions on, then
+    off (each on fresh hosts)."""
+    work = Path(tempfile.mkdtemp(prefix="olla-fleet-"))
+    try:
+        targets = ("olla-sticky", "olla-no-sticky")
+        results = {target: measure(target, args, work) for target in targets}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    on, off = results["olla-sticky"], results["olla-no-sticky"]
+    ratios = {
+        "TTFT p95 sticky / no sticky": ratio(on["ttft_p95_ms"], off["ttft_p95_ms"]),
+        "TTFT p50 sticky / no sticky": ratio(on["ttft_p50_ms"], off["ttft_p50_ms"]),
+        "turns served sticky / no sticky": ratio(on["served"], off["served"]),
+    }
+    setup = {
+        "scenario": "multi-turn",
+        "olla_dir": str(args.olla_dir),
+        "duration_s": args.duration,
+        "clients": args.clients,
+        "hosts": args.hosts,
+        "turns": args.turns,
+        "turn_words": args.turn_words,
+        "tokens": args.tokens,
+        "seed": args.seed,
+        "fake": {
+            "capacity": args.capacity,
+            "max_queue": args.max_queue,
+            "token_ms": args.token_ms,
+            "prompt_ms": args.prompt_ms,
+            "prompt_cache": args.prompt_cache,
+        },
+    }
+    return publish({"setup": setup, "targets": results, "ratios": ratios}, TURN_ROWS, args)
+
+
+def publish(report: dict[str, Any], rows: list[tuple[str, str]], args: argparse.Namespace) -> int:
+    """Print the table and the JSON; write the JSON to benchmarks/results/ (and --out)."""
+    text = table(report["targets"], report["ratios"], rows)
     print(text)
     print()
     print(json.dumps(report, indent=1))

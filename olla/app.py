@@ -35,6 +35,7 @@ from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.security import SecurityStats
+from olla.sticky import StickySessions
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
@@ -54,6 +55,7 @@ class App:
     translator_stats: TranslatorStats
     security: SecurityStats
     site: OllaSite
+    sticky: StickySessions | None = None
 
     @property
     def services(self) -> Sequence[IService]:
@@ -112,6 +114,10 @@ def build_app(
         strategy=config.model_registry.routing_strategy,
         warm=config.proxy.warm_routing,
     )
+    sticky: StickySessions | None = None
+    if config.proxy.sticky_sessions.enabled:
+        sticky = StickySessions(config.proxy.sticky_sessions, clock)
+        registry.add_listener(sticky.status_changed)
     deps = ProxyDeps(
         router=router,
         agent=agent,
@@ -122,6 +128,7 @@ def build_app(
         startup_wait=startup_wait(config),
         refresh_models=discovery.refresh_all,
         refresh_loaded=discovery.refresh_loaded,
+        sticky=sticky,
     )
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
@@ -141,6 +148,7 @@ def build_app(
         catalogue=catalogue,
         translators=[translator_stats],
         security=security,
+        sticky=sticky,
     )
     limits = config.server.request_limits
     site = OllaSite(
@@ -166,4 +174,5 @@ def build_app(
         translator_stats=translator_stats,
         security=security,
         site=site,
+        sticky=sticky,
     )

@@ -534,6 +534,7 @@ def test_no_effect_table_paths_resolve() -> None:
         value = _attribute(default, path.removesuffix(".*"))
         assert is_dataclass(value) == path.endswith(".*"), path
     assert "server.request_logging" not in NO_EFFECT_YET  # works now
+    assert "proxy.sticky_sessions.enabled" not in NO_EFFECT_YET  # works now
     assert not any(p.startswith("logging.") for p in NO_EFFECT_YET)
 
 
@@ -564,7 +565,6 @@ def test_no_effect_warnings_name_changed_keys() -> None:
     assert no_effect_warnings(config) == [
         "server.rate_limits.burst_size: accepted, has no effect yet",
         "server.cors.enabled: accepted, has no effect yet",
-        "proxy.sticky_sessions.enabled: accepted, has no effect yet",
         "dashboard.gate_internal_api: accepted, has no effect yet",
     ]
     assert not config.warnings  # reported apart from the parser's own warnings
@@ -589,7 +589,6 @@ def test_validate_config_reports_no_effect_keys(tmp_path: Path) -> None:
     assert warns == [
         "[WARN] server.rate_limits.per_ip_requests_per_minute: accepted, has no effect yet",
         "[WARN] server.cors.enabled: accepted, has no effect yet",
-        "[WARN] proxy.sticky_sessions.enabled: accepted, has no effect yet",
     ]
     assert out.getvalue().endswith("Result: FAIL\n")
     defaults = tmp_path / "defaults.yaml"

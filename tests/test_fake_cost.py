@@ -262,11 +262,79 @@ class CostTests(InMemory):
         self.assertEqual(response.code, 400)
 
 
+class PromptCacheTests(InMemory):
+    """The prompt cache: prompt time per token this host has not read before."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake = FakeOllama(self.clock, [FakeModel("a:1")], name="A")
+        self.http = StubTreq(self.fake)
+
+    def post(self, body: dict[str, Any], path: str = "/api/chat") -> Deferred[Any]:
+        d: Deferred[Any] = self.http.post(URL + path, json=body, unbuffered=True)
+        self.http.flush()
+        return d
+
+    def served_within(self, d: Deferred[Any], seconds: float) -> None:
+        """``d`` is not answered just before ``seconds``, and is at ``seconds``."""
+        if seconds > 0.01:
+            self.advance(seconds - 0.01)
+            self.assertNoResult(d)
+            self.advance(0.01)
+        else:
+            self.advance(0)
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.http.flush()
+
+    def test_off_by_default(self) -> None:
+        """If prompt_ms is not set, then a long prompt is answered at once and nothing is
+        counted."""
+        state = self.fake.describe_state()
+        self.assertEqual((state["prompt_ms"], state["prompt_cache"]), (0.0, 0))
+        self.served_within(self.post(_chat("a:1", " ".join(["w"] * 500))), 0)
+        state = self.fake.describe_state()
+        self.assertEqual((state["prompt_tokens"], state["cached_tokens"]), (0, 0))
+
+    def test_a_conversation_pays_only_for_what_is_new(self) -> None:
+        """If a conversation's first turn has 201 prompt tokens at 10 ms each, then it waits
+        2.01 s; its next turn pays only the new part (and the last partial block); another
+        conversation pays its whole prompt again."""
+        self.fake.apply_state({"prompt_ms": 10, "prompt_cache": 4})
+        words = " ".join(f"word{i}" for i in range(200))  # "user: " + 200 words: 201 tokens
+        first = [{"role": "user", "content": words}]
+        self.served_within(self.post({"model": "a:1", "messages": first, "stream": False}), 2.01)
+        turn = [*first, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go"}]
+        d = self.post({"model": "a:1", "messages": turn, "stream": False})
+        self.advance(0.2)
+        self.assertEqual(self.successResultOf(d).code, 200)
+        state = self.fake.describe_state()
+        self.assertGreater(state["cached_tokens"], 180)
+        other = [{"role": "user", "content": "other " + words}]
+        self.served_within(self.post({"model": "a:1", "messages": other, "stream": False}), 2.02)
+
+    def test_cache_is_bounded(self) -> None:
+        """If the host keeps one conversation, then two that alternate pay in full each time;
+        with two kept, both are cached."""
+        self.fake.apply_state({"prompt_ms": 10, "prompt_cache": 1})
+        a = [{"role": "user", "content": " ".join(["a"] * 99)}]  # 100 tokens
+        b = [{"role": "user", "content": " ".join(["b"] * 99)}]
+        for messages in (a, b, a):
+            self.served_within(self.post({"model": "a:1", "messages": messages}), 1.0)
+        self.fake.apply_state({"prompt_cache": 2})
+        self.served_within(self.post({"model": "a:1", "messages": b}), 1.0)
+        for messages in (a, b):  # now both are kept: only the last partial block is read
+            d = self.post({"model": "a:1", "messages": messages})
+            self.advance(0.2)
+            self.assertEqual(self.successResultOf(d).code, 200)
+
+
 def test_cost_flags_of_the_process() -> None:
     """If the fake process is started with the cost flags, then its state shows them."""
     flags = ["--capacity", "4", "--max-queue", "8", "--load-ms", "2000", "--max-loaded", "2"]
-    with FakeProcess(*flags, "--token-ms", "20", "--models", "a:1") as fake:
+    prompt = ["--prompt-ms", "5", "--prompt-cache", "3"]
+    with FakeProcess(*flags, "--token-ms", "20", *prompt, "--models", "a:1") as fake:
         state = fake.state()
+    assert (state["prompt_ms"], state["prompt_cache"]) == (5.0, 3)
     assert {
         k: state[k] for k in ("capacity", "max_queue", "load_ms", "max_loaded", "token_ms")
     } == {

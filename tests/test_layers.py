@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.security",
     ),
     ("olla.profiles", "olla.endpoints"),
-    ("olla.values", "olla.models", "olla.modelsources", "olla.balancer"),
+    ("olla.values", "olla.models", "olla.modelsources", "olla.balancer", "olla.sticky"),
     ("olla.health", "olla.detect", "olla.discovery", "olla.listings", "olla.logging"),
     ("olla.proxy",),
     ("olla.anthropic",),

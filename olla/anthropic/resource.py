@@ -177,6 +177,8 @@ class AnthropicResource(Resource):
             self._error(request, 400, "request body is nested too deeply")
             return
         model: str = body["model"]
+        sticky = self._deps.sticky
+        affinity = sticky.for_request(request, model, lambda: body) if sticky is not None else None
 
         def send(plan: RoutePlan) -> None:
             if _gone(request):
@@ -201,20 +203,22 @@ class AnthropicResource(Resource):
                 )
             exchange = self._exchange(request, model, shape)
             exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough
+            exchange.affinity = affinity
             exchange.start(plan)
 
-        self._routed(model).addCallback(send)
+        self._routed(model, affinity.pinned if affinity is not None else None).addCallback(send)
 
     def _exchange(self, request: Request, model: str, shape: IExchangeShape) -> Exchange:
         return Exchange(
             self._deps, self._route, request, MESSAGES, model, Dialect.ANTHROPIC, shape=shape
         )
 
-    def _routed(self, model: str) -> Deferred[RoutePlan]:
+    def _routed(self, model: str, pinned: Endpoint | None = None) -> Deferred[RoutePlan]:
         """Route once (after startup's first probes and lists, like every proxied request);
-        the exchange then walks these candidates, whichever way it speaks to them."""
+        the exchange then walks these candidates, whichever way it speaks to them. ``pinned``:
+        where the request's sticky session was last served."""
         deps = self._deps
-        query = RouteQuery(route=self._route, path=MESSAGES.decode(), model=model)
+        query = RouteQuery(route=self._route, path=MESSAGES.decode(), model=model, pinned=pinned)
         return deps.registry.when_ready(deps.startup_wait).addCallback(
             lambda _: deps.router.plan(query)
         )

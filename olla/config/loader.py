@@ -165,7 +165,6 @@ NO_EFFECT_YET: tuple[str, ...] = (
     "proxy.response_timeout",
     "proxy.tls_handshake_timeout",
     "proxy.stream_buffer_size",
-    "proxy.sticky_sessions.enabled",
     "proxy.profile_filter.*",
     "discovery.refresh_interval",
     "discovery.model_discovery.retry_attempts",

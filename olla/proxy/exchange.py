@@ -45,6 +45,7 @@ from olla.proxy.inspect import rewrite_model
 from olla.proxy.needs import body_needs
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
 from olla.proxy.shape import VERBATIM, IExchangeShape
+from olla.sticky import Affinity, StickySessions, parse_body
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
 _CONNECTION_FAILURES = (*UNREACHABLE, *TIMEOUTS)
@@ -67,6 +68,8 @@ class ProxyDeps:
     refresh_models: Callable[[], Deferred[None]] | None = None
     #: ask Ollama endpoints what they have loaded right now (for a live ``/api/ps``)
     refresh_loaded: Callable[[Sequence[Endpoint]], Deferred[None]] | None = None
+    #: the sticky sessions (``proxy.sticky_sessions.enabled``), else None
+    sticky: StickySessions | None = None
 
     @property
     def registry(self) -> EndpointRegistry:
@@ -144,6 +147,8 @@ class Exchange:
         #: "name:cause" for each attempt that handed over to the next candidate
         self._failovers: list[str] = []
         self.small_body: bytes | None = None
+        #: this request's sticky session (set by a caller that routes itself, else at routing)
+        self.affinity: Affinity | None = None
         self._stale_retried: set[Endpoint] = set()
         self._client_gone = False
         self._pending: Deferred[IResponse] | None = None
@@ -186,11 +191,16 @@ class Exchange:
             allowed=self._allowed,
             refreshed=refreshed,
             refresh_failed=refresh_failed,
+            pinned=self.affinity.pinned if self.affinity is not None else None,
         )
 
     def _route_request(self, refreshed: bool = False, refresh_failed: bool = False) -> None:
         if self._client_gone:
             return
+        sticky = self._deps.sticky
+        if sticky is not None and self.affinity is None:
+            body = self.small_body
+            self.affinity = sticky.for_request(self._request, self._model, lambda: parse_body(body))
         plan = self._deps.router.plan(self._query(refreshed, refresh_failed))
         if plan.rejection is not None and plan.decision is not None and plan.decision.rejected:
             if self._may_refresh(refreshed, refresh_failed):
@@ -415,6 +425,10 @@ class Exchange:
             headers.setRawHeaders(b"X-Olla-Model", [self._model.lower().encode()])
         if self._shape.mode is not None:
             headers.setRawHeaders(b"X-Olla-Mode", [self._shape.mode])
+        if self.affinity is not None:
+            self.affinity.served(endpoint)
+            for name, value in self.affinity.headers():
+                headers.setRawHeaders(name, [value])
         to_headers = self._deps.clock.seconds() - self._started
         headers.setRawHeaders(b"X-Olla-Response-Time", [b"%dms" % round(to_headers * 1000)])
 
@@ -544,6 +558,8 @@ class Exchange:
     ) -> None:
         self._shape_finished(outcome is Outcome.OK)
         request = self._request
+        affinity = self.affinity
+        sticky = affinity.outcome if affinity is not None else None
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
             "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tried}",
@@ -559,6 +575,8 @@ class Exchange:
             attempts=self._attempts,
             failovers=self._failovers,
             tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
+            sticky_outcome=sticky.value if sticky is not None else None,
+            sticky_key_source=affinity.key.source if affinity and affinity.key else None,
             #: marks the one line per proxied request (``server.request_logging`` filters it)
             request_line=True,
         )

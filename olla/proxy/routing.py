@@ -16,7 +16,11 @@ rules, in the order they apply:
    nothing; a full one waits its queue; a cold one also waits the model's load), then the
    balancer's order among equals;
 6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
-   are open the request is refused with ``Retry-After``.
+   are open the request is refused with ``Retry-After``;
+7. stickiness (``olla.sticky``): the endpoint the request's session is pinned to goes first
+   while it is still a candidate (healthy, hosting the model, circuit closed), has a free slot
+   (fewer requests in flight than its ``max_concurrency``) and has not just said it is full;
+   else the order stands. It only reorders: a pin never removes a candidate.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class RouteQuery:
     #: discovery was asked again for this request (``discovery_refresh_on_miss``)
     refreshed: bool = False
     refresh_failed: bool = False
+    #: where the request's sticky session was last served (None: no session, or no pin)
+    pinned: Endpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,7 @@ class Router:
                     retry_after=max(1.0, math.ceil(wait)),
                 ),
             )
+        usable = self._prefer_pinned(usable, query.pinned)
         if decision is not None and query.model is not None:
             decision = self._explain(decision, usable, query.model)
         return RoutePlan(usable, decision)
@@ -208,6 +215,19 @@ class Router:
         best = keys[ranked[0]]
         head = [ep for ep in ranked if keys[ep] == best]
         return [*self.balancer.order(head, self.registry), *ranked[len(head) :]]
+
+    def _prefer_pinned(
+        self, usable: tuple[Endpoint, ...], pinned: Endpoint | None
+    ) -> tuple[Endpoint, ...]:
+        """The session's endpoint first while it can take the request now; the rest as
+        ordered (a full or refusing one keeps its place: the usual order serves, and the pin
+        moves to wherever that is)."""
+        if pinned is None or pinned not in usable or usable[0] is pinned:
+            return usable
+        state = self.registry.state(pinned)
+        if state.in_flight >= pinned.max_concurrency or self._busy(pinned, self._clock.seconds()):
+            return usable
+        return (pinned, *(ep for ep in usable if ep is not pinned))
 
     def _busy(self, endpoint: Endpoint, now: float) -> int:
         return 1 if self.registry.state(endpoint).busy_until > now else 0

@@ -24,6 +24,7 @@ from olla.endpoints import EndpointRegistry
 from olla.listings import status_models
 from olla.models import ModelCatalogue
 from olla.security import SecurityStats
+from olla.sticky import StickySessions
 from olla.web.status import (
     endpoints_payload,
     etag_for,
@@ -136,6 +137,7 @@ class InternalApp:
         catalogue: ModelCatalogue | None = None,
         translators: Sequence[TranslatorStats] = (),
         security: SecurityStats | None = None,
+        sticky: StickySessions | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -146,6 +148,7 @@ class InternalApp:
             active_connections: open client connections, for ``/internal/process``.
             proc_self: the ``/proc/self`` directory ``/internal/process`` reads, or ``None``.
             security: what the HTTP layer and the guards refused, for ``/internal/status``.
+            sticky: the sticky sessions, when enabled, for ``/internal/stats/sticky``.
         """
         self._registry = registry
         self._clock = clock
@@ -156,6 +159,7 @@ class InternalApp:
         self._catalogue = catalogue or ModelCatalogue()
         self._translators = list(translators)
         self._security = security or SecurityStats()
+        self._sticky = sticky
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -191,6 +195,13 @@ class InternalApp:
     @app.route("/internal/stats/translators", branch=False)
     def stats_translators(self, request: Request) -> bytes:
         return json_response(request, translators_payload(self._translators))
+
+    @app.route("/internal/stats/sticky", branch=False)
+    def stats_sticky(self, request: Request) -> bytes:
+        """Olla's shape: ``{"enabled": false}`` when off, else the store's counters."""
+        if self._sticky is None:
+            return json_response(request, {"enabled": False})
+        return json_response(request, self._sticky.stats())
 
     @app.route("/internal/process", branch=False)
     def process(self, request: Request) -> bytes:

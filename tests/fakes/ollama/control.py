@@ -42,6 +42,7 @@ class ControlMixin:
         self.cancelled = 0
         self.dropped = 0
         self.scheduler.reset()
+        self.prompt_cache.reset()
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
@@ -114,6 +115,7 @@ class ControlMixin:
             "version": self.version,
             **{key: getattr(self.state, key) for key in COST_KEYS},
             **self.scheduler.describe(),
+            **self.prompt_cache.describe(),
             "connections": self.connections,
             "in_flight": self.in_flight,
             "cancelled": self.cancelled,

@@ -1,15 +1,18 @@
 """The cost model: capacity slots, the FIFO queue, model loads and LRU eviction
-(``_Scheduler``), and ``CostMixin._admit`` where a generation handler enters it."""
+(``_Scheduler``), the prompt cache (``PromptCache``: prompt time for what this host has not
+seen), and ``CostMixin._admit`` where a generation handler enters it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.web.server import NOT_DONE_YET
 
-from .wire import BUSY_MESSAGE, FakeModel, _Call
+from .wire import BUSY_MESSAGE, FakeModel, _Call, _tokens
 
 if TYPE_CHECKING:
     from .server import FakeOllama
@@ -193,6 +196,88 @@ class _Scheduler:
             call.request.finish()
 
 
+#: the prompt cache matches prefixes in blocks of this many characters (as KV caches do in blocks)
+PROMPT_BLOCK = 64
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The prompt a model would read, in order: the system prompt, then each message (role and
+    text) or the ``prompt``; Ollama, OpenAI and Anthropic shapes."""
+    parts: list[str] = []
+
+    def text(content: object) -> str:
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(text(block) for block in content)
+        if isinstance(content, dict) and isinstance(content.get("text"), str):
+            return str(content["text"])
+        return json.dumps(content, sort_keys=True) if content is not None else ""
+
+    if body.get("system"):
+        parts.append("system: " + text(body["system"]))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                parts.append(f"{message.get('role')}: {text(message.get('content'))}")
+    elif body.get("prompt"):
+        parts.append(text(body["prompt"]))
+    return "\n".join(parts)
+
+
+class PromptCache:
+    """What one host keeps of the prompts it has read: the last ``prompt_cache`` conversations'
+    prompts, least recently used out first, as chains of block hashes.
+
+    A request reads the longest cached prefix of its prompt for free and pays ``prompt_ms``
+    per token of the rest; then its prompt replaces the conversation it continued (or takes a
+    new place). With ``prompt_ms`` 0 (the default) nothing is charged or kept.
+    """
+
+    def __init__(self) -> None:
+        self.sequences: list[tuple[bytes, ...]] = []  # least recently used first
+        self.reset()
+
+    def reset(self) -> None:
+        self.prompt_tokens = 0  # read (paid for)
+        self.cached_tokens = 0  # found in the cache
+
+    def describe(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens}
+
+    def charge(self, body: dict[str, Any], prompt_ms: float, size: int) -> float:
+        """Seconds of prompt reading for ``body`` on this host; remembers its prompt."""
+        text = prompt_text(body)
+        if not text:
+            return 0.0
+        chain: list[bytes] = []
+        digest = b""
+        for start in range(0, len(text), PROMPT_BLOCK):
+            block = text[start : start + PROMPT_BLOCK].encode()
+            digest = hashlib.blake2b(digest + block, digest_size=8).digest()
+            chain.append(digest)
+        best, index = 0, -1
+        for i, cached in enumerate(self.sequences):
+            same = 0
+            for a, b in zip(cached, chain, strict=False):
+                if a != b:
+                    break
+                same += 1
+            if same > best:
+                best, index = same, i
+        if index >= 0:
+            del self.sequences[index]  # the conversation goes on: its newest prompt replaces it
+        if size > 0:
+            self.sequences.append(tuple(chain))
+            del self.sequences[:-size]
+        cut = best * PROMPT_BLOCK
+        fresh = _tokens(text[cut:]) if cut < len(text) else 0
+        self.prompt_tokens += fresh
+        self.cached_tokens += _tokens(text[:cut]) if cut else 0
+        return fresh * prompt_ms / 1000
+
+
 class CostMixin:
     """Where a generation handler enters the cost model."""
 
@@ -206,4 +291,9 @@ class CostMixin:
             if verdict == "wait":
                 return NOT_DONE_YET
         self.load(model.name)
+        state = self.state
+        if state.prompt_ms > 0 and not call.prompt_charged:
+            call.prompt_charged = True
+            cache = self.prompt_cache
+            call.knobs.ttft += cache.charge(call.body, state.prompt_ms, state.prompt_cache)
         return None

@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .anthropic import AnthropicMixin
 from .bulk import BulkMixin
 from .control import ControlMixin
-from .cost import CostMixin, _Scheduler
+from .cost import CostMixin, PromptCache, _Scheduler
 from .lmstudio import LMStudioMixin
 from .native import NativeMixin
 from .openai import OpenAIMixin
@@ -92,6 +92,7 @@ class FakeOllama(
         self._sequence = 0  # numbers the generated message and tool call ids
         self._routes = self._build_routes()
         self.scheduler = _Scheduler(self)
+        self.prompt_cache = PromptCache()
 
     @property
     def resource(self) -> FakeOllama:
@@ -244,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--load-ms", type=float, default=0, help="time to load a model")
     cost.add_argument("--max-loaded", type=int, default=0, help="models loaded at once (LRU)")
     cost.add_argument("--token-ms", type=float, default=0, help="extra time per chunk")
+    cost.add_argument(
+        "--prompt-ms", type=float, default=0, help="time per prompt token not cached on the host"
+    )
+    cost.add_argument(
+        "--prompt-cache", type=int, default=0, help="conversation prefixes cached per host (LRU)"
+    )
     args = parser.parse_args(argv)
     reactor: Any = global_reactor
 

@@ -154,6 +154,8 @@ class FakeState:
     load_ms: float = 0.0  # time to load a model that is not loaded
     max_loaded: int = 0  # models loaded at once (OLLAMA_MAX_LOADED_MODELS)
     token_ms: float = 0.0  # extra time per generated chunk
+    prompt_ms: float = 0.0  # time per prompt token not in this host's prompt cache
+    prompt_cache: int = 0  # conversations whose prompt prefix this host keeps (LRU)
 
 
 #: the cost model's state keys (``FakeState`` fields) and their types
@@ -163,6 +165,8 @@ COST_KEYS: dict[str, type[int] | type[float]] = {
     "load_ms": float,
     "max_loaded": int,
     "token_ms": float,
+    "prompt_ms": float,
+    "prompt_cache": int,
 }
 
 
@@ -420,6 +424,7 @@ class _Call:
     handler: Handler | None = None  # re-run by the cost model after a wait
     job: _Job | None = None  # the cost model's bookkeeping, once admitted
     load_wait: float = 0.0  # seconds this request waited for its model to load
+    prompt_charged: bool = False  # the prompt cache model has charged its prompt time
 
     @property
     def openai(self) -> bool:
