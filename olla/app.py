@@ -54,6 +54,7 @@ class App:
     translator_stats: TranslatorStats
     security: SecurityStats
     site: OllaSite
+    internal: InternalApp
 
     @property
     def services(self) -> Sequence[IService]:
@@ -166,4 +167,5 @@ def build_app(
         translator_stats=translator_stats,
         security=security,
         site=site,
+        internal=internal,
     )
