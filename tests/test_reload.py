@@ -15,10 +15,12 @@ from typing import Any
 
 import yaml
 from twisted.internet.task import Clock, Cooperator
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from olla import tap
 from olla.app import build_app
 from olla.balancer import LeastConnectionsBalancer, PriorityBalancer
 from olla.config import EndpointConfig, OllaConfig
@@ -558,3 +560,48 @@ class WatcherTests(SynchronousTestCase):
         """If the watcher stops, then no poll remains scheduled on the clock."""
         self.watcher.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class TwistdTests(SynchronousTestCase):
+    """``twistd olla``: SIGHUP reloads, ``--watch-config`` watches the file."""
+
+    def _options(self, *args: str) -> tap.Options:
+        path = Path(self.mktemp())
+        path.write_text(yaml.safe_dump(_document([_endpoint("a")])))
+        options = tap.Options()
+        options.parent = {"nodaemon": True}  # type: ignore[assignment]  # twistd's options
+        options.parseOptions(["--config", str(path), *args])
+        return options
+
+    def test_watch_options(self) -> None:
+        """If ``--watch-config`` is given, then the file is watched at ``--watch-interval``
+        (1 s by default); a watch interval that is not positive is a usage error."""
+        self.assertFalse(self._options()["watch-config"])
+        options = self._options("--watch-config", "--watch-interval", "0.5")
+        self.assertTrue(options["watch-config"])
+        self.assertEqual(options["watch-interval"], 0.5)
+        self.assertEqual(self._options("--watch-config")["watch-interval"], 1.0)
+        with self.assertRaises(usage.UsageError):
+            self._options("--watch-interval", "0")
+
+    def test_daemon_wiring(self) -> None:
+        """If the daemon is built with a watch interval, then a ConfigWatcher on the config
+        file is among its services, and SIGHUP (after reopening the log) reloads the file."""
+        options = self._options()
+        reactor = MemoryReactorClock()
+        service = tap.build_service(
+            options.config, reactor, options.profiles, StreamSink(io.StringIO()), watch_config=2
+        )
+        (watcher,) = [child for child in service if isinstance(child, ConfigWatcher)]
+        self.assertEqual((watcher.path, watcher.interval), (options.config.source, 2))
+        (hangup,) = [child for child in service if isinstance(child, ReopenOnHangup)]
+        assert service.reloader is not None
+        Path(str(options.config.source)).write_text(
+            yaml.safe_dump(_document([_endpoint("a"), _endpoint("b")]))
+        )
+        hangup.hangup()
+        self.assertEqual(service.reloader.generation.number, 2)
+        without = tap.build_service(
+            options.config, MemoryReactorClock(), options.profiles, StreamSink(io.StringIO())
+        )
+        self.assertFalse([child for child in without if isinstance(child, ConfigWatcher)])

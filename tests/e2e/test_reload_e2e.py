@@ -188,3 +188,29 @@ def test_reload_during_streams(tmp_path: Path) -> None:
         assert daemon.process.poll() is None
 
     print(f"SIGHUP to C serving: {to_serving * 1000:.0f} ms (first C answer after {waited:.3f}s)")
+
+
+def test_watch_config_reloads_on_edit(tmp_path: Path) -> None:
+    """If olla runs with ``--watch-config`` and the file is edited (no signal), then the new
+    endpoint is added on its own and ``/internal/status`` shows the next generation."""
+    with ExitStack() as stack:
+        a, c = (
+            stack.enter_context(start_fake("--models", MODEL, "--name", name))
+            for name in ("A", "C")
+        )
+        path = write_config(tmp_path, [ollama_endpoint("A", a.url)], extra=EXTRA)
+        daemon = OllaDaemon(path, args=("--watch-config", "--watch-interval", "0.2"))
+        stack.callback(daemon.stop)
+        daemon.wait_ready()
+        second = [ollama_endpoint("A", a.url), ollama_endpoint("C", c.url)]
+        write_config(tmp_path, second, port=daemon.port, extra=EXTRA)
+        daemon.wait_for_log("config reloaded (generation 2)", 10.0)
+        _wait_for(
+            "C healthy",
+            lambda: (
+                {e["name"]: e["status"] for e in _status(daemon)["endpoints"]}.get("C") == "healthy"
+            ),
+            CHECK_INTERVAL + SLACK,
+        )
+        assert _status(daemon)["config"]["generation"] == 2
+        assert daemon.process.poll() is None
