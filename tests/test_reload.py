@@ -343,6 +343,22 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(_messages(events, LogLevel.error), [])
         self.assertEqual([ep.name for ep in h.app.registry], ["a"])
 
+    def test_running_discovery_of_removed_endpoint_is_cancelled(self) -> None:
+        """If a reload removes an endpoint while its model list is being asked for, then the
+        request is cancelled, no failure is logged for it, and no model list comes back."""
+        h = ReloadHarness(self, [_endpoint("a"), _endpoint("b")])
+        b = h.endpoint("b")
+        h.agent.behaviour[b"b:1"] = "hang"
+        running = h.app.discovery.refresh(b)
+        self.assertFalse(running.called)
+        events = _events()
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        h.reload([_endpoint("a")])
+        self.assertTrue(running.called)
+        h.pump(10)
+        self.assertEqual(_messages(events, LogLevel.warn), [])
+        self.assertEqual(h.app.catalogue.models_of(b), [])
+
     def test_changed_priority_keeps_health(self) -> None:
         """If a reload changes only an endpoint's priority, then the new endpoint is routable
         at once (its health and model list are kept), with the new priority."""
