@@ -3,8 +3,9 @@
 
 ``build_app`` takes the reactor-facing parts (clock, agent, cooperator) as arguments, so the
 same graph runs under ``twistd`` (``olla.tap`` gives it the reactor, a pooled ``Agent`` and a
-listener), in the tests (a ``Clock`` and in-memory backends) and, later, under hot reload.
-It starts nothing: the caller parents ``app.services`` and serves ``app.site``.
+listener) and in the tests (a ``Clock`` and in-memory backends); ``olla.reload`` reconciles
+the running graph with an edited config instead of building another. It starts nothing: the
+caller parents ``app.services`` and serves ``app.site``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class App:
     translator_stats: TranslatorStats
     security: SecurityStats
     site: OllaSite
+    internal: InternalApp
     sticky: StickySessions | None = None
 
     @property
@@ -174,5 +176,6 @@ def build_app(
         translator_stats=translator_stats,
         security=security,
         site=site,
+        internal=internal,
         sticky=sticky,
     )

@@ -82,6 +82,10 @@ class CircuitBreakers:
                 failures=circuit.failures,
             )
 
+    def forget(self, endpoint: Endpoint) -> None:
+        """``endpoint`` was removed from the config: its circuit goes with it."""
+        self._circuits.pop(endpoint, None)
+
     def released(self, endpoint: Endpoint) -> None:
         """The attempt ended without a verdict (client left): free the half-open slot."""
         circuit = self._circuits.get(endpoint)

@@ -97,6 +97,21 @@ class DiscoveryService(Service):
         self._asking_loaded.cancel_all()
         return succeed(None)
 
+    def reconfigure(self, config: ModelDiscoveryConfig) -> None:
+        """After a reload: the new interval, timeout and worker count (``enabled`` needs a
+        restart). Runs already going finish as they started."""
+        old, self._config = self._config, config
+        if config.concurrent_workers != old.concurrent_workers:
+            self._limit = DeferredSemaphore(max(1, config.concurrent_workers))
+        if config.interval != old.interval and self._call is not None and self._call.active():
+            self._call.cancel()
+            self._call = self._clock.callLater(config.interval, self._tick)
+
+    def forget(self, endpoint: Endpoint) -> None:
+        """``endpoint`` was removed by a reload: stop asking it anything."""
+        self._discovering.cancel(endpoint)
+        self._asking_loaded.cancel(endpoint)
+
     def _tick(self) -> None:
         if not self.running:
             return
@@ -127,8 +142,8 @@ class DiscoveryService(Service):
         return self._discovering.run(endpoint, start)
 
     def _failed(self, failure: Failure, endpoint: Endpoint) -> None:
-        if failure.check(CancelledError) and not self.running:
-            return  # stopping
+        if failure.check(CancelledError) and not (self.running and endpoint in self._registry):
+            return  # stopping, or the endpoint was removed
         self._registry.models_unlisted(endpoint)
         self._log.warn(
             "model discovery for {endpoint} failed, keeping {count} known model(s): {cause}",
@@ -158,6 +173,8 @@ class DiscoveryService(Service):
 
     async def _discover(self, endpoint: Endpoint) -> None:
         document = await self._get_json(endpoint, endpoint.model_url)
+        if endpoint not in self._registry:
+            return  # removed by a reload while it was asked
         models = [
             m
             for m in source_for(endpoint).parse(document)
@@ -200,13 +217,16 @@ class DiscoveryService(Service):
         except Exception as e:  # an old Ollama without /api/ps still routes fine
             self._log.debug("no /api/ps from {endpoint}: {e}", endpoint=endpoint.name, e=e)
         else:
-            self._catalogue.set_loaded(endpoint, [row["name"] for row in rows], rows)
+            if endpoint in self._registry:  # not removed by a reload meanwhile
+                self._catalogue.set_loaded(endpoint, [row["name"] for row in rows], rows)
 
     def refresh_loaded(self, endpoints: Iterable[Endpoint]) -> Deferred[None]:
         """Ask each Ollama endpoint what it has in memory now (``/api/ps`` is live state: a
         model loads on first use and unloads on a timer, so a cached answer would be stale).
         One request per endpoint at a time, shared by everyone who asks while it runs."""
-        return _all(self._ask_loaded(ep) for ep in endpoints if ep.type == "ollama")
+        return _all(
+            self._ask_loaded(ep) for ep in endpoints if ep.type == "ollama" and ep in self._registry
+        )
 
     def _ask_loaded(self, endpoint: Endpoint) -> Deferred[None]:
         def start() -> Deferred[None]:
@@ -233,6 +253,11 @@ class _Coalesced:
     def _settled(self, result: object, endpoint: Endpoint) -> object:
         self._running.pop(endpoint, None)
         return result
+
+    def cancel(self, endpoint: Endpoint) -> None:
+        pending = self._running.get(endpoint)
+        if pending is not None:
+            pending.cancel()
 
     def cancel_all(self) -> None:
         for pending in list(self._running.values()):

@@ -289,6 +289,21 @@ _SERVICE_EWMA = 0.2
 
 StatusListener = Callable[[Endpoint, EndpointStatus, EndpointStatus], None]
 
+#: what a changed endpoint still checked the same way keeps (its traffic stays with the old)
+_HEALTH_FIELDS = (
+    "status",
+    "status_reason",
+    "consecutive_failures",
+    "backoff_multiplier",
+    "last_check",
+    "next_check",
+    "last_probe_latency",
+    "last_model_sync",
+    "model_count",
+    "models_asked",
+    "version",
+)
+
 
 class EndpointRegistry:
     """The endpoints in config order and the one writer of their states.
@@ -311,6 +326,10 @@ class EndpointRegistry:
         self._endpoints = tuple(endpoints)
         self._states = {ep: EndpointState() for ep in self._endpoints}
         self._by_name = {ep.name: ep for ep in self._endpoints}
+        #: removed by a reload with attempts still in flight: their streams finish there
+        self._draining: dict[Endpoint, EndpointState] = {}
+        #: called once a removed endpoint has nothing left in flight (its state is dropped)
+        self.on_gone: list[Callable[[Endpoint], object]] = []
         self._clock = clock
         self.breakers = breakers or CircuitBreakers(clock)
         #: whether model discovery runs (readiness then also waits for the first lists)
@@ -325,8 +344,20 @@ class EndpointRegistry:
     def __len__(self) -> int:
         return len(self._endpoints)
 
+    def __contains__(self, endpoint: object) -> bool:
+        """Whether ``endpoint`` is configured now (a removed one still draining is not)."""
+        return endpoint in self._states
+
     def state(self, endpoint: Endpoint) -> EndpointState:
-        return self._states[endpoint]
+        try:
+            return self._states[endpoint]
+        except KeyError:
+            return self._draining[endpoint]
+
+    @property
+    def draining(self) -> list[Endpoint]:
+        """Endpoints a reload removed whose last attempts are still running."""
+        return list(self._draining)
 
     def by_name(self, name: str) -> Endpoint | None:
         return self._by_name.get(name)
@@ -339,6 +370,76 @@ class EndpointRegistry:
             if self._states[ep].status.routable and (types is None or ep.type in types)
         ]
 
+    # ------------------------------------------------------------------ membership (reload)
+
+    def add(self, endpoint: Endpoint) -> None:
+        """A new endpoint, unknown until its first probe (``arrange`` puts it in order)."""
+        if endpoint in self._states:
+            return
+        self._states[endpoint] = EndpointState()
+        self._arranged((*self._endpoints, endpoint))
+        self._log.info(
+            "endpoint {endpoint} added ({url})", endpoint=endpoint.name, url=endpoint.display_url
+        )
+
+    def remove(self, endpoint: Endpoint) -> None:
+        """``endpoint`` gets no new attempts; the ones in flight finish and are counted on its
+        state until the last one ends, then it is gone (``on_gone``)."""
+        state = self._states.pop(endpoint, None)
+        if state is None:
+            return
+        self._arranged(tuple(ep for ep in self._endpoints if ep is not endpoint))
+        self.breakers.forget(endpoint)
+        self._log.info(
+            "endpoint {endpoint} removed ({in_flight} request(s) in flight finish there)",
+            endpoint=endpoint.name,
+            in_flight=state.in_flight,
+        )
+        if state.in_flight > 0:
+            self._draining[endpoint] = state
+        else:
+            self._gone(endpoint)
+        self._release_ready_waiters()
+
+    def replace(self, old: Endpoint, new: Endpoint, *, keep_health: bool) -> None:
+        """``new`` takes ``old``'s place (its config changed); ``old`` drains as if removed.
+
+        With ``keep_health`` (it is still checked at the same address the same way) ``new``
+        starts with what is known about ``old``'s health, models and platform instead of
+        unknown: changing a priority must not take a machine out of rotation.
+        """
+        if old not in self._states or new in self._states:
+            return
+        fresh = EndpointState()
+        if keep_health:
+            known = self._states[old]
+            for name in _HEALTH_FIELDS:
+                setattr(fresh, name, getattr(known, name))
+            new._detected.platform = old._detected.platform
+        self._states[new] = fresh
+        self._arranged(tuple(new if ep is old else ep for ep in self._endpoints))
+        self._log.info(
+            "endpoint {endpoint} changed{kept}",
+            endpoint=new.name,
+            kept=" (health kept)" if keep_health else "",
+        )
+        self.remove(old)
+
+    def arrange(self, order: Sequence[Endpoint]) -> None:
+        """Put the endpoints in ``order`` (the new config's); unknown ones are ignored."""
+        ranked = [ep for ep in order if ep in self._states]
+        placed = set(ranked)
+        self._arranged((*ranked, *(ep for ep in self._endpoints if ep not in placed)))
+
+    def _arranged(self, endpoints: tuple[Endpoint, ...]) -> None:
+        self._endpoints = endpoints
+        self._by_name = {ep.name: ep for ep in endpoints}
+
+    def _gone(self, endpoint: Endpoint) -> None:
+        self._draining.pop(endpoint, None)
+        for listener in list(self.on_gone):
+            listener(endpoint)
+
     # ------------------------------------------------------------------ status changes
 
     def add_listener(self, listener: StatusListener) -> None:
@@ -346,7 +447,9 @@ class EndpointRegistry:
         self._listeners.append(listener)
 
     def set_status(self, endpoint: Endpoint, status: EndpointStatus, reason: str = "") -> None:
-        state = self._states[endpoint]
+        state = self._states.get(endpoint)
+        if state is None:
+            return  # removed by a reload: a late probe or failure report changes nothing
         old = state.status
         state.status = status
         state.status_reason = reason
@@ -367,6 +470,8 @@ class EndpointRegistry:
     def set_detected(self, endpoint: Endpoint, profile: Profile) -> None:
         """A ``type: auto`` endpoint turned out to be ``profile``'s platform: from now on it is
         checked, listed and routed exactly as an endpoint configured with that type."""
+        if endpoint not in self._states:
+            return
         endpoint._detected.platform = endpoint.platform_of(profile)
         self._log.info(
             "endpoint {endpoint} detected as {type}",
@@ -387,7 +492,9 @@ class EndpointRegistry:
     ) -> None:
         """One health probe's verdict. A passing probe also closes the proxy's circuit: the
         machine answers again, so a restarted one takes traffic at once."""
-        state = self._states[endpoint]
+        state = self._states.get(endpoint)
+        if state is None:
+            return
         state.last_check = self._clock.seconds()
         state.last_probe_latency = latency
         if status.up:
@@ -400,17 +507,24 @@ class EndpointRegistry:
         self.set_status(endpoint, status, reason)
 
     def probe_scheduled(self, endpoint: Endpoint, at: float) -> None:
-        self._states[endpoint].next_check = at
+        state = self._states.get(endpoint)
+        if state is not None:
+            state.next_check = at
 
     def unreachable(self, endpoint: Endpoint, reason: str) -> None:
         """A proxied request could not connect: out of rotation until a probe passes."""
-        self._states[endpoint].consecutive_failures += 1
+        state = self._states.get(endpoint)
+        if state is None:
+            return
+        state.consecutive_failures += 1
         self.set_status(endpoint, EndpointStatus.OFFLINE, reason)
 
     # ------------------------------------------------------------------ discovery (models)
 
     def models_listed(self, endpoint: Endpoint, count: int) -> None:
-        state = self._states[endpoint]
+        state = self._states.get(endpoint)
+        if state is None:
+            return
         state.model_count = count
         state.last_model_sync = self._clock.seconds()
         self._models_asked(endpoint)
@@ -420,14 +534,18 @@ class EndpointRegistry:
         self._models_asked(endpoint)
 
     def models_forgotten(self, endpoint: Endpoint) -> None:
-        self._states[endpoint].model_count = 0
+        state = self._states.get(endpoint)
+        if state is not None:
+            state.model_count = 0
 
     def version_read(self, endpoint: Endpoint, version: str) -> None:
-        self._states[endpoint].version = version
+        state = self._states.get(endpoint)
+        if state is not None:
+            state.version = version
 
     def _models_asked(self, endpoint: Endpoint) -> None:
-        state = self._states[endpoint]
-        if not state.models_asked:
+        state = self._states.get(endpoint)
+        if state is not None and not state.models_asked:
             state.models_asked = True
             self._release_ready_waiters()
 
@@ -484,10 +602,11 @@ class EndpointRegistry:
 
     def attempt_started(self, endpoint: Endpoint, started: float) -> None:
         """One upstream attempt begins; ``attempt_ended`` with the same ``started`` ends it."""
-        state = self._states[endpoint]
+        state = self.state(endpoint)
         state.in_flight += 1
         state.in_flight_since += started
-        self.breakers.attempt_started(endpoint)
+        if endpoint in self._states:
+            self.breakers.attempt_started(endpoint)
 
     def attempt_ended(
         self, endpoint: Endpoint, outcome: Outcome, *, started: float, relayed: int = 0
@@ -495,12 +614,17 @@ class EndpointRegistry:
         """End one upstream attempt: counters, service time and the circuit learn its fate.
 
         A client that left is not the endpoint's fault: it frees the slot and counts nothing.
+        An endpoint a reload removed is counted until its last attempt ends, then dropped.
         """
-        state = self._states[endpoint]
+        state = self.state(endpoint)
         latency = max(0.0, self._clock.seconds() - started)
         state.in_flight = max(0, state.in_flight - 1)
         state.in_flight_since = state.in_flight_since - started if state.in_flight else 0.0
         state.bytes_relayed += relayed
+        if endpoint not in self._states:
+            if not state.in_flight:
+                self._gone(endpoint)
+            return
         if outcome is Outcome.CLIENT_GONE:
             self.breakers.released(endpoint)
             return
@@ -525,5 +649,5 @@ class EndpointRegistry:
 
     def backend_busy(self, endpoint: Endpoint, seconds: float) -> None:
         """The backend answered that it is full: others go first for ``seconds``."""
-        state = self._states[endpoint]
+        state = self.state(endpoint)
         state.busy_until = max(state.busy_until, self._clock.seconds() + seconds)

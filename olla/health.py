@@ -202,18 +202,39 @@ class HealthService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         for poller in self._pollers.values():
-            if poller.call is not None and poller.call.active():
-                poller.call.cancel()
-            poller.call = None
-            if poller.running is not None:
-                poller.running.cancel()
+            self._halt(poller)
         return succeed(None)
+
+    def _halt(self, poller: _Poller) -> None:
+        if poller.call is not None and poller.call.active():
+            poller.call.cancel()
+        poller.call = None
+        if poller.running is not None:
+            poller.running.cancel()
+
+    def follow_registry(self) -> None:
+        """After a reload: a poller for each endpoint the registry gained (probing at once),
+        none for the ones it lost (a probe of theirs still running is cancelled). Endpoints
+        kept keep their poller, schedule and backoff."""
+        for endpoint in [ep for ep in self._pollers if ep not in self._registry]:
+            self._halt(self._pollers.pop(endpoint))
+        for endpoint in self._registry:
+            if endpoint not in self._pollers:
+                poller = self._pollers[endpoint] = _Poller(endpoint)
+                if self.running:
+                    self._run(poller)
+
+    def _current(self, poller: _Poller) -> bool:
+        """Whether ``poller`` still belongs to a configured endpoint (a reload may drop it)."""
+        return self._pollers.get(poller.endpoint) is poller
 
     # ------------------------------------------------------------------ triggers
 
     def check_now(self, endpoint: Endpoint) -> Deferred[None]:
         """Probe ``endpoint`` now (or join the probe already running)."""
-        poller = self._pollers[endpoint]
+        poller = self._pollers.get(endpoint)
+        if poller is None:
+            return succeed(None)  # removed by a reload
         if poller.running is not None:
             return follow(poller.running)
         if not self.running:
@@ -255,8 +276,8 @@ class HealthService(Service):
         return result
 
     def _checker_failed(self, poller: _Poller, failure: Failure) -> None:
-        if failure.check(CancelledError) and not self.running:
-            return  # stopping
+        if failure.check(CancelledError) and not (self.running and self._current(poller)):
+            return  # stopping, or the endpoint was removed
         if failure.check(DeferredTimeout):
             hung = EndpointStatus.DETECTING if poller.endpoint.detecting else EndpointStatus.OFFLINE
             result = ProbeResult(hung, 0.0, "health check hung")
@@ -268,7 +289,7 @@ class HealthService(Service):
         self._apply(poller, result)
 
     def _apply(self, poller: _Poller, result: ProbeResult) -> None:
-        if not self.running:
+        if not self.running or not self._current(poller):
             return
         endpoint = poller.endpoint
         if result.detected is not None:
@@ -334,7 +355,7 @@ class HealthService(Service):
         return interval * self._rng.uniform(0.9, 1.0)
 
     def _schedule(self, poller: _Poller, delay: float) -> None:
-        if not self.running:
+        if not self.running or not self._current(poller):
             return
         if poller.call is not None and poller.call.active():
             poller.call.cancel()

@@ -278,13 +278,26 @@ def make_observer(
     return FilteringLogObserver(inner, predicates)
 
 
+@implementer(ILogObserver)
+class SwitchableObserver:
+    """The daemon's one observer: twistd keeps it for good, a config reload swaps what it
+    forwards to (another level, format or ``request_logging``; the sink stays)."""
+
+    def __init__(self, inner: ILogObserver) -> None:
+        self.inner = inner
+
+    def __call__(self, event: LogEvent) -> None:
+        self.inner(event)
+
+
 # --------------------------------------------------------------------------- SIGHUP
 
 SignalHandler = Callable[[int, FrameType | None], None]
 
 
 class ReopenOnHangup(Service):
-    """SIGHUP reopens the log sink, as twistd daemons do, instead of ending the process.
+    """SIGHUP reopens the log sink, as twistd daemons do, instead of ending the process, and
+    then calls ``then`` (the config reload).
 
     The handler only schedules the reopen on the reactor thread (``callFromThread``, as twistd
     does for SIGUSR1): a signal can arrive in the middle of a sink's write. It stays installed
@@ -299,17 +312,25 @@ class ReopenOnHangup(Service):
         sink: LogSink,
         reactor: IReactorFromThreads,
         install: Callable[[int, SignalHandler], object] = signal.signal,
+        then: Callable[[], object] | None = None,
     ) -> None:
         self._sink = sink
         self._reactor = reactor
         self._install = install
+        self._then = then
 
     def startService(self) -> None:
         super().startService()
         self._install(signal.SIGHUP, self._hangup)
 
     def _hangup(self, signum: int, frame: FrameType | None) -> None:
-        self._reactor.callFromThread(self.reopen)
+        self._reactor.callFromThread(self.hangup)
+
+    def hangup(self) -> None:
+        """What one SIGHUP does, on the reactor thread: reopen the log, then ``then``."""
+        self.reopen()
+        if self._then is not None:
+            self._then()
 
     def reopen(self) -> None:
         try:

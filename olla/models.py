@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from olla.config import FilterConfig, RoutingStrategyConfig
 from olla.endpoints import Endpoint
@@ -158,6 +158,23 @@ class ModelCatalogue:
         self._load_times: dict[str, float] = {}
 
     # ------------------------------------------------------------------ writes (discovery)
+
+    def set_aliases(self, aliases: Mapping[str, Sequence[str]]) -> None:
+        """``model_aliases`` after a reload: requests routed from now on use these."""
+        self._aliases = {k.lower(): tuple(v) for k, v in aliases.items()}
+
+    def adopt(self, endpoint: Endpoint, previous: Endpoint) -> None:
+        """``endpoint`` replaces ``previous`` (a reload changed its config, not its
+        address): it starts with what was known about ``previous``'s models."""
+        entry = self._by_endpoint.get(previous)
+        if entry is not None:
+            self._by_endpoint[endpoint] = replace(
+                entry, models=dict(entry.models), loaded=set(entry.loaded), loading={}
+            )
+
+    def forget(self, endpoint: Endpoint) -> None:
+        """``endpoint`` is gone (removed by a reload, its last request done)."""
+        self._by_endpoint.pop(endpoint, None)
 
     def set_models(self, endpoint: Endpoint, models: Iterable[ModelInfo], now: float) -> None:
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())

@@ -41,8 +41,16 @@ from olla.config import (
     profiles_dir,
 )
 from olla.endpoints import EndpointRegistry
-from olla.logging import LogSink, ReopenOnHangup, StreamSink, make_observer, open_sink
+from olla.logging import (
+    LogSink,
+    ReopenOnHangup,
+    StreamSink,
+    SwitchableObserver,
+    make_observer,
+    open_sink,
+)
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
+from olla.reload import ConfigWatcher, Reloader
 from olla.web.site import OllaSite
 
 
@@ -82,13 +90,21 @@ class _CachedEndpoints:
 class Options(usage.Options):
     """``twistd olla [--config PATH]``; ``OLLA_CONFIG_FILE`` is used when it is not given."""
 
-    optParameters = [["config", "c", None, "Path to the olla YAML config file."]]
+    optParameters = [
+        ["config", "c", None, "Path to the olla YAML config file."],
+        ["watch-interval", None, 1.0, "Seconds between --watch-config looks at the file.", float],
+    ]
+    optFlags = [
+        ["watch-config", None, "Reload the config when its file changes (SIGHUP does too)."]
+    ]
 
     config: OllaConfig
     profiles: ProfileRegistry
     log_sink: LogSink
 
     def postOptions(self) -> None:
+        if self["watch-interval"] <= 0:
+            raise usage.UsageError("--watch-interval must be a positive number of seconds")
         try:
             self.config, self.profiles = load_all(self["config"])
         except ConfigError as e:
@@ -116,6 +132,7 @@ class OllaService(MultiService):
     def __init__(self, observer: ILogObserver) -> None:
         super().__init__()
         self.log_observer = observer
+        self.reloader: Reloader | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
@@ -189,12 +206,14 @@ def build_service(
     reactor: Any,
     profiles: ProfileRegistry | None = None,
     log_sink: LogSink | None = None,
+    watch_config: float = 0.0,
 ) -> OllaService:
     """The daemon for ``config`` on ``reactor``, logging to ``log_sink`` (stdout): the
-    reactor-facing parts (connection pool, agent, listener, log observer) around ``build_app``."""
+    reactor-facing parts (connection pool, agent, listener, log observer) around ``build_app``.
+    SIGHUP reloads the config file; so does a change to it every ``watch_config`` seconds."""
     profiles = profiles or builtin_profiles()
     log_sink = log_sink or StreamSink(sys.stdout)
-    service = OllaService(
+    observer = SwitchableObserver(
         make_observer(
             config.logging.format,
             config.logging.level,
@@ -202,6 +221,7 @@ def build_service(
             request_logging=config.server.request_logging,
         )
     )
+    service = OllaService(observer)
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietClientFactory
@@ -221,8 +241,17 @@ def build_service(
     )
     listener._raiseSynchronously = True  # a port in use stops startup with the reason
 
+    reloader = Reloader(
+        app, load_all, clock=reactor, profiles=profiles, observer=observer, sink=log_sink
+    )
+    service.reloader = reloader
+
     # Children stop in reverse order: the listener first, the pool last.
-    ReopenOnHangup(log_sink, reactor).setServiceParent(service)
+    ReopenOnHangup(log_sink, reactor, then=reloader.reload).setServiceParent(service)
+    if watch_config > 0 and reloader.path is not None:
+        ConfigWatcher(reloader.path, reloader.reload, reactor, watch_config).setServiceParent(
+            service
+        )
     _PoolService(pool, cooperator).setServiceParent(service)
     _DrainService(app.site, config.server.shutdown_timeout).setServiceParent(service)
     for poller in app.services:
@@ -235,4 +264,7 @@ def build_service(
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor, options.profiles, options.log_sink)
+    watch = options["watch-interval"] if options["watch-config"] else 0.0
+    return build_service(
+        options.config, reactor, options.profiles, options.log_sink, watch_config=watch
+    )

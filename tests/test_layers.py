@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("olla.proxy",),
     ("olla.anthropic",),
     ("olla.web",),
-    ("olla.app",),
+    ("olla.app", "olla.reload"),
     ("olla.tap", "olla.__main__"),
 )
 

@@ -289,6 +289,8 @@ class Exchange:
         self._attempt(endpoint)
 
     def _may_fail_over(self) -> bool:
+        # a candidate a reload removed since the plan was made gets no new attempt
+        self._candidates = [ep for ep in self._candidates if ep in self._deps.registry]
         return bool(self._candidates) and self._attempts < self._attempt_budget
 
     def _attempt(self, endpoint: Endpoint) -> None:

@@ -31,6 +31,7 @@ from olla.web.status import (
     etag_matches,
     gzip_body,
     process_payload,
+    rfc3339,
     should_gzip,
     status_payload,
 )
@@ -160,6 +161,15 @@ class InternalApp:
         self._translators = list(translators)
         self._security = security or SecurityStats()
         self._sticky = sticky
+        #: which config runs: ``use_config`` moves these on a reload
+        self._generation = 1
+        self._loaded_at = self._started
+
+    def use_config(self, config: OllaConfig, *, generation: int, loaded_at: float) -> None:
+        """A reload applied ``config``: the status pages show it and its generation."""
+        self._config = config
+        self._generation = generation
+        self._loaded_at = loaded_at
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -178,6 +188,12 @@ class InternalApp:
             started=self._started,
             security=self._security.snapshot(),
         )
+        # not clock-driven (it moves only when a reload applies a file): part of the ETag
+        payload["config"] = stable["config"] = {
+            "generation": self._generation,
+            "loaded_at": rfc3339(self._loaded_at),
+            "file": self._config.source,
+        }
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/status/endpoints", branch=False)
