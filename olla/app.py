@@ -35,6 +35,7 @@ from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.security import SecurityStats
+from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
@@ -141,6 +142,8 @@ def build_app(
         catalogue=catalogue,
         translators=[translator_stats],
         security=security,
+        failovers=deps.failovers,
+        dashboard=Dashboard() if config.dashboard.enabled else None,
     )
     limits = config.server.request_limits
     site = OllaSite(

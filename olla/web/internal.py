@@ -21,15 +21,18 @@ from olla import __version__, responses
 from olla.anthropic.stats import TranslatorStats, translators_payload
 from olla.config import OllaConfig
 from olla.endpoints import EndpointRegistry
+from olla.failovers import FailoverLog
 from olla.listings import status_models
 from olla.models import ModelCatalogue
 from olla.security import SecurityStats
+from olla.web.dashboard import Dashboard
 from olla.web.status import (
     endpoints_payload,
     etag_for,
     etag_matches,
     gzip_body,
     process_payload,
+    rfc3339,
     should_gzip,
     status_payload,
 )
@@ -120,6 +123,27 @@ def version_payload() -> dict[str, Any]:
     }
 
 
+def failovers_payload(failovers: FailoverLog, now: float) -> dict[str, Any]:
+    """``/internal/stats/failovers``: the recent hand-overs, newest first."""
+    return {
+        "timestamp": rfc3339(now),
+        "total": failovers.total,
+        "kept": failovers.size,
+        "failovers": [
+            {
+                "time": rfc3339(event.at),
+                "request_id": event.request_id,
+                "model": event.model,
+                "from": event.from_endpoint,
+                "to": event.to_endpoint,
+                "kind": event.kind,
+                "cause": event.cause,
+            }
+            for event in failovers.recent()
+        ],
+    }
+
+
 class InternalApp:
     """The Klein app for everything olla answers itself, bound to the live state."""
 
@@ -136,6 +160,8 @@ class InternalApp:
         catalogue: ModelCatalogue | None = None,
         translators: Sequence[TranslatorStats] = (),
         security: SecurityStats | None = None,
+        failovers: FailoverLog | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -146,6 +172,8 @@ class InternalApp:
             active_connections: open client connections, for ``/internal/process``.
             proc_self: the ``/proc/self`` directory ``/internal/process`` reads, or ``None``.
             security: what the HTTP layer and the guards refused, for ``/internal/status``.
+            failovers: the recent failovers, for ``/internal/stats/failovers``.
+            dashboard: the page at ``/internal/ui/``, or ``None`` (disabled: 404).
         """
         self._registry = registry
         self._clock = clock
@@ -156,6 +184,8 @@ class InternalApp:
         self._catalogue = catalogue or ModelCatalogue()
         self._translators = list(translators)
         self._security = security or SecurityStats()
+        self._failovers = failovers or FailoverLog()
+        self._dashboard = dashboard
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -191,6 +221,27 @@ class InternalApp:
     @app.route("/internal/stats/translators", branch=False)
     def stats_translators(self, request: Request) -> bytes:
         return json_response(request, translators_payload(self._translators))
+
+    @app.route("/internal/stats/failovers", branch=False)
+    def stats_failovers(self, request: Request) -> bytes:
+        return json_response(request, failovers_payload(self._failovers, self._clock.seconds()))
+
+    @app.route("/internal/ui", branch=False)
+    def dashboard_redirect(self, request: Request) -> bytes:
+        return self._ui().redirect(request)
+
+    @app.route("/internal/ui/", branch=False)
+    def dashboard_page(self, request: Request) -> bytes:
+        return self._ui().page(request)
+
+    @app.route("/internal/ui/<name>", branch=False)
+    def dashboard_asset(self, request: Request, name: str) -> bytes:
+        return self._ui().asset(request, name)
+
+    def _ui(self) -> Dashboard:
+        if self._dashboard is None:  # dashboard.enabled: false
+            raise NotFound()
+        return self._dashboard
 
     @app.route("/internal/process", branch=False)
     def process(self, request: Request) -> bytes:
