@@ -1,8 +1,8 @@
 // olla dashboard: polls olla's read-only status routes and redraws the page in place.
 //
-// Plain script, no framework and no build step. Every string that reaches the page goes
-// through textContent (never innerHTML): endpoint and model names come from the config and
-// from the backends, so they are data, never markup.
+// Plain script, no framework and no build step. Every string that reaches the page becomes a
+// text node (nothing is ever parsed as HTML): endpoint and model names come from the config
+// and from the backends, so they are data, never markup.
 "use strict";
 
 (function () {
