@@ -8,7 +8,7 @@ CONFIG ?= etc/olla.yaml
 # Run from the working tree: twistd finds twisted/plugins/olla_plugin.py through PYTHONPATH.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test test-real lint typecheck unit bench clean
+.PHONY: run test test-real lint typecheck unit chromium bench clean
 
 $(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,13 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
-unit: $(VENV)/.test-installed
+unit: $(VENV)/.test-installed chromium
 	$(PY) -m pytest -q --ignore=tests/real
+
+# Debian's chromium for the dashboard's browser test: installed with apt-get when this runs as
+# root and it is missing; otherwise the script says why that test will skip. Never fails.
+chromium:
+	@sh tests/e2e/install-chromium.sh
 
 # The compatibility suite: a real Ollama and real clients (installed into .cache/real on first
 # use by tests/real/install.sh, then reused).

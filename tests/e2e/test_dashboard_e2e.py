@@ -1,0 +1,183 @@
+"""The dashboard in a real browser: headless Chromium loads ``/internal/ui/`` from a real
+``twistd -n olla`` in front of fake Ollama processes, and the test reads what the page shows.
+
+Skipped, saying why, where ``/usr/bin/chromium`` is not installed (``make test`` installs it with
+apt-get when it can: ``tests/e2e/install-chromium.sh``).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import browser
+from tests.e2e.dashboard_fleet import DEAD, MODEL, Fleet, fleet, get_json
+
+_MISSING = browser.chromium_missing()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
+
+#: virtual time the page runs for before its DOM is read: a few refreshes (one every 3 s)
+BUDGET_MS = 10_000
+
+
+@dataclass
+class Row:
+    """One table row the page drew: its ``data-*`` attributes and the text of each cell that
+    has a ``data-field``."""
+
+    attrs: dict[str, str]
+    cells: dict[str, str] = field(default_factory=dict)
+
+
+class PageReader(HTMLParser):
+    """The rows under each ``<tbody id=...>``, the ids of ``hidden`` elements, and ``<body>``'s
+    attributes, from the DOM Chromium dumped. Text comes back unescaped, as the user reads it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: dict[str, list[Row]] = {}
+        self.hidden: set[str] = set()
+        self.body: dict[str, str] = {}
+        self.tags: list[str] = []
+        self._table: str | None = None
+        self._row: Row | None = None
+        self._field: str | None = None
+        self._depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        self.tags.append(tag)
+        if tag == "body":
+            self.body = values
+        if "hidden" in values:
+            self.hidden.add(values.get("id", ""))
+        if tag == "tbody":
+            self._table = values.get("id", "")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self._row = Row({k[5:]: v for k, v in values.items() if k.startswith("data-")})
+            self.tables[self._table].append(self._row)
+        elif tag == "td" and self._row is not None:
+            self._field = values.get("data-field")
+            self._depth = 0
+            if self._field:
+                self._row.cells[self._field] = ""
+        elif self._field:
+            self._depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self._table = None
+        elif tag == "tr":
+            self._row = None
+        elif tag == "td":
+            self._field = None
+        elif tag in ("div", "span") and self._field:
+            self._row.cells[self._field] += " "  # type: ignore[union-attr]
+
+    def handle_data(self, data: str) -> None:
+        if self._row is not None and self._field:
+            self._row.cells[self._field] += data
+
+    def rows(self, table: str, key: str) -> dict[str, Row]:
+        return {row.attrs[key]: row for row in self.tables.get(table, []) if key in row.attrs}
+
+
+def _read(dom: str) -> PageReader:
+    reader = PageReader()
+    reader.feed(dom)
+    reader.close()
+    return reader
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, str, PageReader]]:
+    """The fleet, and the page as Chromium saw it after ``BUDGET_MS`` of virtual time."""
+    with fleet(Path(tmp_path_factory.mktemp("dashboard"))) as f:
+        dom = browser.dump_dom(f.page, virtual_time_ms=BUDGET_MS)
+        yield f, dom, _read(dom)
+
+
+def test_endpoints_with_their_health(loaded: tuple[Fleet, str, PageReader]) -> None:
+    """If the page has loaded, then it lists all three endpoints: the two serving ones healthy
+    with the requests they took, the dead one down with no traffic."""
+    _, _, page = loaded
+    endpoints = page.rows("endpoints", "endpoint")
+    assert set(endpoints) == {"gpu-a", "gpu-b", DEAD}, page.tables
+    for name in ("gpu-a", "gpu-b"):
+        assert endpoints[name].attrs["status"] == "healthy"
+        assert endpoints[name].cells["health"].strip() == "healthy"
+        assert endpoints[name].cells["type"] == "ollama"
+        assert endpoints[name].cells["models"] == "2"
+    assert endpoints[DEAD].attrs["status"] in ("offline", "unhealthy")
+    assert endpoints[DEAD].cells["requests"] == "0"
+    # gpu-a took the 3 chats and the refused attempt; gpu-b the failed-over one
+    assert int(endpoints["gpu-a"].cells["requests"]) == 4
+    assert int(endpoints["gpu-b"].cells["requests"]) == 1
+    assert endpoints["gpu-a"].cells["in-flight"] == "0"
+    assert "ms" in endpoints["gpu-a"].cells["latency"]
+
+
+def test_names_are_shown_as_text(loaded: tuple[Fleet, str, PageReader]) -> None:
+    """If an endpoint's name looks like markup, then the page shows it as those characters and
+    the browser made no element of it."""
+    _, dom, page = loaded
+    assert page.rows("endpoints", "endpoint")[DEAD].cells["name"].startswith(DEAD + " ")
+    assert "<i>" not in dom
+    assert "i" not in page.tags
+
+
+def test_model_catalogue(loaded: tuple[Fleet, str, PageReader]) -> None:
+    """If the page has loaded, then the catalogue lists every model with the hosts that
+    serve it."""
+    _, _, page = loaded
+    models = page.rows("models", "model")
+    assert set(models) == {MODEL, "qwen2.5:7b", "mistral:7b"}
+    assert models[MODEL].cells["endpoints"].split() == ["gpu-a", "gpu-b"]
+    assert models["qwen2.5:7b"].cells["endpoints"].split() == ["gpu-a"]
+    assert models["mistral:7b"].cells["endpoints"].split() == ["gpu-b"]
+
+
+def test_recorded_failover(loaded: tuple[Fleet, str, PageReader]) -> None:
+    """If a request failed over, then the page shows it: its id, model, from gpu-a (busy, 503)
+    to gpu-b."""
+    f, _, page = loaded
+    failovers = page.rows("failovers", "failover")
+    assert list(failovers) == [f.failed_over], page.tables.get("failovers")
+    row = failovers[f.failed_over].cells
+    assert (row["request"], row["model"], row["from"], row["to"]) == (
+        f.failed_over,
+        MODEL,
+        "gpu-a",
+        "gpu-b",
+    )
+    assert row["cause"].split() == ["busy", "answered", "503"]
+
+
+def test_page_refreshes_itself(loaded: tuple[Fleet, str, PageReader]) -> None:
+    """If the page stays open, then it fetches the routes again every few seconds without
+    reloading (its refresh count grows) and shows no error."""
+    _, _, page = loaded
+    assert int(page.body["data-refreshes"]) >= 3
+    assert "error" in page.hidden  # the banner that says which route could not be read
+
+
+def test_model_stats_panel_follows_the_route(loaded: tuple[Fleet, str, PageReader]) -> None:
+    """If ``/internal/stats/models`` answers, then the model traffic panel is shown with the
+    chatted model; if it is 404, then the panel is hidden and the rest still works."""
+    f, _, page = loaded
+    try:
+        stats = get_json(f"{f.daemon.url}/internal/stats/models")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
+        assert "model-stats-panel" in page.hidden
+        return
+    assert "model-stats-panel" not in page.hidden
+    shown = page.rows("model-stats", "model-stats")
+    assert set(shown) == {m["name"] for m in stats["models"]}
+    assert MODEL in shown
