@@ -78,10 +78,10 @@ def _loaded_on(daemon: OllaDaemon) -> set[str]:
 
 
 @contextmanager
-def fleet(directory: Path, *, traffic: int = 3) -> Iterator[Fleet]:
-    """gpu-a (priority 200) and gpu-b (100) serving, a dead spare; ``traffic`` chats served by
-    gpu-a, then one that gpu-a refuses with 503 and gpu-b serves. Everything is stopped on
-    the way out, also when a step fails."""
+def fleet(directory: Path, *, traffic: int = 3, dead: str = DEAD) -> Iterator[Fleet]:
+    """gpu-a (priority 200) and gpu-b (100) serving, a dead spare named ``dead``; ``traffic``
+    chats served by gpu-a, then one that gpu-a refuses with 503 and gpu-b serves. Everything
+    is stopped on the way out, also when a step fails."""
     with ExitStack() as stack:
         fakes = {
             "gpu-a": stack.enter_context(
@@ -94,7 +94,7 @@ def fleet(directory: Path, *, traffic: int = 3) -> Iterator[Fleet]:
         endpoints = [
             ollama_endpoint("gpu-a", fakes["gpu-a"].url, priority=200),
             ollama_endpoint("gpu-b", fakes["gpu-b"].url, priority=100),
-            ollama_endpoint(DEAD, f"http://127.0.0.1:{free_port()}", priority=50),
+            ollama_endpoint(dead, f"http://127.0.0.1:{free_port()}", priority=50),
         ]
         extra = {"proxy": {"load_balancer": "priority"}}
         daemon = stack.enter_context(
@@ -103,7 +103,7 @@ def fleet(directory: Path, *, traffic: int = 3) -> Iterator[Fleet]:
         for name in fakes:
             daemon.wait_for_log(f"endpoint {name} serves")
         _wait("both fakes known warm", lambda: {"gpu-a", "gpu-b"} <= _loaded_on(daemon))
-        _wait("the spare seen down", lambda: _statuses(daemon)[DEAD] != "unknown")
+        _wait("the spare seen down", lambda: _statuses(daemon)[dead] != "unknown")
         for _ in range(traffic):
             assert _chat(daemon)[1]["x-olla-endpoint"] == "gpu-a"
         fakes["gpu-a"].set_state(status=503)
@@ -123,7 +123,10 @@ def main() -> None:
     missing = browser.chromium_missing()
     if missing:
         raise SystemExit(missing)
-    with tempfile.TemporaryDirectory() as directory, fleet(Path(directory), traffic=8) as f:
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        fleet(Path(directory), traffic=8, dead="spare") as f,
+    ):
         for _ in range(4):  # a little traffic on the second host too
             _chat(f.daemon, "mistral:7b")
         time.sleep(1.0)  # a health round after the failover
