@@ -7,14 +7,18 @@ apt-get when it can: ``tests/e2e/install-chromium.sh``).
 
 from __future__ import annotations
 
+import json
+import threading
 import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from olla.web.dashboard import load_assets
 from tests.e2e import browser
 from tests.e2e.dashboard_fleet import DEAD, MODEL, Fleet, fleet, get_json
 
@@ -181,3 +185,69 @@ def test_model_stats_panel_follows_the_route(loaded: tuple[Fleet, str, PageReade
     shown = page.rows("model-stats", "model-stats")
     assert set(shown) == {m["name"] for m in stats["models"]}
     assert MODEL in shown
+
+
+# ---------------------------------------------------------------------------------- with stats
+
+#: ``/internal/stats/models`` as the Go original shapes it (``models[]`` sorted by requests)
+MODEL_STATS = {
+    "timestamp": "2026-12-03T09:00:00Z",
+    "models": [
+        {"name": MODEL, "total_requests": 12, "success_rate": "100%", "average_latency": 240,
+         "p95_latency": 1800, "last_requested": "2026-12-03T08:59:58Z"},
+        {"name": "<b>qwen</b>", "total_requests": 3, "success_rate": "66.7%",
+         "average_latency": 90, "p95_latency": 120, "last_requested": "2026-12-03T08:58:00Z"},
+    ],
+}  # fmt: skip
+
+
+class _CannedOlla(BaseHTTPRequestHandler):
+    """The dashboard's files and canned answers for every route it reads, stats included."""
+
+    ROUTES: dict[str, object] = {
+        "/internal/status": {"system": {"status": "healthy", "version": "0"}},
+        "/internal/status/endpoints": {"endpoints": [], "healthy_count": 0, "total_count": 0},
+        "/internal/status/models": {"models_by_family": {}, "recent_models": []},
+        "/internal/stats/models": MODEL_STATS,
+        "/internal/stats/failovers": {"failovers": [], "total": 0},
+    }
+
+    def do_GET(self) -> None:
+        if self.path in self.ROUTES:
+            body, kind = json.dumps(self.ROUTES[self.path]).encode(), b"application/json"
+        else:
+            name = self.path.removeprefix("/internal/ui/") or "index.html"
+            asset = load_assets().get(name)
+            if asset is None:
+                self.send_error(404)
+                return
+            body, kind = asset.body, asset.content_type
+        self.send_response(200)
+        self.send_header("Content-Type", kind.decode())
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_model_stats_panel_shows_the_stats() -> None:
+    """If ``/internal/stats/models`` answers, then the model traffic panel shows each model
+    with its requests and p95 latency, names as text."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CannedOlla)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/internal/ui/"
+        page = _read(browser.dump_dom(url, virtual_time_ms=4000))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert "model-stats-panel" not in page.hidden
+    shown = page.rows("model-stats", "model-stats")
+    assert list(shown) == [MODEL, "<b>qwen</b>"]
+    assert (shown[MODEL].cells["requests"], shown[MODEL].cells["p95"]) == ("12", "1.8s")
+    assert shown["<b>qwen</b>"].cells["p95"] == "120ms"
+    assert "b" not in page.tags
