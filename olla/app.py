@@ -35,6 +35,7 @@ from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.security import SecurityStats
+from olla.web.access import AccessPolicy
 from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
@@ -143,7 +144,11 @@ def build_app(
         translators=[translator_stats],
         security=security,
         failovers=deps.failovers,
-        dashboard=Dashboard() if config.dashboard.enabled else None,
+        dashboard=(
+            Dashboard(AccessPolicy.from_config(config.dashboard.access_policy))
+            if config.dashboard.enabled
+            else None
+        ),
     )
     limits = config.server.request_limits
     site = OllaSite(

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from importlib import resources
 
 import pytest
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.testing import StringTransport
 
-from olla.config import DashboardConfig
+from olla.config import AccessPolicyConfig, DashboardConfig
+from olla.web.access import AccessPolicy, bare_host
 from olla.web.dashboard import CONTENT_SECURITY_POLICY, CONTENT_TYPES, Asset, load_assets
-from tests.proxyharness import Harness, Response, http_request
+from tests.proxyharness import Harness, Response, http_request, parse_response
 
 UI = resources.files("olla.web").joinpath("ui")
 
@@ -23,9 +27,13 @@ def _get(h: Harness, path: str, headers: dict[str, str] | None = None) -> Respon
     return response
 
 
+#: the harness's clients say ``Host: olla.test:40114`` from 127.0.0.1
+LET_IN = DashboardConfig(access_policy=AccessPolicyConfig(allowed_hosts=("olla.test",)))
+
+
 @pytest.fixture
 def h() -> Harness:
-    return Harness({"a:1": "refuse"})
+    return Harness({"a:1": "refuse"}, dashboard=LET_IN)
 
 
 # ---------------------------------------------------------------------------------- routes
@@ -115,7 +123,7 @@ def test_other_paths_are_json_404(h: Harness, path: str) -> None:
 def test_disabled_dashboard_is_404(path: str) -> None:
     """If ``dashboard.enabled`` is false, then every dashboard path is a JSON 404 (and the
     status routes the page reads still answer)."""
-    h = Harness({"a:1": "refuse"}, dashboard=DashboardConfig(enabled=False))
+    h = Harness({"a:1": "refuse"}, dashboard=replace(LET_IN, enabled=False))
     response = _get(h, path)
     assert response.status == 404
     assert json.loads(response.body) == {"error": "404 page not found"}
@@ -191,3 +199,105 @@ def test_script_reads_the_status_and_stats_routes() -> None:
         assert f'"{route}"' in script, route
     assert "[ROUTES.modelStats, true," in script
     assert script.count(", true,") == 1
+
+
+# ---------------------------------------------------------------------------------- who may see it
+
+
+@pytest.mark.parametrize(
+    ("host", "bare"),
+    [
+        ("localhost", "localhost"),
+        ("LocalHost:40114", "localhost"),
+        ("127.0.0.1:40114", "127.0.0.1"),
+        ("[::1]:40114", "::1"),
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("olla.lan.", "olla.lan."),
+        ("", ""),
+    ],
+)
+def test_bare_host(host: str, bare: str) -> None:
+    """If a Host carries a port, brackets or capitals, then the policy compares without them."""
+    assert bare_host(host) == bare
+
+
+DEFAULT_POLICY = AccessPolicy.from_config(AccessPolicyConfig())
+
+
+@pytest.mark.parametrize(
+    ("peer", "host", "reason"),
+    [
+        ("127.0.0.1", "localhost:40114", None),
+        ("127.0.0.1", "LOCALHOST", None),
+        ("127.0.0.1", "127.0.0.1:40114", None),
+        ("127.8.9.10", "10.0.0.1", None),  # any IP literal Host: it cannot be DNS-rebound
+        ("::1", "[::1]:40114", None),
+        ("::ffff:127.0.0.1", "localhost", None),  # IPv4 seen through a dual-stack socket
+        ("10.0.0.5", "localhost", "ip not in allowed range"),
+        ("::2", "localhost", "ip not in allowed range"),
+        ("", "localhost", "ip not in allowed range"),  # not an IP (a UNIX socket): refused
+        ("127.0.0.1", "evil.example", "host not accepted"),
+        ("127.0.0.1", "localhost.evil.example", "host not accepted"),
+        ("127.0.0.1", "", "host not accepted"),
+    ],
+)
+def test_default_policy(peer: str, host: str, reason: str | None) -> None:
+    """If the default policy (loopback peers, Host ``localhost`` or an IP) is asked about a
+    peer and a Host, then it lets in exactly those and says which check failed otherwise."""
+    refusal = DEFAULT_POLICY.refusal(peer, host)
+    if reason is None:
+        assert refusal is None
+    else:
+        assert refusal is not None
+        assert refusal.startswith(f"403 forbidden: {reason} (ip={peer}, host={host}).")
+        assert "dashboard.access_policy.allowed_hosts (or allowed_cidrs)" in refusal
+
+
+def test_policy_from_config() -> None:
+    """If the policy lists a LAN range and a name, then a LAN peer using that name gets in,
+    and loopback (no longer listed) does not."""
+    policy = AccessPolicy(["192.168.1.0/24", "fd00::/8"], ["OLLA.lan"])
+    assert policy.refusal("192.168.1.20", "olla.lan:40114") is None
+    assert policy.refusal("fd00::7", "olla.lan") is None
+    assert policy.refusal("127.0.0.1", "olla.lan") is not None
+
+
+def _from(h: Harness, peer: IPv4Address | IPv6Address, raw: bytes) -> Response:
+    transport = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 40114), peerAddress=peer
+    )
+    channel = h.site.buildProtocol(None)
+    assert channel is not None
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    h.pump()
+    response = parse_response(transport.value())
+    assert response is not None
+    return response
+
+
+@pytest.mark.parametrize("path", ["/internal/ui", "/internal/ui/", "/internal/ui/nope.js"])
+def test_host_not_allowed_is_403(path: str) -> None:
+    """If the Host is a name the policy does not list, then every dashboard path (the redirect
+    and unknown files too) is a JSON 403 that says why, and the status routes still answer."""
+    h = Harness({"a:1": "refuse"})  # the default policy: Host olla.test is not listed
+    response = _get(h, path)
+    assert response.status == 403
+    assert response.header(b"content-type") == b"application/json; charset=utf-8"
+    error = json.loads(response.body)["error"]
+    assert error.startswith("403 forbidden: host not accepted (ip=127.0.0.1, host=olla.test:40114)")
+    assert response.header(b"x-frame-options") == b"DENY"
+    assert response.header(b"location") is None
+    assert _get(h, "/internal/status").status == 200
+
+
+def test_peer_outside_the_cidrs_is_403(h: Harness) -> None:
+    """If the TCP peer is outside ``allowed_cidrs``, then the page is a 403, whatever
+    ``X-Forwarded-For`` claims; a loopback peer gets the page."""
+    raw = http_request("GET", "/internal/ui/", headers={"X-Forwarded-For": "127.0.0.1"})
+    away = _from(h, IPv4Address("TCP", "10.1.2.3", 50000), raw)
+    assert away.status == 403
+    assert "ip not in allowed range (ip=10.1.2.3," in json.loads(away.body)["error"]
+    near = _from(h, IPv6Address("TCP", "::1", 50000), raw)
+    assert near.status == 200
