@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.error
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -187,7 +188,9 @@ def test_model_stats_panel_follows_the_route(loaded: tuple[Fleet, str, PageReade
     assert MODEL in shown
 
 
-# ---------------------------------------------------------------------------------- with stats
+# ---------------------------------------------------------------------------------- canned olla
+# The page against a stand-in that answers every route it reads, for what a real daemon cannot
+# show on cue: the model stats route answering, and a fleet that changes between two refreshes.
 
 #: ``/internal/stats/models`` as the Go original shapes it (``models[]`` sorted by requests)
 MODEL_STATS = {
@@ -199,22 +202,55 @@ MODEL_STATS = {
          "average_latency": 90, "p95_latency": 120, "last_requested": "2026-12-03T08:58:00Z"},
     ],
 }  # fmt: skip
+LATER_FAILOVER = {
+    "time": "2026-12-03T09:00:01Z", "request_id": "calm-hums-0001", "model": MODEL,
+    "from": "gpu-a", "to": "gpu-b", "kind": "unreachable", "cause": "connection refused",
+}  # fmt: skip
+
+
+def _endpoint(status: str) -> dict[str, object]:
+    return {
+        "name": "gpu-a",
+        "url": "http://127.0.0.1:1",
+        "type": "ollama",
+        "status": status,
+        "priority": 100,
+        "model_count": 1,
+        "request_count": 0,
+        "active_connections": 0,
+    }
+
+
+def _canned(path: str, call: int) -> object | None:
+    """What the stand-in answers on its ``call``-th request (0 first) for ``path``: gpu-a
+    healthy with no failover at first, offline with one failover from the second call on."""
+    later = call > 0
+    return {
+        "/internal/status": {"system": {"status": "healthy", "version": "0"}},
+        "/internal/status/endpoints": {
+            "endpoints": [_endpoint("offline" if later else "healthy")],
+            "healthy_count": 0 if later else 1,
+            "total_count": 1,
+        },
+        "/internal/status/models": {"models_by_family": {}, "recent_models": []},
+        "/internal/stats/models": MODEL_STATS,
+        "/internal/stats/failovers": {
+            "failovers": [LATER_FAILOVER] if later else [],
+            "total": int(later),
+        },
+    }.get(path)
 
 
 class _CannedOlla(BaseHTTPRequestHandler):
-    """The dashboard's files and canned answers for every route it reads, stats included."""
+    """The dashboard's files, and :func:`_canned` for every route the page reads."""
 
-    ROUTES: dict[str, object] = {
-        "/internal/status": {"system": {"status": "healthy", "version": "0"}},
-        "/internal/status/endpoints": {"endpoints": [], "healthy_count": 0, "total_count": 0},
-        "/internal/status/models": {"models_by_family": {}, "recent_models": []},
-        "/internal/stats/models": MODEL_STATS,
-        "/internal/stats/failovers": {"failovers": [], "total": 0},
-    }
+    calls: Counter[str]
 
     def do_GET(self) -> None:
-        if self.path in self.ROUTES:
-            body, kind = json.dumps(self.ROUTES[self.path]).encode(), b"application/json"
+        payload = _canned(self.path, self.calls[self.path])
+        self.calls[self.path] += 1
+        if payload is not None:
+            body, kind = json.dumps(payload).encode(), b"application/json"
         else:
             name = self.path.removeprefix("/internal/ui/") or "index.html"
             asset = load_assets().get(name)
@@ -232,22 +268,43 @@ class _CannedOlla(BaseHTTPRequestHandler):
         pass
 
 
-def test_model_stats_panel_shows_the_stats() -> None:
-    """If ``/internal/stats/models`` answers, then the model traffic panel shows each model
-    with its requests and p95 latency, names as text."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CannedOlla)
+@pytest.fixture(scope="module")
+def canned() -> Iterator[tuple[PageReader, Counter[str]]]:
+    """The page, after 8 s of virtual time, against the stand-in; and what it asked for."""
+    calls: Counter[str] = Counter()
+    handler = type("Handler", (_CannedOlla,), {"calls": calls})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/internal/ui/"
-        page = _read(browser.dump_dom(url, virtual_time_ms=4000))
+        yield _read(browser.dump_dom(url, virtual_time_ms=8000)), calls
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_model_stats_panel_shows_the_stats(canned: tuple[PageReader, Counter[str]]) -> None:
+    """If ``/internal/stats/models`` answers, then the model traffic panel shows each model
+    with its requests and p95 latency, names as text."""
+    page, _ = canned
     assert "model-stats-panel" not in page.hidden
     shown = page.rows("model-stats", "model-stats")
     assert list(shown) == [MODEL, "<b>qwen</b>"]
     assert (shown[MODEL].cells["requests"], shown[MODEL].cells["p95"]) == ("12", "1.8s")
     assert shown["<b>qwen</b>"].cells["p95"] == "120ms"
     assert "b" not in page.tags
+
+
+def test_page_shows_what_changed_since_it_loaded(canned: tuple[PageReader, Counter[str]]) -> None:
+    """If the fleet changes after the page loaded (gpu-a goes offline, a request fails over),
+    then a later refresh shows it without reloading the page: the page itself was fetched
+    once, the routes again and again."""
+    page, calls = canned
+    assert calls["/internal/ui/"] == 1
+    assert calls["/internal/status/endpoints"] >= 2
+    assert page.rows("endpoints", "endpoint")["gpu-a"].attrs["status"] == "offline"
+    failover = page.rows("failovers", "failover")["calm-hums-0001"].cells
+    assert (failover["from"], failover["to"]) == ("gpu-a", "gpu-b")
+    assert failover["cause"].split() == ["unreachable", "connection", "refused"]
