@@ -52,7 +52,6 @@ class PageReader(HTMLParser):
         self._table: str | None = None
         self._row: Row | None = None
         self._field: str | None = None
-        self._depth = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -69,11 +68,8 @@ class PageReader(HTMLParser):
             self.tables[self._table].append(self._row)
         elif tag == "td" and self._row is not None:
             self._field = values.get("data-field")
-            self._depth = 0
             if self._field:
                 self._row.cells[self._field] = ""
-        elif self._field:
-            self._depth += 1
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "tbody":
@@ -82,8 +78,8 @@ class PageReader(HTMLParser):
             self._row = None
         elif tag == "td":
             self._field = None
-        elif tag in ("div", "span") and self._field:
-            self._row.cells[self._field] += " "  # type: ignore[union-attr]
+        elif tag in ("div", "span") and self._row is not None and self._field:
+            self._row.cells[self._field] += " "  # a block or a tag ends a word
 
     def handle_data(self, data: str) -> None:
         if self._row is not None and self._field:
