@@ -12,7 +12,7 @@ DEMO_DIR ?= .cache/demo
 # Run from the working tree: twistd finds twisted/plugins/olla_plugin.py through PYTHONPATH.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run demo test test-real lint typecheck unit bench clean
+.PHONY: run demo test test-real lint typecheck unit chromium bench clean
 
 $(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,13 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
-unit: $(VENV)/.test-installed
+unit: $(VENV)/.test-installed chromium
 	$(PY) -m pytest -q --ignore=tests/real
+
+# Debian's chromium for the dashboard's browser test: installed with apt-get when this runs as
+# root and it is missing; otherwise the script says why that test will skip. Never fails.
+chromium:
+	@sh tests/e2e/install-chromium.sh
 
 # The compatibility suite: a real Ollama and real clients (installed into .cache/real on first
 # use by tests/real/install.sh, then reused).

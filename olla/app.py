@@ -37,6 +37,8 @@ from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.security import SecurityStats
 from olla.sticky import StickySessions
+from olla.web.access import AccessPolicy
+from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
@@ -151,6 +153,12 @@ def build_app(
         translators=[translator_stats],
         security=security,
         sticky=sticky,
+        failovers=deps.failovers,
+        dashboard=(
+            Dashboard(AccessPolicy.from_config(config.dashboard.access_policy))
+            if config.dashboard.enabled
+            else None
+        ),
     )
     limits = config.server.request_limits
     site = OllaSite(

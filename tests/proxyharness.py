@@ -29,6 +29,7 @@ from olla.app import build_app
 from olla.balancer import RoundRobinBalancer
 from olla.config import (
     AnthropicTranslatorConfig,
+    DashboardConfig,
     EndpointConfig,
     OllaConfig,
     ProxyConfig,
@@ -178,6 +179,7 @@ class Harness:
         aliases: Mapping[str, Sequence[str]] | None = None,
         anthropic: AnthropicTranslatorConfig | None = None,
         balancer: IBalancer | None = None,
+        dashboard: DashboardConfig | None = None,
     ) -> None:
         self.clock = clock or Clock()
         configs = tuple(
@@ -210,6 +212,7 @@ class Harness:
             translators=replace(
                 defaults.translators, anthropic=anthropic or AnthropicTranslatorConfig()
             ),
+            dashboard=dashboard or defaults.dashboard,
         )
         self.agent = HostAgent({k.encode(): v for k, v in backends.items()})
         self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))

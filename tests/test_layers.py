@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla",
         "olla.errors",
         "olla.failures",
+        "olla.failovers",
         "olla.bodies",
         "olla.ids",
         "olla.responses",

@@ -46,7 +46,8 @@ def test_bad_config_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_wheel_ships_plugin(tmp_path: Path) -> None:
     """If olla is built as a wheel, then it carries twisted/plugins/olla_plugin.py and no
-    twisted/__init__.py, and twistd finds the plugin from an install of it."""
+    twisted/__init__.py, and twistd finds the plugin from an install of it; the dashboard's
+    files are in it and load from the install."""
     subprocess.run(
         [
             sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
@@ -60,6 +61,8 @@ def test_wheel_ships_plugin(tmp_path: Path) -> None:
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
     assert "olla/py.typed" in names
+    for asset in ("index.html", "dashboard.js", "dashboard.css"):
+        assert f"olla/web/ui/{asset}" in names
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
@@ -70,7 +73,8 @@ def test_wheel_ships_plugin(tmp_path: Path) -> None:
         "import sys, twisted.plugins; from twisted.plugin import getPlugins;"
         "from twisted.application.service import IServiceMaker;"
         "m = [p for p in getPlugins(IServiceMaker, twisted.plugins) if p.tapname == 'olla'];"
-        "import olla; print(len(m), olla.__file__)"
+        "import olla; print(len(m), olla.__file__);"
+        "from olla.web.dashboard import load_assets; print(','.join(sorted(load_assets())))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
@@ -82,3 +86,4 @@ def test_wheel_ships_plugin(tmp_path: Path) -> None:
     ).stdout.split()
     assert out[0] == "1"
     assert out[1].startswith(str(target))
+    assert out[2] == "dashboard.css,dashboard.js,index.html"

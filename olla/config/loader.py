@@ -173,7 +173,6 @@ NO_EFFECT_YET: tuple[str, ...] = (
     "model_registry.unification.cleanup_interval",
     "translators.anthropic.inspector.enabled",
     "engineering.show_nerdstats",
-    "dashboard.access_policy.*",
     "dashboard.gate_internal_api",
 )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -31,6 +31,7 @@ from olla.config import ProxyConfig
 from olla.deadline import with_deadline
 from olla.endpoints import Endpoint, EndpointRegistry, Outcome
 from olla.errors import Dialect, write_error
+from olla.failovers import FailoverLog
 from olla.failures import STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
 from olla.health import parse_retry_after
 from olla.models import ModelCatalogue
@@ -70,6 +71,8 @@ class ProxyDeps:
     refresh_loaded: Callable[[Sequence[Endpoint]], Deferred[None]] | None = None
     #: the sticky sessions (``proxy.sticky_sessions.enabled``), else None
     sticky: StickySessions | None = None
+    #: the recent failovers, for ``/internal/stats/failovers`` and the dashboard
+    failovers: FailoverLog = field(default_factory=FailoverLog)
 
     @property
     def registry(self) -> EndpointRegistry:
@@ -285,6 +288,15 @@ class Exchange:
     def _attempt_next(self) -> None:
         """Try the best candidate left (routing ordered them)."""
         endpoint = self._candidates.pop(0)
+        if self._endpoint is not None:  # a hand-over: _note_failover just noted why
+            self._deps.failovers.record(
+                self._deps.clock.seconds(),
+                request_id(self._request),
+                self._model or "",
+                self._endpoint.name,
+                endpoint.name,
+                self._failovers[-1].removeprefix(f"{self._endpoint.name}:"),
+            )
         self._attempts += 1
         self._attempt(endpoint)
 

@@ -21,10 +21,12 @@ from olla import __version__, responses
 from olla.anthropic.stats import TranslatorStats, translators_payload
 from olla.config import OllaConfig
 from olla.endpoints import EndpointRegistry
+from olla.failovers import FailoverLog
 from olla.listings import status_models
 from olla.models import ModelCatalogue
 from olla.security import SecurityStats
 from olla.sticky import StickySessions
+from olla.web.dashboard import Dashboard
 from olla.web.status import (
     endpoints_payload,
     etag_for,
@@ -122,6 +124,27 @@ def version_payload() -> dict[str, Any]:
     }
 
 
+def failovers_payload(failovers: FailoverLog, now: float) -> dict[str, Any]:
+    """``/internal/stats/failovers``: the recent hand-overs, newest first."""
+    return {
+        "timestamp": rfc3339(now),
+        "total": failovers.total,
+        "kept": failovers.size,
+        "failovers": [
+            {
+                "time": rfc3339(event.at),
+                "request_id": event.request_id,
+                "model": event.model,
+                "from": event.from_endpoint,
+                "to": event.to_endpoint,
+                "kind": event.kind,
+                "cause": event.cause,
+            }
+            for event in failovers.recent()
+        ],
+    }
+
+
 class InternalApp:
     """The Klein app for everything olla answers itself, bound to the live state."""
 
@@ -139,6 +162,8 @@ class InternalApp:
         translators: Sequence[TranslatorStats] = (),
         security: SecurityStats | None = None,
         sticky: StickySessions | None = None,
+        failovers: FailoverLog | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -150,6 +175,8 @@ class InternalApp:
             proc_self: the ``/proc/self`` directory ``/internal/process`` reads, or ``None``.
             security: what the HTTP layer and the guards refused, for ``/internal/status``.
             sticky: the sticky sessions, when enabled, for ``/internal/stats/sticky``.
+            failovers: the recent failovers, for ``/internal/stats/failovers``.
+            dashboard: the page at ``/internal/ui/``, or ``None`` (disabled: 404).
         """
         self._registry = registry
         self._clock = clock
@@ -161,6 +188,8 @@ class InternalApp:
         self._translators = list(translators)
         self._security = security or SecurityStats()
         self._sticky = sticky
+        self._failovers = failovers or FailoverLog()
+        self._dashboard = dashboard
         #: which config runs: ``use_config`` moves these on a reload
         self._generation = 1
         self._loaded_at = self._started
@@ -218,6 +247,27 @@ class InternalApp:
         if self._sticky is None:
             return json_response(request, {"enabled": False})
         return json_response(request, self._sticky.stats())
+
+    @app.route("/internal/stats/failovers", branch=False)
+    def stats_failovers(self, request: Request) -> bytes:
+        return json_response(request, failovers_payload(self._failovers, self._clock.seconds()))
+
+    @app.route("/internal/ui", branch=False)
+    def dashboard_redirect(self, request: Request) -> bytes:
+        return self._ui().redirect(request)
+
+    @app.route("/internal/ui/", branch=False)
+    def dashboard_page(self, request: Request) -> bytes:
+        return self._ui().page(request)
+
+    @app.route("/internal/ui/<name>", branch=False)
+    def dashboard_asset(self, request: Request, name: str) -> bytes:
+        return self._ui().asset(request, name)
+
+    def _ui(self) -> Dashboard:
+        if self._dashboard is None:  # dashboard.enabled: false
+            raise NotFound()
+        return self._dashboard
 
     @app.route("/internal/process", branch=False)
     def process(self, request: Request) -> bytes:

@@ -1,0 +1,76 @@
+# -*- test-case-name: tests.test_dashboard -*-
+"""Who may open the dashboard (``dashboard.access_policy``): a network check, as in the Go
+original, since the dashboard has no login.
+
+Both must hold for every dashboard request:
+
+1. the TCP peer (never a proxy header such as ``X-Forwarded-For``) is inside one of
+   ``allowed_cidrs``;
+2. the ``Host`` header, port and IPv6 brackets stripped, compared case-insensitively, is an IP
+   literal or one of ``allowed_hosts``. A name a browser resolved is what DNS rebinding abuses;
+   an IP literal cannot be rebound.
+
+A refusal says which check failed, the peer and the Host, and the keys to change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from olla.config import AccessPolicyConfig
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def bare_host(host: str) -> str:
+    """``Host`` without its ``:port`` and without IPv6 brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        inside, sep, _ = host[1:].partition("]")
+        return inside if sep else host
+    name, sep, port = host.rpartition(":")
+    if sep and ":" not in name and port.isdigit():
+        return name
+    return host
+
+
+def _address(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
+    return address
+
+
+class AccessPolicy:
+    """``dashboard.access_policy``, ready to ask."""
+
+    def __init__(self, cidrs: Iterable[str], hosts: Iterable[str]) -> None:
+        self._networks: list[IPNetwork] = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self._hosts = frozenset(bare_host(h) for h in hosts)
+
+    @classmethod
+    def from_config(cls, config: AccessPolicyConfig) -> AccessPolicy:
+        return cls(config.allowed_cidrs, config.allowed_hosts)
+
+    def refusal(self, peer: str, host: str) -> str | None:
+        """Why a request from ``peer`` (the TCP source address) with ``Host: host`` may not see
+        the dashboard, or ``None`` when it may."""
+        address = _address(peer)
+        if address is None or not any(address in net for net in self._networks):
+            return self._explain("ip not in allowed range", peer, host)
+        name = bare_host(host)
+        if _address(name) is None and name not in self._hosts:
+            return self._explain("host not accepted", peer, host)
+        return None
+
+    @staticmethod
+    def _explain(reason: str, peer: str, host: str) -> str:
+        return (
+            f"403 forbidden: {reason} (ip={peer}, host={host}). Adjust "
+            "dashboard.access_policy.allowed_hosts (or allowed_cidrs) in your config."
+        )
