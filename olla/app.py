@@ -38,6 +38,7 @@ from olla.security import SecurityStats
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
+from olla.workers import WorkerIdentity
 
 
 @dataclass
@@ -90,6 +91,7 @@ def build_app(
     cooperator: Cooperator,
     checker: IHealthChecker | None = None,
     rng: random.Random | None = None,
+    worker: WorkerIdentity | None = None,
 ) -> App:
     """olla for ``config``: registry, catalogue, pollers, router, routes and the HTTP site."""
     discovery_config = config.discovery.model_discovery
@@ -141,6 +143,7 @@ def build_app(
         catalogue=catalogue,
         translators=[translator_stats],
         security=security,
+        worker=worker,
     )
     limits = config.server.request_limits
     site = OllaSite(

@@ -43,7 +43,17 @@ from olla.config import (
 from olla.endpoints import EndpointRegistry
 from olla.logging import LogSink, ReopenOnHangup, StreamSink, make_observer, open_sink
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
+from olla.supervisor import supervise
 from olla.web.site import OllaSite
+from olla.workers import (
+    LISTEN_FD,
+    AdoptedPortService,
+    ParentWatch,
+    WorkerIdentity,
+    address_family,
+    parse_worker,
+    parse_worker_count,
+)
 
 
 # Two private Twisted names, on purpose, and only here: Agent offers no public way to build a
@@ -82,13 +92,24 @@ class _CachedEndpoints:
 class Options(usage.Options):
     """``twistd olla [--config PATH]``; ``OLLA_CONFIG_FILE`` is used when it is not given."""
 
-    optParameters = [["config", "c", None, "Path to the olla YAML config file."]]
+    optParameters = [
+        ["config", "c", None, "Path to the olla YAML config file."],
+        ["workers", "w", "1", "Worker processes on one listening socket: N, or auto (one a core)."],
+        ["worker", None, None, "Internal: set by the supervisor on each worker it starts."],
+    ]
 
     config: OllaConfig
     profiles: ProfileRegistry
     log_sink: LogSink
+    worker_count: int
+    worker: WorkerIdentity | None
 
     def postOptions(self) -> None:
+        try:
+            self.worker_count = parse_worker_count(self["workers"])
+            self.worker = WorkerIdentity(*parse_worker(self["worker"])) if self["worker"] else None
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
         try:
             self.config, self.profiles = load_all(self["config"])
         except ConfigError as e:
@@ -189,19 +210,15 @@ def build_service(
     reactor: Any,
     profiles: ProfileRegistry | None = None,
     log_sink: LogSink | None = None,
+    worker: WorkerIdentity | None = None,
 ) -> OllaService:
     """The daemon for ``config`` on ``reactor``, logging to ``log_sink`` (stdout): the
-    reactor-facing parts (connection pool, agent, listener, log observer) around ``build_app``."""
+    reactor-facing parts (connection pool, agent, listener, log observer) around ``build_app``.
+    A ``worker`` of the supervisor serves the listening socket it inherited instead of binding.
+    """
     profiles = profiles or builtin_profiles()
     log_sink = log_sink or StreamSink(sys.stdout)
-    service = OllaService(
-        make_observer(
-            config.logging.format,
-            config.logging.level,
-            log_sink,
-            request_logging=config.server.request_logging,
-        )
-    )
+    service = OllaService(_observer(config, log_sink))
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietClientFactory
@@ -212,14 +229,21 @@ def build_service(
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
-    app = build_app(config, profiles, clock=reactor, agent=agent, cooperator=cooperator)
+    app = build_app(
+        config, profiles, clock=reactor, agent=agent, cooperator=cooperator, worker=worker
+    )
 
     host = config.server.host
-    endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
-    listener = StreamServerEndpointService(
-        endpoint_type(reactor, config.server.port, interface=host), app.site
-    )
-    listener._raiseSynchronously = True  # a port in use stops startup with the reason
+    listener: IService
+    if worker is not None:
+        listener = AdoptedPortService(reactor, LISTEN_FD, address_family(host), app.site)
+        ParentWatch(reactor, reactor.stop).setServiceParent(service)
+    else:
+        endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        listener = StreamServerEndpointService(
+            endpoint_type(reactor, config.server.port, interface=host), app.site
+        )
+        listener._raiseSynchronously = True  # a port in use stops startup with the reason
 
     # Children stop in reverse order: the listener first, the pool last.
     ReopenOnHangup(log_sink, reactor).setServiceParent(service)
@@ -232,7 +256,25 @@ def build_service(
     return service
 
 
+def _observer(config: OllaConfig, log_sink: LogSink) -> ILogObserver:
+    return make_observer(
+        config.logging.format,
+        config.logging.level,
+        log_sink,
+        request_logging=config.server.request_logging,
+    )
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor, options.profiles, options.log_sink)
+    if options.worker_count > 1 and options.worker is None:
+        # The supervisor: binds the socket, runs the workers (each a twistd olla --worker).
+        service = OllaService(_observer(options.config, options.log_sink))
+        supervise(
+            options.config, options.worker_count, reactor, options.log_sink, options.parent
+        ).setServiceParent(service)
+        return service
+    return build_service(
+        options.config, reactor, options.profiles, options.log_sink, worker=options.worker
+    )

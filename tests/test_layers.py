@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.breaker",
         "olla.interfaces",
         "olla.security",
+        "olla.workers",
     ),
     ("olla.profiles", "olla.endpoints"),
     ("olla.values", "olla.models", "olla.modelsources", "olla.balancer"),
@@ -34,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("olla.proxy",),
     ("olla.anthropic",),
     ("olla.web",),
-    ("olla.app",),
+    ("olla.app", "olla.supervisor"),
     ("olla.tap", "olla.__main__"),
 )
 

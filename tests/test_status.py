@@ -385,7 +385,9 @@ class StatusTests(_Harness):
             },
         )
         self.assertEqual(payload["timestamp"], "2023-11-14T22:13:20Z")
-        self.assertEqual(list(payload), ["timestamp", "endpoints", "proxy", "security", "system"])
+        self.assertEqual(
+            list(payload), ["timestamp", "endpoints", "proxy", "security", "system", "worker"]
+        )
 
     def test_system_without_traffic(self) -> None:
         """If a healthy fleet has seen no traffic, then the system is healthy with rate "N/A"."""

@@ -33,6 +33,7 @@ from olla.web.status import (
     should_gzip,
     status_payload,
 )
+from olla.workers import WorkerIdentity
 
 SUPPORTED_BACKENDS = (
     "ollama",
@@ -136,6 +137,7 @@ class InternalApp:
         catalogue: ModelCatalogue | None = None,
         translators: Sequence[TranslatorStats] = (),
         security: SecurityStats | None = None,
+        worker: WorkerIdentity | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -146,6 +148,7 @@ class InternalApp:
             active_connections: open client connections, for ``/internal/process``.
             proc_self: the ``/proc/self`` directory ``/internal/process`` reads, or ``None``.
             security: what the HTTP layer and the guards refused, for ``/internal/status``.
+            worker: which of the ``--workers`` processes this is (all figures are its own).
         """
         self._registry = registry
         self._clock = clock
@@ -156,6 +159,7 @@ class InternalApp:
         self._catalogue = catalogue or ModelCatalogue()
         self._translators = list(translators)
         self._security = security or SecurityStats()
+        self._worker = worker or WorkerIdentity()
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -174,6 +178,8 @@ class InternalApp:
             started=self._started,
             security=self._security.snapshot(),
         )
+        # In both: another worker's answer differs, so its ETag must too.
+        payload["worker"] = stable["worker"] = self._worker.payload()
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/status/endpoints", branch=False)
@@ -200,6 +206,7 @@ class InternalApp:
             active_connections=self._active_connections(),
             proc_self=self._proc_self,
         )
+        payload["worker"] = self._worker.payload()
         return json_response(request, payload)
 
     @app.handle_errors(HTTPException)
