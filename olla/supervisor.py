@@ -57,8 +57,9 @@ class IWorkerSpawner(Interface):
 class Backoff:
     """How long to wait before starting a worker that died.
 
-    A worker that ran at least ``stable_after`` seconds is started again at once; one that died
-    younger waits ``initial``, doubling per young death in a row, up to ``maximum``.
+    A worker is started again at once after a death, unless it keeps dying young (within
+    ``stable_after`` seconds of its start): the second young death in a row waits ``initial``,
+    each further one twice as long, up to ``maximum``. A run of ``stable_after`` resets it.
     """
 
     initial: float = 0.5
@@ -66,9 +67,9 @@ class Backoff:
     stable_after: float = 10.0
 
     def delay(self, young_deaths: int) -> float:
-        if young_deaths <= 0:
+        if young_deaths <= 1:
             return 0.0
-        return float(min(self.maximum, self.initial * 2 ** (young_deaths - 1)))
+        return float(min(self.maximum, self.initial * 2 ** (young_deaths - 2)))
 
 
 @dataclass

@@ -154,11 +154,17 @@ class ParentWatch(Service):
             return
         except OSError:
             data = b""
-        if data:  # the supervisor never writes; nothing to do
-            return
-        self._reactor.removeReader(self)
-        self._log.warn("the supervisor is gone: stopping this worker")
-        self._gone()
+        if not data:  # the supervisor never writes: only the end matters
+            self._reactor.removeReader(self)
+            self._parent_gone()
 
     def connectionLost(self, reason: Failure) -> None:
-        """The reactor dropped the descriptor (shutdown); nothing to release."""
+        """The reactor saw the pipe hang up (epoll reports it without a read)."""
+        self._parent_gone()
+
+    def _parent_gone(self) -> None:
+        if not self.running:  # stopping already (the reactor drops every reader at shutdown)
+            return
+        self.running = False
+        self._log.warn("the supervisor is gone: stopping this worker")
+        self._gone()

@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionDone,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
@@ -128,8 +133,9 @@ def test_worker_that_ran_a_while_is_restarted_at_once() -> None:
 
 
 def test_crash_loop_backs_off_and_recovers() -> None:
-    """If a worker keeps dying young, then each restart waits twice as long (0.5, 1, 2 s ...) up
-    to the maximum; once it has run long enough, the next death restarts it at once again."""
+    """If a worker keeps dying young, then the first restart is at once and each further one
+    waits twice as long (0.5, 1, 2 s ...) up to the maximum; once it has run long enough, the
+    next death restarts it at once again."""
     clock = Clock()
     spawner = FakeSpawner()
     supervisor = Supervisor(
@@ -137,13 +143,13 @@ def test_crash_loop_backs_off_and_recovers() -> None:
     )
     supervisor.startService()
     waits = []
-    for _ in range(4):
+    for _ in range(5):
         spawner.running()[1].end()
         (call,) = clock.getDelayedCalls()
         waits.append(call.getTime() - clock.seconds())
         clock.advance(waits[-1])
         assert 1 in spawner.running()
-    assert waits == [0.5, 1.0, 2.0, 2.0]
+    assert waits == [0.0, 0.5, 1.0, 2.0, 2.0]
     clock.advance(30)  # a good run
     spawner.running()[1].end()
     clock.advance(0)
@@ -190,13 +196,15 @@ def test_stop_cancels_a_pending_restart() -> None:
     not started again, and the stop does not wait for it."""
     supervisor, spawner, clock = _supervisor(2)
     supervisor.startService()
-    spawner.spawned[0].end()  # young: a restart is scheduled
-    assert len(clock.getDelayedCalls()) == 1
+    spawner.spawned[0].end()  # young: restarted at once
+    clock.advance(0)
+    spawner.spawned[2].end()  # young again: a restart is scheduled
+    assert len(clock.getDelayedCalls()) == 1 and clock.getDelayedCalls()[0].getTime() == 0.5
     stopped = supervisor.stopService()
     spawner.spawned[1].end(ProcessDone(0))
     assert stopped.called
     clock.advance(60)
-    assert len(spawner.spawned) == 2
+    assert len(spawner.spawned) == 3
     assert clock.getDelayedCalls() == []
 
 
@@ -403,6 +411,21 @@ def test_parent_watch_stops_the_worker_when_the_pipe_closes() -> None:
         watch.stopService()
     finally:
         os.close(read_fd)
+
+
+def test_parent_watch_hangup_without_read() -> None:
+    """If the reactor reports the pipe's hang-up as a lost connection (epoll does, without a
+    read), then the worker is told to stop, once; after a normal stop, a lost connection (the
+    reactor dropping its readers at shutdown) is not a reason to stop again."""
+    gone: list[bool] = []
+    watch = ParentWatch(MemoryReactor(), lambda: gone.append(True), fd=0)
+    watch.running = True
+    watch.connectionLost(Failure(ConnectionDone()))
+    watch.connectionLost(Failure(ConnectionDone()))
+    assert gone == [True]
+    stopped = ParentWatch(MemoryReactor(), lambda: gone.append(False), fd=0)
+    stopped.connectionLost(Failure(ConnectionDone()))
+    assert gone == [True]
 
 
 def test_status_and_process_say_which_worker_answered() -> None:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,9 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class OllaDaemon:
     """A running olla; ``url`` is its base, ``logs`` the JSON events it printed so far."""
 
-    def __init__(self, config_path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.config_path = config_path
         config = yaml.safe_load(config_path.read_text())
         self.port = int(config["server"]["port"])
@@ -55,7 +57,7 @@ class OllaDaemon:
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.process = subprocess.Popen(
-            [twistd(), "--nodaemon", "--pidfile=", "olla", "--config", str(config_path)],
+            [twistd(), "--nodaemon", "--pidfile=", "olla", "--config", str(config_path), *args],
             cwd=str(config_path.parent),
             env=daemon_env(env),
             stdout=subprocess.PIPE,
