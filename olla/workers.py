@@ -86,6 +86,26 @@ def address_family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def accept_one_at_a_time(port: Any) -> None:
+    """Make ``port`` take one connection per wake-up, so the workers share a burst of them.
+
+    Every worker is woken when connections arrive, and Twisted's TCP port accepts up to
+    ``numberAccepts`` (100 at first, growing while it fills them) in one go: the first worker
+    to run would take a whole burst (a load balancer's or wrk's connections, all opened at
+    once) and leave the others idle for the life of those keep-alive connections. One at a
+    time, each worker goes back to the poll after every accept and a busy one takes fewer.
+    """
+    if not hasattr(port, "numberAccepts"):  # not a Twisted TCP port: nothing to tune
+        return
+    read = port.doRead
+
+    def doRead() -> object:
+        port.numberAccepts = 1
+        return read()
+
+    port.doRead = doRead
+
+
 class AdoptedPortService(Service):
     """Serves ``factory`` on a listening socket inherited from the supervisor.
 
@@ -109,6 +129,7 @@ class AdoptedPortService(Service):
     def startService(self) -> None:
         super().startService()
         self.port = self._reactor.adoptStreamPort(self._fd, self._family, self._factory)
+        accept_one_at_a_time(self.port)
         # adoptStreamPort works on a duplicate; the inherited descriptor is not needed again.
         os.close(self._fd)
 

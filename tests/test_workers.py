@@ -47,6 +47,7 @@ from olla.workers import (
     AdoptedPortService,
     ParentWatch,
     WorkerIdentity,
+    accept_one_at_a_time,
     parse_worker,
     parse_worker_count,
 )
@@ -389,6 +390,28 @@ def test_adopted_port_serves_the_inherited_socket() -> None:
     service.port.stopListening = lambda: stopped.append(True)  # type: ignore[method-assign]
     service.stopService()
     assert stopped == [True] and service.port is None
+
+
+def test_workers_take_one_connection_per_wake_up() -> None:
+    """If a worker's port is woken, then it accepts at most one connection before going back
+    to the poll, however many Twisted's adaptive count (which grows on a burst) would take;
+    something that is not a Twisted TCP port is left alone."""
+
+    class Port:
+        numberAccepts = 100
+        seen: list[int] = []
+
+        def doRead(self) -> None:
+            self.seen.append(self.numberAccepts)
+            self.numberAccepts += 20  # what tcp.Port does after filling its count
+
+    port = Port()
+    accept_one_at_a_time(port)
+    port.doRead()
+    port.doRead()
+    assert port.seen == [1, 1]
+    other = object()
+    accept_one_at_a_time(other)
 
 
 def test_parent_watch_stops_the_worker_when_the_pipe_closes() -> None:
