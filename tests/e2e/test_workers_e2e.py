@@ -220,12 +220,27 @@ def test_killed_worker_comes_back_without_failing_the_other(olla: OllaDaemon) ->
     assert any("died: signal 9" in str(e.get("msg")) for e in olla.events), olla.output()
 
 
-def test_sigterm_stops_every_process(olla: OllaDaemon) -> None:
-    """If the supervisor gets SIGTERM, then every worker drains and exits, and then the
-    supervisor: no process is left behind (checked by pid)."""
+def test_sigterm_drains_and_stops_every_process(olla: OllaDaemon) -> None:
+    """If the supervisor gets SIGTERM while a stream runs on a worker, then the stream still
+    completes (the worker drains), every worker exits, and then the supervisor: no process is
+    left behind (checked by pid)."""
     workers = _children(olla.process.pid)
     assert len(workers) == 2
+    conn = http.client.HTTPConnection("127.0.0.1", olla.port, timeout=30)
+    body = json.dumps({"model": MODEL, "messages": []}).encode()
+    conn.request(
+        "POST",
+        "/olla/ollama/api/chat",
+        body,
+        {"Content-Type": "application/json", "X-Fake-Chunks": "20", "X-Fake-Delay-Ms": "50"},
+    )
+    response = conn.getresponse()
+    assert response.status == 200
+    lines = [response.readline()]
     olla.process.send_signal(signal.SIGTERM)
+    lines += [line for line in response.read().splitlines() if line.strip()]
+    conn.close()
+    assert len(lines) == 21 and json.loads(lines[-1])["done"]
     olla.process.wait(30)
     deadline = time.monotonic() + 5
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
@@ -233,6 +248,7 @@ def test_sigterm_stops_every_process(olla: OllaDaemon) -> None:
     assert [pid for pid in workers if _alive(pid)] == []
     stopped = [e for e in olla.events if "stopped:" in str(e.get("msg"))]
     assert len(stopped) == 2, olla.output()
+    assert not any("killing them" in str(e.get("msg")) for e in olla.events)
 
 
 def test_workers_stop_when_the_supervisor_dies(olla: OllaDaemon) -> None:
