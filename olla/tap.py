@@ -50,6 +50,7 @@ from olla.workers import (
     AdoptedPortService,
     ParentWatch,
     WorkerIdentity,
+    WorkerTaggedObserver,
     address_family,
     parse_worker,
     parse_worker_count,
@@ -218,7 +219,8 @@ def build_service(
     """
     profiles = profiles or builtin_profiles()
     log_sink = log_sink or StreamSink(sys.stdout)
-    service = OllaService(_observer(config, log_sink))
+    observer = _observer(config, log_sink)
+    service = OllaService(observer if worker is None else WorkerTaggedObserver(observer, worker.id))
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietClientFactory

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import (
     IReadDescriptor,
 )
 from twisted.internet.protocol import ServerFactory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -79,6 +79,19 @@ def parse_worker(value: str) -> tuple[int, int]:
     if not 1 <= parsed[0] <= parsed[1]:
         raise ValueError(f"--worker must be ID/COUNT with 1 <= ID <= COUNT, not {value!r}")
     return parsed
+
+
+@implementer(ILogObserver)
+class WorkerTaggedObserver:
+    """Adds ``worker: ID`` to every event a worker logs (a JSON key), so the interleaved lines
+    of the workers sharing one log can be told apart; the shared event is not changed."""
+
+    def __init__(self, observer: ILogObserver, worker_id: int) -> None:
+        self._observer = observer
+        self._worker_id = worker_id
+
+    def __call__(self, event: LogEvent) -> None:
+        self._observer({"worker": self._worker_id, **event})
 
 
 def address_family(host: str) -> socket.AddressFamily:

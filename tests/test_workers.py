@@ -22,6 +22,7 @@ from twisted.internet.error import (
 )
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -30,7 +31,7 @@ from zope.interface.verify import verifyObject
 from olla import tap
 from olla.config import OllaConfig
 from olla.endpoints import EndpointRegistry
-from olla.logging import FileSink, StreamSink
+from olla.logging import FileSink, StreamSink, json_record
 from olla.supervisor import (
     Backoff,
     HangupRelay,
@@ -47,6 +48,7 @@ from olla.workers import (
     AdoptedPortService,
     ParentWatch,
     WorkerIdentity,
+    WorkerTaggedObserver,
     accept_one_at_a_time,
     parse_worker,
     parse_worker_count,
@@ -412,6 +414,18 @@ def test_workers_take_one_connection_per_wake_up() -> None:
     assert port.seen == [1, 1]
     other = object()
     accept_one_at_a_time(other)
+
+
+def test_worker_log_events_say_which_worker() -> None:
+    """If a worker logs, then each event reaches the log with ``worker: ID`` (a key of the JSON
+    line), and the event other observers see is left as it was."""
+    seen: list[dict[str, Any]] = []
+    tagged = WorkerTaggedObserver(seen.append, 2)
+    event = {"log_format": "hello {name}", "name": "x", "log_level": LogLevel.info}
+    tagged(event)
+    assert seen[0]["worker"] == 2 and seen[0]["name"] == "x"
+    assert "worker" not in event
+    assert json.loads(json_record(seen[0]))["worker"] == 2
 
 
 def test_parent_watch_stops_the_worker_when_the_pipe_closes() -> None:

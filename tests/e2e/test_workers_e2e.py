@@ -108,8 +108,8 @@ def _fresh_whoami(daemon: OllaDaemon) -> dict[str, int]:
 
 def test_both_workers_answer(olla: OllaDaemon) -> None:
     """If olla runs with --workers 2, then new connections are answered by both workers, each
-    saying who it is (id, count, pid) in /internal/status and /internal/process, and proxied
-    requests work through either."""
+    saying who it is (id, count, pid) in /internal/status, /internal/process and its log
+    lines, and proxied requests work through either."""
     seen: dict[int, int] = {}
     for _ in range(200):
         worker = _fresh_whoami(olla)
@@ -128,6 +128,8 @@ def test_both_workers_answer(olla: OllaDaemon) -> None:
     assert response.status == 200, response.read()
     assert json.loads(response.read())["message"]["role"] == "assistant"
     conn.close()
+    listening = [e for e in olla.events if "listening on" in str(e.get("msg"))]
+    assert sorted(e.get("worker") for e in listening) == [1, 2]  # whose line is whose
 
 
 @dataclass
