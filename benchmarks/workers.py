@@ -1,7 +1,9 @@
 """``python -m benchmarks workers``: S2 throughput with ``--workers 1`` against ``--workers N``.
 
 One run, one fake backend (``shared/bench/fake_backend.js``), the shared load runner's S2 (small
-``POST /api/chat`` at c=32 and c=128 with wrk) against each olla in turn. Nothing is pinned:
+``POST /api/chat`` at c=32 and c=128 with wrk) against each olla in turn, in ``--rounds``
+back-to-back pairs so that a change in the machine's other load hits both alike; the ratio
+quoted is the median of the rounds' ratios. Nothing is pinned:
 the workers need every core, so olla, the backend and wrk share the machine alike for both
 targets. It prints a table (requests/s, the ratio to one worker, CPU per request, errors, how
 the requests spread over the workers) and the JSON, also written to
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,7 +109,7 @@ def measure(
     ]
     cmd += ["--workers", str(workers)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = work / f"workers-{workers}.json"
+    out = work / f"workers-{workers}-{port}.json"
     with process(cmd, cpu=None, env=env) as proc:
         wait_workers(base, workers)
         loadrun = [
@@ -128,6 +131,8 @@ def metric(result: dict[str, Any], scenario: str, key: str) -> Any:
 
 
 def table(results: dict[str, dict[str, Any]], baseline: str) -> str:
+    """One column per target and round (``workers=2#1``); each ratio is to one worker's
+    figure of the same round."""
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
 
@@ -138,11 +143,14 @@ def table(results: dict[str, dict[str, Any]], baseline: str) -> str:
 
     for scenario in SCENARIOS:
         rps = [metric(results[n], scenario, "rps") for n in names]
-        base = metric(results[baseline], scenario, "rps")
+        bases = [metric(results[same_round(n, baseline)], scenario, "rps") for n in names]
         row(f"{scenario} req/s", rps)
         row(
-            f"{scenario} x one worker",
-            [round(r / base, 2) if r is not None and base else None for r in rps],
+            f"{scenario} x one worker (same round)",
+            [
+                round(r / b, 2) if r is not None and b else None
+                for r, b in zip(rps, bases, strict=True)
+            ],
         )
         row(f"{scenario} p50 ms", [metric(results[n], scenario, "p50_ms") for n in names])
         row(f"{scenario} errors", [metric(results[n], scenario, "errors") for n in names])
@@ -150,13 +158,44 @@ def table(results: dict[str, dict[str, Any]], baseline: str) -> str:
             f"{scenario} olla CPU us/req",
             [metric(results[n], scenario, "proxy_cpu_us_per_req") for n in names],
         )
+        row(
+            f"{scenario} olla core busy %",
+            [metric(results[n], scenario, "proxy_core_busy_pct") for n in names],
+        )
     row("requests by worker", [results[n].get("requests_by_worker") for n in names])
     return "\n".join(lines)
+
+
+def same_round(name: str, baseline: str) -> str:
+    """``workers=2#3`` -> ``workers=1#3``."""
+    return baseline + name[name.index("#") :] if "#" in name else baseline
+
+
+def ratios(results: dict[str, dict[str, Any]], target: str, baseline: str) -> dict[str, Any]:
+    """Per scenario: each round's requests/s ratio (``target`` over ``baseline``, measured
+    back to back) and their median, the figure to quote on a box with other work on it."""
+    out: dict[str, Any] = {}
+    for scenario in SCENARIOS:
+        per_round = []
+        for name in results:
+            if name.startswith(target + "#"):
+                mine = metric(results[name], scenario, "rps")
+                base = metric(results[same_round(name, baseline)], scenario, "rps")
+                if mine is not None and base:
+                    per_round.append(round(mine / base, 2))
+        out[scenario] = {
+            "per_round": per_round,
+            "median": statistics.median(per_round) if per_round else None,
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks workers", description=__doc__)
     parser.add_argument("--workers", type=int, default=2, help="the count compared with 1")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of (1 worker, N workers), back to back"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke counts, not a measurement")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -173,11 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with process(["node", str(BENCH / "fake_backend.js"), str(backend_port)], cpu=None):
         wait_http(f"{backend}/api/tags")
-        for count in (1, args.workers):
-            results[f"workers={count}"] = measure(count, backend, work, args)
+        for round_ in range(1, args.rounds + 1):
+            for count in (1, args.workers):
+                results[f"workers={count}#{round_}"] = measure(count, backend, work, args)
     load_after = os.getloadavg()
+    summary_ratios = ratios(results, f"workers={args.workers}", "workers=1")
     print()
     print(table(results, "workers=1"))
+    print()
+    for scenario, figures in summary_ratios.items():
+        print(
+            f"{scenario}: --workers {args.workers} / --workers 1 requests/s, per round "
+            f"{figures['per_round']}, median {figures['median']}"
+        )
     print(
         f"\ncores: {os.cpu_count()}; load average (1, 5, 15 min) before "
         f"{', '.join(f'{x:.2f}' for x in load_before)}, after "
@@ -189,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"load_before": load_before, "load_after": load_after, "cores": os.cpu_count()}
-    out.write_text(json.dumps({"host": summary, "results": results}, indent=1))
+    out.write_text(
+        json.dumps({"host": summary, "ratios": summary_ratios, "results": results}, indent=1)
+    )
     print(f"JSON: {out}")
     return 0
 
