@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
@@ -55,6 +55,8 @@ class App:
     translator_stats: TranslatorStats
     security: SecurityStats
     site: OllaSite
+    #: which ``--workers`` process this is; metrics label their figures with it
+    worker: WorkerIdentity = field(default_factory=WorkerIdentity)
 
     @property
     def services(self) -> Sequence[IService]:
@@ -169,4 +171,5 @@ def build_app(
         translator_stats=translator_stats,
         security=security,
         site=site,
+        worker=worker or WorkerIdentity(),
     )

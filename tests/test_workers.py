@@ -488,3 +488,25 @@ def test_status_and_process_say_which_worker_answered() -> None:
         payload = json.loads(answers[(2, path)][1])
         assert payload["worker"] == {"id": 2, "count": 3, "pid": os.getpid()}
     assert answers[(2, "/internal/status")][0] != answers[(3, "/internal/status")][0]
+
+
+def test_app_knows_its_worker() -> None:
+    """If the app is built for worker 2 of 3, then ``app.worker`` says so (metrics read it);
+    built without one, it is worker 1 of 1."""
+    from twisted.internet.task import Cooperator
+    from twisted.internet.testing import MemoryReactorClock
+
+    from olla.app import build_app
+    from olla.profiles import builtin_profiles
+
+    reactor = MemoryReactorClock()
+    cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+    app = build_app(
+        OllaConfig(), builtin_profiles(), clock=reactor, agent=None, cooperator=cooperator,  # type: ignore[arg-type]
+        worker=WorkerIdentity(2, 3),
+    )  # fmt: skip
+    assert app.worker == WorkerIdentity(2, 3)
+    alone = build_app(
+        OllaConfig(), builtin_profiles(), clock=reactor, agent=None, cooperator=cooperator
+    )  # type: ignore[arg-type]
+    assert alone.worker == WorkerIdentity(1, 1)
