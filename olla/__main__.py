@@ -49,7 +49,20 @@ def validate(path: str | None, out: TextIO) -> int:
     return 0 if clean else 1
 
 
+def worker(argv: Sequence[str]) -> int:
+    """``python -m olla worker TWISTD-ARGS``: how the supervisor starts a worker (``twistd``
+    with these arguments, from the same Python as the supervisor, whatever its PATH holds)."""
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["twistd", *argv]
+    run()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:  # hidden: the supervisor's workers (olla/supervisor.py)
+        return worker(argv[1:])
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="python -m olla")
     commands = parser.add_subparsers(dest="command", required=True)

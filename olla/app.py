@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
@@ -42,6 +42,7 @@ from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
+from olla.workers import WorkerIdentity
 
 
 @dataclass
@@ -60,6 +61,8 @@ class App:
     site: OllaSite
     internal: InternalApp
     sticky: StickySessions | None = None
+    #: which ``--workers`` process this is; metrics label their figures with it
+    worker: WorkerIdentity = field(default_factory=WorkerIdentity)
 
     @property
     def services(self) -> Sequence[IService]:
@@ -96,6 +99,7 @@ def build_app(
     cooperator: Cooperator,
     checker: IHealthChecker | None = None,
     rng: random.Random | None = None,
+    worker: WorkerIdentity | None = None,
 ) -> App:
     """olla for ``config``: registry, catalogue, pollers, router, routes and the HTTP site."""
     discovery_config = config.discovery.model_discovery
@@ -159,6 +163,7 @@ def build_app(
             if config.dashboard.enabled
             else None
         ),
+        worker=worker,
     )
     limits = config.server.request_limits
     site = OllaSite(
@@ -186,4 +191,5 @@ def build_app(
         site=site,
         internal=internal,
         sticky=sticky,
+        worker=worker or WorkerIdentity(),
     )

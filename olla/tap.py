@@ -51,7 +51,18 @@ from olla.logging import (
 )
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
 from olla.reload import ConfigWatcher, Reloader
+from olla.supervisor import supervise
 from olla.web.site import OllaSite
+from olla.workers import (
+    LISTEN_FD,
+    AdoptedPortService,
+    ParentWatch,
+    WorkerIdentity,
+    WorkerTaggedObserver,
+    address_family,
+    parse_worker,
+    parse_worker_count,
+)
 
 
 # Two private Twisted names, on purpose, and only here: Agent offers no public way to build a
@@ -93,6 +104,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path to the olla YAML config file."],
         ["watch-interval", None, 1.0, "Seconds between --watch-config looks at the file.", float],
+        ["workers", "w", "1", "Worker processes on one listening socket: N, or auto (one a core)."],
+        ["worker", None, None, "Internal: set by the supervisor on each worker it starts."],
     ]
     optFlags = [
         ["watch-config", None, "Reload the config when its file changes (SIGHUP does too)."]
@@ -101,10 +114,17 @@ class Options(usage.Options):
     config: OllaConfig
     profiles: ProfileRegistry
     log_sink: LogSink
+    worker_count: int
+    worker: WorkerIdentity | None
 
     def postOptions(self) -> None:
         if self["watch-interval"] <= 0:
             raise usage.UsageError("--watch-interval must be a positive number of seconds")
+        try:
+            self.worker_count = parse_worker_count(self["workers"])
+            self.worker = WorkerIdentity(*parse_worker(self["worker"])) if self["worker"] else None
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
         try:
             self.config, self.profiles = load_all(self["config"])
         except ConfigError as e:
@@ -207,21 +227,17 @@ def build_service(
     profiles: ProfileRegistry | None = None,
     log_sink: LogSink | None = None,
     watch_config: float = 0.0,
+    worker: WorkerIdentity | None = None,
 ) -> OllaService:
     """The daemon for ``config`` on ``reactor``, logging to ``log_sink`` (stdout): the
     reactor-facing parts (connection pool, agent, listener, log observer) around ``build_app``.
-    SIGHUP reloads the config file; so does a change to it every ``watch_config`` seconds."""
+    SIGHUP reloads the config file; so does a change to it every ``watch_config`` seconds.
+    A ``worker`` of the supervisor serves the listening socket it inherited instead of binding.
+    """
     profiles = profiles or builtin_profiles()
     log_sink = log_sink or StreamSink(sys.stdout)
-    observer = SwitchableObserver(
-        make_observer(
-            config.logging.format,
-            config.logging.level,
-            log_sink,
-            request_logging=config.server.request_logging,
-        )
-    )
-    service = OllaService(observer)
+    observer = SwitchableObserver(_observer(config, log_sink))
+    service = OllaService(observer if worker is None else WorkerTaggedObserver(observer, worker.id))
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietClientFactory
@@ -232,14 +248,21 @@ def build_service(
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
-    app = build_app(config, profiles, clock=reactor, agent=agent, cooperator=cooperator)
+    app = build_app(
+        config, profiles, clock=reactor, agent=agent, cooperator=cooperator, worker=worker
+    )
 
     host = config.server.host
-    endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
-    listener = StreamServerEndpointService(
-        endpoint_type(reactor, config.server.port, interface=host), app.site
-    )
-    listener._raiseSynchronously = True  # a port in use stops startup with the reason
+    listener: IService
+    if worker is not None:
+        listener = AdoptedPortService(reactor, LISTEN_FD, address_family(host), app.site)
+        ParentWatch(reactor, reactor.stop).setServiceParent(service)
+    else:
+        endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        listener = StreamServerEndpointService(
+            endpoint_type(reactor, config.server.port, interface=host), app.site
+        )
+        listener._raiseSynchronously = True  # a port in use stops startup with the reason
 
     reloader = Reloader(
         app, load_all, clock=reactor, profiles=profiles, observer=observer, sink=log_sink
@@ -261,10 +284,36 @@ def build_service(
     return service
 
 
+def _observer(config: OllaConfig, log_sink: LogSink) -> ILogObserver:
+    return make_observer(
+        config.logging.format,
+        config.logging.level,
+        log_sink,
+        request_logging=config.server.request_logging,
+    )
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     watch = options["watch-interval"] if options["watch-config"] else 0.0
+    if options.worker_count > 1 and options.worker is None:
+        # The supervisor: binds the socket, runs the workers (each a twistd olla --worker).
+        service = OllaService(_observer(options.config, options.log_sink))
+        supervise(
+            options.config,
+            options.worker_count,
+            reactor,
+            options.log_sink,
+            options.parent,
+            watch_config=watch,
+        ).setServiceParent(service)
+        return service
     return build_service(
-        options.config, reactor, options.profiles, options.log_sink, watch_config=watch
+        options.config,
+        reactor,
+        options.profiles,
+        options.log_sink,
+        watch_config=watch,
+        worker=options.worker,
     )

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.breaker",
         "olla.interfaces",
         "olla.security",
+        "olla.workers",
     ),
     ("olla.profiles", "olla.endpoints"),
     ("olla.values", "olla.models", "olla.modelsources", "olla.balancer", "olla.sticky"),
@@ -35,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("olla.proxy",),
     ("olla.anthropic",),
     ("olla.web",),
-    ("olla.app", "olla.reload"),
+    ("olla.app", "olla.reload", "olla.supervisor"),
     ("olla.tap", "olla.__main__"),
 )
 

@@ -386,7 +386,8 @@ class StatusTests(_Harness):
         )
         self.assertEqual(payload["timestamp"], "2023-11-14T22:13:20Z")
         self.assertEqual(
-            list(payload), ["timestamp", "endpoints", "proxy", "security", "system", "config"]
+            list(payload),
+            ["timestamp", "endpoints", "proxy", "security", "system", "config", "worker"],
         )
         self.assertEqual(
             payload["config"],

@@ -37,6 +37,7 @@ from olla.web.status import (
     should_gzip,
     status_payload,
 )
+from olla.workers import WorkerIdentity
 
 SUPPORTED_BACKENDS = (
     "ollama",
@@ -164,6 +165,7 @@ class InternalApp:
         sticky: StickySessions | None = None,
         failovers: FailoverLog | None = None,
         dashboard: Dashboard | None = None,
+        worker: WorkerIdentity | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -177,6 +179,7 @@ class InternalApp:
             sticky: the sticky sessions, when enabled, for ``/internal/stats/sticky``.
             failovers: the recent failovers, for ``/internal/stats/failovers``.
             dashboard: the page at ``/internal/ui/``, or ``None`` (disabled: 404).
+            worker: which of the ``--workers`` processes this is (all figures are its own).
         """
         self._registry = registry
         self._clock = clock
@@ -190,6 +193,7 @@ class InternalApp:
         self._sticky = sticky
         self._failovers = failovers or FailoverLog()
         self._dashboard = dashboard
+        self._worker = worker or WorkerIdentity()
         #: which config runs: ``use_config`` moves these on a reload
         self._generation = 1
         self._loaded_at = self._started
@@ -223,6 +227,8 @@ class InternalApp:
             "loaded_at": rfc3339(self._loaded_at),
             "file": self._config.source,
         }
+        # In both: another worker's answer differs, so its ETag must too.
+        payload["worker"] = stable["worker"] = self._worker.payload()
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/status/endpoints", branch=False)
@@ -277,6 +283,7 @@ class InternalApp:
             active_connections=self._active_connections(),
             proc_self=self._proc_self,
         )
+        payload["worker"] = self._worker.payload()
         return json_response(request, payload)
 
     @app.handle_errors(HTTPException)
