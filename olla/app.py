@@ -27,6 +27,8 @@ from olla.breaker import CircuitBreakers
 from olla.config import OllaConfig
 from olla.discovery import DiscoveryService
 from olla.endpoints import EndpointRegistry, endpoints_from_config
+from olla.guard.ratelimit import RateLimiter
+from olla.guard.resource import GuardResource, Guards, limit_settings
 from olla.health import HealthService, HTTPHealthChecker
 from olla.interfaces import IHealthChecker
 from olla.models import ModelCatalogue
@@ -54,11 +56,12 @@ class App:
     translator_stats: TranslatorStats
     security: SecurityStats
     site: OllaSite
+    limiter: RateLimiter
 
     @property
     def services(self) -> Sequence[IService]:
         """What must run for the endpoints' states and model lists to stay true."""
-        return (self.health, self.discovery)
+        return (self.health, self.discovery, self.limiter)
 
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
@@ -143,8 +146,10 @@ def build_app(
         security=security,
     )
     limits = config.server.request_limits
+    limiter = RateLimiter(limit_settings(config), clock)
+    guards = Guards.from_config(config, limiter, security)
     site = OllaSite(
-        RootResource(OllaRoot(proxies), internal.app.resource()),
+        GuardResource(RootResource(OllaRoot(proxies), internal.app.resource()), guards),
         clock=clock,
         max_body_size=limits.max_body_size,
         max_header_size=limits.max_header_size,
@@ -166,4 +171,5 @@ def build_app(
         translator_stats=translator_stats,
         security=security,
         site=site,
+        limiter=limiter,
     )

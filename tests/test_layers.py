@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("olla.proxy",),
     ("olla.anthropic",),
     ("olla.web",),
+    ("olla.guard",),
     ("olla.app",),
     ("olla.tap", "olla.__main__"),
 )
