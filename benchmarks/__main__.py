@@ -105,9 +105,24 @@ def process(
                 proc.wait(5)
 
 
-def olla_config(directory: Path, port: int, backend: str, level: str) -> Path:
+#: ``--rate-limits``: every limit on (global, per IP) but so high that nothing is refused, so
+#: the run measures what the buckets cost, not refusals
+LIMITS_ON = {
+    "per_ip_requests_per_minute": 100_000_000,
+    "global_requests_per_minute": 100_000_000,
+    "burst_size": 10_000_000,
+}
+#: the plain run: limits off explicitly (the Go defaults, 100/min per IP, would refuse the load)
+LIMITS_OFF = {"per_ip_requests_per_minute": 0}
+
+
+def olla_config(directory: Path, port: int, backend: str, level: str, limits: bool = False) -> Path:
     config = {
-        "server": {"host": "127.0.0.1", "port": port},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "rate_limits": LIMITS_ON if limits else LIMITS_OFF,
+        },
         "proxy": {"load_balancer": "least-connections"},
         "discovery": {
             "static": {
@@ -124,7 +139,7 @@ def olla_config(directory: Path, port: int, backend: str, level: str) -> Path:
         },
         "logging": {"level": level, "format": "json"},
     }
-    path = directory / f"olla-{level}.yaml"
+    path = directory / f"olla-{level}{'-limits' if limits else ''}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -183,6 +198,23 @@ def targets(floor: dict[str, Any] | None, olla: dict[str, Any]) -> list[tuple[st
     return checks
 
 
+def limits_targets(off: dict[str, Any], on: dict[str, Any]) -> list[tuple[str, bool | None]]:
+    """Issue 15: CPU per small request with rate limits on within 1.1x of limits off."""
+    checks: list[tuple[str, bool | None]] = []
+    for scenario in ("S1", "S2_c32", "S2_c128"):
+        plain = metric(off, scenario, "proxy_cpu_us_per_req")
+        limited = metric(on, scenario, "proxy_cpu_us_per_req")
+        ratio = None if plain is None or limited is None else limited / plain
+        label = f"{scenario} CPU/request with limits on within 1.1x of off"
+        checks.append(
+            (
+                label if ratio is None else f"{label} ({ratio:.3f}x)",
+                None if ratio is None else ratio <= 1.1,
+            )
+        )
+    return checks
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -202,11 +234,20 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import fleet
 
         return fleet.main(argv[1:])
+    if argv[:1] == ["limiter-memory"]:  # bytes per tracked client (benchmarks/limiter_memory.py)
+        from benchmarks import limiter_memory
+
+        return limiter_memory.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke counts, not a measurement")
     parser.add_argument("--scenarios", default="", help="e.g. S1,S3 (default: all)")
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--info-logs", action="store_true", help="also run olla at log level info")
+    parser.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="also run olla with global and per-IP limits on (never reached), right after",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not (BENCH / "loadrun.py").exists():
@@ -240,11 +281,21 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [twistd, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
             name = "olla" if level == "warn" else "olla-info-logs"
             results[name] = measure(name, cmd, env, port, args, backend, work / f"{name}.json")
+            if args.rate_limits and level == "warn":
+                port = free_port()
+                config = olla_config(work, port, backend, level, limits=True)
+                cmd = [twistd, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
+                results["olla-limits"] = measure(
+                    "olla-limits", cmd, env, port, args, backend, work / "olla-limits.json"
+                )
 
     print()
     print(table(results))
     print()
-    for label, ok in targets(results.get("floor"), results["olla"]):
+    checks = targets(results.get("floor"), results["olla"])
+    if "olla-limits" in results:
+        checks += limits_targets(results["olla"], results["olla-limits"])
+    for label, ok in checks:
         print(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {label}")
     out = args.out or REPO / "benchmarks" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
