@@ -332,5 +332,7 @@ class InternalPolicyTests(SynchronousTestCase):
         assert answer(h, raw_status, peer="192.168.1.5").status == 403
         assert answer(h, raw_health, peer="192.168.1.5").status == 200
         assert answer(h, raw_status).status == 200
+        encoded = raw_status.replace(b"/internal/", b"/%69nternal/")
+        assert answer(h, encoded, peer="192.168.1.5").status == 403  # routed as decoded
         rebound = raw_status.replace(b"olla.test", b"evil.example")
         assert answer(h, rebound).status == 403  # a name not allowed: DNS rebinding

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.web import http
@@ -140,7 +141,8 @@ class GuardResource(Resource):
             peer, headers.getRawHeaders(b"x-forwarded-for"), request.getHeader(b"x-real-ip")
         )
         request.client_ip = client_ip  # type: ignore[attr-defined]
-        path = request.path
+        # decoded as the tree will route it: /%69nternal/status is /internal/status
+        path = unquote_to_bytes(request.path)
 
         origin = request.getHeader(b"origin") if guards.cors.enabled else None
         if origin is not None:
