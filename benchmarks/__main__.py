@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import fleet
 
         return fleet.main(argv[1:])
+    if argv[:1] == ["guard-cpu"]:  # guards on vs off in one process (benchmarks/guard_cpu.py)
+        from benchmarks import guard_cpu
+
+        return guard_cpu.main(argv[1:])
     if argv[:1] == ["limiter-memory"]:  # bytes per tracked client (benchmarks/limiter_memory.py)
         from benchmarks import limiter_memory
 
