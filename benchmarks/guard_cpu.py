@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     added = max(alone.values()) - alone["off"]
     print()
     print(
-        f"{'PASS' if worst <= 1.1 else 'FAIL'}  whole path: guards on within 1.1x of off ({worst:.3f}x)"
+        f"{'PASS' if worst <= 1.1 else 'FAIL'}  whole path: guards on within 1.1x of off "
+        f"({worst:.3f}x)"
     )
     print(
         f"{'PASS' if base + added <= 1.1 * base else 'FAIL'}  the guard's own step adds "
