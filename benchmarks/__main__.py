@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,9 +107,24 @@ def process(
                 proc.wait(5)
 
 
-def olla_config(directory: Path, port: int, backend: str, level: str) -> Path:
+#: ``--rate-limits``: every limit on (global, per IP) but so high that nothing is refused, so
+#: the run measures what the buckets cost, not refusals
+LIMITS_ON = {
+    "per_ip_requests_per_minute": 100_000_000,
+    "global_requests_per_minute": 100_000_000,
+    "burst_size": 10_000_000,
+}
+#: the plain run: limits off explicitly (the Go defaults, 100/min per IP, would refuse the load)
+LIMITS_OFF = {"per_ip_requests_per_minute": 0}
+
+
+def olla_config(directory: Path, port: int, backend: str, level: str, limits: bool = False) -> Path:
     config = {
-        "server": {"host": "127.0.0.1", "port": port},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "rate_limits": LIMITS_ON if limits else LIMITS_OFF,
+        },
         "proxy": {"load_balancer": "least-connections"},
         "discovery": {
             "static": {
@@ -125,7 +141,7 @@ def olla_config(directory: Path, port: int, backend: str, level: str) -> Path:
         },
         "logging": {"level": level, "format": "json"},
     }
-    path = directory / f"olla-{level}.yaml"
+    path = directory / f"olla-{level}{'-limits' if limits else ''}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -184,6 +200,29 @@ def targets(floor: dict[str, Any] | None, olla: dict[str, Any]) -> list[tuple[st
     return checks
 
 
+def limits_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool | None]]:
+    """Issue 15: CPU per small request with rate limits on within 1.1x of limits off, on the
+    medians of the rounds; each line also shows the spread of the rounds (the noise)."""
+    checks: list[tuple[str, bool | None]] = []
+    for scenario in ("S1", "S2_c32", "S2_c128"):
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        for name, result in results.items():
+            value = metric(result, scenario, "proxy_cpu_us_per_req")
+            if name.startswith("olla") and value is not None and "info" not in name:
+                cpu[name.startswith("olla-limits")].append(value)
+        label = f"{scenario} CPU/request with limits on within 1.1x of off"
+        if not cpu[False] or not cpu[True]:
+            checks.append((label, None))
+            continue
+        off, on = statistics.median(cpu[False]), statistics.median(cpu[True])
+        spread = ", ".join(
+            f"{'on' if limited else 'off'} {min(v):.0f}-{max(v):.0f} us"
+            for limited, v in ((False, cpu[False]), (True, cpu[True]))
+        )
+        checks.append((f"{label} ({on / off:.3f}x of medians; {spread})", on <= 1.1 * off))
+    return checks
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -207,11 +246,29 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import workers
 
         return workers.main(argv[1:])
+    if argv[:1] == ["guard-cpu"]:  # guards on vs off in one process (benchmarks/guard_cpu.py)
+        from benchmarks import guard_cpu
+
+        return guard_cpu.main(argv[1:])
+    if argv[:1] == ["limiter-memory"]:  # bytes per tracked client (benchmarks/limiter_memory.py)
+        from benchmarks import limiter_memory
+
+        return limiter_memory.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke counts, not a measurement")
     parser.add_argument("--scenarios", default="", help="e.g. S1,S3 (default: all)")
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--info-logs", action="store_true", help="also run olla at log level info")
+    parser.add_argument(
+        "--rate-limits",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="ROUNDS",
+        help="also run olla with global and per-IP limits on (never reached), right after; "
+        "ROUNDS > 1 alternates off and on again that many times to show the noise",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not (BENCH / "loadrun.py").exists():
@@ -245,11 +302,25 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [twistd, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
             name = "olla" if level == "warn" else "olla-info-logs"
             results[name] = measure(name, cmd, env, port, args, backend, work / f"{name}.json")
+            if args.rate_limits and level == "warn":
+                # off and on alternate, so both see the same machine; the repeats show noise
+                for round_ in range(args.rate_limits):
+                    for limits in (False, True) if round_ else (True,):
+                        name = ("olla-limits" if limits else "olla") + f"#{round_ + 1}"
+                        port = free_port()
+                        config = olla_config(work, port, backend, level, limits=limits)
+                        cmd = [twistd, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
+                        results[name] = measure(
+                            name, cmd, env, port, args, backend, work / f"{name}.json"
+                        )
 
     print()
     print(table(results))
     print()
-    for label, ok in targets(results.get("floor"), results["olla"]):
+    checks = targets(results.get("floor"), results["olla"])
+    if args.rate_limits:
+        checks += limits_targets(results)
+    for label, ok in checks:
         print(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {label}")
     out = args.out or REPO / "benchmarks" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

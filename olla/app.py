@@ -21,6 +21,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from olla import __version__
+from olla.access import AccessPolicy
 from olla.anthropic.resource import AnthropicResource
 from olla.anthropic.stats import TranslatorStats
 from olla.balancer import balancer_for
@@ -28,6 +29,8 @@ from olla.breaker import CircuitBreakers
 from olla.config import OllaConfig
 from olla.discovery import DiscoveryService
 from olla.endpoints import EndpointRegistry, endpoints_from_config
+from olla.guard.ratelimit import RateLimiter
+from olla.guard.resource import GuardResource, Guards, limit_settings
 from olla.health import HealthService, HTTPHealthChecker
 from olla.interfaces import IHealthChecker
 from olla.models import ModelCatalogue
@@ -37,7 +40,6 @@ from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.security import SecurityStats
 from olla.sticky import StickySessions
-from olla.web.access import AccessPolicy
 from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.models import ModelsResource
@@ -60,6 +62,7 @@ class App:
     security: SecurityStats
     site: OllaSite
     internal: InternalApp
+    limiter: RateLimiter
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
     worker: WorkerIdentity = field(default_factory=WorkerIdentity)
@@ -67,7 +70,7 @@ class App:
     @property
     def services(self) -> Sequence[IService]:
         """What must run for the endpoints' states and model lists to stay true."""
-        return (self.health, self.discovery)
+        return (self.health, self.discovery, self.limiter)
 
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
@@ -166,8 +169,10 @@ def build_app(
         worker=worker,
     )
     limits = config.server.request_limits
+    limiter = RateLimiter(limit_settings(config), clock)
+    guards = Guards.from_config(config, limiter, security)
     site = OllaSite(
-        RootResource(OllaRoot(proxies), internal.app.resource()),
+        GuardResource(RootResource(OllaRoot(proxies), internal.app.resource()), guards),
         clock=clock,
         max_body_size=limits.max_body_size,
         max_header_size=limits.max_header_size,
@@ -190,6 +195,7 @@ def build_app(
         security=security,
         site=site,
         internal=internal,
+        limiter=limiter,
         sticky=sticky,
         worker=worker or WorkerIdentity(),
     )

@@ -131,10 +131,10 @@ def parse_response(raw: bytes) -> Response | None:
 class ClientConnection:
     """One client socket to olla, as raw bytes."""
 
-    def __init__(self, site: Site, raw: bytes) -> None:
+    def __init__(self, site: Site, raw: bytes, peer: str = "127.0.0.1") -> None:
         self.transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 40114),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
+            peerAddress=IPv4Address("TCP", peer, 50000),
         )
         self.channel: Any = site.buildProtocol(None)
         self.channel.makeConnection(self.transport)
@@ -180,6 +180,7 @@ class Harness:
         anthropic: AnthropicTranslatorConfig | None = None,
         balancer: IBalancer | None = None,
         dashboard: DashboardConfig | None = None,
+        adjust: Callable[[OllaConfig], OllaConfig] | None = None,
     ) -> None:
         self.clock = clock or Clock()
         configs = tuple(
@@ -214,6 +215,8 @@ class Harness:
             ),
             dashboard=dashboard or defaults.dashboard,
         )
+        if adjust is not None:  # a test's own settings (rate limits, keys, CORS...)
+            config = adjust(config)
         self.agent = HostAgent({k.encode(): v for k, v in backends.items()})
         self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
         # the daemon's own graph (olla.app), over in-memory backends on the Clock
@@ -251,8 +254,8 @@ class Harness:
 
         self.deps.report_connection_failure = record_failure
 
-    def send(self, raw: bytes) -> ClientConnection:
-        client = ClientConnection(self.site, raw)
+    def send(self, raw: bytes, peer: str = "127.0.0.1") -> ClientConnection:
+        client = ClientConnection(self.site, raw, peer)
         self.pump()
         return client
 

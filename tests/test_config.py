@@ -541,7 +541,8 @@ def test_no_effect_table_paths_resolve() -> None:
 def test_no_effect_warnings_name_changed_keys() -> None:
     """If keys olla accepts but does not act on yet are set to something other than their
     default, then each is named as "<key path>: accepted, has no effect yet", in table order;
-    defaults, and keys that work (server.request_logging), are not."""
+    defaults, and keys that work (server.request_logging, rate limits, CORS, the internal
+    gate), are not."""
     from olla.config import no_effect_warnings
 
     assert no_effect_warnings(parse_config({}, {})) == []
@@ -557,21 +558,18 @@ def test_no_effect_warnings_name_changed_keys() -> None:
             "proxy": {
                 "sticky_sessions": {"enabled": True},
                 "retry": {"on_connection_failure": False},
+                "stream_buffer_size": 1024,
             },
             "dashboard": {"gate_internal_api": True},
         },
         {},
     )
     assert no_effect_warnings(config) == [
-        "server.rate_limits.burst_size: accepted, has no effect yet",
-        "server.cors.enabled: accepted, has no effect yet",
-        "dashboard.gate_internal_api: accepted, has no effect yet",
+        "proxy.stream_buffer_size: accepted, has no effect yet",
     ]
     assert not config.warnings  # reported apart from the parser's own warnings
-    env = parse_config({}, {"OLLA_SERVER_PER_IP_RATE_LIMIT": "7"})
-    assert no_effect_warnings(env) == [
-        "server.rate_limits.per_ip_requests_per_minute: accepted, has no effect yet"
-    ]
+    env = parse_config({}, {"OLLA_PROXY_ENGINE": "sherpa"})
+    assert no_effect_warnings(env) == ["proxy.engine: accepted, has no effect yet"]
 
 
 def test_validate_config_reports_no_effect_keys(tmp_path: Path) -> None:
@@ -581,14 +579,13 @@ def test_validate_config_reports_no_effect_keys(tmp_path: Path) -> None:
     inert = tmp_path / "inert.yaml"
     inert.write_text(
         "server:\n  rate_limits: {per_ip_requests_per_minute: 10}\n  cors: {enabled: true}\n"
-        "proxy: {sticky_sessions: {enabled: true}}\n" + endpoint
+        "proxy: {sticky_sessions: {enabled: true}, stream_buffer_size: 1024}\n" + endpoint
     )
     out = io.StringIO()
     assert cli(["validate-config", str(inert)], out) == 1
     warns = [line for line in out.getvalue().splitlines() if line.startswith("[WARN]")]
     assert warns == [
-        "[WARN] server.rate_limits.per_ip_requests_per_minute: accepted, has no effect yet",
-        "[WARN] server.cors.enabled: accepted, has no effect yet",
+        "[WARN] proxy.stream_buffer_size: accepted, has no effect yet",
     ]
     assert out.getvalue().endswith("Result: FAIL\n")
     defaults = tmp_path / "defaults.yaml"

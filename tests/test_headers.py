@@ -150,3 +150,15 @@ def test_response_hides_endpoint_credentials() -> None:
 def test_valid_request_id(value: bytes | None, ok: bool) -> None:
     """If X-Request-ID is 1-128 printable ASCII characters, then it may be echoed."""
     assert valid_request_id(value) is ok
+
+
+def test_forwarded_client_behind_a_trusted_proxy() -> None:
+    """If a trusted proxy named the client (client_ip differs from the peer), then the chain
+    gains the peer (the hop olla saw) and X-Real-IP is the client."""
+    out = _upstream(
+        [(b"X-Forwarded-For", [b"198.51.100.7"])], client_ip=b"198.51.100.7", peer_ip=b"10.0.0.2"
+    )
+    assert out[b"x-forwarded-for"] == [b"198.51.100.7, 10.0.0.2"]
+    assert out[b"x-real-ip"] == [b"198.51.100.7"]
+    alone = _upstream([], client_ip=b"198.51.100.7", peer_ip=b"10.0.0.2")
+    assert alone[b"x-forwarded-for"] == [b"10.0.0.2"]

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.breaker",
         "olla.interfaces",
         "olla.security",
+        "olla.access",
         "olla.workers",
     ),
     ("olla.profiles", "olla.endpoints"),
@@ -36,6 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("olla.proxy",),
     ("olla.anthropic",),
     ("olla.web",),
+    ("olla.guard",),
     ("olla.app", "olla.reload", "olla.supervisor"),
     ("olla.tap", "olla.__main__"),
 )

@@ -50,7 +50,14 @@ from olla.config.proxy import (
     WarmRoutingConfig,
 )
 from olla.config.root import OllaConfig
-from olla.config.server import CorsConfig, RateLimits, RequestLimits, ServerConfig
+from olla.config.server import (
+    ClientAuthConfig,
+    ClientKey,
+    CorsConfig,
+    RateLimits,
+    RequestLimits,
+    ServerConfig,
+)
 from olla.config.translators import (
     MAX_MESSAGE_SIZE_LIMIT,
     AnthropicTranslatorConfig,
@@ -63,6 +70,8 @@ __all__ = [
     "AnthropicTranslatorConfig",
     "AuthConfig",
     "ConfigError",
+    "ClientAuthConfig",
+    "ClientKey",
     "CorsConfig",
     "DEFAULT_DOCUMENT",
     "DashboardConfig",

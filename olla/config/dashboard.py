@@ -18,6 +18,8 @@ class AccessPolicyConfig:
 class DashboardConfig:
     enabled: bool = True
     access_policy: AccessPolicyConfig = field(default_factory=AccessPolicyConfig)
+    #: true: ``/internal/*`` (but ``/internal/health``) only for peers and hosts
+    #: ``access_policy`` allows
     gate_internal_api: bool = False
 
 
@@ -33,10 +35,11 @@ def _dashboard(r: SectionReader) -> DashboardConfig:
         access_policy=policy,
         gate_internal_api=r.flag("gate_internal_api", d.gate_internal_api),
     )
-    if result.enabled:
+    if result.enabled or result.gate_internal_api:
         if not policy.allowed_cidrs:
             raise ConfigError(
-                "must not be empty while the dashboard is enabled", p_r.at("allowed_cidrs")
+                "must not be empty while the dashboard is enabled or gate_internal_api is true",
+                p_r.at("allowed_cidrs"),
             )
         for i, cidr in enumerate(policy.allowed_cidrs):
             _check_cidr(cidr, (*p_r.at("allowed_cidrs"), i))

@@ -61,7 +61,7 @@ def parse_config(
     root = SectionReader(_apply_env(root.data, environ, warnings), (), warnings)
     base = Path(base_dir)
     config = OllaConfig(
-        server=_server(root.section("server")),
+        server=_server(root.section("server"), environ, base),
         proxy=_proxy(root.section("proxy")),
         discovery=_discovery(root.section("discovery"), environ, base),
         model_registry=_model_registry(root.section("model_registry")),
@@ -157,8 +157,6 @@ def profiles_dir(config: OllaConfig) -> Path | None:
 #: key works.
 NO_EFFECT_YET: tuple[str, ...] = (
     "server.write_timeout",
-    "server.rate_limits.*",
-    "server.cors.enabled",
     "proxy.engine",
     "proxy.profile",
     "proxy.connection_keep_alive",
@@ -173,7 +171,6 @@ NO_EFFECT_YET: tuple[str, ...] = (
     "model_registry.unification.cleanup_interval",
     "translators.anthropic.inspector.enabled",
     "engineering.show_nerdstats",
-    "dashboard.gate_internal_api",
 )
 
 

@@ -1,11 +1,13 @@
 # -*- test-case-name: tests.test_config -*-
-"""``server:``: the listener, request limits, rate limits and CORS."""
+"""``server:``: the listener, request limits, rate limits, CORS and client API keys."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from olla.config._base import SectionReader, _check_cidr
+from olla.config._base import ConfigError, SectionReader, _check_cidr, interpolate
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,29 @@ class RateLimits:
 
 
 @dataclass(frozen=True)
+class ClientKey:
+    """One API key a client may present; ``name`` is what logs show (never the key)."""
+
+    key: str = field(repr=False)
+    name: str = ""
+    #: this key's own limit on top of the per-IP one (0: none)
+    requests_per_minute: int = 0
+    #: the models this key may ask for, exact names or ``*`` globs (empty: every model)
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientAuthConfig:
+    """``server.auth``: client API keys; none configured means no key is asked for."""
+
+    api_keys: tuple[ClientKey, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "localhost"
     port: int = 40114
@@ -54,9 +79,77 @@ class ServerConfig:
     request_limits: RequestLimits = field(default_factory=RequestLimits)
     rate_limits: RateLimits = field(default_factory=RateLimits)
     cors: CorsConfig = field(default_factory=CorsConfig)
+    auth: ClientAuthConfig = field(default_factory=ClientAuthConfig)
 
 
-def _server(r: SectionReader) -> ServerConfig:
+def _client_key(item: object, path: tuple[str | int, ...], environ: Mapping[str, str]) -> ClientKey:
+    """A key given as a string, or as a mapping with ``key`` and its options."""
+    if isinstance(item, str):
+        item = {"key": item}
+    k_r = SectionReader(item, path, [])
+    if not k_r.has("key"):
+        raise ConfigError("needs a key", path)
+    secret = interpolate(k_r.text("key", ""), environ, k_r.at("key")).strip()
+    result = ClientKey(
+        key=secret,
+        name=k_r.text("name", ""),
+        requests_per_minute=k_r.integer("requests_per_minute", 0, minimum=0),
+        models=k_r.strings("models", ()),
+    )
+    unknown = [
+        str(name)
+        for name in k_r.data
+        if name not in ("key", "name", "requests_per_minute", "models")
+    ]
+    if unknown:
+        raise ConfigError(f"unknown key option {unknown[0]!r}", path)
+    return result
+
+
+def _keys_file(path_text: str, at: tuple[str | int, ...], base_dir: Path) -> list[str]:
+    """One key per line; blank lines and ``#`` comments are skipped."""
+    file_path = Path(path_text)
+    if not file_path.is_absolute():
+        file_path = base_dir / file_path
+    try:
+        lines = file_path.read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read {file_path}: {e.strerror}", at) from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _client_auth(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> ClientAuthConfig:
+    keys: list[ClientKey] = []
+    listed = r.raw("api_keys")
+    if listed is not None and not isinstance(listed, list):
+        raise ConfigError(f"must be a list, got {listed!r}", r.at("api_keys"))
+    for i, item in enumerate(listed or ()):
+        keys.append(_client_key(item, (*r.at("api_keys"), i), environ))
+    file_at = r.at("api_keys_file")
+    file_text = interpolate(r.text("api_keys_file", ""), environ, file_at)
+    if file_text:
+        keys.extend(ClientKey(key=k) for k in _keys_file(file_text, file_at, base_dir))
+        if len(keys) == len(listed or ()):
+            raise ConfigError("holds no key", file_at)
+    r.finish()
+    named: list[ClientKey] = []
+    seen: set[str] = set()
+    for i, key in enumerate(keys):
+        where = (*r.at("api_keys"), i) if i < len(listed or ()) else file_at
+        if len(key.key) < 8:
+            raise ConfigError("a client key must be at least 8 characters", where)
+        if key.key in seen:
+            raise ConfigError("the same key is listed twice", where)
+        seen.add(key.key)
+        named.append(
+            ClientKey(key.key, key.name or f"key-{i + 1}", key.requests_per_minute, key.models)
+        )
+    return ClientAuthConfig(api_keys=tuple(named))
+
+
+def _server(
+    r: SectionReader, environ: Mapping[str, str] | None = None, base_dir: Path = Path(".")
+) -> ServerConfig:
     d = ServerConfig()
     limits_r = r.section("request_limits")
     max_header = limits_r.size("max_header_size", d.request_limits.max_header_size)
@@ -89,6 +182,7 @@ def _server(r: SectionReader) -> ServerConfig:
         request_limits=limits,
         rate_limits=rate_limits,
         cors=cors,
+        auth=_client_auth(r.section("auth"), environ or {}, base_dir),
     )
     r.finish()
     return server

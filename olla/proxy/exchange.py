@@ -172,6 +172,10 @@ class Exchange:
         While olla is starting, the request waits for the first probes and model lists
         instead of being routed on half the facts.
         """
+        allows_model = getattr(self._request, "allows_model", None)  # the client's key
+        if allows_model is not None and not allows_model(self._model):
+            self._reject(403, f"this API key may not use model {self._model!r}")
+            return
         if plan is not None:
             self._follow(plan)
             return
@@ -260,6 +264,7 @@ class Exchange:
         headers = request_headers_for_upstream(
             list(request.requestHeaders.getAllRawHeaders()),
             client_ip=_client_ip(request),
+            peer_ip=_peer_ip(request),
             scheme=b"https" if request.isSecure() else b"http",
             host=request.getHeader(b"host"),
             model=self._model,
@@ -576,8 +581,9 @@ class Exchange:
         sticky = affinity.outcome if affinity is not None else None
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
-            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tried}",
+            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tried} client={client_ip}",
             request_id=request_id(request),
+            client_ip=_client_ip(request).decode(),
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
             endpoint=endpoint.name if endpoint else "-",
@@ -618,6 +624,13 @@ def _abort_client(request: Request) -> None:
 
 
 def _client_ip(request: Request) -> bytes:
+    resolved = getattr(request, "client_ip", None)  # OllaRequest: through trusted proxies
+    if isinstance(resolved, str) and resolved:
+        return resolved.encode()
+    return _peer_ip(request)
+
+
+def _peer_ip(request: Request) -> bytes:
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
     return host.encode() if isinstance(host, str) else b"unknown"

@@ -31,7 +31,14 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 
 #: Client credentials meant for olla (or nobody): a backend gets only its configured auth.
 CLIENT_CREDENTIALS: frozenset[bytes] = frozenset(
-    {b"authorization", b"cookie", b"x-api-key", b"x-auth-token", b"proxy-authorization"}
+    {
+        b"authorization",
+        b"cookie",
+        b"x-api-key",
+        b"api-key",
+        b"x-auth-token",
+        b"proxy-authorization",
+    }
 )
 
 #: Request headers the upstream connection sets itself (Agent writes Host and the framing).
@@ -75,6 +82,7 @@ def request_headers_for_upstream(
     host: bytes | None,
     model: str | None,
     extra: Sequence[tuple[bytes, bytes]] = (),
+    peer_ip: bytes | None = None,
 ) -> list[tuple[bytes, list[bytes]]]:
     """The headers olla sends upstream for a client request.
 
@@ -84,11 +92,13 @@ def request_headers_for_upstream(
 
     Args:
         headers: the client's raw headers.
-        client_ip: the TCP peer's address.
+        client_ip: the client's address (the TCP peer, or the client a trusted proxy named).
         scheme: ``http`` or ``https`` as the client reached olla.
         host: the client's ``Host`` header, if any.
         model: the model the request names, if known.
         extra: endpoint-configured headers, applied last.
+        peer_ip: the TCP peer's address, the hop ``X-Forwarded-For`` gains (default
+            ``client_ip``; they differ when a trusted proxy named the client).
     """
     dropped = HOP_BY_HOP | CLIENT_CREDENTIALS | _UPSTREAM_OWNED
     dropped |= connection_listed(_connection_values(headers))
@@ -103,11 +113,12 @@ def request_headers_for_upstream(
         out.append((name, kept))
         present[lower] = kept
 
+    hop = client_ip if peer_ip is None else peer_ip
     forwarded_for = present.get(b"x-forwarded-for")
     if forwarded_for:
-        forwarded_for[-1] = forwarded_for[-1] + b", " + client_ip
+        forwarded_for[-1] = forwarded_for[-1] + b", " + hop
     else:
-        out.append((b"X-Forwarded-For", [client_ip]))
+        out.append((b"X-Forwarded-For", [hop]))
     if b"x-forwarded-proto" not in present:
         out.append((b"X-Forwarded-Proto", [scheme]))
     if host is not None and b"x-forwarded-host" not in present:

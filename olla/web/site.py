@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -83,6 +83,12 @@ class OllaRequest(Request):
         self.request_id = ""
         self.started = 0.0
         self.rejected = False
+        #: who is asking: the TCP peer's host, or the client a trusted proxy names (the guard)
+        self.client_ip = ""
+        #: run once, just before the status line and headers go out (headers olla owns)
+        self.head_hooks: list[Callable[[Request], None]] = []
+        #: whether the client's key may use a model (None: any model; set by the guard)
+        self.allows_model: Callable[[str | None], bool] | None = None
 
     @property
     def olla_site(self) -> OllaSite:
@@ -153,11 +159,21 @@ class OllaRequest(Request):
         """Render through ``JSONGuard``: what twisted.web would answer itself is HTML."""
         super().render(JSONGuard(resrc))
 
+    def write(self, data: bytes) -> None:
+        if self.head_hooks and not self.startedWriting:
+            hooks, self.head_hooks = self.head_hooks, []
+            for hook in hooks:
+                hook(self)
+        super().write(data)
+
     def process(self) -> None:
         if self.rejected:
             return
         site = self.olla_site
         self.started = site.clock.seconds()
+        peer = self.getClientAddress()
+        host = getattr(peer, "host", None)
+        self.client_ip = host if isinstance(host, str) else "unknown"
         given = self.getHeader(b"x-request-id")
         if valid_request_id(given):
             assert given is not None

@@ -139,7 +139,14 @@ def write_config(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port or free_port(), "shutdown_timeout": "5s"},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port or free_port(),
+            "shutdown_timeout": "5s",
+            # these daemons take many requests from one address; the Go defaults (100/min per
+            # IP) would refuse them. test_protection_e2e sets its own limits.
+            "rate_limits": {"per_ip_requests_per_minute": 0},
+        },
         "proxy": {"load_balancer": "round-robin", "response_header_timeout": "10s"},
         "discovery": {"static": {"endpoints": endpoints}},
         "logging": {"level": "info", "format": "json"},

@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.test_dashboard -*-
-"""Who may open the dashboard (``dashboard.access_policy``): a network check, as in the Go
-original, since the dashboard has no login.
+# -*- test-case-name: tests.test_dashboard,tests.test_policy -*-
+"""Who may open the dashboard, and ``/internal/*`` under ``dashboard.gate_internal_api``
+(``dashboard.access_policy``): a network check, as in the Go original, since neither has a
+login.
 
-Both must hold for every dashboard request:
+Both must hold:
 
 1. the TCP peer (never a proxy header such as ``X-Forwarded-For``) is inside one of
    ``allowed_cidrs``;
@@ -57,19 +58,27 @@ class AccessPolicy:
     def from_config(cls, config: AccessPolicyConfig) -> AccessPolicy:
         return cls(config.allowed_cidrs, config.allowed_hosts)
 
-    def refusal(self, peer: str, host: str) -> str | None:
-        """Why a request from ``peer`` (the TCP source address) with ``Host: host`` may not see
-        the dashboard, or ``None`` when it may."""
+    @property
+    def loopback_only(self) -> bool:
+        """Whether only loopback networks are allowed."""
+        return all(net.network_address.is_loopback for net in self._networks)
+
+    def refusal(self, peer: str, host: str | None) -> str | None:
+        """Why a request from ``peer`` (the TCP source address) with ``Host: host`` may not pass,
+        or ``None`` when it may. No ``Host`` at all (HTTP/1.0) skips the host check: browsers
+        always send one, and the host check is there against DNS-rebound browser pages."""
         address = _address(peer)
         if address is None or not any(address in net for net in self._networks):
             return self._explain("ip not in allowed range", peer, host)
+        if host is None:
+            return None
         name = bare_host(host)
         if _address(name) is None and name not in self._hosts:
             return self._explain("host not accepted", peer, host)
         return None
 
     @staticmethod
-    def _explain(reason: str, peer: str, host: str) -> str:
+    def _explain(reason: str, peer: str, host: str | None) -> str:
         return (
             f"403 forbidden: {reason} (ip={peer}, host={host}). Adjust "
             "dashboard.access_policy.allowed_hosts (or allowed_cidrs) in your config."
