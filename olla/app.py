@@ -63,6 +63,8 @@ class App:
     site: OllaSite
     internal: InternalApp
     limiter: RateLimiter
+    guard: GuardResource
+    dashboard: Dashboard | None = None
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
     worker: WorkerIdentity = field(default_factory=WorkerIdentity)
@@ -151,6 +153,11 @@ def build_app(
         )
     proxies[b"models"] = ModelsResource(registry, catalogue, clock)
     security = SecurityStats()
+    dashboard = (
+        Dashboard(AccessPolicy.from_config(config.dashboard.access_policy))
+        if config.dashboard.enabled
+        else None
+    )
     internal = InternalApp(
         registry,
         clock=clock,
@@ -161,18 +168,17 @@ def build_app(
         security=security,
         sticky=sticky,
         failovers=deps.failovers,
-        dashboard=(
-            Dashboard(AccessPolicy.from_config(config.dashboard.access_policy))
-            if config.dashboard.enabled
-            else None
-        ),
+        dashboard=dashboard,
         worker=worker,
     )
     limits = config.server.request_limits
     limiter = RateLimiter(limit_settings(config), clock)
-    guards = Guards.from_config(config, limiter, security)
+    guard = GuardResource(
+        RootResource(OllaRoot(proxies), internal.app.resource()),
+        Guards.from_config(config, limiter, security),
+    )
     site = OllaSite(
-        GuardResource(RootResource(OllaRoot(proxies), internal.app.resource()), guards),
+        guard,
         clock=clock,
         max_body_size=limits.max_body_size,
         max_header_size=limits.max_header_size,
@@ -196,6 +202,8 @@ def build_app(
         site=site,
         internal=internal,
         limiter=limiter,
+        guard=guard,
+        dashboard=dashboard,
         sticky=sticky,
         worker=worker or WorkerIdentity(),
     )

@@ -34,10 +34,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from olla.access import AccessPolicy
 from olla.app import App, startup_wait
 from olla.balancer import balancer_for
 from olla.config import NO_EFFECT_YET, ConfigError, OllaConfig, no_effect_warnings
 from olla.endpoints import Endpoint, endpoints_from_config
+from olla.guard.resource import Guards, limit_settings
 from olla.interfaces import IBalancer
 from olla.logging import LogSink, SwitchableObserver, make_observer
 from olla.profiles import ProfileRegistry
@@ -56,6 +58,11 @@ LIVE_KEYS: tuple[str, ...] = (
     "server.idle_timeout",
     "server.request_logging",
     "server.request_limits.",
+    "server.rate_limits.",
+    "server.cors.",
+    "server.auth.",
+    "dashboard.gate_internal_api",
+    "dashboard.access_policy.",
     "proxy.load_balancer",
     "proxy.read_timeout",
     "proxy.response_header_timeout",
@@ -350,6 +357,10 @@ class Reloader:
         site.header_timeout = server.read_header_timeout
         site.body_timeout = server.read_timeout
         site.timeOut = server.idle_timeout or server.read_timeout or None
+        app.limiter.reconfigure(limit_settings(config))
+        app.guard.guards = Guards.from_config(config, app.limiter, app.security)
+        if app.dashboard is not None:
+            app.dashboard.policy = AccessPolicy.from_config(config.dashboard.access_policy)
         if self._observer is not None and self._sink is not None:
             self._observer.inner = make_observer(
                 config.logging.format,

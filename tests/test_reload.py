@@ -180,7 +180,9 @@ class DiffTests(SynchronousTestCase):
             "server.request_limits.max_body_size",
             "model_aliases",
             "logging.level",
-            "server.rate_limits.burst_size",  # NO_EFFECT_YET
+            "server.rate_limits.burst_size",
+            "server.auth.api_keys",
+            "proxy.stream_buffer_size",  # NO_EFFECT_YET
         ):
             self.assertTrue(is_live(key), key)
         for key in (
@@ -463,6 +465,37 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(response.status, 413)
         h.reload([_endpoint("a")], proxy={"load_balancer": "least-connections"})
         self.assertIsInstance(h.app.router.balancer, LeastConnectionsBalancer)
+
+    def test_protection_follows(self) -> None:
+        """If a reload adds a client key, tightens the per-IP limit and gates /internal/*, then
+        the next requests meet the new guards: no key is a 401, the third request in a minute a
+        429; removing them again opens everything (the limiter keeps running as one service)."""
+        h = ReloadHarness(self, [_endpoint("a")])
+        limiter = h.app.limiter
+
+        def status(path: str, headers: dict[str, str] | None = None) -> int:
+            client = ClientConnection(h.app.site, http_request("GET", path, headers=headers))
+            h.pump(2)
+            response = client.response()
+            assert response is not None
+            return response.status
+
+        self.assertEqual(status("/olla/ollama/api/tags"), 200)
+        h.reload(
+            [_endpoint("a")],
+            server={
+                "auth": {"api_keys": [{"key": "sekrit-key-0123", "name": "team"}]},
+                "rate_limits": {"per_ip_requests_per_minute": 2, "burst_size": 2},
+            },
+        )
+        self.assertIs(h.app.limiter, limiter)
+        self.assertEqual(status("/olla/ollama/api/tags"), 401)
+        key = {"Authorization": "Bearer sekrit-key-0123"}
+        self.assertEqual(status("/olla/ollama/api/tags", key), 200)
+        self.assertEqual(status("/olla/ollama/api/tags", key), 429)
+        h.reload([_endpoint("a")], server={"rate_limits": {"per_ip_requests_per_minute": 0}})
+        for _ in range(5):
+            self.assertEqual(status("/olla/ollama/api/tags"), 200)
 
     def test_restart_keys_are_logged_every_reload(self) -> None:
         """If the file changes the listen port, then the reload says it needs a restart

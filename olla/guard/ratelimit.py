@@ -153,9 +153,14 @@ class RateLimiter(Service):
     _log = Logger()
 
     def __init__(self, settings: LimitSettings, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._sweeper: LoopingCall | None = None
+        self._configure(settings)
+
+    def _configure(self, settings: LimitSettings) -> None:
         self.settings = settings
         self.enabled = settings.per_ip_per_minute > 0
-        self._clock = clock
+        clock = self._clock
         burst = settings.burst if settings.burst > 0 else settings.per_ip_per_minute
         self._global: Bucket | None = None
         self._global_limit: Limit | None = None
@@ -168,7 +173,19 @@ class RateLimiter(Service):
         health = max(settings.health_per_minute, 1)
         self.health = BucketTable(Limit(health, max(burst, health // 60)), settings.max_tracked)
         self.per_key: dict[str, BucketTable] = {}
-        self._sweeper: LoopingCall | None = None
+
+    def reconfigure(self, settings: LimitSettings) -> None:
+        """New numbers from a reload. Unchanged numbers keep every bucket; changed ones start
+        again with full buckets (a reload never leaves a client owing tokens it cannot get
+        back under the new limit)."""
+        if settings == self.settings:
+            self.per_key.clear()  # per-key limits may have changed with the keys
+            return
+        sweeping = self._sweeper is not None
+        self.stop()
+        self._configure(settings)
+        if sweeping:
+            self.start()
 
     # ------------------------------------------------------------------ requests
 

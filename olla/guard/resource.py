@@ -117,7 +117,8 @@ class GuardResource(Resource):
     def __init__(self, inner: IResource, guards: Guards) -> None:
         super().__init__()
         self._inner = inner
-        self._guards = guards
+        #: swapped whole by a reload (``olla.reload``): a request sees one config's guards
+        self.guards = guards
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         refusal = self._check(request)
@@ -134,7 +135,7 @@ class GuardResource(Resource):
     # ------------------------------------------------------------------ the checks
 
     def _check(self, request: Request) -> IResource | None:
-        guards = self._guards
+        guards = self.guards
         peer = getattr(request, "client_ip", "") or _peer(request)
         headers = request.requestHeaders
         client_ip = guards.proxies.client_ip(
@@ -191,7 +192,7 @@ class GuardResource(Resource):
         self._own_headers(request, verdict.headers(), b"x-ratelimit-")
         if verdict.allowed:
             return None
-        self._guards.security.rate_limited(client_ip)
+        self.guards.security.rate_limited(client_ip)
         message = f"rate limit exceeded, retry in {verdict.retry_after}s"
         return self._refuse(request, 429, message, client_ip)
 

@@ -80,7 +80,8 @@ class Dashboard:
             policy: who may see the dashboard (``dashboard.access_policy``).
             assets: the files to serve; read from the package data when not given.
         """
-        self._policy = policy
+        #: who may see the page; a reload puts the new ``dashboard.access_policy`` here
+        self.policy = policy
         self._assets = dict(assets) if assets is not None else load_assets()
 
     def redirect(self, request: IRequest) -> bytes:
@@ -126,7 +127,7 @@ class Dashboard:
         """The ``403`` for a request the access policy turns away, or ``None``."""
         peer = getattr(request.getClientAddress(), "host", "")
         host = (request.getHeader(b"host") or b"").decode("latin-1")
-        reason = self._policy.refusal(peer, host)
+        reason = self.policy.refusal(peer, host)
         if reason is None:
             return None
         self._log.warn(
