@@ -105,10 +105,16 @@ class RateLimitTests(SynchronousTestCase):
         assert {r.status for r in seen} == {200}
         assert all(r.header(b"x-ratelimit-limit") is None for r in seen)
 
-    def test_defaults_follow_the_go_original(self) -> None:
-        """If nothing is configured, then limits are on as in the Go original: 100/min per
-        IP with a burst of 50."""
+    def test_off_unless_configured(self) -> None:
+        """If nothing is configured, then nothing is limited (200 requests at once from one
+        address all pass, with no X-RateLimit-* headers); the Go original's numbers (100/min per
+        IP, burst 50) limit as it does once a config sets them."""
         h = Harness({"a:1": Backend(Clock())})
+        for _ in range(200):
+            response = answer(h, http_request("POST", "/olla/ollama/api/chat", CHAT))
+            assert response.status == 200
+            assert response.header(b"x-ratelimit-limit") is None
+        h = Harness({"a:1": Backend(Clock())}, adjust=limits(100, 50))
         statuses = [
             answer(h, http_request("POST", "/olla/ollama/api/chat", CHAT)).status for _ in range(51)
         ]

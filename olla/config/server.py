@@ -30,7 +30,9 @@ class RequestLimits:
 @dataclass(frozen=True)
 class RateLimits:
     global_requests_per_minute: int = 1000
-    per_ip_requests_per_minute: int = 100
+    # Off unless set (the Go original's default is 100): one front end or agent sends a whole
+    # team's requests from one address, and olla should not refuse while the fleet has room.
+    per_ip_requests_per_minute: int = 0
     health_requests_per_minute: int = 1000
     burst_size: int = field(default=50, metadata={"minimum": 0})
     cleanup_interval: float = 300.0
