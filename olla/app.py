@@ -35,7 +35,9 @@ from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.security import SecurityStats
+from olla.stats import Stats
 from olla.web.internal import InternalApp
+from olla.web.metrics import Metrics, OllaCollector, metrics_registry
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
@@ -54,6 +56,9 @@ class App:
     translator_stats: TranslatorStats
     security: SecurityStats
     site: OllaSite
+    #: what every request and probe left in the statistics (``/internal/metrics``)
+    stats: Stats
+    metrics: Metrics
 
     @property
     def services(self) -> Sequence[IService]:
@@ -100,6 +105,12 @@ def build_app(
         lists_models=discovery_config.enabled,
     )
     health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
+    stats = Stats()
+    health.on_probe.append(
+        lambda endpoint, result: stats.probe_finished(
+            endpoint.name, result.status.value, result.latency
+        )
+    )
     catalogue = ModelCatalogue(config.model_aliases)
     discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
     discovery.stale_threshold = config.model_registry.unification.stale_threshold
@@ -122,6 +133,7 @@ def build_app(
         startup_wait=startup_wait(config),
         refresh_models=discovery.refresh_all,
         refresh_loaded=discovery.refresh_loaded,
+        stats=stats,
     )
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
@@ -133,6 +145,19 @@ def build_app(
         )
     proxies[b"models"] = ModelsResource(registry, catalogue, clock)
     security = SecurityStats()
+    metrics = Metrics(
+        metrics_registry(
+            OllaCollector(
+                stats,
+                registry,
+                clock=clock,
+                config=config,
+                security=security,
+                translators=[translator_stats],
+                active_connections=lambda: len(site.channels),
+            )
+        )
+    )
     internal = InternalApp(
         registry,
         clock=clock,
@@ -141,6 +166,8 @@ def build_app(
         catalogue=catalogue,
         translators=[translator_stats],
         security=security,
+        stats=stats,
+        metrics=metrics,
     )
     limits = config.server.request_limits
     site = OllaSite(
@@ -166,4 +193,6 @@ def build_app(
         translator_stats=translator_stats,
         security=security,
         site=site,
+        stats=stats,
+        metrics=metrics,
     )

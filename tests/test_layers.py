@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.breaker",
         "olla.interfaces",
         "olla.security",
+        "olla.stats",
     ),
     ("olla.profiles", "olla.endpoints"),
     ("olla.values", "olla.models", "olla.modelsources", "olla.balancer"),

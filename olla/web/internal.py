@@ -24,12 +24,16 @@ from olla.endpoints import EndpointRegistry
 from olla.listings import status_models
 from olla.models import ModelCatalogue
 from olla.security import SecurityStats
+from olla.stats import Stats
+from olla.web.metrics import Metrics
+from olla.web.modelstats import models_stats_payload
 from olla.web.status import (
     endpoints_payload,
     etag_for,
     etag_matches,
     gzip_body,
     process_payload,
+    rfc3339,
     should_gzip,
     status_payload,
 )
@@ -136,6 +140,8 @@ class InternalApp:
         catalogue: ModelCatalogue | None = None,
         translators: Sequence[TranslatorStats] = (),
         security: SecurityStats | None = None,
+        stats: Stats | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -146,6 +152,8 @@ class InternalApp:
             active_connections: open client connections, for ``/internal/process``.
             proc_self: the ``/proc/self`` directory ``/internal/process`` reads, or ``None``.
             security: what the HTTP layer and the guards refused, for ``/internal/status``.
+            stats: the request statistics, for ``/internal/stats/models``.
+            metrics: the Prometheus page; without it ``/internal/metrics`` is a 404.
         """
         self._registry = registry
         self._clock = clock
@@ -156,6 +164,8 @@ class InternalApp:
         self._catalogue = catalogue or ModelCatalogue()
         self._translators = list(translators)
         self._security = security or SecurityStats()
+        self._stats = stats or Stats()
+        self._metrics = metrics
 
     @app.route("/internal/health", branch=False)
     def health(self, request: Request) -> bytes:
@@ -190,7 +200,25 @@ class InternalApp:
 
     @app.route("/internal/stats/translators", branch=False)
     def stats_translators(self, request: Request) -> bytes:
-        return json_response(request, translators_payload(self._translators))
+        timestamp = rfc3339(self._clock.seconds())
+        return json_response(request, translators_payload(self._translators, timestamp))
+
+    @app.route("/internal/stats/models", branch=False)
+    def stats_models(self, request: Request) -> bytes:
+        args = request.args or {}
+        payload = models_stats_payload(
+            self._stats,
+            self._clock.seconds(),
+            include_endpoints=args.get(b"include_endpoints") == [b"true"],
+            include_summary=args.get(b"include_summary") == [b"true"],
+        )
+        return json_response(request, payload)
+
+    @app.route("/internal/metrics", branch=False)
+    def metrics(self, request: Request) -> bytes:
+        if self._metrics is None:
+            raise NotFound()
+        return self._metrics.render(request)
 
     @app.route("/internal/process", branch=False)
     def process(self, request: Request) -> bytes:
