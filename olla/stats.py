@@ -170,7 +170,10 @@ class Stats:
 
     def request_finished(self, record: RequestRecord, now: float) -> None:
         endpoint = record.endpoint or NONE
-        model = self.model_label(record.model)
+        if record.endpoint is None and record.model and record.model not in self.models:
+            model = OTHER  # a name no endpoint served (a typo, a scan) takes no label of its own
+        else:
+            model = self.model_label(record.model)
         key = (endpoint, model, record.route, str(record.status or 0))
         requests = self.requests
         if key not in requests and len(requests) >= MAX_REQUEST_SERIES:
