@@ -4,7 +4,9 @@ service feed, through the whole app built on a Clock over in-memory fake Ollamas
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -223,3 +225,23 @@ class MetricsTests(SynchronousTestCase):
         translators = json.loads(self.send("GET", "/internal/stats/translators").body)
         self.assertIsInstance(translators["translators"], list)
         self.assertIn("timestamp", translators)
+
+    def test_dashboard_reads_only_exported_metrics(self) -> None:
+        """If the Grafana dashboard in ``etc/`` is imported, then every ``olla_`` metric its
+        queries name is one olla exports (a renamed metric fails here, not on a wall)."""
+        response = self.send("GET", "/internal/metrics")
+        exported: set[str] = set()
+        for family in text_string_to_metric_families(response.body.decode()):
+            suffixes = ("", "_total", "_bucket", "_count", "_sum", "_info")
+            exported.update(family.name + suffix for suffix in suffixes)
+        dashboard = json.loads(
+            (Path(__file__).parents[1] / "etc/grafana-dashboard.json").read_text()
+        )
+        exprs = [
+            target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+        ]
+        exprs += [v["definition"] for v in dashboard["templating"]["list"]]
+        named = {name for expr in exprs for name in re.findall(r"\bolla_[a-z_]+", expr)}
+        self.assertGreater(len(named), 20)
+        self.assertEqual(named - exported, set())
+        self.assertEqual(dashboard["__inputs"][0]["pluginId"], "prometheus")

@@ -112,6 +112,7 @@ def version_payload() -> dict[str, Any]:
             "version": "v1",
             "endpoints": {
                 "health": "/internal/health",
+                "metrics": "/internal/metrics",
                 "status": "/internal/status",
                 "process": "/internal/process",
                 "version": "/version",
