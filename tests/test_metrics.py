@@ -165,6 +165,30 @@ class MetricsTests(SynchronousTestCase):
         )
         self.assertEqual(pick(samples, "olla_requests_total", endpoint="b", status="200"), 1)
 
+    def test_busy_failover_by_status(self) -> None:
+        """If the preferred endpoint answers 503 (busy), then the other serves the request and
+        the failover counts with cause ``status_503``, the attempt as ``refused``."""
+        self.fakes[b"a:1"].apply_state({"status": 503})
+        self.chat(False)
+        samples = self.scrape()
+        self.assertEqual(pick(samples, "olla_failovers_total", endpoint="a", cause="status_503"), 1)
+        self.assertEqual(pick(samples, "olla_upstream_attempts_total", outcome="refused"), 1)
+        self.assertEqual(pick(samples, "olla_requests_total", endpoint="b", status="200"), 1)
+
+    def test_every_attempt_failed(self) -> None:
+        """If both endpoints refuse connections, then the 502 counts once, under the last
+        endpoint tried, as a failure of the model."""
+        self.agent.behaviour[b"a:1"] = REFUSE
+        self.agent.behaviour[b"b:1"] = REFUSE
+        body = {"model": MODEL, "stream": False, "messages": []}
+        self.assertEqual(self.send("POST", "/olla/ollama/api/chat", body).status, 502)
+        samples = self.scrape()
+        self.assertEqual(pick(samples, "olla_requests_total"), 1)
+        self.assertEqual(pick(samples, "olla_requests_total", endpoint="b", status="502"), 1)
+        self.assertEqual(pick(samples, "olla_failovers_total"), 1)  # a handed over, b could not
+        [model] = json.loads(self.send("GET", "/internal/stats/models").body)["models"]
+        self.assertEqual((model["total_requests"], model["failed_requests"]), (1, 1))
+
     def test_rejections_and_security(self) -> None:
         """If a request names an unknown model and another is too large, then the first counts
         under endpoint ``none`` and the second as a size-limit violation."""

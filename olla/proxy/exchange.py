@@ -354,9 +354,9 @@ class Exchange:
             self._reject(502, f"proxy error: endpoint {endpoint.name}: {cause}")
             return
         self._deps.report_connection_failure(endpoint, cause)
-        kind = "timeout" if failure.check(*TIMEOUTS) else "unreachable"
-        self._note_failover(endpoint, cause, f"unreachable ({cause})", kind)
+        self._note_failover(endpoint, cause, f"unreachable ({cause})")
         if self._deps.config.retry.on_connection_failure and self._may_fail_over():
+            self._count_failover(endpoint, "timeout" if failure.check(*TIMEOUTS) else "unreachable")
             self._attempt_next()
             return
         self._reject(
@@ -390,16 +390,13 @@ class Exchange:
         retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
         wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
         self._deps.registry.backend_busy(endpoint, wait or BUSY_BACKOFF)
-        code = response.code
-        self._note_failover(endpoint, str(code), f"answered {code}", f"status_{code}")
+        self._note_failover(endpoint, str(response.code), f"answered {response.code}")
+        self._count_failover(endpoint, f"status_{response.code}")
         self._attempt_next()
 
-    def _note_failover(self, endpoint: Endpoint, cause: str, what: str, kind: str) -> None:
-        """Remember (for the request's log line), count (by ``kind``) and log why ``endpoint``
-        handed over."""
+    def _note_failover(self, endpoint: Endpoint, cause: str, what: str) -> None:
+        """Remember (for the request's log line) and log why ``endpoint`` handed over."""
         self._failovers.append(f"{endpoint.name}:{cause}")
-        if self._deps.stats is not None:
-            self._deps.stats.failed_over(endpoint.name, kind)
         self._log.info(
             "request {request_id}: endpoint {endpoint} {what}; {left} candidate(s) left",
             request_id=request_id(self._request),
@@ -408,6 +405,12 @@ class Exchange:
             cause=cause,
             left=len(self._candidates),
         )
+
+    def _count_failover(self, endpoint: Endpoint, kind: str) -> None:
+        """The request goes on to the next candidate because of ``kind`` (a small fixed set:
+        ``unreachable``, ``timeout``, ``status_<code>``)."""
+        if self._deps.stats is not None:
+            self._deps.stats.failed_over(endpoint.name, kind)
 
     # ------------------------------------------------------------------ Reply (for shapes)
 
@@ -605,12 +608,18 @@ class Exchange:
             # a stream generates from its first byte; a whole answer over the request's time
             since = first if ttft is not None and first is not None else self._started
             tps = usage.tokens_per_second(now - since)
+        tried = endpoint if endpoint is not None and self._attempts else None
+        if outcome is not None:
+            ended = outcome.value
+        else:  # every attempt failed, or none was made
+            ended = "failed" if tried is not None else "rejected"
         return RequestRecord(
-            endpoint=endpoint.name if endpoint is not None and self._attempts else None,
-            model=self._model,
+            endpoint=tried.name if tried is not None else None,
+            # an alias counts under the name the endpoint knows the model by
+            model=(self.native_model(tried) if tried is not None else None) or self._model,
             route=self._route.prefix,
             status=self._status,
-            outcome=outcome.value if outcome is not None else "rejected",
+            outcome=ended,
             attempts=self._attempts,
             bytes=relayed,
             duration=now - self._started,
