@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,13 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _series(base: str) -> int:
-    with urllib.request.urlopen(f"{base}/internal/metrics", timeout=10) as response:
-        text = response.read().decode()
+def _series(base: str) -> int | None:
+    """Samples in ``/internal/metrics`` (``None`` for an olla that has none, to compare)."""
+    try:
+        with urllib.request.urlopen(f"{base}/internal/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError:
+        return None
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
 

@@ -250,6 +250,24 @@ class MetricsTests(SynchronousTestCase):
         self.assertIsInstance(translators["translators"], list)
         self.assertIn("timestamp", translators)
 
+    def test_openmetrics_when_asked(self) -> None:
+        """If the scraper asks for OpenMetrics (as Prometheus does), then it gets that format,
+        and it parses with prometheus_client's OpenMetrics parser."""
+        from prometheus_client.openmetrics.parser import (
+            text_string_to_metric_families as openmetrics_families,
+        )
+
+        self.chat(False)
+        accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        response = self.send("GET", "/internal/metrics", Accept=accept)
+        self.assertEqual(response.status, 200)
+        content_type = response.header(b"content-type") or b""
+        self.assertTrue(content_type.startswith(b"application/openmetrics-text"))
+        self.assertTrue(response.body.endswith(b"# EOF\n"))
+        families = {f.name: f for f in openmetrics_families(response.body.decode())}
+        [sample] = families["olla_requests"].samples
+        self.assertEqual((sample.labels["endpoint"], sample.value), ("a", 1))
+
     def test_dashboard_reads_only_exported_metrics(self) -> None:
         """If the Grafana dashboard in ``etc/`` is imported, then every ``olla_`` metric its
         queries name is one olla exports (a renamed metric fails here, not on a wall)."""
