@@ -13,6 +13,7 @@ from the profiles, statuses are HTTP codes, and models past ``max_models`` fold 
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -130,7 +131,7 @@ class ModelStats:
         if not self.recent:
             return 0.0
         ordered = sorted(self.recent)
-        rank = max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.999999) - 1))
+        rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered)))) - 1
         return ordered[rank]
 
 
