@@ -77,9 +77,10 @@ class Histogram:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestRecord:
-    """One finished proxied request, as the exchange saw it."""
+    """One finished proxied request, as the exchange saw it (not frozen: built per request,
+    and a frozen dataclass costs twice as much to build)."""
 
     endpoint: str | None  # the one that answered (or failed last); None: rejected before any
     model: str | None

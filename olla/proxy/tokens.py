@@ -14,15 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_FIGURE = re.compile(
-    rb'"(prompt_eval_count|eval_count|eval_duration|load_duration|prompt_tokens|'
-    rb'completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
-)
-#: cheap tests that rule out the regex for answers with no figures at all
-_MARKERS = (b"_count", b"_tokens", b"_duration")
+#: what follows a key up to its number; matched at the key's end, never searched
+_VALUE = re.compile(rb"\s*:\s*(\d+)")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TokenUsage:
     """What a backend said it consumed and produced for one answer."""
 
@@ -44,26 +40,40 @@ class TokenUsage:
         return self.completion / seconds
 
 
+def _last(tail: bytes, key: bytes) -> int | None:
+    """The number after the last ``key`` (a quoted JSON key) in ``tail``."""
+    at = tail.rfind(key)
+    if at < 0:
+        return None
+    match = _VALUE.match(tail, at + len(key))
+    return int(match.group(1)) if match is not None else None
+
+
 def read_usage(tail: bytes) -> TokenUsage | None:
     """The token figures in an answer's last bytes, or ``None`` when it has none."""
-    if not any(marker in tail for marker in _MARKERS):
-        return None
-    found: dict[bytes, int] = {}
-    for match in _FIGURE.finditer(tail):
-        found[match.group(1)] = int(match.group(2))
-    if not found:
-        return None
-    if b"eval_count" in found or b"prompt_eval_count" in found or b"load_duration" in found:
-        eval_ns = found.get(b"eval_duration")
-        load_ns = found.get(b"load_duration")
+    if b"_count" not in tail and b"_tokens" not in tail and b"_duration" not in tail:
+        return None  # no figures at all (an error, a list): no look-ups
+    completion = _last(tail, b'"eval_count"')
+    prompt = _last(tail, b'"prompt_eval_count"')
+    load_ns = _last(tail, b'"load_duration"')
+    if completion is not None or prompt is not None or load_ns is not None:
+        eval_ns = _last(tail, b'"eval_duration"')
         return TokenUsage(
-            prompt=found.get(b"prompt_eval_count"),
-            completion=found.get(b"eval_count"),
+            prompt=prompt,
+            completion=completion,
             generation_seconds=eval_ns / 1e9 if eval_ns else None,
             load_seconds=load_ns / 1e9 if load_ns is not None else None,
         )
-    if b"prompt_tokens" in found or b"completion_tokens" in found:
-        return TokenUsage(found.get(b"prompt_tokens"), found.get(b"completion_tokens"))
-    if b"input_tokens" in found or b"output_tokens" in found:
-        return TokenUsage(found.get(b"input_tokens"), found.get(b"output_tokens"))
+    for prompt_key, completion_key in _USAGE_KEYS:
+        completion = _last(tail, completion_key)
+        prompt = _last(tail, prompt_key)
+        if completion is not None or prompt is not None:
+            return TokenUsage(prompt, completion)
     return None
+
+
+#: OpenAI's, then Anthropic's names for the two counts in ``usage``
+_USAGE_KEYS = (
+    (b'"prompt_tokens"', b'"completion_tokens"'),
+    (b'"input_tokens"', b'"output_tokens"'),
+)
