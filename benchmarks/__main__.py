@@ -1,6 +1,7 @@
 """``python -m benchmarks``: olla against the bare Twisted proxy, same run, same backend.
 (``python -m benchmarks fleet`` is the fleet-latency benchmark of ``benchmarks/fleet.py``;
-``python -m benchmarks workers`` compares ``--workers 1`` and ``--workers 2``.)
+``python -m benchmarks workers`` compares ``--workers 1`` and ``--workers 2``;
+``python -m benchmarks models-rss`` the memory over many model names, ``benchmarks/models_rss.py``.)
 
 Starts the shared fake backend (``shared/bench/fake_backend.js``, Node), then each proxy in turn
 pinned to CPU 0 (the bare Twisted floor of ``shared/bench/anchors/``, then olla as twistd),
@@ -254,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import limiter_memory
 
         return limiter_memory.main(argv[1:])
+    if argv[:1] == ["models-rss"]:  # RSS over many model names (benchmarks/models_rss.py)
+        from benchmarks import models_rss
+
+        return models_rss.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke counts, not a measurement")
     parser.add_argument("--scenarios", default="", help="e.g. S1,S3 (default: all)")

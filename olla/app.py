@@ -39,9 +39,11 @@ from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.security import SecurityStats
+from olla.stats import Stats
 from olla.sticky import StickySessions
 from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
+from olla.web.metrics import Metrics, OllaCollector, metrics_registry
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
 from olla.workers import WorkerIdentity
@@ -64,6 +66,10 @@ class App:
     internal: InternalApp
     limiter: RateLimiter
     guard: GuardResource
+    #: what every request and probe left in the statistics (``/internal/metrics``)
+    stats: Stats
+    metrics: Metrics
+    collector: OllaCollector
     dashboard: Dashboard | None = None
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
@@ -115,6 +121,12 @@ def build_app(
         lists_models=discovery_config.enabled,
     )
     health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
+    stats = Stats()
+    health.on_probe.append(
+        lambda endpoint, result: stats.probe_finished(
+            endpoint.name, result.status.value, result.latency
+        )
+    )
     catalogue = ModelCatalogue(config.model_aliases)
     discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
     discovery.stale_threshold = config.model_registry.unification.stale_threshold
@@ -142,6 +154,7 @@ def build_app(
         refresh_models=discovery.refresh_all,
         refresh_loaded=discovery.refresh_loaded,
         sticky=sticky,
+        stats=stats,
     )
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
@@ -158,6 +171,18 @@ def build_app(
         if config.dashboard.enabled
         else None
     )
+    collector = OllaCollector(
+        stats,
+        registry,
+        clock=clock,
+        config=config,
+        security=security,
+        translators=[translator_stats],
+        active_connections=lambda: len(site.channels),
+        worker=worker,
+        sticky=sticky,
+    )
+    metrics = Metrics(metrics_registry(collector))
     internal = InternalApp(
         registry,
         clock=clock,
@@ -170,6 +195,8 @@ def build_app(
         failovers=deps.failovers,
         dashboard=dashboard,
         worker=worker,
+        stats=stats,
+        metrics=metrics,
     )
     limits = config.server.request_limits
     limiter = RateLimiter(limit_settings(config), clock)
@@ -206,4 +233,7 @@ def build_app(
         dashboard=dashboard,
         sticky=sticky,
         worker=worker or WorkerIdentity(),
+        stats=stats,
+        metrics=metrics,
+        collector=collector,
     )

@@ -59,6 +59,13 @@ class CircuitBreakers:
             return 1.0  # a trial request is deciding right now
         return max(0.0, wait)
 
+    def state(self, endpoint: Endpoint) -> str:
+        """``closed``, ``open`` or ``half_open`` (the wait is over: one trial may go)."""
+        circuit = self._circuits.get(endpoint)
+        if circuit is None or circuit.open_until is None:
+            return "closed"
+        return "open" if self._clock.seconds() < circuit.open_until else "half_open"
+
     def attempt_started(self, endpoint: Endpoint) -> None:
         circuit = self._circuits.get(endpoint)
         if circuit is not None and circuit.open_until is not None:

@@ -257,6 +257,9 @@ class EndpointState:
     latency_total: float = 0.0
     latency_min: float | None = None
     latency_max: float | None = None
+    #: model-list requests that answered / failed (the metrics' discovery results)
+    discoveries_ok: int = 0
+    discoveries_failed: int = 0
 
     @property
     def success_rate(self) -> float | None:
@@ -527,10 +530,12 @@ class EndpointRegistry:
             return
         state.model_count = count
         state.last_model_sync = self._clock.seconds()
+        state.discoveries_ok += 1
         self._models_asked(endpoint)
 
     def models_unlisted(self, endpoint: Endpoint) -> None:
         """Asking for the model list failed; whatever was known stays known."""
+        self._states[endpoint].discoveries_failed += 1
         self._models_asked(endpoint)
 
     def models_forgotten(self, endpoint: Endpoint) -> None:

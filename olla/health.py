@@ -191,6 +191,8 @@ class HealthService(Service):
         self._rng = rng or random.Random()
         self._pollers = {ep: _Poller(ep) for ep in registry}
         self.on_recovered: list[Callable[[Endpoint], object]] = []
+        #: told every probe's result (the stats count them)
+        self.on_probe: list[Callable[[Endpoint, ProbeResult], object]] = []
 
     # ------------------------------------------------------------------ service
 
@@ -292,6 +294,8 @@ class HealthService(Service):
         if not self.running or not self._current(poller):
             return
         endpoint = poller.endpoint
+        for told in self.on_probe:
+            told(endpoint, result)
         if result.detected is not None:
             self._registry.set_detected(endpoint, result.detected)
         now = self._clock.seconds()

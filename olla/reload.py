@@ -357,6 +357,7 @@ class Reloader:
         site.header_timeout = server.read_header_timeout
         site.body_timeout = server.read_timeout
         site.timeOut = server.idle_timeout or server.read_timeout or None
+        app.collector.config = config
         app.limiter.reconfigure(limit_settings(config))
         app.guard.guards = Guards.from_config(config, app.limiter, app.security)
         if app.dashboard is not None:

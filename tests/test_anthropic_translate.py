@@ -496,14 +496,17 @@ def test_passthrough_endpoints() -> None:
 
 
 def test_stats_payload() -> None:
-    """If requests pass through, translate and fail, then the stats page counts each."""
+    """If requests pass through, translate and fail, then the stats page counts each, in the
+    Go original's list of entries named by ``translator_name``."""
     stats = TranslatorStats("anthropic")
     stats.started(passthrough=True, streaming=True, fallback=None)
     stats.ended(ok=True, latency=0.2)
     stats.started(passthrough=False, streaming=False, fallback=Fallback.CANNOT_PASSTHROUGH)
     stats.ended(ok=False, latency=1.0)
-    payload = translators_payload([stats])
-    entry = payload["translators"]["anthropic"]
+    payload = translators_payload([stats], "2026-01-01T00:00:00Z")
+    [entry] = payload["translators"]
+    assert entry["translator_name"] == "anthropic"
+    assert payload["timestamp"] == "2026-01-01T00:00:00Z"
     assert entry["total_requests"] == 2
     assert entry["success_rate"] == "50.0%"
     assert entry["passthrough_rate"] == "50.0%"

@@ -54,3 +54,18 @@ def test_half_open_single_trial() -> None:
     breakers.attempt_started(EP)
     breakers.succeeded(EP)
     assert breakers.allows(EP)
+
+
+def test_state_for_the_metrics() -> None:
+    """If a circuit opens and its open period ends, then its state reads ``closed``, then
+    ``open``, then ``half_open``, and ``closed`` again after a success."""
+    clock = Clock()
+    breakers = CircuitBreakers(clock)
+    assert breakers.state(EP) == "closed"
+    for _ in range(FAILURE_THRESHOLD):
+        breakers.failed(EP)
+    assert breakers.state(EP) == "open"
+    clock.advance(OPEN_FOR)
+    assert breakers.state(EP) == "half_open"
+    breakers.succeeded(EP)
+    assert breakers.state(EP) == "closed"

@@ -119,6 +119,22 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_every_probe_reported(self) -> None:
+        """If probes run, then each one's result is told to ``on_probe`` exactly once (the
+        stats count probes there), and a discovery's result counts on the endpoint."""
+        service, registry, checker, clock, endpoints = _service("a", "b", interval=5.0)
+        told: list[tuple[str, str]] = []
+        service.on_probe.append(lambda ep, result: told.append((ep.name, result.status.value)))
+        service.startService()
+        clock.advance(5.0)
+        self.assertEqual(len(told), len(checker.probes))
+        self.assertEqual(sorted(set(told)), [("a", "healthy"), ("b", "healthy")])
+        registry.models_listed(endpoints[0], 3)
+        registry.models_unlisted(endpoints[0])
+        state = registry.state(endpoints[0])
+        self.assertEqual((state.discoveries_ok, state.discoveries_failed), (1, 1))
+        service.stopService()
+
     def test_own_interval_with_jitter(self) -> None:
         """If an endpoint is healthy, then it is probed at its own interval, never later."""
         service, registry, checker, clock, _ = _service("a", interval=5.0)

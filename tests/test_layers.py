@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "olla.security",
         "olla.access",
         "olla.workers",
+        "olla.stats",
     ),
     ("olla.profiles", "olla.endpoints"),
     ("olla.values", "olla.models", "olla.modelsources", "olla.balancer", "olla.sticky"),

@@ -497,6 +497,22 @@ class ReloadTests(SynchronousTestCase):
         for _ in range(5):
             self.assertEqual(status("/olla/ollama/api/tags"), 200)
 
+    def test_metrics_info_follows(self) -> None:
+        """If a reload changes the balancer, then olla_info on /internal/metrics names the new
+        one, and says which worker (1 of 1) the figures are from."""
+        h = ReloadHarness(self, [_endpoint("a")])
+        h.reload([_endpoint("a")], proxy={"load_balancer": "priority"})
+        client = ClientConnection(h.app.site, http_request("GET", "/internal/metrics"))
+        h.pump(2)
+        response = client.response()
+        assert response is not None
+        info = [
+            line for line in response.body.decode().splitlines() if line.startswith("olla_info{")
+        ]
+        self.assertEqual(len(info), 1, info)
+        for label in ('balancer="priority"', 'worker="1"', 'workers="1"'):
+            self.assertIn(label, info[0])
+
     def test_restart_keys_are_logged_every_reload(self) -> None:
         """If the file changes the listen port, then the reload says it needs a restart
         (again on the next reload, since the daemon still listens on the old one), and the

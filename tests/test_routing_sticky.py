@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -134,6 +135,23 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(len(set(served)), 1)
         stats = self.stats(h)
         self.assertEqual((stats["hits"], stats["misses"], stats["active_sessions"]), (9, 1, 1))
+        metrics = h.send(http_request("GET", "/internal/metrics")).response()
+        assert metrics is not None
+        samples = {
+            sample.name + str(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(metrics.body.decode())
+            for sample in family.samples
+            if sample.name.startswith("olla_sticky")
+        }
+        self.assertEqual(
+            samples,
+            {
+                "olla_sticky_sessions_active[]": 1.0,
+                "olla_sticky_session_requests_total[('outcome', 'hit')]": 9.0,
+                "olla_sticky_session_requests_total[('outcome', 'miss')]": 1.0,
+                "olla_sticky_session_evictions_total[]": 0.0,
+            },
+        )
 
     def test_explicit_session_pins_across_prompts(self) -> None:
         """If requests with different prompts carry one X-Olla-Session-ID, then they all land

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_anthropic_translate -*-
-"""Translator counters for ``/internal/stats/translators`` (§10)."""
+"""Translator counters for ``/internal/stats/translators`` (§10) and the metrics."""
 
 from __future__ import annotations
 
@@ -79,13 +79,16 @@ def _millis(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def translators_payload(stats: list[TranslatorStats]) -> dict[str, Any]:
+def translators_payload(stats: list[TranslatorStats], timestamp: str) -> dict[str, Any]:
+    """``/internal/stats/translators`` in the Go original's shape: a list of entries, each
+    named by ``translator_name`` (sorted by it), and the summary over all of them."""
     total = sum(s.total for s in stats)
     succeeded = sum(s.succeeded for s in stats)
     done = succeeded + sum(s.failed for s in stats)
     passthrough = sum(s.passthrough for s in stats)
     return {
-        "translators": {s.name: s.as_json() for s in stats},
+        "timestamp": timestamp,
+        "translators": [s.as_json() for s in sorted(stats, key=lambda s: s.name)],
         "summary": {
             "total_translators": len(stats),
             "active_translators": sum(1 for s in stats if s.total),

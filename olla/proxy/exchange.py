@@ -11,7 +11,6 @@ backend's answer untouched; the Anthropic translator reshapes both ways.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,8 @@ from olla.proxy.inspect import rewrite_model
 from olla.proxy.needs import body_needs
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
 from olla.proxy.shape import VERBATIM, IExchangeShape
+from olla.proxy.tokens import TokenUsage, read_usage
+from olla.stats import RequestRecord, Stats
 from olla.sticky import Affinity, StickySessions, parse_body
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
@@ -73,6 +74,8 @@ class ProxyDeps:
     sticky: StickySessions | None = None
     #: the recent failovers, for ``/internal/stats/failovers`` and the dashboard
     failovers: FailoverLog = field(default_factory=FailoverLog)
+    #: fed once per finished request and once per attempt (``/internal/metrics``)
+    stats: Stats | None = None
 
     @property
     def registry(self) -> EndpointRegistry:
@@ -110,7 +113,8 @@ _DRAIN_LIMIT = 64 * 1024
 BUSY_BACKOFF = 1.0
 #: the Ollama answers olla reads the model load time from (their last chunk)
 _GENERATION_PATHS = (b"/api/chat", b"/api/generate")
-_LOAD_DURATION = re.compile(rb'"load_duration"\s*:\s*(\d+)')
+#: the content types of streamed answers (Ollama's NDJSON, SSE): their first byte is the TTFT
+_STREAM_TYPES = (b"ndjson", b"event-stream")
 #: a ``load_duration`` this long means the model was loaded for this request (a warm Ollama
 #: reports a few to tens of milliseconds)
 _LOAD_SEEN = 0.25
@@ -162,6 +166,8 @@ class Exchange:
         self._shaped = False  # the shape took the current answer over
         self._shape_told = False
         self._status: int | None = None
+        self._streamed = False  # the answer being relayed is a stream (NDJSON or SSE)
+        self._usage: TokenUsage | None = None
         request.notifyFinish().addErrback(self._client_left)
 
     # ------------------------------------------------------------------ routing
@@ -347,6 +353,8 @@ class Exchange:
         self._deps.registry.attempt_ended(
             endpoint, outcome, started=self._attempt_started, relayed=relayed
         )
+        if self._deps.stats is not None:
+            self._deps.stats.attempt_finished(endpoint.name, outcome.value)
         if self._cold and outcome is not Outcome.OK and self._model is not None:
             name = self.native_model(endpoint) or self._model
             self._deps.catalogue.load_failed(endpoint, name)
@@ -377,6 +385,7 @@ class Exchange:
         self._deps.report_connection_failure(endpoint, cause)
         self._note_failover(endpoint, cause, f"unreachable ({cause})")
         if self._deps.config.retry.on_connection_failure and self._may_fail_over():
+            self._count_failover(endpoint, "timeout" if failure.check(*TIMEOUTS) else "unreachable")
             self._attempt_next()
             return
         self._reject(
@@ -411,6 +420,7 @@ class Exchange:
         wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
         self._deps.registry.backend_busy(endpoint, wait or BUSY_BACKOFF)
         self._note_failover(endpoint, str(response.code), f"answered {response.code}")
+        self._count_failover(endpoint, f"status_{response.code}")
         self._attempt_next()
 
     def _note_failover(self, endpoint: Endpoint, cause: str, what: str) -> None:
@@ -424,6 +434,12 @@ class Exchange:
             cause=cause,
             left=len(self._candidates),
         )
+
+    def _count_failover(self, endpoint: Endpoint, kind: str) -> None:
+        """The request goes on to the next candidate because of ``kind`` (a small fixed set:
+        ``unreachable``, ``timeout``, ``status_<code>``)."""
+        if self._deps.stats is not None:
+            self._deps.stats.failed_over(endpoint.name, kind)
 
     # ------------------------------------------------------------------ Reply (for shapes)
 
@@ -468,6 +484,8 @@ class Exchange:
         deps = self._deps
         sink = self._shape.response_sink(response, endpoint, self)
         self._shaped = sink is not None
+        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        self._streamed = any(kind in content_type for kind in _STREAM_TYPES)
         if sink is None:
             sink = self._request
             self._relay_head(response, endpoint)
@@ -523,8 +541,10 @@ class Exchange:
             outcome = Outcome.CLIENT_GONE
         elif reason is None:
             outcome = Outcome.OK
-            if stream is not None and endpoint.type == "ollama":
-                self._after_ollama_answer(endpoint, stream.tail)
+            if stream is not None:
+                self._usage = read_usage(stream.tail)
+                if endpoint.type == "ollama":
+                    self._after_ollama_answer(endpoint)
             self._end_body()
         else:
             outcome = Outcome.FAILED
@@ -539,7 +559,7 @@ class Exchange:
         self._attempt_ended(endpoint, outcome, relayed)
         self._log_completion(endpoint, outcome, relayed)
 
-    def _after_ollama_answer(self, endpoint: Endpoint, tail: bytes) -> None:
+    def _after_ollama_answer(self, endpoint: Endpoint) -> None:
         """An Ollama answered: learn the model's load time from its last chunk, and when it
         loaded a model, ask what it has in memory now (loading one may have evicted another,
         and routing must not send that one's requests there as if it were still warm)."""
@@ -549,8 +569,8 @@ class Exchange:
         loaded = self._cold
         path = self._shape.upstream_path(endpoint, self._target)
         if path.split(b"?", 1)[0].rstrip(b"/") in _GENERATION_PATHS:
-            match = _LOAD_DURATION.search(tail)
-            seconds = int(match.group(1)) / 1e9 if match is not None else 0.0
+            usage = self._usage
+            seconds = (usage.load_seconds or 0.0) if usage is not None else 0.0
             if seconds >= _LOAD_SEEN:
                 self._deps.catalogue.observe_load(name, seconds)
                 loaded = True
@@ -579,9 +599,14 @@ class Exchange:
         request = self._request
         affinity = self.affinity
         sticky = affinity.outcome if affinity is not None else None
+        now = self._deps.clock.seconds()
+        record = self._record(endpoint, outcome, relayed, now)
+        if self._deps.stats is not None:
+            self._deps.stats.request_finished(record, now)
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
-            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tried} client={client_ip}",
+            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tokens}{tried} "
+            "client={client_ip}",
             request_id=request_id(request),
             client_ip=_client_ip(request).decode(),
             method=request.method.decode("ascii", "replace"),
@@ -589,16 +614,58 @@ class Exchange:
             endpoint=endpoint.name if endpoint else "-",
             model=self._model or "-",
             status=self._status,
-            duration_ms=round((self._deps.clock.seconds() - self._started) * 1000),
+            duration_ms=round(record.duration * 1000),
             bytes=relayed,
             outcome=(outcome.value if outcome else "rejected"),
             attempts=self._attempts,
             failovers=self._failovers,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            tokens_per_second=record.tokens_per_second,
+            ttft_ms=None if record.ttft is None else round(record.ttft * 1000),
+            tokens=_tokens_text(record),
             tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
             sticky_outcome=sticky.value if sticky is not None else None,
             sticky_key_source=affinity.key.source if affinity and affinity.key else None,
             #: marks the one line per proxied request (``server.request_logging`` filters it)
             request_line=True,
+        )
+
+    def _record(
+        self, endpoint: Endpoint | None, outcome: Outcome | None, relayed: int, now: float
+    ) -> RequestRecord:
+        """This request for the stats and the log line: its time to first token when it was
+        a stream, and the tokens the backend reported in its last bytes."""
+        ttft = None
+        stream = self._stream
+        first = stream.first_byte_at if stream is not None else None
+        if self._streamed and first is not None:
+            ttft = first - self._started
+        usage = self._usage
+        tps = None
+        if usage is not None:
+            # a stream generates from its first byte; a whole answer over the request's time
+            since = first if ttft is not None and first is not None else self._started
+            tps = usage.tokens_per_second(now - since)
+        tried = endpoint if endpoint is not None and self._attempts else None
+        if outcome is not None:
+            ended = outcome.value
+        else:  # every attempt failed, or none was made
+            ended = "failed" if tried is not None else "rejected"
+        return RequestRecord(
+            endpoint=tried.name if tried is not None else None,
+            # an alias counts under the name the endpoint knows the model by
+            model=(self.native_model(tried) if tried is not None else None) or self._model,
+            route=self._route.prefix,
+            status=self._status,
+            outcome=ended,
+            attempts=self._attempts,
+            bytes=relayed,
+            duration=now - self._started,
+            ttft=ttft,
+            prompt_tokens=usage.prompt if usage is not None else None,
+            completion_tokens=usage.completion if usage is not None else None,
+            tokens_per_second=tps,
         )
 
     def _shape_finished(self, complete: bool) -> None:
@@ -615,6 +682,18 @@ class Exchange:
                 _abort_client(self._request)
             else:
                 write_error(self._request, 500, "internal proxy error", dialect=self._dialect)
+
+
+def _tokens_text(record: RequestRecord) -> str:
+    """`` tokens=12/345 ttft=80ms`` for the log line, when the backend said and it streamed."""
+    text = ""
+    if record.prompt_tokens is not None or record.completion_tokens is not None:
+        prompt = "-" if record.prompt_tokens is None else record.prompt_tokens
+        completion = "-" if record.completion_tokens is None else record.completion_tokens
+        text = f" tokens={prompt}/{completion}"
+    if record.ttft is not None:
+        text += f" ttft={round(record.ttft * 1000)}ms"
+    return text
 
 
 def _abort_client(request: Request) -> None:

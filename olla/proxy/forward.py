@@ -131,6 +131,8 @@ class StreamBody(Protocol):
         self.relayed = 0
         #: the body's last bytes (an Ollama stream's final chunk carries its figures)
         self.tail = b""
+        #: when the first body byte arrived (a stream's time to first token)
+        self.first_byte_at: float | None = None
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self.transport, True)
@@ -141,6 +143,8 @@ class StreamBody(Protocol):
         if self._abort_reason is not None:
             return  # bytes _newclient had buffered before our stopProducing took effect
         self._arm_idle_timer()
+        if self.first_byte_at is None:
+            self.first_byte_at = self._clock.seconds()
         self.relayed += len(data)
         self.tail = data[-TAIL_SIZE:] if len(data) >= TAIL_SIZE else (self.tail + data)[-TAIL_SIZE:]
         self._request.write(data)

@@ -25,8 +25,11 @@ from olla.failovers import FailoverLog
 from olla.listings import status_models
 from olla.models import ModelCatalogue
 from olla.security import SecurityStats
+from olla.stats import Stats
 from olla.sticky import StickySessions
 from olla.web.dashboard import Dashboard
+from olla.web.metrics import Metrics
+from olla.web.modelstats import models_stats_payload
 from olla.web.status import (
     endpoints_payload,
     etag_for,
@@ -113,6 +116,7 @@ def version_payload() -> dict[str, Any]:
             "version": "v1",
             "endpoints": {
                 "health": "/internal/health",
+                "metrics": "/internal/metrics",
                 "status": "/internal/status",
                 "process": "/internal/process",
                 "version": "/version",
@@ -166,6 +170,8 @@ class InternalApp:
         failovers: FailoverLog | None = None,
         dashboard: Dashboard | None = None,
         worker: WorkerIdentity | None = None,
+        stats: Stats | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -180,6 +186,8 @@ class InternalApp:
             failovers: the recent failovers, for ``/internal/stats/failovers``.
             dashboard: the page at ``/internal/ui/``, or ``None`` (disabled: 404).
             worker: which of the ``--workers`` processes this is (all figures are its own).
+            stats: the request statistics, for ``/internal/stats/models``.
+            metrics: the Prometheus page; without it ``/internal/metrics`` is a 404.
         """
         self._registry = registry
         self._clock = clock
@@ -194,6 +202,8 @@ class InternalApp:
         self._failovers = failovers or FailoverLog()
         self._dashboard = dashboard
         self._worker = worker or WorkerIdentity()
+        self._stats = stats or Stats()
+        self._metrics = metrics
         #: which config runs: ``use_config`` moves these on a reload
         self._generation = 1
         self._loaded_at = self._started
@@ -245,7 +255,25 @@ class InternalApp:
 
     @app.route("/internal/stats/translators", branch=False)
     def stats_translators(self, request: Request) -> bytes:
-        return json_response(request, translators_payload(self._translators))
+        timestamp = rfc3339(self._clock.seconds())
+        return json_response(request, translators_payload(self._translators, timestamp))
+
+    @app.route("/internal/stats/models", branch=False)
+    def stats_models(self, request: Request) -> bytes:
+        args = request.args or {}
+        payload = models_stats_payload(
+            self._stats,
+            self._clock.seconds(),
+            include_endpoints=args.get(b"include_endpoints") == [b"true"],
+            include_summary=args.get(b"include_summary") == [b"true"],
+        )
+        return json_response(request, payload)
+
+    @app.route("/internal/metrics", branch=False)
+    def metrics(self, request: Request) -> bytes:
+        if self._metrics is None:
+            raise NotFound()
+        return self._metrics.render(request)
 
     @app.route("/internal/stats/sticky", branch=False)
     def stats_sticky(self, request: Request) -> bytes:

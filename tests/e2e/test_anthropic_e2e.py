@@ -206,7 +206,7 @@ def test_models_and_stats(olla: OllaDaemon) -> None:
     assert all(m["type"] == "model" for m in models["data"])
     assert models["has_more"] is False
     stats = httpx.get(f"{olla.url}/internal/stats/translators", timeout=10).json()
-    entry = stats["translators"]["anthropic"]
+    [entry] = [t for t in stats["translators"] if t["translator_name"] == "anthropic"]
     assert entry["passthrough_requests"] >= 1 and entry["translation_requests"] >= 1
     assert stats["summary"]["total_requests"] == entry["total_requests"]
 

@@ -1,0 +1,116 @@
+"""Token figures read from the last bytes of an answer (``olla.proxy.tokens``)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from olla.proxy.forward import TAIL_SIZE
+from olla.proxy.tokens import TokenUsage, read_usage
+
+
+def _tail(body: bytes) -> bytes:
+    return body[-TAIL_SIZE:]
+
+
+def test_ollama_final_chunk() -> None:
+    """If an Ollama stream ends with its final NDJSON chunk, then the prompt and completion
+    counts, the generation time and the load time come from it."""
+    lines = [
+        {"model": "m", "message": {"role": "assistant", "content": "x" * 300}, "done": False}
+    ] * 20
+    final = {
+        "model": "m",
+        "message": {"role": "assistant", "content": ""},
+        "done_reason": "stop",
+        "done": True,
+        "total_duration": 5_000_000_000,
+        "load_duration": 1_200_000_000,
+        "prompt_eval_count": 26,
+        "prompt_eval_duration": 130_000_000,
+        "eval_count": 298,
+        "eval_duration": 4_000_000_000,
+    }
+    body = b"".join(json.dumps(x).encode() + b"\n" for x in [*lines, final])
+    usage = read_usage(_tail(body))
+    assert usage == TokenUsage(26, 298, 4.0, 1.2)
+    assert usage.tokens_per_second(99.0) == 298 / 4.0
+
+
+def test_openai_whole_answer() -> None:
+    """If an OpenAI answer ends with ``usage``, then its prompt and completion tokens are read
+    (``prompt_tokens_details`` does not confuse it)."""
+    body = json.dumps(
+        {
+            "choices": [{"message": {"content": "hello"}}],
+            "usage": {
+                "prompt_tokens": 11,
+                "completion_tokens": 7,
+                "total_tokens": 18,
+                "prompt_tokens_details": {"cached_tokens": 3},
+            },
+        }
+    ).encode()
+    usage = read_usage(body)
+    assert usage is not None
+    assert (usage.prompt, usage.completion) == (11, 7)
+    assert usage.tokens_per_second(2.0) == 3.5
+
+
+def test_openai_stream_with_include_usage() -> None:
+    """If an OpenAI stream's last chunk carries ``usage`` (``stream_options.include_usage``)
+    before ``[DONE]``, then it is read, and the earlier chunks' ``"usage": null`` are not."""
+    chunks = [{"choices": [{"delta": {"content": "tok"}}], "usage": None}] * 50
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 50}})
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    body += b"data: [DONE]\n\n"
+    usage = read_usage(_tail(body))
+    assert usage is not None
+    assert (usage.prompt, usage.completion) == (5, 50)
+
+
+def test_anthropic_answer_and_stream() -> None:
+    """If an Anthropic answer or stream (``message_delta``) ends with ``usage``, then its
+    input and output tokens are the prompt and completion."""
+    whole = json.dumps({"content": [], "usage": {"input_tokens": 9, "output_tokens": 4}})
+    usage = read_usage(whole.encode())
+    assert usage is not None and (usage.prompt, usage.completion) == (9, 4)
+    stream = (
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        b'"usage":{"output_tokens":12}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    usage = read_usage(stream)
+    assert usage is not None and (usage.prompt, usage.completion) == (None, 12)
+
+
+def test_no_figures() -> None:
+    """If an answer has no token figures (an embedding, an error, a model list), then there is
+    no usage, and no rate either."""
+    assert read_usage(b'{"error":"model not found"}') is None
+    assert read_usage(b'{"data":[{"id":"m"}]}') is None
+    assert read_usage(b"") is None
+    assert TokenUsage(3, None).tokens_per_second(1.0) is None
+    assert TokenUsage(3, 5).tokens_per_second(0.0) is None
+
+
+def test_generated_text_never_counts() -> None:
+    """If the generated text itself spells a figure (JSON-escaped in the answer), then it is
+    not read as one."""
+    text = 'he wrote "eval_count": 999 and "prompt_tokens": 5'
+    body = json.dumps({"message": {"content": text}, "done": False}).encode()
+    assert read_usage(body) is None
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.text(max_size=3000))
+def test_any_text_before_the_final_chunk(prompt: int, completion: int, text: str) -> None:
+    """If any generated text precedes the final chunk, then the figures read are the final
+    chunk's."""
+    body = json.dumps({"message": {"content": text}}).encode() + b"\n"
+    final = {"done": True, "prompt_eval_count": prompt, "eval_count": completion}
+    body += json.dumps(final).encode()
+    body += b"\n"
+    usage = read_usage(_tail(body))
+    assert usage is not None
+    assert (usage.prompt, usage.completion) == (prompt, completion)
