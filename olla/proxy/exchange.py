@@ -299,15 +299,6 @@ class Exchange:
     def _attempt_next(self) -> None:
         """Try the best candidate left (routing ordered them)."""
         endpoint = self._candidates.pop(0)
-        if self._endpoint is not None:  # a hand-over: _note_failover just noted why
-            self._deps.failovers.record(
-                self._deps.clock.seconds(),
-                request_id(self._request),
-                self._model or "",
-                self._endpoint.name,
-                endpoint.name,
-                self._failovers[-1].removeprefix(f"{self._endpoint.name}:"),
-            )
         self._attempts += 1
         self._attempt(endpoint)
 
@@ -385,8 +376,8 @@ class Exchange:
         self._deps.report_connection_failure(endpoint, cause)
         self._note_failover(endpoint, cause, f"unreachable ({cause})")
         if self._deps.config.retry.on_connection_failure and self._may_fail_over():
-            self._count_failover(endpoint, "timeout" if failure.check(*TIMEOUTS) else "unreachable")
-            self._attempt_next()
+            kind = "timeout" if failure.check(*TIMEOUTS) else "unreachable"
+            self._fail_over(endpoint, kind, cause)
             return
         self._reject(
             502,
@@ -420,8 +411,7 @@ class Exchange:
         wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
         self._deps.registry.backend_busy(endpoint, wait or BUSY_BACKOFF)
         self._note_failover(endpoint, str(response.code), f"answered {response.code}")
-        self._count_failover(endpoint, f"status_{response.code}")
-        self._attempt_next()
+        self._fail_over(endpoint, f"status_{response.code}", str(response.code))
 
     def _note_failover(self, endpoint: Endpoint, cause: str, what: str) -> None:
         """Remember (for the request's log line) and log why ``endpoint`` handed over."""
@@ -435,11 +425,21 @@ class Exchange:
             left=len(self._candidates),
         )
 
-    def _count_failover(self, endpoint: Endpoint, kind: str) -> None:
-        """The request goes on to the next candidate because of ``kind`` (a small fixed set:
-        ``unreachable``, ``timeout``, ``status_<code>``)."""
+    def _fail_over(self, endpoint: Endpoint, kind: str, cause: str) -> None:
+        """``endpoint`` hands the request to the next candidate: counted by ``kind`` (a small
+        fixed set: ``unreachable``, ``timeout``, ``status_<code>``) for the metrics, kept
+        with its ``cause`` among the recent failovers, then the next attempt starts."""
         if self._deps.stats is not None:
             self._deps.stats.failed_over(endpoint.name, kind)
+        self._deps.failovers.record(
+            self._deps.clock.seconds(),
+            request_id(self._request),
+            self._model or "",
+            endpoint.name,
+            self._candidates[0].name,
+            cause,
+        )
+        self._attempt_next()
 
     # ------------------------------------------------------------------ Reply (for shapes)
 
