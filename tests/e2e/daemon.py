@@ -44,6 +44,49 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class OutputLines:
+    """A process's standard output, read line by line on a thread: the lines so far, and a way
+    to wait for one (without polling)."""
+
+    def __init__(self, process: subprocess.Popen[str], name: str) -> None:
+        self.process = process
+        self.name = name
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, needle: str, timeout: float = 20.0) -> str:
+        """Block until a line containing ``needle`` appears (or the process exits)."""
+        for line in self.lines:
+            if needle in line:
+                return line
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                got = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if got is None:
+                raise RuntimeError(f"{self.name} exited ({self.process.poll()}):\n" + self.output())
+            if needle in got:
+                return got
+        raise TimeoutError(f"no line with {needle!r} after {timeout}s:\n" + self.output())
+
+    def output(self, last: int = 200) -> str:
+        return "\n".join(self.lines[-last:])
+
+    def join(self, timeout: float) -> None:
+        self._reader.join(timeout)
+
+
 class OllaDaemon:
     """A running olla; ``url`` is its base, ``logs`` the JSON events it printed so far."""
 
@@ -54,8 +97,6 @@ class OllaDaemon:
         config = yaml.safe_load(config_path.read_text())
         self.port = int(config["server"]["port"])
         self.url = f"http://127.0.0.1:{self.port}"
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
         self.process = subprocess.Popen(
             [twistd(), "--nodaemon", "--pidfile=", "olla", "--config", str(config_path), *args],
             cwd=str(config_path.parent),
@@ -64,15 +105,11 @@ class OllaDaemon:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._output = OutputLines(self.process, "olla")
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            self._queue.put(line)
-        self._queue.put(None)
+    @property
+    def lines(self) -> list[str]:
+        return self._output.lines
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -88,20 +125,7 @@ class OllaDaemon:
 
     def wait_for_log(self, needle: str, timeout: float = 20.0) -> str:
         """Block until a log line containing ``needle`` appears (or the process exits)."""
-        for line in self.lines:
-            if needle in line:
-                return line
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                raise RuntimeError(f"olla exited ({self.process.poll()}):\n" + self.output())
-            if needle in line:
-                return line
-        raise TimeoutError(f"no log line with {needle!r} after {timeout}s:\n" + self.output())
+        return self._output.wait_for(needle, timeout)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         self.wait_for_log("listening on", timeout)
@@ -117,7 +141,7 @@ class OllaDaemon:
             time.sleep(0.02)
 
     def output(self) -> str:
-        return "\n".join(self.lines[-200:])
+        return self._output.output()
 
     def stop(self, grace: float = 15.0) -> int:
         if self.process.poll() is None:
@@ -127,7 +151,7 @@ class OllaDaemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self._reader.join(5)
+        self._output.join(5)
         return self.process.returncode
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -22,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.daemon import REPO
+from tests.e2e.daemon import REPO, OutputLines
 from tests.real.backend import CHAT_MODEL, InstallImpossible, ensure_installed
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +35,6 @@ class Demo:
     """``make demo`` in its own session, its output collected line by line."""
 
     def __init__(self, directory: Path) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
         self.process = subprocess.Popen(
             ["make", "--no-print-directory", "demo", "DEMO_PORT=0", f"DEMO_DIR={directory}"],
             cwd=str(REPO),
@@ -47,25 +43,14 @@ class Demo:
             text=True,
             start_new_session=True,
         )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.out = OutputLines(self.process, "make demo")
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            self._queue.put(line)
-        self._queue.put(None)
+    @property
+    def lines(self) -> list[str]:
+        return self.out.lines
 
     def wait_for(self, needle: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(needle in line for line in self.lines):
-            try:
-                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise TimeoutError(f"no {needle!r} after {timeout}s:\n{self.output()}") from None
-            if line is None:
-                raise RuntimeError(f"make demo exited {self.process.poll()}:\n{self.output()}")
+        self.out.wait_for(needle, timeout)
 
     def match(self, pattern: re.Pattern[str]) -> re.Match[str]:
         for line in self.lines:
@@ -75,7 +60,7 @@ class Demo:
         raise AssertionError(f"no line matches {pattern.pattern}:\n{self.output()}")
 
     def output(self) -> str:
-        return "\n".join(self.lines[-120:])
+        return self.out.output(120)
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -209,7 +194,7 @@ def test_make_demo_serves_fails_over_and_stops_clean(tmp_path: Path) -> None:
         sessions |= sessions_of(descendants(demo.process.pid))  # model runners started since
         os.killpg(demo.process.pid, signal.SIGINT)
         demo.process.wait(120)
-        demo.reader.join(10)
+        demo.out.join(10)
         assert any(STOPPED in line for line in demo.lines), demo.output()
         assert running_in(sessions) == []
     finally:
