@@ -37,13 +37,21 @@ def bare_host(host: str) -> str:
     return host
 
 
-def _address(text: str) -> IPAddress | None:
+def parse_ip(text: str) -> IPAddress | None:
+    """An address as peers and headers write it: bare, ``v4:port``, ``[v6]`` or ``[v6]:port``;
+    an IPv4-mapped IPv6 address is its IPv4 one (a dual-stack listener sees IPv4 peers as
+    ``::ffff:a.b.c.d``). ``None`` when it is no address."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
+        return address.ipv4_mapped
     return address
 
 
@@ -67,13 +75,13 @@ class AccessPolicy:
         """Why a request from ``peer`` (the TCP source address) with ``Host: host`` may not pass,
         or ``None`` when it may. No ``Host`` at all (HTTP/1.0) skips the host check: browsers
         always send one, and the host check is there against DNS-rebound browser pages."""
-        address = _address(peer)
+        address = parse_ip(peer)
         if address is None or not any(address in net for net in self._networks):
             return self._explain("ip not in allowed range", peer, host)
         if host is None:
             return None
         name = bare_host(host)
-        if _address(name) is None and name not in self._hosts:
+        if parse_ip(name) is None and name not in self._hosts:
             return self._explain("host not accepted", peer, host)
         return None
 

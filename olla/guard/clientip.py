@@ -13,24 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """An address from a header entry: bare, ``v4:port``, ``[v6]`` or ``[v6]:port``."""
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+from olla.access import IPAddress, IPNetwork, parse_ip
 
 
 class TrustedProxies:
