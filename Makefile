@@ -14,7 +14,9 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: run demo test test-real lint typecheck unit chromium bench clean
 
-$(VENV)/.run-installed: pyproject.toml
+# the plugin file too: twistd also scans the installed copy of twisted/plugins/, so a stale one
+# would point at a module that moved
+$(VENV)/.run-installed: pyproject.toml twisted/plugins/olla_plugin.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet .

@@ -39,7 +39,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from olla.config import ClientAuthConfig, ClientKey, OllaConfig, RateLimits
 from olla.guard.ratelimit import RateLimiter
 from olla.guard.resource import GuardResource, Guards, limit_settings
-from olla.security import SecurityStats
+from olla.telemetry.security import SecurityStats
 from tests.proxyharness import Harness, http_request
 
 CHAT = b'{"model": "llama3.2:latest", "messages": [], "stream": false}'

@@ -10,8 +10,8 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from olla.endpoints import Endpoint, EndpointRegistry
-    from olla.values import Detection, ModelInfo, ProbeResult
+    from olla.fleet.endpoints import Endpoint, EndpointRegistry
+    from olla.fleet.values import Detection, ModelInfo, ProbeResult
 
 
 class IBalancer(Interface):

@@ -25,8 +25,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from olla.app import build_app
-from olla.balancer import RoundRobinBalancer
 from olla.config import (
     AnthropicTranslatorConfig,
     DashboardConfig,
@@ -35,9 +33,11 @@ from olla.config import (
     ProxyConfig,
     RoutingStrategyConfig,
 )
-from olla.endpoints import Endpoint, EndpointStatus
+from olla.daemon.app import build_app
+from olla.fleet.balancer import RoundRobinBalancer
+from olla.fleet.endpoints import Endpoint, EndpointStatus
+from olla.fleet.models import ModelInfo
 from olla.interfaces import IBalancer
-from olla.models import ModelInfo
 from olla.profiles import builtin_profiles
 
 REFUSE = "refuse"
@@ -219,7 +219,7 @@ class Harness:
             config = adjust(config)
         self.agent = HostAgent({k.encode(): v for k, v in backends.items()})
         self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
-        # the daemon's own graph (olla.app), over in-memory backends on the Clock
+        # the daemon's own graph (olla.daemon.app), over in-memory backends on the Clock
         self.app = build_app(
             config,
             builtin_profiles(),

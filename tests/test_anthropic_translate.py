@@ -22,7 +22,7 @@ from olla.anthropic.request import (
 from olla.anthropic.response import MalformedAnswer, StreamTranslator, to_message
 from olla.anthropic.stats import Fallback, TranslatorStats, translators_payload
 from olla.config import EndpointConfig
-from olla.endpoints import endpoints_from_config
+from olla.fleet.endpoints import endpoints_from_config
 from olla.profiles import builtin_profiles
 
 BASE: dict[str, Any] = {

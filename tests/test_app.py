@@ -11,12 +11,12 @@ from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from olla.app import build_app
 from olla.config import EndpointConfig, OllaConfig
-from olla.endpoints import EndpointStatus
-from olla.logging import StreamSink
+from olla.daemon.app import build_app
+from olla.daemon.logging import StreamSink
+from olla.daemon.tap import build_service
+from olla.fleet.endpoints import EndpointStatus
 from olla.profiles import builtin_profiles
-from olla.tap import build_service
 from tests.fakes.ollama import FakeOllama
 from tests.proxyharness import ClientConnection, HostAgent, http_request, parse_response
 

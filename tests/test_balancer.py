@@ -9,14 +9,14 @@ import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from olla.balancer import (
+from olla.config import EndpointConfig
+from olla.fleet.balancer import (
     LeastConnectionsBalancer,
     PriorityBalancer,
     RoundRobinBalancer,
     balancer_for,
 )
-from olla.config import EndpointConfig
-from olla.endpoints import Endpoint, EndpointRegistry, endpoints_from_config
+from olla.fleet.endpoints import Endpoint, EndpointRegistry, endpoints_from_config
 from olla.interfaces import IBalancer
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from olla.breaker import FAILURE_THRESHOLD, OPEN_FOR, CircuitBreakers
 from olla.config import EndpointConfig
-from olla.endpoints import endpoints_from_config
+from olla.fleet.breaker import FAILURE_THRESHOLD, OPEN_FOR, CircuitBreakers
+from olla.fleet.endpoints import endpoints_from_config
 
 (EP,) = endpoints_from_config([EndpointConfig(url="http://a:1", name="a", type="ollama")])
 

@@ -12,8 +12,8 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
 
-from olla.access import AccessPolicy, bare_host
 from olla.config import AccessPolicyConfig, DashboardConfig
+from olla.util.access import AccessPolicy, bare_host
 from olla.web.dashboard import CONTENT_SECURITY_POLICY, CONTENT_TYPES, Asset, load_assets
 from tests.proxyharness import Harness, Response, http_request, parse_response
 

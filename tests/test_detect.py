@@ -20,12 +20,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from olla.config import AuthConfig, EndpointConfig, ModelDiscoveryConfig
-from olla.detect import Answer, Detection, PlatformDetector, choose, explain
-from olla.discovery import DiscoveryService
-from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
-from olla.health import HealthService, HTTPHealthChecker
+from olla.fleet.detect import Answer, Detection, PlatformDetector, choose, explain
+from olla.fleet.discovery import DiscoveryService
+from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.fleet.health import HealthService, HTTPHealthChecker
+from olla.fleet.models import ModelCatalogue
 from olla.interfaces import IPlatformDetector
-from olla.models import ModelCatalogue
 from olla.profiles import DETECTION_ORDER, builtin_profiles, load_profiles
 from olla.web.status import summary_endpoint
 from tests.fakes.ollama import FakeModel, FakeOllama

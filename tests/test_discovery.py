@@ -7,11 +7,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from olla.config import EndpointConfig, FilterConfig, ModelDiscoveryConfig
-from olla.discovery import DiscoveryService
-from olla.endpoints import EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.fleet.discovery import DiscoveryService
+from olla.fleet.endpoints import EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.fleet.models import ModelCatalogue
+from olla.fleet.modelsources import MODEL_SOURCES
 from olla.interfaces import IModelSource
-from olla.models import ModelCatalogue
-from olla.modelsources import MODEL_SOURCES
 from tests.fakes.ollama import FakeModel, FakeOllama
 from tests.proxyharness import HANG, HostAgent
 

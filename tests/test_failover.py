@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from olla.config import ProxyConfig, RetryConfig
-from olla.endpoints import EndpointStatus
+from olla.fleet.endpoints import EndpointStatus
 from tests.proxyharness import REFUSE, Harness, http_request
 from tests.test_proxy import Backend
 

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from olla.failovers import DEFAULT_SIZE, Failover, FailoverLog
+from olla.telemetry.failovers import DEFAULT_SIZE, Failover, FailoverLog
 from tests.proxyharness import REFUSE, Harness, http_request
 from tests.test_proxy import Backend
 

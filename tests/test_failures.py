@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import _newclient
 from twisted.web.client import ResponseDone
 
-from olla.bodies import BodyTooLarge, BoundedBody
-from olla.failures import STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
+from olla.util.bodies import BodyTooLarge, BoundedBody
+from olla.util.failures import STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
 
 
 class _Transport:
@@ -81,7 +81,7 @@ class BoundedBodyTests(SynchronousTestCase):
 
 def test_fnv1a_known_values() -> None:
     """If FNV-1a hashes the empty string and "a", then the published values come out."""
-    from olla.ids import base36, fnv1a
+    from olla.util.ids import base36, fnv1a
 
     assert fnv1a(b"") == 0x811C9DC5 and fnv1a(b"a") == 0xE40C292C
     assert fnv1a(b"", 64) == 0xCBF29CE484222325 and fnv1a(b"a", 64) == 0xAF63DC4C8601EC8C

@@ -16,8 +16,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from olla.config import EndpointConfig
-from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
-from olla.health import (
+from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.fleet.health import (
     BREAKER_OPEN,
     HealthService,
     HTTPHealthChecker,

@@ -19,7 +19,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from werkzeug.exceptions import MethodNotAllowed
 
 from olla.config import OllaConfig
-from olla.endpoints import EndpointRegistry
+from olla.fleet.endpoints import EndpointRegistry
 from olla.web.internal import InternalApp
 from olla.web.site import OllaSite
 from tests.proxyharness import ClientConnection, Harness, Response, http_request, parse_response

@@ -15,32 +15,26 @@ PACKAGE = Path(__file__).resolve().parents[1] / "olla"
 
 #: lowest first; a module's layer is the one of its longest matching prefix
 LAYERS: tuple[tuple[str, ...], ...] = (
+    # small shared helpers, config, the seams, the figures olla keeps, and who this process is
     (
         "olla",
-        "olla.errors",
-        "olla.failures",
-        "olla.failovers",
-        "olla.bodies",
-        "olla.ids",
-        "olla.responses",
-        "olla.deadline",
+        "olla.util",
         "olla.config",
-        "olla.breaker",
         "olla.interfaces",
-        "olla.security",
-        "olla.access",
-        "olla.workers",
-        "olla.stats",
+        "olla.telemetry",
+        "olla.daemon.workers",
     ),
-    ("olla.profiles", "olla.endpoints"),
-    ("olla.values", "olla.models", "olla.modelsources", "olla.balancer", "olla.sticky"),
-    ("olla.health", "olla.detect", "olla.discovery", "olla.listings", "olla.logging"),
+    ("olla.profiles",),
+    # the fleet's state: endpoints, health, discovery, the catalogue, balancing, stickiness
+    ("olla.fleet",),
+    # the request path
     ("olla.proxy",),
     ("olla.anthropic",),
     ("olla.web",),
     ("olla.guard",),
-    ("olla.app", "olla.reload", "olla.supervisor"),
-    ("olla.tap", "olla.__main__"),
+    # the daemon: the composition root, reload, the supervisor, twistd's entry point
+    ("olla.daemon",),
+    ("olla.__main__",),
 )
 
 
@@ -117,5 +111,5 @@ def test_no_import_cycles() -> None:
 
 def test_the_rule_bites() -> None:
     """If a low module imported a high one, then the rule would catch it."""
-    assert _layer("olla.web.site") > _layer("olla.proxy.exchange") > _layer("olla.errors")
+    assert _layer("olla.web.site") > _layer("olla.proxy.exchange") > _layer("olla.util.errors")
     assert _layer("olla.proxy.routing") == _layer("olla.proxy")

@@ -16,9 +16,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, Logger, LogLevel, LogPublisher, globalLogPublisher
 from twisted.python import usage
 
-from olla import tap
 from olla.config import LoggingConfig, parse_config
-from olla.logging import (
+from olla.daemon import tap
+from olla.daemon.logging import (
     FileSink,
     ReopenOnHangup,
     StreamSink,

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
-from olla.app import App, build_app
 from olla.config import EndpointConfig, OllaConfig
+from olla.daemon.app import App, build_app
 from olla.profiles import builtin_profiles
-from olla.stats import OTHER
+from olla.telemetry.stats import OTHER
 from tests.fakes.ollama import FakeOllama
 from tests.proxyharness import REFUSE, ClientConnection, HostAgent, http_request, parse_response
 

@@ -8,9 +8,9 @@ import pytest
 from twisted.internet.task import Clock
 
 from olla.config import EndpointConfig, FilterConfig, RoutingStrategyConfig
-from olla.endpoints import endpoints_from_config
-from olla.listings import ollama_tags, openai_models
-from olla.models import (
+from olla.fleet.endpoints import endpoints_from_config
+from olla.fleet.listings import ollama_tags, openai_models
+from olla.fleet.models import (
     ModelCatalogue,
     ModelInfo,
     capabilities,
@@ -20,7 +20,7 @@ from olla.models import (
     model_type,
     normalise_quantization,
 )
-from olla.modelsources import (
+from olla.fleet.modelsources import (
     DiscoveryError,
     parse_ollama_ps,
     parse_ollama_tags,
@@ -221,7 +221,7 @@ SAMPLES = {
 @pytest.mark.parametrize("fmt", sorted(SAMPLES))
 def test_every_format_parses(fmt: str) -> None:
     """If a server of each response_format lists its models, then olla reads every id."""
-    from olla.modelsources import MODEL_SOURCES
+    from olla.fleet.modelsources import MODEL_SOURCES
 
     models = MODEL_SOURCES[fmt].parse(SAMPLES[fmt])
     assert [m.name for m in models] == [item["id"] for item in SAMPLES[fmt]["data"]]
@@ -229,7 +229,7 @@ def test_every_format_parses(fmt: str) -> None:
 
 def test_lmstudio_details_and_loaded() -> None:
     """If LM Studio lists models, then quantisation, arch and load state are kept."""
-    from olla.modelsources import parse_loaded_from_list
+    from olla.fleet.modelsources import parse_loaded_from_list
 
     (qwen, _) = parse_openai_models(SAMPLES["lmstudio"])
     assert (qwen.family, qwen.quantization, qwen.format) == ("qwen2", "q4km", "gguf")
@@ -238,7 +238,7 @@ def test_lmstudio_details_and_loaded() -> None:
 
 def test_family_and_variant() -> None:
     """If a name carries family and version, then both are read."""
-    from olla.models import family_and_variant
+    from olla.fleet.models import family_and_variant
 
     assert family_and_variant("llama3.2:latest") == ("llama", "3.2")
     assert family_and_variant("Qwen/Qwen2.5-7B") == ("qwen", "2.5")

@@ -11,8 +11,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from olla.config import EndpointConfig
-from olla.endpoints import Endpoint, endpoints_from_config
-from olla.models import ModelCatalogue, ModelInfo
+from olla.fleet.endpoints import Endpoint, endpoints_from_config
+from olla.fleet.models import ModelCatalogue, ModelInfo
 from olla.profiles import builtin_profiles
 from olla.proxy.needs import EMBEDDINGS, TOOLS, VISION, body_needs, narrow_by_needs
 from olla.proxy.resource import ProviderRoute, ProxyResource

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from olla.config import EndpointConfig
-from olla.endpoints import EndpointStatus, endpoints_from_config
+from olla.fleet.endpoints import EndpointStatus, endpoints_from_config
 from olla.proxy.resource import BadTarget, remove_dot_segments
 from tests.proxyharness import Harness, http_request
 from tests.test_proxy import Backend
@@ -127,8 +127,8 @@ class BreakerTrialTests(SynchronousTestCase):
     def test_encoded_requests_complete_the_half_open_trial(self) -> None:
         """If an endpoint's circuit is half-open and the trial is a percent-encoded request,
         then the trial completes (the circuit closes) and nothing stays in flight."""
-        from olla.breaker import FAILURE_THRESHOLD, OPEN_FOR
-        from olla.endpoints import Outcome
+        from olla.fleet.breaker import FAILURE_THRESHOLD, OPEN_FOR
+        from olla.fleet.endpoints import Outcome
 
         backend = Backend(Clock(), name="a")
         h = Harness({"a:1": backend})

@@ -12,7 +12,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from olla import tap
+from olla.daemon import tap
 
 REPO = Path(__file__).resolve().parents[1]
 

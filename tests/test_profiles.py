@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from zope.interface.verify import verifyObject
 
-from olla.app import provider_routes
+from olla.daemon.app import provider_routes
 from olla.interfaces import IProfile
 from olla.profiles import ProfileError, builtin_profiles, load_profiles
 

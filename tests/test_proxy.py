@@ -14,8 +14,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from olla.config import ProxyConfig, RetryConfig, RoutingStrategyConfig
-from olla.endpoints import EndpointStatus
-from olla.models import ModelInfo
+from olla.fleet.endpoints import EndpointStatus
+from olla.fleet.models import ModelInfo
 from tests.proxyharness import HANG, REFUSE, Harness, http_request
 
 

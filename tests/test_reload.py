@@ -1,7 +1,8 @@
 """Hot reload: a config file applied to the running graph on a Clock.
 
 Each test builds the whole app (``build_app``) over in-memory fake Ollamas, writes a config file,
-loads it with the daemon's own loader (``olla.tap.load_all``), and edits it as an operator would.
+loads it with the daemon's own loader (``olla.daemon.tap.load_all``), and edits it as an operator
+would.
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from olla import tap
-from olla.app import build_app
-from olla.balancer import LeastConnectionsBalancer, PriorityBalancer
 from olla.config import EndpointConfig, OllaConfig
-from olla.endpoints import Endpoint, EndpointStatus, Outcome, endpoints_from_config
-from olla.logging import ReopenOnHangup, StreamSink, SwitchableObserver, make_observer
-from olla.reload import (
+from olla.daemon import tap
+from olla.daemon.app import build_app
+from olla.daemon.logging import ReopenOnHangup, StreamSink, SwitchableObserver, make_observer
+from olla.daemon.reload import (
     ConfigWatcher,
     Reloader,
     changed_keys,
     endpoint_changes,
     is_live,
 )
-from olla.tap import load_all
+from olla.daemon.tap import load_all
+from olla.fleet.balancer import LeastConnectionsBalancer, PriorityBalancer
+from olla.fleet.endpoints import Endpoint, EndpointStatus, Outcome, endpoints_from_config
 from tests.fakes.ollama import FakeOllama
 from tests.proxyharness import ClientConnection, HostAgent, http_request
 

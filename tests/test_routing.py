@@ -8,17 +8,17 @@ from collections.abc import Sequence
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from olla.balancer import LeastConnectionsBalancer, PriorityBalancer, RoundRobinBalancer
-from olla.breaker import FAILURE_THRESHOLD, OPEN_FOR
 from olla.config import EndpointConfig, RoutingStrategyConfig, WarmRoutingConfig
-from olla.endpoints import (
+from olla.fleet.balancer import LeastConnectionsBalancer, PriorityBalancer, RoundRobinBalancer
+from olla.fleet.breaker import FAILURE_THRESHOLD, OPEN_FOR
+from olla.fleet.endpoints import (
     EndpointRegistry,
     EndpointStatus,
     Outcome,
     endpoints_from_config,
 )
+from olla.fleet.models import ModelCatalogue, ModelInfo
 from olla.interfaces import IBalancer
-from olla.models import ModelCatalogue, ModelInfo
 from olla.profiles import builtin_profiles
 from olla.proxy.needs import VISION
 from olla.proxy.routing import (

@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from olla.balancer import PriorityBalancer
-from olla.breaker import FAILURE_THRESHOLD
 from olla.config import ProxyConfig, StickySessionsConfig
-from olla.endpoints import EndpointStatus, Outcome
+from olla.fleet.balancer import PriorityBalancer
+from olla.fleet.breaker import FAILURE_THRESHOLD
+from olla.fleet.endpoints import EndpointStatus, Outcome
 from tests.proxyharness import REFUSE, Harness, http_request
 from tests.test_anthropic import ScriptedBackend
 from tests.test_proxy import Backend

@@ -7,7 +7,7 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from olla.security import SecurityStats
+from olla.telemetry.security import SecurityStats
 from tests.proxyharness import Harness, http_request
 from tests.test_proxy import Backend
 

@@ -25,8 +25,8 @@ import yaml
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
-from olla import tap
 from olla.config import load_config
+from olla.daemon import tap
 from tests.e2e.daemon import daemon_env, free_port, twistd
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,9 @@
-"""Request and probe statistics in fixed memory (``olla.stats``) and the
+"""Request and probe statistics in fixed memory (``olla.telemetry.stats``) and the
 ``/internal/stats/models`` page built from them (``olla.web.modelstats``)."""
 
 from __future__ import annotations
 
-from olla.stats import (
+from olla.telemetry.stats import (
     LATENCY_WINDOW,
     MAX_REQUEST_SERIES,
     OTHER,

@@ -21,7 +21,7 @@ from twisted.web.iweb import IResponse
 
 from olla import __version__
 from olla.config import AuthConfig, EndpointConfig, OllaConfig, ProxyConfig
-from olla.endpoints import (
+from olla.fleet.endpoints import (
     Endpoint,
     EndpointRegistry,
     EndpointStatus,

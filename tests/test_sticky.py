@@ -1,5 +1,5 @@
-"""Sticky sessions (``olla.sticky``): session keys, the LRU with its sliding TTL on a Clock, the
-outcome of each request, the purge when an endpoint is demoted, and the stats."""
+"""Sticky sessions (``olla.fleet.sticky``): session keys, the LRU with its sliding TTL on a Clock,
+the outcome of each request, the purge when an endpoint is demoted, and the stats."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from olla.config import EndpointConfig, StickySessionsConfig
-from olla.endpoints import EndpointRegistry, EndpointStatus, endpoints_from_config
-from olla.sticky import (
+from olla.fleet.endpoints import EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.fleet.sticky import (
     SessionKey,
     StickyOutcome,
     StickySessions,

@@ -28,11 +28,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from olla import tap
 from olla.config import OllaConfig
-from olla.endpoints import EndpointRegistry
-from olla.logging import FileSink, StreamSink, json_record
-from olla.supervisor import (
+from olla.daemon import tap
+from olla.daemon.logging import FileSink, StreamSink, json_record
+from olla.daemon.supervisor import (
     Backoff,
     HangupRelay,
     IWorkerSpawner,
@@ -42,8 +41,7 @@ from olla.supervisor import (
     worker_argv,
     worker_twistd_flags,
 )
-from olla.web.internal import InternalApp
-from olla.workers import (
+from olla.daemon.workers import (
     LISTEN_FD,
     AdoptedPortService,
     ParentWatch,
@@ -53,6 +51,8 @@ from olla.workers import (
     parse_worker,
     parse_worker_count,
 )
+from olla.fleet.endpoints import EndpointRegistry
+from olla.web.internal import InternalApp
 
 # --------------------------------------------------------------------------- fakes
 
@@ -496,7 +496,7 @@ def test_app_knows_its_worker() -> None:
     from twisted.internet.task import Cooperator
     from twisted.internet.testing import MemoryReactorClock
 
-    from olla.app import build_app
+    from olla.daemon.app import build_app
     from olla.profiles import builtin_profiles
 
     reactor = MemoryReactorClock()

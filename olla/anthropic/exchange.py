@@ -19,7 +19,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from olla.anthropic.stats import TranslatorStats
-from olla.endpoints import Endpoint
+from olla.fleet.endpoints import Endpoint
 from olla.interfaces import IStreamTranslator, ITranslator
 from olla.proxy.forward import BytesProducer
 from olla.proxy.shape import IExchangeShape, Reply, Verbatim

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from olla.anthropic.request import uses_images, uses_thinking, uses_tools
-from olla.endpoints import Endpoint
+from olla.fleet.endpoints import Endpoint
 from olla.profiles import Profile, ProfileRegistry
 
 _VERSION = re.compile(r"v?(\d+(?:\.\d+)*)")

@@ -23,13 +23,13 @@ from olla.anthropic.request import InvalidRequest
 from olla.anthropic.stats import Fallback, TranslatorStats
 from olla.anthropic.translator import AnthropicTranslator
 from olla.config import AnthropicTranslatorConfig
-from olla.endpoints import Endpoint
-from olla.errors import Dialect, write_error
+from olla.fleet.endpoints import Endpoint
 from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import Exchange, ProxyDeps, request_size
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
 from olla.proxy.shape import IExchangeShape
-from olla.responses import json_response
+from olla.util.errors import Dialect, write_error
+from olla.util.responses import json_response
 
 MESSAGES = b"/v1/messages"
 COUNT_TOKENS = b"/v1/messages/count_tokens"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from olla.access import IPAddress, IPNetwork, parse_ip
+from olla.util.access import IPAddress, IPNetwork, parse_ip
 
 
 class TrustedProxies:

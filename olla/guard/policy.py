@@ -10,8 +10,8 @@ in ``allowed_hosts`` (a browser page on another name, DNS-rebound to olla, is re
 
 from __future__ import annotations
 
-from olla.access import AccessPolicy
 from olla.config import DashboardConfig
+from olla.util.access import AccessPolicy
 
 #: answered to every caller: load balancers and container health checks poll it
 HEALTH_PATH = b"/internal/health"

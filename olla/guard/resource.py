@@ -27,7 +27,7 @@ from olla.guard.clientip import TrustedProxies
 from olla.guard.cors import CorsPolicy, Headers
 from olla.guard.policy import HEALTH_PATH, InternalPolicy, is_internal
 from olla.guard.ratelimit import LimitSettings, RateLimiter, Verdict
-from olla.security import SecurityStats
+from olla.telemetry.security import SecurityStats
 from olla.web.site import error_body_for
 
 #: routes that are neither limited nor need a key (besides ``/internal/*``)
@@ -117,7 +117,7 @@ class GuardResource(Resource):
     def __init__(self, inner: IResource, guards: Guards) -> None:
         super().__init__()
         self._inner = inner
-        #: swapped whole by a reload (``olla.reload``): a request sees one config's guards
+        #: swapped whole by a reload (``olla.daemon.reload``): a request sees one config's guards
         self.guards = guards
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:

@@ -25,15 +25,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 
-from olla.bodies import BoundedBody
 from olla.config import ProxyConfig
-from olla.deadline import with_deadline
-from olla.endpoints import Endpoint, EndpointRegistry, Outcome
-from olla.errors import Dialect, write_error
-from olla.failovers import FailoverLog
-from olla.failures import STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
-from olla.health import parse_retry_after
-from olla.models import ModelCatalogue
+from olla.fleet.endpoints import Endpoint, EndpointRegistry, Outcome
+from olla.fleet.health import parse_retry_after
+from olla.fleet.models import ModelCatalogue
+from olla.fleet.sticky import Affinity, StickySessions, parse_body
 from olla.proxy.forward import BytesProducer, StreamBody, body_producer
 from olla.proxy.headers import (
     SERVED_BY,
@@ -46,8 +42,12 @@ from olla.proxy.needs import body_needs
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
 from olla.proxy.shape import VERBATIM, IExchangeShape
 from olla.proxy.tokens import TokenUsage, read_usage
-from olla.stats import RequestRecord, Stats
-from olla.sticky import Affinity, StickySessions, parse_body
+from olla.telemetry.failovers import FailoverLog
+from olla.telemetry.stats import RequestRecord, Stats
+from olla.util.bodies import BoundedBody
+from olla.util.deadline import with_deadline
+from olla.util.errors import Dialect, write_error
+from olla.util.failures import STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
 _CONNECTION_FAILURES = (*UNREACHABLE, *TIMEOUTS)
@@ -55,7 +55,7 @@ _CONNECTION_FAILURES = (*UNREACHABLE, *TIMEOUTS)
 
 @dataclass
 class ProxyDeps:
-    """What every exchange needs; built once by ``olla.tap``."""
+    """What every exchange needs; built once by ``olla.daemon.tap``."""
 
     router: Router
     agent: IAgent

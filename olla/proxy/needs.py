@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from olla.endpoints import Endpoint
-from olla.models import ModelCatalogue, capabilities
+from olla.fleet.endpoints import Endpoint
+from olla.fleet.models import ModelCatalogue, capabilities
 from olla.proxy.inspect import parse_json
 
 TOOLS = "tools"

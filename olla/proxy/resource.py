@@ -14,12 +14,12 @@ import re
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from olla.errors import Dialect, write_error
-from olla.listings import ollama_ps, ollama_tags, openai_models
+from olla.fleet.listings import ollama_ps, ollama_tags, openai_models
 from olla.proxy.exchange import Exchange, ProxyDeps
 from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model
 from olla.proxy.routing import ProviderRoute
-from olla.responses import json_response
+from olla.util.errors import Dialect, write_error
+from olla.util.responses import json_response
 
 #: Ollama's model-management calls make no sense across a fleet.
 MANAGEMENT_PATHS = frozenset(

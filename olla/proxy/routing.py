@@ -17,7 +17,7 @@ rules, in the order they apply:
    balancer's order among equals;
 6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
    are open the request is refused with ``Retry-After``;
-7. stickiness (``olla.sticky``): the endpoint the request's session is pinned to goes first
+7. stickiness (``olla.fleet.sticky``): the endpoint the request's session is pinned to goes first
    while it is still a candidate (healthy, hosting the model, circuit closed), has a free slot
    (fewer requests in flight than its ``max_concurrency``) and has not just said it is full;
    else the order stands. It only reorders: a pin never removes a candidate.
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 
 from olla.config import RoutingStrategyConfig, WarmRoutingConfig
-from olla.endpoints import Endpoint, EndpointRegistry
+from olla.fleet.endpoints import Endpoint, EndpointRegistry
+from olla.fleet.models import ModelCatalogue, RoutingDecision
 from olla.interfaces import IBalancer
-from olla.models import ModelCatalogue, RoutingDecision
 from olla.profiles import ProfileRegistry
 from olla.proxy.needs import narrow_by_needs
 

@@ -17,7 +17,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import Attribute, Interface, implementer
 
-from olla.endpoints import Endpoint
+from olla.fleet.endpoints import Endpoint
 
 if TYPE_CHECKING:
     from olla.proxy.forward import BodySink

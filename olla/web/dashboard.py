@@ -7,7 +7,7 @@ page itself polls the read-only ``/internal/status*`` and ``/internal/stats/*`` 
 answer carries a strong ETag (SHA-256 of the file) with ``Cache-Control: no-cache``, so a
 browser revalidates and gets ``304`` until olla is upgraded, and a strict Content-Security-Policy
 that lets the page talk to its own origin only. Who may see it at all is
-``dashboard.access_policy`` (:mod:`olla.access`), checked on every dashboard path.
+``dashboard.access_policy`` (:mod:`olla.util.access`), checked on every dashboard path.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import NotFound
 
-from olla.access import AccessPolicy
-from olla.responses import json_response
+from olla.util.access import AccessPolicy
+from olla.util.responses import json_response
 from olla.web.status import etag_matches
 
 #: where the page lives; ``/internal/ui`` redirects here

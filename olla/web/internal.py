@@ -17,16 +17,18 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, NotFound
 
 import twisted
-from olla import __version__, responses
+from olla import __version__
 from olla.anthropic.stats import TranslatorStats, translators_payload
 from olla.config import OllaConfig
-from olla.endpoints import EndpointRegistry
-from olla.failovers import FailoverLog
-from olla.listings import status_models
-from olla.models import ModelCatalogue
-from olla.security import SecurityStats
-from olla.stats import Stats
-from olla.sticky import StickySessions
+from olla.daemon.workers import WorkerIdentity
+from olla.fleet.endpoints import EndpointRegistry
+from olla.fleet.listings import status_models
+from olla.fleet.models import ModelCatalogue
+from olla.fleet.sticky import StickySessions
+from olla.telemetry.failovers import FailoverLog
+from olla.telemetry.security import SecurityStats
+from olla.telemetry.stats import Stats
+from olla.util import responses
 from olla.web.dashboard import Dashboard
 from olla.web.metrics import Metrics
 from olla.web.modelstats import models_stats_payload
@@ -40,7 +42,6 @@ from olla.web.status import (
     should_gzip,
     status_payload,
 )
-from olla.workers import WorkerIdentity
 
 SUPPORTED_BACKENDS = (
     "ollama",

@@ -3,10 +3,10 @@
 
 Each app has its own ``CollectorRegistry`` (never the global one: the tests and hot reload
 build several apps in one process). ``OllaCollector`` reads the live state at scrape time:
-the request stats (``olla.stats``), the endpoint registry (health, in flight, circuits, model
-lists), the translators and the security counters, so a request costs olla a few dict
-updates in ``Stats`` and no metric objects at all. Its label sets are bounded the same way
-``Stats`` bounds them. The process figures come from prometheus_client's own collectors.
+the request stats (``olla.telemetry.stats``), the endpoint registry (health, in flight,
+circuits, model lists), the translators and the security counters, so a request costs olla
+a few dict updates in ``Stats`` and no metric objects at all. Its label sets are bounded the
+same way ``Stats`` bounds them. The process figures come from prometheus_client's own collectors.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from twisted.web.iweb import IRequest
 from olla import __version__
 from olla.anthropic.stats import Fallback, TranslatorStats
 from olla.config import OllaConfig
-from olla.endpoints import EndpointRegistry, EndpointStatus
-from olla.security import SecurityStats
-from olla.stats import Histogram, Stats
-from olla.sticky import StickySessions
-from olla.workers import WorkerIdentity
+from olla.daemon.workers import WorkerIdentity
+from olla.fleet.endpoints import EndpointRegistry, EndpointStatus
+from olla.fleet.sticky import StickySessions
+from olla.telemetry.security import SecurityStats
+from olla.telemetry.stats import Histogram, Stats
 
 _BREAKER_STATES = ("closed", "open", "half_open")
 

@@ -9,17 +9,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from olla.endpoints import EndpointRegistry
-from olla.errors import Dialect, error_body
-from olla.listings import (
+from olla.fleet.endpoints import EndpointRegistry
+from olla.fleet.listings import (
     lmstudio_models,
     model_detail,
     ollama_tags,
     openai_models,
     unified_models,
 )
-from olla.models import ModelCatalogue
-from olla.responses import json_response
+from olla.fleet.models import ModelCatalogue
+from olla.util.errors import Dialect, error_body
+from olla.util.responses import json_response
 
 #: the formats of §1.3; the OpenAI-shaped servers' lists are OpenAI lists
 FORMATS = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from olla.stats import ModelOnEndpoint, ModelStats, Stats
+from olla.telemetry.stats import ModelOnEndpoint, ModelStats, Stats
 from olla.web.status import format_bytes, format_latency, format_percentage, rfc3339, time_ago
 
 #: ``summary.active_models``: requested within this many seconds

@@ -29,9 +29,9 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
 
-from olla.errors import Dialect, error_body
 from olla.proxy.headers import valid_request_id
-from olla.security import SecurityStats
+from olla.telemetry.security import SecurityStats
+from olla.util.errors import Dialect, error_body
 
 _ADJECTIVES = (
     "amber", "brisk", "calm", "dapper", "eager", "fuzzy", "gentle", "hasty",

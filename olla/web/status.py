@@ -30,15 +30,15 @@ from urllib.parse import parse_qsl, urlsplit
 import twisted
 from olla import __version__
 from olla.config import OllaConfig
-from olla.endpoints import (
+from olla.fleet.endpoints import (
     Endpoint,
     EndpointRegistry,
     EndpointState,
     EndpointStatus,
     sanitise_url,
 )
-from olla.ids import base36, fnv1a
-from olla.security import SecuritySnapshot, SecurityStats
+from olla.telemetry.security import SecuritySnapshot, SecurityStats
+from olla.util.ids import base36, fnv1a
 
 #: Bodies at or below this size are sent as they are: gzip's overhead outweighs the saving.
 GZIP_MIN_SIZE = 256

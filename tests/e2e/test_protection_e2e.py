@@ -199,7 +199,7 @@ def test_preflight_from_allowed_origin(keyed: OllaDaemon, fake: FakeProcess) -> 
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert preflight.headers["access-control-allow-headers"] == "authorization, content-type"
-    assert fake.requests() == []
+    assert fake.requests("/v1/chat/completions") == []  # (its health probes go on)
     actual = chat(keyed.url, {"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"})
     assert actual.status_code == 200
     assert actual.headers["access-control-allow-origin"] == ORIGIN
@@ -217,7 +217,7 @@ def test_preflight_from_other_origin(keyed: OllaDaemon, fake: FakeProcess) -> No
     )
     assert preflight.status_code == 403
     assert not [h for h in preflight.headers if h.lower().startswith("access-control-")]
-    assert fake.requests() == []
+    assert fake.requests("/v1/chat/completions") == []  # (its health probes go on)
 
 
 # ---------------------------------------------------------------------- rate limits

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from olla.endpoints import Endpoint
-from olla.models import (
+from olla.fleet.endpoints import Endpoint
+from olla.fleet.models import (
     ModelCatalogue,
     capabilities,
     context_length,
@@ -17,7 +17,7 @@ from olla.models import (
     family_and_variant,
     model_type,
 )
-from olla.values import ModelInfo
+from olla.fleet.values import ModelInfo
 
 _EPOCH = "1970-01-01T00:00:00Z"
 

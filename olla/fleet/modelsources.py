@@ -10,10 +10,10 @@ from typing import Any
 
 from zope.interface import implementer
 
-from olla.endpoints import Endpoint
+from olla.fleet.endpoints import Endpoint
+from olla.fleet.models import normalise_quantization
+from olla.fleet.values import ModelInfo
 from olla.interfaces import IModelSource
-from olla.models import normalise_quantization
-from olla.values import ModelInfo
 
 #: the largest model list olla reads
 BODY_LIMIT = 10 * 1024 * 1024

@@ -36,7 +36,7 @@ from olla.config import StickySessionsConfig
 if TYPE_CHECKING:
     from twisted.web.iweb import IRequest
 
-    from olla.endpoints import Endpoint, EndpointStatus
+    from olla.fleet.endpoints import Endpoint, EndpointStatus
 
 #: the request header that names a session explicitly (echoed back on the answer)
 SESSION_HEADER = b"X-Olla-Session-ID"

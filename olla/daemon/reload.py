@@ -34,15 +34,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from olla.access import AccessPolicy
-from olla.app import App, startup_wait
-from olla.balancer import balancer_for
 from olla.config import NO_EFFECT_YET, ConfigError, OllaConfig, no_effect_warnings
-from olla.endpoints import Endpoint, endpoints_from_config
+from olla.daemon.app import App, startup_wait
+from olla.daemon.logging import LogSink, SwitchableObserver, make_observer
+from olla.fleet.balancer import balancer_for
+from olla.fleet.endpoints import Endpoint, endpoints_from_config
 from olla.guard.resource import Guards, limit_settings
 from olla.interfaces import IBalancer
-from olla.logging import LogSink, SwitchableObserver, make_observer
 from olla.profiles import ProfileRegistry
+from olla.util.access import AccessPolicy
 
 #: Reads and checks a config file (``None``: the daemon's default search); raises ConfigError.
 Loader = Callable[[str | None], tuple[OllaConfig, ProfileRegistry]]
@@ -221,7 +221,7 @@ class Reloader:
         """
         Args:
             app: the graph ``build_app`` made, running ``app.config``.
-            load: the daemon's loader (``olla.tap.load_all``): the file, checked.
+            load: the daemon's loader (``olla.daemon.tap.load_all``): the file, checked.
             clock: stamps each generation.
             profiles: the profiles the daemon started with (its routes are built from them).
             path: the file to read again (default: the one ``app.config`` came from).

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_failures -*-
-"""Answers olla writes itself as JSON (the error dialects are ``olla.errors``)."""
+"""Answers olla writes itself as JSON (the error dialects are ``olla.util.errors``)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from olla.endpoints import EndpointStatus
+from olla.fleet.endpoints import EndpointStatus
 from olla.profiles import Profile
 
 

@@ -27,18 +27,18 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
-from olla.bodies import BodyTooLarge, BoundedBody
 from olla.config import ModelDiscoveryConfig
-from olla.deadline import follow, with_deadline
-from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
-from olla.models import ModelCatalogue, matches_filter
-from olla.modelsources import (
+from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus
+from olla.fleet.models import ModelCatalogue, matches_filter
+from olla.fleet.modelsources import (
     BODY_LIMIT,
     DiscoveryError,
     parse_loaded_from_list,
     parse_ollama_ps,
     source_for,
 )
+from olla.util.bodies import BodyTooLarge, BoundedBody
+from olla.util.deadline import follow, with_deadline
 
 
 class DiscoveryService(Service):

@@ -28,13 +28,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
-from olla.bodies import BodyTooLarge, BoundedBody
-from olla.deadline import with_deadline
-from olla.endpoints import Endpoint, resolve_url
+from olla.fleet.endpoints import Endpoint, resolve_url
+from olla.fleet.modelsources import BODY_LIMIT, MODEL_SOURCES, DiscoveryError
+from olla.fleet.values import Detection
 from olla.interfaces import IPlatformDetector
-from olla.modelsources import BODY_LIMIT, MODEL_SOURCES, DiscoveryError
 from olla.profiles import Profile
-from olla.values import Detection
+from olla.util.bodies import BodyTooLarge, BoundedBody
+from olla.util.deadline import with_deadline
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from olla.breaker import CircuitBreakers
 from olla.config import EndpointConfig
-from olla.ids import base36, fnv1a
+from olla.fleet.breaker import CircuitBreakers
 from olla.profiles import Profile, ProfileRegistry, builtin_profiles
+from olla.util.ids import base36, fnv1a
 
 
 class EndpointStatus(enum.Enum):

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from olla.config import FilterConfig, RoutingStrategyConfig
-from olla.endpoints import Endpoint
-from olla.values import ModelInfo
+from olla.fleet.endpoints import Endpoint
+from olla.fleet.values import ModelInfo
 
 _QUANT = re.compile(r"[^a-z0-9]")
 

@@ -28,14 +28,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
-from olla.bodies import BoundedBody
-from olla.deadline import follow, with_deadline
-from olla.detect import PlatformDetector
-from olla.endpoints import Endpoint, EndpointRegistry, EndpointStatus
-from olla.failures import TIMEOUTS, UNREACHABLE, describe
+from olla.fleet.detect import PlatformDetector
+from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus
+from olla.fleet.values import ProbeResult
 from olla.interfaces import IHealthChecker, IPlatformDetector
 from olla.profiles import Profile
-from olla.values import ProbeResult
+from olla.util.bodies import BoundedBody
+from olla.util.deadline import follow, with_deadline
+from olla.util.failures import TIMEOUTS, UNREACHABLE, describe
 
 #: A 2xx slower than this means the server is up but struggling.
 BUSY_THRESHOLD = 10.0

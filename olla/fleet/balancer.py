@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from zope.interface import implementer
 
-from olla.endpoints import Endpoint, EndpointRegistry
+from olla.fleet.endpoints import Endpoint, EndpointRegistry
 from olla.interfaces import IBalancer
 
 

@@ -2,8 +2,8 @@
 """The composition root: one function builds olla's whole object graph for a config.
 
 ``build_app`` takes the reactor-facing parts (clock, agent, cooperator) as arguments, so the
-same graph runs under ``twistd`` (``olla.tap`` gives it the reactor, a pooled ``Agent`` and a
-listener) and in the tests (a ``Clock`` and in-memory backends); ``olla.reload`` reconciles
+same graph runs under ``twistd`` (``olla.daemon.tap`` gives it the reactor, a pooled ``Agent`` and a
+listener) and in the tests (a ``Clock`` and in-memory backends); ``olla.daemon.reload`` reconciles
 the running graph with an edited config instead of building another. It starts nothing: the
 caller parents ``app.services`` and serves ``app.site``.
 """
@@ -21,32 +21,32 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from olla import __version__
-from olla.access import AccessPolicy
 from olla.anthropic.resource import AnthropicResource
 from olla.anthropic.stats import TranslatorStats
-from olla.balancer import balancer_for
-from olla.breaker import CircuitBreakers
 from olla.config import OllaConfig
-from olla.discovery import DiscoveryService
-from olla.endpoints import EndpointRegistry, endpoints_from_config
+from olla.daemon.workers import WorkerIdentity
+from olla.fleet.balancer import balancer_for
+from olla.fleet.breaker import CircuitBreakers
+from olla.fleet.discovery import DiscoveryService
+from olla.fleet.endpoints import EndpointRegistry, endpoints_from_config
+from olla.fleet.health import HealthService, HTTPHealthChecker
+from olla.fleet.models import ModelCatalogue
+from olla.fleet.sticky import StickySessions
 from olla.guard.ratelimit import RateLimiter
 from olla.guard.resource import GuardResource, Guards, limit_settings
-from olla.health import HealthService, HTTPHealthChecker
 from olla.interfaces import IHealthChecker
-from olla.models import ModelCatalogue
 from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
-from olla.security import SecurityStats
-from olla.stats import Stats
-from olla.sticky import StickySessions
+from olla.telemetry.security import SecurityStats
+from olla.telemetry.stats import Stats
+from olla.util.access import AccessPolicy
 from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.metrics import Metrics, OllaCollector, metrics_registry
 from olla.web.models import ModelsResource
 from olla.web.site import OllaRoot, OllaSite, RootResource
-from olla.workers import WorkerIdentity
 
 
 @dataclass

@@ -37,8 +37,8 @@ from zope.interface import Interface, implementer
 
 from olla import __version__
 from olla.config import OllaConfig
-from olla.logging import FileSink, LogSink, ReopenOnHangup
-from olla.workers import LISTEN_FD, address_family
+from olla.daemon.logging import FileSink, LogSink, ReopenOnHangup
+from olla.daemon.workers import LISTEN_FD, address_family
 
 SignalHandler = Callable[[int, FrameType | None], object]
 
@@ -225,7 +225,7 @@ def _describe_exit(reason: Failure) -> str:
 
 class _WorkerProtocol(ProcessProtocol):
     """Reports the end of one worker. Its standard input stays open: the pipe is how a worker
-    notices that its supervisor is gone (``olla.workers.ParentWatch``)."""
+    notices that its supervisor is gone (``olla.daemon.workers.ParentWatch``)."""
 
     def __init__(self, exited: ExitCallback) -> None:
         self._exited = exited

@@ -31,7 +31,6 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from olla import __version__
-from olla.app import build_app
 from olla.config import (
     ConfigError,
     OllaConfig,
@@ -40,8 +39,8 @@ from olla.config import (
     no_effect_warnings,
     profiles_dir,
 )
-from olla.endpoints import EndpointRegistry
-from olla.logging import (
+from olla.daemon.app import build_app
+from olla.daemon.logging import (
     LogSink,
     ReopenOnHangup,
     StreamSink,
@@ -49,11 +48,9 @@ from olla.logging import (
     make_observer,
     open_sink,
 )
-from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
-from olla.reload import ConfigWatcher, Reloader
-from olla.supervisor import supervise
-from olla.web.site import OllaSite
-from olla.workers import (
+from olla.daemon.reload import ConfigWatcher, Reloader
+from olla.daemon.supervisor import supervise
+from olla.daemon.workers import (
     LISTEN_FD,
     AdoptedPortService,
     ParentWatch,
@@ -63,6 +60,9 @@ from olla.workers import (
     parse_worker,
     parse_worker_count,
 )
+from olla.fleet.endpoints import EndpointRegistry
+from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
+from olla.web.site import OllaSite
 
 
 # Two private Twisted names, on purpose, and only here: Agent offers no public way to build a

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 if TYPE_CHECKING:  # circuits are keyed by endpoint; the registry owns them
-    from olla.endpoints import Endpoint
+    from olla.fleet.endpoints import Endpoint
 
 FAILURE_THRESHOLD = 5
 OPEN_FOR = 30.0

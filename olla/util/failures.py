@@ -27,7 +27,7 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     *STALE_CONNECTION,
 )
 
-#: Our own deadlines: the network's timeout, or ``olla.deadline.with_deadline``'s.
+#: Our own deadlines: the network's timeout, or ``olla.util.deadline.with_deadline``'s.
 TIMEOUTS: tuple[type[BaseException], ...] = (net_error.TimeoutError, DeferredTimeout)
 
 
