@@ -448,7 +448,11 @@ class OllaSite(Site):
         rng: random.Random | None = None,
         security: SecurityStats | None = None,
     ) -> None:
-        super().__init__(root, timeout=timeout or None, reactor=clock)
+        # a POST body is never parsed into request.args: a form-encoded upload (curl's
+        # --data-binary default) would otherwise be read whole into memory
+        super().__init__(
+            root, timeout=timeout or None, reactor=clock, parsePOSTFormSubmission=False
+        )
         #: what this site refused to protect itself (413, 414, 431, and the guards' refusals)
         self.security = security or SecurityStats()
         self.clock = clock
