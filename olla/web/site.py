@@ -29,6 +29,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
 
+from olla.config import ClientKey
 from olla.proxy.headers import valid_request_id
 from olla.telemetry.security import SecurityStats
 from olla.util.errors import Dialect, error_body
@@ -89,6 +90,8 @@ class OllaRequest(Request):
         self.head_hooks: list[Callable[[Request], None]] = []
         #: whether the client's key may use a model (None: any model; set by the guard)
         self.allows_model: Callable[[str | None], bool] | None = None
+        #: the client key the request presented (set by the guard when keys are configured)
+        self.client_key: ClientKey | None = None
 
     @property
     def olla_site(self) -> OllaSite:
