@@ -61,6 +61,21 @@ def test_filters() -> None:
     assert matches_filter("anything", None)
 
 
+def test_model_removed() -> None:
+    """If a model is deleted from an endpoint, then it leaves that endpoint's list, loaded set
+    and running rows; its learnt load time goes only once no endpoint lists it."""
+    catalogue = _catalogue()
+    catalogue.set_loaded(A, ["shared:7b"], [{"name": "Shared:7b"}])
+    catalogue.observe_load("shared:7b", 4.0)
+    catalogue.model_removed(A, "shared:7b")
+    assert [m.name for m in catalogue.models_of(A)] == ["llama3.2:latest"]
+    assert catalogue.loaded_on(A) == set() and catalogue.running_on(A) == ()
+    assert catalogue.load_time("shared:7b", 1.0) == 4.0  # B still has it
+    catalogue.model_removed(B, "SHARED:7b")
+    assert catalogue.hosts("shared:7b") == []
+    assert catalogue.load_time("shared:7b", 1.0) == 1.0
+
+
 def test_merged_each_model_once() -> None:
     """If two endpoints report a model (by name, any case), then it is listed once with both."""
     merged = {info.name.lower(): [ep.name for ep in hosts] for info, hosts in

@@ -176,6 +176,22 @@ class ModelCatalogue:
         """``endpoint`` is gone (removed by a reload, its last request done)."""
         self._by_endpoint.pop(endpoint, None)
 
+    def model_removed(self, endpoint: Endpoint, name: str) -> None:
+        """``name`` was deleted from ``endpoint`` (model management): out of its list, its
+        loaded set and its loads under way; the learnt load time goes once no endpoint lists
+        the model, so warm routing starts afresh for a model of that name pulled later."""
+        key = name.lower()
+        entry = self._by_endpoint.get(endpoint)
+        if entry is not None:
+            entry.models.pop(key, None)
+            entry.loaded.discard(key)
+            entry.loading.pop(key, None)
+            entry.running = tuple(
+                row for row in entry.running if str(row.get("name", "")).lower() != key
+            )
+        if not self.hosts(key):
+            self._load_times.pop(key, None)
+
     def set_models(self, endpoint: Endpoint, models: Iterable[ModelInfo], now: float) -> None:
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
         entry.models = {m.name.lower(): m for m in models}
