@@ -83,6 +83,18 @@ def test_merged_each_model_once() -> None:
     assert merged == {"llama3.2:latest": ["a"], "shared:7b": ["a", "b"], "qwen2.5:7b": ["b"]}
 
 
+def test_copies_listed_under_both_names() -> None:
+    """If one endpoint lists the same weights under two names (an ``ollama cp``), then both
+    names are listed, on every endpoint that has them; the same weights under another name on
+    another endpoint are still one model."""
+    catalogue = ModelCatalogue()
+    catalogue.set_models(A, [ModelInfo("base:1", digest="x"), ModelInfo("copy:1", digest="x")], 0)
+    catalogue.set_models(B, [ModelInfo("base:1", digest="x"), ModelInfo("copy:1", digest="x")], 0)
+    catalogue.set_models(C, [ModelInfo("other-name:1", digest="x")], 0)
+    merged = {info.name: [ep.name for ep in hosts] for info, hosts in catalogue.merged([A, B, C])}
+    assert merged == {"base:1": ["a", "b", "c"], "copy:1": ["a", "b"]}
+
+
 def test_different_digests_not_merged() -> None:
     """If the same name has different digests, then they stay two models."""
     catalogue = ModelCatalogue()
