@@ -50,9 +50,7 @@ def test_status_lines_are_named_and_success_needs_every_host() -> None:
     """If hosts send plain status lines, then each is passed on with the host's name; the
     final line is success only once every host said success and ended."""
     merger = ProgressMerger("pull", ["a", "b"])
-    assert merger.line("a", {"status": "pulling manifest"}) == [
-        {"status": "a: pulling manifest"}
-    ]
+    assert merger.line("a", {"status": "pulling manifest"}) == [{"status": "a: pulling manifest"}]
     assert merger.line("a", {"status": "success"}) == [{"status": "a: success"}]
     assert merger.ended("a") == []
     assert not merger.done
