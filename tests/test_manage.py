@@ -355,6 +355,7 @@ class AccessTests(Fleet):
         """If no client keys are configured, then a loopback client may manage models and
         any other address gets a 403 in Ollama's words, on both routes."""
         h = self.make()
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         for prefix in ("/olla/ollama", "/olla/proxy"):
             response = self.answer(
                 h, "POST", prefix + "/api/pull", {"model": "x:1"}, peer="10.1.2.3"
@@ -362,6 +363,11 @@ class AccessTests(Fleet):
             assert response.status == 403
             assert "model management is not allowed from here" in json.loads(response.body)["error"]
         assert self.a.requests_to("/api/pull") == []
+        refused = [e for e in observer if e.get("management")]
+        assert [(e["operation"], e["client"], e["status"]) for e in refused] == [
+            ("pull", "10.1.2.3", 403),
+            ("pull", "10.1.2.3", 403),
+        ]
 
     def test_keys_need_manage_models(self) -> None:
         """If client keys are configured, then a key without manage_models gets a 403 on
@@ -428,6 +434,9 @@ class RequestTests(Fleet):
             response = client.response()
             assert response is not None and response.status == status, (path, raw)
             assert fragment in json.loads(response.body)["error"], (path, raw)
+            if status == 405:
+                allowed = fragment.removeprefix("takes ").replace(" or ", ", ")
+                assert response.header(b"allow") == allowed.encode()
         assert self.a.requests == [] and self.b.requests == []
 
     def test_configured_targets(self) -> None:

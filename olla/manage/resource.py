@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -180,6 +181,7 @@ class ManagementResource(Resource):
     """The management routes in front of ``inner`` (a provider route's ``ProxyResource``)."""
 
     isLeaf = True
+    _log = Logger()
 
     def __init__(self, inner: IResource, manager: FleetManager) -> None:
         super().__init__()
@@ -193,7 +195,7 @@ class ManagementResource(Resource):
             return answer
         why = self._manager.refusal(request)
         if why is not None:
-            write_error(request, 403, why, dialect=Dialect.OLLAMA)
+            self._refused(request, path, 403, why)
             return NOT_DONE_YET
         try:
             if path.startswith(BLOBS):
@@ -202,9 +204,24 @@ class ManagementResource(Resource):
                 self._operation(request, path)
         except BadRequest as e:
             if e.status == 405:
-                request.setHeader(b"Allow", str(e).rpartition(" ")[2].encode())
-            write_error(request, e.status, str(e), dialect=Dialect.OLLAMA)
+                allowed = str(e).rpartition(" takes ")[2].replace(" or ", ", ")
+                request.setHeader(b"Allow", allowed.encode())
+            self._refused(request, path, e.status, str(e))
         return NOT_DONE_YET
+
+    def _refused(self, request: Request, path: bytes, status: int, why: str) -> None:
+        """A call answered before any target was asked: logged as every call is."""
+        operation = ROUTES.get(path, ("blob",))[0]
+        self._log.info(
+            "model management: {operation} by {client} refused {status}: {why}",
+            operation=operation,
+            client=_client(request),
+            status=status,
+            why=why,
+            result=why,
+            management=True,
+        )
+        write_error(request, status, why, dialect=Dialect.OLLAMA)
 
     # ------------------------------------------------------------------ the operations
 
@@ -260,7 +277,7 @@ class ManagementResource(Resource):
                 one=operation == "push",
             )
             if isinstance(targets, Refusal):
-                write_error(request, targets.status, targets.message, dialect=Dialect.OLLAMA)
+                self._refused(request, ROUTE_PATHS[operation], targets.status, targets.message)
                 return
             if operation == "push":
                 self._progress(request, operation, model, targets, document)
