@@ -167,6 +167,19 @@ class PullTests(Fleet):
         assert lines[-1]["error"].endswith("(succeeded on a)")
         assert {e.name for e in h.catalogue.hosts("new:1")} == {"a"}
 
+    def test_silent_machines_are_named(self) -> None:
+        """If a machine stops sending progress for proxy.read_timeout, or never answers at
+        all, then its pull fails with that reason instead of hanging the call."""
+        h = self.make()
+        self.b.apply_state({"pull_speed": 10, "pull_size": 1000, "pull_tick_ms": 60_000})
+        lines = body(self.pull(h, {"model": "slow:1"}, seconds=40.0))
+        assert "b: sent nothing for 30s" in lines[-1]["error"]
+        response = self.pull(h, {"model": "hang:1"}, headers={"X-Fake-Hang": "1"}, seconds=40.0)
+        assert response.status == 500
+        assert json.loads(response.body) == {
+            "error": "pull failed on 2 of 2 endpoint(s): a: timed out; b: timed out"
+        }
+
     def test_not_streamed(self) -> None:
         """If stream is false, then one JSON object: success, or the error with status 500
         when a machine failed; the machines were asked to stream either way."""
