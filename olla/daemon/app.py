@@ -35,7 +35,8 @@ from olla.fleet.sticky import StickySessions
 from olla.guard.ratelimit import RateLimiter
 from olla.guard.resource import GuardResource, Guards, limit_settings
 from olla.interfaces import IHealthChecker
-from olla.manage.resource import FleetManager
+from olla.manage.manager import FleetManager
+from olla.manage.resource import ManagementResource
 from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
@@ -167,7 +168,7 @@ def build_app(
         for route in provider_routes(profiles):
             if "ollama" in route.types:
                 prefix = route.prefix.encode()
-                proxies[prefix] = management.resource(proxies[prefix])
+                proxies[prefix] = ManagementResource(proxies[prefix], management)
     translator_stats = TranslatorStats("anthropic")
     if config.translators.anthropic.enabled:
         proxies[b"anthropic"] = AnthropicResource(
