@@ -89,6 +89,7 @@ def test_config_inline_env_and_file(tmp_path: Path) -> None:
                             "name": "alice",
                             "requests_per_minute": 30,
                             "models": ["llama3*"],
+                            "manage_models": True,
                         },
                     ],
                     "api_keys_file": "keys.txt",
@@ -107,6 +108,7 @@ def test_config_inline_env_and_file(tmp_path: Path) -> None:
     ]
     assert [k.name for k in keys] == ["key-1", "alice", "key-3", "key-4"]
     assert keys[1].requests_per_minute == 30 and keys[1].models == ("llama3*",)
+    assert [k.manage_models for k in keys] == [False, True, False, False]
     assert config.server.auth.enabled
     assert "sk-" not in repr(config)
     assert not parse_config({}, {}).server.auth.enabled
@@ -126,6 +128,10 @@ def test_config_inline_env_and_file(tmp_path: Path) -> None:
             "server.auth.api_keys[0].requests_per_minute",
         ),
         ({"api_keys_file": "/nonexistent/keys"}, "server.auth.api_keys_file"),
+        (
+            {"api_keys": [{"key": "sk-long-enough", "manage_models": "yes"}]},
+            "server.auth.api_keys[0].manage_models",
+        ),
     ],
 )
 def test_config_errors_name_the_key(auth: dict[str, object], path: str) -> None:

@@ -596,3 +596,38 @@ def test_validate_config_reports_no_effect_keys(tmp_path: Path) -> None:
     out = io.StringIO()
     assert cli(["validate-config", str(defaults)], out) == 0, out.getvalue()
     assert "[WARN]" not in out.getvalue()
+
+
+def test_model_management_defaults_and_targets() -> None:
+    """If model_management is not set, then it is off with every Ollama endpoint a target; a
+    list of names (or "all") is read as given."""
+    assert OllaConfig().model_management.enabled is False
+    assert parse_config({}, {}).model_management.targets is None
+    endpoints = _endpoints(
+        {"url": "http://a:1", "name": "a", "type": "ollama"},
+        {"url": "http://b:1", "name": "b", "type": "auto"},
+    )
+    config = parse_config({**endpoints, "model_management": {"enabled": True, "targets": ["b"]}})
+    assert config.model_management.enabled and config.model_management.targets == ("b",)
+    everyone = parse_config({**endpoints, "model_management": {"targets": "all"}})
+    assert everyone.model_management.targets is None
+
+
+@pytest.mark.parametrize(
+    ("management", "fragment"),
+    [
+        ({"enabled": "yes"}, "model_management.enabled: must be true or false"),
+        ({"targets": "some"}, 'model_management.targets: must be "all" or a list'),
+        ({"targets": []}, 'model_management.targets: must be "all" or a list'),
+        ({"targets": ["x"]}, "model_management.targets[0]: no endpoint is named 'x'"),
+        ({"targets": ["a", "v"]}, "model_management.targets[1]: 'v' is a vllm endpoint"),
+    ],
+)
+def test_model_management_errors(management: dict[str, Any], fragment: str) -> None:
+    """If model_management names no endpoint, or one that does not speak Ollama's API, then
+    loading fails with the list entry's path."""
+    endpoints = _endpoints(
+        {"url": "http://a:1", "name": "a", "type": "ollama"},
+        {"url": "http://v:1", "name": "v", "type": "vllm"},
+    )
+    assert fragment in _error({**endpoints, "model_management": management})

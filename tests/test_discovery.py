@@ -124,6 +124,28 @@ class DiscoveryTests(SynchronousTestCase):
         self.successResultOf(second)
         self.assertEqual(self._names(1), ["test-model"])
 
+    def test_rediscover_follows_a_run_already_going(self) -> None:
+        """If an endpoint's list is asked again after a change while a run that started
+        before it is going, then a new run follows that one and sees the change."""
+        self._start()
+        self.agent.behaviour[b"o:1"] = HANG
+        going = self.service.refresh(self.endpoints[0])
+        self.ollama.apply_state({"models": ["llama3.2:latest", "new:1b"]})
+        del self.agent.behaviour[b"o:1"]
+        after = self.service.rediscover(self.endpoints[0])
+        self.clock.advance(5.0)  # the old run times out (it had asked before the change)
+        self._pump()
+        self.successResultOf(going)
+        self.successResultOf(after)
+        self.assertEqual(self._names(0), ["llama3.2:latest", "new:1b"])
+
+    def test_rediscover_without_a_run_going(self) -> None:
+        """If nothing is running, then rediscover is a plain refresh."""
+        self._start()
+        self.ollama.apply_state({"models": ["new:1b"]})
+        self.successResultOf(self.service.rediscover(self.endpoints[0]))
+        self.assertEqual(self._names(0), ["new:1b"])
+
     def test_stale_lists_dropped(self) -> None:
         """If an endpoint's list was not refreshed for stale_threshold, then it is dropped."""
         self.service.stale_threshold = 100.0

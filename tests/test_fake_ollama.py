@@ -1372,3 +1372,154 @@ def test_anthropic_and_tools_against_the_process() -> None:
             "get_weather",
             WEATHER_ARGS,
         )
+
+
+class ManagementTests(InMemory):
+    """Pull, push, create, copy, delete and blobs, as Ollama 0.5.4 answers them."""
+
+    def pull(self, model: str, **state: Any) -> list[dict[str, Any]]:
+        self.fake.apply_state(state)
+        received = self.stream(self.send("POST", "/api/pull", {"model": model}))
+        for _ in range(200):
+            self.advance(0.05)
+        return _lines(received)
+
+    def lines(self, method: str, path: str, body: object) -> list[dict[str, Any]]:
+        return _lines([self.read(self.send(method, path, body))])
+
+    def listed(self) -> list[str]:
+        return [m["name"] for m in self.doc("GET", "/api/tags")["models"]]
+
+    def test_pull_streams_each_layer_and_lists_the_model(self) -> None:
+        """If a model is pulled at a given speed, then the manifest line comes first, the
+        weights' progress grows one line per tick up to their size, the small layers follow
+        whole, then verify, write and success; the model is listed after, with a digest every
+        fake that pulls it agrees on."""
+        lines = self.pull("new:1", pull_speed=1000, pull_size=500, pull_tick_ms=100)
+        self.assertEqual(lines[0], {"status": "pulling manifest"})
+        weights = [line for line in lines[1:] if line.get("total") == 500]
+        self.assertNotIn("completed", weights[0])  # 0 is omitted, as Go does
+        self.assertEqual([w.get("completed", 0) for w in weights], [0, 100, 200, 300, 400, 500])
+        self.assertEqual(weights[0]["status"], "pulling " + weights[0]["digest"][7:19])
+        self.assertEqual(
+            [line["status"] for line in lines[-3:]],
+            ["verifying sha256 digest", "writing manifest", "success"],
+        )
+        self.assertEqual(len({line["digest"] for line in lines if "digest" in line}), 4)
+        listed = {m["name"]: m for m in self.doc("GET", "/api/tags")["models"]}
+        self.assertEqual(listed["new:1"]["size"], 500)
+        other = FakeOllama(self.clock, [], name="B")
+        d = StubTreq(other).post(URL + "/api/pull", json={"model": "new:1", "stream": False})
+        self.clock.advance(0)
+        self.successResultOf(d)
+        pulled = other.model("new:1")
+        assert pulled is not None
+        self.assertEqual(pulled.digest, listed["new:1"]["digest"])
+
+    def test_pull_of_a_listed_model_reports_its_layers_at_once(self) -> None:
+        """If the model is there already, then each layer is reported complete at once."""
+        lines = self.pull("m:1", pull_speed=10, pull_size=10_000)
+        weights = [line for line in lines if "digest" in line]
+        self.assertTrue(all(w["completed"] == w["total"] for w in weights))
+        self.assertEqual(lines[-1], {"status": "success"})
+
+    def test_pull_failure_knobs(self) -> None:
+        """If pull_fail_after is set, then an Ollama error line ends the stream and the model is
+        not listed; with pull_die_after the connection is cut mid-stream."""
+        lines = self.pull("x:1", pull_speed=1000, pull_size=1000, pull_fail_after=300)
+        self.assertEqual(lines[-1], {"error": "max retries exceeded: fake: the registry went away"})
+        self.assertEqual(lines[-2]["completed"], 200)
+        self.assertNotIn("x:1", self.listed())
+        self.fake.apply_state({"pull_fail_after": None, "pull_die_after": 300})
+        response = self.send("POST", "/api/pull", {"model": "y:1"})
+        failures: list[Failure] = []
+        self.http.collect(response, lambda _: None).addErrback(failures.append)
+        for _ in range(20):
+            self.advance(0.1)
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(self.fake.dropped, 1)
+        self.assertNotIn("y:1", self.listed())
+
+    def test_pull_not_streamed(self) -> None:
+        """If stream is false, then one JSON object answers, once the pull is over; an error
+        has status 500 (Ollama's waitForStream)."""
+        self.fake.apply_state({"pull_speed": 1000, "pull_size": 1000})
+        body = {"model": "z:1", "stream": False}
+        d = self.http.request("POST", URL + "/api/pull", json=body, unbuffered=True)
+        self.advance(0.5)
+        self.assertNoResult(d)
+        self.advance(1.0)
+        response = self.successResultOf(d)
+        self.assertEqual(self.read(response), b'{"status":"success"}')
+        self.fake.apply_state({"pull_fail_after": 100})
+        d = self.http.request("POST", URL + "/api/pull", json={**body, "model": "w:1"})
+        self.advance(1.0)
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 500)
+        self.assertIn("error", json.loads(self.read(response)))
+
+    def test_create_by_version(self) -> None:
+        """If a 0.5.4 fake is sent a Modelfile FROM a listed model, then it creates it; the new
+        shape is refused (path or Modelfile are required); from 0.5.5 on it is the other way
+        round, the refusal an error line carrying status 400."""
+        modelfile = {"model": "t:1", "modelfile": "FROM m:1\nSYSTEM hi\n"}
+        self.assertEqual(self.lines("POST", "/api/create", modelfile)[-1], {"status": "success"})
+        self.assertIn("t:1", self.listed())
+        response, body = self.call("POST", "/api/create", {"model": "u:1", "from": "m:1"})
+        self.assertEqual(response.code, 400)
+        self.assertEqual(json.loads(body), {"error": "path or Modelfile are required"})
+        self.fake.apply_state({"version": "0.6.0"})
+        lines = self.lines("POST", "/api/create", {"model": "u:1", "from": "m:1"})
+        self.assertEqual(lines[-1], {"status": "success"})
+        lines = self.lines("POST", "/api/create", {"model": "v:1", "modelfile": "FROM m:1"})
+        self.assertEqual(
+            lines, [{"error": "neither 'from' or 'files' was specified", "status": 400}]
+        )
+        lines = self.lines("POST", "/api/create", {"model": "v:1", "from": "nope:1"})
+        self.assertEqual(lines, [{"error": "pull model manifest: file does not exist"}])
+
+    def test_blobs_then_create_from_one(self) -> None:
+        """If a blob is uploaded with the right digest, then 201, HEAD finds it, a second
+        upload is 200; a wrong digest is 400, a malformed one too; a create FROM @digest uses
+        it."""
+        data = b"GGUF" + b"\0" * 100
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.assertEqual(self.send("HEAD", f"/api/blobs/{digest}").code, 404)
+        self.assertEqual(self.send("POST", f"/api/blobs/{digest}", data=data).code, 201)
+        self.assertEqual(self.send("HEAD", f"/api/blobs/{digest}").code, 200)
+        self.assertEqual(self.send("POST", f"/api/blobs/{digest}", data=data).code, 200)
+        response = self.send("POST", "/api/blobs/sha256:" + "0" * 64, data=data)
+        self.assertEqual(response.code, 400)
+        self.assertIn("digest mismatch", json.loads(self.read(response))["error"])
+        self.assertEqual(self.send("HEAD", "/api/blobs/sha256:zz").code, 400)
+        lines = self.lines("POST", "/api/create", {"model": "g", "modelfile": f"FROM @{digest}"})
+        self.assertEqual(lines[-1], {"status": "success"})
+        created = self.fake.model("g")
+        assert created is not None
+        self.assertEqual(created.size, len(data))
+
+    def test_copy_and_delete(self) -> None:
+        """If a model is copied, then both names are listed (200, no body); deleted, it is
+        gone; deleting it again is Ollama's 404."""
+        response, body = self.call("POST", "/api/copy", {"source": "m:1", "destination": "m2"})
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertIn("m2:latest", self.listed())
+        response, body = self.call("POST", "/api/copy", {"source": "no", "destination": "x"})
+        self.assertEqual(
+            (response.code, json.loads(body)), (404, {"error": 'model "no" not found'})
+        )
+        response, body = self.call("DELETE", "/api/delete", {"model": "m2"})
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertNotIn("m2:latest", self.listed())
+        response, body = self.call("DELETE", "/api/delete", {"model": "m2"})
+        self.assertEqual(
+            (response.code, json.loads(body)), (404, {"error": "model 'm2' not found"})
+        )
+
+    def test_push(self) -> None:
+        """If a listed model is pushed, then its layers and success stream back; an unknown
+        one ends with Ollama's error line."""
+        lines = self.lines("POST", "/api/push", {"model": "m:1"})
+        self.assertEqual(lines[0], {"status": "retrieving manifest"})
+        self.assertEqual(lines[-2:], [{"status": "pushing manifest"}, {"status": "success"}])
+        self.assertIn("error", self.lines("POST", "/api/push", {"model": "none:1"})[-1])

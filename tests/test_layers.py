@@ -30,6 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the request path
     ("olla.proxy",),
     ("olla.anthropic",),
+    # fleet model management: pull, create, copy, delete, push and blobs on every machine
+    ("olla.manage",),
     ("olla.web",),
     ("olla.guard",),
     # the daemon: the composition root, reload, the supervisor, twistd's entry point

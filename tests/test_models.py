@@ -61,11 +61,38 @@ def test_filters() -> None:
     assert matches_filter("anything", None)
 
 
+def test_model_removed() -> None:
+    """If a model is deleted from an endpoint, then it leaves that endpoint's list, loaded set
+    and running rows; its learnt load time goes only once no endpoint lists it."""
+    catalogue = _catalogue()
+    catalogue.set_loaded(A, ["shared:7b"], [{"name": "Shared:7b"}])
+    catalogue.observe_load("shared:7b", 4.0)
+    catalogue.model_removed(A, "shared:7b")
+    assert [m.name for m in catalogue.models_of(A)] == ["llama3.2:latest"]
+    assert catalogue.loaded_on(A) == set() and catalogue.running_on(A) == ()
+    assert catalogue.load_time("shared:7b", 1.0) == 4.0  # B still has it
+    catalogue.model_removed(B, "SHARED:7b")
+    assert catalogue.hosts("shared:7b") == []
+    assert catalogue.load_time("shared:7b", 1.0) == 1.0
+
+
 def test_merged_each_model_once() -> None:
     """If two endpoints report a model (by name, any case), then it is listed once with both."""
     merged = {info.name.lower(): [ep.name for ep in hosts] for info, hosts in
               _catalogue().merged([A, B])}  # fmt: skip
     assert merged == {"llama3.2:latest": ["a"], "shared:7b": ["a", "b"], "qwen2.5:7b": ["b"]}
+
+
+def test_copies_listed_under_both_names() -> None:
+    """If one endpoint lists the same weights under two names (an ``ollama cp``), then both
+    names are listed, on every endpoint that has them; the same weights under another name on
+    another endpoint are still one model."""
+    catalogue = ModelCatalogue()
+    catalogue.set_models(A, [ModelInfo("base:1", digest="x"), ModelInfo("copy:1", digest="x")], 0)
+    catalogue.set_models(B, [ModelInfo("base:1", digest="x"), ModelInfo("copy:1", digest="x")], 0)
+    catalogue.set_models(C, [ModelInfo("other-name:1", digest="x")], 0)
+    merged = {info.name: [ep.name for ep in hosts] for info, hosts in catalogue.merged([A, B, C])}
+    assert merged == {"base:1": ["a", "b", "c"], "copy:1": ["a", "b"]}
 
 
 def test_different_digests_not_merged() -> None:

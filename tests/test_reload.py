@@ -70,7 +70,9 @@ class ReloadHarness:
     """The app over fake Ollamas ``a``, ``b`` and ``c`` (only the configured ones are used),
     its config file, and a ``Reloader`` on it."""
 
-    def __init__(self, case: SynchronousTestCase, endpoints: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, case: SynchronousTestCase, endpoints: list[dict[str, Any]], **sections: Any
+    ) -> None:
         self.clock = Clock()
         self.fakes = {name: FakeOllama(self.clock, name=name) for name in HOSTS}
         self.agent = HostAgent({f"{n}:1".encode(): fake for n, fake in self.fakes.items()})
@@ -78,7 +80,7 @@ class ReloadHarness:
         self.path = Path(case.mktemp())
         self.path.mkdir()
         self.path = self.path / "olla.yaml"
-        self.write(_document(endpoints))
+        self.write(_document(endpoints, **sections))
         config, profiles = load_all(str(self.path))
         self.app = build_app(
             config, profiles, clock=self.clock, agent=self.agent, cooperator=self.cooperator
@@ -497,6 +499,28 @@ class ReloadTests(SynchronousTestCase):
         h.reload([_endpoint("a")], server={"rate_limits": {"per_ip_requests_per_minute": 0}})
         for _ in range(5):
             self.assertEqual(status("/olla/ollama/api/tags"), 200)
+
+    def test_model_management_follows(self) -> None:
+        """If a reload changes model_management.targets or the access policy, then the next
+        management call uses them; turning it on or off needs a restart."""
+        endpoints = [_endpoint("a"), _endpoint("b")]
+        on = {"enabled": True, "targets": ["a"]}
+        h = ReloadHarness(self, endpoints, model_management=on)
+        manager = h.app.management
+        assert manager is not None
+        events = _events()
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        h.reload(
+            endpoints,
+            model_management={"enabled": True, "targets": ["b"]},
+            dashboard={"access_policy": {"allowed_cidrs": ["10.0.0.0/8"]}},
+        )
+        self.assertEqual(manager.targets, ("b",))
+        self.assertIsNotNone(manager.policy.refusal("127.0.0.1", None))
+        self.assertFalse([m for m in _messages(events, LogLevel.warn) if "restart" in m])
+        h.reload(endpoints, model_management={"enabled": False})
+        warnings = [m for m in _messages(events, LogLevel.warn) if "restart" in m]
+        self.assertIn("model_management.enabled", warnings[-1])
 
     def test_metrics_info_follows(self) -> None:
         """If a reload changes the balancer, then olla_info on /internal/metrics names the new

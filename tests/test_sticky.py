@@ -160,6 +160,30 @@ class StoreTests(SynchronousTestCase):
         stats = sessions.stats()
         self.assertEqual((stats["hits"], stats["misses"], stats["insertions"]), (1, 2, 1))
 
+    def test_model_removed_forgets_its_pins_there(self) -> None:
+        """If a model is deleted from a, then the sessions of that model pinned to a are
+        forgotten; its sessions elsewhere and other models' sessions on a stay."""
+        sessions = self.store()
+        for name, model, endpoint in [
+            ("k1", "m:1", self.a),
+            ("k2", "m:1", self.b),
+            ("k3", "other:1", self.a),
+        ]:
+            sessions.lookup(SessionKey(name, "session_header", model=model)).served(endpoint)
+        self.assertEqual(sessions.model_removed({"m:1", "m"}, [self.a]), 1)
+        self.assertIsNone(sessions.lookup(SessionKey("k1", "session_header")).pinned)
+        self.assertIs(sessions.lookup(SessionKey("k2", "session_header")).pinned, self.b)
+        self.assertIs(sessions.lookup(SessionKey("k3", "session_header")).pinned, self.a)
+
+    def test_keys_carry_their_model(self) -> None:
+        """If a key is made for a model, then it carries the model (lower-cased) it is scoped
+        by, from any source."""
+        made = key(
+            model="M:1", client_ip="10.0.0.1", config=StickySessionsConfig(key_sources=("ip",))
+        )
+        assert made is not None
+        self.assertEqual(made.model, "m:1")
+
     def test_served_counts_once(self) -> None:
         """If an answer's headers are written twice, then the outcome is decided and counted
         once."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -11,8 +10,7 @@ from typing import Any
 from olla.anthropic.request import uses_images, uses_thinking, uses_tools
 from olla.fleet.endpoints import Endpoint
 from olla.profiles import Profile, ProfileRegistry
-
-_VERSION = re.compile(r"v?(\d+(?:\.\d+)*)")
+from olla.util.versions import version_at_least
 
 #: profile limitation -> the request feature it rules out
 _LIMITS: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
@@ -20,25 +18,6 @@ _LIMITS: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
     "no_extended_thinking": uses_thinking,
     "no_vision": uses_images,
 }
-
-
-def version_tuple(text: str | None) -> tuple[int, ...] | None:
-    """``"0.5.4-ipexllm-20250407"`` -> ``(0, 5, 4)``; None when there is no leading version."""
-    match = _VERSION.match(text.strip()) if text else None
-    return tuple(int(part) for part in match.group(1).split(".")) if match else None
-
-
-def version_at_least(have: str | None, need: str | None) -> bool:
-    """Whether ``have`` is ``need`` or later; an unknown ``have`` is not (translation is safe)."""
-    wanted = version_tuple(need)
-    if wanted is None:
-        return True
-    got = version_tuple(have)
-    if got is None:
-        return False
-    width = max(len(got), len(wanted))
-    return got + (0,) * (width - len(got)) >= wanted + (0,) * (width - len(wanted))
-
 
 #: the platforms whose version olla reads (Ollama's ``/api/version``, by discovery); for the
 #: others a profile's ``min_version`` cannot be checked and the profile is trusted

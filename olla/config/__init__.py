@@ -7,10 +7,10 @@ float seconds, sizes are int bytes. Errors carry the key path of the offending v
 The package is laid out by job: :mod:`olla.config._base` holds the reader toolkit
 (:class:`ConfigError`, :class:`SectionReader`, durations, sizes, ``${VAR}``); each section
 module holds its dataclasses beside their reader (``server``, ``proxy``, ``discovery``,
-``models``, ``translators``, ``logging``, ``dashboard``, ``engineering``); :mod:`~olla.config.root`
-holds :class:`OllaConfig`, :mod:`~olla.config.env` the ``OLLA_*`` table, and
-:mod:`~olla.config.loader` file search, parsing and the whole-config checks. Import from
-``olla.config``: every name other modules use is re-exported here.
+``models``, ``translators``, ``logging``, ``dashboard``, ``engineering``, ``management``);
+:mod:`~olla.config.root` holds :class:`OllaConfig`, :mod:`~olla.config.env` the ``OLLA_*``
+table, and :mod:`~olla.config.loader` file search, parsing and the whole-config checks. Import
+from ``olla.config``: every name other modules use is re-exported here.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from olla.config.loader import (
     profiles_dir,
 )
 from olla.config.logging import LoggingConfig
+from olla.config.management import ModelManagementConfig
 from olla.config.models import ModelRegistryConfig, RoutingStrategyConfig, UnificationConfig
 from olla.config.proxy import (
     FilterConfig,
@@ -84,6 +85,7 @@ __all__ = [
     "LoggingConfig",
     "MAX_MESSAGE_SIZE_LIMIT",
     "ModelDiscoveryConfig",
+    "ModelManagementConfig",
     "ModelRegistryConfig",
     "NO_EFFECT_YET",
     "OllaConfig",

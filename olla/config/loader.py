@@ -19,6 +19,7 @@ from olla.config.discovery import _discovery
 from olla.config.engineering import _engineering
 from olla.config.env import _apply_env
 from olla.config.logging import _logging
+from olla.config.management import _model_management, check_targets
 from olla.config.models import _aliases, _model_registry
 from olla.config.proxy import _proxy
 from olla.config.root import OllaConfig
@@ -45,6 +46,7 @@ def _validate(config: OllaConfig) -> None:
             )
     if cors.max_age < 0:
         raise ConfigError("must not be negative", ("server", "cors", "max_age"))
+    check_targets(config.model_management, config.discovery.endpoints)
 
 
 def parse_config(
@@ -70,6 +72,7 @@ def parse_config(
         logging=_logging(root.section("logging"), base),
         engineering=_engineering(root.section("engineering")),
         dashboard=_dashboard(root.section("dashboard")),
+        model_management=_model_management(root.section("model_management")),
         profiles_dir=root.text("profiles_dir", "") or None,
     )
     root.finish()

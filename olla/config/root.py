@@ -10,6 +10,7 @@ from olla.config.dashboard import DashboardConfig
 from olla.config.discovery import DiscoveryConfig
 from olla.config.engineering import EngineeringConfig
 from olla.config.logging import LoggingConfig
+from olla.config.management import ModelManagementConfig
 from olla.config.models import ModelRegistryConfig
 from olla.config.proxy import ProxyConfig
 from olla.config.server import ServerConfig
@@ -27,6 +28,7 @@ class OllaConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     engineering: EngineeringConfig = field(default_factory=EngineeringConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    model_management: ModelManagementConfig = field(default_factory=ModelManagementConfig)
     profiles_dir: str | None = None  # user profiles; None: "profiles/" beside the config file
     source: str | None = None  # the file it was read from
     warnings: tuple[str, ...] = ()  # "<key.path>: <why>" for unknown/deprecated keys etc.

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from olla.config._base import ConfigError, SectionReader, _check_cidr, interpolate
@@ -55,6 +55,8 @@ class ClientKey:
     requests_per_minute: int = 0
     #: the models this key may ask for, exact names or ``*`` globs (empty: every model)
     models: tuple[str, ...] = ()
+    #: may pull, create, copy, delete and push models (``model_management``)
+    manage_models: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,12 @@ def _client_key(item: object, path: tuple[str | int, ...], environ: Mapping[str,
         name=k_r.text("name", ""),
         requests_per_minute=k_r.integer("requests_per_minute", 0, minimum=0),
         models=k_r.strings("models", ()),
+        manage_models=k_r.flag("manage_models", False),
     )
     unknown = [
         str(name)
         for name in k_r.data
-        if name not in ("key", "name", "requests_per_minute", "models")
+        if name not in ("key", "name", "requests_per_minute", "models", "manage_models")
     ]
     if unknown:
         raise ConfigError(f"unknown key option {unknown[0]!r}", path)
@@ -143,9 +146,7 @@ def _client_auth(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -
         if key.key in seen:
             raise ConfigError("the same key is listed twice", where)
         seen.add(key.key)
-        named.append(
-            ClientKey(key.key, key.name or f"key-{i + 1}", key.requests_per_minute, key.models)
-        )
+        named.append(replace(key, name=key.name or f"key-{i + 1}"))
     return ClientAuthConfig(api_keys=tuple(named))
 
 

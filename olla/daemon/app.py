@@ -35,6 +35,8 @@ from olla.fleet.sticky import StickySessions
 from olla.guard.ratelimit import RateLimiter
 from olla.guard.resource import GuardResource, Guards, limit_settings
 from olla.interfaces import IHealthChecker
+from olla.manage.manager import FleetManager
+from olla.manage.resource import ManagementResource
 from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
@@ -74,6 +76,8 @@ class App:
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
     worker: WorkerIdentity = field(default_factory=WorkerIdentity)
+    #: pull, create, copy, delete and push across the fleet (``model_management.enabled``)
+    management: FleetManager | None = None
 
     @property
     def services(self) -> Sequence[IService]:
@@ -159,6 +163,12 @@ def build_app(
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
     }
+    management = FleetManager.build(config, deps, discovery.rediscover, sticky)
+    if management is not None:
+        for route in provider_routes(profiles):
+            if "ollama" in route.types:
+                prefix = route.prefix.encode()
+                proxies[prefix] = ManagementResource(proxies[prefix], management)
     translator_stats = TranslatorStats("anthropic")
     if config.translators.anthropic.enabled:
         proxies[b"anthropic"] = AnthropicResource(
@@ -236,4 +246,5 @@ def build_app(
         stats=stats,
         metrics=metrics,
         collector=collector,
+        management=management,
     )

@@ -71,6 +71,7 @@ LIVE_KEYS: tuple[str, ...] = (
     "model_registry.routing_strategy.",
     "model_registry.unification.stale_threshold",
     "model_aliases",
+    "model_management.targets",
     "logging.level",
     "logging.format",
 )
@@ -362,6 +363,8 @@ class Reloader:
         app.guard.guards = Guards.from_config(config, app.limiter, app.security)
         if app.dashboard is not None:
             app.dashboard.policy = AccessPolicy.from_config(config.dashboard.access_policy)
+        if app.management is not None:
+            app.management.reconfigure(config)
         if self._observer is not None and self._sink is not None:
             self._observer.inner = make_observer(
                 config.logging.format,

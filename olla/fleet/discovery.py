@@ -141,6 +141,16 @@ class DiscoveryService(Service):
 
         return self._discovering.run(endpoint, start)
 
+    def rediscover(self, endpoint: Endpoint) -> Deferred[None]:
+        """Discover ``endpoint`` with a run that starts now: one already going may have read
+        the list before a change (model management), so it is followed by a new one."""
+        running = self._discovering.pending(endpoint)
+        if running is None:
+            return self.refresh(endpoint)
+        after = follow(running)
+        after.addCallback(lambda _: self.refresh(endpoint))
+        return after
+
     def _failed(self, failure: Failure, endpoint: Endpoint) -> None:
         if failure.check(CancelledError) and not (self.running and endpoint in self._registry):
             return  # stopping, or the endpoint was removed
@@ -249,6 +259,10 @@ class _Coalesced:
         self._running[endpoint] = d
         d.addBoth(self._settled, endpoint)
         return follow(d)
+
+    def pending(self, endpoint: Endpoint) -> Deferred[None] | None:
+        """The run going for ``endpoint``, if one is."""
+        return self._running.get(endpoint)
 
     def _settled(self, result: object, endpoint: Endpoint) -> object:
         self._running.pop(endpoint, None)

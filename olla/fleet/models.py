@@ -176,6 +176,22 @@ class ModelCatalogue:
         """``endpoint`` is gone (removed by a reload, its last request done)."""
         self._by_endpoint.pop(endpoint, None)
 
+    def model_removed(self, endpoint: Endpoint, name: str) -> None:
+        """``name`` was deleted from ``endpoint`` (model management): out of its list, its
+        loaded set and its loads under way; the learnt load time goes once no endpoint lists
+        the model, so warm routing starts afresh for a model of that name pulled later."""
+        key = name.lower()
+        entry = self._by_endpoint.get(endpoint)
+        if entry is not None:
+            entry.models.pop(key, None)
+            entry.loaded.discard(key)
+            entry.loading.pop(key, None)
+            entry.running = tuple(
+                row for row in entry.running if str(row.get("name", "")).lower() != key
+            )
+        if not self.hosts(key):
+            self._load_times.pop(key, None)
+
     def set_models(self, endpoint: Endpoint, models: Iterable[ModelInfo], now: float) -> None:
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
         entry.models = {m.name.lower(): m for m in models}
@@ -283,7 +299,8 @@ class ModelCatalogue:
         return info.name if info else None
 
     def merged(self, endpoints: Iterable[Endpoint]) -> list[tuple[ModelInfo, list[Endpoint]]]:
-        """Each model once across ``endpoints`` (same digest, else same name), with its hosts."""
+        """Each model once across ``endpoints`` (same name without conflicting digests, else
+        same digest on another endpoint), with its hosts."""
         groups: list[tuple[ModelInfo, list[Endpoint]]] = []
         by_digest: dict[str, int] = {}
         by_name: dict[str, int] = {}
@@ -292,13 +309,17 @@ class ModelCatalogue:
             if entry is None:
                 continue
             for key, info in entry.models.items():
-                index = by_digest.get(info.digest) if info.digest else None
-                if index is None:
-                    index = by_name.get(key)
-                    if index is not None:
-                        other = groups[index][0].digest
-                        if other and info.digest and other != info.digest:
-                            index = None  # same name, different weights: two models
+                index = by_name.get(key)
+                if index is not None:
+                    other = groups[index][0].digest
+                    if other and info.digest and other != info.digest:
+                        index = None  # same name, different weights: two models
+                if index is None and info.digest:
+                    # the same weights under another name elsewhere are one model; two names
+                    # on one endpoint are two (an ``ollama cp`` is listed under both)
+                    same = by_digest.get(info.digest)
+                    if same is not None and endpoint not in groups[same][1]:
+                        index = same
                 if index is None:
                     index = len(groups)
                     groups.append((info, []))

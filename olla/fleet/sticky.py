@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,8 @@ class SessionKey:
     source: str  # session_header | prefix_hash | auth_header | ip
     #: the client's ``X-Olla-Session-ID``, echoed back (``session_header`` only)
     session_id: bytes | None = None
+    #: the model the session is scoped by, lower-cased
+    model: str = ""
 
 
 def _digest(data: bytes) -> str:
@@ -80,15 +82,15 @@ def session_key(
     scope = (model or "").strip().lower()
     for source in config.key_sources:
         if source == "session_header" and session_id:
-            return SessionKey(f"s:{scope}:{_digest(session_id)}", source, session_id)
+            return SessionKey(f"s:{scope}:{_digest(session_id)}", source, session_id, scope)
         if source == "prefix_hash":
             prefix = conversation_prefix(document(), config.prefix_hash_bytes)
             if prefix is not None:
-                return SessionKey(f"p:{scope}:{_digest(prefix)}", source)
+                return SessionKey(f"p:{scope}:{_digest(prefix)}", source, model=scope)
         if source == "auth_header" and authorization:
-            return SessionKey(f"a:{scope}:{_digest(authorization)}", source)
+            return SessionKey(f"a:{scope}:{_digest(authorization)}", source, model=scope)
         if source == "ip" and client_ip:
-            return SessionKey(f"i:{scope}:{client_ip}", source)
+            return SessionKey(f"i:{scope}:{client_ip}", source, model=scope)
     return None
 
 
@@ -171,6 +173,8 @@ class _Entry:
     #: session is still known, so its next request is a ``repin``, not a ``miss``)
     endpoint: Endpoint | None
     expires: float
+    #: the model the session is scoped by, lower-cased
+    model: str = ""
 
 
 class StickySessions:
@@ -238,7 +242,7 @@ class StickySessions:
         self._entries.move_to_end(key.key)
         return Affinity(self, key, known=True, pinned=entry.endpoint)
 
-    def pin(self, key: str, endpoint: Endpoint) -> None:
+    def pin(self, key: str, endpoint: Endpoint, model: str = "") -> None:
         """``key``'s session was served by ``endpoint``: its next request goes there first."""
         self._sweep()
         entry = self._entries.get(key)
@@ -247,7 +251,7 @@ class StickySessions:
             entry.expires = self._expires()
             self._entries.move_to_end(key)
             return
-        self._entries[key] = _Entry(endpoint, self._expires())
+        self._entries[key] = _Entry(endpoint, self._expires(), model)
         self.insertions += 1
         while len(self._entries) > self.config.max_sessions:
             self._entries.popitem(last=False)
@@ -261,6 +265,18 @@ class StickySessions:
                 entry.endpoint = None
                 purged += 1
         return purged
+
+    def model_removed(self, names: Collection[str], endpoints: Collection[Endpoint]) -> int:
+        """A model (by each of its lower-cased ``names``) was deleted from ``endpoints``: the
+        sessions of that model pinned there are forgotten; how many were."""
+        gone = [
+            key
+            for key, entry in self._entries.items()
+            if entry.model in names and entry.endpoint in endpoints
+        ]
+        for key in gone:
+            del self._entries[key]
+        return len(gone)
 
     def status_changed(self, endpoint: Endpoint, old: EndpointStatus, new: EndpointStatus) -> None:
         """The registry's listener: a demoted endpoint's sessions lose their pin at once
@@ -319,7 +335,7 @@ class Affinity:
         else:
             outcome = StickyOutcome.REPIN if self.known else StickyOutcome.MISS
         if self.key is not None:
-            self.sessions.pin(self.key.key, endpoint)
+            self.sessions.pin(self.key.key, endpoint, self.key.model)
         self.sessions.counted(outcome)
         self.outcome = outcome
         return outcome

@@ -178,6 +178,7 @@ class GuardResource(Resource):
             guards.security.auth_failed()
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="olla"')
             return self._refuse(request, 401, "missing or invalid API key", client_ip)
+        request.client_key = key  # type: ignore[attr-defined]
         if key.models:
             request.allows_model = lambda model: model_allowed(key, model)  # type: ignore[attr-defined]
         return self._limited(

@@ -29,6 +29,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
 
+from olla.config import ClientKey
 from olla.proxy.headers import valid_request_id
 from olla.telemetry.security import SecurityStats
 from olla.util.errors import Dialect, error_body
@@ -89,6 +90,8 @@ class OllaRequest(Request):
         self.head_hooks: list[Callable[[Request], None]] = []
         #: whether the client's key may use a model (None: any model; set by the guard)
         self.allows_model: Callable[[str | None], bool] | None = None
+        #: the client key the request presented (set by the guard when keys are configured)
+        self.client_key: ClientKey | None = None
 
     @property
     def olla_site(self) -> OllaSite:
@@ -448,7 +451,11 @@ class OllaSite(Site):
         rng: random.Random | None = None,
         security: SecurityStats | None = None,
     ) -> None:
-        super().__init__(root, timeout=timeout or None, reactor=clock)
+        # a POST body is never parsed into request.args: a form-encoded upload (curl's
+        # --data-binary default) would otherwise be read whole into memory
+        super().__init__(
+            root, timeout=timeout or None, reactor=clock, parsePOSTFormSubmission=False
+        )
         #: what this site refused to protect itself (413, 414, 431, and the guards' refusals)
         self.security = security or SecurityStats()
         self.clock = clock

@@ -57,6 +57,14 @@ the conversation already carries a tool's answer: a last ``tool`` message on
 ``/v1/messages``. Streamed, the arguments come in ``max(2, chunks)`` pieces on ``/v1/*``, and in
 one line on ``/api/chat``.
 
+Model management (``manage``): ``/api/pull`` with multi-layer progress at ``pull_speed`` bytes
+per second, one line per ``pull_tick_ms`` (state keys; ``pull_size`` is the weights' size), and
+two failure knobs: ``pull_fail_after`` bytes (an Ollama error line) and ``pull_die_after`` bytes
+(the connection is cut); ``/api/push``; ``/api/create`` in the shape of the fake's ``version``
+(a Modelfile up to 0.5.4, ``from``/``files`` from 0.5.5); ``/api/copy``; ``DELETE /api/delete``;
+``HEAD|POST /api/blobs/<digest>`` (the body's sha256 checked; sizes kept, not bytes). The
+models pulled, created or copied are listed from then on; deleted ones no longer.
+
 Deliberate differences from the real server, for the tests' sake: a chat with no messages streams
 (the real one answers ``done_reason: "load"``), loaded models never expire, ``/v1/embeddings``
 honours ``encoding_format: base64`` (as newer Ollama and OpenAI do), and
@@ -70,10 +78,11 @@ Layout (one class's state, split by API into mixins; ``FakeOllama`` in ``server`
 ``wire`` (constants, ``FakeModel``/``FakeState``/``Knobs``/``RecordedRequest``, Go-JSON helpers,
 ``_Exchange``/``_Call``/``_Route``, and ``WireMixin``: recording, knobs, JSON/error/stream
 writers), ``cost`` (``_Scheduler`` and ``CostMixin._admit``), ``native`` (``/``, ``/health``,
-``/api/*``), ``openai`` (``/v1/*`` but messages), ``anthropic`` (``/v1/messages``), ``lmstudio``
-(``/api/v0/models``), ``control`` (the Python API and ``/_fake/*``), ``bulk`` (``/upload``,
-``/big``), ``server`` (``FakeOllama``, dispatch, ``FakeSite``, ``main``); ``__main__`` runs
-``main()``. Every name of the former single module is re-exported here.
+``/api/*``), ``manage`` (model management), ``openai`` (``/v1/*`` but messages), ``anthropic``
+(``/v1/messages``), ``lmstudio`` (``/api/v0/models``), ``control`` (the Python API and
+``/_fake/*``), ``bulk`` (``/upload``, ``/big``), ``server`` (``FakeOllama``, dispatch,
+``FakeSite``, ``main``); ``__main__`` runs ``main()``. Every name of the former single module
+is re-exported here.
 """
 
 from __future__ import annotations

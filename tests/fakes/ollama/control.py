@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 
 from twisted.web.server import Request
 
-from .wire import COST_KEYS, HEALTH_MODES, JSON_UTF8, FakeModel, RecordedRequest
+from .wire import COST_KEYS, HEALTH_MODES, JSON_UTF8, PULL_KEYS, FakeModel, RecordedRequest
 
 
 class ControlMixin:
@@ -59,6 +59,7 @@ class ControlMixin:
             "status",
             "version",
             *COST_KEYS,
+            *PULL_KEYS,
         }
         unknown = set(update) - known
         if unknown:
@@ -101,6 +102,12 @@ class ControlMixin:
                 if value < 0 or math.isnan(value) or math.isinf(value):
                     raise ValueError(f"{key} must be a non-negative number")
                 setattr(self.state, key, value)
+        for key, kind in PULL_KEYS.items():
+            if key in update:
+                value = None if update[key] is None else kind(update[key])
+                if value is not None and (value < 0 or math.isnan(value) or math.isinf(value)):
+                    raise ValueError(f"{key} must be a non-negative number")
+                setattr(self.state, key, value)
         self.scheduler.pump()  # a larger capacity lets queued requests in
 
     def describe_state(self) -> dict[str, Any]:
@@ -114,6 +121,8 @@ class ControlMixin:
             "status": self.state.status,
             "version": self.version,
             **{key: getattr(self.state, key) for key in COST_KEYS},
+            **{key: getattr(self.state, key) for key in PULL_KEYS},
+            "blobs": sorted(self.blobs),
             **self.scheduler.describe(),
             **self.prompt_cache.describe(),
             "connections": self.connections,

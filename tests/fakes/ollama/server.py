@@ -16,6 +16,7 @@ from .bulk import BulkMixin
 from .control import ControlMixin
 from .cost import CostMixin, PromptCache, _Scheduler
 from .lmstudio import LMStudioMixin
+from .manage import BLOB_PREFIX, ManageMixin
 from .native import NativeMixin
 from .openai import OpenAIMixin
 from .wire import (
@@ -23,6 +24,7 @@ from .wire import (
     COST_KEYS,
     DEFAULT_MODELS,
     DEFAULT_VERSION,
+    DELETE,
     GET,
     GET_HEAD,
     HEALTH_MODES,
@@ -52,6 +54,7 @@ class FakeOllama(
     OpenAIMixin,
     AnthropicMixin,
     LMStudioMixin,
+    ManageMixin,
     BulkMixin,
     CostMixin,
     WireMixin,
@@ -89,6 +92,8 @@ class FakeOllama(
         self.cancelled = 0  # requests whose client went away before the answer was complete
         self.dropped = 0  # connections the fake cut itself (drop_after)
         self._loaded_at: dict[str, float] = {}
+        #: blobs uploaded (``POST /api/blobs/<digest>``): digest -> size
+        self.blobs: dict[str, int] = {}
         self._sequence = 0  # numbers the generated message and tool call ids
         self._routes = self._build_routes()
         self.scheduler = _Scheduler(self)
@@ -128,6 +133,11 @@ class FakeOllama(
                     "/api/generate": _Route(POST, self._generate, "api.GenerateRequest"),
                     "/api/embed": _Route(POST, self._embed, "api.EmbedRequest"),
                     "/api/embeddings": _Route(POST, self._embeddings, "api.EmbeddingRequest"),
+                    "/api/pull": _Route(POST, self._pull, "api.PullRequest"),
+                    "/api/push": _Route(POST, self._push, "api.PushRequest"),
+                    "/api/create": _Route(POST, self._create, "api.CreateRequest"),
+                    "/api/copy": _Route(POST, self._copy, "api.CopyRequest"),
+                    "/api/delete": _Route(DELETE, self._delete, "api.DeleteRequest"),
                 }
             )
         return routes
@@ -136,6 +146,8 @@ class FakeOllama(
         route = self._routes.get(path)
         if route is None and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
             route = _Route(GET, self._v1_model)
+        if route is None and path.startswith(BLOB_PREFIX) and not self.openai_only:
+            route = _Route(frozenset({b"HEAD", b"POST"}), self._blob)
         if route is None and path == MESSAGES_PATH and self.speaks_anthropic:
             route = _Route(POST, self._messages, "anthropic.MessagesRequest")
         if route is None or method not in route.methods:

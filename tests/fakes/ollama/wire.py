@@ -51,6 +51,7 @@ TEXT_PLAIN = b"text/plain"  # gin's 404
 GET_HEAD = frozenset({b"GET", b"HEAD"})
 GET = frozenset({b"GET"})
 POST = frozenset({b"POST"})
+DELETE = frozenset({b"DELETE"})
 
 
 def is_embedding_name(name: str) -> bool:
@@ -156,6 +157,12 @@ class FakeState:
     token_ms: float = 0.0  # extra time per generated chunk
     prompt_ms: float = 0.0  # time per prompt token not in this host's prompt cache
     prompt_cache: int = 0  # conversations whose prompt prefix this host keeps (LRU)
+    # model management (see manage.py): how a pull goes
+    pull_speed: float = 0.0  # bytes per second of the weights layer (0: at once)
+    pull_tick_ms: float = 100.0  # one progress line per layer this often (Ollama's ticker)
+    pull_size: int = 0  # bytes of a pulled model's weights (0: the model's default size)
+    pull_fail_after: int | None = None  # bytes after which an error line ends the pull
+    pull_die_after: int | None = None  # bytes after which the connection is cut
 
 
 #: the cost model's state keys (``FakeState`` fields) and their types
@@ -168,6 +175,19 @@ COST_KEYS: dict[str, type[int] | type[float]] = {
     "prompt_ms": float,
     "prompt_cache": int,
 }
+
+
+#: the pull knobs' state keys (``FakeState`` fields) and their types (None: unset)
+PULL_KEYS: dict[str, type[int] | type[float]] = {
+    "pull_speed": float,
+    "pull_tick_ms": float,
+    "pull_size": int,
+    "pull_fail_after": int,
+    "pull_die_after": int,
+}
+
+#: request bodies recorded as size and sha256 only, whatever their size (uploads)
+STREAMED_PATHS = ("/upload", "/api/blobs/")
 
 
 class KnobError(ValueError):
@@ -457,7 +477,7 @@ class WireMixin:
         content.seek(0)
         digest = hashlib.sha256()
         pieces: list[bytes] = []
-        keep = size <= BIG_BODY_RECORD or path != "/upload"
+        keep = size <= BIG_BODY_RECORD or not path.startswith(STREAMED_PATHS)
         while True:
             piece = content.read(1024 * 1024)
             if not piece:

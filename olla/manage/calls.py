@@ -1,0 +1,368 @@
+# -*- test-case-name: tests.test_manage -*-
+"""One model-management call across its targets, from the first host call to the one answer.
+
+A call starts a coroutine per target (:class:`olla.manage.upstream.Upstream`), follows the
+client (gone: every host call is cancelled, as Ollama cancels a pull whose client left), and
+once every target has ended:
+
+1. asks the targets for their model lists again when the call changed them, so the next
+   ``/api/tags`` or ``/olla/models`` shows the change (and, after a delete, drops what routing
+   remembered about the model there: loaded state, load times, sticky pins);
+2. answers in Ollama's shape (see each kind below);
+3. logs one line with the client, the targets and the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+
+from olla.fleet.endpoints import Endpoint
+from olla.fleet.models import ModelCatalogue
+from olla.fleet.sticky import StickySessions
+from olla.manage.progress import Document, HostResult, Outcomes, ProgressMerger
+from olla.manage.targets import ENDPOINTS_HEADER, name_forms
+from olla.manage.upstream import Upstream, failure_of
+from olla.util.responses import JSON_UTF8
+
+NDJSON = b"application/x-ndjson"
+
+
+@dataclass
+class Fleet:
+    """What every call needs of the fleet; built once by ``olla.daemon.app``."""
+
+    upstream: Upstream
+    catalogue: ModelCatalogue
+    #: re-read one endpoint's model list now (None: model discovery is off)
+    rediscover: Callable[[Endpoint], Deferred[None]] | None = None
+    sticky: StickySessions | None = None
+
+
+def _line(document: Document) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+class Call:
+    """One management call: a host coroutine per target, then :meth:`answer`."""
+
+    _log = Logger()
+    #: whether the call changes the targets' model lists (they are read again after it)
+    changes_models = True
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        request: Request,
+        operation: str,
+        model: str,
+        targets: Sequence[Endpoint],
+        client: str,
+    ) -> None:
+        self.fleet = fleet
+        self.request = request
+        self.operation = operation
+        self.model = model
+        self.targets = tuple(targets)
+        self.client = client
+        self.outcomes = Outcomes(operation, [t.name for t in self.targets])
+        self.gone = False
+        self._running: list[Deferred[HostResult]] = []
+        self._started = fleet.upstream.clock.seconds()
+        request.notifyFinish().addErrback(self._client_left)
+
+    # ------------------------------------------------------------------ subclasses say
+
+    async def host(self, endpoint: Endpoint) -> HostResult:
+        """Do the call's part on ``endpoint``; raising is that host's failure."""
+        raise NotImplementedError
+
+    def host_ended(self, endpoint: Endpoint, result: HostResult) -> None:
+        self.outcomes.ended(result)
+
+    def answer(self) -> None:
+        """Write the one answer (every target has ended)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        for endpoint in self.targets:
+            d: Deferred[HostResult] = Deferred.fromCoroutine(self._host(endpoint))
+            self._running.append(d)
+        DeferredList(list(self._running), consumeErrors=True).addCallback(self._all_ended)
+
+    async def _host(self, endpoint: Endpoint) -> HostResult:
+        try:
+            result = await self.host(endpoint)
+        except Exception:
+            reason, status = failure_of(Failure())
+            result = HostResult(endpoint.name, False, reason, status)
+        self.host_ended(endpoint, result)
+        return result
+
+    def _client_left(self, _: Failure) -> None:
+        self.gone = True
+        for running in self._running:
+            running.cancel()
+
+    def _all_ended(self, _: object) -> None:
+        self._after_change().addBoth(self._answer_and_log)
+
+    def _after_change(self) -> Deferred[None]:
+        rediscover = self.fleet.rediscover
+        if not self.changes_models or rediscover is None:
+            return succeed(None)
+        runs = [rediscover(e) for e in self.targets]
+        done: Deferred[None] = DeferredList(runs, consumeErrors=True).addCallback(
+            lambda _: self.changed()
+        )
+        return done
+
+    def changed(self) -> None:
+        """The targets' lists were read again after the call (a delete forgets more)."""
+
+    def _answer_and_log(self, _: object) -> None:
+        if not self.gone and self.request.channel is not None:
+            self.answer()
+        final = self.outcomes.final()
+        self._log.info(
+            "model management: {operation} {model} by {client} on {targets}: {result}",
+            operation=self.operation,
+            model=self.model or "-",
+            client=self.client,
+            targets=",".join(t.name for t in self.targets),
+            result=final.get("error", "success") if not self.gone else "client went away",
+            status=self.outcomes.status(),
+            duration=round(self.fleet.upstream.clock.seconds() - self._started, 3),
+            management=True,
+        )
+
+    # ------------------------------------------------------------------ answers
+
+    def head(self, status: int, content_type: bytes | None) -> None:
+        request = self.request
+        request.setResponseCode(status)
+        if content_type is not None:
+            request.setHeader(b"Content-Type", content_type)
+        names = ",".join(t.name for t in self.targets).encode()
+        request.setHeader(ENDPOINTS_HEADER, names)
+
+    def json(self, status: int, document: Document) -> None:
+        body = json.dumps(document, separators=(",", ":")).encode()
+        self.head(status, JSON_UTF8)
+        self.request.setHeader(b"Content-Length", b"%d" % len(body))
+        self.request.write(body)
+        self.request.finish()
+
+    def empty(self, status: int) -> None:
+        self.head(status, None)
+        self.request.setHeader(b"Content-Length", b"0")
+        self.request.finish()
+
+    def outcome(self, ok_status: int = 200) -> None:
+        """Empty with ``ok_status`` when every host succeeded, else the error naming them."""
+        if self.outcomes.failed:
+            self.json(self.outcomes.status(), self.outcomes.final())
+        else:
+            self.empty(ok_status)
+
+
+class ProgressCall(Call):
+    """``pull``, ``push`` and ``create``: each host's progress stream merged into one.
+
+    Streamed (the default), the answer's head goes out with the first line a host sends; a
+    call whose every host refused it before that (a bad name is a 400 everywhere) is answered
+    like ``stream: false``: one JSON object, with the hosts' status.
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        request: Request,
+        operation: str,
+        model: str,
+        targets: Sequence[Endpoint],
+        client: str,
+        *,
+        path: bytes,
+        bodies: Callable[[Endpoint], bytes],
+        headers: Headers,
+        stream: bool,
+        skipped: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(fleet, request, operation, model, targets, client)
+        self.merger = ProgressMerger(operation, [t.name for t in self.targets])
+        self.outcomes = self.merger.outcomes
+        self.changes_models = operation != "push"
+        self._path = path
+        self._bodies = bodies
+        self._headers = headers
+        self._stream = stream
+        self._committed = False
+        self._pending: list[Document] = [
+            {"status": f"{name}: skipped ({status})"} for name, status in skipped
+        ]
+
+    async def host(self, endpoint: Endpoint) -> HostResult:
+        def on_line(document: Document) -> None:
+            self._emit(self.merger.line(endpoint.name, document), commit=True)
+
+        body = self._bodies(endpoint)
+        await self.fleet.upstream.stream(endpoint, self._path, body, self._headers, on_line)
+        return HostResult(endpoint.name, True)
+
+    def host_ended(self, endpoint: Endpoint, result: HostResult) -> None:
+        if result.ok:
+            self._emit(self.merger.ended(endpoint.name))
+        else:
+            self._emit(self.merger.failed(endpoint.name, result.reason, result.status))
+
+    def _emit(self, lines: list[Document], commit: bool = False) -> None:
+        if not self._stream or self.gone:
+            return
+        if not self._committed:
+            self._pending += lines
+            if not commit:
+                return
+            self._committed = True
+            self.head(200, NDJSON)
+            lines, self._pending = self._pending, []
+        for line in lines:
+            self.request.write(_line(line))
+
+    def answer(self) -> None:
+        if self._committed:
+            self.request.write(_line(self.merger.final()))
+            self.request.finish()
+        else:
+            self.json(self.merger.status(), self.merger.final())
+
+
+class ReplyCall(Call):
+    """``copy`` and ``delete``: one short call per host; 200 with no body when every host
+    answered 200, else the error naming each host that did not."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        request: Request,
+        operation: str,
+        model: str,
+        targets: Sequence[Endpoint],
+        client: str,
+        *,
+        method: bytes,
+        path: bytes,
+        body: bytes,
+        headers: Headers,
+    ) -> None:
+        super().__init__(fleet, request, operation, model, targets, client)
+        self._method = method
+        self._path = path
+        self._body = body
+        self._headers = headers
+
+    async def host(self, endpoint: Endpoint) -> HostResult:
+        reply = await self.fleet.upstream.call(
+            endpoint, self._method, self._path, self._body, self._headers
+        )
+        if reply.status == 200:
+            return HostResult(endpoint.name, True)
+        return HostResult(endpoint.name, False, reply.error, reply.status)
+
+    def changed(self) -> None:
+        if self.operation != "delete":
+            return
+        forms = name_forms(self.model)
+        removed = [t for t in self.targets if t.name in self.outcomes.succeeded]
+        for endpoint in removed:
+            for name in forms:
+                self.fleet.catalogue.model_removed(endpoint, name)
+        if self.fleet.sticky is not None and removed:
+            self.fleet.sticky.model_removed(forms, removed)
+
+    def answer(self) -> None:
+        self.outcome()
+
+
+class BlobCheck(Call):
+    """``HEAD /api/blobs/<digest>``: 200 only when every target has the blob (so a client
+    uploads it when one lacks it), 404 when one does not."""
+
+    changes_models = False
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        request: Request,
+        digest: str,
+        targets: Sequence[Endpoint],
+        client: str,
+        *,
+        path: bytes,
+        headers: Headers,
+    ) -> None:
+        super().__init__(fleet, request, "check blob", digest, targets, client)
+        self._path = path
+        self._headers = headers
+
+    async def host(self, endpoint: Endpoint) -> HostResult:
+        reply = await self.fleet.upstream.call(endpoint, b"HEAD", self._path, None, self._headers)
+        if reply.status == 200:
+            return HostResult(endpoint.name, True)
+        why = "does not have it" if reply.status == 404 else f"answered HTTP {reply.status}"
+        return HostResult(endpoint.name, False, why, reply.status)
+
+    def answer(self) -> None:
+        failed = self.outcomes.failed
+        lacking = failed and all(r.status == 404 for r in failed)
+        self.empty(404 if lacking else self.outcomes.status())
+
+
+class BlobUpload(Call):
+    """``POST /api/blobs/<digest>``: the body streamed to every target that lacks the blob;
+    201 when it was created somewhere, 200 when every target had it, else the error."""
+
+    changes_models = False
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        request: Request,
+        digest: str,
+        targets: Sequence[Endpoint],
+        client: str,
+        *,
+        path: bytes,
+        headers: Headers,
+        content: IO[bytes],
+        size: int,
+    ) -> None:
+        super().__init__(fleet, request, "upload blob", digest, targets, client)
+        self._path = path
+        self._headers = headers
+        self._content = content
+        self._size = size
+        self._created = False
+
+    async def host(self, endpoint: Endpoint) -> HostResult:
+        upstream = self.fleet.upstream
+        reply = await upstream.upload(
+            endpoint, self._path, self._content, self._size, self._headers
+        )
+        if reply.status in (200, 201):
+            self._created = self._created or reply.status == 201
+            return HostResult(endpoint.name, True)
+        return HostResult(endpoint.name, False, reply.error, reply.status)
+
+    def answer(self) -> None:
+        self.outcome(201 if self._created else 200)
