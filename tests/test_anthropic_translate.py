@@ -464,6 +464,8 @@ def test_output_tokens_estimated_without_usage() -> None:
         (None, "0.14.0", False),
         ("garbage", "0.14.0", False),
         (None, None, True),
+        ("b4847-1a2b3c4", "b4847", True),
+        ("b1-6ecf5e8", "b4847", False),
     ],
 )
 def test_versions(have: str | None, need: str | None, ok: bool) -> None:

@@ -12,7 +12,8 @@ from olla.anthropic.request import uses_images, uses_thinking, uses_tools
 from olla.fleet.endpoints import Endpoint
 from olla.profiles import Profile, ProfileRegistry
 
-_VERSION = re.compile(r"v?(\d+(?:\.\d+)*)")
+#: ``0.14.0``, ``v0.4.1``, and llama.cpp's builds ``b4847-1a2b3c4``
+_VERSION = re.compile(r"[vb]?(\d+(?:\.\d+)*)")
 
 #: profile limitation -> the request feature it rules out
 _LIMITS: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
@@ -23,7 +24,8 @@ _LIMITS: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
 
 
 def version_tuple(text: str | None) -> tuple[int, ...] | None:
-    """``"0.5.4-ipexllm-20250407"`` -> ``(0, 5, 4)``; None when there is no leading version."""
+    """``"0.5.4-ipexllm-20250407"`` -> ``(0, 5, 4)``, ``"b4847-1a2b3c4"`` -> ``(4847,)``; None
+    when there is no leading version."""
     match = _VERSION.match(text.strip()) if text else None
     return tuple(int(part) for part in match.group(1).split(".")) if match else None
 
@@ -40,9 +42,10 @@ def version_at_least(have: str | None, need: str | None) -> bool:
     return got + (0,) * (width - len(got)) >= wanted + (0,) * (width - len(wanted))
 
 
-#: the platforms whose version olla reads (Ollama's ``/api/version``, by discovery); for the
-#: others a profile's ``min_version`` cannot be checked and the profile is trusted
-VERSIONED_TYPES = frozenset({"ollama"})
+#: the platforms whose version olla reads (Ollama's ``/api/version``, llama.cpp's ``/props``
+#: ``build_info``, by discovery); for the others a profile's ``min_version`` cannot be checked
+#: and the profile is trusted
+VERSIONED_TYPES = frozenset({"ollama", "llamacpp"})
 
 
 def speaks_anthropic(profile: Profile | None, version: str | None, body: Mapping[str, Any]) -> bool:

@@ -71,9 +71,11 @@ Layout (one class's state, split by API into mixins; ``FakeOllama`` in ``server`
 ``_Exchange``/``_Call``/``_Route``, and ``WireMixin``: recording, knobs, JSON/error/stream
 writers), ``cost`` (``_Scheduler`` and ``CostMixin._admit``), ``native`` (``/``, ``/health``,
 ``/api/*``), ``openai`` (``/v1/*`` but messages), ``anthropic`` (``/v1/messages``), ``lmstudio``
-(``/api/v0/models``), ``control`` (the Python API and ``/_fake/*``), ``bulk`` (``/upload``,
-``/big``), ``server`` (``FakeOllama``, dispatch, ``FakeSite``, ``main``); ``__main__`` runs
-``main()``. Every name of the former single module is re-exported here.
+(``/api/v0/models``), ``llamacpp`` (llama.cpp's ``/props``, ``/slots`` and ``/v1/models`` meta,
+with ``FakeOllama(clock, llamacpp=LlamaCpp())`` or ``--llamacpp [--llamacpp-slots]``),
+``control`` (the Python API and ``/_fake/*``), ``bulk`` (``/upload``, ``/big``), ``server``
+(``FakeOllama``, dispatch, ``FakeSite``, ``main``); ``__main__`` runs ``main()``. Every name
+of the former single module is re-exported here.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from __future__ import annotations
 from .anthropic import _anthropic_text
 from .bulk import BIG_WRITE, BigBody
 from .cost import Admission, _Job, _Scheduler
+from .llamacpp import SLOTS_DISABLED, LlamaCpp
 from .native import _EMBED_TEMPLATE, _LLAMA_TEMPLATE
 from .server import FakeOllama, FakeSite, main
 from .wire import (
@@ -135,6 +138,8 @@ from .wire import (
 )
 
 __all__ = [
+    "SLOTS_DISABLED",
+    "LlamaCpp",
     "ANTHROPIC_MIN_VERSION",
     "Admission",
     "BIG_BODY_RECORD",
