@@ -90,13 +90,14 @@ def real_llama_embed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealL
 
 
 def llama_endpoint(name: str, url: str, **extra: object) -> dict[str, object]:
-    """A llama-server behind olla as a user would add one: ``type: auto``."""
+    """A llama-server behind olla as a user would add one: ``type: auto`` (probes patient
+    enough for a busy 2-core machine: a detection that times out is retried an interval on)."""
     return {
         "name": name,
         "url": url,
         "type": "auto",
-        "check_interval": "3s",
-        "check_timeout": "2s",
+        "check_interval": "5s",
+        "check_timeout": "4s",
         **extra,
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,20 @@ def get_json(url: str) -> Any:
         return json.load(reply)
 
 
+def wait_capacity(olla: OllaDaemon, timeout: float = 60.0) -> dict[str, Any]:
+    """The status rows once every endpoint's slots came from the backend (discovery reads
+    /props just after the model list, so it may land a moment after the list does)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = get_json(olla.url + "/internal/status/endpoints")
+        rows = {e["name"]: e for e in status["endpoints"]}
+        if all(e["max_concurrency_source"] == "backend" for e in rows.values()):
+            return rows
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"capacity not read from every backend after {timeout}s: {rows}")
+        time.sleep(0.2)
+
+
 def sdk_both_ways(
     server: RealLlamaServer, olla: OllaDaemon, prefix: str, call: Callable[[openai.OpenAI], Any]
 ) -> tuple[Any, Any]:
@@ -54,8 +69,7 @@ def test_detected_with_its_capacity(real_llama: RealLlamaServer, olla_llama: Oll
     """If a llama-server is configured as ``type: auto``, then olla detects llama.cpp, and its
     status shows the slots and per-request context the server's own /props gives (its -np 2
     and -c 4096 shared by them), learnt from the backend, not configured."""
-    status = get_json(olla_llama.url + "/internal/status/endpoints")
-    rows = {e["name"]: e for e in status["endpoints"]}
+    rows = wait_capacity(olla_llama)
     chat = rows["llama-chat"]
     assert chat["type"] == "llamacpp" and chat["status"] == "healthy"
     assert chat["max_concurrency"] == real_llama.props["total_slots"] == 2

@@ -138,9 +138,10 @@ def test_alias_joins_names_across_kinds(mixed: OllaDaemon, real_ollama: RealOlla
 
 
 def failover_fleet(directory: Path, victim: dict[str, object], survivor: dict[str, object]) -> Any:
-    """olla with ``victim`` first (priority) and health checks too slow to notice a death."""
+    """olla with ``victim`` first (priority) and probed too rarely for olla to notice its death
+    before a request does; the survivor is probed as usual."""
     slow = {"check_interval": "120s", "check_timeout": "5s"}
-    endpoints = [{**victim, **slow, "priority": 200}, {**survivor, **slow, "priority": 100}]
+    endpoints = [{**victim, **slow, "priority": 200}, {**survivor, "priority": 100}]
     extra = {"proxy": {**PATIENT, "load_balancer": "priority"}}
     directory.mkdir(parents=True)
     return running_olla(directory, endpoints, extra=extra)
