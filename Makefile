@@ -1,7 +1,8 @@
-# olla: three commands on a fresh machine.  `make demo` runs olla in front of two real Ollama
-# servers it installs (no Ollama of your own needed); `make run` serves etc/olla.yaml; `make test`
-# runs lint, types and the whole suite.  All create .venv on first use.  `make test-real` runs
-# the compatibility suite against a real Ollama and real clients (CI runs both tests).
+# olla: three commands on a fresh machine.  `make demo` runs olla in front of a real Ollama and
+# a real llama.cpp server it installs (no Ollama of your own needed); `make run` serves
+# etc/olla.yaml; `make test` runs lint, types and the whole suite.  All create .venv on first
+# use.  `make test-real` runs the compatibility suite against a real Ollama, a real llama.cpp
+# server and real clients (CI runs both tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -33,8 +34,8 @@ $(VENV)/.real-installed: pyproject.toml $(VENV)/.test-installed
 run: $(VENV)/.run-installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= olla --config $(CONFIG)
 
-# Two real Ollama servers (installed into .cache/real like the real suite's, then reused) behind
-# olla, in the foreground; Ctrl-C stops all of it.  See tests/real/demo.py.
+# A real Ollama and llama.cpp's llama-server (installed into .cache/real like the real suite's,
+# then reused) behind olla, in the foreground; Ctrl-C stops all of it.  See tests/real/demo.py.
 demo: $(VENV)/.run-installed
 	$(PY) -m tests.real.demo --port $(DEMO_PORT) --dir $(DEMO_DIR)
 
@@ -53,8 +54,8 @@ unit: $(VENV)/.test-installed chromium
 chromium:
 	@sh tests/e2e/install-chromium.sh
 
-# The compatibility suite: a real Ollama and real clients (installed into .cache/real on first
-# use by tests/real/install.sh, then reused).
+# The compatibility suite: a real Ollama, llama.cpp's llama-server and real clients (installed
+# into .cache/real on first use by tests/real/install.sh, then reused).
 test-real: $(VENV)/.real-installed
 	$(PY) -m pytest -q -ra tests/real
 

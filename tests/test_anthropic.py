@@ -226,9 +226,11 @@ class AnthropicWireTests(SynchronousTestCase):
         self.assertEqual(h.translator_stats.fallbacks[Fallback.PASSTHROUGH_DISABLED], 1)
 
     def test_count_tokens(self) -> None:
-        """If the backend counts tokens natively (llama.cpp), then count_tokens is asked of it;
-        otherwise olla estimates locally without asking anyone."""
+        """If the backend counts tokens natively (llama.cpp, a build with the Messages API),
+        then count_tokens is asked of it; otherwise olla estimates locally without asking
+        anyone."""
         h, backend = self.build({"a:1": "llamacpp"})
+        h.registry.version_read(h.endpoints[0], "b4847-1a2b3c4")  # as /props says
         backend.pieces = [(0.0, b'{"input_tokens": 42}')]
         native = self.post(h, "/v1/messages/count_tokens", MESSAGE).response()
         self.assertEqual(json.loads(native.body), {"input_tokens": 42})

@@ -11,7 +11,6 @@ from olla.anthropic.passthrough import (
     chat_completions_path,
     passthrough_endpoints,
     speaks_anthropic,
-    version_at_least,
 )
 from olla.anthropic.request import (
     InvalidRequest,
@@ -24,6 +23,7 @@ from olla.anthropic.stats import Fallback, TranslatorStats, translators_payload
 from olla.config import EndpointConfig
 from olla.fleet.endpoints import endpoints_from_config
 from olla.profiles import builtin_profiles
+from olla.util.versions import version_at_least
 
 BASE: dict[str, Any] = {
     "model": "m",
@@ -464,6 +464,8 @@ def test_output_tokens_estimated_without_usage() -> None:
         (None, "0.14.0", False),
         ("garbage", "0.14.0", False),
         (None, None, True),
+        ("b4847-1a2b3c4", "b4847", True),
+        ("b1-6ecf5e8", "b4847", False),
     ],
 )
 def test_versions(have: str | None, need: str | None, ok: bool) -> None:

@@ -512,6 +512,8 @@ class EndpointsStatusTests(_Harness):
                 "last_model_sync_at": "2023-11-14T22:11:20Z",
                 "consecutive_failures": 0,
                 "status_reason": "",
+                "max_concurrency": 4,
+                "max_concurrency_source": "default",
             },
         )
 

@@ -19,9 +19,10 @@ _LIMITS: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
     "no_vision": uses_images,
 }
 
-#: the platforms whose version olla reads (Ollama's ``/api/version``, by discovery); for the
-#: others a profile's ``min_version`` cannot be checked and the profile is trusted
-VERSIONED_TYPES = frozenset({"ollama"})
+#: the platforms whose version olla reads (Ollama's ``/api/version``, llama.cpp's ``/props``
+#: ``build_info``, by discovery); for the others a profile's ``min_version`` cannot be checked
+#: and the profile is trusted
+VERSIONED_TYPES = frozenset({"ollama", "llamacpp"})
 
 
 def speaks_anthropic(profile: Profile | None, version: str | None, body: Mapping[str, Any]) -> bool:

@@ -37,8 +37,10 @@ class EndpointConfig:
     model_url: str | None = None  # None: the profile default
     check_interval: float = 5.0
     check_timeout: float = 2.0
-    #: requests it serves in parallel (Ollama's parallel slots) before olla counts it as full
-    max_concurrency: int = 4
+    #: requests it serves in parallel (Ollama's parallel slots) before olla counts it as full;
+    #: None: what the backend reports (llama.cpp's slots), else the default (see
+    #: ``EndpointRegistry.slots``)
+    max_concurrency: int | None = None
     model_filter: FilterConfig | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: AuthConfig | None = None
@@ -203,7 +205,7 @@ def _endpoint(
         model_url=r.text("model_url", "") or None,
         check_interval=check_interval,
         check_timeout=check_timeout,
-        max_concurrency=r.integer("max_concurrency", defaults.max_concurrency, minimum=1),
+        max_concurrency=r.integer("max_concurrency", 0, minimum=1) or None,
         model_filter=model_filter,
         headers=headers,
         auth=auth,

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_discovery -*-
 """Model discovery: ask each healthy endpoint which models it has (and, for Ollama, which are
-loaded), and keep the catalogue true.
+loaded; for llama.cpp, its slots and context: ``olla.fleet.capacity``), and keep the catalogue
+true.
 
 Runs at startup once the first health results are in, every ``model_discovery.interval``,
 whenever an endpoint recovers, and on demand (routing's refresh-on-miss). A failed discovery
@@ -28,6 +29,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from olla.config import ModelDiscoveryConfig
+from olla.fleet.capacity import read_capacity
 from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.fleet.models import ModelCatalogue, matches_filter
 from olla.fleet.modelsources import (
@@ -205,6 +207,7 @@ class DiscoveryService(Service):
         if endpoint.type == "ollama":
             await self._read_loaded(endpoint)
             await self._read_version(endpoint)
+        await self._read_capacity(endpoint, document)
         # announced last: what is loaded decides the first requests' order too
         self._registry.models_listed(endpoint, len(models))
 
@@ -219,6 +222,15 @@ class DiscoveryService(Service):
         version = document.get("version") if isinstance(document, dict) else None
         if isinstance(version, str):
             self._registry.version_read(endpoint, version)
+
+    async def _read_capacity(self, endpoint: Endpoint, models: Any) -> None:
+        """Slots, context and build, where the platform reports them (llama.cpp)."""
+        capacity = await read_capacity(endpoint, models, self._get_json)
+        if capacity is None or endpoint not in self._registry:
+            return
+        self._registry.capacity_read(endpoint, capacity.slots, capacity.context_length)
+        if capacity.build is not None:
+            self._registry.version_read(endpoint, capacity.build)
 
     async def _read_loaded(self, endpoint: Endpoint) -> None:
         ps_url = endpoint.upstream_url(b"/api/ps").decode()

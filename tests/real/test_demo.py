@@ -1,8 +1,10 @@
-"""``make demo`` end to end: two real Ollama servers behind olla, failover, and a clean Ctrl-C.
+"""``make demo`` end to end: a real Ollama and a real llama-server behind olla, both serving
+the same model; failover from either kind to the other, and a clean Ctrl-C.
 
 The test runs ``make demo`` as a user would (in its own session, so a SIGINT to that process
 group is exactly a Ctrl-C in a terminal), follows the guide it prints (its URL, its ``kill``
-line) and finally checks that no process of any session the demo created is still alive.
+lines) and finally checks that no process of any session the demo created is still alive. Once
+per kind of victim: a kill is final, so each direction gets a fresh demo.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tests.real.backend import CHAT_MODEL, InstallImpossible, ensure_installed
 
 pytestmark = pytest.mark.e2e
 
-READY = "Ctrl-C stops olla and both Ollama servers."
+READY = "Ctrl-C stops olla, Ollama and llama-server."
 STOPPED = "[demo] stopped: nothing it started is left running"
 OLLA_LINE = re.compile(r"^  olla\s+(http://127\.0\.0\.1:\d+)\s")
 KILL_LINE = re.compile(r"^  (kill (\d+))\s+# stops (\S+); the next chat is served by (\S+)$")
@@ -110,6 +112,14 @@ def call(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         return reply.status, dict(reply.headers), reply.read()
 
 
+def shared_chat(olla: str) -> tuple[int, dict[str, str], bytes]:
+    """The shared model on the route both kinds serve (OpenAI's chat completions)."""
+    return call(
+        olla + "/olla/proxy/v1/chat/completions",
+        {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+    )
+
+
 def chat(olla: str, stream: bool) -> tuple[int, dict[str, str], bytes]:
     return call(
         olla + "/olla/ollama/api/chat",
@@ -146,11 +156,14 @@ def wait_gone(pid: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def test_make_demo_serves_fails_over_and_stops_clean(tmp_path: Path) -> None:
-    """If ``make demo`` is run, then both Ollamas become healthy behind olla, a chat and a
-    streamed chat through olla succeed, the guide's ``kill`` line stops one Ollama and the
-    next chat is a 200 from the other, and a Ctrl-C (SIGINT to its process group) stops every
-    process it started: none of its sessions has a live process left."""
+@pytest.mark.parametrize("victim_name", ["llamacpp", "ollama"])
+def test_make_demo_serves_fails_over_and_stops_clean(tmp_path: Path, victim_name: str) -> None:
+    """If ``make demo`` is run, then Ollama and llama-server become healthy behind olla (the
+    llama-server's two slots read from it), a chat and a streamed chat through Ollama's API and
+    a chat through llama.cpp's succeed, the guide's ``kill`` line stops ``victim_name`` and the
+    next chats for the shared model are 200s from the other kind, and a Ctrl-C (SIGINT to its
+    process group) stops every process it started: none of its sessions has a live process
+    left."""
     try:
         ensure_installed(parts=("ollama", "models"))
     except InstallImpossible as why:
@@ -160,16 +173,17 @@ def test_make_demo_serves_fails_over_and_stops_clean(tmp_path: Path) -> None:
     try:
         demo.wait_for(READY, timeout=600)
         sessions |= sessions_of(descendants(demo.process.pid))
-        assert len(sessions) == 4, demo.output()  # make + runner, two Ollamas, olla
+        assert len(sessions) == 4, demo.output()  # make + runner, Ollama, llama-server, olla
         olla = demo.match(OLLA_LINE).group(1)
-        kill = demo.match(KILL_LINE)
-        kill_command, victim, victim_name, survivor = (
-            kill.group(1),
-            int(kill.group(2)),
-            kill.group(3),
-            kill.group(4),
-        )
+        kills = {m.group(3): m for line in demo.lines if (m := KILL_LINE.match(line))}
+        assert set(kills) == {"llamacpp", "ollama"}, demo.output()
+        kill = kills[victim_name]
+        kill_command, victim, survivor = kill.group(1), int(kill.group(2)), kill.group(4)
         wait_healthy(olla, {victim_name, survivor})
+        with urllib.request.urlopen(olla + "/internal/status/endpoints", timeout=5) as reply:
+            rows = {e["name"]: e for e in json.load(reply)["endpoints"]}
+        assert rows["llamacpp"]["max_concurrency"] == 2
+        assert rows["llamacpp"]["max_concurrency_source"] == "backend"
 
         status, headers, body = chat(olla, stream=False)
         assert status == 200
@@ -183,13 +197,20 @@ def test_make_demo_serves_fails_over_and_stops_clean(tmp_path: Path) -> None:
         assert len(chunks) >= 2 and chunks[-1]["done"] is True
         assert all(not c["done"] for c in chunks[:-1])
 
+        status, headers, body = call(
+            olla + "/olla/llamacpp/v1/chat/completions",
+            {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert status == 200 and headers["X-Olla-Endpoint"] == "llamacpp"
+        assert json.loads(body)["choices"][0]["message"]["content"]
+
         subprocess.run(["sh", "-c", kill_command], check=True, timeout=10)
         wait_gone(victim)
-        for _ in range(2):  # whichever of them had the model loaded, the survivor serves
-            status, headers, body = chat(olla, stream=False)
+        for _ in range(2):  # the dead one is found by the request or by a probe: 200s either way
+            status, headers, body = shared_chat(olla)
             assert status == 200
             assert headers["X-Olla-Endpoint"] == survivor
-            assert json.loads(body)["done"] is True
+            assert json.loads(body)["choices"][0]["message"]["role"] == "assistant"
 
         sessions |= sessions_of(descendants(demo.process.pid))  # model runners started since
         os.killpg(demo.process.pid, signal.SIGINT)

@@ -5,6 +5,9 @@ Two differences are deliberate and named in the fake's docstring: ``/api/show`` 
 ``capabilities`` (newer Ollama does; olla reads them) and its ``model_info`` holds a few keys, not
 the whole GGUF header; ``/v1/embeddings`` honours ``encoding_format: base64`` (newer Ollama and
 OpenAI do; 0.5.4 always sends floats, which the OpenAI SDK also accepts).
+
+The fake's llama.cpp flavour (``--llamacpp``) is held to the real ``llama-server`` the same way on
+the routes it adds (``/props``, ``/slots``, ``/health``, ``/v1/models`` with ``meta``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import ollama
 import openai
 import pytest
 
 from tests.fakes.process import FakeProcess, start_fake
-from tests.real.backend import CHAT_MODEL, EMBED_MODEL, RealOllama
+from tests.real.backend import CHAT_MODEL, EMBED_MODEL, RealLlamaServer, RealOllama
 from tests.real.differential import compare_calls
 
 pytestmark = pytest.mark.e2e
@@ -131,3 +135,55 @@ def test_errors(real_ollama: RealOllama, fake: FakeProcess) -> None:
                     client.show("nope:1b")
             answers.append((raised.value.status_code, raised.value.error))
         assert answers[0] == answers[1], route
+
+
+def _keys(document: Any) -> Any:
+    """Keys and value types, recursively (what a client can rely on)."""
+    if isinstance(document, dict):
+        return {k: _keys(v) for k, v in document.items()}
+    if isinstance(document, list):
+        return [_keys(document[0])] if document else []
+    return type(document).__name__
+
+
+def test_llamacpp_flavour_matches_real_llama_server(real_llama: RealLlamaServer) -> None:
+    """If the fake runs as llama.cpp (``--llamacpp``, ``--capacity 2`` as ``-np 2``), then what
+    it answers on /props, /slots, /health and /v1/models is a faithful subset of the real
+    llama-server's answers: the same keys with the same types, the same slot count and
+    per-slot context, the same 501 for /slots without --slots, the same owner."""
+    with start_fake("--models", CHAT_MODEL, "--llamacpp", "--capacity", "2") as llama_fake:
+        for path in ("/props", "/v1/models", "/health"):
+            real, fake_doc = get_json(real_llama.url + path), get_json(llama_fake.url + path)
+            assert_subset(_keys(fake_doc), _keys(real), path)
+        real_props, fake_props = (get_json(b + "/props") for b in (real_llama.url, llama_fake.url))
+        for read in (
+            lambda p: p["total_slots"],
+            lambda p: p["default_generation_settings"]["n_ctx"],
+            lambda p: p["build_info"],
+        ):
+            assert read(fake_props) == read(real_props)
+        real_slots = httpx.get(real_llama.url + "/slots", timeout=10)
+        fake_slots = httpx.get(llama_fake.url + "/slots", timeout=10)
+        assert (fake_slots.status_code, fake_slots.json()) == (501, real_slots.json())
+        assert real_slots.status_code == 501
+        servers = (real_llama.url, llama_fake.url)
+        owners = {m["owned_by"] for b in servers for m in get_json(b + "/v1/models")["data"]}
+        assert owners == {"llamacpp"}
+
+
+def get_json(url: str) -> Any:
+    return httpx.get(url, timeout=10).json()
+
+
+def assert_subset(fake: Any, real: Any, where: str) -> None:
+    if isinstance(fake, dict):
+        assert isinstance(real, dict), where
+        for key, value in fake.items():
+            assert key in real, f"{where}: {key}"
+            assert_subset(value, real[key], f"{where}.{key}")
+    elif isinstance(fake, list):
+        assert isinstance(real, list) and len(fake) <= max(1, len(real)), where
+        for item in fake:
+            assert_subset(item, real[0], f"{where}[]")
+    else:
+        assert fake == real, where

@@ -79,10 +79,11 @@ Layout (one class's state, split by API into mixins; ``FakeOllama`` in ``server`
 ``_Exchange``/``_Call``/``_Route``, and ``WireMixin``: recording, knobs, JSON/error/stream
 writers), ``cost`` (``_Scheduler`` and ``CostMixin._admit``), ``native`` (``/``, ``/health``,
 ``/api/*``), ``manage`` (model management), ``openai`` (``/v1/*`` but messages), ``anthropic``
-(``/v1/messages``), ``lmstudio`` (``/api/v0/models``), ``control`` (the Python API and
-``/_fake/*``), ``bulk`` (``/upload``, ``/big``), ``server`` (``FakeOllama``, dispatch,
-``FakeSite``, ``main``); ``__main__`` runs ``main()``. Every name of the former single module
-is re-exported here.
+(``/v1/messages``), ``lmstudio`` (``/api/v0/models``), ``llamacpp`` (llama.cpp's ``/props``,
+``/slots`` and ``/v1/models`` meta, with ``FakeOllama(clock, llamacpp=LlamaCpp())`` or
+``--llamacpp [--llamacpp-slots]``), ``control`` (the Python API and ``/_fake/*``), ``bulk``
+(``/upload``, ``/big``), ``server`` (``FakeOllama``, dispatch, ``FakeSite``, ``main``);
+``__main__`` runs ``main()``. Every name of the former single module is re-exported here.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ from __future__ import annotations
 from .anthropic import _anthropic_text
 from .bulk import BIG_WRITE, BigBody
 from .cost import Admission, _Job, _Scheduler
+from .llamacpp import SLOTS_DISABLED, LlamaCpp
 from .native import _EMBED_TEMPLATE, _LLAMA_TEMPLATE
 from .server import FakeOllama, FakeSite, main
 from .wire import (
@@ -144,6 +146,8 @@ from .wire import (
 )
 
 __all__ = [
+    "SLOTS_DISABLED",
+    "LlamaCpp",
     "ANTHROPIC_MIN_VERSION",
     "Admission",
     "BIG_BODY_RECORD",

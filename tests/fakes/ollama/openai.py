@@ -24,6 +24,8 @@ class OpenAIMixin:
     """The ``/v1/*`` handlers."""
 
     def _openai_model(self, model: FakeModel) -> dict[str, Any]:
+        if self.llama is not None:
+            return self._llama_model(model)
         owner = model.name.split("/")[0] if "/" in model.name else "library"
         return {
             "id": model.name,

@@ -15,6 +15,7 @@ from .anthropic import AnthropicMixin
 from .bulk import BulkMixin
 from .control import ControlMixin
 from .cost import CostMixin, PromptCache, _Scheduler
+from .llamacpp import LlamaCpp, LlamaCppMixin
 from .lmstudio import LMStudioMixin
 from .manage import BLOB_PREFIX, ManageMixin
 from .native import NativeMixin
@@ -55,6 +56,7 @@ class FakeOllama(
     AnthropicMixin,
     LMStudioMixin,
     ManageMixin,
+    LlamaCppMixin,
     BulkMixin,
     CostMixin,
     WireMixin,
@@ -73,6 +75,7 @@ class FakeOllama(
         version: str = DEFAULT_VERSION,
         openai_only: bool = False,
         lmstudio_api: bool = True,
+        llamacpp: LlamaCpp | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -81,6 +84,10 @@ class FakeOllama(
         self.openai_only = openai_only
         #: in OpenAI-only mode, also LM Studio's /api/v0/models (off: a plain OpenAI server)
         self.lmstudio_api = lmstudio_api
+        #: llama.cpp's server instead: OpenAI-only, plus /props and /slots (see ``LlamaCpp``)
+        self.llama = llamacpp
+        if llamacpp is not None:
+            self.openai_only, self.lmstudio_api = True, False
         self.models: list[FakeModel] = (
             list(models) if models is not None else [FakeModel(n) for n in DEFAULT_MODELS]
         )
@@ -121,6 +128,9 @@ class FakeOllama(
             routes["/health"] = _Route(GET_HEAD, self._health)
             if self.lmstudio_api:
                 routes["/api/v0/models"] = _Route(GET, self._lmstudio_models)
+            if self.llama is not None:
+                routes["/props"] = _Route(GET, self._props)
+                routes["/slots"] = _Route(GET, self._slots)
         else:
             routes.update(
                 {
@@ -246,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-lmstudio-api", action="store_true", help="with --openai-only: no /api/v0/models"
     )
+    parser.add_argument(
+        "--llamacpp",
+        action="store_true",
+        help="llama.cpp's server: OpenAI-only, /props (total_slots: --capacity), /v1/models meta",
+    )
+    parser.add_argument("--llamacpp-slots", action="store_true", help="with --llamacpp: /slots")
     parser.add_argument("--require-token", default=None, help="401 unless 'Bearer <token>'")
     parser.add_argument("--chunks", type=int, default=None, help="default chunk count")
     parser.add_argument("--delay-ms", type=float, default=None, help="default chunk spacing")
@@ -278,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         version=args.version,
         openai_only=args.openai_only,
         lmstudio_api=not args.no_lmstudio_api,
+        llamacpp=LlamaCpp(slots_endpoint=args.llamacpp_slots) if args.llamacpp else None,
     )
     update: dict[str, Any] = {
         "loaded": [n for n in args.loaded.split(",") if n],
