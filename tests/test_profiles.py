@@ -57,7 +57,7 @@ def test_types_for_path() -> None:
 
 
 def test_user_profile_overrides(tmp_path: Path) -> None:
-    """If a user file names a built-in, then it replaces it entirely (here: adds prefix ai)."""
+    """If a user file names a built-in, then it is laid over it (here: adds prefix ai)."""
     (tmp_path / "mine.yaml").write_text(
         "name: ollama\nrouting: {prefixes: [ollama, ai]}\n"
         "api: {openai_compatible: true, paths: [/api/chat, /api/tags], "
