@@ -13,11 +13,8 @@ from olla.fleet.listings import ollama_tags, openai_models
 from olla.fleet.models import (
     ModelCatalogue,
     ModelInfo,
-    capabilities,
-    context_length,
     denormalise_quantization,
     matches_filter,
-    model_type,
     normalise_quantization,
 )
 from olla.fleet.modelsources import (
@@ -176,11 +173,15 @@ def test_listings() -> None:
     ],
 )
 def test_capabilities(name: str, kind: str, has: str, context: int | None) -> None:
-    """If a model name follows a known pattern, then its type, capabilities and context
-    length follow."""
-    assert model_type(name) == kind
-    assert has in capabilities(name)
-    assert context_length(name) == context
+    """If a model name follows a pattern of the Ollama profile, then its type, capabilities
+    and context length follow (nothing said by the backend itself)."""
+    catalogue = ModelCatalogue()
+    info = ModelInfo(name)
+    catalogue.set_models(A, [info], 0)
+    facts = catalogue.facts(info, [A])
+    assert facts.kind == kind
+    assert has in facts.capabilities
+    assert facts.context_length == context
 
 
 # Model lists as each server sends them (shapes from their docs and from the servers run here:

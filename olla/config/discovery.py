@@ -31,14 +31,16 @@ class EndpointConfig:
     url: str  # as configured, without trailing slash
     name: str
     type: str  # normalised profile name (ollama, lm-studio, openai-compatible, ...) or "auto"
-    priority: int = 100
+    #: None: the profile's ``characteristics.default_priority`` (else 100)
+    priority: int | None = None
     preserve_path: bool = False
     health_check_url: str | None = None  # None: the profile default
     model_url: str | None = None  # None: the profile default
     check_interval: float = 5.0
     check_timeout: float = 2.0
-    #: requests it serves in parallel (Ollama's parallel slots) before olla counts it as full
-    max_concurrency: int = 4
+    #: requests it serves in parallel (Ollama's parallel slots) before olla counts it as full;
+    #: None: the profile's ``resources.slot_configuration.default_slots`` (else 4)
+    max_concurrency: int | None = None
     model_filter: FilterConfig | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: AuthConfig | None = None
@@ -197,19 +199,27 @@ def _endpoint(
         url=url,
         name=r.text("name", "").strip() or (parts.netloc or url),
         type=kind,
-        priority=r.integer("priority", defaults.priority, minimum=0),
+        priority=_optional_int(r, "priority", 0),
         preserve_path=r.flag("preserve_path", False),
         health_check_url=r.text("health_check_url", "") or None,
         model_url=r.text("model_url", "") or None,
         check_interval=check_interval,
         check_timeout=check_timeout,
-        max_concurrency=r.integer("max_concurrency", defaults.max_concurrency, minimum=1),
+        max_concurrency=_optional_int(r, "max_concurrency", 1),
         model_filter=model_filter,
         headers=headers,
         auth=auth,
     )
     r.finish()
     return endpoint
+
+
+def _optional_int(r: SectionReader, key: str, minimum: int) -> int | None:
+    """An integer, or None when the key is absent (the profile decides then)."""
+    if not r.has(key):
+        r.raw(key)
+        return None
+    return r.integer(key, minimum, minimum=minimum)
 
 
 def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> DiscoveryConfig:

@@ -82,6 +82,8 @@ class Platform:
     model_url: str
     #: which IModelSource reads its model list (the profile's ``response_format``)
     response_format: str
+    #: the platform's profile (None: ``type: auto`` not detected yet)
+    profile: Profile | None = None
 
 
 def platform_for(config: EndpointConfig, profile: Profile | None) -> Platform:
@@ -97,6 +99,7 @@ def platform_for(config: EndpointConfig, profile: Profile | None) -> Platform:
         health_url=resolve_url(config.url, config.health_check_url, health_default),
         model_url=resolve_url(config.url, config.model_url, models_default),
         response_format=profile.response_format if profile else "openai",
+        profile=profile,
     )
 
 
@@ -153,6 +156,11 @@ class Endpoint:
         return self.platform.response_format
 
     @property
+    def profile(self) -> Profile | None:
+        """The platform's profile: what it is known to do (None while ``auto`` detects)."""
+        return self.platform.profile
+
+    @property
     def detecting(self) -> bool:
         """``type: auto`` and its platform not known yet."""
         return self.config.type == "auto" and self._detected.platform is None
@@ -181,6 +189,32 @@ class Endpoint:
         return origin + base.encode() + path_and_query
 
 
+#: an endpoint's priority and parallel slots when neither its config nor its profile says
+DEFAULT_PRIORITY = 100
+DEFAULT_SLOTS = 4
+
+
+def endpoint_priority(config: EndpointConfig, profile: Profile | None) -> int:
+    """The configured ``priority``, else the profile's ``characteristics.default_priority``."""
+    if config.priority is not None:
+        return config.priority
+    if profile is not None and profile.characteristics.default_priority is not None:
+        return profile.characteristics.default_priority
+    return DEFAULT_PRIORITY
+
+
+def endpoint_slots(config: EndpointConfig, profile: Profile | None) -> int:
+    """The configured ``max_concurrency``, else the profile's ``slot_configuration``
+    ``default_slots``, else 4; never above the profile's ``max_slots``."""
+    slots = profile.resources.slots if profile is not None else None
+    chosen = config.max_concurrency
+    if chosen is None:
+        chosen = (slots.default_slots if slots is not None else None) or DEFAULT_SLOTS
+    if slots is not None and slots.max_slots is not None:
+        chosen = min(chosen, slots.max_slots)
+    return chosen
+
+
 def endpoints_from_config(
     configs: Sequence[EndpointConfig], profiles: ProfileRegistry | None = None
 ) -> list[Endpoint]:
@@ -206,19 +240,20 @@ def endpoints_from_config(
             extra.append(
                 (config.auth.header_name.encode("latin-1"), config.auth.header_value.encode())
             )
+        profile = profiles.get(config.type)
         out.append(
             Endpoint(
                 id=endpoint_id,
                 name=config.name,
                 url=config.url.rstrip("/"),
-                priority=config.priority,
+                priority=endpoint_priority(config, profile),
                 preserve_path=config.preserve_path,
                 check_interval=config.check_interval,
                 check_timeout=config.check_timeout,
-                max_concurrency=config.max_concurrency,
+                max_concurrency=endpoint_slots(config, profile),
                 extra_headers=tuple(extra),
                 config=config,
-                configured=platform_for(config, profiles.get(config.type)),
+                configured=platform_for(config, profile),
                 candidates=profiles.detection_candidates() if config.type == "auto" else (),
             )
         )

@@ -66,6 +66,7 @@ def parse_openai_models(document: Any) -> list[ModelInfo]:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
         quantization = item.get("quantization")
+        context = item.get("max_model_len")
         out.append(
             ModelInfo(
                 name=item["id"],
@@ -75,6 +76,9 @@ def parse_openai_models(document: Any) -> list[ModelInfo]:
                 else None,
                 format=item.get("compatibility_type")
                 if isinstance(item.get("compatibility_type"), str)
+                else None,
+                context_length=context
+                if isinstance(context, int) and not isinstance(context, bool) and context > 0
                 else None,
             )
         )

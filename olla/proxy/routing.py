@@ -247,7 +247,7 @@ class Router:
         if ahead > 0:
             wait = ahead * state.expected_service_time(now) / slots
         if not self.catalogue.warm(endpoint, model):
-            load = self.catalogue.load_time(model, self.warm.default_load_time)
+            load = self.catalogue.expected_load(endpoint, model, self.warm.default_load_time)
             since = self.catalogue.loading_since(endpoint, model)
             # a load already under way there costs only what is left of it
             wait += load if since is None else max(0.0, load - (now - since))
