@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -139,5 +141,61 @@ class DiscoveryTests(SynchronousTestCase):
     def test_stop_cancels(self) -> None:
         """If the service stops, then no timer is left."""
         self._start()
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def _shows(self) -> list[str]:
+        return [r.body for r in self.ollama.requests if r.path == "/api/show"]
+
+    def test_models_described_once_per_digest(self) -> None:
+        """If an Ollama lists a model, then olla asks /api/show about it once (per model and
+        digest), after the list is in, and keeps its capabilities and context window."""
+        self.ollama.models[0].capabilities = ["completion", "tools"]
+        self._start()
+        self.assertEqual(len(self._shows()), 1)
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        shown = self.catalogue.shown(info)
+        assert shown is not None
+        self.assertEqual(shown.capabilities, ("completion", "tools"))
+        self.assertEqual(shown.context_length, 131072)
+        facts = self.catalogue.facts(info, [self.endpoints[0]])
+        self.assertIn("tools", facts.capabilities)
+        self.assertEqual(facts.context_length, 131072)
+        self.clock.advance(60)  # the next discovery: known, not asked again
+        self._pump()
+        self.assertEqual(len(self._shows()), 1)
+        self.ollama.apply_state(
+            {"models": [{"name": "llama3.2:latest", "digest": "f" * 64, "context_length": 4096}]}
+        )
+        self.clock.advance(60)  # re-pulled: a new digest is asked about
+        self._pump()
+        self.assertEqual(len(self._shows()), 2)
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        self.assertEqual(self.catalogue.facts(info, [self.endpoints[0]]).context_length, 4096)
+
+    def test_an_old_ollama_leaves_it_to_the_patterns(self) -> None:
+        """If /api/show tells neither capabilities nor context, then the profile's patterns
+        decide (llama3* has an 8192 context in the Ollama profile)."""
+        self.ollama.apply_state({"show_info": "bare"})
+        self._start()
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        self.assertEqual(self.catalogue.facts(info, [self.endpoints[0]]).context_length, 8192)
+
+    def test_show_failure_is_asked_again(self) -> None:
+        """If /api/show fails, then the list still counts and the model is asked about again
+        at the next discovery."""
+        route = self.ollama._routes["/api/show"]
+        self.ollama._routes["/api/show"] = replace(
+            route, handler=lambda call: self.ollama._fail(call, 500, "boom")
+        )
+        self._start()
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        self.assertIsNone(self.catalogue.shown(info))
+        self.assertEqual(self.registry.state(self.endpoints[0]).model_count, 1)
+        self.ollama._routes["/api/show"] = route
+        self.clock.advance(60)
+        self._pump()
+        self.assertEqual(len(self._shows()), 2)
+        self.assertIsNotNone(self.catalogue.shown(info))
         self.successResultOf(self.service.stopService())
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -5,6 +5,10 @@ loaded), and keep the catalogue true.
 Runs at startup once the first health results are in, every ``model_discovery.interval``,
 whenever an endpoint recovers, and on demand (routing's refresh-on-miss). A failed discovery
 keeps the endpoint's last good list and is simply tried again next time.
+
+Ollama also describes each model itself (``/api/show``: capabilities, context window). That
+is asked once per model and digest, a few at a time, after the list is in and without holding
+anything up; a failed ask is tried again at the next discovery.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from olla.fleet.modelsources import (
     DiscoveryError,
     parse_loaded_from_list,
     parse_ollama_ps,
+    parse_ollama_show,
     source_for,
 )
-from olla.util.bodies import BodyTooLarge, BoundedBody
+from olla.fleet.values import ModelInfo
+from olla.util.bodies import BodyTooLarge, BoundedBody, BytesProducer
 from olla.util.deadline import follow, with_deadline
 
 
@@ -72,6 +78,9 @@ class DiscoveryService(Service):
         self.stale_threshold = 0.0
         self._discovering = _Coalesced()
         self._asking_loaded = _Coalesced()
+        #: /api/show asks: a few at a time, one per model and digest
+        self._show_limit = DeferredSemaphore(SHOW_CONCURRENCY)
+        self._showing: dict[tuple[str, str], Deferred[None]] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -95,6 +104,8 @@ class DiscoveryService(Service):
         self._call = None
         self._discovering.cancel_all()
         self._asking_loaded.cancel_all()
+        for pending in list(self._showing.values()):
+            pending.cancel()
         return succeed(None)
 
     def reconfigure(self, config: ModelDiscoveryConfig) -> None:
@@ -152,11 +163,17 @@ class DiscoveryService(Service):
             cause=failure.getErrorMessage() or repr(failure.value),
         )
 
-    async def _get_json(self, endpoint: Endpoint, url: str) -> Any:
+    async def _get_json(self, endpoint: Endpoint, url: str, payload: object = None) -> Any:
+        """GET ``url`` (POST ``payload`` as JSON when given) and decode the JSON answer."""
         headers = self._headers.copy()
         for name, value in endpoint.extra_headers:
             headers.setRawHeaders(name, [value])
-        request = self._agent.request(b"GET", url.encode(), headers)
+        if payload is None:
+            request = self._agent.request(b"GET", url.encode(), headers)
+        else:
+            headers.setRawHeaders(b"Content-Type", [b"application/json"])
+            producer = BytesProducer(json.dumps(payload).encode())
+            request = self._agent.request(b"POST", url.encode(), headers, producer)
         response: IResponse = await with_deadline(request, self._config.timeout, self._clock)
         reader = BoundedBody(BODY_LIMIT, keep=True)
         response.deliverBody(reader)
@@ -197,6 +214,50 @@ class DiscoveryService(Service):
             await self._read_version(endpoint)
         # announced last: what is loaded decides the first requests' order too
         self._registry.models_listed(endpoint, len(models))
+        if self._describes_models(endpoint):
+            for info in models:
+                self._describe(endpoint, info)
+
+    @staticmethod
+    def _describes_models(endpoint: Endpoint) -> bool:
+        """Ollama (and a platform laid over its profile) describes a model at ``/api/show``."""
+        profile = endpoint.profile
+        return (
+            profile is not None
+            and endpoint.response_format == "ollama"
+            and profile.serves("/api/show")
+        )
+
+    def _describe(self, endpoint: Endpoint, info: ModelInfo) -> None:
+        """Ask ``endpoint`` about ``info`` unless that model and digest are known or asked."""
+        key = (info.name.lower(), info.digest or "")
+        if key in self._showing or self._catalogue.shown(info) is not None:
+            return
+
+        def ask() -> Deferred[None]:
+            return Deferred.fromCoroutine(self._read_show(endpoint, info))
+
+        pending = self._show_limit.run(ask)
+        self._showing[key] = pending
+
+        def settled(result: object) -> None:
+            self._showing.pop(key, None)
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                self._log.debug(
+                    "no /api/show for {model} from {endpoint}: {cause}",
+                    model=info.name,
+                    endpoint=endpoint.name,
+                    cause=result.getErrorMessage(),
+                )
+
+        pending.addBoth(settled)
+
+    async def _read_show(self, endpoint: Endpoint, info: ModelInfo) -> None:
+        if not self.running or endpoint not in self._registry:
+            return
+        url = endpoint.upstream_url(b"/api/show").decode()
+        facts = parse_ollama_show(await self._get_json(endpoint, url, {"model": info.name}))
+        self._catalogue.set_shown(info, facts)
 
     async def _read_version(self, endpoint: Endpoint) -> None:
         """Ollama's version decides whether it speaks the Anthropic API (0.14.0 and later)."""
@@ -233,6 +294,10 @@ class DiscoveryService(Service):
             return Deferred.fromCoroutine(self._read_loaded(endpoint))
 
         return self._asking_loaded.run(endpoint, start)
+
+
+#: how many ``/api/show`` asks run at once, across the fleet
+SHOW_CONCURRENCY = 2
 
 
 class _Coalesced:

@@ -73,6 +73,8 @@ class FakeModel:
     embedding: bool | None = None  # None: from the name (contains "embed" or "minilm")
     context_length: int = 0  # 0: 131072 / 2048
     dimensions: int = 8  # embedding vector length
+    #: what /api/show lists (None: ["embedding"] or ["completion"])
+    capabilities: list[str] | None = None
     modified_at: float = MODIFIED_AT  # unix seconds
 
     def __post_init__(self) -> None:
@@ -156,6 +158,9 @@ class FakeState:
     token_ms: float = 0.0  # extra time per generated chunk
     prompt_ms: float = 0.0  # time per prompt token not in this host's prompt cache
     prompt_cache: int = 0  # conversations whose prompt prefix this host keeps (LRU)
+    #: what /api/show tells: "full" (capabilities and context_length, as newer Ollama), or
+    #: "bare" (neither, as an Ollama from before capabilities that reports no context)
+    show_info: str = "full"
 
 
 #: the cost model's state keys (``FakeState`` fields) and their types
@@ -168,6 +173,9 @@ COST_KEYS: dict[str, type[int] | type[float]] = {
     "prompt_ms": float,
     "prompt_cache": int,
 }
+
+
+SHOW_INFO_MODES = ("full", "bare")
 
 
 class KnobError(ValueError):
