@@ -127,8 +127,10 @@ class DiscoveryTests(SynchronousTestCase):
         self.assertEqual(self._names(1), ["test-model"])
 
     def test_stale_lists_dropped(self) -> None:
-        """If an endpoint's list was not refreshed for stale_threshold, then it is dropped."""
+        """If an endpoint's list was not refreshed for stale_threshold, then it is dropped at
+        the next cleanup (every cleanup_interval)."""
         self.service.stale_threshold = 100.0
+        self.service.cleanup_interval = 60.0
         self._start()
         self.registry.set_status(self.endpoints[1], EndpointStatus.OFFLINE)
         self.clock.advance(60)
@@ -197,5 +199,37 @@ class DiscoveryTests(SynchronousTestCase):
         self._pump()
         self.assertEqual(len(self._shows()), 2)
         self.assertIsNotNone(self.catalogue.shown(info))
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failed_list_asked_again(self) -> None:
+        """If a model list fails to come, then it is asked again retry_attempts times,
+        retry_backoff apart and doubling; the endpoint counts as listed once one answers."""
+        self.ollama.apply_state({"status": 500})
+        self._start()
+        tags = lambda: len([r for r in self.ollama.requests if r.path == "/api/tags"])  # noqa: E731
+        self.assertEqual(tags(), 1)
+        self.clock.advance(1.0)
+        self._pump()
+        self.assertEqual(tags(), 2)
+        self.ollama.apply_state({"status": None})
+        self.clock.advance(2.0)
+        self._pump()
+        self.assertEqual(tags(), 3)
+        self.assertEqual(self._names(0), ["llama3.2:latest"])
+        self.assertEqual(self.registry.state(self.endpoints[0]).discoveries_failed, 0)
+
+    def test_loaded_models_followed(self) -> None:
+        """If refresh_interval is set, then each Ollama is asked what it has loaded that
+        often, between full discoveries."""
+        self.service.set_intervals(cleanup=600.0, loaded=10.0)
+        self._start()
+        ps = lambda: len([r for r in self.ollama.requests if r.path == "/api/ps"])  # noqa: E731
+        before = ps()
+        self.ollama.apply_state({"loaded": []})  # the model went idle and unloaded
+        self.clock.advance(10.0)
+        self._pump()
+        self.assertEqual(ps(), before + 1)
+        self.assertEqual(self.catalogue.loaded_on(self.endpoints[0]), set())
         self.successResultOf(self.service.stopService())
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -243,3 +243,14 @@ def test_family_and_variant() -> None:
 
     assert family_and_variant("llama3.2:latest") == ("llama", "3.2")
     assert family_and_variant("Qwen/Qwen2.5-7B") == ("qwen", "2.5")
+
+
+def test_unifier_off_lists_each_endpoint_apart() -> None:
+    """If model_registry.enable_unifier is false, then the merged views keep each endpoint's
+    models apart (a shared model is listed once per host)."""
+    catalogue = _catalogue()
+    assert len(catalogue.merged([A, B])) == 3
+    catalogue.unify = False
+    groups = catalogue.merged([A, B])
+    assert len(groups) == 4
+    assert all(len(hosts) == 1 for _, hosts in groups)

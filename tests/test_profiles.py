@@ -86,7 +86,7 @@ def test_prefix_clash(tmp_path: Path) -> None:
         load_profiles(tmp_path)
 
 
-DATA = Path(__file__).parent / "data" / "profiles"
+DATA = Path(__file__).parent / "data" / "page"
 
 
 def test_builtins_parse_clean() -> None:

@@ -21,6 +21,9 @@ class AuthConfig:
     type: str  # bearer | api_key | basic
     header_name: str
     header_value: str
+    #: ``api_key``: the header was written in the config (else the profile's
+    #: ``characteristics.auth.default_header`` may choose it)
+    header_given: bool = True
 
     def __repr__(self) -> str:  # never leak the secret through logs or tracebacks
         return f"AuthConfig(type={self.type!r}, header_name={self.header_name!r})"
@@ -57,9 +60,16 @@ class ModelDiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheckConfig:
+    #: how long olla waits after starting before the first health checks
+    initial_delay: float = 0.0
+
+
+@dataclass(frozen=True)
 class DiscoveryConfig:
     type: str = "static"
     refresh_interval: float = 30.0
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     model_discovery: ModelDiscoveryConfig = field(default_factory=ModelDiscoveryConfig)
     endpoints: tuple[EndpointConfig, ...] = ()
 
@@ -134,7 +144,7 @@ def _auth(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> AuthC
         header = r.text("header", "X-Api-Key").strip()
         if not header:
             raise ConfigError("must not be empty", r.at("header"))
-        result = AuthConfig("api_key", header, api_key)
+        result = AuthConfig("api_key", header, api_key, header_given=r.has("header"))
     else:
         user = _read_secret(r, "username", environ, base_dir)
         password = _read_secret(r, "password", environ, base_dir)
@@ -227,8 +237,10 @@ def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> 
     kind = r.choice("type", d.type, ("static",))
     refresh_interval = r.duration("refresh_interval", d.refresh_interval)
     health_r = r.section("health_check")
-    for key in list(health_r.data):
-        health_r.ignore(str(key), "not used by olla (health checks follow each endpoint)")
+    health_check = health_r.fields(HealthCheckConfig())
+    if health_check.initial_delay < 0:
+        raise ConfigError("must not be negative", health_r.at("initial_delay"))
+    health_r.finish()
     md_r = r.section("model_discovery")
     md = d.model_discovery
     model_discovery = md_r.fields(md)
@@ -256,6 +268,7 @@ def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> 
     return DiscoveryConfig(
         type=kind,
         refresh_interval=refresh_interval,
+        health_check=health_check,
         model_discovery=model_discovery,
         endpoints=tuple(by_url.values()),
     )

@@ -39,6 +39,7 @@ from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
+from olla.proxy.timeouts import TimeoutPolicy
 from olla.telemetry.security import SecurityStats
 from olla.telemetry.stats import Stats
 from olla.util.access import AccessPolicy
@@ -70,6 +71,8 @@ class App:
     stats: Stats
     metrics: Metrics
     collector: OllaCollector
+    #: the response and header-wait bounds every exchange reads (reconfigured by a reload)
+    timeouts: TimeoutPolicy
     dashboard: Dashboard | None = None
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
@@ -97,6 +100,7 @@ def startup_wait(config: OllaConfig) -> float:
     bounded by its ``check_timeout``, plus the quick re-checks of a refused one) and the first
     model lists (tags, loaded models and version, each bounded by the discovery timeout)."""
     probes = max((ep.check_timeout for ep in config.discovery.endpoints), default=0.0) + 0.5
+    probes += config.discovery.health_check.initial_delay
     discovery = config.discovery.model_discovery
     return probes + (3 * discovery.timeout if discovery.enabled else 0.0)
 
@@ -117,10 +121,11 @@ def build_app(
     registry = EndpointRegistry(
         endpoints_from_config(config.discovery.endpoints, profiles),
         clock,
-        breakers=CircuitBreakers(clock),
+        breakers=CircuitBreakers(clock, enabled=config.proxy.engine == "olla"),
         lists_models=discovery_config.enabled,
     )
     health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
+    health.initial_delay = config.discovery.health_check.initial_delay
     stats = Stats()
     health.on_probe.append(
         lambda endpoint, result: stats.probe_finished(
@@ -130,7 +135,13 @@ def build_app(
     catalogue = ModelCatalogue(config.model_aliases)
     discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
     discovery.stale_threshold = config.model_registry.unification.stale_threshold
+    discovery.set_intervals(
+        cleanup=config.model_registry.unification.cleanup_interval,
+        loaded=config.discovery.refresh_interval,
+    )
+    catalogue.unify = config.model_registry.enable_unifier
 
+    timeouts = TimeoutPolicy(config)
     router = Router(
         registry,
         catalogue,
@@ -236,4 +247,5 @@ def build_app(
         stats=stats,
         metrics=metrics,
         collector=collector,
+        timeouts=timeouts,
     )

@@ -6,6 +6,13 @@ Runs at startup once the first health results are in, every ``model_discovery.in
 whenever an endpoint recovers, and on demand (routing's refresh-on-miss). A failed discovery
 keeps the endpoint's last good list and is simply tried again next time.
 
+Besides the full discovery, every ``discovery.refresh_interval`` olla asks each Ollama what it
+has in memory (``/api/ps``: a model unloads after its keep-alive, and routing must know), and
+every ``model_registry.unification.cleanup_interval`` it forgets the lists of endpoints not
+heard from for ``stale_threshold``. A model list that fails to come (refused, reset, an error
+status, bad JSON; not a timeout, which already waited) is asked again up to
+``model_discovery.retry_attempts`` times, ``retry_backoff`` apart and doubling.
+
 Ollama also describes each model itself (``/api/show``: capabilities, context window). That
 is asked once per model and digest, a few at a time, after the list is in and without holding
 anything up; a failed ask is tried again at the next discovery.
@@ -25,7 +32,9 @@ from twisted.internet.defer import (
     DeferredSemaphore,
     succeed,
 )
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -73,9 +82,16 @@ class DiscoveryService(Service):
                 b"Accept": [b"application/json"],
             }
         )
-        self._call: IDelayedCall | None = None
+        self._every_interval = _Every(clock, self._tick)
         #: forget an endpoint's models when its last successful discovery is this old
         self.stale_threshold = 0.0
+        #: how often stale lists are looked for (``unification.cleanup_interval``)
+        self.cleanup_interval = 600.0
+        self._every_cleanup = _Every(clock, self._cleanup)
+        #: how often Ollamas are asked what they have loaded (``discovery.refresh_interval``;
+        #: 0: only with each discovery and after a load)
+        self.loaded_interval = 0.0
+        self._every_loaded = _Every(clock, self._refresh_all_loaded)
         self._discovering = _Coalesced()
         self._asking_loaded = _Coalesced()
         #: /api/show asks: a few at a time, one per model and digest
@@ -91,7 +107,9 @@ class DiscoveryService(Service):
         self._registry.add_listener(self._status_changed)
         for endpoint in self._registry.routable():
             self.refresh(endpoint)
-        self._call = self._clock.callLater(self._config.interval, self._tick)
+        self._every_interval.start(self._config.interval)
+        self._every_cleanup.start(self.cleanup_interval)
+        self._every_loaded.start(self.loaded_interval)
 
     def _status_changed(self, endpoint: Endpoint, old: EndpointStatus, new: EndpointStatus) -> None:
         if self.running and new.routable and not old.routable:
@@ -99,9 +117,8 @@ class DiscoveryService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        for timer in (self._every_interval, self._every_cleanup, self._every_loaded):
+            timer.stop()
         self._discovering.cancel_all()
         self._asking_loaded.cancel_all()
         for pending in list(self._showing.values()):
@@ -114,9 +131,15 @@ class DiscoveryService(Service):
         old, self._config = self._config, config
         if config.concurrent_workers != old.concurrent_workers:
             self._limit = DeferredSemaphore(max(1, config.concurrent_workers))
-        if config.interval != old.interval and self._call is not None and self._call.active():
-            self._call.cancel()
-            self._call = self._clock.callLater(config.interval, self._tick)
+        if config.interval != old.interval:
+            self._every_interval.change(config.interval)
+
+    def set_intervals(self, cleanup: float, loaded: float) -> None:
+        """``unification.cleanup_interval`` and ``discovery.refresh_interval`` (at startup,
+        and after a reload)."""
+        self.cleanup_interval, self.loaded_interval = cleanup, loaded
+        self._every_cleanup.change(cleanup)
+        self._every_loaded.change(loaded)
 
     def forget(self, endpoint: Endpoint) -> None:
         """``endpoint`` was removed by a reload: stop asking it anything."""
@@ -124,9 +147,15 @@ class DiscoveryService(Service):
         self._asking_loaded.cancel(endpoint)
 
     def _tick(self) -> None:
-        if not self.running:
-            return
-        if self.stale_threshold > 0:
+        if self.running:
+            self.refresh_all()
+
+    def _refresh_all_loaded(self) -> None:
+        if self.running:
+            self.refresh_loaded(self._registry.routable())
+
+    def _cleanup(self) -> None:
+        if self.running and self.stale_threshold > 0:
             for endpoint in self._catalogue.drop_stale(
                 self._clock.seconds() - self.stale_threshold
             ):
@@ -136,8 +165,6 @@ class DiscoveryService(Service):
                     endpoint=endpoint.name,
                     hours=self.stale_threshold / 3600,
                 )
-        self.refresh_all()
-        self._call = self._clock.callLater(self._config.interval, self._tick)
 
     def refresh_all(self) -> Deferred[None]:
         """Discover every healthy endpoint now (coalesced with runs already going)."""
@@ -188,8 +215,29 @@ class DiscoveryService(Service):
         except ValueError as e:
             raise DiscoveryError(f"{url} sent invalid JSON: {e}") from None
 
+    async def _get_list(self, endpoint: Endpoint) -> Any:
+        """The model list, asked again after a failed answer (``retry_attempts``)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._get_json(endpoint, endpoint.model_url)
+            except (CancelledError, DeferredTimeout):
+                raise  # stopping, or the whole timeout was waited already
+            except Exception as e:
+                if attempt >= self._config.retry_attempts or not self.running:
+                    raise
+                delay = self._config.retry_backoff * 2**attempt
+                attempt += 1
+                self._log.debug(
+                    "model list of {endpoint} failed ({cause}); asking again in {delay:g}s",
+                    endpoint=endpoint.name,
+                    cause=e,
+                    delay=delay,
+                )
+                await deferLater(self._clock, delay)
+
     async def _discover(self, endpoint: Endpoint) -> None:
-        document = await self._get_json(endpoint, endpoint.model_url)
+        document = await self._get_list(endpoint)
         if endpoint not in self._registry:
             return  # removed by a reload while it was asked
         models = [
@@ -298,6 +346,41 @@ class DiscoveryService(Service):
 
 #: how many ``/api/show`` asks run at once, across the fleet
 SHOW_CONCURRENCY = 2
+
+
+class _Every:
+    """Runs ``job`` every ``interval`` seconds on ``clock`` once started (0: never)."""
+
+    def __init__(self, clock: IReactorTime, job: Callable[[], None]) -> None:
+        self._clock = clock
+        self._job = job
+        self._interval = 0.0
+        self._call: IDelayedCall | None = None
+        self._running = False
+
+    def start(self, interval: float) -> None:
+        self._running = True
+        self.change(interval)
+
+    def change(self, interval: float) -> None:
+        if self._call is not None and self._call.active():
+            if interval == self._interval:
+                return
+            self._call.cancel()
+        self._interval = interval
+        self._call = None
+        if self._running and interval > 0:
+            self._call = self._clock.callLater(interval, self._fire)
+
+    def stop(self) -> None:
+        self._running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._call = self._clock.callLater(self._interval, self._fire)
+        self._job()
 
 
 class _Coalesced:

@@ -215,6 +215,16 @@ def endpoint_slots(config: EndpointConfig, profile: Profile | None) -> int:
     return chosen
 
 
+def auth_header(config: EndpointConfig, profile: Profile | None) -> str:
+    """The header an endpoint's credential goes in: the configured one, or for an ``api_key``
+    without ``header`` the profile's ``characteristics.auth.default_header``."""
+    auth = config.auth
+    assert auth is not None
+    if auth.type == "api_key" and not auth.header_given and profile is not None:
+        return profile.characteristics.auth.default_header or auth.header_name
+    return auth.header_name
+
+
 def endpoints_from_config(
     configs: Sequence[EndpointConfig], profiles: ProfileRegistry | None = None
 ) -> list[Endpoint]:
@@ -234,13 +244,12 @@ def endpoints_from_config(
             )
             endpoint_id = f"{endpoint_id}-{same.index((config.name, index))}"
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in config.headers.items()]
-        if config.auth is not None:
-            auth_name = config.auth.header_name.encode("latin-1").lower()
-            extra = [(k, v) for k, v in extra if k.lower() != auth_name]
-            extra.append(
-                (config.auth.header_name.encode("latin-1"), config.auth.header_value.encode())
-            )
         profile = profiles.get(config.type)
+        if config.auth is not None:
+            header = auth_header(config, profile)
+            auth_name = header.encode("latin-1").lower()
+            extra = [(k, v) for k, v in extra if k.lower() != auth_name]
+            extra.append((header.encode("latin-1"), config.auth.header_value.encode()))
         out.append(
             Endpoint(
                 id=endpoint_id,

@@ -136,6 +136,9 @@ class ModelCatalogue:
         self._load_times: dict[str, float] = {}
         #: (canonical name, digest) -> what the backend said about the model (``/api/show``)
         self._shown: dict[tuple[str, str], BackendFacts] = {}
+        #: ``model_registry.enable_unifier``: one entry per model across endpoints (else one
+        #: per endpoint and model in the merged views)
+        self.unify = True
 
     # ------------------------------------------------------------------ writes (discovery)
 
@@ -364,7 +367,15 @@ class ModelCatalogue:
         return info.name if info else None
 
     def merged(self, endpoints: Iterable[Endpoint]) -> list[tuple[ModelInfo, list[Endpoint]]]:
-        """Each model once across ``endpoints`` (same digest, else same name), with its hosts."""
+        """Each model once across ``endpoints`` (same digest, else same name), with its hosts;
+        with the unifier off, each endpoint's models apart."""
+        if not self.unify:
+            return [
+                (info, [endpoint])
+                for endpoint in endpoints
+                if (entry := self._by_endpoint.get(endpoint)) is not None
+                for info in entry.models.values()
+            ]
         groups: list[tuple[ModelInfo, list[Endpoint]]] = []
         by_digest: dict[str, int] = {}
         by_name: dict[str, int] = {}

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from olla.config import ProxyConfig
+from olla.config import OllaConfig, ProxyConfig
 from olla.config._base import format_duration
 from olla.profiles import Profile
+from olla.proxy.forward import gather_size
 
 #: a prompt token is about this many bytes of a JSON body (``per_token_timeout_ms``)
 BYTES_PER_TOKEN = 4
@@ -129,6 +130,47 @@ def attempt_deadline(
     return AttemptDeadline(
         header_wait=wait, loading=cold, remaining=remaining, bound=bound, explain=explain
     )
+
+
+class TimeoutPolicy:
+    """The settings the exchange's timers and relays read, kept current by a reload
+    (``reconfigure``): ``proxy.*`` timeouts, ``server.write_timeout``, and how answers are
+    gathered (``proxy.profile``, ``proxy.engine``, ``proxy.stream_buffer_size``)."""
+
+    def __init__(self, config: OllaConfig) -> None:
+        self.proxy = config.proxy
+        self.write_timeout = config.server.write_timeout
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        self.proxy = config.proxy
+        self.write_timeout = config.server.write_timeout
+
+    def attempt(
+        self,
+        profile: Profile | None,
+        *,
+        started: float,
+        now: float,
+        cold: bool,
+        expected_load: float,
+        body_size: int = 0,
+    ) -> AttemptDeadline:
+        """:func:`attempt_deadline` under the current settings."""
+        return attempt_deadline(
+            self.proxy,
+            profile,
+            started=started,
+            now=now,
+            cold=cold,
+            expected_load=expected_load,
+            body_size=body_size,
+            write_timeout=self.write_timeout,
+        )
+
+    def gather(self, content_type: bytes) -> int:
+        """Bytes of an answer of ``content_type`` to gather before writing to the client."""
+        proxy = self.proxy
+        return gather_size(proxy.profile, proxy.engine, proxy.stream_buffer_size, content_type)
 
 
 class LoadTimeout(Exception):
