@@ -35,7 +35,7 @@ def validate(path: str | None, out: TextIO) -> int:
         f"[OK] {len(list(profiles))} profiles: {', '.join(sorted(p.name for p in profiles))}\n"
     )
     for profile in sorted(profiles, key=lambda p: p.name):
-        if len(profile.sources) > 1 or not profile.sources[0].startswith("built-in"):
+        if profile.customised:
             out.write(f"[OK] profile {profile.name} from {profile.source}\n")
     if profiles.excluded:
         out.write(f"[OK] left out by proxy.profile_filter: {', '.join(profiles.excluded)}\n")

@@ -208,6 +208,7 @@ def build_app(
         worker=worker,
         stats=stats,
         metrics=metrics,
+        profiles=profiles,
     )
     limits = config.server.request_limits
     limiter = RateLimiter(limit_settings(config), clock)

@@ -64,6 +64,7 @@ from olla.daemon.workers import (
 )
 from olla.fleet.endpoints import EndpointRegistry
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
+from olla.profiles.checks import check_endpoints
 from olla.web.site import OllaSite
 from olla.web.status import process_payload
 
@@ -201,10 +202,17 @@ class _DrainService(Service):
 class _StartupLog(Service):
     _log = Logger()
 
-    def __init__(self, config: OllaConfig, registry: EndpointRegistry, log_where: str) -> None:
+    def __init__(
+        self,
+        config: OllaConfig,
+        registry: EndpointRegistry,
+        log_where: str,
+        profiles: ProfileRegistry | None = None,
+    ) -> None:
         self._config = config
         self._registry = registry
         self._log_where = log_where
+        self._profiles = profiles
 
     def startService(self) -> None:
         super().startService()
@@ -221,6 +229,21 @@ class _StartupLog(Service):
         self._log.info("logging to {where}", where=self._log_where)
         for warning in (*self._config.warnings, *no_effect_warnings(self._config)):
             self._log.warn("config: {warning}", warning=warning)
+        for note in self._config.notes:
+            self._log.info("config: {note}", note=note)
+        if self._profiles is not None:
+            endpoint_warnings, endpoint_notes = check_endpoints(self._config, self._profiles)
+            for warning in (*self._profiles.warnings, *endpoint_warnings):
+                self._log.warn("profiles: {warning}", warning=warning)
+            for note in (*self._profiles.notes, *endpoint_notes):
+                self._log.info("profiles: {note}", note=note)
+            for profile in self._profiles:
+                if profile.customised:
+                    self._log.info(
+                        "profile {profile} from {sources}",
+                        profile=profile.name,
+                        sources=profile.source,
+                    )
         for endpoint in self._registry:
             self._log.info(
                 "endpoint {endpoint}: {type} at {url} (priority {priority}, "
@@ -327,7 +350,7 @@ def build_service(
     _DrainService(app.site, config.server.shutdown_timeout).setServiceParent(service)
     for poller in app.services:
         poller.setServiceParent(service)
-    _StartupLog(config, app.registry, log_sink.where).setServiceParent(service)
+    _StartupLog(config, app.registry, log_sink.where, profiles).setServiceParent(service)
     listener.setServiceParent(service)
     return service
 

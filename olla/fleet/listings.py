@@ -197,35 +197,3 @@ def model_detail(
                 "resources": {ep.name: resource_view(catalogue, ep, info.name) for ep in hosts},
             }
     return None
-
-
-def status_models(
-    catalogue: ModelCatalogue, endpoints: Sequence[Endpoint], now: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``/internal/status/models``: the payload, and its stable part (for the ETag)."""
-    merged = catalogue.merged(endpoints)
-    by_family: dict[str, list[str]] = {}
-    recent = []
-    for info, hosts in merged:
-        family = info.family or "unknown"
-        by_family.setdefault(family, []).append(info.name)
-        synced = max((catalogue.synced_at(ep) or 0.0) for ep in hosts)
-        recent.append(
-            {
-                "name": info.name,
-                "family": family,
-                "params": info.parameter_size,
-                "quant": info.quantization,
-                "size": info.size,
-                "last_seen_at": _iso(synced),
-                "endpoints": [ep.name for ep in hosts],
-            }
-        )
-    stable = {
-        "total_models": len(merged),
-        "total_families": len(by_family),
-        "total_endpoints": len({ep for _, hosts in merged for ep in hosts}),
-        "models_by_family": {k: sorted(v) for k, v in sorted(by_family.items())},
-    }
-    payload = {"timestamp": _iso(now), **stable, "recent_models": recent[:10]}
-    return payload, {**stable, "recent": [m["name"] for m in recent[:10]]}

@@ -406,6 +406,15 @@ class ModelCatalogue:
     def alias_targets(self, model: str) -> tuple[str, ...] | None:
         return self._aliases.get(model.lower())
 
+    def aliases_of(self, name: str) -> set[str]:
+        """The configured aliases (``model_aliases``) that name ``name`` among their models."""
+        key = canonical_name(name)
+        return {
+            alias
+            for alias, targets in self._aliases.items()
+            if any(canonical_name(t) == key for t in targets)
+        }
+
     def route(
         self,
         model: str,

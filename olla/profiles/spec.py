@@ -241,6 +241,11 @@ class Profile:
         """Where it came from, for messages: ``built-in ollama.yaml + profiles/mine.yaml``."""
         return " + ".join(self.sources)
 
+    @property
+    def customised(self) -> bool:
+        """Whether a user file made or changed it (not a built-in as shipped)."""
+        return len(self.sources) > 1 or not self.sources[0].startswith("built-in")
+
     def serves(self, path: str) -> bool:
         """Whether ``path`` is one of this platform's API paths (exactly, or ends with one)."""
         clean = path.split("?", 1)[0].rstrip("/") or "/"
