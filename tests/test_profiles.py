@@ -199,3 +199,40 @@ def test_profile_filter() -> None:
     assert set(profiles.excluded) == {"lm-studio", "lmdeploy"}
     only = load_profiles(None, FilterConfig(include=("ollama", "vllm")))
     assert {p.name for p in only} == {"ollama", "vllm"}
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "value"),
+    [
+        (
+            "eval_duration_ns > 0 ? (output_tokens * 1000000000.0) / eval_duration_ns : 0",
+            {"eval_duration_ns": 2e9, "output_tokens": 300.0},
+            150.0,
+        ),
+        ("eval_duration_ns > 0 ? (output_tokens * 1000000000.0) / eval_duration_ns : 0", {}, 0.0),
+        ("len(finish_reason) > 0", {"finish_reason": "stop"}, 1.0),
+        ('finish_reason != null && finish_reason != ""', {}, 0.0),
+        (
+            "cache_read_tokens != null ? total_tokens - cache_read_tokens : total_tokens",
+            {"total_tokens": 10.0, "cache_read_tokens": 4.0},
+            6.0,
+        ),
+        ("a > 0 ? a : (b > 0 ? b * 2 : -1)", {"b": 2.0}, 4.0),
+        ("x / 0", {"x": 1.0}, 0.0),
+    ],
+)
+def test_calculations(text: str, env: dict[str, object], value: float) -> None:
+    """If a profile's calculation is evaluated, then it reads as the Go original's expr
+    language does: missing figures are null, division by zero is 0, truth is 1."""
+    from olla.profiles.expressions import compile_expression
+
+    assert compile_expression(text).evaluate(env) == value  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["a +", "(a", "a ? b", "a $ b", "len(a"])
+def test_calculation_errors(text: str) -> None:
+    """If a calculation cannot be read, then compiling it fails (startup names the key)."""
+    from olla.profiles.expressions import ExpressionError, compile_expression
+
+    with pytest.raises(ExpressionError):
+        compile_expression(text)

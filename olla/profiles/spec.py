@@ -199,9 +199,10 @@ class Resources:
 
 @dataclass(frozen=True)
 class MetricsExtraction:
-    """``metrics.extraction``: the figures an answer's last bytes carry, and sums over them."""
+    """``metrics.extraction``: the figures an answer's last bytes carry, and sums over them
+    (``enabled: false``: none; no paths: where each API dialect puts them)."""
 
-    enabled: bool = False
+    enabled: bool = True
     #: figure name (``input_tokens``, ``load_duration_ns``...) -> JSONPath (``$.eval_count``)
     paths: FrozenMap[str] = field(default_factory=FrozenMap)
     #: figure name (``tokens_per_second``...) -> expression over the figures
