@@ -86,13 +86,24 @@ class App:
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
     """``/olla/<prefix>/`` for every profile prefix, and ``/olla/proxy/`` across all types."""
-    routes = [
-        ProviderRoute(prefix, profiles.types_for_prefix(prefix), profile.name)
-        for prefix, profile in profiles.prefixes.items()
-    ]
+    routes = []
+    for prefix, profile in profiles.prefixes.items():
+        types = profiles.types_for_prefix(prefix)
+        fields = [f for p in profiles if p.name in types for f in p.request.model_field_paths]
+        routes.append(
+            ProviderRoute(prefix, types, profile.name, model_fields=_fields([*fields, "model"]))
+        )
     everything = frozenset(p.name for p in profiles) | {"auto"}
-    routes.append(ProviderRoute("proxy", everything, "", by_path=profiles))
+    routes.append(
+        ProviderRoute(
+            "proxy", everything, "", by_path=profiles, model_fields=profiles.model_fields()
+        )
+    )
     return routes
+
+
+def _fields(fields: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(fields))
 
 
 def startup_wait(config: OllaConfig) -> float:

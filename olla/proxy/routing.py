@@ -58,6 +58,8 @@ class ProviderRoute:
     types: frozenset[str]
     label: str  # for messages: "ollama"
     by_path: ProfileRegistry | None = None
+    #: where a body names its model (the route's profiles' ``request.model_field_paths``)
+    model_fields: tuple[str, ...] = ("model",)
 
 
 @dataclass(frozen=True)
