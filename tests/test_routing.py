@@ -393,3 +393,18 @@ def test_in_flight_age_is_exact() -> None:
     fleet.registry.attempt_ended(ep, Outcome.OK, started=998.0)
     assert (state.in_flight, state.in_flight_since) == (0, 0.0)
     assert abs(state.service_time - 0.2 * 2.0) < 1e-9
+
+
+def test_own_timeouts_are_no_verdict_on_the_transport() -> None:
+    """If attempts end because olla's own bound ran out (a load longer than the header wait,
+    a response longer than allowed), then they count as failed requests but never open the
+    endpoint's circuit, however many there are."""
+    fleet = Fleet("a")
+    ep = fleet.by_name["a"]
+    for _ in range(FAILURE_THRESHOLD + 2):
+        started = fleet.clock.seconds()
+        fleet.registry.attempt_started(ep, started)
+        fleet.registry.attempt_ended(ep, Outcome.TIMED_OUT, started=started)
+    assert fleet.registry.breakers.allows(ep)
+    state = fleet.registry.state(ep)
+    assert (state.requests, state.failures, state.in_flight) == (7, 7, 0)

@@ -329,6 +329,9 @@ class Outcome(enum.Enum):
     FAILED = "failed"  # transport error, timeout or truncated stream
     REFUSED = "refused"  # the backend answered that it is busy (429/503...): tried elsewhere
     CLIENT_GONE = "client_gone"
+    #: olla's own bound ran out (the host was still loading the model, or the whole response
+    #: took longer than allowed): a failed request, but no verdict on the transport
+    TIMED_OUT = "timed_out"
 
 
 #: weight of the newest attempt in ``EndpointState.service_time``
@@ -678,6 +681,10 @@ class EndpointRegistry:
             self.breakers.released(endpoint)
             return
         state.requests += 1
+        if outcome is Outcome.TIMED_OUT:
+            state.failures += 1
+            self.breakers.released(endpoint)
+            return
         if outcome is Outcome.FAILED:
             state.failures += 1
             self.breakers.failed(endpoint)
