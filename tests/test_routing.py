@@ -408,3 +408,15 @@ def test_own_timeouts_are_no_verdict_on_the_transport() -> None:
     assert fleet.registry.breakers.allows(ep)
     state = fleet.registry.state(ep)
     assert (state.requests, state.failures, state.in_flight) == (7, 7, 0)
+
+
+def test_a_host_already_loading_goes_before_a_second_load() -> None:
+    """If one cold host is already loading the model and another is not, then the loading
+    one goes first even when the wait looks the same (no second copy of the model is loaded
+    while the first load can serve), whatever the balancer prefers."""
+    fleet = Fleet("a", "b")
+    for ep in fleet.by_name.values():
+        fleet.catalogue.set_loaded(ep, [])
+    fleet.catalogue.mark_loading(fleet.by_name["b"], MODEL, fleet.clock.seconds())
+    fleet.registry.attempt_started(fleet.by_name["b"], fleet.clock.seconds())
+    assert fleet.order() == ["b", "a"]
