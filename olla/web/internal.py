@@ -132,11 +132,24 @@ def version_payload() -> dict[str, Any]:
 
 
 def profiles_payload(profiles: ProfileRegistry) -> dict[str, Any]:
-    """Each loaded profile, the files it came from (a built-in, then the user files laid over
-    it) and its prefixes; what loading them warned about and noted; what was left out."""
+    """Each loaded profile: what it says about itself (name, version, description, home), the
+    files it came from (a built-in, then the user files laid over it), its prefixes, its paths
+    by purpose (``path_indices``), the paths that mark it (``detection.path_indicators``) and
+    its response bound; what loading them warned about and noted; what was left out."""
     return {
         "loaded": [
-            {"name": p.name, "sources": list(p.sources), "prefixes": list(p.prefixes)}
+            {
+                "name": p.name,
+                "display_name": p.display_name,
+                "version": p.version,
+                "description": p.description,
+                "home": p.home,
+                "sources": list(p.sources),
+                "prefixes": list(p.prefixes),
+                "paths": dict(p.named_paths),
+                "path_indicators": list(p.detection.path_indicators),
+                "timeout_seconds": p.characteristics.timeout,
+            }
             for p in sorted(profiles, key=lambda p: p.name)
         ],
         "warnings": list(profiles.warnings),
