@@ -95,3 +95,26 @@ def test_per_token_time() -> None:
     )
     assert small.header_wait == 30.0
     assert large.header_wait == 30.0 + 0.1 * 1000
+
+
+def test_response_timer() -> None:
+    """If the response timer is armed at each attempt, then it fires once what is left of
+    the bound runs out, re-arming replaces the old timer, and a stopped one never fires."""
+    from olla.proxy.timeouts import ResponseTimer
+
+    clock = Clock()
+    fired: list[float] = []
+    timer = ResponseTimer(clock, lambda: fired.append(clock.seconds()))
+    tight = replace(PAGE, response_timeout=3.0)
+    timer.arm(attempt_deadline(tight, OLLAMA, started=0, now=0, cold=False, expected_load=0))
+    clock.advance(1)
+    timer.arm(attempt_deadline(tight, OLLAMA, started=0, now=1, cold=False, expected_load=0))
+    clock.advance(2)
+    assert fired == [3.0]
+    timer.arm(attempt_deadline(tight, OLLAMA, started=3, now=3, cold=False, expected_load=0))
+    timer.stop()
+    clock.advance(10)
+    assert fired == [3.0] and clock.getDelayedCalls() == []
+    unbounded = replace(PAGE, response_timeout=0.0)
+    timer.arm(attempt_deadline(unbounded, None, started=0, now=0, cold=False, expected_load=0))
+    assert clock.getDelayedCalls() == []

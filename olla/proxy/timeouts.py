@@ -23,7 +23,10 @@ exchange schedules the timers on its clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from olla.config import OllaConfig, ProxyConfig
 from olla.config._base import format_duration
@@ -171,6 +174,31 @@ class TimeoutPolicy:
         """Bytes of an answer of ``content_type`` to gather before writing to the client."""
         proxy = self.proxy
         return gather_size(proxy.profile, proxy.engine, proxy.stream_buffer_size, content_type)
+
+
+class ResponseTimer:
+    """The one timer of a request's whole-response bound: armed at each attempt (a failover
+    to another platform may bound it differently), stopped when the request ends."""
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
+        self._clock = clock
+        self._expired = expired
+        self._call: IDelayedCall | None = None
+
+    def arm(self, deadline: AttemptDeadline) -> None:
+        """Fire when what is left of ``deadline``'s bound runs out (never, without one)."""
+        self.stop()
+        if deadline.remaining is not None:
+            self._call = self._clock.callLater(max(0.0, deadline.remaining), self._fire)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._call = None
+        self._expired()
 
 
 class LoadTimeout(Exception):
