@@ -143,3 +143,24 @@ def test_catalogue_sizing_cap_and_prior() -> None:
     catalogue.observe_load("big:latest", 40.0)
     assert catalogue.expected_load(ep, "big", 5.0) == 40.0
     assert catalogue.expected_load(ep, "unknown-model", 5.0) == 5.0  # defaults' 5 s
+
+
+def test_ollama_spellings_through_the_proxy() -> None:
+    """If a client asks for ``llama3.2`` or ``library/llama3.2:latest`` and the only host lists
+    ``llama3.2:latest``, then strict routing finds it and the host answers (Ollama accepts
+    both spellings itself); an unknown name is still a 404."""
+    import json
+
+    from twisted.internet.task import Clock
+
+    from tests.fakes.ollama import FakeModel, FakeOllama
+    from tests.proxyharness import Harness, http_request
+
+    clock = Clock()
+    fake = FakeOllama(clock, [FakeModel("llama3.2:latest")])
+    h = Harness({"a:1": fake}, clock=clock, models={"a:1": ["llama3.2:latest"]})
+    for asked, status in (("llama3.2", 200), ("library/llama3.2:latest", 200), ("nope", 404)):
+        body = json.dumps({"model": asked, "messages": [], "stream": False}).encode()
+        response = h.send(http_request("POST", "/olla/ollama/api/chat", body)).response()
+        assert response is not None
+        assert response.status == status, (asked, response.body)
