@@ -173,6 +173,7 @@ def build_app(
         config=config.proxy,
         report_connection_failure=health.report_connection_failure,
         startup_wait=startup_wait(config),
+        timeouts=timeouts,
         refresh_models=discovery.refresh_all,
         refresh_loaded=discovery.refresh_loaded,
         sticky=sticky,
