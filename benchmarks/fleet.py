@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.duration = 20.0
     args.olla_dir = args.olla_dir.resolve()
-    if not (args.olla_dir / "olla" / "tap.py").exists():
+    if not (args.olla_dir / "olla" / "daemon" / "tap.py").exists():
         print(f"no olla checkout at {args.olla_dir}", file=sys.stderr)
         return 2
 

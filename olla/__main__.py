@@ -16,14 +16,17 @@ from olla.config import (
     profiles_dir,
 )
 from olla.profiles import load_profiles
+from olla.profiles.checks import check_endpoints
 
 
 def validate(path: str | None, out: TextIO) -> int:
-    """Print one ``[OK]``/``[WARN]``/``[FAIL]`` line per finding; 0 only when clean."""
+    """Print one ``[OK]``/``[WARN]``/``[NOTE]``/``[FAIL]`` line per finding; 0 only when
+    clean. Notes (keys of the Go original's configs it ignores too, documentation sections of
+    profiles) are shown and do not fail the result."""
     try:
         config = load_config(path)
-        profiles = load_profiles(profiles_dir(config))
-        check_endpoint_types(config, (p.name for p in profiles))
+        profiles = load_profiles(profiles_dir(config), config.proxy.profile_filter)
+        check_endpoint_types(config, (p.name for p in profiles), profiles.excluded)
     except ConfigError as e:
         out.write(f"[FAIL] {e}\nResult: FAIL\n")
         return 1
@@ -31,11 +34,24 @@ def validate(path: str | None, out: TextIO) -> int:
     out.write(
         f"[OK] {len(list(profiles))} profiles: {', '.join(sorted(p.name for p in profiles))}\n"
     )
-    # Keys with no effect yet fail the result like unknown keys do, and for the same reason:
-    # the file asks for something (rate limits, CORS, sticky sessions) olla will not do.
-    warnings = [*config.warnings, *no_effect_warnings(config)]
+    for profile in sorted(profiles, key=lambda p: p.name):
+        if profile.customised:
+            out.write(f"[OK] profile {profile.name} from {profile.source}\n")
+    if profiles.excluded:
+        out.write(f"[OK] left out by proxy.profile_filter: {', '.join(profiles.excluded)}\n")
+    endpoint_warnings, endpoint_notes = check_endpoints(config, profiles)
+    # Keys with no effect fail the result like unknown keys do, and for the same reason: the
+    # file asks for something (rate limits, CORS, sticky sessions) olla will not do.
+    warnings = [
+        *config.warnings,
+        *no_effect_warnings(config),
+        *profiles.warnings,
+        *endpoint_warnings,
+    ]
     for warning in warnings:
         out.write(f"[WARN] {warning}\n")
+    for note in (*config.notes, *profiles.notes, *endpoint_notes):
+        out.write(f"[NOTE] {note}\n")
     endpoints = config.discovery.endpoints
     listed = ", ".join(f"{ep.name} ({ep.type}) {ep.url}" for ep in endpoints)
     if endpoints:

@@ -197,7 +197,8 @@ class DiscoveryCapacityTests(_Fleet):
         self.assertEqual(rows["ollama"]["max_concurrency"], DEFAULT_MAX_CONCURRENCY)
         self.assertEqual(rows["ollama"]["max_concurrency_source"], "default")
         self.assertNotIn("context_length", rows["ollama"])
-        self.assertEqual(stable["endpoints"][0]["max_concurrency"], 2)  # part of the ETag
+        stable_rows = {row["name"]: row for row in stable["endpoints"]}
+        self.assertEqual(stable_rows["llama"]["max_concurrency"], 2)  # part of the ETag
 
     def test_replace_keeps_capacity(self) -> None:
         """If a reload changes only the endpoint's priority, then its learnt capacity stays."""

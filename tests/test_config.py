@@ -211,12 +211,13 @@ def test_type_normalised(raw: str, normalised: str) -> None:
 
 
 def test_unknown_and_deprecated_keys_warn() -> None:
-    """If a config has unknown or deprecated keys, then it loads with warnings naming them."""
+    """If a config has unknown keys, then it loads with warnings naming them; keys the Go
+    original deprecated (and ignores) are compatibility notes instead."""
     config = parse_config(
         {"proxy": {"max_retries": 3, "shiny": 1}, "extra_section": {}, "server": {"x": 1}}, {}
     )
-    assert "proxy.max_retries: deprecated, has no effect (use proxy.retry.max_attempts)" in (
-        config.warnings
+    assert config.notes == (
+        "proxy.max_retries: deprecated in the Go original, not used (proxy.retry.max_attempts is)",
     )
     assert "proxy.shiny: unknown key, ignored" in config.warnings
     assert "extra_section: unknown key, ignored" in config.warnings
@@ -391,11 +392,13 @@ def test_validate_config_reports(tmp_path: Path) -> None:
     """If a config has warnings or errors, then validate-config says so and exits 1."""
     warn = tmp_path / "warn.yaml"
     warn.write_text(
-        "proxy: {max_retries: 3}\n" + "discovery: {static: {endpoints: [{url: 'http://a:1'}]}}\n"
+        "proxy: {max_retries: 3, shiny: 1}\n"
+        + "discovery: {static: {endpoints: [{url: 'http://a:1'}]}}\n"
     )
     out = io.StringIO()
     assert cli(["validate-config", str(warn)], out) == 1
-    assert "[WARN] proxy.max_retries" in out.getvalue()
+    assert "[WARN] proxy.shiny: unknown key" in out.getvalue()
+    assert "[NOTE] proxy.max_retries" in out.getvalue()
     bad = tmp_path / "bad.yaml"
     bad.write_text("server: {port: 99999}\n")
     out = io.StringIO()
@@ -519,83 +522,37 @@ def test_refresh_interval_is_a_duration() -> None:
     assert "discovery.refresh_interval" in _error({"discovery": {"refresh_interval": "often"}})
 
 
-# --------------------------------------------------------------------------- no effect yet
+# ------------------------------------------------------------------- no key without an effect
 
 
-def test_no_effect_table_paths_resolve() -> None:
-    """If a row of the no-effect table is read against the config, then its key path is an
-    attribute path (a ``.*`` row names a section), and it is a key the parser accepts."""
-    from dataclasses import is_dataclass
+def test_no_key_without_an_effect() -> None:
+    """If the table of keys accepted without an effect is read, then it is empty: every key
+    works or is refused (docs/CONFIG_KEYS.md)."""
+    from olla.config import NO_EFFECT_YET, no_effect_warnings
 
-    from olla.config import NO_EFFECT_YET, _attribute
-
-    default = OllaConfig()
-    for path in NO_EFFECT_YET:
-        value = _attribute(default, path.removesuffix(".*"))
-        assert is_dataclass(value) == path.endswith(".*"), path
-    assert "server.request_logging" not in NO_EFFECT_YET  # works now
-    assert "proxy.sticky_sessions.enabled" not in NO_EFFECT_YET  # works now
-    assert not any(p.startswith("logging.") for p in NO_EFFECT_YET)
-
-
-def test_no_effect_warnings_name_changed_keys() -> None:
-    """If keys olla accepts but does not act on yet are set to something other than their
-    default, then each is named as "<key path>: accepted, has no effect yet", in table order;
-    defaults, and keys that work (server.request_logging, rate limits, CORS, the internal
-    gate), are not."""
-    from olla.config import no_effect_warnings
-
-    assert no_effect_warnings(parse_config({}, {})) == []
+    assert NO_EFFECT_YET == ()
     go = load_config(str(REPO / "tests" / "data" / "go-original.yaml"), {})
-    assert no_effect_warnings(go) == []  # the Go original ships the defaults
-    config = parse_config(
-        {
-            "server": {
-                "request_logging": False,
-                "rate_limits": {"burst_size": 5, "global_requests_per_minute": 1000},
-                "cors": {"enabled": True},
-            },
-            "proxy": {
-                "sticky_sessions": {"enabled": True},
-                "retry": {"on_connection_failure": False},
-                "stream_buffer_size": 1024,
-            },
-            "dashboard": {"gate_internal_api": True},
-        },
-        {},
-    )
-    assert no_effect_warnings(config) == [
-        "proxy.stream_buffer_size: accepted, has no effect yet",
-    ]
-    assert not config.warnings  # reported apart from the parser's own warnings
-    env = parse_config({}, {"OLLA_PROXY_ENGINE": "sherpa"})
-    assert no_effect_warnings(env) == ["proxy.engine: accepted, has no effect yet"]
+    assert no_effect_warnings(go) == []
 
 
-def test_validate_config_reports_no_effect_keys(tmp_path: Path) -> None:
-    """If a config sets keys with no effect yet, then validate-config prints one WARN line per
-    key path and fails, like any other warning; the same keys at their defaults pass."""
-    endpoint = "discovery: {static: {endpoints: [{url: 'http://a:1', type: ollama}]}}\n"
-    inert = tmp_path / "inert.yaml"
-    inert.write_text(
-        "server:\n  rate_limits: {per_ip_requests_per_minute: 10}\n  cors: {enabled: true}\n"
-        "proxy: {sticky_sessions: {enabled: true}, stream_buffer_size: 1024}\n" + endpoint
-    )
+def test_go_original_config_validates(tmp_path: Path) -> None:
+    """If validate-config reads a config in the Go original's shape, then it passes: the keys
+    the Go original ignores itself are notes, not failures."""
     out = io.StringIO()
-    assert cli(["validate-config", str(inert)], out) == 1
-    warns = [line for line in out.getvalue().splitlines() if line.startswith("[WARN]")]
-    assert warns == [
-        "[WARN] proxy.stream_buffer_size: accepted, has no effect yet",
-    ]
-    assert out.getvalue().endswith("Result: FAIL\n")
-    defaults = tmp_path / "defaults.yaml"
-    defaults.write_text(
-        "server:\n  request_logging: false\n  rate_limits: {per_ip_requests_per_minute: 100}\n"
-        "  cors: {enabled: false}\n" + endpoint
-    )
-    out = io.StringIO()
-    assert cli(["validate-config", str(defaults)], out) == 0, out.getvalue()
-    assert "[WARN]" not in out.getvalue()
+    assert cli(["validate-config", str(REPO / "tests" / "data" / "go-original.yaml")], out) == 0
+    text = out.getvalue()
+    assert "[WARN]" not in text, text
+    assert "[NOTE] server.rate_limits.per_endpoint:" in text
+    assert text.endswith("Result: PASS\n")
+
+
+def test_refused_keys(tmp_path: Path) -> None:
+    """If a config turns on what olla does not offer, then it is refused with the key's path
+    and why."""
+    with pytest.raises(ConfigError, match="translators.anthropic.inspector.enabled: olla has no"):
+        parse_config({"translators": {"anthropic": {"inspector": {"enabled": True}}}}, {})
+    with pytest.raises(ConfigError, match="discovery.health_check.initial_delay: must be a"):
+        parse_config({"discovery": {"health_check": {"initial_delay": "soon"}}}, {})
 
 
 def test_model_management_defaults_and_targets() -> None:

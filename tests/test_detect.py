@@ -20,7 +20,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from olla.config import AuthConfig, EndpointConfig, ModelDiscoveryConfig
-from olla.fleet.detect import Answer, Detection, PlatformDetector, choose, explain
+from olla.fleet.detect import (
+    Answer,
+    Detection,
+    PlatformDetector,
+    by_port,
+    choose,
+    explain,
+    recognise,
+)
 from olla.fleet.discovery import DiscoveryService
 from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
 from olla.fleet.health import HealthService, HTTPHealthChecker
@@ -153,6 +161,26 @@ class ChooseTests(SynchronousTestCase):
         self.assertNotIn("u:p", reason)
         same = explain({"http://h:1/a": Answer(problem="timed out")})
         self.assertEqual(same, "no known platform answered: timed out")
+
+    def test_profile_headers_recognise(self) -> None:
+        """If an OpenAI-shaped list carries no owner mark but the answer has a header the
+        platform's profile names (vLLM's X-vLLM-Version, llama.cpp's Server), then it is that
+        platform; a plain one is not."""
+        plain = {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        vllm, llamacpp = PROFILES.get("vllm"), PROFILES.get("llamacpp")
+        assert vllm is not None and llamacpp is not None
+        self.assertFalse(recognise(vllm, Answer(plain)))
+        self.assertTrue(recognise(vllm, Answer(plain, headers={"x-vllm-version": ("0.9",)})))
+        server = {"server": ("llama.cpp/b5000",)}
+        self.assertTrue(recognise(llamacpp, Answer(plain, headers=server)))
+
+    def test_default_ports_tried_first(self) -> None:
+        """If an auto endpoint listens on a platform's default port, then that platform is
+        tried before the others (the rest keep the §6.1 order)."""
+        (endpoint,) = endpoints_from_config([EndpointConfig("http://h:1234", "a", "auto")])
+        order = [p.name for p in by_port(endpoint, endpoint.candidates)]
+        self.assertEqual(order[0], "lm-studio")
+        self.assertEqual(order[1:], [n for n in DETECTION_ORDER if n != "lm-studio"])
 
 
 class DetectorTests(SynchronousTestCase):

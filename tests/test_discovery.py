@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -147,8 +149,10 @@ class DiscoveryTests(SynchronousTestCase):
         self.assertEqual(self._names(0), ["new:1b"])
 
     def test_stale_lists_dropped(self) -> None:
-        """If an endpoint's list was not refreshed for stale_threshold, then it is dropped."""
+        """If an endpoint's list was not refreshed for stale_threshold, then it is dropped at
+        the next cleanup (every cleanup_interval)."""
         self.service.stale_threshold = 100.0
+        self.service.cleanup_interval = 60.0
         self._start()
         self.registry.set_status(self.endpoints[1], EndpointStatus.OFFLINE)
         self.clock.advance(60)
@@ -161,5 +165,93 @@ class DiscoveryTests(SynchronousTestCase):
     def test_stop_cancels(self) -> None:
         """If the service stops, then no timer is left."""
         self._start()
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def _shows(self) -> list[str]:
+        return [r.body for r in self.ollama.requests if r.path == "/api/show"]
+
+    def test_models_described_once_per_digest(self) -> None:
+        """If an Ollama lists a model, then olla asks /api/show about it once (per model and
+        digest), after the list is in, and keeps its capabilities and context window."""
+        self.ollama.models[0].capabilities = ["completion", "tools"]
+        self._start()
+        self.assertEqual(len(self._shows()), 1)
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        shown = self.catalogue.shown(info)
+        assert shown is not None
+        self.assertEqual(shown.capabilities, ("completion", "tools"))
+        self.assertEqual(shown.context_length, 131072)
+        facts = self.catalogue.facts(info, [self.endpoints[0]])
+        self.assertIn("tools", facts.capabilities)
+        self.assertEqual(facts.context_length, 131072)
+        self.clock.advance(60)  # the next discovery: known, not asked again
+        self._pump()
+        self.assertEqual(len(self._shows()), 1)
+        self.ollama.apply_state(
+            {"models": [{"name": "llama3.2:latest", "digest": "f" * 64, "context_length": 4096}]}
+        )
+        self.clock.advance(60)  # re-pulled: a new digest is asked about
+        self._pump()
+        self.assertEqual(len(self._shows()), 2)
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        self.assertEqual(self.catalogue.facts(info, [self.endpoints[0]]).context_length, 4096)
+
+    def test_an_old_ollama_leaves_it_to_the_patterns(self) -> None:
+        """If /api/show tells neither capabilities nor context, then the profile's patterns
+        decide (llama3* has an 8192 context in the Ollama profile)."""
+        self.ollama.apply_state({"show_info": "bare"})
+        self._start()
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        self.assertEqual(self.catalogue.facts(info, [self.endpoints[0]]).context_length, 8192)
+
+    def test_show_failure_is_asked_again(self) -> None:
+        """If /api/show fails, then the list still counts and the model is asked about again
+        at the next discovery."""
+        route = self.ollama._routes["/api/show"]
+        self.ollama._routes["/api/show"] = replace(
+            route, handler=lambda call: self.ollama._fail(call, 500, "boom")
+        )
+        self._start()
+        (info,) = self.catalogue.models_of(self.endpoints[0])
+        self.assertIsNone(self.catalogue.shown(info))
+        self.assertEqual(self.registry.state(self.endpoints[0]).model_count, 1)
+        self.ollama._routes["/api/show"] = route
+        self.clock.advance(60)
+        self._pump()
+        self.assertEqual(len(self._shows()), 2)
+        self.assertIsNotNone(self.catalogue.shown(info))
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failed_list_asked_again(self) -> None:
+        """If a model list fails to come, then it is asked again retry_attempts times,
+        retry_backoff apart and doubling; the endpoint counts as listed once one answers."""
+        self.ollama.apply_state({"status": 500})
+        self._start()
+        tags = lambda: len([r for r in self.ollama.requests if r.path == "/api/tags"])  # noqa: E731
+        self.assertEqual(tags(), 1)
+        self.clock.advance(1.0)
+        self._pump()
+        self.assertEqual(tags(), 2)
+        self.ollama.apply_state({"status": None})
+        self.clock.advance(2.0)
+        self._pump()
+        self.assertEqual(tags(), 3)
+        self.assertEqual(self._names(0), ["llama3.2:latest"])
+        self.assertEqual(self.registry.state(self.endpoints[0]).discoveries_failed, 0)
+
+    def test_loaded_models_followed(self) -> None:
+        """If refresh_interval is set, then each Ollama is asked what it has loaded that
+        often, between full discoveries."""
+        self.service.set_intervals(cleanup=600.0, loaded=10.0)
+        self._start()
+        ps = lambda: len([r for r in self.ollama.requests if r.path == "/api/ps"])  # noqa: E731
+        before = ps()
+        self.ollama.apply_state({"loaded": []})  # the model went idle and unloaded
+        self.clock.advance(10.0)
+        self._pump()
+        self.assertEqual(ps(), before + 1)
+        self.assertEqual(self.catalogue.loaded_on(self.endpoints[0]), set())
         self.successResultOf(self.service.stopService())
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -163,7 +163,7 @@ class LoadTimeTests(SynchronousTestCase):
         h = _harness(Backend(Clock(), name="a"), Loading(Clock(), name="b"))
         h.registry.backend_busy(h.endpoints[0], 10.0)
         h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
-        self.assertEqual(h.catalogue.load_time(MODEL, 5.0), 1.5)
+        self.assertEqual(h.catalogue.learned_load_time(MODEL), 1.5)
 
 
 def test_no_failover_on_connection_failure_when_off() -> None:

@@ -35,3 +35,14 @@ def test_large_body_scanned() -> None:
     """If a body is larger than the parse limit, then its start is scanned for the model."""
     body = json.dumps({"model": "big:1b", "prompt": "x" * (PARSE_LIMIT + 10)}).encode()
     assert extract_model(body, b"/api/generate") == "big:1b"
+
+
+def test_model_field_paths() -> None:
+    """If a profile names other places for the model (request.model_field_paths), then they
+    are read in order, dotted paths into nested objects too."""
+    from olla.proxy.inspect import extract_model
+
+    body = b'{"params": {"model": "deep"}, "model": "top"}'
+    assert extract_model(body, b"/x", ("params.model", "model")) == "deep"
+    assert extract_model(body, b"/x", ("nope", "model")) == "top"
+    assert extract_model(b'{"model": 5}', b"/x", ("model",)) is None

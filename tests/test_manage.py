@@ -307,7 +307,7 @@ class CopyDeleteTests(Fleet):
         assert (response.status, response.body) == (200, b"")
         assert h.catalogue.hosts(BASE) == [] and BASE not in self.tags(h)
         assert h.catalogue.loaded_on(a) == set()
-        assert h.catalogue.load_time(BASE, 5.0) == 5.0
+        assert h.catalogue.learned_load_time(BASE) is None
         response = self.answer(h, "DELETE", "/olla/ollama/api/delete", {"model": BASE})
         assert (response.status, json.loads(response.body)) == (
             404,

@@ -13,11 +13,8 @@ from olla.fleet.listings import ollama_tags, openai_models
 from olla.fleet.models import (
     ModelCatalogue,
     ModelInfo,
-    capabilities,
-    context_length,
     denormalise_quantization,
     matches_filter,
-    model_type,
     normalise_quantization,
 )
 from olla.fleet.modelsources import (
@@ -70,10 +67,10 @@ def test_model_removed() -> None:
     catalogue.model_removed(A, "shared:7b")
     assert [m.name for m in catalogue.models_of(A)] == ["llama3.2:latest"]
     assert catalogue.loaded_on(A) == set() and catalogue.running_on(A) == ()
-    assert catalogue.load_time("shared:7b", 1.0) == 4.0  # B still has it
+    assert catalogue.learned_load_time("shared:7b") == 4.0  # B still has it
     catalogue.model_removed(B, "SHARED:7b")
     assert catalogue.hosts("shared:7b") == []
-    assert catalogue.load_time("shared:7b", 1.0) == 1.0
+    assert catalogue.learned_load_time("shared:7b") is None
 
 
 def test_merged_each_model_once() -> None:
@@ -203,11 +200,15 @@ def test_listings() -> None:
     ],
 )
 def test_capabilities(name: str, kind: str, has: str, context: int | None) -> None:
-    """If a model name follows a known pattern, then its type, capabilities and context
-    length follow."""
-    assert model_type(name) == kind
-    assert has in capabilities(name)
-    assert context_length(name) == context
+    """If a model name follows a pattern of the Ollama profile, then its type, capabilities
+    and context length follow (nothing said by the backend itself)."""
+    catalogue = ModelCatalogue()
+    info = ModelInfo(name)
+    catalogue.set_models(A, [info], 0)
+    facts = catalogue.facts(info, [A])
+    assert facts.kind == kind
+    assert has in facts.capabilities
+    assert facts.context_length == context
 
 
 # Model lists as each server sends them (shapes from their docs and from the servers run here:
@@ -269,3 +270,14 @@ def test_family_and_variant() -> None:
 
     assert family_and_variant("llama3.2:latest") == ("llama", "3.2")
     assert family_and_variant("Qwen/Qwen2.5-7B") == ("qwen", "2.5")
+
+
+def test_unifier_off_lists_each_endpoint_apart() -> None:
+    """If model_registry.enable_unifier is false, then the merged views keep each endpoint's
+    models apart (a shared model is listed once per host)."""
+    catalogue = _catalogue()
+    assert len(catalogue.merged([A, B])) == 3
+    catalogue.unify = False
+    groups = catalogue.merged([A, B])
+    assert len(groups) == 4
+    assert all(len(hosts) == 1 for _, hosts in groups)

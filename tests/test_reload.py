@@ -185,7 +185,11 @@ class DiffTests(SynchronousTestCase):
             "logging.level",
             "server.rate_limits.burst_size",
             "server.auth.api_keys",
-            "proxy.stream_buffer_size",  # NO_EFFECT_YET
+            "proxy.stream_buffer_size",
+            "proxy.response_timeout",
+            "server.write_timeout",
+            "discovery.refresh_interval",
+            "model_registry.enable_unifier",
         ):
             self.assertTrue(is_live(key), key)
         for key in (
@@ -195,6 +199,10 @@ class DiffTests(SynchronousTestCase):
             "proxy.connection_timeout",
             "translators.anthropic.enabled",
             "discovery.model_discovery.enabled",
+            "proxy.engine",
+            "proxy.connection_keep_alive",
+            "proxy.profile_filter.include",
+            "engineering.show_nerdstats",
         ):
             self.assertFalse(is_live(key), key)
 
@@ -468,6 +476,25 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(response.status, 413)
         h.reload([_endpoint("a")], proxy={"load_balancer": "least-connections"})
         self.assertIsInstance(h.app.router.balancer, LeastConnectionsBalancer)
+
+    def test_timeouts_and_catalogue_follow(self) -> None:
+        """If a reload changes the response bounds, the unifier or the discovery timings, then
+        the next exchanges and discoveries use them."""
+        h = ReloadHarness(self, [_endpoint("a")])
+        h.reload(
+            [_endpoint("a")],
+            proxy={"response_timeout": "3s", "profile": "streaming"},
+            server={"write_timeout": "2s"},
+            model_registry={"enable_unifier": False, "unification": {"cleanup_interval": "1m"}},
+            discovery={"refresh_interval": "7s"},
+        )
+        self.assertEqual(h.app.timeouts.proxy.response_timeout, 3.0)
+        self.assertEqual(h.app.timeouts.write_timeout, 2.0)
+        self.assertEqual(h.app.timeouts.gather(b"application/json"), 0)
+        self.assertFalse(h.app.catalogue.unify)
+        self.assertEqual(
+            (h.app.discovery.cleanup_interval, h.app.discovery.loaded_interval), (60.0, 7.0)
+        )
 
     def test_protection_follows(self) -> None:
         """If a reload adds a client key, tightens the per-IP limit and gates /internal/*, then

@@ -393,3 +393,30 @@ def test_in_flight_age_is_exact() -> None:
     fleet.registry.attempt_ended(ep, Outcome.OK, started=998.0)
     assert (state.in_flight, state.in_flight_since) == (0, 0.0)
     assert abs(state.service_time - 0.2 * 2.0) < 1e-9
+
+
+def test_own_timeouts_are_no_verdict_on_the_transport() -> None:
+    """If attempts end because olla's own bound ran out (a load longer than the header wait,
+    a response longer than allowed), then they count as failed requests but never open the
+    endpoint's circuit, however many there are."""
+    fleet = Fleet("a")
+    ep = fleet.by_name["a"]
+    for _ in range(FAILURE_THRESHOLD + 2):
+        started = fleet.clock.seconds()
+        fleet.registry.attempt_started(ep, started)
+        fleet.registry.attempt_ended(ep, Outcome.TIMED_OUT, started=started)
+    assert fleet.registry.breakers.allows(ep)
+    state = fleet.registry.state(ep)
+    assert (state.requests, state.failures, state.in_flight) == (7, 7, 0)
+
+
+def test_a_host_already_loading_goes_before_a_second_load() -> None:
+    """If one cold host is already loading the model and another is not, then the loading
+    one goes first even when the wait looks the same (no second copy of the model is loaded
+    while the first load can serve), whatever the balancer prefers."""
+    fleet = Fleet("a", "b")
+    for ep in fleet.by_name.values():
+        fleet.catalogue.set_loaded(ep, [])
+    fleet.catalogue.mark_loading(fleet.by_name["b"], MODEL, fleet.clock.seconds())
+    fleet.registry.attempt_started(fleet.by_name["b"], fleet.clock.seconds())
+    assert fleet.order() == ["b", "a"]

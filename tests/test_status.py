@@ -807,3 +807,57 @@ class OtherRouteTests(_Harness):
         response, body = self.request("/internal/status/nope")
         self.assertEqual(response.code, 404)
         self.assertEqual(json.loads(body), {"error": "404 page not found"})
+
+
+class ModelStatusTests(SynchronousTestCase):
+    """``/internal/status/models`` in the Go original's shape (pure payload builder)."""
+
+    def test_shape(self) -> None:
+        """If two endpoints list models, then the payload has the Go original's fields: the
+        summaries with type, size, params, quant, last seen, endpoints paired with their ids,
+        aliases and capabilities, olla's resources per endpoint, and with
+        detailed=true&group=family the model groups, unknown last."""
+        from olla.fleet.models import ModelCatalogue, ModelInfo
+        from olla.web.modelstatus import status_models
+
+        a, b = endpoints_from_config(_configs(("b-host", 100), ("a-host", 100)))
+        catalogue = ModelCatalogue({"fast": ["llama3.2:latest"]})
+        llama = ModelInfo(
+            "llama3.2:latest",
+            size=2019393189,
+            digest="d1",
+            family="llama",
+            parameter_size="3.2B",
+            quantization="q4km",
+        )
+        catalogue.set_models(a, [llama, ModelInfo("mystery:1")], T0 - 120)
+        catalogue.set_models(b, [llama], T0 - 60)
+        payload, stable = status_models(catalogue, [a, b], T0)
+        self.assertEqual(
+            (payload["total_models"], payload["total_families"], payload["total_endpoints"]),
+            (2, 2, 2),
+        )
+        self.assertEqual(
+            payload["models_by_family"], {"llama": ["llama3.2:latest"], "unknown": ["mystery:1"]}
+        )
+        first = payload["recent_models"][0]
+        self.assertEqual(first["name"], "llama3.2:latest")
+        self.assertEqual(first["type"], "llm")
+        self.assertEqual(first["size"], "1.88 GB")
+        self.assertEqual((first["params"], first["quant"]), ("3.2B", "Q4_K_M"))
+        self.assertEqual(first["last_seen"], "1m ago")
+        self.assertEqual(first["last_seen_at"], rfc3339(T0 - 60))
+        self.assertEqual(first["endpoints"], ["a-host", "b-host"])
+        self.assertEqual(first["endpoint_ids"], [b.id, a.id])
+        self.assertEqual(first["aliases"], ["fast"])
+        self.assertIn("chat", first["capabilities"])
+        self.assertEqual(first["resources"][0]["size_class"], "3b")
+        self.assertEqual(first["resources"][0]["load_time_prior_ms"], 15000)
+        self.assertEqual(first["resources"][0]["max_concurrent"], 8)
+        self.assertNotIn("model_groups", payload)
+        self.assertNotIn("last_seen", json.dumps(stable).replace("last_seen_at", ""))
+        detailed, _ = status_models(catalogue, [a, b], T0, detailed=True, group="family")
+        groups = detailed["model_groups"]
+        self.assertEqual([g["family"] for g in groups], ["llama", "unknown"])
+        self.assertEqual(groups[0]["endpoints"], ["a-host", "b-host"])
+        self.assertEqual(groups[1]["model_count"], 1)

@@ -114,3 +114,61 @@ def test_any_text_before_the_final_chunk(prompt: int, completion: int, text: str
     usage = read_usage(_tail(body))
     assert usage is not None
     assert (usage.prompt, usage.completion) == (prompt, completion)
+
+
+def test_profile_extraction() -> None:
+    """If the endpoint's profile names where its figures are, then they are read from there
+    and its calculations (Ollama: tokens per second, TTFT, load time) are worked out; the
+    figures are kept for the log line."""
+    from olla.profiles import builtin_profiles
+
+    ollama = builtin_profiles().get("ollama")
+    assert ollama is not None
+    final = {
+        "model": "m",
+        "done": True,
+        "total_duration": 5_000_000_000,
+        "load_duration": 1_200_000_000,
+        "prompt_eval_count": 26,
+        "prompt_eval_duration": 130_000_000,
+        "eval_count": 300,
+        "eval_duration": 2_000_000_000,
+    }
+    usage = read_usage(json.dumps(final).encode(), ollama.metrics)
+    assert usage is not None
+    assert (usage.prompt, usage.completion, usage.load_seconds) == (26, 300, 1.2)
+    assert usage.tokens_per_second(99.0) == 150.0
+    assert usage.figures["ttft_ms"] == 130.0
+    assert usage.figures["model_load_ms"] == 1200.0
+    assert usage.figures["is_complete"] is True
+    assert usage.figures["model"] == "m"
+
+
+def test_profile_calculation_over_openai_figures() -> None:
+    """If a vLLM answer carries its own generation time, then the vLLM profile's
+    tokens_per_second calculation gives the rate, and is_complete comes from finish_reason."""
+    from olla.profiles import builtin_profiles
+
+    vllm = builtin_profiles().get("vllm")
+    assert vllm is not None
+    body = json.dumps(
+        {
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45},
+            "metrics": {"generation_time_ms": 800},
+        }
+    ).encode()
+    usage = read_usage(body, vllm.metrics)
+    assert usage is not None
+    assert (usage.prompt, usage.completion) == (5, 40)
+    assert usage.tokens_per_second(10.0) == 50.0
+    assert usage.figures["is_complete"] == 1.0
+
+
+def test_extraction_off() -> None:
+    """If a profile turns metrics extraction off, then an answer yields no figures."""
+    from olla.profiles.spec import MetricsExtraction
+
+    body = b'{"done":true,"prompt_eval_count":3,"eval_count":4}'
+    assert read_usage(body, MetricsExtraction(enabled=False)) is None
+    assert read_usage(body, MetricsExtraction()) == TokenUsage(3, 4)

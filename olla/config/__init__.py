@@ -26,7 +26,13 @@ from olla.config._base import (
     parse_size,
 )
 from olla.config.dashboard import AccessPolicyConfig, DashboardConfig
-from olla.config.discovery import AuthConfig, DiscoveryConfig, EndpointConfig, ModelDiscoveryConfig
+from olla.config.discovery import (
+    AuthConfig,
+    DiscoveryConfig,
+    EndpointConfig,
+    HealthCheckConfig,
+    ModelDiscoveryConfig,
+)
 from olla.config.engineering import EngineeringConfig
 from olla.config.env import ENV_OVERRIDES
 from olla.config.loader import (
@@ -77,6 +83,7 @@ __all__ = [
     "DEFAULT_DOCUMENT",
     "DashboardConfig",
     "DiscoveryConfig",
+    "HealthCheckConfig",
     "ENV_OVERRIDES",
     "EndpointConfig",
     "EngineeringConfig",

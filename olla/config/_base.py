@@ -123,10 +123,14 @@ class SectionReader:
     """Reads one mapping of the YAML document, remembering which keys were used.
 
     Every getter takes the key and the default; the value's type is checked and errors carry
-    the key path. ``finish()`` reports keys nobody asked for as warnings.
+    the key path. ``finish()`` reports keys nobody asked for as warnings. ``note()`` accepts a
+    key the Go original's configs carry that olla (like the Go original) does not act on:
+    a compatibility note, shown but not a failure.
     """
 
-    def __init__(self, data: object, path: Path_, warnings: list[str]) -> None:
+    def __init__(
+        self, data: object, path: Path_, warnings: list[str], notes: list[str] | None = None
+    ) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -134,6 +138,7 @@ class SectionReader:
         self.data: dict[Any, Any] = data
         self.path = path
         self.warnings = warnings
+        self.notes: list[str] = notes if notes is not None else []
         self._used: set[str] = set()
 
     def has(self, key: str) -> bool:
@@ -150,6 +155,12 @@ class SectionReader:
         if key in self.data:
             self._used.add(key)
             self.warnings.append(f"{format_path(self.at(key))}: {why}")
+
+    def note(self, key: str, why: str) -> None:
+        """Accept ``key`` as a compatibility note (the Go original ignores it too)."""
+        if key in self.data:
+            self._used.add(key)
+            self.notes.append(f"{format_path(self.at(key))}: {why}")
 
     def _get(self, key: str, default: T, convert: Callable[[Any, Path_], T]) -> T:
         self._used.add(key)
@@ -225,7 +236,7 @@ class SectionReader:
 
     def section(self, key: str) -> SectionReader:
         self._used.add(key)
-        return SectionReader(self.data.get(key), self.at(key), self.warnings)
+        return SectionReader(self.data.get(key), self.at(key), self.warnings, self.notes)
 
     def finish(self) -> None:
         for key in self.data:

@@ -21,6 +21,9 @@ class AuthConfig:
     type: str  # bearer | api_key | basic
     header_name: str
     header_value: str
+    #: ``api_key``: the header was written in the config (else the profile's
+    #: ``characteristics.auth.default_header`` may choose it)
+    header_given: bool = True
 
     def __repr__(self) -> str:  # never leak the secret through logs or tracebacks
         return f"AuthConfig(type={self.type!r}, header_name={self.header_name!r})"
@@ -31,15 +34,16 @@ class EndpointConfig:
     url: str  # as configured, without trailing slash
     name: str
     type: str  # normalised profile name (ollama, lm-studio, openai-compatible, ...) or "auto"
-    priority: int = 100
+    #: None: the profile's ``characteristics.default_priority`` (else 100)
+    priority: int | None = None
     preserve_path: bool = False
     health_check_url: str | None = None  # None: the profile default
     model_url: str | None = None  # None: the profile default
     check_interval: float = 5.0
     check_timeout: float = 2.0
     #: requests it serves in parallel (Ollama's parallel slots) before olla counts it as full;
-    #: None: what the backend reports (llama.cpp's slots), else the default (see
-    #: ``EndpointRegistry.slots``)
+    #: None: what the backend reports (llama.cpp's slots), else the profile's
+    #: ``resources.slot_configuration.default_slots``, else 4 (``EndpointRegistry.slots``)
     max_concurrency: int | None = None
     model_filter: FilterConfig | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -57,9 +61,16 @@ class ModelDiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheckConfig:
+    #: how long olla waits after starting before the first health checks
+    initial_delay: float = 0.0
+
+
+@dataclass(frozen=True)
 class DiscoveryConfig:
     type: str = "static"
     refresh_interval: float = 30.0
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     model_discovery: ModelDiscoveryConfig = field(default_factory=ModelDiscoveryConfig)
     endpoints: tuple[EndpointConfig, ...] = ()
 
@@ -134,7 +145,7 @@ def _auth(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> AuthC
         header = r.text("header", "X-Api-Key").strip()
         if not header:
             raise ConfigError("must not be empty", r.at("header"))
-        result = AuthConfig("api_key", header, api_key)
+        result = AuthConfig("api_key", header, api_key, header_given=r.has("header"))
     else:
         user = _read_secret(r, "username", environ, base_dir)
         password = _read_secret(r, "password", environ, base_dir)
@@ -199,13 +210,13 @@ def _endpoint(
         url=url,
         name=r.text("name", "").strip() or (parts.netloc or url),
         type=kind,
-        priority=r.integer("priority", defaults.priority, minimum=0),
+        priority=_optional_int(r, "priority", 0),
         preserve_path=r.flag("preserve_path", False),
         health_check_url=r.text("health_check_url", "") or None,
         model_url=r.text("model_url", "") or None,
         check_interval=check_interval,
         check_timeout=check_timeout,
-        max_concurrency=r.integer("max_concurrency", 0, minimum=1) or None,
+        max_concurrency=_optional_int(r, "max_concurrency", 1),
         model_filter=model_filter,
         headers=headers,
         auth=auth,
@@ -214,13 +225,23 @@ def _endpoint(
     return endpoint
 
 
+def _optional_int(r: SectionReader, key: str, minimum: int) -> int | None:
+    """An integer, or None when the key is absent (the profile decides then)."""
+    if not r.has(key):
+        r.raw(key)
+        return None
+    return r.integer(key, minimum, minimum=minimum)
+
+
 def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> DiscoveryConfig:
     d = DiscoveryConfig()
     kind = r.choice("type", d.type, ("static",))
     refresh_interval = r.duration("refresh_interval", d.refresh_interval)
     health_r = r.section("health_check")
-    for key in list(health_r.data):
-        health_r.ignore(str(key), "not used by olla (health checks follow each endpoint)")
+    health_check = health_r.fields(HealthCheckConfig())
+    if health_check.initial_delay < 0:
+        raise ConfigError("must not be negative", health_r.at("initial_delay"))
+    health_r.finish()
     md_r = r.section("model_discovery")
     md = d.model_discovery
     model_discovery = md_r.fields(md)
@@ -248,6 +269,7 @@ def _discovery(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -> 
     return DiscoveryConfig(
         type=kind,
         refresh_interval=refresh_interval,
+        health_check=health_check,
         model_discovery=model_discovery,
         endpoints=tuple(by_url.values()),
     )

@@ -59,8 +59,9 @@ def parse_config(
     """
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
+    notes: list[str] = []
     root = SectionReader(data, (), warnings)
-    root = SectionReader(_apply_env(root.data, environ, warnings), (), warnings)
+    root = SectionReader(_apply_env(root.data, environ, warnings), (), warnings, notes)
     base = Path(base_dir)
     config = OllaConfig(
         server=_server(root.section("server"), environ, base),
@@ -77,7 +78,7 @@ def parse_config(
     )
     root.finish()
     _validate(config)
-    return replace(config, warnings=tuple(warnings))
+    return replace(config, warnings=tuple(warnings), notes=tuple(notes))
 
 
 SEARCH_PATHS = ("config/config.local.yaml", "config/config.yaml", "config.yaml", "default.yaml")
@@ -129,17 +130,23 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> O
     return replace(config, source=str(chosen))
 
 
-def check_endpoint_types(config: OllaConfig, known: Iterable[str]) -> None:
+def check_endpoint_types(
+    config: OllaConfig, known: Iterable[str], excluded: Iterable[str] = ()
+) -> None:
     """Every endpoint's type must name a loaded profile (or be ``auto``).
 
     Raises:
-        ConfigError: naming the endpoint's key path and the known types.
+        ConfigError: naming the endpoint's key path and the known types (and, for a type
+            ``proxy.profile_filter`` left out, saying so).
     """
     names = sorted(set(known))
+    left_out = set(excluded)
     for index, endpoint in enumerate(config.discovery.endpoints):
         if endpoint.type != "auto" and endpoint.type not in names:
+            why = " (excluded by proxy.profile_filter)" if endpoint.type in left_out else ""
             raise ConfigError(
-                f"unsupported endpoint type {endpoint.type!r} (known: {', '.join(names)}, auto)",
+                f"unsupported endpoint type {endpoint.type!r}{why} "
+                f"(known: {', '.join(names)}, auto)",
                 ("discovery", "static", "endpoints", index, "type"),
             )
 
@@ -152,29 +159,12 @@ def profiles_dir(config: OllaConfig) -> Path | None:
     return Path(config.source).parent / "profiles" if config.source else None
 
 
-#: Keys olla accepts (so Go configs load unchanged) but does not act on yet. Each is reported
-#: as ``<key path>: accepted, has no effect yet`` by validate-config and the startup log when
-#: it is set to anything but its default: the default is what olla does without the feature,
-#: so that one predicate fits every row. A key path is also its attribute path in
-#: :class:`OllaConfig`; ``.*`` stands for every field of that section. Remove a row once the
-#: key works.
-NO_EFFECT_YET: tuple[str, ...] = (
-    "server.write_timeout",
-    "proxy.engine",
-    "proxy.profile",
-    "proxy.connection_keep_alive",
-    "proxy.response_timeout",
-    "proxy.tls_handshake_timeout",
-    "proxy.stream_buffer_size",
-    "proxy.profile_filter.*",
-    "discovery.refresh_interval",
-    "discovery.model_discovery.retry_attempts",
-    "discovery.model_discovery.retry_backoff",
-    "model_registry.enable_unifier",
-    "model_registry.unification.cleanup_interval",
-    "translators.anthropic.inspector.enabled",
-    "engineering.show_nerdstats",
-)
+#: Keys olla would accept (so Go configs load unchanged) without acting on them. It is empty
+#: and must stay so: every key works (docs/CONFIG_KEYS.md says how) or is refused at startup
+#: with its path and why; keys of the Go original's configs that it ignores itself are
+#: compatibility notes (``OllaConfig.notes``). A row would be reported as
+#: ``<key path>: accepted, has no effect yet`` when set to anything but its default.
+NO_EFFECT_YET: tuple[str, ...] = ()
 
 
 def _attribute(config: OllaConfig, key: str) -> Any:

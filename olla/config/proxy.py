@@ -61,8 +61,8 @@ class ProxyConfig:
 
 def _proxy(r: SectionReader) -> ProxyConfig:
     d = ProxyConfig()
-    r.ignore("max_retries", "deprecated, has no effect (use proxy.retry.max_attempts)")
-    r.ignore("retry_backoff", "deprecated, has no effect")
+    r.note("max_retries", "deprecated in the Go original, not used (proxy.retry.max_attempts is)")
+    r.note("retry_backoff", "deprecated in the Go original, not used")
     retry_r = r.section("retry")
     retry = RetryConfig(
         enabled=retry_r.flag("enabled", d.retry.enabled),

@@ -32,3 +32,5 @@ class OllaConfig:
     profiles_dir: str | None = None  # user profiles; None: "profiles/" beside the config file
     source: str | None = None  # the file it was read from
     warnings: tuple[str, ...] = ()  # "<key.path>: <why>" for unknown/deprecated keys etc.
+    #: "<key.path>: <why>" for keys of the Go original's configs that it does not act on either
+    notes: tuple[str, ...] = ()

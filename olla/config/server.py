@@ -164,7 +164,11 @@ def _server(
     limits_r.finish()
     rl_r = r.section("rate_limits")
     rd = d.rate_limits
-    rl_r.ignore("per_endpoint", "not supported, ignored")
+    rl_r.note(
+        "per_endpoint",
+        "not applied by the Go original either; olla limits clients (global, per IP, per key) "
+        "and each backend by its max_concurrency",
+    )
     rate_limits = rl_r.fields(rd)
     for i, cidr in enumerate(rate_limits.trusted_proxy_cidrs):
         _check_cidr(cidr, (*rl_r.at("trusted_proxy_cidrs"), i))

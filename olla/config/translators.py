@@ -51,6 +51,14 @@ def _translators(r: SectionReader) -> TranslatorsConfig:
         )
     if not re.fullmatch(r"[A-Za-z0-9-]+", inspector.session_header):
         raise ConfigError("must be a valid header name", i_r.at("session_header"))
+    if inspector.enabled:
+        # The Go original's debugging aid writes clients' whole conversations to disk; olla
+        # does not offer it (its output_dir and session_header only matter when it is on).
+        raise ConfigError(
+            "olla has no Anthropic inspector (it would write clients' messages to disk); "
+            "set it to false or remove it",
+            i_r.at("enabled"),
+        )
     i_r.finish()
     size = a_r.size("max_message_size", d.max_message_size)
     if size < 0 or size > MAX_MESSAGE_SIZE_LIMIT:

@@ -41,6 +41,7 @@ from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import ProxyDeps
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
+from olla.proxy.timeouts import TimeoutPolicy
 from olla.telemetry.security import SecurityStats
 from olla.telemetry.stats import Stats
 from olla.util.access import AccessPolicy
@@ -72,6 +73,8 @@ class App:
     stats: Stats
     metrics: Metrics
     collector: OllaCollector
+    #: the response and header-wait bounds every exchange reads (reconfigured by a reload)
+    timeouts: TimeoutPolicy
     dashboard: Dashboard | None = None
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
@@ -87,13 +90,24 @@ class App:
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
     """``/olla/<prefix>/`` for every profile prefix, and ``/olla/proxy/`` across all types."""
-    routes = [
-        ProviderRoute(prefix, profiles.types_for_prefix(prefix), profile.name)
-        for prefix, profile in profiles.prefixes.items()
-    ]
+    routes = []
+    for prefix, profile in profiles.prefixes.items():
+        types = profiles.types_for_prefix(prefix)
+        fields = [f for p in profiles if p.name in types for f in p.request.model_field_paths]
+        routes.append(
+            ProviderRoute(prefix, types, profile.name, model_fields=_fields([*fields, "model"]))
+        )
     everything = frozenset(p.name for p in profiles) | {"auto"}
-    routes.append(ProviderRoute("proxy", everything, "", by_path=profiles))
+    routes.append(
+        ProviderRoute(
+            "proxy", everything, "", by_path=profiles, model_fields=profiles.model_fields()
+        )
+    )
     return routes
+
+
+def _fields(fields: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(fields))
 
 
 def startup_wait(config: OllaConfig) -> float:
@@ -101,6 +115,7 @@ def startup_wait(config: OllaConfig) -> float:
     bounded by its ``check_timeout``, plus the quick re-checks of a refused one) and the first
     model lists (tags, loaded models and version, each bounded by the discovery timeout)."""
     probes = max((ep.check_timeout for ep in config.discovery.endpoints), default=0.0) + 0.5
+    probes += config.discovery.health_check.initial_delay
     discovery = config.discovery.model_discovery
     return probes + (3 * discovery.timeout if discovery.enabled else 0.0)
 
@@ -121,10 +136,11 @@ def build_app(
     registry = EndpointRegistry(
         endpoints_from_config(config.discovery.endpoints, profiles),
         clock,
-        breakers=CircuitBreakers(clock),
+        breakers=CircuitBreakers(clock, enabled=config.proxy.engine == "olla"),
         lists_models=discovery_config.enabled,
     )
     health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
+    health.initial_delay = config.discovery.health_check.initial_delay
     stats = Stats()
     health.on_probe.append(
         lambda endpoint, result: stats.probe_finished(
@@ -134,7 +150,13 @@ def build_app(
     catalogue = ModelCatalogue(config.model_aliases)
     discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
     discovery.stale_threshold = config.model_registry.unification.stale_threshold
+    discovery.set_intervals(
+        cleanup=config.model_registry.unification.cleanup_interval,
+        loaded=config.discovery.refresh_interval,
+    )
+    catalogue.unify = config.model_registry.enable_unifier
 
+    timeouts = TimeoutPolicy(config)
     router = Router(
         registry,
         catalogue,
@@ -155,6 +177,7 @@ def build_app(
         config=config.proxy,
         report_connection_failure=health.report_connection_failure,
         startup_wait=startup_wait(config),
+        timeouts=timeouts,
         refresh_models=discovery.refresh_all,
         refresh_loaded=discovery.refresh_loaded,
         sticky=sticky,
@@ -207,6 +230,7 @@ def build_app(
         worker=worker,
         stats=stats,
         metrics=metrics,
+        profiles=profiles,
     )
     limits = config.server.request_limits
     limiter = RateLimiter(limit_settings(config), clock)
@@ -247,4 +271,5 @@ def build_app(
         metrics=metrics,
         collector=collector,
         management=management,
+        timeouts=timeouts,
     )

@@ -55,6 +55,7 @@ LIVE_KEYS: tuple[str, ...] = (
     "discovery.model_discovery.concurrent_workers",
     "server.read_timeout",
     "server.read_header_timeout",
+    "server.write_timeout",
     "server.idle_timeout",
     "server.request_logging",
     "server.request_limits.",
@@ -66,6 +67,14 @@ LIVE_KEYS: tuple[str, ...] = (
     "proxy.load_balancer",
     "proxy.read_timeout",
     "proxy.response_header_timeout",
+    "proxy.response_timeout",
+    "proxy.profile",
+    "proxy.stream_buffer_size",
+    "discovery.refresh_interval",
+    "discovery.model_discovery.retry_attempts",
+    "discovery.model_discovery.retry_backoff",
+    "model_registry.enable_unifier",
+    "model_registry.unification.cleanup_interval",
     "proxy.retry.",
     "proxy.warm_routing.",
     "model_registry.routing_strategy.",
@@ -76,7 +85,7 @@ LIVE_KEYS: tuple[str, ...] = (
     "logging.format",
 )
 #: Not settings: where the config came from and what the loader noticed.
-_NOT_KEYS = frozenset({"source", "warnings"})
+_NOT_KEYS = frozenset({"source", "warnings", "notes"})
 
 
 def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -351,6 +360,12 @@ class Reloader:
         app.deps.startup_wait = startup_wait(config)
         app.discovery.reconfigure(config.discovery.model_discovery)
         app.discovery.stale_threshold = config.model_registry.unification.stale_threshold
+        app.discovery.set_intervals(
+            cleanup=config.model_registry.unification.cleanup_interval,
+            loaded=config.discovery.refresh_interval,
+        )
+        app.catalogue.unify = config.model_registry.enable_unifier
+        app.timeouts.reconfigure(config)
         server = config.server
         site = app.site
         site.max_body_size = server.request_limits.max_body_size

@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
@@ -34,12 +34,14 @@ from olla import __version__
 from olla.config import (
     ConfigError,
     OllaConfig,
+    ProxyConfig,
     check_endpoint_types,
     load_config,
     no_effect_warnings,
     profiles_dir,
 )
-from olla.daemon.app import build_app
+from olla.daemon.app import App, build_app
+from olla.daemon.connect import TunedEndpoint
 from olla.daemon.logging import (
     LogSink,
     ReopenOnHangup,
@@ -62,7 +64,9 @@ from olla.daemon.workers import (
 )
 from olla.fleet.endpoints import EndpointRegistry
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
+from olla.profiles.checks import check_endpoints
 from olla.web.site import OllaSite
+from olla.web.status import process_payload
 
 
 # Two private Twisted names, on purpose, and only here: Agent offers no public way to build a
@@ -81,12 +85,15 @@ class _CachedEndpoints:
     """One client endpoint per backend origin, built once.
 
     Agent builds a HostnameEndpoint for every request, and each one IDNA-encodes the host
-    again: measurable CPU per request for an answer that never changes.
+    again: measurable CPU per request for an answer that never changes. Each connection gets
+    ``proxy.connection_keep_alive`` and, over TLS, ``proxy.tls_handshake_timeout``.
     """
 
-    def __init__(self, reactor: Any, connect_timeout: float | None) -> None:
+    def __init__(self, reactor: Any, proxy: ProxyConfig) -> None:
+        self._reactor = reactor
+        self._proxy = proxy
         self._factory = _StandardEndpointFactory(
-            reactor, BrowserLikePolicyForHTTPS(), connect_timeout, None
+            reactor, BrowserLikePolicyForHTTPS(), proxy.connection_timeout or None, None
         )
         self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
@@ -94,7 +101,13 @@ class _CachedEndpoints:
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._cache.get(key)
         if endpoint is None:
-            endpoint = self._cache[key] = self._factory.endpointForURI(uri)
+            endpoint = self._cache[key] = TunedEndpoint(
+                self._factory.endpointForURI(uri),
+                self._reactor,
+                keep_alive=self._proxy.connection_keep_alive,
+                tls=uri.scheme == b"https",
+                handshake_timeout=self._proxy.tls_handshake_timeout,
+            )
         return endpoint
 
 
@@ -140,8 +153,8 @@ class Options(usage.Options):
 def load_all(path: str | None) -> tuple[OllaConfig, ProfileRegistry]:
     """The config and the profiles it points at, checked against each other."""
     config = load_config(path)
-    profiles = load_profiles(profiles_dir(config))
-    check_endpoint_types(config, (p.name for p in profiles))
+    profiles = load_profiles(profiles_dir(config), config.proxy.profile_filter)
+    check_endpoint_types(config, (p.name for p in profiles), profiles.excluded)
     return config, profiles
 
 
@@ -189,10 +202,17 @@ class _DrainService(Service):
 class _StartupLog(Service):
     _log = Logger()
 
-    def __init__(self, config: OllaConfig, registry: EndpointRegistry, log_where: str) -> None:
+    def __init__(
+        self,
+        config: OllaConfig,
+        registry: EndpointRegistry,
+        log_where: str,
+        profiles: ProfileRegistry | None = None,
+    ) -> None:
         self._config = config
         self._registry = registry
         self._log_where = log_where
+        self._profiles = profiles
 
     def startService(self) -> None:
         super().startService()
@@ -209,6 +229,21 @@ class _StartupLog(Service):
         self._log.info("logging to {where}", where=self._log_where)
         for warning in (*self._config.warnings, *no_effect_warnings(self._config)):
             self._log.warn("config: {warning}", warning=warning)
+        for note in self._config.notes:
+            self._log.info("config: {note}", note=note)
+        if self._profiles is not None:
+            endpoint_warnings, endpoint_notes = check_endpoints(self._config, self._profiles)
+            for warning in (*self._profiles.warnings, *endpoint_warnings):
+                self._log.warn("profiles: {warning}", warning=warning)
+            for note in (*self._profiles.notes, *endpoint_notes):
+                self._log.info("profiles: {note}", note=note)
+            for profile in self._profiles:
+                if profile.customised:
+                    self._log.info(
+                        "profile {profile} from {sources}",
+                        profile=profile.name,
+                        sources=profile.source,
+                    )
         for endpoint in self._registry:
             self._log.info(
                 "endpoint {endpoint}: {type} at {url} (priority {priority}, "
@@ -219,6 +254,40 @@ class _StartupLog(Service):
                 priority=endpoint.priority,
                 interval=endpoint.check_interval,
             )
+
+
+class _NerdStats(Service):
+    """``engineering.show_nerdstats``: this process's figures in the log when olla stops, as
+    the Go original prints its runtime's (memory, CPU, garbage collection, uptime)."""
+
+    _log = Logger()
+
+    def __init__(self, app: App, clock: Any) -> None:
+        self._app = app
+        self._clock = clock
+        self._started = clock.seconds()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        figures = process_payload(
+            now=self._clock.seconds(),
+            started=self._started,
+            active_connections=len(self._app.site.channels),
+        )
+        self._log.info(
+            "process stats: rss {rss} (peak {peak} bytes), cpu {user:.2f}s user "
+            "{system:.2f}s system, {fds} open files, gc collections {collections}, "
+            "uptime {uptime}",
+            rss=figures["memory"]["rss_human"],
+            peak=figures["memory"]["rss_peak_bytes"],
+            user=figures["cpu"]["user_seconds"],
+            system=figures["cpu"]["system_seconds"],
+            fds=figures["open_file_descriptors"],
+            collections=figures["garbage_collection"]["collections"],
+            uptime=figures["runtime"]["uptime"],
+            nerdstats=figures,
+        )
+        return succeed(None)
 
 
 def build_service(
@@ -244,7 +313,7 @@ def build_service(
     # Twisted keeps 2 idle connections per backend by default: far too few for a proxy.
     pool.maxPersistentPerHost = 256
     pool.cachedConnectionTimeout = 60  # below common backend keep-alive timeouts
-    endpoints = _CachedEndpoints(reactor, config.proxy.connection_timeout or None)
+    endpoints = _CachedEndpoints(reactor, config.proxy)
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
@@ -269,7 +338,9 @@ def build_service(
     )
     service.reloader = reloader
 
-    # Children stop in reverse order: the listener first, the pool last.
+    # Children stop in reverse order: the listener first, the pool last (then the figures).
+    if config.engineering.show_nerdstats:
+        _NerdStats(app, reactor).setServiceParent(service)
     ReopenOnHangup(log_sink, reactor, then=reloader.reload).setServiceParent(service)
     if watch_config > 0 and reloader.path is not None:
         ConfigWatcher(reloader.path, reloader.reload, reactor, watch_config).setServiceParent(
@@ -279,7 +350,7 @@ def build_service(
     _DrainService(app.site, config.server.shutdown_timeout).setServiceParent(service)
     for poller in app.services:
         poller.setServiceParent(service)
-    _StartupLog(config, app.registry, log_sink.where).setServiceParent(service)
+    _StartupLog(config, app.registry, log_sink.where, profiles).setServiceParent(service)
     listener.setServiceParent(service)
     return service
 

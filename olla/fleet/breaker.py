@@ -3,7 +3,9 @@
 failing at the transport level, even while its health probe still passes.
 
 Five consecutive transport failures open the circuit for 30 s; then one request at a time
-may try it (half-open); a success closes it, a failure opens it again. HTTP error statuses
+may try it (half-open); a success closes it, a failure opens it again. With
+``proxy.engine: sherpa`` (the Go original's simpler engine, which has none) circuits never
+open. HTTP error statuses
 never count: the backend answered. A passing health probe closes the circuit too (the
 registry tells it), so a machine that was restarted takes traffic within one check.
 
@@ -38,9 +40,10 @@ class CircuitBreakers:
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, *, enabled: bool = True) -> None:
         self._clock = clock
         self._circuits: dict[Endpoint, _Circuit] = {}
+        self.enabled = enabled
 
     def allows(self, endpoint: Endpoint) -> bool:
         """Whether ``endpoint`` may be tried now (closed, or a free half-open slot)."""
@@ -77,6 +80,8 @@ class CircuitBreakers:
             self._log.info("circuit for {endpoint} closed", endpoint=endpoint.name)
 
     def failed(self, endpoint: Endpoint) -> None:
+        if not self.enabled:
+            return
         circuit = self._circuits.setdefault(endpoint, _Circuit())
         circuit.failures += 1
         circuit.probing = False

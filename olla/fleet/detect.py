@@ -1,10 +1,14 @@
 # -*- test-case-name: tests.test_detect -*-
 """``type: auto``: which platform an endpoint runs, learnt from its own model lists.
 
-The candidate platforms are tried in the §6.1 order and the first whose model list answers in
-that platform's shape wins. Several platforms copy OpenAI's ``/v1/models``; those must also
-show the owner they write into it, so a vLLM is not taken for a llama.cpp just because
-llama.cpp is tried first. A server that shows no such mark is ``openai-compatible``.
+The candidate platforms are tried in the §6.1 order (those whose profile lists the endpoint's
+port in ``detection.default_ports`` first) and the first whose model list answers in that
+platform's shape wins. Several platforms copy OpenAI's ``/v1/models``; those must also show
+the owner they write into it, or answer with a header their profile names
+(``detection.headers``/``response_headers``: ``X-vLLM-Version``, ``Server: llama.cpp``;
+``server_signatures``/``user_agent_patterns`` in the ``Server`` header), so a vLLM is not
+taken for a llama.cpp just because llama.cpp is tried first. A server that shows no such mark
+is ``openai-compatible``.
 
 Each distinct path is asked once per run, all at the same time, with the endpoint's own
 headers and auth and within its ``check_timeout``; the answers are then read in order.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +47,8 @@ class Answer:
 
     document: Any = None
     problem: str = ""  # "" when ``document`` is a parsed JSON body from a 200
+    #: the answer's headers, lower-cased names
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _owned_by(owner: str) -> Callable[[Any], bool]:
@@ -79,7 +85,28 @@ def recognise(profile: Profile, answer: Answer) -> bool:
     except DiscoveryError:
         return False
     mark = MARKS.get(profile.name)
-    return mark is None or mark(answer.document)
+    return mark is None or mark(answer.document) or shows_headers(profile, answer.headers)
+
+
+def shows_headers(profile: Profile, headers: Mapping[str, tuple[str, ...]]) -> bool:
+    """Whether an answer carries a header ``profile``'s detection hints name."""
+    hints = profile.detection
+    for hint in hints.headers:
+        name, _, value = hint.partition(":")
+        values = headers.get(name.strip().lower())
+        if values is not None and (not value.strip() or value.strip() in values):
+            return True
+    servers = headers.get("server", ())
+    return any(sig.lower() in s.lower() for sig in hints.server_signatures for s in servers)
+
+
+def by_port(endpoint: Endpoint, candidates: Sequence[Profile]) -> list[Profile]:
+    """``candidates`` with those whose ``detection.default_ports`` hold the endpoint's port
+    first (otherwise in order)."""
+    port = urlsplit(endpoint.url).port
+    if port is None:
+        return list(candidates)
+    return sorted(candidates, key=lambda p: port not in p.detection.default_ports)
 
 
 def choose(asked: Sequence[tuple[Profile, Answer]]) -> Profile | None:
@@ -133,11 +160,12 @@ class PlatformDetector:
 
     async def _detect(self, endpoint: Endpoint) -> Detection:
         started = self._clock.seconds()
-        urls = list(dict.fromkeys(detection_url(endpoint, p) for p in endpoint.candidates))
+        candidates = by_port(endpoint, endpoint.candidates)
+        urls = list(dict.fromkeys(detection_url(endpoint, p) for p in candidates))
         runs = [Deferred.fromCoroutine(self._fetch(endpoint, url)) for url in urls]
         answers = dict(zip(urls, await gatherResults(runs), strict=True))
         latency = self._clock.seconds() - started
-        profile = choose([(p, answers[detection_url(endpoint, p)]) for p in endpoint.candidates])
+        profile = choose([(p, answers[detection_url(endpoint, p)]) for p in candidates])
         if profile is not None:
             return Detection(profile, latency)
         reason = explain(answers)
@@ -160,8 +188,12 @@ class PlatformDetector:
         if response.code != 200:
             hint = " (check auth)" if response.code in (401, 403) else ""
             return Answer(problem=f"HTTP {response.code}{hint}")
+        shown = {
+            name.decode("latin-1").lower(): tuple(v.decode("latin-1") for v in values)
+            for name, values in response.headers.getAllRawHeaders()
+        }
         try:
-            return Answer(json.loads(body))
+            return Answer(json.loads(body), headers=shown)
         except ValueError:
             return Answer(problem="not JSON")
 

@@ -6,6 +6,17 @@ true.
 Runs at startup once the first health results are in, every ``model_discovery.interval``,
 whenever an endpoint recovers, and on demand (routing's refresh-on-miss). A failed discovery
 keeps the endpoint's last good list and is simply tried again next time.
+
+Besides the full discovery, every ``discovery.refresh_interval`` olla asks each Ollama what it
+has in memory (``/api/ps``: a model unloads after its keep-alive, and routing must know), and
+every ``model_registry.unification.cleanup_interval`` it forgets the lists of endpoints not
+heard from for ``stale_threshold``. A model list that fails to come (refused, reset, an error
+status, bad JSON; not a timeout, which already waited) is asked again up to
+``model_discovery.retry_attempts`` times, ``retry_backoff`` apart and doubling.
+
+Ollama also describes each model itself (``/api/show``: capabilities, context window). That
+is asked once per model and digest, a few at a time, after the list is in and without holding
+anything up; a failed ask is tried again at the next discovery.
 """
 
 from __future__ import annotations
@@ -22,7 +33,9 @@ from twisted.internet.defer import (
     DeferredSemaphore,
     succeed,
 )
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -37,9 +50,11 @@ from olla.fleet.modelsources import (
     DiscoveryError,
     parse_loaded_from_list,
     parse_ollama_ps,
+    parse_ollama_show,
     source_for,
 )
-from olla.util.bodies import BodyTooLarge, BoundedBody
+from olla.fleet.values import ModelInfo
+from olla.util.bodies import BodyTooLarge, BoundedBody, BytesProducer
 from olla.util.deadline import follow, with_deadline
 
 
@@ -69,11 +84,21 @@ class DiscoveryService(Service):
                 b"Accept": [b"application/json"],
             }
         )
-        self._call: IDelayedCall | None = None
+        self._every_interval = _Every(clock, self._tick)
         #: forget an endpoint's models when its last successful discovery is this old
         self.stale_threshold = 0.0
+        #: how often stale lists are looked for (``unification.cleanup_interval``)
+        self.cleanup_interval = 600.0
+        self._every_cleanup = _Every(clock, self._cleanup)
+        #: how often Ollamas are asked what they have loaded (``discovery.refresh_interval``;
+        #: 0: only with each discovery and after a load)
+        self.loaded_interval = 0.0
+        self._every_loaded = _Every(clock, self._refresh_all_loaded)
         self._discovering = _Coalesced()
         self._asking_loaded = _Coalesced()
+        #: /api/show asks: a few at a time, one per model and digest
+        self._show_limit = DeferredSemaphore(SHOW_CONCURRENCY)
+        self._showing: dict[tuple[str, str], Deferred[None]] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -84,7 +109,9 @@ class DiscoveryService(Service):
         self._registry.add_listener(self._status_changed)
         for endpoint in self._registry.routable():
             self.refresh(endpoint)
-        self._call = self._clock.callLater(self._config.interval, self._tick)
+        self._every_interval.start(self._config.interval)
+        self._every_cleanup.start(self.cleanup_interval)
+        self._every_loaded.start(self.loaded_interval)
 
     def _status_changed(self, endpoint: Endpoint, old: EndpointStatus, new: EndpointStatus) -> None:
         if self.running and new.routable and not old.routable:
@@ -92,11 +119,12 @@ class DiscoveryService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        for timer in (self._every_interval, self._every_cleanup, self._every_loaded):
+            timer.stop()
         self._discovering.cancel_all()
         self._asking_loaded.cancel_all()
+        for pending in list(self._showing.values()):
+            pending.cancel()
         return succeed(None)
 
     def reconfigure(self, config: ModelDiscoveryConfig) -> None:
@@ -105,9 +133,15 @@ class DiscoveryService(Service):
         old, self._config = self._config, config
         if config.concurrent_workers != old.concurrent_workers:
             self._limit = DeferredSemaphore(max(1, config.concurrent_workers))
-        if config.interval != old.interval and self._call is not None and self._call.active():
-            self._call.cancel()
-            self._call = self._clock.callLater(config.interval, self._tick)
+        if config.interval != old.interval:
+            self._every_interval.change(config.interval)
+
+    def set_intervals(self, cleanup: float, loaded: float) -> None:
+        """``unification.cleanup_interval`` and ``discovery.refresh_interval`` (at startup,
+        and after a reload)."""
+        self.cleanup_interval, self.loaded_interval = cleanup, loaded
+        self._every_cleanup.change(cleanup)
+        self._every_loaded.change(loaded)
 
     def forget(self, endpoint: Endpoint) -> None:
         """``endpoint`` was removed by a reload: stop asking it anything."""
@@ -115,9 +149,15 @@ class DiscoveryService(Service):
         self._asking_loaded.cancel(endpoint)
 
     def _tick(self) -> None:
-        if not self.running:
-            return
-        if self.stale_threshold > 0:
+        if self.running:
+            self.refresh_all()
+
+    def _refresh_all_loaded(self) -> None:
+        if self.running:
+            self.refresh_loaded(self._registry.routable())
+
+    def _cleanup(self) -> None:
+        if self.running and self.stale_threshold > 0:
             for endpoint in self._catalogue.drop_stale(
                 self._clock.seconds() - self.stale_threshold
             ):
@@ -127,8 +167,6 @@ class DiscoveryService(Service):
                     endpoint=endpoint.name,
                     hours=self.stale_threshold / 3600,
                 )
-        self.refresh_all()
-        self._call = self._clock.callLater(self._config.interval, self._tick)
 
     def refresh_all(self) -> Deferred[None]:
         """Discover every healthy endpoint now (coalesced with runs already going)."""
@@ -164,11 +202,17 @@ class DiscoveryService(Service):
             cause=failure.getErrorMessage() or repr(failure.value),
         )
 
-    async def _get_json(self, endpoint: Endpoint, url: str) -> Any:
+    async def _get_json(self, endpoint: Endpoint, url: str, payload: object = None) -> Any:
+        """GET ``url`` (POST ``payload`` as JSON when given) and decode the JSON answer."""
         headers = self._headers.copy()
         for name, value in endpoint.extra_headers:
             headers.setRawHeaders(name, [value])
-        request = self._agent.request(b"GET", url.encode(), headers)
+        if payload is None:
+            request = self._agent.request(b"GET", url.encode(), headers)
+        else:
+            headers.setRawHeaders(b"Content-Type", [b"application/json"])
+            producer = BytesProducer(json.dumps(payload).encode())
+            request = self._agent.request(b"POST", url.encode(), headers, producer)
         response: IResponse = await with_deadline(request, self._config.timeout, self._clock)
         reader = BoundedBody(BODY_LIMIT, keep=True)
         response.deliverBody(reader)
@@ -183,8 +227,29 @@ class DiscoveryService(Service):
         except ValueError as e:
             raise DiscoveryError(f"{url} sent invalid JSON: {e}") from None
 
+    async def _get_list(self, endpoint: Endpoint) -> Any:
+        """The model list, asked again after a failed answer (``retry_attempts``)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._get_json(endpoint, endpoint.model_url)
+            except (CancelledError, DeferredTimeout):
+                raise  # stopping, or the whole timeout was waited already
+            except Exception as e:
+                if attempt >= self._config.retry_attempts or not self.running:
+                    raise
+                delay = self._config.retry_backoff * 2**attempt
+                attempt += 1
+                self._log.debug(
+                    "model list of {endpoint} failed ({cause}); asking again in {delay:g}s",
+                    endpoint=endpoint.name,
+                    cause=e,
+                    delay=delay,
+                )
+                await deferLater(self._clock, delay)
+
     async def _discover(self, endpoint: Endpoint) -> None:
-        document = await self._get_json(endpoint, endpoint.model_url)
+        document = await self._get_list(endpoint)
         if endpoint not in self._registry:
             return  # removed by a reload while it was asked
         models = [
@@ -210,6 +275,50 @@ class DiscoveryService(Service):
         await self._read_capacity(endpoint, document)
         # announced last: what is loaded decides the first requests' order too
         self._registry.models_listed(endpoint, len(models))
+        if self._describes_models(endpoint):
+            for info in models:
+                self._describe(endpoint, info)
+
+    @staticmethod
+    def _describes_models(endpoint: Endpoint) -> bool:
+        """Ollama (and a platform laid over its profile) describes a model at ``/api/show``."""
+        profile = endpoint.profile
+        return (
+            profile is not None
+            and endpoint.response_format == "ollama"
+            and profile.serves("/api/show")
+        )
+
+    def _describe(self, endpoint: Endpoint, info: ModelInfo) -> None:
+        """Ask ``endpoint`` about ``info`` unless that model and digest are known or asked."""
+        key = (info.name.lower(), info.digest or "")
+        if key in self._showing or self._catalogue.shown(info) is not None:
+            return
+
+        def ask() -> Deferred[None]:
+            return Deferred.fromCoroutine(self._read_show(endpoint, info))
+
+        pending = self._show_limit.run(ask)
+        self._showing[key] = pending
+
+        def settled(result: object) -> None:
+            self._showing.pop(key, None)
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                self._log.debug(
+                    "no /api/show for {model} from {endpoint}: {cause}",
+                    model=info.name,
+                    endpoint=endpoint.name,
+                    cause=result.getErrorMessage(),
+                )
+
+        pending.addBoth(settled)
+
+    async def _read_show(self, endpoint: Endpoint, info: ModelInfo) -> None:
+        if not self.running or endpoint not in self._registry:
+            return
+        url = endpoint.upstream_url(b"/api/show").decode()
+        facts = parse_ollama_show(await self._get_json(endpoint, url, {"model": info.name}))
+        self._catalogue.set_shown(info, facts)
 
     async def _read_version(self, endpoint: Endpoint) -> None:
         """Ollama's version decides whether it speaks the Anthropic API (0.14.0 and later)."""
@@ -255,6 +364,45 @@ class DiscoveryService(Service):
             return Deferred.fromCoroutine(self._read_loaded(endpoint))
 
         return self._asking_loaded.run(endpoint, start)
+
+
+#: how many ``/api/show`` asks run at once, across the fleet
+SHOW_CONCURRENCY = 2
+
+
+class _Every:
+    """Runs ``job`` every ``interval`` seconds on ``clock`` once started (0: never)."""
+
+    def __init__(self, clock: IReactorTime, job: Callable[[], None]) -> None:
+        self._clock = clock
+        self._job = job
+        self._interval = 0.0
+        self._call: IDelayedCall | None = None
+        self._running = False
+
+    def start(self, interval: float) -> None:
+        self._running = True
+        self.change(interval)
+
+    def change(self, interval: float) -> None:
+        if self._call is not None and self._call.active():
+            if interval == self._interval:
+                return
+            self._call.cancel()
+        self._interval = interval
+        self._call = None
+        if self._running and interval > 0:
+            self._call = self._clock.callLater(interval, self._fire)
+
+    def stop(self) -> None:
+        self._running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._call = self._clock.callLater(self._interval, self._fire)
+        self._job()
 
 
 class _Coalesced:

@@ -86,6 +86,8 @@ class Platform:
     model_url: str
     #: which IModelSource reads its model list (the profile's ``response_format``)
     response_format: str
+    #: the platform's profile (None: ``type: auto`` not detected yet)
+    profile: Profile | None = None
 
 
 def platform_for(config: EndpointConfig, profile: Profile | None) -> Platform:
@@ -101,6 +103,7 @@ def platform_for(config: EndpointConfig, profile: Profile | None) -> Platform:
         health_url=resolve_url(config.url, config.health_check_url, health_default),
         model_url=resolve_url(config.url, config.model_url, models_default),
         response_format=profile.response_format if profile else "openai",
+        profile=profile,
     )
 
 
@@ -128,6 +131,9 @@ class Endpoint:
     #: requests it serves in parallel before olla counts it as full, as configured (None: as
     #: the backend reports; read ``EndpointRegistry.slots``, which knows both)
     max_concurrency: int | None
+    #: the slots assumed while neither the config nor the backend says (the profile's
+    #: ``default_slots``, else 4)
+    default_slots: int
     #: endpoint headers then its auth header, applied to every upstream call
     extra_headers: tuple[tuple[bytes, bytes], ...]
     config: EndpointConfig = field(repr=False)
@@ -158,6 +164,11 @@ class Endpoint:
         return self.platform.response_format
 
     @property
+    def profile(self) -> Profile | None:
+        """The platform's profile: what it is known to do (None while ``auto`` detects)."""
+        return self.platform.profile
+
+    @property
     def detecting(self) -> bool:
         """``type: auto`` and its platform not known yet."""
         return self.config.type == "auto" and self._detected.platform is None
@@ -186,6 +197,43 @@ class Endpoint:
         return origin + base.encode() + path_and_query
 
 
+#: an endpoint's priority when neither its config nor its profile says
+DEFAULT_PRIORITY = 100
+
+
+def endpoint_priority(config: EndpointConfig, profile: Profile | None) -> int:
+    """The configured ``priority``, else the profile's ``characteristics.default_priority``."""
+    if config.priority is not None:
+        return config.priority
+    if profile is not None and profile.characteristics.default_priority is not None:
+        return profile.characteristics.default_priority
+    return DEFAULT_PRIORITY
+
+
+def endpoint_slots(config: EndpointConfig, profile: Profile | None) -> tuple[int | None, int]:
+    """The configured ``max_concurrency`` (None when not set), and the slots to assume when
+    neither it nor the backend says: the profile's ``slot_configuration.default_slots``, else
+    4. Neither is above the profile's ``max_slots``."""
+    slots = profile.resources.slots if profile is not None else None
+    ceiling = slots.max_slots if slots is not None else None
+    configured = config.max_concurrency
+    default = (slots.default_slots if slots is not None else None) or DEFAULT_MAX_CONCURRENCY
+    if ceiling is not None:
+        configured = None if configured is None else min(configured, ceiling)
+        default = min(default, ceiling)
+    return configured, default
+
+
+def auth_header(config: EndpointConfig, profile: Profile | None) -> str:
+    """The header an endpoint's credential goes in: the configured one, or for an ``api_key``
+    without ``header`` the profile's ``characteristics.auth.default_header``."""
+    auth = config.auth
+    assert auth is not None
+    if auth.type == "api_key" and not auth.header_given and profile is not None:
+        return profile.characteristics.auth.default_header or auth.header_name
+    return auth.header_name
+
+
 def endpoints_from_config(
     configs: Sequence[EndpointConfig], profiles: ProfileRegistry | None = None
 ) -> list[Endpoint]:
@@ -205,25 +253,27 @@ def endpoints_from_config(
             )
             endpoint_id = f"{endpoint_id}-{same.index((config.name, index))}"
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in config.headers.items()]
+        profile = profiles.get(config.type)
         if config.auth is not None:
-            auth_name = config.auth.header_name.encode("latin-1").lower()
+            header = auth_header(config, profile)
+            auth_name = header.encode("latin-1").lower()
             extra = [(k, v) for k, v in extra if k.lower() != auth_name]
-            extra.append(
-                (config.auth.header_name.encode("latin-1"), config.auth.header_value.encode())
-            )
+            extra.append((header.encode("latin-1"), config.auth.header_value.encode()))
+        configured_slots, default_slots = endpoint_slots(config, profile)
         out.append(
             Endpoint(
                 id=endpoint_id,
                 name=config.name,
                 url=config.url.rstrip("/"),
-                priority=config.priority,
+                priority=endpoint_priority(config, profile),
                 preserve_path=config.preserve_path,
                 check_interval=config.check_interval,
                 check_timeout=config.check_timeout,
-                max_concurrency=config.max_concurrency,
+                max_concurrency=configured_slots,
+                default_slots=default_slots,
                 extra_headers=tuple(extra),
                 config=config,
-                configured=platform_for(config, profiles.get(config.type)),
+                configured=platform_for(config, profile),
                 candidates=profiles.detection_candidates() if config.type == "auto" else (),
             )
         )
@@ -294,6 +344,9 @@ class Outcome(enum.Enum):
     FAILED = "failed"  # transport error, timeout or truncated stream
     REFUSED = "refused"  # the backend answered that it is busy (429/503...): tried elsewhere
     CLIENT_GONE = "client_gone"
+    #: olla's own bound ran out (the host was still loading the model, or the whole response
+    #: took longer than allowed): a failed request, but no verdict on the transport
+    TIMED_OUT = "timed_out"
 
 
 #: weight of the newest attempt in ``EndpointState.service_time``
@@ -322,12 +375,12 @@ _HEALTH_FIELDS = (
 def effective_slots(endpoint: Endpoint, state: EndpointState) -> tuple[int, str]:
     """How many requests ``endpoint`` serves at once, and who said so: its configured
     ``max_concurrency`` (``config``), else the slots the backend reported (``backend``), else
-    ``DEFAULT_MAX_CONCURRENCY`` (``default``)."""
+    the profile's ``default_slots`` or 4 (``default``)."""
     if endpoint.max_concurrency is not None:
         return endpoint.max_concurrency, "config"
     if state.reported_slots is not None:
         return state.reported_slots, "backend"
-    return DEFAULT_MAX_CONCURRENCY, "default"
+    return endpoint.default_slots, "default"
 
 
 class EndpointRegistry:
@@ -680,6 +733,10 @@ class EndpointRegistry:
             self.breakers.released(endpoint)
             return
         state.requests += 1
+        if outcome is Outcome.TIMED_OUT:
+            state.failures += 1
+            self.breakers.released(endpoint)
+            return
         if outcome is Outcome.FAILED:
             state.failures += 1
             self.breakers.failed(endpoint)

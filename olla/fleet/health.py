@@ -193,13 +193,19 @@ class HealthService(Service):
         self.on_recovered: list[Callable[[Endpoint], object]] = []
         #: told every probe's result (the stats count them)
         self.on_probe: list[Callable[[Endpoint, ProbeResult], object]] = []
+        #: ``discovery.health_check.initial_delay``: the first probes wait this long
+        self.initial_delay = 0.0
 
     # ------------------------------------------------------------------ service
 
     def startService(self) -> None:
         super().startService()
         for poller in self._pollers.values():
-            self._run(poller)  # every endpoint at once: the startup gate waits on these
+            # every endpoint at once: the startup gate waits on these
+            if self.initial_delay > 0:
+                poller.call = self._clock.callLater(self.initial_delay, self._run, poller)
+            else:
+                self._run(poller)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -11,11 +11,8 @@ from typing import Any
 from olla.fleet.endpoints import Endpoint
 from olla.fleet.models import (
     ModelCatalogue,
-    capabilities,
-    context_length,
     denormalise_quantization,
     family_and_variant,
-    model_type,
 )
 from olla.fleet.values import ModelInfo
 
@@ -35,6 +32,26 @@ def _details(info: ModelInfo) -> dict[str, Any]:
         "families": [info.family] if info.family else None,
         "parameter_size": info.parameter_size or "",
         "quantization_level": denormalise_quantization(info.quantization) or "",
+    }
+
+
+def resource_view(catalogue: ModelCatalogue, endpoint: Endpoint, name: str) -> dict[str, Any]:
+    """What ``endpoint``'s profile says about ``name``: its size class, the memory it needs,
+    the prior for its load time (or the learnt one) and the per-host cap."""
+    sizing = catalogue.sizing(endpoint, name)
+    if sizing is None:
+        return {}
+    learned = catalogue.learned_load_time(name)
+    prior = sizing.load_seconds
+    return {
+        "size_class": sizing.size_class,
+        "min_memory_gb": round(sizing.min_memory_gb, 3),
+        "recommended_memory_gb": round(sizing.recommended_memory_gb, 3),
+        "min_gpu_memory_gb": round(sizing.min_gpu_memory_gb, 3),
+        "requires_gpu": sizing.requires_gpu,
+        "load_time_prior_ms": None if prior is None else round(prior * 1000),
+        "load_time_learned_ms": None if learned is None else round(learned * 1000),
+        "max_concurrent": sizing.max_concurrent,
     }
 
 
@@ -101,8 +118,9 @@ def lmstudio_models(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) ->
     """LM Studio's ``/api/v0/models`` shape: type and load state per model."""
     data = []
     for info, hosts in catalogue.merged(endpoints):
-        loaded = any(info.name.lower() in catalogue.loaded_on(ep) for ep in hosts)
-        kind = model_type(info.name, info.family)
+        loaded = any(catalogue.in_memory(ep, info.name) for ep in hosts)
+        facts = catalogue.facts(info, hosts)
+        kind = facts.kind
         entry: dict[str, Any] = {
             "id": info.name,
             "object": "model",
@@ -113,9 +131,8 @@ def lmstudio_models(catalogue: ModelCatalogue, endpoints: Sequence[Endpoint]) ->
             entry["arch"] = info.family
         if info.quantization:
             entry["quantization"] = denormalise_quantization(info.quantization)
-        context = context_length(info.name)
-        if context:
-            entry["max_context_length"] = context
+        if facts.context_length:
+            entry["max_context_length"] = facts.context_length
         data.append(entry)
     return {"object": "list", "data": data}
 
@@ -126,6 +143,7 @@ def unified_models(
     """``/olla/models``: the unified view, with where each model is and whether it is warm."""
     data = []
     for info, hosts in catalogue.merged(endpoints):
+        facts = catalogue.facts(info, hosts)
         data.append(
             {
                 "id": info.name,
@@ -133,9 +151,9 @@ def unified_models(
                 "owned_by": "olla",
                 "created": int(now),
                 "olla": {
-                    "type": model_type(info.name, info.family),
-                    "capabilities": capabilities(info.name, info.family),
-                    "max_context_length": context_length(info.name),
+                    "type": facts.kind,
+                    "capabilities": list(facts.capabilities),
+                    "max_context_length": facts.context_length,
                     "family": info.family or family_and_variant(info.name)[0],
                     "variant": family_and_variant(info.name)[1],
                     "parameter_size": info.parameter_size,
@@ -144,8 +162,9 @@ def unified_models(
                         {
                             "endpoint": ep.name,
                             "state": "loaded"
-                            if info.name.lower() in catalogue.loaded_on(ep)
+                            if catalogue.in_memory(ep, info.name)
                             else "available",
+                            **resource_view(catalogue, ep, info.name),
                         }
                         for ep in hosts
                     ],
@@ -161,6 +180,7 @@ def model_detail(
     """``/olla/models/{id}``: one model, or None."""
     for info, hosts in catalogue.merged(endpoints):
         if info.name.lower() == name.lower():
+            facts = catalogue.facts(info, hosts)
             return {
                 "id": info.name,
                 "family": info.family or "unknown",
@@ -170,42 +190,10 @@ def model_detail(
                 "total_disk_size": info.size,
                 "digest": info.digest,
                 "endpoints": [ep.name for ep in hosts],
-                "capabilities": capabilities(info.name, info.family),
-                "max_context_length": context_length(info.name),
-                "loaded_endpoints": [
-                    ep.name for ep in hosts if info.name.lower() in catalogue.loaded_on(ep)
-                ],
+                "type": facts.kind,
+                "capabilities": list(facts.capabilities),
+                "max_context_length": facts.context_length,
+                "loaded_endpoints": [ep.name for ep in hosts if catalogue.in_memory(ep, info.name)],
+                "resources": {ep.name: resource_view(catalogue, ep, info.name) for ep in hosts},
             }
     return None
-
-
-def status_models(
-    catalogue: ModelCatalogue, endpoints: Sequence[Endpoint], now: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``/internal/status/models``: the payload, and its stable part (for the ETag)."""
-    merged = catalogue.merged(endpoints)
-    by_family: dict[str, list[str]] = {}
-    recent = []
-    for info, hosts in merged:
-        family = info.family or "unknown"
-        by_family.setdefault(family, []).append(info.name)
-        synced = max((catalogue.synced_at(ep) or 0.0) for ep in hosts)
-        recent.append(
-            {
-                "name": info.name,
-                "family": family,
-                "params": info.parameter_size,
-                "quant": info.quantization,
-                "size": info.size,
-                "last_seen_at": _iso(synced),
-                "endpoints": [ep.name for ep in hosts],
-            }
-        )
-    stable = {
-        "total_models": len(merged),
-        "total_families": len(by_family),
-        "total_endpoints": len({ep for _, hosts in merged for ep in hosts}),
-        "models_by_family": {k: sorted(v) for k, v in sorted(by_family.items())},
-    }
-    payload = {"timestamp": _iso(now), **stable, "recent_models": recent[:10]}
-    return payload, {**stable, "recent": [m["name"] for m in recent[:10]]}

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from olla.config import FilterConfig, RoutingStrategyConfig
 from olla.fleet.endpoints import Endpoint
 from olla.fleet.values import ModelInfo
+from olla.profiles.patterns import BackendFacts, capabilities, context_length, model_kind
+from olla.profiles.sizing import Sizing, size_model
 
 _QUANT = re.compile(r"[^a-z0-9]")
 
@@ -52,25 +54,6 @@ def matches_filter(name: str, model_filter: FilterConfig | None) -> bool:
     return not any(fnmatch.fnmatchcase(lowered, p.lower()) for p in model_filter.exclude)
 
 
-_VISION = ("*llava*", "*vision*", "*bakllava*", "*-vl*", "*vlm*")
-_EMBEDDINGS = ("*embed*", "*minilm*", "nomic-embed-text*", "mxbai-embed-large*", "*bge-*")
-_CODE = ("*code*", "codellama*", "deepseek-coder*", "qwen*coder*", "*starcoder*", "*codegen*")
-_CONTEXT = (
-    (("*-32k*", "*:32k*"), 32768),
-    (("*-16k*", "*:16k*"), 16384),
-    (("*-8k*", "*:8k*", "llama3*", "llama-3*"), 8192),
-)
-_NAME_RULES = (
-    (("*instruct*", "*chat*", "*assistant*"), ("instruction-following", "chat")),
-    (("*reasoning*", "*think*", "*r1*"), ("reasoning", "logic")),
-    (("*math*", "*mathstral*"), ("mathematics", "problem-solving")),
-)
-
-
-def _any(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 _FAMILY = re.compile(r"^(?:[\w.-]+/)?([a-z]+(?:-[a-z]+)*?)-?(\d+(?:\.\d+)?)?(?=[:\-_.]|$)")
 
 
@@ -82,42 +65,28 @@ def family_and_variant(name: str) -> tuple[str, str | None]:
     return match.group(1), match.group(2)
 
 
-def model_type(name: str, family: str | None = None) -> str:
-    """``embeddings``, ``vlm`` or ``llm``, from the name (and Ollama's family)."""
+def name_variants(name: str) -> tuple[str, ...]:
+    """The other spellings Ollama accepts for ``name`` (lower-cased), most likely first:
+    ``library/llama3.2:latest`` and ``llama3.2`` both mean ``llama3.2:latest``."""
     lowered = name.lower()
-    if _any(lowered, _EMBEDDINGS) or (family or "").lower() in ("bert", "nomic-bert"):
-        return "embeddings"
-    if _any(lowered, _VISION):
-        return "vlm"
-    return "llm"
+    bare = lowered.removeprefix("registry.ollama.ai/").removeprefix("library/")
+    tagged = bare if ":" in bare.rsplit("/", 1)[-1] else f"{bare}:latest"
+    return tuple(v for v in dict.fromkeys((bare, tagged)) if v != lowered)
 
 
-def context_length(name: str) -> int | None:
-    """A context length the name implies (the Ollama profile's context patterns)."""
-    lowered = name.lower()
-    return next((size for patterns, size in _CONTEXT if _any(lowered, patterns)), None)
+def canonical_name(name: str) -> str:
+    """One key for all of a model's Ollama spellings (``llama3.2:latest``)."""
+    variants = name_variants(name)
+    return variants[-1] if variants else name.lower()
 
 
-def capabilities(name: str, family: str | None = None) -> list[str]:
-    """What a model can do, by its type and name (Olla's rules, §6.2)."""
-    lowered = name.lower()
-    kind = model_type(name, family)
-    out: list[str] = []
-    if kind == "embeddings":
-        out += ["embeddings", "similarity", "vector-search"]
-    else:
-        out += ["text-generation", "chat", "completion"]
-        if kind == "vlm":
-            out += ["vision", "multimodal", "image-understanding"]
-        if _any(lowered, _CODE):
-            out += ["code-generation", "programming", "code-completion"]
-        for patterns, caps in _NAME_RULES:
-            if _any(lowered, patterns):
-                out += [c for c in caps if c not in out]
-    context = context_length(name) or 0
-    if context >= 32000:
-        out.append("extended-context")
-    return out
+@dataclass(frozen=True)
+class ModelFacts:
+    """What olla tells about one model: its kind, what it can do, its context window."""
+
+    kind: str  # llm | vlm | embeddings
+    capabilities: tuple[str, ...]
+    context_length: int | None
 
 
 @dataclass
@@ -130,6 +99,15 @@ class _EndpointModels:
     loading: dict[str, float] = field(default_factory=dict)
     running: tuple[Mapping[str, object], ...] = ()  # Ollama /api/ps rows, as sent
     synced_at: float | None = None
+    #: lower-cased name -> its size class on this endpoint's platform (reset with the list)
+    sizes: dict[str, Sizing] = field(default_factory=dict)
+
+    def key(self, name: str) -> str:
+        """The listed key ``name`` means here: itself, else an Ollama spelling of it."""
+        lowered = name.lower()
+        if lowered in self.models:
+            return lowered
+        return next((v for v in name_variants(lowered) if v in self.models), lowered)
 
 
 @dataclass(frozen=True)
@@ -156,6 +134,11 @@ class ModelCatalogue:
         self._by_endpoint: dict[Endpoint, _EndpointModels] = {}
         self._aliases = {k.lower(): tuple(v) for k, v in (aliases or {}).items()}
         self._load_times: dict[str, float] = {}
+        #: (canonical name, digest) -> what the backend said about the model (``/api/show``)
+        self._shown: dict[tuple[str, str], BackendFacts] = {}
+        #: ``model_registry.enable_unifier``: one entry per model across endpoints (else one
+        #: per endpoint and model in the merged views)
+        self.unify = True
 
     # ------------------------------------------------------------------ writes (discovery)
 
@@ -169,7 +152,7 @@ class ModelCatalogue:
         entry = self._by_endpoint.get(previous)
         if entry is not None:
             self._by_endpoint[endpoint] = replace(
-                entry, models=dict(entry.models), loaded=set(entry.loaded), loading={}
+                entry, models=dict(entry.models), loaded=set(entry.loaded), loading={}, sizes={}
             )
 
     def forget(self, endpoint: Endpoint) -> None:
@@ -180,22 +163,25 @@ class ModelCatalogue:
         """``name`` was deleted from ``endpoint`` (model management): out of its list, its
         loaded set and its loads under way; the learnt load time goes once no endpoint lists
         the model, so warm routing starts afresh for a model of that name pulled later."""
-        key = name.lower()
         entry = self._by_endpoint.get(endpoint)
         if entry is not None:
+            key = entry.key(name)
             entry.models.pop(key, None)
             entry.loaded.discard(key)
             entry.loading.pop(key, None)
+            entry.sizes.pop(key, None)
             entry.running = tuple(
                 row for row in entry.running if str(row.get("name", "")).lower() != key
             )
-        if not self.hosts(key):
-            self._load_times.pop(key, None)
+        if not self.hosts(name):
+            self._load_times.pop(canonical_name(name), None)
 
     def set_models(self, endpoint: Endpoint, models: Iterable[ModelInfo], now: float) -> None:
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
         entry.models = {m.name.lower(): m for m in models}
+        entry.sizes = {}
         entry.synced_at = now
+        self._prune_shown()
 
     def set_loaded(
         self,
@@ -208,8 +194,9 @@ class ModelCatalogue:
         entry.loaded = {n.lower() for n in names}
         entry.running = tuple(entries)
         entry.reports_loaded = True
-        for name in entry.loaded & entry.loading.keys():
-            del entry.loading[name]
+        for name in list(entry.loading):
+            if entry.key(name) in entry.loaded or name in entry.loaded:
+                del entry.loading[name]
 
     def drop_stale(self, before: float) -> list[Endpoint]:
         """Forget model lists last refreshed before ``before``; returns those endpoints."""
@@ -227,34 +214,122 @@ class ModelCatalogue:
     def mark_loaded(self, endpoint: Endpoint, name: str) -> None:
         """``endpoint`` answered a request for ``name``: it is warm there now."""
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
-        entry.loaded.add(name.lower())
-        entry.loading.pop(name.lower(), None)
+        key = entry.key(name)
+        entry.loaded.add(key)
+        entry.loading.pop(key, None)
 
     def mark_loading(self, endpoint: Endpoint, name: str, now: float) -> None:
         """A request for ``name`` went to ``endpoint`` where it is not loaded: the load is
         under way, so the next request for it there waits only for the rest of it."""
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
-        entry.loading.setdefault(name.lower(), now)
+        entry.loading.setdefault(entry.key(name), now)
 
     def loading_since(self, endpoint: Endpoint, name: str) -> float | None:
         entry = self._by_endpoint.get(endpoint)
-        return entry.loading.get(name.lower()) if entry else None
+        return entry.loading.get(entry.key(name)) if entry else None
 
     def load_failed(self, endpoint: Endpoint, name: str) -> None:
         """The request that was loading ``name`` on ``endpoint`` got no answer."""
         entry = self._by_endpoint.get(endpoint)
         if entry is not None:
-            entry.loading.pop(name.lower(), None)
+            entry.loading.pop(entry.key(name), None)
 
     def observe_load(self, name: str, seconds: float) -> None:
         """A backend took ``seconds`` to load ``name`` (Ollama's ``load_duration``)."""
-        key = name.lower()
+        key = canonical_name(name)
         known = self._load_times.get(key)
         self._load_times[key] = seconds if known is None else known + 0.3 * (seconds - known)
 
-    def load_time(self, name: str, default: float) -> float:
-        """The expected time to load ``name`` on a machine that does not have it in memory."""
-        return self._load_times.get(name.lower(), default)
+    def learned_load_time(self, name: str) -> float | None:
+        """What loading ``name`` took lately (Ollama's ``load_duration``), if seen."""
+        return self._load_times.get(canonical_name(name))
+
+    def expected_load(self, endpoint: Endpoint, name: str, default: float) -> float:
+        """The expected time to load ``name`` on ``endpoint`` when it is not in memory there:
+        what it took lately, else its size class's ``estimated_load_time_ms`` on that
+        platform (``resources.model_sizes``, else ``resources.defaults``), else ``default``."""
+        learned = self.learned_load_time(name)
+        if learned is not None:
+            return learned
+        sizing = self.sizing(endpoint, name)
+        if sizing is not None and sizing.load_seconds is not None:
+            return sizing.load_seconds
+        return default
+
+    def set_shown(self, info: ModelInfo, facts: BackendFacts) -> None:
+        """What the backend said about ``info`` itself (Ollama's ``/api/show``)."""
+        self._shown[(canonical_name(info.name), info.digest or "")] = facts
+
+    def shown(self, info: ModelInfo) -> BackendFacts | None:
+        return self._shown.get((canonical_name(info.name), info.digest or ""))
+
+    def _prune_shown(self) -> None:
+        """Forget what was shown about models no endpoint lists any more."""
+        listed = {
+            (canonical_name(info.name), info.digest or "")
+            for entry in self._by_endpoint.values()
+            for info in entry.models.values()
+        }
+        for key in [k for k in self._shown if k not in listed]:
+            del self._shown[key]
+
+    # ------------------------------------------------------------------ what a model is
+
+    def info(self, endpoint: Endpoint, name: str) -> ModelInfo | None:
+        """``name`` as ``endpoint`` listed it (any Ollama spelling of it)."""
+        entry = self._by_endpoint.get(endpoint)
+        return entry.models.get(entry.key(name)) if entry else None
+
+    def sizing(self, endpoint: Endpoint, name: str) -> Sizing | None:
+        """``name``'s size class on ``endpoint``'s platform (None: no profile yet)."""
+        profile = endpoint.profile
+        if profile is None:
+            return None
+        entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
+        key = entry.key(name)
+        found = entry.sizes.get(key)
+        if found is None:
+            info = entry.models.get(key)
+            found = size_model(
+                profile.resources,
+                profile.characteristics,
+                info.name if info else name,
+                info.parameter_size if info else None,
+                info.quantization if info else None,
+            )
+            entry.sizes[key] = found
+        return found
+
+    def cap_for(self, endpoint: Endpoint, model: str) -> int | None:
+        """How many requests for ``model`` ``endpoint`` runs at once by its profile: the size
+        class's ``max_concurrent``, else ``resources.concurrency_limits`` by the memory the
+        model needs, else ``characteristics.max_concurrent_requests`` (None: no cap). The
+        endpoint's own ``max_concurrency`` is separate; the stricter of the two holds."""
+        sizing = self.sizing(endpoint, model)
+        return sizing.max_concurrent if sizing is not None else None
+
+    def facts(self, info: ModelInfo, hosts: Sequence[Endpoint]) -> ModelFacts:
+        """Kind, capabilities and context of ``info``: the backend's own word where it gave
+        one, else its hosts' profile patterns."""
+        rules = list(dict.fromkeys(ep.profile.models for ep in hosts if ep.profile is not None))
+        backend = self.shown(info) or BackendFacts(context_length=info.context_length)
+        if backend.context_length is None and info.context_length:
+            backend = BackendFacts(backend.capabilities, info.context_length)
+        caps = capabilities(info.name, rules, backend)
+        streams = [ep.profile for ep in hosts if ep.profile is not None]
+        if streams and all(
+            p.characteristics.streaming_support and p.request.supports_streaming for p in streams
+        ):
+            caps.append("streaming")
+        return ModelFacts(
+            kind=model_kind(info.name, rules, backend),
+            capabilities=tuple(caps),
+            context_length=context_length(info.name, rules, backend),
+        )
+
+    def capabilities_of(self, endpoint: Endpoint, info: ModelInfo) -> frozenset[str]:
+        """What ``info`` can do as ``endpoint`` serves it."""
+        return frozenset(self.facts(info, [endpoint]).capabilities)
 
     # ------------------------------------------------------------------ reads
 
@@ -266,13 +341,25 @@ class ModelCatalogue:
         entry = self._by_endpoint.get(endpoint)
         return set(entry.loaded) if entry else set()
 
+    def in_memory(self, endpoint: Endpoint, name: str) -> bool:
+        """Whether ``endpoint`` is known to hold ``name`` in memory now: it said so, or it is a
+        single-model server (``characteristics.single_model_server``)."""
+        profile = endpoint.profile
+        if profile is not None and profile.characteristics.single_model_server:
+            return self.info(endpoint, name) is not None
+        entry = self._by_endpoint.get(endpoint)
+        return entry is not None and entry.key(name) in entry.loaded
+
     def warm(self, endpoint: Endpoint, name: str) -> bool:
         """Whether ``name`` is in memory on ``endpoint``. A backend that never says what it
         has loaded (vLLM, llama.cpp...) serves what it lists without loading: warm."""
         entry = self._by_endpoint.get(endpoint)
         if entry is None or not entry.reports_loaded:
             return True
-        return name.lower() in entry.loaded
+        profile = endpoint.profile
+        if profile is not None and profile.characteristics.single_model_server:
+            return True
+        return entry.key(name) in entry.loaded
 
     def listed(self, endpoint: Endpoint) -> bool:
         """Whether ``endpoint``'s model list has been read (it may be empty)."""
@@ -290,17 +377,23 @@ class ModelCatalogue:
 
     def hosts(self, name: str) -> list[Endpoint]:
         """Endpoints that host ``name`` (any health), in no particular order."""
-        key = name.lower()
-        return [ep for ep, entry in self._by_endpoint.items() if key in entry.models]
+        return [ep for ep, entry in self._by_endpoint.items() if entry.key(name) in entry.models]
 
     def native_name(self, endpoint: Endpoint, name: str) -> str | None:
-        entry = self._by_endpoint.get(endpoint)
-        info = entry.models.get(name.lower()) if entry else None
+        info = self.info(endpoint, name)
         return info.name if info else None
 
     def merged(self, endpoints: Iterable[Endpoint]) -> list[tuple[ModelInfo, list[Endpoint]]]:
         """Each model once across ``endpoints`` (same name without conflicting digests, else
-        same digest on another endpoint), with its hosts."""
+        same digest on another endpoint), with its hosts; with the unifier off, each endpoint's
+        models apart."""
+        if not self.unify:
+            return [
+                (info, [endpoint])
+                for endpoint in endpoints
+                if (entry := self._by_endpoint.get(endpoint)) is not None
+                for info in entry.models.values()
+            ]
         groups: list[tuple[ModelInfo, list[Endpoint]]] = []
         by_digest: dict[str, int] = {}
         by_name: dict[str, int] = {}
@@ -334,6 +427,15 @@ class ModelCatalogue:
 
     def alias_targets(self, model: str) -> tuple[str, ...] | None:
         return self._aliases.get(model.lower())
+
+    def aliases_of(self, name: str) -> set[str]:
+        """The configured aliases (``model_aliases``) that name ``name`` among their models."""
+        key = canonical_name(name)
+        return {
+            alias
+            for alias, targets in self._aliases.items()
+            if any(canonical_name(t) == key for t in targets)
+        }
 
     def route(
         self,

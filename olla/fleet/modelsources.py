@@ -14,6 +14,7 @@ from olla.fleet.endpoints import Endpoint
 from olla.fleet.models import normalise_quantization
 from olla.fleet.values import ModelInfo
 from olla.interfaces import IModelSource
+from olla.profiles.patterns import BackendFacts
 
 #: the largest model list olla reads
 BODY_LIMIT = 10 * 1024 * 1024
@@ -66,6 +67,7 @@ def parse_openai_models(document: Any) -> list[ModelInfo]:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
         quantization = item.get("quantization")
+        context = item.get("max_model_len")
         out.append(
             ModelInfo(
                 name=item["id"],
@@ -75,6 +77,9 @@ def parse_openai_models(document: Any) -> list[ModelInfo]:
                 else None,
                 format=item.get("compatibility_type")
                 if isinstance(item.get("compatibility_type"), str)
+                else None,
+                context_length=context
+                if isinstance(context, int) and not isinstance(context, bool) and context > 0
                 else None,
             )
         )
@@ -96,6 +101,29 @@ def parse_ollama_ps(document: Any) -> list[dict[str, Any]]:
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise DiscoveryError("not an Ollama process list")
     return [m for m in document["models"] if isinstance(m, dict) and isinstance(m.get("name"), str)]
+
+
+def parse_ollama_show(document: Any) -> BackendFacts:
+    """``POST /api/show``: what the model says it can do (``capabilities``, newer Ollama) and
+    its context window (``model_info["<arch>.context_length"]``); either may be missing."""
+    if not isinstance(document, dict):
+        raise DiscoveryError("not an Ollama model description")
+    raw_caps = document.get("capabilities")
+    caps: tuple[str, ...] | None = None
+    if isinstance(raw_caps, list):
+        caps = tuple(c.lower() for c in raw_caps if isinstance(c, str) and c)
+    info = document.get("model_info")
+    context: int | None = None
+    if isinstance(info, dict):
+        arch = info.get("general.architecture")
+        keys = [f"{arch}.context_length"] if isinstance(arch, str) else []
+        keys += [k for k in info if isinstance(k, str) and k.endswith(".context_length")]
+        for key in keys:
+            value = info.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                context = value
+                break
+    return BackendFacts(capabilities=caps, context_length=context)
 
 
 @implementer(IModelSource)

@@ -24,6 +24,8 @@ class ModelInfo:
     quantization: str | None = None
     format: str | None = None
     modified_at: str | None = None
+    #: the context window the list itself states (vLLM's and SGLang's ``max_model_len``)
+    context_length: int | None = None
     #: the entry exactly as an Ollama backend listed it, replayed by ``/api/tags`` so that the
     #: merged list reads like the backend's own (``Q4_1``, ``parent_model`` and all)
     native: Mapping[str, object] | None = field(default=None, compare=False, hash=False)

@@ -41,6 +41,13 @@ from olla.proxy.inspect import rewrite_model
 from olla.proxy.needs import body_needs
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
 from olla.proxy.shape import VERBATIM, IExchangeShape
+from olla.proxy.timeouts import (
+    AttemptDeadline,
+    LoadTimeout,
+    ResponseTimeout,
+    ResponseTimer,
+    TimeoutPolicy,
+)
 from olla.proxy.tokens import TokenUsage, read_usage
 from olla.telemetry.failovers import FailoverLog
 from olla.telemetry.stats import RequestRecord, Stats
@@ -66,6 +73,8 @@ class ProxyDeps:
     report_connection_failure: Callable[[Endpoint, str], None]
     #: how long a request that arrives during startup waits for the first probes and lists
     startup_wait: float
+    #: the whole response's bound and each attempt's header wait (``olla.proxy.timeouts``)
+    timeouts: TimeoutPolicy
     #: re-run model discovery on every healthy endpoint (routing's refresh-on-miss)
     refresh_models: Callable[[], Deferred[None]] | None = None
     #: ask Ollama endpoints what they have loaded right now (for a live ``/api/ps``)
@@ -111,8 +120,6 @@ class _Discard(Protocol):
 _DRAIN_LIMIT = 64 * 1024
 #: how long a backend that said "busy" without ``Retry-After`` goes after the others
 BUSY_BACKOFF = 1.0
-#: the Ollama answers olla reads the model load time from (their last chunk)
-_GENERATION_PATHS = (b"/api/chat", b"/api/generate")
 #: the content types of streamed answers (Ollama's NDJSON, SSE): their first byte is the TTFT
 _STREAM_TYPES = (b"ndjson", b"event-stream")
 #: a ``load_duration`` this long means the model was loaded for this request (a warm Ollama
@@ -163,6 +170,11 @@ class Exchange:
         self._endpoint: Endpoint | None = None
         self._attempt_started = 0.0
         self._cold = False
+        #: the current attempt's deadlines, and the whole response's timer
+        self._deadline: AttemptDeadline | None = None
+        self._response_timer = ResponseTimer(deps.clock, self._response_expired)
+        #: set when the whole response's bound ran out (the attempt then ends on it)
+        self._timed_out: ResponseTimeout | None = None
         self._shaped = False  # the shape took the current answer over
         self._shape_told = False
         self._status: int | None = None
@@ -328,8 +340,10 @@ class Exchange:
         # counted only once the request is really on its way: one start, one end
         self._attempt_started = deps.clock.seconds()
         deps.registry.attempt_started(endpoint, self._attempt_started)
-        if deps.config.response_header_timeout > 0:
-            with_deadline(pending, deps.config.response_header_timeout, deps.clock)
+        deadline = self._deadline = self._attempt_deadline(endpoint, model)
+        if deadline.remaining is None or deadline.header_wait < deadline.remaining:
+            with_deadline(pending, deadline.header_wait, deps.clock)
+        self._response_timer.arm(deadline)
         self._pending = pending
         pending.addCallbacks(
             self._got_response,
@@ -339,6 +353,33 @@ class Exchange:
         )
         pending.addErrback(self._bug)
 
+    def _attempt_deadline(self, endpoint: Endpoint, model: str | None) -> AttemptDeadline:
+        """This attempt's header wait (longer at a host that must load the model first) within
+        what is left of the whole response's bound."""
+        deps = self._deps
+        load = 0.0
+        if self._cold and model is not None:
+            load = deps.catalogue.expected_load(endpoint, model, deps.router.warm.default_load_time)
+        return deps.timeouts.attempt(
+            endpoint.profile,
+            started=self._started,
+            now=deps.clock.seconds(),
+            cold=self._cold,
+            expected_load=load,
+            body_size=self._body_size,
+        )
+
+    def _response_expired(self) -> None:
+        """The whole response's bound ran out: before the first byte the attempt fails (and the
+        client gets a 504), after it the stream is cut."""
+        assert self._deadline is not None
+        relayed = self._stream.relayed if self._stream is not None else 0
+        self._timed_out = ResponseTimeout(self._deadline.bound, relayed)
+        if self._pending is not None:
+            self._pending.cancel()
+        elif self._stream is not None:
+            self._stream.abort(Failure(self._timed_out))
+
     def _attempt_ended(self, endpoint: Endpoint, outcome: Outcome, relayed: int = 0) -> None:
         """Every attempt ends here exactly once: counters and the circuit learn its fate."""
         self._deps.registry.attempt_ended(
@@ -346,12 +387,24 @@ class Exchange:
         )
         if self._deps.stats is not None:
             self._deps.stats.attempt_finished(endpoint.name, outcome.value)
-        if self._cold and outcome is not Outcome.OK and self._model is not None:
+        if self._cold and outcome not in (Outcome.OK, Outcome.TIMED_OUT) and self._model:
+            # (a load that outlived olla's wait goes on at the host: it stays "loading")
             name = self.native_model(endpoint) or self._model
             self._deps.catalogue.load_failed(endpoint, name)
 
     def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
         self._pending = None
+        if self._timed_out is not None and not self._client_gone:
+            self._attempt_ended(endpoint, Outcome.TIMED_OUT)
+            self._timeout_answer(endpoint, str(self._timed_out))
+            return
+        deadline = self._deadline
+        if failure.check(*TIMEOUTS) and deadline is not None and deadline.loading:
+            # still loading the model: not a transport failure, and no second host is sent
+            # the request to load the same model again
+            self._attempt_ended(endpoint, Outcome.TIMED_OUT)
+            self._timeout_answer(endpoint, str(LoadTimeout(endpoint.name, self.model, deadline)))
+            return
         if self._client_gone or failure.check(CancelledError):
             self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
             return
@@ -384,6 +437,15 @@ class Exchange:
             f"proxy error: endpoint {endpoint.name} ({endpoint.display_url}) "
             f"is unreachable: {cause}",
         )
+
+    def _timeout_answer(self, endpoint: Endpoint, cause: str) -> None:
+        self._log.warn(
+            "request {request_id} to {endpoint}: {cause}",
+            request_id=request_id(self._request),
+            endpoint=endpoint.name,
+            cause=cause,
+        )
+        self._reject(504, f"olla: {cause}", code="timeout")
 
     # ------------------------------------------------------------------ relaying
 
@@ -494,6 +556,7 @@ class Exchange:
             deps.clock,
             deps.config.read_timeout,
             lambda reason: self._body_done(endpoint, reason),
+            gather=deps.timeouts.gather(content_type),
         )
         response.deliverBody(self._stream)
 
@@ -542,12 +605,12 @@ class Exchange:
         elif reason is None:
             outcome = Outcome.OK
             if stream is not None:
-                self._usage = read_usage(stream.tail)
-                if endpoint.type == "ollama":
-                    self._after_ollama_answer(endpoint)
+                profile = endpoint.profile
+                self._usage = read_usage(stream.tail, profile.metrics if profile else None)
+                self._after_answer(endpoint)
             self._end_body()
         else:
-            outcome = Outcome.FAILED
+            outcome = Outcome.TIMED_OUT if reason.check(ResponseTimeout) else Outcome.FAILED
             self._log.warn(
                 "request {request_id}: stream from {endpoint} broke after {relayed} bytes: {cause}",
                 request_id=request_id(self._request),
@@ -559,16 +622,17 @@ class Exchange:
         self._attempt_ended(endpoint, outcome, relayed)
         self._log_completion(endpoint, outcome, relayed)
 
-    def _after_ollama_answer(self, endpoint: Endpoint) -> None:
-        """An Ollama answered: learn the model's load time from its last chunk, and when it
-        loaded a model, ask what it has in memory now (loading one may have evicted another,
-        and routing must not send that one's requests there as if it were still warm)."""
-        if self._model is None:
+    def _after_answer(self, endpoint: Endpoint) -> None:
+        """A backend answered: learn the model's load time from its last chunk (on the paths
+        its profile says run the model), and when it loaded a model, ask what it has in memory
+        now (loading one may have evicted another, and routing must not send that one's
+        requests there as if it were still warm)."""
+        if self._model is None or endpoint.profile is None:
             return
         name = self.native_model(endpoint) or self._model
         loaded = self._cold
         path = self._shape.upstream_path(endpoint, self._target)
-        if path.split(b"?", 1)[0].rstrip(b"/") in _GENERATION_PATHS:
+        if endpoint.profile.runs_model(path.decode("utf-8", "replace")):
             usage = self._usage
             seconds = (usage.load_seconds or 0.0) if usage is not None else 0.0
             if seconds >= _LOAD_SEEN:
@@ -581,6 +645,7 @@ class Exchange:
 
     def _client_left(self, failure: Failure) -> None:
         self._client_gone = True
+        self._response_timer.stop()
         if self._pending is not None:
             self._pending.cancel()
         if self._stream is not None:
@@ -595,6 +660,7 @@ class Exchange:
     def _log_completion(
         self, endpoint: Endpoint | None, outcome: Outcome | None, relayed: int
     ) -> None:
+        self._response_timer.stop()
         self._shape_finished(outcome is Outcome.OK)
         request = self._request
         affinity = self.affinity
@@ -627,6 +693,7 @@ class Exchange:
             tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
             sticky_outcome=sticky.value if sticky is not None else None,
             sticky_key_source=affinity.key.source if affinity and affinity.key else None,
+            backend_metrics=self._usage.figures if self._usage is not None else None,
             #: marks the one line per proxied request (``server.request_logging`` filters it)
             request_line=True,
         )
@@ -675,6 +742,7 @@ class Exchange:
 
     def _bug(self, failure: Failure) -> None:
         self._log.failure("proxy exchange crashed", failure=failure)
+        self._response_timer.stop()
         self._status = 500
         self._shape_finished(False)
         if not self._client_gone and not self._request.finished:

@@ -13,42 +13,20 @@ import typing
 from collections.abc import Callable
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+
+from olla.util.bodies import BytesProducer as BytesProducer  # where the exchange finds it
 
 #: Bodies up to this size are sent from memory in one write; larger ones stream from disk.
 IN_MEMORY_BODY = 256 * 1024
 _READ_SIZE = 64 * 1024
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """An in-memory request body, written in one go (no cooperator round trip)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _KeepOpen:
@@ -102,6 +80,25 @@ class BodySink(typing.Protocol):
 
 #: how much of a body's end ``StreamBody.tail`` keeps
 TAIL_SIZE = 2048
+#: ``proxy.stream_buffer_size`` when unset, by ``proxy.engine`` (the Go original's defaults)
+DEFAULT_BUFFER = {"olla": 64 * 1024, "sherpa": 8 * 1024}
+#: content types whose bytes are tokens a client waits for (Ollama's NDJSON, SSE)
+STREAM_TYPES = (b"ndjson", b"event-stream")
+
+
+def gather_size(profile: str, engine: str, buffer_size: int | None, content_type: bytes) -> int:
+    """How many bytes of an answer are gathered before they are written to the client
+    (0: each chunk as it arrives).
+
+    ``proxy.profile``: ``streaming`` never gathers, ``standard`` always does (up to
+    ``proxy.stream_buffer_size``: fewer, larger writes), and ``auto`` gathers every answer
+    but a stream.
+    """
+    if profile == "streaming":
+        return 0
+    if profile == "auto" and any(kind in content_type for kind in STREAM_TYPES):
+        return 0
+    return buffer_size or DEFAULT_BUFFER.get(engine, DEFAULT_BUFFER["olla"])
 
 
 class StreamBody(Protocol):
@@ -120,8 +117,13 @@ class StreamBody(Protocol):
         clock: IReactorTime,
         idle_timeout: float,
         done: Callable[[Failure | None], None],
+        gather: int = 0,
     ) -> None:
         self._request = request
+        #: write to the client once this many bytes are in (0: at once); see ``gather_size``
+        self._gather = gather
+        self._gathered: list[bytes] = []
+        self._gathered_size = 0
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._done: Callable[[Failure | None], None] | None = done
@@ -147,7 +149,19 @@ class StreamBody(Protocol):
             self.first_byte_at = self._clock.seconds()
         self.relayed += len(data)
         self.tail = data[-TAIL_SIZE:] if len(data) >= TAIL_SIZE else (self.tail + data)[-TAIL_SIZE:]
-        self._request.write(data)
+        if self._gather <= 0:
+            self._request.write(data)
+            return
+        self._gathered.append(data)
+        self._gathered_size += len(data)
+        if self._gathered_size >= self._gather:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._gathered:
+            data = b"".join(self._gathered)
+            self._gathered, self._gathered_size = [], 0
+            self._request.write(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if reason is None:
@@ -160,6 +174,8 @@ class StreamBody(Protocol):
         if self._abort_reason is not None:
             reason = self._abort_reason
         elif reason.check(ResponseDone, PotentialDataLoss):
+            if self._request.channel is not None:
+                self._flush()
             self._finish(None)
             return
         self._finish(reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 
 #: Bodies up to this size are parsed as JSON; larger ones are only scanned at their start.
 PARSE_LIMIT = 1024 * 1024
@@ -31,16 +32,18 @@ def parse_json(body: bytes) -> object | None:
 _MODEL_KEY = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 
 
-def extract_model(body: bytes, path: bytes) -> str | None:
+def extract_model(body: bytes, path: bytes, fields: Sequence[str] = ("model",)) -> str | None:
     """The model a request body names, whatever its Content-Type said.
 
-    The top-level ``model`` field, or for ``/api/show`` (which aider and older Ollama clients
-    call with ``name``) the ``name`` field. Invalid JSON names no model: it is forwarded
-    untouched and the backend answers it.
+    The first of ``fields`` (dotted JSON paths: the profiles' ``request.model_field_paths``)
+    that holds a name, or for ``/api/show`` (which aider and older Ollama clients call with
+    ``name``) the ``name`` field. Invalid JSON names no model: it is forwarded untouched and
+    the backend answers it.
 
     Args:
         body: the start of the body (all of it when it is at most ``PARSE_LIMIT`` bytes).
         path: the request path below the route prefix, without the query.
+        fields: where the model may be named, tried in order.
     """
     if not body:
         return None
@@ -49,12 +52,24 @@ def extract_model(body: bytes, path: bytes) -> str | None:
     document = parse_json(body)
     if not isinstance(document, dict):
         return None
-    model = document.get("model")
-    if (model is None or model == "") and path.rstrip(b"/") == b"/api/show":
-        model = document.get("name")
-    if isinstance(model, str) and model.strip():
-        return model.strip()
+    for field in fields:
+        model = _at(document, field)
+        if isinstance(model, str) and model.strip():
+            return model.strip()
+    if path.rstrip(b"/") == b"/api/show":
+        name = document.get("name")
+        if isinstance(name, str) and name.strip():
+            return name.strip()
     return None
+
+
+def _at(document: dict[str, object], path: str) -> object:
+    value: object = document
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _scan_model(window: bytes) -> str | None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from olla.fleet.endpoints import Endpoint
-from olla.fleet.models import ModelCatalogue, capabilities
+from olla.fleet.models import ModelCatalogue
 from olla.proxy.inspect import parse_json
 
 TOOLS = "tools"
@@ -68,8 +68,7 @@ def narrow_by_needs(
     if not needs or len(kept) < 2:
         return kept
     offered = {
-        ep: [frozenset(capabilities(m.name, m.family)) for m in catalogue.models_of(ep)]
-        for ep in kept
+        ep: [catalogue.capabilities_of(ep, m) for m in catalogue.models_of(ep)] for ep in kept
     }
     known = frozenset(
         need

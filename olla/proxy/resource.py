@@ -71,7 +71,7 @@ class ProxyResource(Resource):
         if listing is not None:
             return _json(request, listing)
         body = _peek_body(request)
-        model = extract_model(body, path)
+        model = extract_model(body, path, self._route.model_fields)
         exchange = Exchange(self._deps, self._route, request, target, model, dialect)
         exchange.small_body = body if len(body) <= PARSE_LIMIT else None
         exchange.start()

@@ -13,7 +13,9 @@ rules, in the order they apply:
    nobody lists while some endpoint's list is still unknown goes to those endpoints;
 5. the order: machines that just said they are full (429/503 with their ``Retry-After``) last,
    then the balancer's tiers, then the expected wait (a warm host with a free slot waits
-   nothing; a full one waits its queue; a cold one also waits the model's load), then the
+   nothing; a full one waits its queue; a cold one also waits the model's load: what is left
+   of it where a load is under way, its profile's prior or the learnt time elsewhere), then a
+   host already loading the model before one that would start a second load, then the
    balancer's order among equals;
 6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
    are open the request is refused with ``Retry-After``;
@@ -58,6 +60,8 @@ class ProviderRoute:
     types: frozenset[str]
     label: str  # for messages: "ollama"
     by_path: ProfileRegistry | None = None
+    #: where a body names its model (the route's profiles' ``request.model_field_paths``)
+    model_fields: tuple[str, ...] = ("model",)
 
 
 @dataclass(frozen=True)
@@ -209,8 +213,10 @@ class Router:
         warm = model is not None and self.warm.enabled
         keys: dict[Endpoint, tuple[float, ...]] = {}
         for ep in candidates:
-            wait = self.expected_wait(ep, rewrite.get(ep) or model) if model and warm else 0.0
-            keys[ep] = (self._busy(ep, now), self.balancer.tier(ep), wait)
+            name = rewrite.get(ep) or model
+            wait = self.expected_wait(ep, name) if name and warm else 0.0
+            fresh = self._starts_load(ep, name) if name and warm else 0
+            keys[ep] = (self._busy(ep, now), self.balancer.tier(ep), wait, fresh)
         ranked = sorted(candidates, key=keys.__getitem__)  # stable: config order among equals
         best = keys[ranked[0]]
         head = [ep for ep in ranked if keys[ep] == best]
@@ -230,6 +236,13 @@ class Router:
             return usable
         return (pinned, *(ep for ep in usable if ep is not pinned))
 
+    def _starts_load(self, endpoint: Endpoint, model: str) -> int:
+        """1 when sending ``model`` to ``endpoint`` would start a load no request started yet
+        (a second copy of it in the fleet's memory), else 0."""
+        if self.catalogue.warm(endpoint, model):
+            return 0
+        return 0 if self.catalogue.loading_since(endpoint, model) is not None else 1
+
     def _busy(self, endpoint: Endpoint, now: float) -> int:
         return 1 if self.registry.state(endpoint).busy_until > now else 0
 
@@ -248,7 +261,7 @@ class Router:
         if ahead > 0:
             wait = ahead * state.expected_service_time(now) / slots
         if not self.catalogue.warm(endpoint, model):
-            load = self.catalogue.load_time(model, self.warm.default_load_time)
+            load = self.catalogue.expected_load(endpoint, model, self.warm.default_load_time)
             since = self.catalogue.loading_since(endpoint, model)
             # a load already under way there costs only what is left of it
             wait += load if since is None else max(0.0, load - (now - since))

@@ -7,12 +7,22 @@ last key, or a stream's last chunk with ``stream_options.include_usage``) and An
 ``usage`` (the answer's, or a stream's ``message_delta``). ``StreamBody`` keeps the body's
 last ``TAIL_SIZE`` bytes; this reads the keys from them, the last occurrence winning. A key
 inside generated text is escaped (``\\"eval_count\\"``) and does not match. Pure.
+
+The endpoint's profile says where its figures are (``metrics.extraction.paths``: the last key
+of each JSONPath is looked up the same way) and what to work out from them
+(``calculations``, e.g. ``tokens_per_second``); with ``enabled: false`` an answer yields no
+figures. What a profile does not name is read as above.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from olla.profiles.expressions import Expression, Value, compile_expression
+from olla.profiles.spec import MetricsExtraction
 
 #: what follows a key up to its number; matched at the key's end, never searched
 _VALUE = re.compile(rb"\s*:\s*(\d+)")
@@ -28,10 +38,17 @@ class TokenUsage:
     generation_seconds: float | None = None
     #: Ollama's ``load_duration``: the model was loaded for this request when it is long
     load_seconds: float | None = None
+    #: the profile's ``tokens_per_second`` calculation, when it gave a positive one
+    backend_rate: float | None = None
+    #: every figure the profile's paths found and calculations gave, by name (the log line)
+    figures: dict[str, Value] = field(default_factory=dict)
 
     def tokens_per_second(self, elapsed: float | None) -> float | None:
-        """Completion tokens per second of generation: the backend's own time when it gave
-        one, else ``elapsed`` (olla's first byte to last, or the whole request)."""
+        """Completion tokens per second of generation: the profile's calculation, else the
+        backend's own time when it gave one, else ``elapsed`` (olla's first byte to last, or
+        the whole request)."""
+        if self.backend_rate:
+            return self.backend_rate
         if not self.completion:
             return None
         seconds = self.generation_seconds or elapsed
@@ -49,8 +66,93 @@ def _last(tail: bytes, key: bytes) -> int | None:
     return int(match.group(1)) if match is not None else None
 
 
-def read_usage(tail: bytes) -> TokenUsage | None:
-    """The token figures in an answer's last bytes, or ``None`` when it has none."""
+_SCALAR = re.compile(
+    rb'\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|"(?:[^"\\]|\\.)*"|true|false|null)'
+)
+_LAST_KEY = re.compile(r"([A-Za-z0-9_\-]+)(?:\[\d+\])*$")
+
+
+def _last_value(tail: bytes, key: str) -> Value:
+    """The JSON scalar after the last ``"key":`` in ``tail`` (None: absent, or not a scalar)."""
+    quoted = json.dumps(key).encode()
+    at = tail.rfind(quoted)
+    while at >= 0:
+        match = _SCALAR.match(tail, at + len(quoted))
+        if match is not None:
+            value: object = json.loads(match.group(1))
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            return value if isinstance(value, str | bool) else None
+        at = tail.rfind(quoted, 0, at)
+    return None
+
+
+def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]:
+    """The figures a profile's ``metrics.extraction`` names, found in ``tail``, and its
+    calculations over them."""
+    figures: dict[str, Value] = {}
+    for name, path in extraction.paths.items():
+        match = _LAST_KEY.search(path)
+        if match is not None:
+            value = _last_value(tail, match.group(1))
+            if value is not None:
+                figures[name] = value
+    for name, text in extraction.calculations.items():
+        expression = _compiled(text)
+        if any(figures.get(n) is not None for n in expression.names):
+            figures[name] = expression.evaluate(figures)
+    return figures
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(text: str) -> Expression:
+    """Profiles' calculations were checked when they loaded; each is compiled once."""
+    return compile_expression(text)
+
+
+def _float(figures: dict[str, Value], name: str, per: float = 1.0) -> float | None:
+    """A figure as a number, divided by ``per`` (1e9 for nanoseconds to seconds)."""
+    value = figures.get(name)
+    if isinstance(value, float) and not isinstance(value, bool):
+        return value / per
+    return None
+
+
+def read_usage(tail: bytes, extraction: MetricsExtraction | None = None) -> TokenUsage | None:
+    """The token figures in an answer's last bytes, or ``None`` when it has none: where the
+    endpoint's profile says they are first, then where each dialect puts them."""
+    if extraction is not None and not extraction.enabled:
+        return None
+    usage = _read_dialects(tail)
+    if extraction is None or not (extraction.paths or extraction.calculations):
+        return usage
+    figures = read_figures(tail, extraction)
+    if not figures:
+        return usage
+    usage = usage or TokenUsage()
+    prompt, completion = _float(figures, "input_tokens"), _float(figures, "output_tokens")
+    if prompt is not None:
+        usage.prompt = int(prompt)
+    if completion is not None:
+        usage.completion = int(completion)
+    generation = _float(figures, "eval_duration_ns", 1e9) or _float(
+        figures, "generation_time_ms", 1e3
+    )
+    if generation:
+        usage.generation_seconds = generation
+    load = _float(figures, "load_duration_ns", 1e9)
+    if load is None:
+        load = _float(figures, "model_load_ms", 1e3)
+    if load is not None:
+        usage.load_seconds = load
+    rate = _float(figures, "tokens_per_second")
+    usage.backend_rate = rate if rate and rate > 0 else None
+    usage.figures = figures
+    return usage
+
+
+def _read_dialects(tail: bytes) -> TokenUsage | None:
+    """The figures where Ollama, OpenAI and Anthropic put them."""
     if b"_count" not in tail and b"_tokens" not in tail and b"_duration" not in tail:
         return None  # no figures at all (an error, a list): no look-ups
     completion = _last(tail, b'"eval_count"')

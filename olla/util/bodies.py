@@ -1,16 +1,20 @@
 # -*- test-case-name: tests.test_failures -*-
 """Reading a backend's body with a bound: collected (a model list), or drained and dropped
-(a probe's or a refused answer's body, so its connection can be reused)."""
+(a probe's or a refused answer's body, so its connection can be reused); and a small body
+sent from memory."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 
 class BodyTooLarge(ValueError):
@@ -52,3 +56,25 @@ class BoundedBody(Protocol):
             self.done.callback(b"".join(self._chunks))
         else:
             self.done.errback(reason)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """An in-memory request body, written in one go (no cooperator round trip)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass

@@ -22,9 +22,9 @@ from olla.anthropic.stats import TranslatorStats, translators_payload
 from olla.config import OllaConfig
 from olla.daemon.workers import WorkerIdentity
 from olla.fleet.endpoints import EndpointRegistry
-from olla.fleet.listings import status_models
 from olla.fleet.models import ModelCatalogue
 from olla.fleet.sticky import StickySessions
+from olla.profiles import ProfileRegistry
 from olla.telemetry.failovers import FailoverLog
 from olla.telemetry.security import SecurityStats
 from olla.telemetry.stats import Stats
@@ -32,6 +32,7 @@ from olla.util import responses
 from olla.web.dashboard import Dashboard
 from olla.web.metrics import Metrics
 from olla.web.modelstats import models_stats_payload
+from olla.web.modelstatus import status_models
 from olla.web.status import (
     endpoints_payload,
     etag_for,
@@ -130,6 +131,33 @@ def version_payload() -> dict[str, Any]:
     }
 
 
+def profiles_payload(profiles: ProfileRegistry) -> dict[str, Any]:
+    """Each loaded profile: what it says about itself (name, version, description, home), the
+    files it came from (a built-in, then the user files laid over it), its prefixes, its paths
+    by purpose (``path_indices``), the paths that mark it (``detection.path_indicators``) and
+    its response bound; what loading them warned about and noted; what was left out."""
+    return {
+        "loaded": [
+            {
+                "name": p.name,
+                "display_name": p.display_name,
+                "version": p.version,
+                "description": p.description,
+                "home": p.home,
+                "sources": list(p.sources),
+                "prefixes": list(p.prefixes),
+                "paths": dict(p.named_paths),
+                "path_indicators": list(p.detection.path_indicators),
+                "timeout_seconds": p.characteristics.timeout,
+            }
+            for p in sorted(profiles, key=lambda p: p.name)
+        ],
+        "warnings": list(profiles.warnings),
+        "notes": list(profiles.notes),
+        "excluded": list(profiles.excluded),
+    }
+
+
 def failovers_payload(failovers: FailoverLog, now: float) -> dict[str, Any]:
     """``/internal/stats/failovers``: the recent hand-overs, newest first."""
     return {
@@ -173,6 +201,7 @@ class InternalApp:
         worker: WorkerIdentity | None = None,
         stats: Stats | None = None,
         metrics: Metrics | None = None,
+        profiles: ProfileRegistry | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -189,6 +218,7 @@ class InternalApp:
             worker: which of the ``--workers`` processes this is (all figures are its own).
             stats: the request statistics, for ``/internal/stats/models``.
             metrics: the Prometheus page; without it ``/internal/metrics`` is a 404.
+            profiles: the loaded profiles; ``/internal/status`` says where each came from.
         """
         self._registry = registry
         self._clock = clock
@@ -197,6 +227,7 @@ class InternalApp:
         self._active_connections = active_connections
         self._proc_self = proc_self
         self._catalogue = catalogue or ModelCatalogue()
+        self._profiles = profiles
         self._translators = list(translators)
         self._security = security or SecurityStats()
         self._sticky = sticky
@@ -240,6 +271,8 @@ class InternalApp:
         }
         # In both: another worker's answer differs, so its ETag must too.
         payload["worker"] = stable["worker"] = self._worker.payload()
+        if self._profiles is not None:
+            payload["profiles"] = stable["profiles"] = profiles_payload(self._profiles)
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/status/endpoints", branch=False)
@@ -249,8 +282,13 @@ class InternalApp:
 
     @app.route("/internal/status/models", branch=False)
     def status_models(self, request: Request) -> bytes:
+        args = request.args or {}
         payload, stable = status_models(
-            self._catalogue, self._registry.routable(), self._clock.seconds()
+            self._catalogue,
+            self._registry.routable(),
+            self._clock.seconds(),
+            detailed=args.get(b"detailed") == [b"true"],
+            group=(args.get(b"group") or [b""])[-1].decode("utf-8", "replace") or None,
         )
         return conditional_json(request, payload, stable)
 

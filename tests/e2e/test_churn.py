@@ -445,7 +445,14 @@ def test_warm_host_dies_next_request_served_by_other(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- spill
 
 
-def _spill_config() -> dict[str, Any]:
+def _spill_config(directory: Path) -> dict[str, Any]:
+    """Warm routing where a load is cheap: 200 ms, both as the flat default and as the Ollama
+    profile's prior for every model (a profile laid over the built-in; its size classes would
+    say 15 s for a 3B model)."""
+    (directory / "profiles").mkdir(exist_ok=True)
+    (directory / "profiles" / "cheap-loads.yaml").write_text(
+        "name: ollama\nresources: {model_sizes: [], defaults: {estimated_load_time_ms: 200}}\n"
+    )
     return {
         "proxy": {
             "load_balancer": "least-connections",
@@ -465,7 +472,7 @@ def test_hot_model_spills_to_cold_host_only_when_full(tmp_path: Path) -> None:
             ollama_endpoint("B", b.url, max_concurrency=2),
         ]
         with (
-            running_olla(tmp_path, endpoints, extra=_spill_config()) as daemon,
+            running_olla(tmp_path, endpoints, extra=_spill_config(tmp_path)) as daemon,
             httpx.Client(timeout=10) as client,
         ):
             _wait_loaded(daemon, ["A"])

@@ -43,7 +43,11 @@ def _wait_status(daemon: OllaDaemon, name: str, status: str, within: float) -> f
 
 @pytest.fixture
 def fleet() -> Iterator[list[FakeProcess]]:
-    fakes = [start_fake("--models", MODEL, "--name", name) for name in ("A", "B", "C")]
+    # the model is in memory everywhere: the balancer spreads the load over all three (a cold
+    # model's first requests would all wait for one load on one machine)
+    fakes = [
+        start_fake("--models", MODEL, "--loaded", MODEL, "--name", name) for name in ("A", "B", "C")
+    ]
     try:
         yield fakes
     finally:
@@ -133,7 +137,9 @@ def test_machine_dies_under_load_and_returns(tmp_path: Path, fleet: list[FakePro
             _wait_status(daemon, "B", "offline", 2)
             served_before_restart = load.ok
             time.sleep(0.5)
-            replacement = start_fake("--models", MODEL, "--name", "B", "--port", str(port))
+            replacement = start_fake(
+                "--models", MODEL, "--loaded", MODEL, "--name", "B", "--port", str(port)
+            )
             fleet[1] = replacement
             recovered_in = _wait_status(daemon, "B", "healthy", CHECK_INTERVAL + 1.0)
             time.sleep(0.5)

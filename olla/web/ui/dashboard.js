@@ -161,7 +161,7 @@
             cell(family),
             cell(info.params || "-"),
             cell(info.quant || "-"),
-            cell(bytes(info.size), "num"),
+            cell(typeof info.size === "string" ? info.size : bytes(info.size), "num"),
             cell(hosts.length ? hosts : "-", "wrap", { field: "endpoints" }),
           ])
         );

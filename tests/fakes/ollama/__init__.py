@@ -68,7 +68,9 @@ models pulled, created or copied are listed from then on; deleted ones no longer
 Deliberate differences from the real server, for the tests' sake: a chat with no messages streams
 (the real one answers ``done_reason: "load"``), loaded models never expire, ``/v1/embeddings``
 honours ``encoding_format: base64`` (as newer Ollama and OpenAI do), and
-``/api/show`` lists ``capabilities`` (as newer Ollama does). On ``/v1/messages`` the fake sends
+``/api/show`` lists ``capabilities`` (as newer Ollama does: a model's ``capabilities`` field, else
+``completion`` or ``embedding``) and ``<arch>.context_length`` unless ``state.show_info`` is
+``bare`` (``--show-info bare``: neither, as an older Ollama). On ``/v1/messages`` the fake sends
 what Anthropic's own API does where Ollama trims it: ``stop_sequence: null``, ``stop_reason: null``
 in ``message_start``, a ``ping`` event, and tool arguments in several ``input_json_delta`` pieces;
 its errors carry no ``request_id``. On ``/v1/chat/completions`` tool arguments stream in pieces

@@ -11,17 +11,26 @@ from urllib.parse import parse_qs
 
 from twisted.web.server import Request
 
-from .wire import COST_KEYS, HEALTH_MODES, JSON_UTF8, PULL_KEYS, FakeModel, RecordedRequest
+from .wire import (
+    COST_KEYS,
+    HEALTH_MODES,
+    JSON_UTF8,
+    PULL_KEYS,
+    SHOW_INFO_MODES,
+    FakeModel,
+    RecordedRequest,
+)
 
 
 class ControlMixin:
     """The Python and HTTP control API."""
 
     def model(self, name: object) -> FakeModel | None:
-        """The model ``name`` refers to; like Ollama, a name without a tag means ``:latest``."""
+        """The model ``name`` refers to; like Ollama, a name without a tag means ``:latest``
+        and ``library/`` (Ollama's default namespace) may be written or not."""
         if not isinstance(name, str) or not name:
             return None
-        wanted = name.lower()
+        wanted = name.lower().removeprefix("registry.ollama.ai/").removeprefix("library/")
         if ":" not in wanted.rsplit("/", 1)[-1]:
             wanted += ":latest"
         for candidate in self.models:
@@ -58,6 +67,7 @@ class ControlMixin:
             "default_ttft_ms",
             "status",
             "version",
+            "show_info",
             *COST_KEYS,
             *PULL_KEYS,
         }
@@ -92,6 +102,10 @@ class ControlMixin:
         if "status" in update:
             status = update["status"]
             self.state.status = None if status is None else int(status)
+        if "show_info" in update:
+            if update["show_info"] not in SHOW_INFO_MODES:
+                raise ValueError(f"show_info must be one of {SHOW_INFO_MODES}")
+            self.state.show_info = update["show_info"]
         if "version" in update:
             if not isinstance(update["version"], str):
                 raise ValueError("version must be a string")
@@ -120,6 +134,7 @@ class ControlMixin:
             "default_ttft_ms": self.state.default_ttft_ms,
             "status": self.state.status,
             "version": self.version,
+            "show_info": self.state.show_info,
             **{key: getattr(self.state, key) for key in COST_KEYS},
             **{key: getattr(self.state, key) for key in PULL_KEYS},
             "blobs": sorted(self.blobs),

@@ -90,14 +90,16 @@ class NativeMixin:
             f'TEMPLATE """{template}"""\n' + "".join(f"PARAMETER stop {s}\n" for s in stops)
         )
         arch = model.family
+        full = self.state.show_info == "full"
         info: dict[str, Any] = {
             "general.architecture": arch,
             "general.file_type": 1 if model.embedding else 15,
             "general.parameter_count": model.parameter_count(),
             "general.quantization_version": 2,
-            f"{arch}.context_length": model.context_length,
             f"{arch}.embedding_length": model.dimensions,
         }
+        if full:
+            info[f"{arch}.context_length"] = model.context_length
         if model.embedding:
             info[f"{arch}.pooling_type"] = 1
         payload: dict[str, Any] = {"modelfile": modelfile}
@@ -109,9 +111,11 @@ class NativeMixin:
                 "details": model.details(),
                 "model_info": info,
                 "modified_at": rfc3339(model.modified_at),
-                "capabilities": ["embedding"] if model.embedding else ["completion"],
             }
         )
+        if full:
+            default = ["embedding"] if model.embedding else ["completion"]
+            payload["capabilities"] = default if model.capabilities is None else model.capabilities
         return self._json(call, payload, latency=call.knobs.ttft)
 
     @staticmethod

@@ -34,6 +34,7 @@ from .wire import (
     JSON_UTF8,
     MESSAGES_PATH,
     POST,
+    SHOW_INFO_MODES,
     TEXT_PLAIN,
     TEXT_UTF8,
     FakeModel,
@@ -267,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=None, help="default chunk spacing")
     parser.add_argument("--ttft-ms", type=float, default=None, help="default time to first")
     parser.add_argument("--health", choices=HEALTH_MODES, default="ok")
+    parser.add_argument(
+        "--show-info",
+        choices=SHOW_INFO_MODES,
+        default="full",
+        help="/api/show with capabilities and context_length (full), or neither (bare)",
+    )
     cost = parser.add_argument_group("cost model (0: off)")
     cost.add_argument("--capacity", type=int, default=0, help="parallel generation slots")
     cost.add_argument("--max-queue", type=int, default=0, help="queued requests before a 503")
@@ -299,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     update: dict[str, Any] = {
         "loaded": [n for n in args.loaded.split(",") if n],
         "health": args.health,
+        "show_info": args.show_info,
         **{key: getattr(args, key) for key in COST_KEYS},
     }
     if args.chunks is not None:

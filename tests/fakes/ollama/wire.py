@@ -74,6 +74,8 @@ class FakeModel:
     embedding: bool | None = None  # None: from the name (contains "embed" or "minilm")
     context_length: int = 0  # 0: 131072 / 2048
     dimensions: int = 8  # embedding vector length
+    #: what /api/show lists (None: ["embedding"] or ["completion"])
+    capabilities: list[str] | None = None
     modified_at: float = MODIFIED_AT  # unix seconds
 
     def __post_init__(self) -> None:
@@ -163,6 +165,9 @@ class FakeState:
     pull_size: int = 0  # bytes of a pulled model's weights (0: the model's default size)
     pull_fail_after: int | None = None  # bytes after which an error line ends the pull
     pull_die_after: int | None = None  # bytes after which the connection is cut
+    #: what /api/show tells: "full" (capabilities and context_length, as newer Ollama), or
+    #: "bare" (neither, as an Ollama from before capabilities that reports no context)
+    show_info: str = "full"
 
 
 #: the cost model's state keys (``FakeState`` fields) and their types
@@ -188,6 +193,9 @@ PULL_KEYS: dict[str, type[int] | type[float]] = {
 
 #: request bodies recorded as size and sha256 only, whatever their size (uploads)
 STREAMED_PATHS = ("/upload", "/api/blobs/")
+
+#: what ``show_info`` may be
+SHOW_INFO_MODES = ("full", "bare")
 
 
 class KnobError(ValueError):
