@@ -30,7 +30,6 @@ from olla.daemon.reload import (
     Reloader,
     changed_keys,
     endpoint_changes,
-    is_live,
 )
 from olla.daemon.tap import load_all
 from olla.fleet.balancer import LeastConnectionsBalancer, PriorityBalancer
@@ -172,8 +171,10 @@ class DiffTests(SynchronousTestCase):
         self.assertEqual(changed_keys(old, old), [])
 
     def test_live_and_restart_keys(self) -> None:
-        """If a key is applied by a reload (or has no effect yet anyway), then it is live;
-        the listen address, the log destination and the translators need a restart."""
+        """If a key is applied by a reload (a component's ``reconfigures`` names it, or it has
+        no effect yet anyway), then it is live; the listen address, the log destination and
+        the translators need a restart."""
+        reloader = ReloadHarness(self, [_endpoint("a")]).reloader
         for key in (
             "discovery.endpoints",
             "proxy.load_balancer",
@@ -185,7 +186,7 @@ class DiffTests(SynchronousTestCase):
             "server.auth.api_keys",
             "proxy.stream_buffer_size",  # NO_EFFECT_YET
         ):
-            self.assertTrue(is_live(key), key)
+            self.assertTrue(reloader.is_live(key), key)
         for key in (
             "server.port",
             "server.host",
@@ -194,7 +195,7 @@ class DiffTests(SynchronousTestCase):
             "translators.anthropic.enabled",
             "discovery.model_discovery.enabled",
         ):
-            self.assertFalse(is_live(key), key)
+            self.assertFalse(reloader.is_live(key), key)
 
     def test_endpoint_changes(self) -> None:
         """If the new config keeps one endpoint as it was, changes another's priority, moves a
@@ -288,10 +289,10 @@ class ReloadTests(SynchronousTestCase):
         a = h.endpoint("a")
         client = h.chat(stream=True, chunks=5, delay_ms=1000)
         h.pump(3)
-        self.assertEqual(h.app.registry.state(a).in_flight, 1)
+        self.assertEqual(h.app.registry.load.in_flight(a), 1)
         self.assertTrue(h.reload([_endpoint("b")]))
         self.assertEqual(h.app.registry.draining, [a])
-        self.assertEqual(h.app.registry.state(a).in_flight, 1)
+        self.assertEqual(h.app.registry.load.in_flight(a), 1)
         h.pump(80)
         response = client.response()
         assert response is not None
@@ -308,7 +309,7 @@ class ReloadTests(SynchronousTestCase):
         response = after.response()
         assert response is not None
         self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
-        self.assertEqual(h.app.registry.state(h.endpoint("b")).in_flight, 0)
+        self.assertEqual(h.app.registry.load.in_flight(h.endpoint("b")), 0)
 
     def test_late_reports_about_removed_endpoint_change_nothing(self) -> None:
         """If attempts and reports about a removed endpoint arrive after the reload (a
@@ -320,13 +321,13 @@ class ReloadTests(SynchronousTestCase):
         registry.attempt_started(a, h.clock.seconds())
         registry.attempt_started(a, h.clock.seconds())
         h.reload([_endpoint("b")])
-        h.app.deps.report_connection_failure(a, "refused")
+        h.app.health.report_connection_failure(a, "refused")
         registry.backend_busy(a, 5)
         registry.probe_finished(a, EndpointStatus.HEALTHY, latency=0.1)
         registry.models_listed(a, 3)
         self.assertEqual(registry.routable(), [h.endpoint("b")])
         registry.attempt_ended(a, Outcome.FAILED, started=h.clock.seconds())
-        self.assertEqual(registry.state(a).in_flight, 1)
+        self.assertEqual(registry.load.in_flight(a), 1)
         registry.attempt_ended(a, Outcome.OK, started=h.clock.seconds())
         self.assertEqual(registry.draining, [])
         self.assertNotIn(a, registry.breakers._circuits)

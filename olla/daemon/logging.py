@@ -33,7 +33,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from olla.config import LoggingConfig
+from olla.config import LoggingConfig, OllaConfig
+from olla.interfaces import IReconfigurable
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -288,6 +289,26 @@ class SwitchableObserver:
 
     def __call__(self, event: LogEvent) -> None:
         self.inner(event)
+
+
+@implementer(IReconfigurable)
+class LogSettings:
+    """The log's live settings: a reload makes ``observer`` forward to a new observer on the
+    same ``sink``."""
+
+    reconfigures = ("logging.level", "logging.format", "server.request_logging")
+
+    def __init__(self, observer: SwitchableObserver, sink: LogSink) -> None:
+        self._observer = observer
+        self._sink = sink
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        self._observer.inner = make_observer(
+            config.logging.format,
+            config.logging.level,
+            self._sink,
+            request_logging=config.server.request_logging,
+        )
 
 
 # --------------------------------------------------------------------------- SIGHUP

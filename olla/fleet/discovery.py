@@ -26,8 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
+from zope.interface import implementer
 
-from olla.config import ModelDiscoveryConfig
+from olla.config import ModelDiscoveryConfig, OllaConfig
 from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.fleet.models import ModelCatalogue, matches_filter
 from olla.fleet.modelsources import (
@@ -37,14 +38,22 @@ from olla.fleet.modelsources import (
     parse_ollama_ps,
     source_for,
 )
+from olla.interfaces import IReconfigurable
 from olla.util.bodies import BodyTooLarge, BoundedBody
 from olla.util.deadline import follow, with_deadline
 
 
+@implementer(IReconfigurable)
 class DiscoveryService(Service):
     """Keeps ``catalogue`` in step with what the endpoints serve."""
 
     _log = Logger()
+    reconfigures = (
+        "discovery.model_discovery.interval",
+        "discovery.model_discovery.timeout",
+        "discovery.model_discovery.concurrent_workers",
+        "model_registry.unification.stale_threshold",
+    )
 
     def __init__(
         self,
@@ -97,9 +106,12 @@ class DiscoveryService(Service):
         self._asking_loaded.cancel_all()
         return succeed(None)
 
-    def reconfigure(self, config: ModelDiscoveryConfig) -> None:
+    def reconfigure(self, whole: OllaConfig) -> None:
         """After a reload: the new interval, timeout and worker count (``enabled`` needs a
-        restart). Runs already going finish as they started."""
+        restart), and when a silent endpoint's models are forgotten. Runs already going
+        finish as they started."""
+        self.stale_threshold = whole.model_registry.unification.stale_threshold
+        config = whole.discovery.model_discovery
         old, self._config = self._config, config
         if config.concurrent_workers != old.concurrent_workers:
             self._limit = DeferredSemaphore(max(1, config.concurrent_workers))

@@ -9,10 +9,8 @@ changes a status or a platform, so every transition is logged and announced once
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -20,165 +18,36 @@ from twisted.logger import Logger
 
 from olla.config import EndpointConfig
 from olla.fleet.breaker import CircuitBreakers
+from olla.fleet.load import MemoryLoadStore
+from olla.fleet.values import (
+    AUTO_PATHS,
+    Endpoint,
+    EndpointStatus,
+    Outcome,
+    Platform,
+    platform_for,
+    resolve_url,
+    sanitise_url,
+)
+from olla.interfaces import ILoadStore
 from olla.profiles import Profile, ProfileRegistry, builtin_profiles
 from olla.util.ids import base36, fnv1a
 
-
-class EndpointStatus(enum.Enum):
-    UNKNOWN = "unknown"
-    HEALTHY = "healthy"
-    BUSY = "busy"
-    OFFLINE = "offline"
-    UNHEALTHY = "unhealthy"
-    CONFIG_ERROR = "config_error"
-    RATE_LIMITED = "rate_limited"
-    #: ``type: auto`` whose platform is not known yet: never routable, probed until it is
-    DETECTING = "detecting"
-
-    @property
-    def routable(self) -> bool:
-        """Only a healthy endpoint receives traffic."""
-        return self is EndpointStatus.HEALTHY
-
-    @property
-    def up(self) -> bool:
-        """Counted as up on the status pages (answering, if slowly)."""
-        return self in (EndpointStatus.HEALTHY, EndpointStatus.BUSY)
-
-
-#: For ``type: auto`` (no profile yet): where to look.
-AUTO_PATHS = ("/", "/v1/models")
-
-
-def sanitise_url(url: str) -> str:
-    """The URL without userinfo, query or fragment: safe for status pages and logs."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def resolve_url(base: str, ref: str | None, default_path: str) -> str:
-    """Join a health or model URL onto the endpoint URL, keeping the base path.
-
-    An absolute ``ref`` is used as it is; a relative one (or the profile default) is appended to
-    the endpoint's own path, so ``http://h/ollama`` + ``/api/tags`` is ``http://h/ollama/api/tags``.
-    """
-    ref = ref or default_path
-    if urlsplit(ref).scheme:
-        return ref
-    return urljoin(base.rstrip("/") + "/", ref.lstrip("/"))
-
-
-@dataclass(frozen=True)
-class Platform:
-    """What an endpoint's type decides: which profile, and where it is checked and listed."""
-
-    type: str
-    health_url: str
-    model_url: str
-    #: which IModelSource reads its model list (the profile's ``response_format``)
-    response_format: str
-
-
-def platform_for(config: EndpointConfig, profile: Profile | None) -> Platform:
-    """The platform of ``config`` as ``profile`` (None: no profile, e.g. ``auto`` undetected).
-
-    Configured ``health_check_url``/``model_url`` win over the profile's defaults.
-    """
-    health_default, models_default = (
-        (profile.health_check_path, profile.model_discovery_path) if profile else AUTO_PATHS
-    )
-    return Platform(
-        type=profile.name if profile else config.type,
-        health_url=resolve_url(config.url, config.health_check_url, health_default),
-        model_url=resolve_url(config.url, config.model_url, models_default),
-        response_format=profile.response_format if profile else "openai",
-    )
-
-
-@dataclass
-class _Detected:
-    platform: Platform | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class Endpoint:
-    """One configured backend. Compared by identity: two configs never share an object.
-
-    Everything but the platform of a ``type: auto`` endpoint is fixed at startup. That one is
-    learnt once (``EndpointRegistry.set_detected``), and ``type``, ``health_url``,
-    ``model_url`` and ``response_format`` read it, so every module sees the detected type.
-    """
-
-    id: str
-    name: str
-    url: str  # without trailing slash
-    priority: int
-    preserve_path: bool
-    check_interval: float
-    check_timeout: float
-    #: requests it serves in parallel before olla counts it as full
-    max_concurrency: int
-    #: endpoint headers then its auth header, applied to every upstream call
-    extra_headers: tuple[tuple[bytes, bytes], ...]
-    config: EndpointConfig = field(repr=False)
-    #: the configured type's platform (for ``auto``: where to look until detected)
-    configured: Platform = field(repr=False)
-    #: ``type: auto``: the profiles detection tries, in order
-    candidates: tuple[Profile, ...] = field(default=(), repr=False)
-    _detected: _Detected = field(default_factory=_Detected, init=False, repr=False)
-
-    @property
-    def platform(self) -> Platform:
-        return self._detected.platform or self.configured
-
-    @property
-    def type(self) -> str:
-        return self.platform.type
-
-    @property
-    def health_url(self) -> str:
-        return self.platform.health_url
-
-    @property
-    def model_url(self) -> str:
-        return self.platform.model_url
-
-    @property
-    def response_format(self) -> str:
-        return self.platform.response_format
-
-    @property
-    def detecting(self) -> bool:
-        """``type: auto`` and its platform not known yet."""
-        return self.config.type == "auto" and self._detected.platform is None
-
-    def platform_of(self, profile: Profile) -> Platform:
-        """What this endpoint would be as ``profile``'s type."""
-        return platform_for(self.config, profile)
-
-    @property
-    def display_url(self) -> str:
-        return sanitise_url(self.url)
-
-    @property
-    def credential_headers(self) -> frozenset[bytes]:
-        """Lower-cased names of headers that carry this endpoint's secrets."""
-        return frozenset(name.lower() for name, _ in self.extra_headers)
-
-    def upstream_url(self, path_and_query: bytes) -> bytes:
-        """The backend URL for a client path (already stripped of the route prefix).
-
-        By default the endpoint URL's path is replaced; with ``preserve_path`` it is prefixed.
-        """
-        parts = urlsplit(self.url)
-        base = parts.path.rstrip("/") if self.preserve_path else ""
-        origin = urlunsplit((parts.scheme, parts.netloc, "", "", "")).encode()
-        return origin + base.encode() + path_and_query
+# The value types live in ``olla.fleet.values`` (the seams name them); the fleet's modules
+# know them from here, beside the registry that keeps their state.
+__all__ = [
+    "AUTO_PATHS",
+    "Endpoint",
+    "EndpointRegistry",
+    "EndpointState",
+    "EndpointStatus",
+    "Outcome",
+    "Platform",
+    "endpoints_from_config",
+    "platform_for",
+    "resolve_url",
+    "sanitise_url",
+]
 
 
 def endpoints_from_config(
@@ -242,14 +111,8 @@ class EndpointState:
     models_asked: bool = False
     #: what the backend says its version is (Ollama's ``/api/version``), once discovery asked
     version: str | None = None
-    # traffic, counted per upstream attempt (see stats in the spec, §10)
-    in_flight: int = 0
-    #: the sum of the start times of the attempts in flight (their mean age is O(1) from it)
-    in_flight_since: float = 0.0
-    #: a moving average of how long an attempt here takes, start to last byte
-    service_time: float = 0.0
-    #: the backend said it is full (429/503): tried after the others until then
-    busy_until: float = 0.0
+    # traffic, counted per upstream attempt (see stats in the spec, §10); the load (in flight,
+    # service time, busy) is the load store's (``EndpointRegistry.load``)
     requests: int = 0
     successes: int = 0
     failures: int = 0
@@ -270,25 +133,6 @@ class EndpointState:
     def avg_latency(self) -> float | None:
         return None if self.successes == 0 else self.latency_total / self.successes
 
-    def expected_service_time(self, now: float) -> float:
-        """How long a request here takes: the moving average, or longer while the requests in
-        flight have already been running longer than that."""
-        if self.in_flight <= 0:
-            return self.service_time
-        return max(self.service_time, now - self.in_flight_since / self.in_flight)
-
-
-class Outcome(enum.Enum):
-    """How one upstream attempt ended."""
-
-    OK = "ok"  # the response reached the client in full, whatever its status
-    FAILED = "failed"  # transport error, timeout or truncated stream
-    REFUSED = "refused"  # the backend answered that it is busy (429/503...): tried elsewhere
-    CLIENT_GONE = "client_gone"
-
-
-#: weight of the newest attempt in ``EndpointState.service_time``
-_SERVICE_EWMA = 0.2
 
 StatusListener = Callable[[Endpoint, EndpointStatus, EndpointStatus], None]
 
@@ -324,6 +168,7 @@ class EndpointRegistry:
         clock: IReactorTime,
         *,
         breakers: CircuitBreakers | None = None,
+        load: ILoadStore | None = None,
         lists_models: bool = True,
     ) -> None:
         self._endpoints = tuple(endpoints)
@@ -335,6 +180,8 @@ class EndpointRegistry:
         self.on_gone: list[Callable[[Endpoint], object]] = []
         self._clock = clock
         self.breakers = breakers or CircuitBreakers(clock)
+        #: attempts in flight, service times, busy backends: what routing reads
+        self.load: ILoadStore = load or MemoryLoadStore()
         #: whether model discovery runs (readiness then also waits for the first lists)
         self._lists_models = lists_models
         self._listeners: list[StatusListener] = []
@@ -396,9 +243,9 @@ class EndpointRegistry:
         self._log.info(
             "endpoint {endpoint} removed ({in_flight} request(s) in flight finish there)",
             endpoint=endpoint.name,
-            in_flight=state.in_flight,
+            in_flight=self.load.in_flight(endpoint),
         )
-        if state.in_flight > 0:
+        if self.load.in_flight(endpoint) > 0:
             self._draining[endpoint] = state
         else:
             self._gone(endpoint)
@@ -440,6 +287,7 @@ class EndpointRegistry:
 
     def _gone(self, endpoint: Endpoint) -> None:
         self._draining.pop(endpoint, None)
+        self.load.forget(endpoint)
         for listener in list(self.on_gone):
             listener(endpoint)
 
@@ -607,9 +455,7 @@ class EndpointRegistry:
 
     def attempt_started(self, endpoint: Endpoint, started: float) -> None:
         """One upstream attempt begins; ``attempt_ended`` with the same ``started`` ends it."""
-        state = self.state(endpoint)
-        state.in_flight += 1
-        state.in_flight_since += started
+        self.load.started(endpoint, started)
         if endpoint in self._states:
             self.breakers.attempt_started(endpoint)
 
@@ -623,11 +469,10 @@ class EndpointRegistry:
         """
         state = self.state(endpoint)
         latency = max(0.0, self._clock.seconds() - started)
-        state.in_flight = max(0, state.in_flight - 1)
-        state.in_flight_since = state.in_flight_since - started if state.in_flight else 0.0
+        self.load.ended(endpoint, started, latency if outcome is Outcome.OK else None)
         state.bytes_relayed += relayed
         if endpoint not in self._states:
-            if not state.in_flight:
+            if not self.load.in_flight(endpoint):
                 self._gone(endpoint)
             return
         if outcome is Outcome.CLIENT_GONE:
@@ -643,7 +488,6 @@ class EndpointRegistry:
             state.failures += 1
             return
         state.successes += 1
-        state.service_time += _SERVICE_EWMA * (latency - state.service_time)
         state.latency_total += latency
         state.latency_min = (
             latency if state.latency_min is None else min(state.latency_min, latency)
@@ -654,5 +498,4 @@ class EndpointRegistry:
 
     def backend_busy(self, endpoint: Endpoint, seconds: float) -> None:
         """The backend answered that it is full: others go first for ``seconds``."""
-        state = self.state(endpoint)
-        state.busy_until = max(state.busy_until, self._clock.seconds() + seconds)
+        self.load.busy(endpoint, self._clock.seconds() + seconds)

@@ -30,11 +30,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
-from olla.config import RoutingStrategyConfig, WarmRoutingConfig
+from olla.config import OllaConfig, RoutingStrategyConfig, WarmRoutingConfig
+from olla.fleet.balancer import balancer_for
 from olla.fleet.endpoints import Endpoint, EndpointRegistry
 from olla.fleet.models import ModelCatalogue, RoutingDecision
-from olla.interfaces import IBalancer
+from olla.interfaces import IBalancer, IReconfigurable
 from olla.profiles import ProfileRegistry
 from olla.proxy.needs import narrow_by_needs
 
@@ -102,8 +104,15 @@ class RoutePlan:
         return self.decision.rewrite if self.decision is not None else {}
 
 
+@implementer(IReconfigurable)
 class Router:
     """Plans each request over the live fleet (see the module docstring for the rules)."""
+
+    reconfigures = (
+        "proxy.load_balancer",
+        "proxy.warm_routing.",
+        "model_registry.routing_strategy.",
+    )
 
     def __init__(
         self,
@@ -121,6 +130,16 @@ class Router:
         self.strategy = strategy or RoutingStrategyConfig()
         self.warm = warm or WarmRoutingConfig()
         self._clock = clock
+        #: the ``proxy.load_balancer`` setting ``balancer`` was made for
+        self._balancer_setting = balancer.name
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        setting = config.proxy.load_balancer
+        if setting != self._balancer_setting:
+            self.balancer = balancer_for(setting)
+            self._balancer_setting = setting
+        self.strategy = config.model_registry.routing_strategy
+        self.warm = config.proxy.warm_routing
 
     def plan(self, query: RouteQuery) -> RoutePlan:
         healthy = self.registry.routable(query.route.types)
@@ -214,7 +233,7 @@ class Router:
         ranked = sorted(candidates, key=keys.__getitem__)  # stable: config order among equals
         best = keys[ranked[0]]
         head = [ep for ep in ranked if keys[ep] == best]
-        return [*self.balancer.order(head, self.registry), *ranked[len(head) :]]
+        return [*self.balancer.order(head, self.registry.load), *ranked[len(head) :]]
 
     def _prefer_pinned(
         self, usable: tuple[Endpoint, ...], pinned: Endpoint | None
@@ -224,13 +243,15 @@ class Router:
         moves to wherever that is)."""
         if pinned is None or pinned not in usable or usable[0] is pinned:
             return usable
-        state = self.registry.state(pinned)
-        if state.in_flight >= pinned.max_concurrency or self._busy(pinned, self._clock.seconds()):
+        load = self.registry.load
+        if load.in_flight(pinned) >= load.slots(pinned) or self._busy(
+            pinned, self._clock.seconds()
+        ):
             return usable
         return (pinned, *(ep for ep in usable if ep is not pinned))
 
     def _busy(self, endpoint: Endpoint, now: float) -> int:
-        return 1 if self.registry.state(endpoint).busy_until > now else 0
+        return 1 if self.registry.load.busy_until(endpoint) > now else 0
 
     def expected_wait(self, endpoint: Endpoint, model: str) -> float:
         """Seconds before ``endpoint`` would start answering a request for ``model``.
@@ -240,12 +261,12 @@ class Router:
         it, if olla already sent it there).
         """
         now = self._clock.seconds()
-        state = self.registry.state(endpoint)
-        slots = endpoint.max_concurrency
-        ahead = state.in_flight - slots + 1
+        view = self.registry.load
+        slots = view.slots(endpoint)
+        ahead = view.in_flight(endpoint) - slots + 1
         wait = 0.0
         if ahead > 0:
-            wait = ahead * state.expected_service_time(now) / slots
+            wait = ahead * view.expected_service_time(endpoint, now) / slots
         if not self.catalogue.warm(endpoint, model):
             load = self.catalogue.load_time(model, self.warm.default_load_time)
             since = self.catalogue.loading_since(endpoint, model)

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_stats -*-
 """Request and probe statistics in fixed memory.
 
-The proxy feeds ``Stats`` once per finished request (``request_finished``) and once per
-upstream attempt (``attempt_finished``, ``failed_over``); the health service once per probe.
+``StatsListener`` feeds ``Stats`` from the request path's outcome records: once per finished
+request (``request_finished``) and once per upstream attempt (``attempt_finished``,
+``failed_over``); the health service once per probe.
 Everything here is a counter, a fixed-bucket histogram or a fixed-size window of recent
 latencies, keyed by labels whose number is bounded: endpoints come from the config, routes
 from the profiles, statuses are HTTP codes, and models past ``max_models`` fold into
@@ -18,6 +19,12 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+
+from zope.interface import implementer
+
+from olla.interfaces import IOutcomeListener
+from olla.telemetry.outcomes import OutcomeListener
+from olla.telemetry.records import AttemptRecord, RequestRecord
 
 #: the label of models past the cap, and of requests no endpoint answered
 OTHER = "other"
@@ -75,25 +82,6 @@ class Histogram:
             running += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), running))
         return out
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """One finished proxied request, as the exchange saw it (not frozen: built per request,
-    and a frozen dataclass costs twice as much to build)."""
-
-    endpoint: str | None  # the one that answered (or failed last); None: rejected before any
-    model: str | None
-    route: str
-    status: int | None
-    outcome: str  # "ok", "failed", "client_gone", "rejected"
-    attempts: int
-    bytes: int
-    duration: float  # request start to last byte
-    ttft: float | None = None  # request start to the first body byte of a stream
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    tokens_per_second: float | None = None
 
 
 @dataclass(slots=True)
@@ -265,3 +253,20 @@ def _histogram(table: dict[str, Histogram], key: str, bounds: Sequence[float]) -
     if histogram is None:
         histogram = table[key] = Histogram(bounds)
     return histogram
+
+
+@implementer(IOutcomeListener)
+class StatsListener(OutcomeListener):
+    """Counts every outcome record into ``stats`` (registered by ``build_app``)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def attempt_finished(self, record: AttemptRecord) -> None:
+        name = record.endpoint.name
+        self._stats.attempt_finished(name, record.outcome.value)
+        if record.failover is not None:
+            self._stats.failed_over(name, record.failover)
+
+    def request_finished(self, record: RequestRecord) -> None:
+        self._stats.request_finished(record, record.ended)

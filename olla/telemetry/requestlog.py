@@ -1,0 +1,69 @@
+# -*- test-case-name: tests.test_outcomes -*-
+"""The request log: one line per client request, whatever happened to it.
+
+An outcome listener: it hears every request's record (proxied, answered by olla itself,
+refused by the guard, abandoned by its client) and logs it at info with ``request_line``
+set, so ``server.request_logging`` can turn exactly these lines off.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from olla.interfaces import IOutcomeListener
+from olla.telemetry.outcomes import OutcomeListener
+from olla.telemetry.records import RequestRecord
+
+
+@implementer(IOutcomeListener)
+class RequestLog(OutcomeListener):
+    """Logs each finished request (``olla.request`` namespace)."""
+
+    _log = Logger(namespace="olla.request")
+
+    def request_finished(self, record: RequestRecord) -> None:
+        failovers = record.failovers
+        self._log.info(
+            "{method} {path} -> {endpoint} model={model} status={status} "
+            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tokens}{tried}{why} "
+            "client={client_ip}",
+            request_id=record.request_id,
+            client_ip=record.client_ip,
+            method=record.method,
+            path=record.path,
+            endpoint=record.endpoint or "-",
+            model=record.model or "-",
+            status=record.status,
+            duration_ms=round(record.duration * 1000),
+            bytes=record.bytes,
+            outcome=record.outcome,
+            attempts=record.attempts,
+            route=record.route,
+            failovers=list(failovers),
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            tokens_per_second=record.tokens_per_second,
+            ttft_ms=None if record.ttft is None else round(record.ttft * 1000),
+            tokens=_tokens_text(record),
+            tried=f" failed_over={','.join(failovers)}" if failovers else "",
+            why=f" why={record.error!r}" if record.error else "",
+            error=record.error,
+            mode=record.mode,
+            sticky_outcome=record.sticky,
+            sticky_key_source=record.session_source,
+            #: marks the one line per request (``server.request_logging`` filters it)
+            request_line=True,
+        )
+
+
+def _tokens_text(record: RequestRecord) -> str:
+    """`` tokens=12/345 ttft=80ms`` for the log line, when the backend said and it streamed."""
+    text = ""
+    if record.prompt_tokens is not None or record.completion_tokens is not None:
+        prompt = "-" if record.prompt_tokens is None else record.prompt_tokens
+        completion = "-" if record.completion_tokens is None else record.completion_tokens
+        text = f" tokens={prompt}/{completion}"
+    if record.ttft is not None:
+        text += f" ttft={round(record.ttft * 1000)}ms"
+    return text
