@@ -182,9 +182,9 @@ class RecordedOutcomes(OutcomeListener):
         self.attempts.append(record)
         if record.unreachable:
             cause = record.cause or "unreachable"
-            self.failures.append((record.endpoint.name, cause))
+            self.failures.append((record.start.endpoint.name, cause))
             if self._on_connection_failure is not None:
-                self._on_connection_failure(record.endpoint, cause)
+                self._on_connection_failure(record.start.endpoint, cause)
 
     def request_finished(self, record: RequestRecord) -> None:
         self.requests.append(record)

@@ -24,7 +24,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from olla.config import EndpointConfig, OllaConfig
 from olla.daemon import tap
 from olla.daemon.app import build_app
-from olla.daemon.logging import ReopenOnHangup, StreamSink, SwitchableObserver, make_observer
+from olla.daemon.logging import (
+    HangupRelay,
+    LogReopener,
+    StreamSink,
+    SwitchableObserver,
+    make_observer,
+)
 from olla.daemon.reload import (
     ConfigWatcher,
     Reloader,
@@ -84,14 +90,13 @@ class ReloadHarness:
         )
         self.out = io.StringIO()
         self.sink = StreamSink(self.out)
-        self.observer = SwitchableObserver(make_observer("json", "info", self.sink))
+        self.observer = SwitchableObserver(make_observer("json", "info", self.sink), self.sink)
         self.reloader = Reloader(
             self.app,
             load_all,
             clock=self.clock,
             profiles=profiles,
             observer=self.observer,
-            sink=self.sink,
         )
         for service in self.app.services:
             service.startService()
@@ -558,10 +563,13 @@ class HangupTests(SynchronousTestCase):
                 calls.append("reopen")
                 return True
 
-        hangup = ReopenOnHangup(
-            Sink(io.StringIO()), Clock(), lambda s, h: None, then=lambda: calls.append("reload")
-        )  # type: ignore[arg-type]
-        hangup.hangup()
+        reopener = LogReopener(Sink(io.StringIO()))
+        hangup = HangupRelay(
+            Clock(),  # type: ignore[arg-type]
+            [reopener.reopen, lambda: calls.append("reload")],
+            lambda s, h: None,
+        )
+        hangup.fire()
         self.assertEqual(calls, ["reopen", "reload"])
 
 
@@ -661,12 +669,12 @@ class TwistdTests(SynchronousTestCase):
         )
         (watcher,) = [child for child in service if isinstance(child, ConfigWatcher)]
         self.assertEqual((watcher.path, watcher.interval), (options.config.source, 2))
-        (hangup,) = [child for child in service if isinstance(child, ReopenOnHangup)]
+        (hangup,) = [child for child in service if isinstance(child, HangupRelay)]
         assert service.reloader is not None
         Path(str(options.config.source)).write_text(
             yaml.safe_dump(_document([_endpoint("a"), _endpoint("b")]))
         )
-        hangup.hangup()
+        hangup.fire()
         self.assertEqual(service.reloader.generation.number, 2)
         without = tap.build_service(
             options.config, MemoryReactorClock(), options.profiles, StreamSink(io.StringIO())

@@ -138,12 +138,6 @@ class NarrowingTests(SynchronousTestCase):
             {ep.name: name for ep, name in plan.rewrite.items()}, {"a": "qwen:7b", "b": MODEL}
         )
 
-    def test_allowed(self) -> None:
-        """If the caller allows only b (the Anthropic passthrough), then only b is listed."""
-        fleet = Fleet("a", "b")
-        plan = fleet.plan(allowed=frozenset({fleet.by_name["b"]}))
-        self.assertEqual([ep.name for ep in plan.candidates], ["b"])
-
     def test_proxy_route_needs(self) -> None:
         """If ``/olla/proxy/`` is asked for vision, then the host of a vision model is kept."""
         fleet = Fleet("a", "b")

@@ -177,6 +177,8 @@ def build_app(
     )
     deps = ProxyDeps(
         router=router,
+        registry=registry,
+        catalogue=catalogue,
         planner=planner,
         dispatch=InOrder(registry),
         agent=agent,

@@ -38,7 +38,7 @@ from twisted.logger import Logger
 
 from olla.config import NO_EFFECT_YET, ConfigError, OllaConfig, no_effect_warnings
 from olla.daemon.app import App
-from olla.daemon.logging import LogSettings, LogSink, SwitchableObserver
+from olla.daemon.logging import SwitchableObserver
 from olla.fleet.endpoints import Endpoint, endpoints_from_config
 from olla.interfaces import IReconfigurable
 from olla.profiles import ProfileRegistry
@@ -189,7 +189,6 @@ class Reloader:
         profiles: ProfileRegistry,
         path: str | None = None,
         observer: SwitchableObserver | None = None,
-        sink: LogSink | None = None,
     ) -> None:
         """
         Args:
@@ -198,20 +197,18 @@ class Reloader:
             clock: stamps each generation.
             profiles: the profiles the daemon started with (its routes are built from them).
             path: the file to read again (default: the one ``app.config`` came from).
-            observer, sink: the daemon's log observer and where it writes, for
-                ``logging.level``/``format`` and ``server.request_logging``.
+            observer: the daemon's log observer, for ``logging.level``/``format`` and
+                ``server.request_logging``.
         """
         self._app = app
         self._load = load
         self._clock = clock
         self._profiles = profiles
-        self._observer = observer
-        self._sink = sink
         self.path = path or app.config.source
         #: every component a reload hands the new config to; each owns its settings
         self._components: tuple[IReconfigurable, ...] = app.reconfigurables
-        if observer is not None and sink is not None:
-            self._components += (LogSettings(observer, sink),)
+        if observer is not None:
+            self._components += (observer,)
         #: the key paths those components apply (the endpoints are the reloader's own)
         self.applied: tuple[str, ...] = (
             "discovery.endpoints",

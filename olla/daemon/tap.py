@@ -11,24 +11,14 @@ import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-    _StandardEndpointFactory,
-)
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
+from twisted.web.client import HTTPConnectionPool
 
 from olla import __version__
 from olla.config import (
@@ -40,9 +30,11 @@ from olla.config import (
     profiles_dir,
 )
 from olla.daemon.app import build_app
+from olla.daemon.backends import backend_agent
 from olla.daemon.logging import (
+    HangupRelay,
+    LogReopener,
     LogSink,
-    ReopenOnHangup,
     StreamSink,
     SwitchableObserver,
     make_observer,
@@ -62,40 +54,7 @@ from olla.daemon.workers import (
 )
 from olla.fleet.endpoints import EndpointRegistry
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
-from olla.web.site import OllaSite
-
-
-# Two private Twisted names, on purpose, and only here: Agent offers no public way to build a
-# connection factory that does not log "Starting factory" per backend connection
-# (``_HTTP11ClientFactory``, set as ``pool._factory``), nor to wrap its default endpoint
-# factory (``_StandardEndpointFactory``) so host names are IDNA-encoded once per backend
-# instead of once per request. Both are stable since Twisted 14; tests cover the pool's use.
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """No "Starting factory" log line for every new backend connection."""
-
-    noisy = False
-
-
-@implementer(IAgentEndpointFactory)
-class _CachedEndpoints:
-    """One client endpoint per backend origin, built once.
-
-    Agent builds a HostnameEndpoint for every request, and each one IDNA-encodes the host
-    again: measurable CPU per request for an answer that never changes.
-    """
-
-    def __init__(self, reactor: Any, connect_timeout: float | None) -> None:
-        self._factory = _StandardEndpointFactory(
-            reactor, BrowserLikePolicyForHTTPS(), connect_timeout, None
-        )
-        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._cache.get(key)
-        if endpoint is None:
-            endpoint = self._cache[key] = self._factory.endpointForURI(uri)
-        return endpoint
+from olla.util.services import Hooks
 
 
 class Options(usage.Options):
@@ -160,65 +119,40 @@ class OllaService(MultiService):
         super().setServiceParent(parent)
 
 
-class _PoolService(Service):
-    """Closes the backend connection pool and the body cooperator when olla stops."""
-
-    def __init__(self, pool: HTTPConnectionPool, cooperator: Cooperator) -> None:
-        self._pool = pool
-        self._cooperator = cooperator
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self._cooperator.stop()
-        d: Deferred[None] = self._pool.closeCachedConnections()
-        return d
+_log = Logger()
 
 
-class _DrainService(Service):
-    """On stop, waits for in-flight requests (the listener stops accepting at the same time)."""
-
-    def __init__(self, site: OllaSite, timeout: float) -> None:
-        self._site = site
-        self._timeout = timeout
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return self._site.drain(self._timeout)
+def _close_pool(pool: HTTPConnectionPool, cooperator: Cooperator) -> Deferred[None]:
+    """The backend connection pool and the body cooperator, closed when olla stops."""
+    cooperator.stop()
+    closed: Deferred[None] = pool.closeCachedConnections()
+    return closed
 
 
-class _StartupLog(Service):
-    _log = Logger()
-
-    def __init__(self, config: OllaConfig, registry: EndpointRegistry, log_where: str) -> None:
-        self._config = config
-        self._registry = registry
-        self._log_where = log_where
-
-    def startService(self) -> None:
-        super().startService()
-        server = self._config.server
-        self._log.info(
-            "olla {version} listening on http://{host}:{port} ({count} endpoint(s), "
-            "balancer {balancer})",
-            version=__version__,
-            host=server.host,
-            port=server.port,
-            count=len(self._registry),
-            balancer=self._config.proxy.load_balancer,
+def _log_startup(config: OllaConfig, registry: EndpointRegistry, log_where: str) -> None:
+    server = config.server
+    _log.info(
+        "olla {version} listening on http://{host}:{port} ({count} endpoint(s), "
+        "balancer {balancer})",
+        version=__version__,
+        host=server.host,
+        port=server.port,
+        count=len(registry),
+        balancer=config.proxy.load_balancer,
+    )
+    _log.info("logging to {where}", where=log_where)
+    for warning in (*config.warnings, *no_effect_warnings(config)):
+        _log.warn("config: {warning}", warning=warning)
+    for endpoint in registry:
+        _log.info(
+            "endpoint {endpoint}: {type} at {url} (priority {priority}, "
+            "checked every {interval:g}s)",
+            endpoint=endpoint.name,
+            type=endpoint.type,
+            url=endpoint.display_url,
+            priority=endpoint.priority,
+            interval=endpoint.check_interval,
         )
-        self._log.info("logging to {where}", where=self._log_where)
-        for warning in (*self._config.warnings, *no_effect_warnings(self._config)):
-            self._log.warn("config: {warning}", warning=warning)
-        for endpoint in self._registry:
-            self._log.info(
-                "endpoint {endpoint}: {type} at {url} (priority {priority}, "
-                "checked every {interval:g}s)",
-                endpoint=endpoint.name,
-                type=endpoint.type,
-                url=endpoint.display_url,
-                priority=endpoint.priority,
-                interval=endpoint.check_interval,
-            )
 
 
 def build_service(
@@ -236,16 +170,10 @@ def build_service(
     """
     profiles = profiles or builtin_profiles()
     log_sink = log_sink or StreamSink(sys.stdout)
-    observer = SwitchableObserver(_observer(config, log_sink))
+    observer = SwitchableObserver(_observer(config, log_sink), log_sink)
     service = OllaService(observer if worker is None else WorkerTaggedObserver(observer, worker.id))
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
-    # Twisted keeps 2 idle connections per backend by default: far too few for a proxy.
-    pool.maxPersistentPerHost = 256
-    pool.cachedConnectionTimeout = 60  # below common backend keep-alive timeouts
-    endpoints = _CachedEndpoints(reactor, config.proxy.connection_timeout or None)
-    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+    agent, pool = backend_agent(reactor, config.proxy.connection_timeout or None)
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
     app = build_app(
@@ -264,22 +192,26 @@ def build_service(
         )
         listener._raiseSynchronously = True  # a port in use stops startup with the reason
 
-    reloader = Reloader(
-        app, load_all, clock=reactor, profiles=profiles, observer=observer, sink=log_sink
-    )
+    reloader = Reloader(app, load_all, clock=reactor, profiles=profiles, observer=observer)
     service.reloader = reloader
 
     # Children stop in reverse order: the listener first, the pool last.
-    ReopenOnHangup(log_sink, reactor, then=reloader.reload).setServiceParent(service)
+    # SIGHUP: reopen the log (a rotated file), then reload the config
+    reopener = LogReopener(log_sink)
+    HangupRelay(reactor, [reopener.reopen, reloader.reload]).setServiceParent(service)
     if watch_config > 0 and reloader.path is not None:
         ConfigWatcher(reloader.path, reloader.reload, reactor, watch_config).setServiceParent(
             service
         )
-    _PoolService(pool, cooperator).setServiceParent(service)
-    _DrainService(app.site, config.server.shutdown_timeout).setServiceParent(service)
+    Hooks(on_stop=lambda: _close_pool(pool, cooperator)).setServiceParent(service)
+    # on stop, wait for in-flight requests (the listener stops accepting at the same time)
+    timeout = config.server.shutdown_timeout
+    Hooks(on_stop=lambda: app.site.drain(timeout)).setServiceParent(service)
     for poller in app.services:
         poller.setServiceParent(service)
-    _StartupLog(config, app.registry, log_sink.where).setServiceParent(service)
+    Hooks(on_start=lambda: _log_startup(config, app.registry, log_sink.where)).setServiceParent(
+        service
+    )
     listener.setServiceParent(service)
     return service
 

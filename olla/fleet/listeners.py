@@ -33,12 +33,12 @@ class RegistryTraffic(OutcomeListener):
         self._registry.attempt_started(start.endpoint, start.at)
 
     def attempt_finished(self, record: AttemptRecord) -> None:
-        registry = self._registry
+        registry, start = self._registry, record.start
         registry.attempt_ended(
-            record.endpoint, record.outcome, started=record.started, relayed=record.relayed
+            start.endpoint, record.outcome, started=start.at, relayed=record.relayed
         )
         if record.busy_for is not None:
-            registry.backend_busy(record.endpoint, record.busy_for)
+            registry.backend_busy(start.endpoint, record.busy_for)
 
 
 @implementer(IOutcomeListener)
@@ -51,7 +51,8 @@ class ConnectionFailures(OutcomeListener):
 
     def attempt_finished(self, record: AttemptRecord) -> None:
         if record.unreachable:
-            self._health.report_connection_failure(record.endpoint, record.cause or "unreachable")
+            endpoint = record.start.endpoint
+            self._health.report_connection_failure(endpoint, record.cause or "unreachable")
 
 
 @implementer(IOutcomeListener)
@@ -78,19 +79,20 @@ class LoadLearning(OutcomeListener):
             self._catalogue.mark_loaded(start.endpoint, start.model)
 
     def attempt_finished(self, record: AttemptRecord) -> None:
-        model = record.model
+        start = record.start
+        model, endpoint = start.model, start.endpoint
         if model is None:
             return
         if record.outcome is not Outcome.OK:
-            if record.cold:
-                self._catalogue.load_failed(record.endpoint, model)
+            if start.cold:
+                self._catalogue.load_failed(endpoint, model)
             return
-        if record.endpoint.type != "ollama":
+        if endpoint.type != "ollama":
             return
-        loaded = record.cold
+        loaded = start.cold
         seconds = record.load_seconds
         if seconds is not None and seconds >= LOAD_SEEN:
             self._catalogue.observe_load(model, seconds)
             loaded = True
         if loaded:
-            self._discovery.refresh_loaded([record.endpoint])
+            self._discovery.refresh_loaded([endpoint])

@@ -9,8 +9,6 @@ it as attempts start and end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from zope.interface import implementer
 
 from olla.fleet.values import Endpoint
@@ -20,17 +18,19 @@ from olla.interfaces import ILoadStore
 SERVICE_EWMA = 0.2
 
 
-@dataclass(slots=True)
 class EndpointLoad:
     """One endpoint's load, as this store keeps it."""
 
-    in_flight: int = 0
-    #: the sum of the start times of the attempts in flight
-    in_flight_since: float = 0.0
-    #: a moving average of how long an answered attempt here takes, start to last byte
-    service_time: float = 0.0
-    #: the backend said it is full (429/503): tried after the others until then
-    busy_until: float = 0.0
+    __slots__ = ("in_flight", "in_flight_since", "service_time", "busy_until")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        #: the sum of the start times of the attempts in flight (their mean age is O(1))
+        self.in_flight_since = 0.0
+        #: a moving average of how long an answered attempt here takes, start to last byte
+        self.service_time = 0.0
+        #: the backend said it is full (429/503): tried after the others until then
+        self.busy_until = 0.0
 
 
 @implementer(ILoadStore)

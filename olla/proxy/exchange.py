@@ -75,6 +75,8 @@ class ProxyDeps:
     reconfigures = ("proxy.read_timeout", "proxy.response_header_timeout", "proxy.retry.")
 
     router: Router
+    registry: EndpointRegistry
+    catalogue: ModelCatalogue
     planner: Planner
     dispatch: IDispatch
     agent: IAgent
@@ -88,14 +90,6 @@ class ProxyDeps:
 
     def reconfigure(self, config: OllaConfig) -> None:
         self.config = config.proxy
-
-    @property
-    def registry(self) -> EndpointRegistry:
-        return self.router.registry
-
-    @property
-    def catalogue(self) -> ModelCatalogue:
-        return self.router.catalogue
 
 
 class _Discard(Protocol):
@@ -133,14 +127,14 @@ class Exchange:
     ) -> None:
         self._deps = deps
         self._context = context
+        context.owned = True  # this exchange publishes the request's record
+        context.route = query.route.prefix
         self._request = request
         self._query = query
         self._target = target
         self._model = query.model
         #: the body, when small enough to inspect (alias rewrites, the sticky prefix)
         self.small_body = small_body
-        context.owned = True  # this exchange publishes the request's record
-        context.route = query.route.prefix
         self._plan = Plan()
         self._walk: IWalk | None = None
         self._attempts = 0
@@ -314,14 +308,9 @@ class Exchange:
         start = self._start
         assert start is not None
         record = AttemptRecord(
-            request_id=start.request_id,
-            number=start.number,
-            endpoint=start.endpoint,
-            model=start.model,
-            started=start.at,
+            start=start,
             ended=self._deps.clock.seconds(),
             outcome=outcome,
-            cold=start.cold,
             status=status,
             relayed=relayed,
             cause=cause,
@@ -362,7 +351,10 @@ class Exchange:
             return
         if self._deps.config.retry.on_connection_failure and self._may_fail_over():
             kind = "timeout" if failure.check(*TIMEOUTS) else "unreachable"
-            self._fail_over(endpoint, Outcome.FAILED, kind, cause, f"unreachable ({cause})", True)
+            handed = self._attempt_ended(
+                Outcome.FAILED, cause=cause, failover=kind, unreachable=True
+            )
+            self._fail_over(handed, f"unreachable ({cause})")
             return
         self._attempt_ended(Outcome.FAILED, cause=cause, unreachable=True)
         self._note_failover(endpoint, cause, f"unreachable ({cause})")
@@ -383,52 +375,36 @@ class Exchange:
         retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
         wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
         code = response.code
-        self._fail_over(
-            endpoint,
+        handed = self._attempt_ended(
             Outcome.REFUSED,
-            f"status_{code}",
-            str(code),
-            f"answered {code}",
-            False,
             status=code,
+            cause=str(code),
+            failover=f"status_{code}",
             busy_for=wait or BUSY_BACKOFF,
         )
+        self._fail_over(handed, f"answered {code}")
 
-    def _fail_over(
-        self,
-        endpoint: Endpoint,
-        outcome: Outcome,
-        kind: str,
-        cause: str,
-        what: str,
-        unreachable: bool,
-        *,
-        status: int | None = None,
-        busy_for: float | None = None,
-    ) -> None:
-        """``endpoint`` hands the request to the next candidate: its attempt's record says
-        why (``kind``, a small fixed set for the metrics: ``unreachable``, ``timeout``,
-        ``status_<code>``; ``cause`` for people), then the next attempt starts."""
-        self._attempt_ended(
-            outcome,
-            status=status,
-            cause=cause,
-            failover=kind,
-            unreachable=unreachable,
-            busy_for=busy_for,
-        )
-        self._note_failover(endpoint, cause, what)
+    def _fail_over(self, handed: AttemptRecord, what: str) -> None:
+        """The attempt ``handed`` gives the request to the next candidate (its record says
+        why: ``failover``, a small fixed set for the metrics, ``unreachable``, ``timeout``,
+        ``status_<code>``; ``cause`` for people); the next attempt starts."""
+        self._note_failover(handed.start.endpoint, handed.cause or "", what)
         self._next_attempt()
 
     def _note_failover(self, endpoint: Endpoint, cause: str, what: str) -> None:
         """Remember (for the request's record) and log why ``endpoint`` handed over."""
         self._failovers.append(f"{endpoint.name}:{cause}")
+        start = self._start
+        elapsed = self._deps.clock.seconds() - start.at if start is not None else 0.0
         self._log.info(
-            "request {request_id}: endpoint {endpoint} {what}; {left} candidate(s) left",
+            "request {request_id}: endpoint {endpoint} {what} after {elapsed_ms}ms; "
+            "{left} candidate(s) left",
             request_id=self._context.request_id,
             endpoint=endpoint.name,
             what=what,
             cause=cause,
+            #: how long the attempt took to fail (a refused connection: about nothing)
+            elapsed_ms=round(elapsed * 1000, 1),
             left=self._walk.left() if self._walk is not None else 0,
         )
 

@@ -110,27 +110,19 @@ def startup_wait(config: OllaConfig) -> float:
 
 
 @implementer(IReconfigurable)
+@dataclass
 class Planner:
     """Plans each request (see the module docstring for the steps)."""
 
     reconfigures = ("discovery.endpoints", "discovery.model_discovery.timeout")
 
-    def __init__(
-        self,
-        router: Router,
-        clock: IReactorTime,
-        *,
-        startup_wait: float,
-        refresh_models: Callable[[], Deferred[None]] | None = None,
-        sticky: StickySessions | None = None,
-    ) -> None:
-        self.router = router
-        self.clock = clock
-        #: how long a request that arrives during startup waits for the first probes and lists
-        self.startup_wait = startup_wait
-        #: re-run model discovery on every healthy endpoint (refresh-on-miss)
-        self.refresh_models = refresh_models
-        self.sticky = sticky
+    router: Router
+    clock: IReactorTime
+    #: how long a request that arrives during startup waits for the first probes and lists
+    startup_wait: float
+    #: re-run model discovery on every healthy endpoint (refresh-on-miss)
+    refresh_models: Callable[[], Deferred[None]] | None = None
+    sticky: StickySessions | None = None
 
     def reconfigure(self, config: OllaConfig) -> None:
         self.startup_wait = startup_wait(config)

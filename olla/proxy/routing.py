@@ -8,18 +8,17 @@ rules, in the order they apply:
 
 1. the route's types (``/olla/<prefix>/`` fails closed) and health;
 2. ``/olla/proxy/`` only: the types that serve the path, then what the body needs;
-3. what the caller allows (the Anthropic passthrough's endpoints);
-4. the model: its hosts and aliases, by the configured strategy (``models.route``); a model
+3. the model: its hosts and aliases, by the configured strategy (``models.route``); a model
    nobody lists while some endpoint's list is still unknown goes to those endpoints;
-5. the order: machines that just said they are full (429/503 with their ``Retry-After``) last,
+4. the order: machines that just said they are full (429/503 with their ``Retry-After``) last,
    then the balancer's tiers, then the expected wait (a warm host with a free slot waits
    nothing; a full one waits its queue; a cold one also waits the model's load), then the
    balancer's order among equals;
-6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
+5. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
    are open the request is refused with ``Retry-After``;
-7. stickiness (``olla.fleet.sticky``): the endpoint the request's session is pinned to goes first
+6. stickiness (``olla.fleet.sticky``): the endpoint the request's session is pinned to goes first
    while it is still a candidate (healthy, hosting the model, circuit closed), has a free slot
-   (fewer requests in flight than its ``max_concurrency``) and has not just said it is full;
+   (fewer requests in flight than its slots) and has not just said it is full;
    else the order stands. It only reorders: a pin never removes a candidate.
 """
 
@@ -27,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -71,8 +70,6 @@ class RouteQuery:
     model: str | None
     #: what the body needs (tools, vision, embeddings); ``/olla/proxy/`` narrows on it
     needs: frozenset[str] = frozenset()
-    #: only these endpoints may serve it (None: any)
-    allowed: frozenset[Endpoint] | None = None
     #: discovery was asked again for this request (``discovery_refresh_on_miss``)
     refreshed: bool = False
     refresh_failed: bool = False
@@ -105,6 +102,7 @@ class RoutePlan:
 
 
 @implementer(IReconfigurable)
+@dataclass(eq=False)
 class Router:
     """Plans each request over the live fleet (see the module docstring for the rules)."""
 
@@ -114,24 +112,17 @@ class Router:
         "model_registry.routing_strategy.",
     )
 
-    def __init__(
-        self,
-        registry: EndpointRegistry,
-        catalogue: ModelCatalogue,
-        balancer: IBalancer,
-        clock: IReactorTime,
-        *,
-        strategy: RoutingStrategyConfig | None = None,
-        warm: WarmRoutingConfig | None = None,
-    ) -> None:
-        self.registry = registry
-        self.catalogue = catalogue
-        self.balancer = balancer
-        self.strategy = strategy or RoutingStrategyConfig()
-        self.warm = warm or WarmRoutingConfig()
-        self._clock = clock
-        #: the ``proxy.load_balancer`` setting ``balancer`` was made for
-        self._balancer_setting = balancer.name
+    registry: EndpointRegistry
+    catalogue: ModelCatalogue
+    balancer: IBalancer
+    clock: IReactorTime
+    strategy: RoutingStrategyConfig = field(default_factory=RoutingStrategyConfig, kw_only=True)
+    warm: WarmRoutingConfig = field(default_factory=WarmRoutingConfig, kw_only=True)
+    #: the ``proxy.load_balancer`` setting ``balancer`` was made for
+    _balancer_setting: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._balancer_setting = self.balancer.name
 
     def reconfigure(self, config: OllaConfig) -> None:
         setting = config.proxy.load_balancer
@@ -144,8 +135,6 @@ class Router:
     def plan(self, query: RouteQuery) -> RoutePlan:
         healthy = self.registry.routable(query.route.types)
         healthy = self._by_path(healthy, query)
-        if query.allowed is not None:
-            healthy = [ep for ep in healthy if ep in query.allowed]
         decision: RoutingDecision | None = None
         if query.model is not None:
             decision = self._by_model(query, healthy)
@@ -223,7 +212,7 @@ class Router:
         endpoints that are equally good (two warm hosts share a hot model evenly) and advances
         once per request.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         rewrite = decision.rewrite if decision is not None else {}
         warm = model is not None and self.warm.enabled
         keys: dict[Endpoint, tuple[float, ...]] = {}
@@ -244,9 +233,7 @@ class Router:
         if pinned is None or pinned not in usable or usable[0] is pinned:
             return usable
         load = self.registry.load
-        if load.in_flight(pinned) >= load.slots(pinned) or self._busy(
-            pinned, self._clock.seconds()
-        ):
+        if load.in_flight(pinned) >= load.slots(pinned) or self._busy(pinned, self.clock.seconds()):
             return usable
         return (pinned, *(ep for ep in usable if ep is not pinned))
 
@@ -260,7 +247,7 @@ class Router:
         its slots, plus the model's load time if it is not in memory there (what is left of
         it, if olla already sent it there).
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         view = self.registry.load
         slots = view.slots(endpoint)
         ahead = view.in_flight(endpoint) - slots + 1

@@ -78,8 +78,8 @@ class FailoverLog(OutcomeListener):
             self.record(
                 start.at,
                 start.request_id,
-                handed.model or "",
-                handed.endpoint.name,
+                handed.start.model or "",
+                handed.start.endpoint.name,
                 start.endpoint.name,
                 handed.cause or handed.failover,
             )

@@ -8,6 +8,8 @@ record: counting a request must never break the request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -49,32 +51,24 @@ class Outcomes:
         return self._listeners
 
     def attempt_started(self, start: AttemptStart) -> None:
-        for listener in self._listeners:
-            try:
-                listener.attempt_started(start)
-            except Exception:
-                self._failed(listener, "attempt_started")
+        self._tell("attempt_started", lambda listener: listener.attempt_started(start))
 
     def attempt_answered(self, start: AttemptStart, status: int) -> None:
-        for listener in self._listeners:
-            try:
-                listener.attempt_answered(start, status)
-            except Exception:
-                self._failed(listener, "attempt_answered")
+        self._tell("attempt_answered", lambda listener: listener.attempt_answered(start, status))
 
     def attempt_finished(self, record: AttemptRecord) -> None:
-        for listener in self._listeners:
-            try:
-                listener.attempt_finished(record)
-            except Exception:
-                self._failed(listener, "attempt_finished")
+        self._tell("attempt_finished", lambda listener: listener.attempt_finished(record))
 
     def request_finished(self, record: RequestRecord) -> None:
+        self._tell("request_finished", lambda listener: listener.request_finished(record))
+
+    def _tell(self, what: str, call: Callable[[IOutcomeListener], None]) -> None:
+        """``call`` every listener, in order; one that raises is logged and skipped."""
         for listener in self._listeners:
             try:
-                listener.request_finished(record)
+                call(listener)
             except Exception:
-                self._failed(listener, "request_finished")
+                self._failed(listener, what)
 
     def _failed(self, listener: IOutcomeListener, what: str) -> None:
         self._log.failure(

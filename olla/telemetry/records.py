@@ -34,14 +34,10 @@ class AttemptStart:
 class AttemptRecord:
     """How one upstream attempt ended."""
 
-    request_id: str
-    number: int
-    endpoint: Endpoint
-    model: str | None
-    started: float
+    #: what was announced when it began (request, endpoint, model, time)
+    start: AttemptStart
     ended: float
     outcome: Outcome
-    cold: bool = False
     #: the status the backend answered, when it did
     status: int | None = None
     #: body bytes relayed to the client

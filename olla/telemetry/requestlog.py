@@ -23,38 +23,45 @@ class RequestLog(OutcomeListener):
     _log = Logger(namespace="olla.request")
 
     def request_finished(self, record: RequestRecord) -> None:
+        fields = {name: getattr(record, name) for name in _KEPT}
         failovers = record.failovers
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
             "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tokens}{tried}{why} "
             "client={client_ip}",
-            request_id=record.request_id,
-            client_ip=record.client_ip,
-            method=record.method,
-            path=record.path,
+            **fields,
             endpoint=record.endpoint or "-",
             model=record.model or "-",
-            status=record.status,
             duration_ms=round(record.duration * 1000),
-            bytes=record.bytes,
-            outcome=record.outcome,
-            attempts=record.attempts,
-            route=record.route,
             failovers=list(failovers),
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            tokens_per_second=record.tokens_per_second,
             ttft_ms=None if record.ttft is None else round(record.ttft * 1000),
             tokens=_tokens_text(record),
             tried=f" failed_over={','.join(failovers)}" if failovers else "",
             why=f" why={record.error!r}" if record.error else "",
-            error=record.error,
-            mode=record.mode,
             sticky_outcome=record.sticky,
             sticky_key_source=record.session_source,
             #: marks the one line per request (``server.request_logging`` filters it)
             request_line=True,
         )
+
+
+#: the record's fields the line carries as they are (the JSON log's keys)
+_KEPT = (
+    "request_id",
+    "client_ip",
+    "method",
+    "path",
+    "status",
+    "bytes",
+    "outcome",
+    "attempts",
+    "route",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_per_second",
+    "error",
+    "mode",
+)
 
 
 def _tokens_text(record: RequestRecord) -> str:

@@ -85,26 +85,36 @@ class Histogram:
 
 
 @dataclass(slots=True)
-class ModelOnEndpoint:
-    """One model's traffic on one endpoint (the stats page's ``endpoint_breakdown``)."""
+class Traffic:
+    """Requests counted for one model, or for one model on one endpoint."""
 
     requests: int = 0
     successes: int = 0
     latency_total: float = 0.0
-    last_used: float = 0.0
+    #: when the last request came
+    last: float = 0.0
+
+    def count(self, now: float, ok: bool, duration: float) -> None:
+        self.requests += 1
+        self.last = now
+        if ok:
+            self.successes += 1
+            self.latency_total += duration
+
+
+@dataclass(slots=True)
+class ModelOnEndpoint(Traffic):
+    """One model's traffic on one endpoint (the stats page's ``endpoint_breakdown``)."""
+
     consecutive_errors: int = 0
 
 
 @dataclass(slots=True)
-class ModelStats:
+class ModelStats(Traffic):
     """One model's traffic (``/internal/stats/models``)."""
 
-    requests: int = 0
-    successes: int = 0
     failures: int = 0
     bytes: int = 0
-    latency_total: float = 0.0
-    last_requested: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -183,20 +193,15 @@ class Stats:
         stats = self.models.get(model)
         if stats is None:
             stats = self.models[model] = ModelStats()
-        stats.requests += 1
         stats.bytes += record.bytes
-        stats.last_requested = now
         there = stats.endpoints.get(endpoint)
         if there is None:
             there = stats.endpoints[endpoint] = ModelOnEndpoint()
-        there.requests += 1
-        there.last_used = now
-        if record.outcome == "ok":
-            stats.successes += 1
-            stats.latency_total += record.duration
+        ok = record.outcome == "ok"
+        stats.count(now, ok, record.duration)
+        there.count(now, ok, record.duration)
+        if ok:
             stats.recent.append(record.duration)
-            there.successes += 1
-            there.latency_total += record.duration
             there.consecutive_errors = 0
         elif record.outcome != "client_gone":
             stats.failures += 1
@@ -263,7 +268,7 @@ class StatsListener(OutcomeListener):
         self._stats = stats
 
     def attempt_finished(self, record: AttemptRecord) -> None:
-        name = record.endpoint.name
+        name = record.start.endpoint.name
         self._stats.attempt_finished(name, record.outcome.value)
         if record.failover is not None:
             self._stats.failed_over(name, record.failover)

@@ -681,11 +681,18 @@ class OllaRoot(Resource):
         for name, child in children.items():
             self.putChild(name, child)
 
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        # a request under /olla/ leaves a record; the route that takes it names itself
+        context_of(request).route = "none"
+        child: IResource = super().getChildWithDefault(path, request)
+        return child
+
     def getChild(self, path: bytes, request: Request) -> IResource:
         return NotFound()
 
     def render(self, request: Request) -> bytes:
         """``/olla`` and ``/olla/`` themselves: nothing to serve there."""
+        context_of(request).route = "none"
         return NotFound().render(request)
 
 
