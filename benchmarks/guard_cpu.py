@@ -41,7 +41,6 @@ from olla.front.context import ContextRequest, RequestContext
 from olla.guard.ratelimit import LimitSettings, MemoryRateStore, RateLimiter
 from olla.guard.stage import Guard
 from olla.telemetry.security import SecurityStats
-from olla.util.errors import Dialect
 from olla.web.site import set_owned_headers
 from tests.proxyharness import Harness, http_request
 
@@ -103,7 +102,7 @@ def guard_alone(on: bool, key: bool, calls: int) -> float:
         request = ContextRequest(DummyChannel())
         request.path = b"/olla/ollama/api/chat"
         request.method = b"POST"
-        request.context = RequestContext("bench", 0.0, "127.0.0.1", Dialect.OLLAMA)
+        request.context = RequestContext("bench", 0.0, "127.0.0.1", request.path)
         for name, value in headers.items():
             request.requestHeaders.setRawHeaders(name, [value])
         guard.check(request)

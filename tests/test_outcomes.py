@@ -330,3 +330,55 @@ class StoreInterfaceTests(SynchronousTestCase):
         self.assertEqual((taken, levels), (False, [1.0, 0.0]))
         taken, levels = self.successResultOf(store.take([("ip:b", 1.0, 1.0)], 0.0))
         self.assertEqual((taken, levels), (True, [0.0]))
+
+
+class PassthroughPathTests(SynchronousTestCase):
+    def test_each_native_host_on_its_own_messages_path(self) -> None:
+        """If two hosts speak Messages on different paths (Docker Model Runner's
+        /anthropic/v1/messages, vLLM's /v1/messages), then each is asked on its own path: the
+        request that fails over from one to the other is passed through on both."""
+        clock = Clock()
+        vllm = ScriptedBackend(clock)
+        vllm.status = 503  # busy: hands over
+        runner = ScriptedBackend(clock)
+        runner.pieces = [(0.0, b'{"type":"message","content":[]}')]
+        h = Harness(
+            {"vllm:1": vllm, "runner:1": runner},
+            clock=clock,
+            types={"vllm:1": "vllm", "runner:1": "docker-model-runner"},
+        )
+        raw = json.dumps(MESSAGE).encode()
+        response = h.send(http_request("POST", "/olla/anthropic/v1/messages", raw)).response()
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.header(b"x-olla-mode"), b"passthrough")
+        self.assertEqual(
+            sorted(uri for _, uri, _ in h.agent.sent),
+            [b"http://runner:1/anthropic/v1/messages", b"http://vllm:1/v1/messages"],
+        )
+
+
+class RequestLogTests(SynchronousTestCase):
+    def test_lines_follow_the_config(self) -> None:
+        """If the level is above info or server.request_logging is off, then no request line
+        is built (the observer would drop it); a reload that turns them on brings them back."""
+        from dataclasses import replace
+
+        from olla.config import LoggingConfig, OllaConfig
+        from olla.telemetry.requestlog import RequestLog
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        defaults = OllaConfig()
+        quiet = replace(defaults, logging=replace(LoggingConfig(), level="warn"))
+        off = replace(defaults, server=replace(defaults.server, request_logging=False))
+        record = RequestRecord(None, None, "none", 200, "ok", 0, 0, 0.0, request_id="r-1")
+        log = RequestLog(quiet)
+        log.request_finished(record)
+        self.assertEqual(request_lines(events), [])
+        log.reconfigure(defaults)
+        log.request_finished(record)
+        (line,) = request_lines(events)
+        self.assertEqual((line["request_id"], line["status"], line["outcome"]), ("r-1", 200, "ok"))
+        log.reconfigure(off)
+        log.request_finished(record)
+        self.assertEqual(len(request_lines(events)), 1)

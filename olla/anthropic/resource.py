@@ -30,12 +30,14 @@ from olla.front.context import answer_error, context_of
 from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import Exchange, ProxyDeps
 from olla.proxy.plan import Candidate, Plan, PlanQuery
-from olla.proxy.routing import ProviderRoute, RoutePlan
+from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
 from olla.util.responses import json_response
 
 MESSAGES = b"/v1/messages"
 COUNT_TOKENS = b"/v1/messages/count_tokens"
 MODELS = b"/v1/models"
+#: the path routing sees for every Messages request
+_MESSAGES_PATH = MESSAGES.decode()
 
 
 class AnthropicResource(Resource):
@@ -227,9 +229,7 @@ class AnthropicResource(Resource):
         target: bytes,
     ) -> Exchange:
         query = PlanQuery(
-            route=self._route,
-            path=MESSAGES.decode(),
-            model=model,
+            RouteQuery(self._route, _MESSAGES_PATH, model),
             header=request.getHeader,
             document=document,
         )

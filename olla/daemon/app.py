@@ -164,7 +164,8 @@ def build_app(
     outcomes.subscribe(failovers)
     if sticky is not None:
         outcomes.subscribe(sticky)
-    outcomes.subscribe(RequestLog())
+    request_log = RequestLog(config)
+    outcomes.subscribe(request_log)
     for listener in listeners:
         outcomes.subscribe(listener)
 
@@ -258,6 +259,7 @@ def build_app(
         limiter,
         guard,
         collector,
+        request_log,
     ]
     if dashboard is not None:
         reconfigurables.append(dashboard)

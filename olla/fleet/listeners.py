@@ -87,12 +87,10 @@ class LoadLearning(OutcomeListener):
             if start.cold:
                 self._catalogue.load_failed(endpoint, model)
             return
-        if endpoint.type != "ollama":
-            return
         loaded = start.cold
-        seconds = record.load_seconds
+        seconds = record.load_seconds  # only an Ollama generation answer reports one
         if seconds is not None and seconds >= LOAD_SEEN:
             self._catalogue.observe_load(model, seconds)
             loaded = True
-        if loaded:
+        if loaded and endpoint.type == "ollama":
             self._discovery.refresh_loaded([endpoint])

@@ -32,8 +32,8 @@ class RequestContext:
     started: float
     #: the TCP peer's address ("unknown" when it has none)
     peer: str
-    #: the error dialect of the request's path (``Dialect.for_path``)
-    dialect: Dialect
+    #: the request's path (as received)
+    path: bytes
     body_size: int = 0
     #: who is asking: the peer, or the client a trusted proxy names (the guard decides)
     client_ip: str = ""
@@ -54,9 +54,19 @@ class RequestContext:
     #: the answer the guard gave instead of passing the request on
     answer: LocalAnswer | None = None
 
+    _dialect: Dialect | None = None
+
     def __post_init__(self) -> None:
         if not self.client_ip:
             self.client_ip = self.peer
+
+    @property
+    def dialect(self) -> Dialect:
+        """The error dialect of the request's path (``Dialect.for_path``), worked out the first
+        time an error needs it."""
+        if self._dialect is None:
+            self._dialect = Dialect.for_path(self.path)
+        return self._dialect
 
     def own_headers(self, prefix: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """Set ``headers`` on the answer as its head goes out, replacing any whose name

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from olla.config import OllaConfig
@@ -59,9 +59,9 @@ class Guard:
         self.policy = InternalPolicy(config.dashboard)
         self.keys = KeyRing(config.server.auth.api_keys)
 
-    def check(self, request: ContextRequest) -> Deferred[LocalAnswer | None]:
+    def check(self, request: ContextRequest) -> LocalAnswer | None | Deferred[LocalAnswer | None]:
         """The answer that stops ``request`` here, or None to pass it on (with its context
-        filled in)."""
+        filled in): at once when no store had to be asked, else a Deferred of it."""
         context = request.context
         headers = request.requestHeaders
         client_ip = context.client_ip = self.proxies.client_ip(
@@ -78,9 +78,9 @@ class Guard:
                     origin, asked, request.getHeader(b"access-control-request-headers")
                 )
                 if preflight is None:
-                    return succeed(LocalAnswer(403, "CORS preflight not allowed"))
+                    return LocalAnswer(403, "CORS preflight not allowed")
                 context.own_headers(b"access-control-", preflight)
-                return succeed(LocalAnswer(204))
+                return LocalAnswer(204)
             actual = self.cors.actual(origin)
             if actual is not None:
                 context.own_headers(b"access-control-", actual)
@@ -88,14 +88,14 @@ class Guard:
         if is_internal(path):
             why = self.policy.refusal(path, context.peer, request.getHeader(b"host"))
             if why is not None:
-                return succeed(LocalAnswer(403, why))
+                return LocalAnswer(403, why)
             if path == HEALTH_PATH:
                 return self.limiter.check_health(client_ip).addCallback(self._limited, context)
-            return succeed(None)
+            return None
         if path in _OPEN_PATHS:
-            return succeed(None)
+            return None
         if not self.limiter.enabled and not self.keys.enabled:
-            return succeed(None)
+            return None
         checked = self.limiter.check(client_ip).addCallback(self._limited, context)
         if not self.keys.enabled:
             return checked

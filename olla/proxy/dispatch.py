@@ -11,7 +11,7 @@ a retried attempt back at the head of its queue.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from zope.interface import Interface, implementer
 
 from olla.fleet.endpoints import EndpointRegistry
@@ -25,9 +25,10 @@ class IWalk(Interface):
     def more() -> bool:
         """Whether another attempt may be made (a candidate left, within the budget)."""
 
-    def next() -> Deferred[Candidate]:
-        """The candidate of the next attempt (call only when ``more()``). May fire later;
-        cancelling it (the client left) gives the place up."""
+    def next() -> Candidate | Deferred[Candidate]:
+        """The candidate of the next attempt (call only when ``more()``): at once, or a
+        Deferred that may fire later (a gate holding the request); cancelling it (the client
+        left) gives the place up."""
 
     def left() -> int:
         """Candidates not tried yet (for the log)."""
@@ -55,9 +56,9 @@ class _InOrderWalk:
         self._left = [c for c in self._left if c.endpoint in self._registry]
         return bool(self._left) and self._budget > 0
 
-    def next(self) -> Deferred[Candidate]:
+    def next(self) -> Candidate:
         self._budget -= 1
-        return succeed(self._left.pop(0))
+        return self._left.pop(0)
 
     def left(self) -> int:
         return len(self._left)

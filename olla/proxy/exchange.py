@@ -110,6 +110,10 @@ _GENERATION_PATHS = (b"/api/chat", b"/api/generate")
 _STREAM_TYPES = (b"ndjson", b"event-stream")
 
 
+#: what an exchange walks until its plan is made
+_NO_PLAN = Plan()
+
+
 class Exchange:
     """One client request through the proxy, from its plan to the last byte."""
 
@@ -128,14 +132,14 @@ class Exchange:
         self._deps = deps
         self._context = context
         context.owned = True  # this exchange publishes the request's record
-        context.route = query.route.prefix
+        context.route = query.routing.route.prefix
         self._request = request
         self._query = query
         self._target = target
         self._model = query.model
         #: the body, when small enough to inspect (alias rewrites, the sticky prefix)
         self.small_body = small_body
-        self._plan = Plan()
+        self._plan = _NO_PLAN
         self._walk: IWalk | None = None
         self._attempts = 0
         #: "name:cause" for each attempt that handed over to the next candidate
@@ -162,8 +166,15 @@ class Exchange:
     def start(self, shaper: Shaper) -> None:
         """Plan the request (the planning stage), let the route shape the candidates, then
         walk them."""
+        try:
+            planning = self._deps.planner.plan(self._context, self._query)
+            if isinstance(planning, Planned):
+                self._planned(planning, shaper)
+                return
+        except Exception:
+            self._bug(Failure())
+            return
         # not cancelled when the client leaves: a refresh-on-miss it waits on is shared
-        planning = self._deps.planner.plan(self._context, self._query)
         planning.addCallback(self._planned, shaper).addErrback(self._bug)
 
     def _planned(self, planned: Planned, shaper: Shaper) -> None:
@@ -201,6 +212,9 @@ class Exchange:
         """Ask the dispatch stage for the next candidate, then try it."""
         assert self._walk is not None
         chosen = self._walk.next()
+        if isinstance(chosen, Candidate):
+            self._dispatched(chosen)
+            return
         if not chosen.called:
             self._waiting = chosen  # held by the dispatch stage: given up if the client leaves
         chosen.addCallbacks(self._dispatched, self._not_dispatched).addErrback(self._bug)
@@ -639,7 +653,7 @@ class Exchange:
             endpoint=endpoint.name if endpoint is not None else None,
             # an alias counts under the name the endpoint knows the model by
             model=(self.native_model(endpoint) if endpoint is not None else None) or self._model,
-            route=self._query.route.prefix,
+            route=self._query.routing.route.prefix,
             status=status,
             outcome=ended,
             attempts=self._attempts,

@@ -32,29 +32,34 @@ from olla.fleet.sticky import Affinity, StickySessions
 from olla.front.context import RequestContext
 from olla.guard.clientauth import model_allowed
 from olla.interfaces import IReconfigurable
-from olla.proxy.routing import ProviderRoute, Rejection, RoutePlan, RouteQuery, Router
+from olla.proxy.routing import Rejection, RoutePlan, RouteQuery, Router
 from olla.util.deadline import with_deadline
 
 if TYPE_CHECKING:
     from olla.proxy.shape import IExchangeShape
 
 
-@dataclass(frozen=True, slots=True)
+# per-request values: not frozen (building a frozen dataclass costs twice as much), never
+# changed once built
+
+
+@dataclass(slots=True)
 class PlanQuery:
     """What the planning stage needs to know about one request."""
 
-    route: ProviderRoute
-    path: str  # below the route prefix, without the query
-    model: str | None
-    #: what the body needs (tools, vision, embeddings); ``/olla/proxy/`` narrows on it
-    needs: frozenset[str] = frozenset()
+    #: what routing needs (the planner adds the sticky pin and whether it refreshed)
+    routing: RouteQuery
     #: the request's headers (the sticky session's key sources read them)
     header: Callable[[bytes], bytes | None] = lambda name: None
     #: the parsed body, asked for only by a ``prefix_hash`` session key
     document: Callable[[], object] = lambda: None
 
+    @property
+    def model(self) -> str | None:
+        return self.routing.model
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Planned:
     """The planning stage's result: routing's plan, and the request's sticky session."""
 
@@ -62,7 +67,7 @@ class Planned:
     affinity: Affinity | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Candidate:
     """One host that can serve the request, and how the request is shaped for it."""
 
@@ -70,7 +75,7 @@ class Candidate:
     shape: IExchangeShape
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     """Every candidate that can serve one request, best first, each with its shape; or the
     answer olla gives itself (``rejection``)."""
@@ -87,7 +92,7 @@ class Plan:
     def uniform(cls, routed: RoutePlan, shape: IExchangeShape) -> Plan:
         """Every candidate of ``routed`` with the same ``shape``."""
         return cls(
-            tuple(Candidate(ep, shape) for ep in routed.candidates),
+            tuple([Candidate(ep, shape) for ep in routed.candidates]),
             routed.decision,
             routed.rejection,
             routed.rewrite,
@@ -127,15 +132,18 @@ class Planner:
     def reconfigure(self, config: OllaConfig) -> None:
         self.startup_wait = startup_wait(config)
 
-    def plan(self, context: RequestContext, query: PlanQuery) -> Deferred[Planned]:
-        """The plan for one request (fires once routing decided; a rejection is a plan too)."""
+    def plan(self, context: RequestContext, query: PlanQuery) -> Planned | Deferred[Planned]:
+        """The plan for one request (a rejection is a plan too): at once when nothing had to
+        be waited for or asked, else a Deferred of it."""
         key = context.key
         if key is not None and not model_allowed(key, query.model):
             message = f"this API key may not use model {query.model!r}"
-            return succeed(Planned(RoutePlan(rejection=Rejection(403, message))))
+            return Planned(RoutePlan(rejection=Rejection(403, message)))
         registry = self.router.registry
-        ready = succeed(None) if registry.ready else registry.when_ready(self.startup_wait)
         sticky = self.sticky
+        if sticky is None and registry.ready:
+            return self._route(context, query, None)
+        ready = succeed(None) if registry.ready else registry.when_ready(self.startup_wait)
         if sticky is None:
             return ready.addCallback(lambda _: self._route(context, query, None))
         return ready.addCallback(
@@ -152,17 +160,14 @@ class Planner:
         refreshed: bool = False,
         refresh_failed: bool = False,
     ) -> Planned | Deferred[Planned]:
-        routed = self.router.plan(
-            RouteQuery(
-                route=query.route,
-                path=query.path,
-                model=query.model,
-                needs=query.needs,
-                refreshed=refreshed,
-                refresh_failed=refresh_failed,
-                pinned=affinity.pinned if affinity is not None else None,
-            )
-        )
+        routing = query.routing
+        pinned = affinity.pinned if affinity is not None else None
+        if pinned is not None or refreshed or refresh_failed:
+            routing = RouteQuery(
+                routing.route, routing.path, routing.model, routing.needs,
+                refreshed, refresh_failed, pinned,
+            )  # fmt: skip
+        routed = self.router.plan(routing)
         decision = routed.decision
         missed = routed.rejection is not None and decision is not None and decision.rejected
         if missed and not context.gone and self._may_refresh(refreshed, refresh_failed):

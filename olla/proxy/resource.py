@@ -22,7 +22,7 @@ from olla.proxy.exchange import Exchange, ProxyDeps
 from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model
 from olla.proxy.needs import body_needs
 from olla.proxy.plan import Plan, PlanQuery
-from olla.proxy.routing import ProviderRoute
+from olla.proxy.routing import ProviderRoute, RouteQuery
 from olla.proxy.shape import VERBATIM
 from olla.util.responses import json_response
 
@@ -75,11 +75,9 @@ class ProxyResource(Resource):
         small = body if len(body) <= PARSE_LIMIT else None
         route = self._route
         text_path = path.decode("utf-8", "replace")
+        needs = body_needs(small, text_path) if route.by_path else frozenset()
         query = PlanQuery(
-            route=route,
-            path=text_path,
-            model=model,
-            needs=body_needs(small, text_path) if route.by_path else frozenset(),
+            RouteQuery(route, text_path, model, needs),
             header=request.getHeader,
             document=lambda: parse_body(small),
         )

@@ -34,43 +34,60 @@ class OutcomeListener:
         pass
 
 
+#: the events a listener may hear (``IOutcomeListener``'s methods)
+_EVENTS = ("attempt_started", "attempt_answered", "attempt_finished", "request_finished")
+
+
 @implementer(IOutcomeListener)
 class Outcomes:
-    """Hands each record to every subscribed listener, in the order they subscribed."""
+    """Hands each record to every subscribed listener, in the order they subscribed.
+
+    Each event goes only to the listeners that hear it (a method of their own, not the
+    ``OutcomeListener`` no-op): most listeners care about one or two events, and every
+    request publishes four.
+    """
 
     _log = Logger()
 
     def __init__(self) -> None:
         self._listeners: tuple[IOutcomeListener, ...] = ()
+        self._hearing: dict[str, tuple[Callable[..., None], ...]] = dict.fromkeys(_EVENTS, ())
 
     def subscribe(self, listener: IOutcomeListener) -> None:
         self._listeners = (*self._listeners, listener)
+        for event in _EVENTS:
+            ignored = getattr(OutcomeListener, event)
+            if getattr(type(listener), event, None) is not ignored:
+                self._hearing[event] = (*self._hearing[event], getattr(listener, event))
 
     @property
     def listeners(self) -> tuple[IOutcomeListener, ...]:
         return self._listeners
 
     def attempt_started(self, start: AttemptStart) -> None:
-        self._tell("attempt_started", lambda listener: listener.attempt_started(start))
+        self._tell("attempt_started", start)
 
     def attempt_answered(self, start: AttemptStart, status: int) -> None:
-        self._tell("attempt_answered", lambda listener: listener.attempt_answered(start, status))
+        for hear in self._hearing["attempt_answered"]:
+            try:
+                hear(start, status)
+            except Exception:
+                self._failed(hear, "attempt_answered")
 
     def attempt_finished(self, record: AttemptRecord) -> None:
-        self._tell("attempt_finished", lambda listener: listener.attempt_finished(record))
+        self._tell("attempt_finished", record)
 
     def request_finished(self, record: RequestRecord) -> None:
-        self._tell("request_finished", lambda listener: listener.request_finished(record))
+        self._tell("request_finished", record)
 
-    def _tell(self, what: str, call: Callable[[IOutcomeListener], None]) -> None:
-        """``call`` every listener, in order; one that raises is logged and skipped."""
-        for listener in self._listeners:
+    def _tell(self, event: str, record: object) -> None:
+        for hear in self._hearing[event]:
             try:
-                call(listener)
+                hear(record)
             except Exception:
-                self._failed(listener, what)
+                self._failed(hear, event)
 
-    def _failed(self, listener: IOutcomeListener, what: str) -> None:
+    def _failed(self, hear: Callable[..., None], event: str) -> None:
         self._log.failure(
-            "outcome listener {listener} failed in {what}", listener=repr(listener), what=what
+            "outcome listener {listener} failed in {event}", listener=repr(hear), event=event
         )

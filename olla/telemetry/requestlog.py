@@ -3,7 +3,9 @@
 
 An outcome listener: it hears every request's record (proxied, answered by olla itself,
 refused by the guard, abandoned by its client) and logs it at info with ``request_line``
-set, so ``server.request_logging`` can turn exactly these lines off.
+set, so ``server.request_logging`` can turn exactly these lines off. When the config says no
+one will read them (``server.request_logging: false``, or ``logging.level`` above info) it does
+not build them at all: a line costs more than the rest of a request's bookkeeping.
 """
 
 from __future__ import annotations
@@ -11,18 +13,29 @@ from __future__ import annotations
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from olla.interfaces import IOutcomeListener
+from olla.config import OllaConfig
+from olla.interfaces import IOutcomeListener, IReconfigurable
 from olla.telemetry.outcomes import OutcomeListener
 from olla.telemetry.records import RequestRecord
 
 
-@implementer(IOutcomeListener)
+@implementer(IOutcomeListener, IReconfigurable)
 class RequestLog(OutcomeListener):
     """Logs each finished request (``olla.request`` namespace)."""
 
     _log = Logger(namespace="olla.request")
+    reconfigures = ("server.request_logging", "logging.level")
+
+    def __init__(self, config: OllaConfig) -> None:
+        self.reconfigure(config)
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        #: whether the lines are wanted (the log observer would drop them otherwise)
+        self.wanted = config.server.request_logging and config.logging.level in _SHOWN
 
     def request_finished(self, record: RequestRecord) -> None:
+        if not self.wanted:
+            return
         fields = {name: getattr(record, name) for name in _KEPT}
         failovers = record.failovers
         self._log.info(
@@ -45,6 +58,22 @@ class RequestLog(OutcomeListener):
         )
 
 
+#: the ``logging.level`` values that show info lines
+_SHOWN = ("debug", "info")
+
+
+def _tokens_text(record: RequestRecord) -> str:
+    """`` tokens=12/345 ttft=80ms`` for the log line, when the backend said and it streamed."""
+    text = ""
+    if record.prompt_tokens is not None or record.completion_tokens is not None:
+        prompt = "-" if record.prompt_tokens is None else record.prompt_tokens
+        completion = "-" if record.completion_tokens is None else record.completion_tokens
+        text = f" tokens={prompt}/{completion}"
+    if record.ttft is not None:
+        text += f" ttft={round(record.ttft * 1000)}ms"
+    return text
+
+
 #: the record's fields the line carries as they are (the JSON log's keys)
 _KEPT = (
     "request_id",
@@ -62,15 +91,3 @@ _KEPT = (
     "error",
     "mode",
 )
-
-
-def _tokens_text(record: RequestRecord) -> str:
-    """`` tokens=12/345 ttft=80ms`` for the log line, when the backend said and it streamed."""
-    text = ""
-    if record.prompt_tokens is not None or record.completion_tokens is not None:
-        prompt = "-" if record.prompt_tokens is None else record.prompt_tokens
-        completion = "-" if record.completion_tokens is None else record.completion_tokens
-        text = f" tokens={prompt}/{completion}"
-    if record.ttft is not None:
-        text += f" ttft={round(record.ttft * 1000)}ms"
-    return text

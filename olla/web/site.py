@@ -95,6 +95,7 @@ class OllaRequest(ContextRequest):
         super().__init__(*args, **kwargs)
         self.body_size = 0
         self.rejected = False
+        self._served_by: OllaSite | None = None  # set once processing starts
 
     @property
     def olla_site(self) -> OllaSite:
@@ -194,11 +195,10 @@ class OllaRequest(ContextRequest):
             request_id=request_id,
             started=site.clock.seconds(),
             peer=peer_host(self),
-            dialect=Dialect.for_path(self.path),
+            path=self.path,
             body_size=self.body_size,
         )
         self.setHeader(b"X-Olla-Request-ID", request_id.encode("ascii"))
-        self.notifyFinish().addBoth(self._over)
         if site.guard is None:
             super().process()
             return
@@ -207,19 +207,33 @@ class OllaRequest(ContextRequest):
         except Exception:
             self.processingFailed(Failure())
             return
-        checked.addCallback(self._guarded).addErrback(self.processingFailed)
+        if checked is None or isinstance(checked, LocalAnswer):
+            self._guarded(checked)
+        else:  # a store was asked
+            checked.addCallback(self._guarded).addErrback(self.processingFailed)
 
     def _guarded(self, answer: LocalAnswer | None) -> None:
         self.context.answer = answer
         super().process()  # the tree (OllaSite.getResourceFor answers a refusal itself)
 
-    def _over(self, result: object) -> None:
-        """The request ended (answered, or the client left): its record, unless the stage
-        that owns it publishes one itself."""
+    def finish(self) -> None:
+        super().finish()
+        self._over(gone=False)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._over(gone=True)
+
+    def _over(self, gone: bool) -> None:
+        """The request ended (answered, or the client left first): its record, unless the
+        stage that owns it publishes one itself."""
+        site = self._served_by
+        if site is None:
+            return  # it never got past the channel's checks (they answered it themselves)
         context = self.context
-        context.gone = isinstance(result, Failure)
+        context.gone = context.gone or gone
         if not context.owned and not context.reported:
-            self._served_by.report(self)
+            site.report(self)
 
 
 def set_owned_headers(request: Request, prefix: bytes, headers: list[tuple[bytes, bytes]]) -> None:
