@@ -20,6 +20,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from olla.config import EndpointConfig, OllaConfig
 from olla.daemon import tap
@@ -40,6 +41,8 @@ from olla.daemon.reload import (
 from olla.daemon.tap import load_all
 from olla.fleet.balancer import LeastConnectionsBalancer, PriorityBalancer
 from olla.fleet.endpoints import Endpoint, EndpointStatus, Outcome, endpoints_from_config
+from olla.interfaces import IReconfigurable
+from olla.profiles import builtin_profiles
 from tests.fakes.ollama import FakeOllama
 from tests.proxyharness import ClientConnection, HostAgent, http_request
 
@@ -436,6 +439,26 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(payload["config"]["generation"], 2)
         self.assertEqual(payload["proxy"]["balancer"], "priority")
         self.assertNotEqual(payload["config"]["loaded_at"], config["loaded_at"])
+
+    def test_a_failing_component_does_not_stop_the_others(self) -> None:
+        """If one component's reconfigure raises, then it is logged, every other component
+        still applies the new config, and the reload completes (a new generation)."""
+
+        @implementer(IReconfigurable)
+        class Broken:
+            reconfigures = ("proxy.profile",)
+
+            def reconfigure(self, config: OllaConfig) -> None:
+                raise RuntimeError("broken component")
+
+        h = ReloadHarness(self, [_endpoint("a")])
+        h.app.reconfigurables = (Broken(), *h.app.reconfigurables)
+        reloader = Reloader(h.app, load_all, clock=h.clock, profiles=builtin_profiles())
+        h.write(_document([_endpoint("a")], proxy={"load_balancer": "priority"}))
+        self.assertTrue(reloader.reload())
+        self.assertIsInstance(h.app.router.balancer, PriorityBalancer)
+        self.assertEqual(reloader.generation.number, 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_settings_take_effect(self) -> None:
         """If a reload changes the balancer, routing, aliases, proxy, limits and logging, then

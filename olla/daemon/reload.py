@@ -262,7 +262,10 @@ class Reloader:
 
         self._apply_endpoints(changes)
         for component in self._components:
-            component.reconfigure(config)
+            try:
+                component.reconfigure(config)
+            except Exception:  # a bug in one must not leave the others on the old config
+                self._log.failure("config reload: {component} failed", component=repr(component))
         if not live and not changes:
             self._log.info(
                 "config reloaded: nothing changed (generation {generation})",
