@@ -224,6 +224,52 @@ def limits_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool |
     return checks
 
 
+def _against(args: argparse.Namespace, backend: str, work: Path) -> dict[str, dict[str, Any]]:
+    """This olla and the one in ``args.against``, ``args.rounds`` times, alternating which goes
+    first, so both see the same machine; results named ``olla#N`` and ``before#N``."""
+    results: dict[str, dict[str, Any]] = {}
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    trees = [("olla", REPO), ("before", args.against.resolve())]
+    for round_ in range(args.rounds):
+        for name, tree in trees if round_ % 2 == 0 else trees[::-1]:
+            port = free_port()
+            config = olla_config(work, port, backend, "warn")
+            cmd = [twistd, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            label = f"{name}#{round_ + 1}"
+            results[label] = measure(label, cmd, env, port, args, backend, work / f"{label}.json")
+    return results
+
+
+def against_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool | None]]:
+    """CPU per small request within 3 % of the other checkout's, on the median of the per-round
+    ratios (paired by round: the machine's drift cancels out); the spread of each side too."""
+    checks: list[tuple[str, bool | None]] = []
+    for scenario in ("S1", "S2_c32", "S2_c128"):
+        ratios, mine, theirs = [], [], []
+        for name, result in results.items():
+            if not name.startswith("olla#"):
+                continue
+            other = results.get("before#" + name.partition("#")[2])
+            a = metric(result, scenario, "proxy_cpu_us_per_req")
+            b = metric(other, scenario, "proxy_cpu_us_per_req") if other else None
+            if a is not None and b is not None:
+                ratios.append(a / b)
+                mine.append(a)
+                theirs.append(b)
+        label = f"{scenario} CPU/request within 1.03x of --against"
+        if not ratios:
+            checks.append((label, None))
+            continue
+        ratio = statistics.median(ratios)
+        spread = (
+            f"this {min(mine):.0f}-{max(mine):.0f} us, before {min(theirs):.0f}-{max(theirs):.0f}"
+            f" us, round ratios {', '.join(f'{r:.3f}' for r in ratios)}"
+        )
+        checks.append((f"{label} ({ratio:.3f}x; {spread})", ratio <= 1.03))
+    return checks
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -251,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import guard_cpu
 
         return guard_cpu.main(argv[1:])
+    if argv[:1] == ["path-cpu"]:  # the in-memory request path, this checkout vs another
+        from benchmarks import path_cpu
+
+        return path_cpu.main(argv[1:])
     if argv[:1] == ["limiter-memory"]:  # bytes per tracked client (benchmarks/limiter_memory.py)
         from benchmarks import limiter_memory
 
@@ -273,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ROUNDS",
         help="also run olla with global and per-IP limits on (never reached), right after; "
         "ROUNDS > 1 alternates off and on again that many times to show the noise",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the olla in DIR (another checkout, e.g. `git archive` of a commit), "
+        "alternating with this one round by round, and judge CPU per request against it",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --against: rounds of this olla and DIR's"
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -300,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                 "/olla/ollama",
             ]  # fmt: skip
             results["floor"] = measure("floor", floor, env, port, args, backend, work / "f.json")
-        levels = ["warn", "info"] if args.info_logs else ["warn"]
-        for level in levels:
+        if args.against is not None:
+            results.update(_against(args, backend, work))
+        levels = ["warn", "info"] if args.info_logs and args.against is None else ["warn"]
+        for level in levels if args.against is None else ():
             port = free_port()
             config = olla_config(work, port, backend, level)
             cmd = [twistd, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
@@ -322,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     print()
-    checks = targets(results.get("floor"), results["olla"])
+    checks = targets(results.get("floor"), results["olla"]) if "olla" in results else []
+    if args.against is not None:
+        checks += against_targets(results)
     if args.rate_limits:
         checks += limits_targets(results)
     for label, ok in checks:

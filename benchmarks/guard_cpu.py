@@ -13,8 +13,8 @@ taking each place in a round in turn) so all see the same machine:
 - ``limits``: global and per-IP limits on, never reached;
 - ``limits+key``: the same and a client key required (sent as a bearer token).
 
-Then the guard's own step alone (fresh requests through ``GuardResource`` in front of an empty
-tree, head hooks run): the microseconds it adds to a request, which noise cannot hide in.
+Then the guard's own step alone (fresh requests through ``Guard.check``, the headers it owns
+set): the microseconds it adds to a request, which noise cannot hide in.
 Prints the tables (median and spread of the batches per configuration, the ratio to ``off``)
 and the JSON.
 """
@@ -34,12 +34,14 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.test.requesthelper import DummyChannel
 
 from olla.config import ClientAuthConfig, ClientKey, OllaConfig, RateLimits
-from olla.guard.ratelimit import RateLimiter
-from olla.guard.resource import GuardResource, Guards, limit_settings
+from olla.front.context import ContextRequest, RequestContext
+from olla.guard.ratelimit import LimitSettings, MemoryRateStore, RateLimiter
+from olla.guard.stage import Guard
 from olla.telemetry.security import SecurityStats
+from olla.web.site import set_owned_headers
 from tests.proxyharness import Harness, http_request
 
 CHAT = b'{"model": "llama3.2:latest", "messages": [], "stream": false}'
@@ -88,23 +90,24 @@ def batch(h: Harness, raw: bytes, requests: int) -> float:
 
 
 def guard_alone(on: bool, key: bool, calls: int) -> float:
-    """CPU microseconds per request of the guard's own step (a fresh request each time, its
-    head hooks run as the answer would run them), in front of an empty tree."""
+    """CPU microseconds per request of the guard's own step (a fresh request and context each
+    time, the headers it owns set as the answer's head would set them)."""
     config = _limits(on, key)(OllaConfig())
-    limiter = RateLimiter(limit_settings(config), Clock())
-    guard = GuardResource(Resource(), Guards.from_config(config, limiter, SecurityStats()))
+    clock = Clock()
+    limiter = RateLimiter(LimitSettings.from_config(config), MemoryRateStore(clock, 0.0), clock)
+    guard = Guard(config, limiter, SecurityStats())
     headers = {b"authorization": f"Bearer {KEY}".encode()} if key else {}
     started = time.process_time()
     for _ in range(calls):
-        request = DummyRequest([b"olla", b"ollama", b"api", b"chat"])
+        request = ContextRequest(DummyChannel())
         request.path = b"/olla/ollama/api/chat"
         request.method = b"POST"
-        request.head_hooks = []  # type: ignore[attr-defined]
+        request.context = RequestContext("bench", 0.0, "127.0.0.1", request.path)
         for name, value in headers.items():
             request.requestHeaders.setRawHeaders(name, [value])
-        guard.getChildWithDefault(b"olla", request)
-        for hook in request.head_hooks:  # type: ignore[attr-defined]
-            hook(request)
+        guard.check(request)
+        for prefix, owned in request.context.owned_headers:
+            set_owned_headers(request, prefix, owned)
     return (time.process_time() - started) / calls * 1e6
 
 

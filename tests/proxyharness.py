@@ -37,8 +37,10 @@ from olla.daemon.app import build_app
 from olla.fleet.balancer import RoundRobinBalancer
 from olla.fleet.endpoints import Endpoint, EndpointStatus
 from olla.fleet.models import ModelInfo
-from olla.interfaces import IBalancer
+from olla.interfaces import IBalancer, IOutcomeListener
 from olla.profiles import builtin_profiles
+from olla.telemetry.outcomes import OutcomeListener
+from olla.telemetry.records import AttemptRecord, AttemptStart, RequestRecord
 
 REFUSE = "refuse"
 DEFAULT_MODELS = ("llama3.2:latest", "qwen:7b", "m")
@@ -161,6 +163,33 @@ def http_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
+@implementer(IOutcomeListener)
+class RecordedOutcomes(OutcomeListener):
+    """Every outcome record the request path published, and the connection failures among
+    them (the health service, not running here, only takes such an endpoint out of rotation)."""
+
+    def __init__(self, on_connection_failure: Callable[[Endpoint, str], None] | None) -> None:
+        self.started: list[AttemptStart] = []
+        self.attempts: list[AttemptRecord] = []
+        self.requests: list[RequestRecord] = []
+        self.failures: list[tuple[str, str]] = []
+        self._on_connection_failure = on_connection_failure
+
+    def attempt_started(self, start: AttemptStart) -> None:
+        self.started.append(start)
+
+    def attempt_finished(self, record: AttemptRecord) -> None:
+        self.attempts.append(record)
+        if record.unreachable:
+            cause = record.cause or "unreachable"
+            self.failures.append((record.start.endpoint.name, cause))
+            if self._on_connection_failure is not None:
+                self._on_connection_failure(record.start.endpoint, cause)
+
+    def request_finished(self, record: RequestRecord) -> None:
+        self.requests.append(record)
+
+
 class Harness:
     """An olla site in memory over some backends, on one Clock."""
 
@@ -219,6 +248,9 @@ class Harness:
             config = adjust(config)
         self.agent = HostAgent({k.encode(): v for k, v in backends.items()})
         self.cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
+        #: every outcome record, in order (an extra listener, as build_app allows)
+        self.outcomes = RecordedOutcomes(on_connection_failure)
+        self.failures = self.outcomes.failures
         # the daemon's own graph (olla.daemon.app), over in-memory backends on the Clock
         self.app = build_app(
             config,
@@ -227,6 +259,7 @@ class Harness:
             agent=self.agent,
             cooperator=self.cooperator,
             rng=random.Random(1),
+            listeners=[self.outcomes],
         )
         self.registry = self.app.registry
         self.catalogue = self.app.catalogue
@@ -236,7 +269,7 @@ class Harness:
         self.translator_stats = self.app.translator_stats
         self.endpoints = list(self.registry)
         self.router.balancer = balancer or RoundRobinBalancer()
-        self.deps.startup_wait = 2.0
+        self.app.planner.startup_wait = 2.0
         if healthy:
             for endpoint in self.endpoints:
                 self.registry.set_status(endpoint, EndpointStatus.HEALTHY)
@@ -244,15 +277,6 @@ class Harness:
             names = (models or {}).get(netloc, DEFAULT_MODELS)
             self.catalogue.set_models(endpoint, [ModelInfo(n) for n in names], 0.0)
             self.registry.models_listed(endpoint, len(names))
-        self.failures: list[tuple[str, str]] = []
-
-        def record_failure(endpoint: Endpoint, reason: str) -> None:
-            self.failures.append((endpoint.name, reason))
-            self.registry.unreachable(endpoint, reason)
-            if on_connection_failure is not None:
-                on_connection_failure(endpoint, reason)
-
-        self.deps.report_connection_failure = record_failure
 
     def send(self, raw: bytes, peer: str = "127.0.0.1") -> ClientConnection:
         client = ClientConnection(self.site, raw, peer)

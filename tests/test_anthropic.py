@@ -269,4 +269,4 @@ class AnthropicWireTests(SynchronousTestCase):
         h.advance(1.0)
         client.disconnect()
         h.advance(5.0)
-        self.assertEqual(h.registry.state(h.endpoints[0]).in_flight, 0)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)

@@ -485,11 +485,9 @@ def test_passthrough_endpoints() -> None:
     ]
     endpoints = endpoints_from_config(configs, profiles)
     versions = {"old-ollama": "0.5.4", "new-ollama": "0.14.1"}
-    native, path = passthrough_endpoints(
-        endpoints, profiles, lambda ep: versions.get(ep.name), BASE
-    )
+    native = passthrough_endpoints(endpoints, profiles, lambda ep: versions.get(ep.name), BASE)
     assert [ep.name for ep in native] == ["new-ollama", "vllm"]
-    assert path == "/v1/messages"
+    assert list(native.values()) == ["/v1/messages", "/v1/messages"]
     assert not speaks_anthropic(profiles.get("openai-compatible"), None, BASE)
     assert chat_completions_path(profiles.get("ollama")) == "/v1/chat/completions"
 

@@ -47,7 +47,7 @@ def test_priority_top_tier_only() -> None:
     """If priorities differ, then over 1000 picks only the top tier is chosen, evenly."""
     endpoints, registry = _fleet(100, 100, 50)
     balancer = PriorityBalancer(random.Random(7))
-    picks = Counter(balancer.choose(endpoints, registry).name for _ in range(1000))
+    picks = Counter(balancer.choose(endpoints, registry.load).name for _ in range(1000))
     assert set(picks) == {"e0", "e1"}
     assert 400 < picks["e0"] < 600
 
@@ -56,7 +56,7 @@ def test_round_robin_even_and_stable() -> None:
     """If three endpoints share the load round-robin, then 1000 picks rotate in config order."""
     endpoints, registry = _fleet(100, 100, 100)
     balancer = RoundRobinBalancer()
-    picks = [balancer.choose(endpoints, registry).name for _ in range(999)]
+    picks = [balancer.choose(endpoints, registry.load).name for _ in range(999)]
     assert picks[:6] == ["e0", "e1", "e2", "e0", "e1", "e2"]
     assert Counter(picks) == {"e0": 333, "e1": 333, "e2": 333}
 
@@ -67,14 +67,14 @@ def test_least_connections_prefers_idle() -> None:
     registry.attempt_started(endpoints[0], 0.0)
     registry.attempt_started(endpoints[1], 0.0)
     balancer = LeastConnectionsBalancer()
-    assert balancer.choose(endpoints, registry) is endpoints[2]
+    assert balancer.choose(endpoints, registry.load) is endpoints[2]
 
 
 def test_least_connections_ties_rotate() -> None:
     """If endpoints tie on in-flight requests, then 1000 picks spread evenly over them."""
     endpoints, registry = _fleet(100, 1, 100)
     balancer = LeastConnectionsBalancer()
-    picks = Counter(balancer.choose(endpoints, registry).name for _ in range(999))
+    picks = Counter(balancer.choose(endpoints, registry.load).name for _ in range(999))
     assert picks == {"e0": 333, "e1": 333, "e2": 333}
 
 
@@ -83,5 +83,5 @@ def test_least_connections_follows_load() -> None:
     endpoints, registry = _fleet(100, 100, 100)
     balancer = LeastConnectionsBalancer()
     for _ in range(300):
-        registry.attempt_started(balancer.choose(endpoints, registry), 0.0)
-    assert [registry.state(ep).in_flight for ep in endpoints] == [100, 100, 100]
+        registry.attempt_started(balancer.choose(endpoints, registry.load), 0.0)
+    assert [registry.load.in_flight(ep) for ep in endpoints] == [100, 100, 100]

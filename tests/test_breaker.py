@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 
 from olla.config import EndpointConfig
 from olla.fleet.breaker import FAILURE_THRESHOLD, OPEN_FOR, CircuitBreakers
@@ -69,3 +70,25 @@ def test_state_for_the_metrics() -> None:
     assert breakers.state(EP) == "half_open"
     breakers.succeeded(EP)
     assert breakers.state(EP) == "closed"
+
+
+def test_open_circuit_logs_once() -> None:
+    """If a circuit opens and attempts already under way keep failing while it is open, then
+    one warning says it opened; a failed half-open trial says so once more."""
+    clock = Clock()
+    breakers = CircuitBreakers(clock)
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(FAILURE_THRESHOLD + 10):
+            breakers.failed(EP)
+        opened = [e for e in events if e.get("log_level") is LogLevel.warn]
+        assert len(opened) == 1
+        clock.advance(OPEN_FOR)
+        breakers.attempt_started(EP)  # the half-open trial
+        breakers.failed(EP)
+        breakers.failed(EP)  # another late failure: silent
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if e.get("log_level") is LogLevel.warn]
+    assert len(warnings) == 2

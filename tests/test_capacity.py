@@ -19,6 +19,7 @@ from olla.fleet.endpoints import (
     EndpointStatus,
     endpoints_from_config,
 )
+from olla.fleet.load import MemoryLoadStore
 from olla.fleet.models import ModelCatalogue
 from olla.profiles import builtin_profiles
 from olla.proxy.routing import ProviderRoute, RouteQuery, Router
@@ -219,8 +220,9 @@ class RoutingCapacityTests(_Fleet):
     def busy(self, count: int) -> None:
         for _ in range(count):
             self.registry.attempt_started(self.llama_ep, self.clock.seconds())
-        state = self.registry.state(self.llama_ep)
-        state.service_time = 10.0
+        load = self.registry.load
+        assert isinstance(load, MemoryLoadStore)
+        load.of(self.llama_ep).service_time = 10.0
 
     def test_expected_wait_uses_reported_slots(self) -> None:
         """If llama.cpp reports 2 slots and 2 requests are in flight there, then a third waits

@@ -333,7 +333,7 @@ class AutoEndpointTests(SynchronousTestCase):
         self.assertEqual(state.status, EndpointStatus.DETECTING)
         self.assertEqual(state.consecutive_failures, 0)
         self.assertEqual(registry.routable(), [])
-        summary = summary_endpoint(endpoint, state, self.clock.seconds())
+        summary = summary_endpoint(endpoint, state, self.clock.seconds(), 0)
         self.assertEqual((summary["status"], summary["type"]), ("detecting", "auto"))
         self.assertIn("no known platform", summary["status_reason"])
         for _ in range(3):

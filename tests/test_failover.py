@@ -42,7 +42,7 @@ class BusyFailoverTests(SynchronousTestCase):
         self.assertEqual(ok.received[0]["body"], CHAT)
         state = h.registry.state(h.endpoints[0])
         self.assertEqual(state.status, EndpointStatus.HEALTHY)
-        self.assertEqual(state.in_flight, 0)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)
         self.assertTrue(h.registry.breakers.allows(h.endpoints[0]))
 
     def test_busy_host_goes_last_then_returns(self) -> None:
@@ -87,7 +87,7 @@ class BusyFailoverTests(SynchronousTestCase):
         assert response is not None
         self.assertEqual(response.status, 503)
         self.assertEqual(json.loads(response.body)["from"], "b")
-        self.assertEqual([h.registry.state(ep).in_flight for ep in h.endpoints], [0, 0])
+        self.assertEqual([h.registry.load.in_flight(ep) for ep in h.endpoints], [0, 0])
 
     def test_on_status_empty_passes_through(self) -> None:
         """If ``proxy.retry.on_status`` is ``[]``, then the warm host's 503 is the answer."""
@@ -142,7 +142,7 @@ class ResidencyTests(SynchronousTestCase):
             asked.append([ep.name for ep in endpoints])  # type: ignore[attr-defined]
             return succeed(None)
 
-        h.deps.refresh_loaded = refresh_loaded
+        h.app.discovery.refresh_loaded = refresh_loaded  # type: ignore[method-assign]
         h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))  # a: warm
         self.assertEqual(asked, [])
         h.registry.backend_busy(h.endpoints[0], 10.0)

@@ -112,7 +112,7 @@ class ExchangeFeedsTheRingTests(SynchronousTestCase):
         response = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT)).response()
         assert response is not None
         self.assertEqual(response.status, 200)
-        (event,) = h.deps.failovers.recent()
+        (event,) = h.app.failovers.recent()
         self.assertEqual(
             event,
             Failover(
@@ -133,7 +133,7 @@ class ExchangeFeedsTheRingTests(SynchronousTestCase):
         response = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT)).response()
         assert response is not None
         self.assertEqual(response.status, 200)
-        (event,) = h.deps.failovers.recent()
+        (event,) = h.app.failovers.recent()
         self.assertEqual((event.from_endpoint, event.to_endpoint), ("a", "b"))
         self.assertEqual(event.kind, "unreachable")
         self.assertEqual(event.cause, h.failures[0][1])
@@ -144,8 +144,8 @@ class ExchangeFeedsTheRingTests(SynchronousTestCase):
         response = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT)).response()
         assert response is not None
         self.assertEqual(response.status, 200)
-        self.assertEqual(h.deps.failovers.recent(), [])
-        self.assertEqual(h.deps.failovers.total, 0)
+        self.assertEqual(h.app.failovers.recent(), [])
+        self.assertEqual(h.app.failovers.total, 0)
 
     def test_last_candidate_failing_is_not_a_failover(self) -> None:
         """If every candidate refuses, then one hand-over (a to b) is recorded and b's failure,
@@ -155,7 +155,7 @@ class ExchangeFeedsTheRingTests(SynchronousTestCase):
         assert response is not None
         self.assertEqual(response.status, 502)
         self.assertEqual(
-            [(e.from_endpoint, e.to_endpoint) for e in h.deps.failovers.recent()], [("a", "b")]
+            [(e.from_endpoint, e.to_endpoint) for e in h.app.failovers.recent()], [("a", "b")]
         )
 
 

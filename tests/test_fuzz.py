@@ -160,7 +160,7 @@ def test_any_request_gets_json_and_leaks_nothing(raw: bytes) -> None:
         client.disconnect()
         h.pump()
     assert errors == [], [e.get("log_format") for e in errors]
-    assert all(h.registry.state(ep).in_flight == 0 for ep in h.endpoints)
+    assert all(h.registry.load.in_flight(ep) == 0 for ep in h.endpoints)
     if not data:
         return  # closed without an answer: nothing to check but the counters above
     response = parse_response(data)

@@ -63,7 +63,7 @@ class SlowLoadTests(SynchronousTestCase):
         self.assertEqual(_loads(fakes), 1)
         self.assertEqual({c.response().header(b"x-olla-endpoint") for c in clients}, {b"a"})  # type: ignore[union-attr]
         self.assertEqual(h.failures, [])
-        self.assertEqual(len(h.deps.failovers.recent()), 0)
+        self.assertEqual(len(h.app.failovers.recent()), 0)
         self.assertTrue(all(h.registry.breakers.allows(ep) for ep in h.endpoints))
         # and the load time is learnt for next time
         self.assertAlmostEqual(h.catalogue.learned_load_time(BIG) or 0, 40.0, delta=1.0)
@@ -91,7 +91,7 @@ class SlowLoadTests(SynchronousTestCase):
         self.assertEqual(sum(len(f.requests) for f in fakes if f.name == "b"), 0)
         for endpoint in h.endpoints:
             self.assertEqual(h.registry.state(endpoint).status, EndpointStatus.HEALTHY)
-        self.assertEqual(h.registry.state(h.endpoints[0]).in_flight, 0)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)
         self.assertIsNotNone(h.catalogue.loading_since(h.endpoints[0], BIG))
         h.advance(7.0)
         self.assertEqual(_loads(fakes), 1)

@@ -20,7 +20,8 @@ from olla.config import LoggingConfig, parse_config
 from olla.daemon import tap
 from olla.daemon.logging import (
     FileSink,
-    ReopenOnHangup,
+    HangupRelay,
+    LogReopener,
     StreamSink,
     SyslogSink,
     make_observer,
@@ -305,7 +306,8 @@ def test_sighup_reopens_on_the_reactor_thread(events: list[LogEvent]) -> None:
         def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
             calls.append(lambda: f(*args, **kw))
 
-    service = ReopenOnHangup(sink, Reactor(), lambda s, h: installed.update({s: h}))
+    reopener = LogReopener(sink)
+    service = HangupRelay(Reactor(), [reopener.reopen], lambda s, h: installed.update({s: h}))
     service.startService()
     installed[signal.SIGHUP](signal.SIGHUP, None)
     assert sink.reopened == 0 and len(calls) == 1
@@ -318,7 +320,6 @@ def test_sighup_reopens_on_the_reactor_thread(events: list[LogEvent]) -> None:
 
 def test_sighup_reopen_failure_is_logged(events: list[LogEvent]) -> None:
     """If the log cannot be reopened, then olla logs an error and keeps running."""
-    service = ReopenOnHangup(_FakeSink(fail=True), MemoryReactorClock(), lambda s, h: None)
-    service.reopen()
+    LogReopener(_FakeSink(fail=True)).reopen()
     errors = [e for e in events if e.get("log_level") is LogLevel.error]
     assert errors and "Permission denied" in errors[0]["error"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from olla.config import (
@@ -48,6 +48,11 @@ MANAGED = managed()
 
 def body(raw: Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw.body.splitlines() if line.strip()]
+
+
+def management_lines(observer: EventLoggingObserver) -> list[dict[str, Any]]:
+    """The request log lines of model-management calls (one per call)."""
+    return [e for e in observer if e.get("request_line") and e.get("operation")]
 
 
 class Fleet(SynchronousTestCase):
@@ -224,7 +229,8 @@ class PullTests(Fleet):
 
     def test_client_leaving_cancels_the_pulls(self) -> None:
         """If the client goes away mid-pull, then every machine's pull is cancelled (as
-        Ollama cancels a pull whose client left) and the call is logged as such."""
+        Ollama cancels a pull whose client left) and the call's one log line says so (499,
+        client_gone, as every request whose client left)."""
         h = self.make()
         for fake in (self.a, self.b):
             fake.apply_state({"pull_speed": 100, "pull_size": 1000})
@@ -235,8 +241,12 @@ class PullTests(Fleet):
         for _ in range(10):
             h.advance(0.1)
         assert self.a.cancelled == 1 and self.b.cancelled == 1
-        logged = [e for e in observer if e.get("management")]
-        assert logged and logged[-1]["result"] == "client went away"
+        (logged,) = management_lines(observer)
+        assert (logged["operation"], logged["status"], logged["outcome"]) == (
+            "pull",
+            499,
+            "client_gone",
+        )
 
 
 class CreateTests(Fleet):
@@ -314,6 +324,26 @@ class CopyDeleteTests(Fleet):
             {"error": f"model '{BASE}' not found"},
         )
 
+    def test_delete_drops_sticky_pins(self) -> None:
+        """If sticky sessions are on and a session was served the model, then deleting the
+        model drops that session's pin (the same session's pin for another model stays)."""
+
+        def sticky(config: OllaConfig) -> OllaConfig:
+            sessions = replace(config.proxy.sticky_sessions, enabled=True)
+            return MANAGED(replace(config, proxy=replace(config.proxy, sticky_sessions=sessions)))
+
+        h = self.make(sticky, b_models=(BASE, "other:1"))
+        for model in (BASE, "other:1"):
+            chat = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            session = {"X-Olla-Session-ID": "s1"}
+            answer = self.answer(h, "POST", "/olla/ollama/api/chat", chat, headers=session)
+            assert answer.status == 200
+        assert h.app.sticky is not None
+        assert h.app.sticky.store.stats()["active_sessions"] == 2
+        response = self.answer(h, "DELETE", "/olla/ollama/api/delete", {"model": BASE})
+        assert response.status == 200
+        assert h.app.sticky.store.stats()["active_sessions"] == 1
+
     def test_delete_failing_on_one_machine(self) -> None:
         """If one machine answers the delete with an error, then the answer names it."""
         h = self.make()
@@ -376,11 +406,12 @@ class AccessTests(Fleet):
             assert response.status == 403
             assert "model management is not allowed from here" in json.loads(response.body)["error"]
         assert self.a.requests_to("/api/pull") == []
-        refused = [e for e in observer if e.get("management")]
-        assert [(e["operation"], e["client"], e["status"]) for e in refused] == [
-            ("pull", "10.1.2.3", 403),
-            ("pull", "10.1.2.3", 403),
+        refused = management_lines(observer)
+        assert [(e["operation"], e["client_ip"], e["status"], e["outcome"]) for e in refused] == [
+            ("pull", "10.1.2.3", 403, "rejected"),
+            ("pull", "10.1.2.3", 403, "rejected"),
         ]
+        assert all("not allowed from here" in e["error"] for e in refused)
 
     def test_keys_need_manage_models(self) -> None:
         """If client keys are configured, then a key without manage_models gets a 403 on
@@ -412,18 +443,39 @@ class AccessTests(Fleet):
         assert response.status == 401
 
     def test_every_call_is_logged(self) -> None:
-        """If a management call ends, then one log event names the client, the targets and
-        the result."""
+        """If a management call ends, then it leaves one record and one log line, as every
+        answer olla makes itself: the operation, the client, the targets and the result."""
         h = self.make()
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.answer(h, "POST", "/olla/ollama/api/copy", {"source": BASE, "destination": "c:1"})
-        (event,) = [e for e in observer if e.get("management")]
-        assert (event["operation"], event["model"], event["client"]) == (
+        (event,) = [e for e in observer if e.get("request_line")]
+        assert (event["operation"], event["model"], event["client_ip"]) == (
             "copy",
             f"{BASE} -> c:1",
             "127.0.0.1",
         )
-        assert (event["targets"], event["result"], event["status"]) == ("a,b", "success", 200)
+        assert (event["endpoint"], event["outcome"], event["status"]) == ("a,b", "ok", 200)
+        assert (event["attempts"], event["error"], event["route"]) == (2, None, "ollama")
+        (record,) = h.outcomes.requests
+        assert (record.operation, record.endpoints, record.status) == ("copy", ("a", "b"), 200)
+        assert record.endpoint is None  # olla answered it, no endpoint did
+
+    def test_failed_call_is_logged_with_why(self) -> None:
+        """If a management call fails on a machine, then its one record is an error naming
+        the machine and why, and the key that asked."""
+        keys = (ClientKey("sk-admin-00001", "admin", manage_models=True),)
+        h = self.make(managed(keys=keys))
+        self.b.apply_state({"status": 500})
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        admin = {"Authorization": "Bearer sk-admin-00001"}
+        self.answer(h, "DELETE", "/olla/ollama/api/delete", {"model": BASE}, headers=admin)
+        (event,) = management_lines(observer)
+        assert (event["operation"], event["client_key"], event["outcome"]) == (
+            "delete",
+            "admin",
+            "error",
+        )
+        assert "b:" in event["error"] and "key=admin" in formatEvent(event)
 
 
 class RequestTests(Fleet):

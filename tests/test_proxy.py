@@ -113,7 +113,7 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(response.header(b"content-length"), b"%d" % len(response.body))
         self.assertEqual(backend.received[0]["path"], b"/api/chat")
         self.assertEqual(backend.received[0]["body"], CHAT)
-        self.assertEqual(h.registry.state(h.endpoints[0]).in_flight, 0)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)
         self.assertEqual(h.registry.state(h.endpoints[0]).successes, 1)
 
     def test_request_id_echoed(self) -> None:
@@ -234,7 +234,7 @@ class StreamingTests(SynchronousTestCase):
         response = client.response()
         assert response is not None and response.complete
         self.assertEqual(len(response.chunks), 21)
-        self.assertEqual(h.registry.state(h.endpoints[0]).in_flight, 0)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)
 
     def test_client_disconnect_aborts_upstream(self) -> None:
         """If the client leaves mid-stream, then the upstream request is aborted at once and
@@ -244,12 +244,13 @@ class StreamingTests(SynchronousTestCase):
         h = Harness({"a:1": backend}, clock=clock)
         client = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
         h.advance(1.0)
-        self.assertEqual(h.registry.state(h.endpoints[0]).in_flight, 1)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 1)
         client.disconnect()
         h.pump()
         self.assertEqual(backend.disconnected, 1)
         state = h.registry.state(h.endpoints[0])
-        self.assertEqual((state.in_flight, state.failures), (0, 0))
+        in_flight = h.registry.load.in_flight(h.endpoints[0])
+        self.assertEqual((in_flight, state.failures), (0, 0))
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_client_disconnect_before_headers_cancels(self) -> None:
@@ -260,7 +261,7 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(len(h.agent.hanging), 1)
         client.disconnect()
         self.assertTrue(h.agent.hanging[0].called)
-        self.assertEqual(h.registry.state(h.endpoints[0]).in_flight, 0)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)
 
     def test_backend_dies_mid_stream(self) -> None:
         """If the backend dies mid-stream, then the client connection is aborted rather than
@@ -502,7 +503,7 @@ class BreakerTests(SynchronousTestCase):
         backend = Backend(Clock(), name="b")
         proxy = replace(ProxyConfig(), response_header_timeout=1.0)
         h = Harness({"a:1": HANG, "b:1": backend}, proxy=proxy)
-        h.deps.report_connection_failure = lambda endpoint, reason: None  # health stays green
+        h.app.health.report_connection_failure = lambda endpoint, reason: None  # stays green
         for _ in range(10):  # round-robin puts a first every other request: five timeouts
             client = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
             h.advance(1.0)
@@ -606,7 +607,7 @@ class ModelRoutingTests(SynchronousTestCase):
             h.catalogue.set_models(h.endpoints[1], [ModelInfo("fresh:1b")], 0.0)
             return succeed(None)
 
-        h.deps.refresh_models = refresh
+        h.app.planner.refresh_models = refresh
         response = self._chat(h, "fresh:1b")
         self.assertEqual((response.status, refreshes), (200, [1]))
         self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
@@ -618,7 +619,7 @@ class ModelRoutingTests(SynchronousTestCase):
             type="discovery", discovery_refresh_on_miss=True, discovery_timeout=2.0
         )
         h, a, b = self._fleet(routing=routing)
-        h.deps.refresh_models = Deferred
+        h.app.planner.refresh_models = Deferred
         client = h.send(http_request("POST", "/olla/ollama/api/chat", b'{"model":"x"}'))
         self.assertIsNone(client.response())
         h.advance(2.0)

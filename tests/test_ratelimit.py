@@ -3,9 +3,25 @@ cleanup and bounded memory."""
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from olla.guard.ratelimit import BucketTable, Limit, LimitSettings, RateLimiter
+from olla.guard.ratelimit import (
+    BucketTable,
+    Limit,
+    LimitSettings,
+    MemoryRateStore,
+    RateLimiter,
+    Verdict,
+)
+
+
+def now(verdict: Deferred[Verdict | None]) -> Verdict | None:
+    """The verdict of the in-memory store: already there, no waiting."""
+    results: list[Verdict | None] = []
+    verdict.addCallback(results.append)
+    assert len(results) == 1, "the in-memory store answers at once"
+    return results[0]
 
 
 def limiter(
@@ -24,9 +40,8 @@ def limiter(
             per_ip_per_minute=per_ip,
             health_per_minute=health,
             burst=burst,
-            cleanup_interval=cleanup,
-            max_tracked=max_tracked,
         ),
+        MemoryRateStore(clock, cleanup, max_tracked),
         clock,
     )
 
@@ -34,7 +49,7 @@ def limiter(
 def allowed(rl: RateLimiter, ip: str, n: int) -> int:
     count = 0
     for _ in range(n):
-        verdict = rl.check(ip)
+        verdict = now(rl.check(ip))
         assert verdict is not None
         count += verdict.allowed
     return count
@@ -45,7 +60,7 @@ def test_burst_then_refused_with_retry_after() -> None:
     next gets a refusal whose Retry-After is the time to the next token."""
     clock = Clock()
     rl = limiter(clock, per_ip=60, burst=5)
-    verdicts = [rl.check("10.0.0.1") for _ in range(6)]
+    verdicts = [now(rl.check("10.0.0.1")) for _ in range(6)]
     assert [v.allowed for v in verdicts if v] == [True] * 5 + [False]
     assert [v.remaining for v in verdicts if v] == [4, 3, 2, 1, 0, 0]
     refused = verdicts[-1]
@@ -75,8 +90,8 @@ def test_reset_is_when_the_bucket_is_full_again() -> None:
     clock = Clock()
     clock.advance(100)
     rl = limiter(clock, per_ip=6, burst=2)
-    rl.check("a")
-    verdict = rl.check("a")
+    now(rl.check("a"))
+    verdict = now(rl.check("a"))
     assert verdict is not None
     assert verdict.reset == 120
 
@@ -95,7 +110,7 @@ def test_global_bucket_refuses_everyone_and_returns_the_client_token() -> None:
     clock = Clock()
     rl = limiter(clock, per_ip=600, burst=2, global_=60)
     assert allowed(rl, "a", 1) + allowed(rl, "b", 1) == 2
-    verdict = rl.check("c")
+    verdict = now(rl.check("c"))
     assert verdict is not None and not verdict.allowed
     assert verdict.retry_after == 1
     clock.advance(1.0)  # one global token back; c still has its full burst
@@ -107,9 +122,9 @@ def test_per_ip_zero_turns_everything_off() -> None:
     (as the Go original does), and nothing is tracked."""
     clock = Clock()
     rl = limiter(clock, per_ip=0, global_=1)
-    assert all(rl.check("a") is None for _ in range(100))
-    assert rl.check_health("a") is None
-    assert len(rl.per_ip) == 0
+    assert all(now(rl.check("a")) is None for _ in range(100))
+    assert now(rl.check_health("a")) is None
+    assert rl.store.tracked("ip") == 0
 
 
 def test_burst_zero_means_one_minute_of_requests() -> None:
@@ -124,7 +139,7 @@ def test_health_has_its_own_budget() -> None:
     clock = Clock()
     rl = limiter(clock, per_ip=60, burst=1, health=60)
     assert allowed(rl, "a", 2) == 1
-    health = [rl.check_health("a") for _ in range(3)]
+    health = [now(rl.check_health("a")) for _ in range(3)]
     assert [v.allowed for v in health if v] == [True, False, False]
 
 
@@ -133,9 +148,9 @@ def test_per_key_limit() -> None:
     a key without one is not limited."""
     clock = Clock()
     rl = limiter(clock, burst=50)
-    results = [rl.check_key("alice", 3) for _ in range(4)]
+    results = [now(rl.check_key("alice", 3)) for _ in range(4)]
     assert [v.allowed for v in results if v] == [True, True, True, False]
-    assert rl.check_key("bob", 0) is None
+    assert now(rl.check_key("bob", 0)) is None
 
 
 def test_idle_buckets_are_swept_on_the_clock() -> None:
@@ -143,19 +158,19 @@ def test_idle_buckets_are_swept_on_the_clock() -> None:
     bucket that has refilled, and keeps the ones still refilling."""
     clock = Clock()
     rl = limiter(clock, per_ip=60, burst=10, cleanup=30)
-    rl.startService()
+    rl.store.startService()
     try:
         for i in range(1000):
-            rl.check(f"10.0.{i // 256}.{i % 256}")
+            now(rl.check(f"10.0.{i // 256}.{i % 256}"))
         clock.advance(25)
         allowed(rl, "busy", 10)
-        assert len(rl.per_ip) == 1001
+        assert rl.store.tracked("ip") == 1001
         clock.advance(5)  # tick at t=30: the 1000 idle ones have refilled (10 s), busy not
-        assert len(rl.per_ip) == 1
+        assert rl.store.tracked("ip") == 1
         clock.advance(30)  # busy has been idle 35 s: full again, gone too
-        assert len(rl.per_ip) == 0
+        assert rl.store.tracked("ip") == 0
     finally:
-        rl.stopService()
+        rl.store.stopService()
     assert not clock.getDelayedCalls()
 
 
@@ -166,7 +181,7 @@ def test_a_swept_bucket_is_as_good_as_new() -> None:
     rl = limiter(clock, per_ip=60, burst=3)
     assert allowed(rl, "a", 3) == 3
     clock.advance(3)
-    assert rl.sweep() == 1
+    assert rl.store.sweep() == 1
     assert allowed(rl, "a", 4) == 3
 
 
@@ -176,10 +191,10 @@ def test_memory_bounded_for_100k_distinct_ips() -> None:
     clock = Clock()
     rl = limiter(clock, per_ip=60, burst=5, max_tracked=10_000)
     for i in range(100_000):
-        rl.check(f"2001:db8::{i:x}")
-    assert len(rl.per_ip) == 10_000
-    assert len(rl.health) == 0
-    verdict = rl.check("2001:db8::1869f")  # the last one: still tracked, one token fewer
+        now(rl.check(f"2001:db8::{i:x}"))
+    assert rl.store.tracked("ip") == 10_000
+    assert rl.store.tracked("health") == 0
+    verdict = now(rl.check("2001:db8::1869f"))  # the last one: still tracked, one token fewer
     assert verdict is not None and verdict.remaining == 3
 
 
@@ -188,7 +203,7 @@ def test_default_table_bound_holds_100k() -> None:
     table holds each once and never more than the bound."""
     table = BucketTable(Limit(100, 50))
     for i in range(100_000):
-        table.take(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 0.0)
+        table.level(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 0.0)
     assert len(table) == min(100_000, table.max_tracked)
-    table.take("one-more", 0.0)
+    table.level("one-more", 0.0)
     assert len(table) <= table.max_tracked

@@ -20,21 +20,29 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from olla.config import EndpointConfig, OllaConfig
 from olla.daemon import tap
 from olla.daemon.app import build_app
-from olla.daemon.logging import ReopenOnHangup, StreamSink, SwitchableObserver, make_observer
+from olla.daemon.logging import (
+    HangupRelay,
+    LogReopener,
+    StreamSink,
+    SwitchableObserver,
+    make_observer,
+)
 from olla.daemon.reload import (
     ConfigWatcher,
     Reloader,
     changed_keys,
     endpoint_changes,
-    is_live,
 )
 from olla.daemon.tap import load_all
 from olla.fleet.balancer import LeastConnectionsBalancer, PriorityBalancer
 from olla.fleet.endpoints import Endpoint, EndpointStatus, Outcome, endpoints_from_config
+from olla.interfaces import IReconfigurable
+from olla.profiles import builtin_profiles
 from tests.fakes.ollama import FakeOllama
 from tests.proxyharness import ClientConnection, HostAgent, http_request
 
@@ -87,14 +95,13 @@ class ReloadHarness:
         )
         self.out = io.StringIO()
         self.sink = StreamSink(self.out)
-        self.observer = SwitchableObserver(make_observer("json", "info", self.sink))
+        self.observer = SwitchableObserver(make_observer("json", "info", self.sink), self.sink)
         self.reloader = Reloader(
             self.app,
             load_all,
             clock=self.clock,
             profiles=profiles,
             observer=self.observer,
-            sink=self.sink,
         )
         for service in self.app.services:
             service.startService()
@@ -174,8 +181,10 @@ class DiffTests(SynchronousTestCase):
         self.assertEqual(changed_keys(old, old), [])
 
     def test_live_and_restart_keys(self) -> None:
-        """If a key is applied by a reload (or has no effect yet anyway), then it is live;
-        the listen address, the log destination and the translators need a restart."""
+        """If a key is applied by a reload (a component's ``reconfigures`` names it, or it has
+        no effect yet anyway), then it is live; the listen address, the log destination and
+        the translators need a restart."""
+        reloader = ReloadHarness(self, [_endpoint("a")]).reloader
         for key in (
             "discovery.endpoints",
             "proxy.load_balancer",
@@ -191,7 +200,7 @@ class DiffTests(SynchronousTestCase):
             "discovery.refresh_interval",
             "model_registry.enable_unifier",
         ):
-            self.assertTrue(is_live(key), key)
+            self.assertTrue(reloader.is_live(key), key)
         for key in (
             "server.port",
             "server.host",
@@ -204,7 +213,7 @@ class DiffTests(SynchronousTestCase):
             "proxy.profile_filter.include",
             "engineering.show_nerdstats",
         ):
-            self.assertFalse(is_live(key), key)
+            self.assertFalse(reloader.is_live(key), key)
 
     def test_endpoint_changes(self) -> None:
         """If the new config keeps one endpoint as it was, changes another's priority, moves a
@@ -298,10 +307,10 @@ class ReloadTests(SynchronousTestCase):
         a = h.endpoint("a")
         client = h.chat(stream=True, chunks=5, delay_ms=1000)
         h.pump(3)
-        self.assertEqual(h.app.registry.state(a).in_flight, 1)
+        self.assertEqual(h.app.registry.load.in_flight(a), 1)
         self.assertTrue(h.reload([_endpoint("b")]))
         self.assertEqual(h.app.registry.draining, [a])
-        self.assertEqual(h.app.registry.state(a).in_flight, 1)
+        self.assertEqual(h.app.registry.load.in_flight(a), 1)
         h.pump(80)
         response = client.response()
         assert response is not None
@@ -318,7 +327,7 @@ class ReloadTests(SynchronousTestCase):
         response = after.response()
         assert response is not None
         self.assertEqual(response.header(b"x-olla-endpoint"), b"b")
-        self.assertEqual(h.app.registry.state(h.endpoint("b")).in_flight, 0)
+        self.assertEqual(h.app.registry.load.in_flight(h.endpoint("b")), 0)
 
     def test_late_reports_about_removed_endpoint_change_nothing(self) -> None:
         """If attempts and reports about a removed endpoint arrive after the reload (a
@@ -330,13 +339,13 @@ class ReloadTests(SynchronousTestCase):
         registry.attempt_started(a, h.clock.seconds())
         registry.attempt_started(a, h.clock.seconds())
         h.reload([_endpoint("b")])
-        h.app.deps.report_connection_failure(a, "refused")
+        h.app.health.report_connection_failure(a, "refused")
         registry.backend_busy(a, 5)
         registry.probe_finished(a, EndpointStatus.HEALTHY, latency=0.1)
         registry.models_listed(a, 3)
         self.assertEqual(registry.routable(), [h.endpoint("b")])
         registry.attempt_ended(a, Outcome.FAILED, started=h.clock.seconds())
-        self.assertEqual(registry.state(a).in_flight, 1)
+        self.assertEqual(registry.load.in_flight(a), 1)
         registry.attempt_ended(a, Outcome.OK, started=h.clock.seconds())
         self.assertEqual(registry.draining, [])
         self.assertNotIn(a, registry.breakers._circuits)
@@ -440,6 +449,26 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(payload["config"]["generation"], 2)
         self.assertEqual(payload["proxy"]["balancer"], "priority")
         self.assertNotEqual(payload["config"]["loaded_at"], config["loaded_at"])
+
+    def test_a_failing_component_does_not_stop_the_others(self) -> None:
+        """If one component's reconfigure raises, then it is logged, every other component
+        still applies the new config, and the reload completes (a new generation)."""
+
+        @implementer(IReconfigurable)
+        class Broken:
+            reconfigures = ("proxy.profile",)
+
+            def reconfigure(self, config: OllaConfig) -> None:
+                raise RuntimeError("broken component")
+
+        h = ReloadHarness(self, [_endpoint("a")])
+        h.app.reconfigurables = (Broken(), *h.app.reconfigurables)
+        reloader = Reloader(h.app, load_all, clock=h.clock, profiles=builtin_profiles())
+        h.write(_document([_endpoint("a")], proxy={"load_balancer": "priority"}))
+        self.assertTrue(reloader.reload())
+        self.assertIsInstance(h.app.router.balancer, PriorityBalancer)
+        self.assertEqual(reloader.generation.number, 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_settings_take_effect(self) -> None:
         """If a reload changes the balancer, routing, aliases, proxy, limits and logging, then
@@ -608,10 +637,13 @@ class HangupTests(SynchronousTestCase):
                 calls.append("reopen")
                 return True
 
-        hangup = ReopenOnHangup(
-            Sink(io.StringIO()), Clock(), lambda s, h: None, then=lambda: calls.append("reload")
-        )  # type: ignore[arg-type]
-        hangup.hangup()
+        reopener = LogReopener(Sink(io.StringIO()))
+        hangup = HangupRelay(
+            Clock(),  # type: ignore[arg-type]
+            [reopener.reopen, lambda: calls.append("reload")],
+            lambda s, h: None,
+        )
+        hangup.fire()
         self.assertEqual(calls, ["reopen", "reload"])
 
 
@@ -711,12 +743,12 @@ class TwistdTests(SynchronousTestCase):
         )
         (watcher,) = [child for child in service if isinstance(child, ConfigWatcher)]
         self.assertEqual((watcher.path, watcher.interval), (options.config.source, 2))
-        (hangup,) = [child for child in service if isinstance(child, ReopenOnHangup)]
+        (hangup,) = [child for child in service if isinstance(child, HangupRelay)]
         assert service.reloader is not None
         Path(str(options.config.source)).write_text(
             yaml.safe_dump(_document([_endpoint("a"), _endpoint("b")]))
         )
-        hangup.hangup()
+        hangup.fire()
         self.assertEqual(service.reloader.generation.number, 2)
         without = tap.build_service(
             options.config, MemoryReactorClock(), options.profiles, StreamSink(io.StringIO())

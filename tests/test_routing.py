@@ -17,6 +17,7 @@ from olla.fleet.endpoints import (
     Outcome,
     endpoints_from_config,
 )
+from olla.fleet.load import MemoryLoadStore
 from olla.fleet.models import ModelCatalogue, ModelInfo
 from olla.interfaces import IBalancer
 from olla.profiles import builtin_profiles
@@ -61,7 +62,8 @@ class Fleet:
         ]
         self.endpoints = endpoints_from_config(configs)
         self.by_name = {ep.name: ep for ep in self.endpoints}
-        self.registry = EndpointRegistry(self.endpoints, self.clock)
+        self.loads = MemoryLoadStore()
+        self.registry = EndpointRegistry(self.endpoints, self.clock, load=self.loads)
         self.catalogue = ModelCatalogue({"fast": ["qwen:7b", MODEL]})
         for ep in self.endpoints:
             self.registry.set_status(ep, EndpointStatus.HEALTHY)
@@ -136,12 +138,6 @@ class NarrowingTests(SynchronousTestCase):
             {ep.name: name for ep, name in plan.rewrite.items()}, {"a": "qwen:7b", "b": MODEL}
         )
 
-    def test_allowed(self) -> None:
-        """If the caller allows only b (the Anthropic passthrough), then only b is listed."""
-        fleet = Fleet("a", "b")
-        plan = fleet.plan(allowed=frozenset({fleet.by_name["b"]}))
-        self.assertEqual([ep.name for ep in plan.candidates], ["b"])
-
     def test_proxy_route_needs(self) -> None:
         """If ``/olla/proxy/`` is asked for vision, then the host of a vision model is kept."""
         fleet = Fleet("a", "b")
@@ -193,8 +189,7 @@ class WarmOrderTests(SynchronousTestCase):
         stays first; once its expected wait passes the load time, the cold host goes first."""
         fleet = Fleet("a", "b", slots=2, warm=WarmRoutingConfig(default_load_time=5.0))
         fleet.load("a", MODEL)
-        state = fleet.registry.state(fleet.by_name["a"])
-        state.service_time = 2.0
+        fleet.loads.of(fleet.by_name["a"]).service_time = 2.0
         fleet.busy("a", 2)  # full: the next waits one slot, 2 s / 2 slots = 1 s
         self.assertEqual(fleet.order()[0], "a")
         fleet.busy("a", 3)  # 5 in flight: 4 ahead x 1 s = 4 s, less than a load
@@ -210,7 +205,7 @@ class WarmOrderTests(SynchronousTestCase):
         queue loses to the cold one."""
         fleet = Fleet("a", "b", slots=1)
         fleet.load("a", MODEL)
-        fleet.registry.state(fleet.by_name["a"]).service_time = 1.0
+        fleet.loads.of(fleet.by_name["a"]).service_time = 1.0
         fleet.busy("a", 2)
         self.assertEqual(fleet.order()[0], "a")  # 2 s < 5 s default
         fleet.catalogue.observe_load(MODEL, 0.5)
@@ -221,7 +216,7 @@ class WarmOrderTests(SynchronousTestCase):
         average), then its expected wait grows with them and the cold host takes the next."""
         fleet = Fleet("a", "b", slots=2)
         fleet.load("a", MODEL)
-        fleet.registry.state(fleet.by_name["a"]).service_time = 0.1
+        fleet.loads.of(fleet.by_name["a"]).service_time = 0.1
         fleet.busy("a", 2)
         self.assertEqual(fleet.order()[0], "a")
         fleet.clock.advance(20.0)  # 1 ahead x 20 s / 2 slots = 10 s > 5 s load
@@ -243,7 +238,7 @@ class WarmOrderTests(SynchronousTestCase):
         """If no host has the model loaded, then the one with the shorter queue goes first."""
         fleet = Fleet("a", "b", slots=1, balancer=RoundRobinBalancer())
         for name in ("a", "b"):
-            fleet.registry.state(fleet.by_name[name]).service_time = 1.0
+            fleet.loads.of(fleet.by_name[name]).service_time = 1.0
         fleet.busy("a", 3)
         self.assertEqual(fleet.order(), ["b", "a"])
         self.assertEqual(fleet.order(), ["b", "a"])
@@ -386,11 +381,12 @@ def test_in_flight_age_is_exact() -> None:
     ep = fleet.by_name["a"]
     fleet.registry.attempt_started(ep, 990.0)
     fleet.registry.attempt_started(ep, 998.0)
-    state = fleet.registry.state(ep)
-    assert state.expected_service_time(1000.0) == 6.0
+    load = fleet.loads
+    assert load.expected_service_time(ep, 1000.0) == 6.0
     fleet.registry.attempt_ended(ep, Outcome.CLIENT_GONE, started=990.0)
-    assert state.expected_service_time(1000.0) == 2.0
+    assert load.expected_service_time(ep, 1000.0) == 2.0
     fleet.registry.attempt_ended(ep, Outcome.OK, started=998.0)
+    state = load.of(ep)
     assert (state.in_flight, state.in_flight_since) == (0, 0.0)
     assert abs(state.service_time - 0.2 * 2.0) < 1e-9
 
@@ -407,7 +403,7 @@ def test_own_timeouts_are_no_verdict_on_the_transport() -> None:
         fleet.registry.attempt_ended(ep, Outcome.TIMED_OUT, started=started)
     assert fleet.registry.breakers.allows(ep)
     state = fleet.registry.state(ep)
-    assert (state.requests, state.failures, state.in_flight) == (7, 7, 0)
+    assert (state.requests, state.failures, fleet.registry.load.in_flight(ep)) == (7, 7, 0)
 
 
 def test_a_host_already_loading_goes_before_a_second_load() -> None:

@@ -12,8 +12,10 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from olla.config import EndpointConfig, StickySessionsConfig
-from olla.fleet.endpoints import EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
 from olla.fleet.sticky import (
+    Affinity,
+    MemorySessionStore,
     SessionKey,
     StickyOutcome,
     StickySessions,
@@ -21,6 +23,7 @@ from olla.fleet.sticky import (
     parse_body,
     session_key,
 )
+from olla.telemetry.records import RequestRecord
 
 SYSTEM = "You are a careful assistant."
 
@@ -142,21 +145,50 @@ class StoreTests(SynchronousTestCase):
         self.a, self.b, self.c = self.endpoints
 
     def store(self, **kw: Any) -> StickySessions:
-        return StickySessions(replace(StickySessionsConfig(enabled=True), **kw), self.clock)
+        config = replace(StickySessionsConfig(enabled=True), **kw)
+        by_name = {ep.name: ep for ep in self.endpoints}
+        return StickySessions(config, MemorySessionStore(config, self.clock), by_name.get)
+
+    def lookup(self, sessions: StickySessions, key: SessionKey | None) -> Affinity:
+        """The in-memory store answers at once."""
+        return self.successResultOf(sessions.lookup(key))
+
+    def serve(self, sessions: StickySessions, affinity: Affinity, endpoint: Endpoint) -> Any:
+        """The request of ``affinity`` is answered by ``endpoint`` and ends: its outcome is
+        decided, and the sessions hear its record (the pin moves, the outcome is counted)."""
+        outcome = affinity.served(endpoint)
+        key = affinity.key
+        sessions.request_finished(
+            RequestRecord(
+                endpoint=endpoint.name,
+                model=None,
+                route="ollama",
+                status=200,
+                outcome="ok",
+                attempts=1,
+                bytes=0,
+                duration=0.0,
+                session=key.key if key is not None else None,
+                session_source=key.source if key is not None else None,
+                session_model=key.model if key is not None else None,
+                sticky=outcome.value,
+            )
+        )
+        return outcome
 
     def test_miss_then_hit_then_repin(self) -> None:
         """If a new session is served on a, then its next request is pinned to a and a hit;
         served on b instead, it is a repin and the pin moves to b."""
         sessions = self.store()
-        first = sessions.lookup(SessionKey("k", "session_header"))
+        first = self.lookup(sessions, SessionKey("k", "session_header"))
         self.assertIsNone(first.pinned)
-        self.assertEqual(first.served(self.a), StickyOutcome.MISS)
-        second = sessions.lookup(SessionKey("k", "session_header"))
+        self.assertEqual(self.serve(sessions, first, self.a), StickyOutcome.MISS)
+        second = self.lookup(sessions, SessionKey("k", "session_header"))
         self.assertIs(second.pinned, self.a)
-        self.assertEqual(second.served(self.a), StickyOutcome.HIT)
-        third = sessions.lookup(SessionKey("k", "session_header"))
-        self.assertEqual(third.served(self.b), StickyOutcome.REPIN)
-        self.assertIs(sessions.lookup(SessionKey("k", "session_header")).pinned, self.b)
+        self.assertEqual(self.serve(sessions, second, self.a), StickyOutcome.HIT)
+        third = self.lookup(sessions, SessionKey("k", "session_header"))
+        self.assertEqual(self.serve(sessions, third, self.b), StickyOutcome.REPIN)
+        self.assertIs(self.lookup(sessions, SessionKey("k", "session_header")).pinned, self.b)
         stats = sessions.stats()
         self.assertEqual((stats["hits"], stats["misses"], stats["insertions"]), (1, 2, 1))
 
@@ -169,11 +201,12 @@ class StoreTests(SynchronousTestCase):
             ("k2", "m:1", self.b),
             ("k3", "other:1", self.a),
         ]:
-            sessions.lookup(SessionKey(name, "session_header", model=model)).served(endpoint)
+            affinity = self.lookup(sessions, SessionKey(name, "session_header", model=model))
+            self.serve(sessions, affinity, endpoint)
         self.assertEqual(sessions.model_removed({"m:1", "m"}, [self.a]), 1)
-        self.assertIsNone(sessions.lookup(SessionKey("k1", "session_header")).pinned)
-        self.assertIs(sessions.lookup(SessionKey("k2", "session_header")).pinned, self.b)
-        self.assertIs(sessions.lookup(SessionKey("k3", "session_header")).pinned, self.a)
+        self.assertIsNone(self.lookup(sessions, SessionKey("k1", "session_header")).pinned)
+        self.assertIs(self.lookup(sessions, SessionKey("k2", "session_header")).pinned, self.b)
+        self.assertIs(self.lookup(sessions, SessionKey("k3", "session_header")).pinned, self.a)
 
     def test_keys_carry_their_model(self) -> None:
         """If a key is made for a model, then it carries the model (lower-cased) it is scoped
@@ -185,31 +218,33 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(made.model, "m:1")
 
     def test_served_counts_once(self) -> None:
-        """If an answer's headers are written twice, then the outcome is decided and counted
-        once."""
+        """If an answer's headers are written twice, then the outcome is decided once, and
+        the request's one record counts it once and pins where it was first served."""
         sessions = self.store()
-        affinity = sessions.lookup(SessionKey("k", "prefix_hash"))
+        affinity = self.lookup(sessions, SessionKey("k", "prefix_hash"))
         affinity.served(self.a)
         self.assertEqual(affinity.served(self.b), StickyOutcome.MISS)
+        self.assertEqual(sessions.stats()["misses"], 0)  # nothing counted before the record
+        self.serve(sessions, affinity, self.a)
         self.assertEqual(sessions.stats()["misses"], 1)
-        self.assertIs(sessions.lookup(SessionKey("k", "prefix_hash")).pinned, self.a)
+        self.assertIs(self.lookup(sessions, SessionKey("k", "prefix_hash")).pinned, self.a)
 
     def test_no_key_is_disabled(self) -> None:
         """If no source gave a key, then the outcome is disabled, nothing is stored or counted,
         and only the outcome header is sent."""
         sessions = self.store()
-        affinity = sessions.lookup(None)
-        self.assertEqual(affinity.served(self.a), StickyOutcome.DISABLED)
+        affinity = self.lookup(sessions, None)
+        self.assertEqual(self.serve(sessions, affinity, self.a), StickyOutcome.DISABLED)
         self.assertEqual(affinity.headers(), [(b"X-Olla-Sticky-Session", b"disabled")])
         stats = sessions.stats()
-        self.assertEqual((sessions.active, stats["hits"], stats["misses"]), (0, 0, 0))
+        self.assertEqual((stats["active_sessions"], stats["hits"], stats["misses"]), (0, 0, 0))
 
     def test_headers_echo_an_explicit_session(self) -> None:
         """If the key came from X-Olla-Session-ID, then the answer echoes it with the outcome
         and the source; a prefix key sends no session id."""
         sessions = self.store()
-        explicit = sessions.lookup(SessionKey("k", "session_header", b"conv-7"))
-        explicit.served(self.a)
+        explicit = self.lookup(sessions, SessionKey("k", "session_header", b"conv-7"))
+        self.serve(sessions, explicit, self.a)
         self.assertEqual(
             explicit.headers(),
             [
@@ -218,8 +253,8 @@ class StoreTests(SynchronousTestCase):
                 (b"X-Olla-Session-ID", b"conv-7"),
             ],
         )
-        prefix = sessions.lookup(SessionKey("p", "prefix_hash"))
-        prefix.served(self.a)
+        prefix = self.lookup(sessions, SessionKey("p", "prefix_hash"))
+        self.serve(sessions, prefix, self.a)
         self.assertEqual(len(prefix.headers()), 2)
 
     def test_idle_ttl_slides(self) -> None:
@@ -227,15 +262,15 @@ class StoreTests(SynchronousTestCase):
         600 s it expires (counted as an eviction) and comes back as a miss."""
         sessions = self.store(idle_ttl_seconds=600)
         k = SessionKey("k", "prefix_hash")
-        sessions.lookup(k).served(self.a)
+        self.serve(sessions, self.lookup(sessions, k), self.a)
         for _ in range(5):
             self.clock.advance(400)
-            self.assertIs(sessions.lookup(k).pinned, self.a)
+            self.assertIs(self.lookup(sessions, k).pinned, self.a)
         self.clock.advance(600)
         self.assertEqual(sessions.stats()["active_sessions"], 0)
-        again = sessions.lookup(k)
+        again = self.lookup(sessions, k)
         self.assertFalse(again.known)
-        self.assertEqual(again.served(self.b), StickyOutcome.MISS)
+        self.assertEqual(self.serve(sessions, again, self.b), StickyOutcome.MISS)
         self.assertEqual(sessions.stats()["evictions"], 1)
 
     def test_zero_ttl_never_expires(self) -> None:
@@ -246,21 +281,21 @@ class StoreTests(SynchronousTestCase):
         warnings = [e for e in events if e["log_level"] is LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.assertIn("never expire", formatEvent(warnings[0]))
-        sessions.lookup(SessionKey("k", "ip")).served(self.a)
+        self.serve(sessions, self.lookup(sessions, SessionKey("k", "ip")), self.a)
         self.clock.advance(10**9)
-        self.assertIs(sessions.lookup(SessionKey("k", "ip")).pinned, self.a)
+        self.assertIs(self.lookup(sessions, SessionKey("k", "ip")).pinned, self.a)
 
     def test_lru_bounds_memory(self) -> None:
         """If max_sessions is 2 and three sessions arrive, then the least recently used one is
         evicted (a lookup counts as use)."""
         sessions = self.store(max_sessions=2)
         for name in ("x", "y"):
-            sessions.lookup(SessionKey(name, "ip")).served(self.a)
-        sessions.lookup(SessionKey("x", "ip"))  # x is used again: y is now the oldest
-        sessions.lookup(SessionKey("z", "ip")).served(self.b)
-        self.assertEqual(sessions.active, 2)
-        self.assertIsNone(sessions.lookup(SessionKey("y", "ip")).pinned)
-        self.assertIs(sessions.lookup(SessionKey("x", "ip")).pinned, self.a)
+            self.serve(sessions, self.lookup(sessions, SessionKey(name, "ip")), self.a)
+        self.lookup(sessions, SessionKey("x", "ip"))  # x is used again: y is now the oldest
+        self.serve(sessions, self.lookup(sessions, SessionKey("z", "ip")), self.b)
+        self.assertEqual(sessions.stats()["active_sessions"], 2)
+        self.assertIsNone(self.lookup(sessions, SessionKey("y", "ip")).pinned)
+        self.assertIs(self.lookup(sessions, SessionKey("x", "ip")).pinned, self.a)
         self.assertEqual(sessions.stats()["evictions"], 1)
 
     def test_demotion_unpins_and_the_next_request_repins(self) -> None:
@@ -272,14 +307,14 @@ class StoreTests(SynchronousTestCase):
         registry.add_listener(sessions.status_changed)
         for ep in self.endpoints:
             registry.set_status(ep, EndpointStatus.HEALTHY)
-        sessions.lookup(SessionKey("on-a", "ip")).served(self.a)
-        sessions.lookup(SessionKey("on-b", "ip")).served(self.b)
+        self.serve(sessions, self.lookup(sessions, SessionKey("on-a", "ip")), self.a)
+        self.serve(sessions, self.lookup(sessions, SessionKey("on-b", "ip")), self.b)
         registry.set_status(self.a, EndpointStatus.OFFLINE)
         registry.set_status(self.a, EndpointStatus.HEALTHY)
-        moved = sessions.lookup(SessionKey("on-a", "ip"))
+        moved = self.lookup(sessions, SessionKey("on-a", "ip"))
         self.assertIsNone(moved.pinned)
-        self.assertEqual(moved.served(self.c), StickyOutcome.REPIN)
-        self.assertIs(sessions.lookup(SessionKey("on-b", "ip")).pinned, self.b)
+        self.assertEqual(self.serve(sessions, moved, self.c), StickyOutcome.REPIN)
+        self.assertIs(self.lookup(sessions, SessionKey("on-b", "ip")).pinned, self.b)
 
     def test_stats_have_olla_fields(self) -> None:
         """If stats are asked for, then they carry exactly Olla's fields and the config's

@@ -30,10 +30,9 @@ from zope.interface.verify import verifyObject
 
 from olla.config import OllaConfig
 from olla.daemon import tap
-from olla.daemon.logging import FileSink, StreamSink, json_record
+from olla.daemon.logging import FileSink, HangupRelay, StreamSink, json_record
 from olla.daemon.supervisor import (
     Backoff,
-    HangupRelay,
     IWorkerSpawner,
     ListeningSocket,
     ProcessSpawner,

@@ -9,7 +9,7 @@ the shapes only say what to ask each backend and what the client gets back.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -18,11 +18,12 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from olla.anthropic.stats import TranslatorStats
+from olla.anthropic.stats import Fallback, TranslatorStats
 from olla.fleet.endpoints import Endpoint
 from olla.interfaces import IStreamTranslator, ITranslator
 from olla.proxy.forward import BytesProducer
 from olla.proxy.shape import IExchangeShape, Reply, Verbatim
+from olla.util.failures import CUT, describe
 
 #: the most of a non-streamed answer (or an error body) olla holds to translate it
 ANSWER_LIMIT = 16 * 1024 * 1024
@@ -55,55 +56,69 @@ class _Sink:
             self._request.write(out)
 
 
-class _Counted:
-    """Counts each request's outcome in the translator's stats exactly once."""
-
-    def __init__(self, stats: TranslatorStats, clock: IReactorTime) -> None:
-        self._stats = stats
-        self._clock = clock
-        self._since = clock.seconds()
-        self._counted = False
-
-    def count(self, ok: bool) -> None:
-        if not self._counted:
-            self._counted = True
-            self._stats.ended(ok=ok, latency=self._clock.seconds() - self._since)
-
-
-@implementer(IExchangeShape)
-class Passthrough(Verbatim, _Counted):
-    """The body goes unchanged to the backend's messages path; the answer comes back verbatim."""
-
-    mode = b"passthrough"
-
-    def __init__(self, stats: TranslatorStats, clock: IReactorTime, path: bytes) -> None:
-        _Counted.__init__(self, stats, clock)
-        self._path = path
-
-    def upstream_path(self, endpoint: Endpoint, target: bytes) -> bytes:
-        return self._path
-
-    def finished(self, status: int | None, complete: bool) -> None:
-        self.count(ok=complete and (status or 500) < 400)
-
-
-@implementer(IExchangeShape)
-class Translation(_Counted):
-    """An OpenAI chat completion is asked for; its answer is rewritten as an Anthropic one."""
-
-    mode = b"translation"
+class Tally:
+    """One Anthropic request in the translator's stats, counted once as it ends: as a
+    passthrough or a translation by the shape of the attempt that answered (or was tried
+    last), ``fallback`` saying why a translation was not passed through."""
 
     def __init__(
         self,
         stats: TranslatorStats,
         clock: IReactorTime,
         *,
+        streaming: bool,
+        fallback: Fallback | None,
+    ) -> None:
+        self._stats = stats
+        self._clock = clock
+        self._since = clock.seconds()
+        self._streaming = streaming
+        self._fallback = fallback
+        self._counted = False
+
+    def count(self, ok: bool, passthrough: bool) -> None:
+        if self._counted:
+            return
+        self._counted = True
+        fallback = None if passthrough else self._fallback or Fallback.CANNOT_PASSTHROUGH
+        self._stats.started(passthrough=passthrough, streaming=self._streaming, fallback=fallback)
+        self._stats.ended(ok=ok, latency=self._clock.seconds() - self._since)
+
+
+@implementer(IExchangeShape)
+class Passthrough(Verbatim):
+    """The body goes unchanged to each backend's messages path; the answer comes back
+    verbatim."""
+
+    mode = b"passthrough"
+
+    def __init__(self, tally: Tally, paths: Mapping[Endpoint, bytes]) -> None:
+        self._tally = tally
+        self._paths = paths
+
+    def upstream_path(self, endpoint: Endpoint, target: bytes) -> bytes:
+        return self._paths[endpoint]
+
+    def finished(self, status: int | None, complete: bool) -> None:
+        self._tally.count(ok=complete and (status or 500) < 400, passthrough=True)
+
+
+@implementer(IExchangeShape)
+class Translation:
+    """An OpenAI chat completion is asked for; its answer is rewritten as an Anthropic one."""
+
+    mode = b"translation"
+
+    def __init__(
+        self,
+        tally: Tally,
+        *,
         translator: ITranslator,
         openai_body: dict[str, Any],
         input_tokens: int,
         paths: Callable[[Endpoint], str],
     ) -> None:
-        super().__init__(stats, clock)
+        self._tally = tally
         self._translation = translator
         self._openai_body = openai_body
         self._input_tokens = input_tokens
@@ -198,17 +213,20 @@ class Translation(_Counted):
 
     def body_broke(self, reply: Reply, reason: Failure) -> None:
         if self._translator is None:  # nothing sent yet: a clean error answer
-            message = f"proxy error: the backend's answer broke off: {reason.value}"
+            message = f"proxy error: the backend's answer broke off: {describe(reason, cut=CUT)}"
             self._answer_error(reply, 502, message)
             return
         self.count(ok=False)
-        tail = self._translator.fail(f"the backend's stream broke off: {reason.value}")
+        tail = self._translator.fail(f"the backend's stream broke off: {describe(reason, cut=CUT)}")
         if tail:
             reply.request.write(tail)
         reply.request.finish()
 
     def finished(self, status: int | None, complete: bool) -> None:
         self.count(ok=False)  # only reached uncounted when olla refused or the stream broke
+
+    def count(self, ok: bool) -> None:
+        self._tally.count(ok=ok, passthrough=False)
 
 
 def _upstream_message(body: bytes) -> str:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,17 +41,14 @@ def passthrough_endpoints(
     profiles: ProfileRegistry,
     versions: Callable[[Endpoint], str | None],
     body: Mapping[str, Any],
-) -> tuple[list[Endpoint], str]:
-    """The candidates that take ``body`` natively, all on one messages path, and that path.
-
-    When candidates disagree on the path, the largest group wins (ties: the first seen).
-    """
-    able = [ep for ep in candidates if speaks_anthropic(profiles.get(ep.type), versions(ep), body)]
-    if not able:
-        return [], ""
-    paths = {ep: _messages_path(profiles.get(ep.type)) for ep in able}
-    path = Counter(paths[ep] for ep in able).most_common(1)[0][0]
-    return [ep for ep in able if paths[ep] == path], path
+) -> dict[Endpoint, str]:
+    """The candidates that take ``body`` natively, in their order, each with its messages
+    path."""
+    return {
+        ep: _messages_path(profiles.get(ep.type))
+        for ep in candidates
+        if speaks_anthropic(profiles.get(ep.type), versions(ep), body)
+    }
 
 
 def _messages_path(profile: Profile | None) -> str:

@@ -1,39 +1,43 @@
 # -*- test-case-name: tests.test_anthropic -*-
 """``/olla/anthropic/v1/{messages,messages/count_tokens,models}``: the Messages API front door.
 
-Each request is validated here and routed once; the plan's candidates decide passthrough or
-translation (``olla.anthropic.exchange``), and an ordinary ``Exchange`` with that shape walks
-them like every other proxied request.
+Each request is validated here and planned by the same stage as every proxied request
+(``olla.proxy.plan``: readiness, sticky session, refresh-on-miss, routing). What is
+Anthropic's is only the shape of each candidate (``olla.anthropic.exchange``): the hosts that
+speak Messages natively first, passed through, then every other host, translated; an ordinary
+``Exchange`` walks them all.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from olla.anthropic.exchange import Passthrough, Translation
+from olla.anthropic.exchange import Passthrough, Tally, Translation
 from olla.anthropic.passthrough import chat_completions_path, passthrough_endpoints
 from olla.anthropic.request import InvalidRequest
 from olla.anthropic.stats import Fallback, TranslatorStats
 from olla.anthropic.translator import AnthropicTranslator
 from olla.config import AnthropicTranslatorConfig
 from olla.fleet.endpoints import Endpoint
+from olla.front.context import answer_error, context_of
 from olla.profiles import ProfileRegistry
-from olla.proxy.exchange import Exchange, ProxyDeps, request_size
+from olla.proxy.exchange import Exchange, ProxyDeps
+from olla.proxy.plan import Candidate, Plan, PlanQuery
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
-from olla.proxy.shape import IExchangeShape
-from olla.util.errors import Dialect, write_error
 from olla.util.responses import json_response
 
 MESSAGES = b"/v1/messages"
 COUNT_TOKENS = b"/v1/messages/count_tokens"
 MODELS = b"/v1/models"
+#: the path routing sees for every Messages request
+_MESSAGES_PATH = MESSAGES.decode()
 
 
 class AnthropicResource(Resource):
@@ -62,6 +66,7 @@ class AnthropicResource(Resource):
 
     def render(self, request: Request) -> int | bytes:
         assert request.postpath is not None
+        context_of(request).route = self._route.prefix
         path = b"/" + b"/".join(request.postpath).rstrip(b"/")
         method = request.method
         if path == MODELS and method in (b"GET", b"HEAD"):
@@ -85,13 +90,13 @@ class AnthropicResource(Resource):
     # ------------------------------------------------------------------ helpers
 
     def _error(self, request: Request, status: int, message: str) -> int:
-        write_error(request, status, message, dialect=Dialect.ANTHROPIC)
+        answer_error(request, status, message)
         return NOT_DONE_YET
 
     def _read_body(self, request: Request) -> tuple[bytes, Any] | None:
         """The body and its JSON, or None after answering 413/400."""
         limit = self._config.max_message_size
-        if request_size(request) > limit:
+        if context_of(request).body_size > limit:
             self._error(request, 413, f"request body exceeds {limit} bytes")
             return None
         assert request.content is not None
@@ -136,26 +141,26 @@ class AnthropicResource(Resource):
         if not isinstance(model, str) or not model:
             return self._json(request, {"input_tokens": self._translator.estimate_tokens(body)})
 
-        def count(plan: RoutePlan) -> None:
-            if _gone(request):
-                return
-            native, path, _ = self._passthrough(plan, body)
-            counting = tuple(ep for ep in native if self._counts_tokens(ep))
+        def shape(routed: RoutePlan) -> Plan | None:
+            native = self._passthrough(routed, body)
+            counting = {
+                ep: (path + "/count_tokens").encode()
+                for ep, path in native.items()
+                if self._counts_tokens(ep)
+            }
             if not counting:
                 estimate = {"input_tokens": self._translator.estimate_tokens(body)}
                 request.write(self._json(request, estimate))
                 request.finish()
-                return
-            shape = Passthrough(
-                TranslatorStats("count_tokens"),  # not a translation: kept out of the page
-                self._deps.clock,
-                (path + "/count_tokens").encode(),
-            )
-            exchange = self._exchange(request, model, shape)
-            exchange.small_body = raw
-            exchange.start(RoutePlan(counting, plan.decision))
+                return None
+            # not a translation: kept out of the translators page
+            stats = TranslatorStats("count_tokens")
+            tally = Tally(stats, self._deps.clock, streaming=False, fallback=None)
+            passthrough = Passthrough(tally, counting)
+            candidates = tuple(Candidate(ep, passthrough) for ep in counting)
+            return Plan(candidates, routed.decision, None, routed.rewrite, passthrough)
 
-        self._routed(model).addCallback(count)
+        self._exchange(request, model, raw, lambda: body, COUNT_TOKENS).start(shape)
         return NOT_DONE_YET
 
     def _counts_tokens(self, endpoint: Endpoint) -> bool:
@@ -177,70 +182,65 @@ class AnthropicResource(Resource):
             self._error(request, 400, "request body is nested too deeply")
             return
         model: str = body["model"]
-        sticky = self._deps.sticky
-        affinity = sticky.for_request(request, model, lambda: body) if sticky is not None else None
 
-        def send(plan: RoutePlan) -> None:
-            if _gone(request):
-                return
-            native, path, fallback = self._passthrough(plan, body)
-            self._stats.started(
-                passthrough=bool(native), streaming=bool(body.get("stream")), fallback=fallback
+        def shape(routed: RoutePlan) -> Plan:
+            """Every host that can serve, natives first (passed through to their own messages
+            path), then the others (translated): when the natives fail, the request is
+            translated on the rest."""
+            native = self._passthrough(routed, body)
+            fallback = None
+            if not self._config.passthrough_enabled:
+                fallback = Fallback.PASSTHROUGH_DISABLED
+            elif not routed.candidates:
+                fallback = Fallback.NO_COMPATIBLE_ENDPOINTS
+            elif not native:
+                fallback = Fallback.CANNOT_PASSTHROUGH
+            tally = Tally(
+                self._stats,
+                self._deps.clock,
+                streaming=bool(body.get("stream")),
+                fallback=fallback,
             )
-            clock = self._deps.clock
-            shape: Passthrough | Translation
-            if native:
-                shape = Passthrough(self._stats, clock, path.encode())
-                plan = RoutePlan(native, plan.decision)
-            else:
-                shape = Translation(
-                    self._stats,
-                    clock,
-                    translator=self._translator,
-                    openai_body=openai_body,
-                    input_tokens=self._translator.estimate_tokens(body),
-                    paths=lambda ep: chat_completions_path(self._profiles.get(ep.type)),
-                )
-            exchange = self._exchange(request, model, shape)
-            exchange.small_body = raw  # for an alias, rewritten per endpoint on passthrough
-            exchange.affinity = affinity
-            exchange.start(plan)
+            passthrough = Passthrough(tally, {ep: path.encode() for ep, path in native.items()})
+            translation = Translation(
+                tally,
+                translator=self._translator,
+                openai_body=openai_body,
+                input_tokens=self._translator.estimate_tokens(body),
+                paths=lambda ep: chat_completions_path(self._profiles.get(ep.type)),
+            )
+            candidates = [Candidate(ep, passthrough) for ep in native]
+            candidates += [
+                Candidate(ep, translation) for ep in routed.candidates if ep not in native
+            ]
+            return Plan(
+                tuple(candidates), routed.decision, routed.rejection, routed.rewrite, translation
+            )
 
-        self._routed(model, affinity.pinned if affinity is not None else None).addCallback(send)
+        # the raw body: for an alias, rewritten per endpoint on passthrough
+        self._exchange(request, model, raw, lambda: body, MESSAGES).start(shape)
 
-    def _exchange(self, request: Request, model: str, shape: IExchangeShape) -> Exchange:
-        return Exchange(
-            self._deps, self._route, request, MESSAGES, model, Dialect.ANTHROPIC, shape=shape
+    def _exchange(
+        self,
+        request: Request,
+        model: str,
+        raw: bytes,
+        document: Callable[[], object],
+        target: bytes,
+    ) -> Exchange:
+        query = PlanQuery(
+            RouteQuery(self._route, _MESSAGES_PATH, model),
+            header=request.getHeader,
+            document=document,
         )
+        return Exchange(self._deps, context_of(request), request, query, target, small_body=raw)
 
-    def _routed(self, model: str, pinned: Endpoint | None = None) -> Deferred[RoutePlan]:
-        """Route once (after startup's first probes and lists, like every proxied request);
-        the exchange then walks these candidates, whichever way it speaks to them. ``pinned``:
-        where the request's sticky session was last served."""
-        deps = self._deps
-        query = RouteQuery(route=self._route, path=MESSAGES.decode(), model=model, pinned=pinned)
-        return deps.registry.when_ready(deps.startup_wait).addCallback(
-            lambda _: deps.router.plan(query)
-        )
-
-    def _passthrough(
-        self, plan: RoutePlan, body: dict[str, Any]
-    ) -> tuple[tuple[Endpoint, ...], str, Fallback | None]:
-        """The candidates that take ``body`` as it is (in routing's order, with their path),
-        or why none does."""
-        if not self._config.passthrough_enabled:
-            return (), "", Fallback.PASSTHROUGH_DISABLED
-        if not plan.candidates:
-            return (), "", Fallback.NO_COMPATIBLE_ENDPOINTS
+    def _passthrough(self, routed: RoutePlan, body: dict[str, Any]) -> dict[Endpoint, str]:
+        """The candidates that take ``body`` as it is (in routing's order, with their
+        path); none when passthrough is off."""
+        if not self._config.passthrough_enabled or not routed.candidates:
+            return {}
         registry = self._deps.registry
-        native, path = passthrough_endpoints(
-            list(plan.candidates), self._profiles, lambda ep: registry.state(ep).version, body
+        return passthrough_endpoints(
+            list(routed.candidates), self._profiles, lambda ep: registry.state(ep).version, body
         )
-        if not native:
-            return (), "", Fallback.CANNOT_PASSTHROUGH
-        return tuple(native), path, None
-
-
-def _gone(request: Request) -> bool:
-    """The client left (or was answered) while its request waited for startup to finish."""
-    return bool(request.finished or getattr(request, "_disconnected", False))

@@ -18,16 +18,20 @@ class Fallback(enum.Enum):
 
 @dataclass
 class TranslatorStats:
+    """One translator's requests: how they ended, how they were served, and why a request
+    was translated instead of passed through."""
+
     name: str
     total: int = 0
     succeeded: int = 0
     failed: int = 0
+    latency_total: float = 0.0  # of the successful ones
+    #: why translated: per reason
+    fallbacks: dict[Fallback, int] = field(default_factory=lambda: dict.fromkeys(Fallback, 0))
     passthrough: int = 0
     translation: int = 0
     streaming: int = 0
     non_streaming: int = 0
-    latency_total: float = 0.0
-    fallbacks: dict[Fallback, int] = field(default_factory=lambda: dict.fromkeys(Fallback, 0))
 
     def started(self, *, passthrough: bool, streaming: bool, fallback: Fallback | None) -> None:
         self.total += 1

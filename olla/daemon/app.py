@@ -30,20 +30,26 @@ from olla.fleet.breaker import CircuitBreakers
 from olla.fleet.discovery import DiscoveryService
 from olla.fleet.endpoints import EndpointRegistry, endpoints_from_config
 from olla.fleet.health import HealthService, HTTPHealthChecker
+from olla.fleet.listeners import ConnectionFailures, LoadLearning, RegistryTraffic
 from olla.fleet.models import ModelCatalogue
-from olla.fleet.sticky import StickySessions
-from olla.guard.ratelimit import RateLimiter
-from olla.guard.resource import GuardResource, Guards, limit_settings
-from olla.interfaces import IHealthChecker
+from olla.fleet.sticky import MemorySessionStore, StickySessions
+from olla.guard.ratelimit import LimitSettings, MemoryRateStore, RateLimiter
+from olla.guard.stage import Guard
+from olla.interfaces import IHealthChecker, IOutcomeListener, IReconfigurable
 from olla.manage.manager import FleetManager
 from olla.manage.resource import ManagementResource
 from olla.profiles import ProfileRegistry
+from olla.proxy.dispatch import InOrder
 from olla.proxy.exchange import ProxyDeps
+from olla.proxy.plan import Planner, startup_wait
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
 from olla.proxy.timeouts import TimeoutPolicy
+from olla.telemetry.failovers import FailoverLog
+from olla.telemetry.outcomes import Outcomes
+from olla.telemetry.requestlog import RequestLog
 from olla.telemetry.security import SecurityStats
-from olla.telemetry.stats import Stats
+from olla.telemetry.stats import Stats, StatsListener
 from olla.util.access import AccessPolicy
 from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
@@ -60,6 +66,7 @@ class App:
     registry: EndpointRegistry
     catalogue: ModelCatalogue
     router: Router
+    planner: Planner
     deps: ProxyDeps
     health: HealthService
     discovery: DiscoveryService
@@ -68,13 +75,19 @@ class App:
     site: OllaSite
     internal: InternalApp
     limiter: RateLimiter
-    guard: GuardResource
+    rate_store: MemoryRateStore
+    guard: Guard
+    #: where the request path publishes its records, with the listeners below subscribed
+    outcomes: Outcomes
     #: what every request and probe left in the statistics (``/internal/metrics``)
     stats: Stats
+    failovers: FailoverLog
     metrics: Metrics
     collector: OllaCollector
     #: the response and header-wait bounds every exchange reads (reconfigured by a reload)
     timeouts: TimeoutPolicy
+    #: every component that applies a reloaded config to itself
+    reconfigurables: tuple[IReconfigurable, ...]
     dashboard: Dashboard | None = None
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
@@ -85,7 +98,7 @@ class App:
     @property
     def services(self) -> Sequence[IService]:
         """What must run for the endpoints' states and model lists to stay true."""
-        return (self.health, self.discovery, self.limiter)
+        return (self.health, self.discovery, self.rate_store)
 
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
@@ -110,16 +123,6 @@ def _fields(fields: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(fields))
 
 
-def startup_wait(config: OllaConfig) -> float:
-    """How long a request that arrives while olla starts may wait for the first probes (each
-    bounded by its ``check_timeout``, plus the quick re-checks of a refused one) and the first
-    model lists (tags, loaded models and version, each bounded by the discovery timeout)."""
-    probes = max((ep.check_timeout for ep in config.discovery.endpoints), default=0.0) + 0.5
-    probes += config.discovery.health_check.initial_delay
-    discovery = config.discovery.model_discovery
-    return probes + (3 * discovery.timeout if discovery.enabled else 0.0)
-
-
 def build_app(
     config: OllaConfig,
     profiles: ProfileRegistry,
@@ -130,8 +133,10 @@ def build_app(
     checker: IHealthChecker | None = None,
     rng: random.Random | None = None,
     worker: WorkerIdentity | None = None,
+    listeners: Sequence[IOutcomeListener] = (),
 ) -> App:
-    """olla for ``config``: registry, catalogue, pollers, router, routes and the HTTP site."""
+    """olla for ``config``: registry, catalogue, pollers, the request path's stages, routes
+    and the HTTP site. ``listeners`` hear every outcome record after olla's own."""
     discovery_config = config.discovery.model_discovery
     registry = EndpointRegistry(
         endpoints_from_config(config.discovery.endpoints, profiles),
@@ -149,12 +154,8 @@ def build_app(
     )
     catalogue = ModelCatalogue(config.model_aliases)
     discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
-    discovery.stale_threshold = config.model_registry.unification.stale_threshold
-    discovery.set_intervals(
-        cleanup=config.model_registry.unification.cleanup_interval,
-        loaded=config.discovery.refresh_interval,
-    )
-    catalogue.unify = config.model_registry.enable_unifier
+    discovery.reconfigure(config)
+    catalogue.reconfigure(config)
 
     timeouts = TimeoutPolicy(config)
     router = Router(
@@ -167,21 +168,46 @@ def build_app(
     )
     sticky: StickySessions | None = None
     if config.proxy.sticky_sessions.enabled:
-        sticky = StickySessions(config.proxy.sticky_sessions, clock)
+        sessions = config.proxy.sticky_sessions
+        sticky = StickySessions(sessions, MemorySessionStore(sessions, clock), registry.by_name)
         registry.add_listener(sticky.status_changed)
+
+    # The request path publishes; these hear it, in this order: the registry first (routing
+    # sees an attempt's end before anyone acts on it), the log line last.
+    failovers = FailoverLog()
+    outcomes = Outcomes()
+    outcomes.subscribe(RegistryTraffic(registry))
+    outcomes.subscribe(ConnectionFailures(health))
+    outcomes.subscribe(LoadLearning(catalogue, discovery))
+    outcomes.subscribe(StatsListener(stats))
+    outcomes.subscribe(failovers)
+    if sticky is not None:
+        outcomes.subscribe(sticky)
+    request_log = RequestLog(config)
+    outcomes.subscribe(request_log)
+    for listener in listeners:
+        outcomes.subscribe(listener)
+
+    planner = Planner(
+        router,
+        clock,
+        startup_wait=startup_wait(config),
+        refresh_models=discovery.refresh_all,
+        sticky=sticky,
+    )
     deps = ProxyDeps(
         router=router,
+        registry=registry,
+        catalogue=catalogue,
+        planner=planner,
+        dispatch=InOrder(registry),
         agent=agent,
         clock=clock,
         cooperator=cooperator,
         config=config.proxy,
-        report_connection_failure=health.report_connection_failure,
-        startup_wait=startup_wait(config),
+        outcomes=outcomes,
         timeouts=timeouts,
-        refresh_models=discovery.refresh_all,
         refresh_loaded=discovery.refresh_loaded,
-        sticky=sticky,
-        stats=stats,
     )
     proxies: dict[bytes, IResource] = {
         route.prefix.encode(): ProxyResource(route, deps) for route in provider_routes(profiles)
@@ -191,7 +217,7 @@ def build_app(
         for route in provider_routes(profiles):
             if "ollama" in route.types:
                 prefix = route.prefix.encode()
-                proxies[prefix] = ManagementResource(proxies[prefix], management)
+                proxies[prefix] = ManagementResource(proxies[prefix], management, route.prefix)
     translator_stats = TranslatorStats("anthropic")
     if config.translators.anthropic.enabled:
         proxies[b"anthropic"] = AnthropicResource(
@@ -225,7 +251,7 @@ def build_app(
         translators=[translator_stats],
         security=security,
         sticky=sticky,
-        failovers=deps.failovers,
+        failovers=failovers,
         dashboard=dashboard,
         worker=worker,
         stats=stats,
@@ -233,13 +259,11 @@ def build_app(
         profiles=profiles,
     )
     limits = config.server.request_limits
-    limiter = RateLimiter(limit_settings(config), clock)
-    guard = GuardResource(
-        RootResource(OllaRoot(proxies), internal.app.resource()),
-        Guards.from_config(config, limiter, security),
-    )
+    rate_store = MemoryRateStore(clock, config.server.rate_limits.cleanup_interval)
+    limiter = RateLimiter(LimitSettings.from_config(config), rate_store, clock)
+    guard = Guard(config, limiter, security)
     site = OllaSite(
-        guard,
+        RootResource(OllaRoot(proxies), internal.app.resource()),
         clock=clock,
         max_body_size=limits.max_body_size,
         max_header_size=limits.max_header_size,
@@ -248,13 +272,33 @@ def build_app(
         body_timeout=config.server.read_timeout,
         rng=rng,
         security=security,
+        guard=guard,
+        outcomes=outcomes,
     )
     site.noisy = False
+    reconfigurables: list[IReconfigurable] = [
+        router,
+        catalogue,
+        planner,
+        deps,
+        timeouts,
+        discovery,
+        site,
+        limiter,
+        guard,
+        collector,
+        request_log,
+    ]
+    if dashboard is not None:
+        reconfigurables.append(dashboard)
+    if management is not None:
+        reconfigurables.append(management)
     return App(
         config=config,
         registry=registry,
         catalogue=catalogue,
         router=router,
+        planner=planner,
         deps=deps,
         health=health,
         discovery=discovery,
@@ -263,13 +307,17 @@ def build_app(
         site=site,
         internal=internal,
         limiter=limiter,
+        rate_store=rate_store,
         guard=guard,
+        outcomes=outcomes,
         dashboard=dashboard,
         sticky=sticky,
         worker=worker or WorkerIdentity(),
         stats=stats,
+        failovers=failovers,
         metrics=metrics,
         collector=collector,
         management=management,
         timeouts=timeouts,
+        reconfigurables=tuple(reconfigurables),
     )

@@ -13,7 +13,7 @@ import os
 import signal
 import syslog
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import IO, Any, Protocol
 
@@ -33,7 +33,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from olla.config import LoggingConfig
+from olla.config import LoggingConfig, OllaConfig
+from olla.interfaces import IReconfigurable
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -279,15 +280,27 @@ def make_observer(
 
 
 @implementer(ILogObserver)
+@implementer(IReconfigurable)
 class SwitchableObserver:
-    """The daemon's one observer: twistd keeps it for good, a config reload swaps what it
-    forwards to (another level, format or ``request_logging``; the sink stays)."""
+    """The daemon's one observer: twistd keeps it for good; a config reload makes it forward
+    to a new observer (another level, format or ``request_logging``) on the same ``sink``."""
 
-    def __init__(self, inner: ILogObserver) -> None:
+    reconfigures = ("logging.level", "logging.format", "server.request_logging")
+
+    def __init__(self, inner: ILogObserver, sink: LogSink) -> None:
         self.inner = inner
+        self._sink = sink
 
     def __call__(self, event: LogEvent) -> None:
         self.inner(event)
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        self.inner = make_observer(
+            config.logging.format,
+            config.logging.level,
+            self._sink,
+            request_logging=config.server.request_logging,
+        )
 
 
 # --------------------------------------------------------------------------- SIGHUP
@@ -295,42 +308,46 @@ class SwitchableObserver:
 SignalHandler = Callable[[int, FrameType | None], None]
 
 
-class ReopenOnHangup(Service):
-    """SIGHUP reopens the log sink, as twistd daemons do, instead of ending the process, and
-    then calls ``then`` (the config reload).
+class HangupRelay(Service):
+    """SIGHUP runs each action in turn (reopen the log, reload the config, pass it on to the
+    workers...) on the reactor thread, never inside the signal handler: a signal can arrive
+    in the middle of a sink's write (``callFromThread``, as twistd does for SIGUSR1).
 
-    The handler only schedules the reopen on the reactor thread (``callFromThread``, as twistd
-    does for SIGUSR1): a signal can arrive in the middle of a sink's write. It stays installed
+    Instead of ending the process, as a SIGHUP would by default. The handler stays installed
     after ``stopService``: siblings drain in-flight requests after that, and a HUP then must
     not kill the process either.
     """
 
-    _log = Logger()
-
     def __init__(
         self,
-        sink: LogSink,
         reactor: IReactorFromThreads,
+        actions: Sequence[Callable[[], object]],
         install: Callable[[int, SignalHandler], object] = signal.signal,
-        then: Callable[[], object] | None = None,
     ) -> None:
-        self._sink = sink
         self._reactor = reactor
+        self._actions = list(actions)
         self._install = install
-        self._then = then
 
     def startService(self) -> None:
         super().startService()
         self._install(signal.SIGHUP, self._hangup)
 
     def _hangup(self, signum: int, frame: FrameType | None) -> None:
-        self._reactor.callFromThread(self.hangup)
+        self._reactor.callFromThread(self.fire)
 
-    def hangup(self) -> None:
-        """What one SIGHUP does, on the reactor thread: reopen the log, then ``then``."""
-        self.reopen()
-        if self._then is not None:
-            self._then()
+    def fire(self) -> None:
+        """What one SIGHUP does, on the reactor thread."""
+        for action in self._actions:
+            action()
+
+
+class LogReopener:
+    """Reopens the log's file, as twistd daemons do on SIGHUP (a no-op for other sinks)."""
+
+    _log = Logger()
+
+    def __init__(self, sink: LogSink) -> None:
+        self._sink = sink
 
     def reopen(self) -> None:
         try:

@@ -11,10 +11,12 @@ reconciles the live graph ``build_app`` made instead of rebuilding it:
   starts and stops pollers to follow; discovery stops asking removed endpoints. A request in
   flight holds the endpoint object it started on: its stream finishes there, and a removed
   endpoint is counted until its last attempt ends;
-- balancer, routing strategy, warm routing, aliases, proxy timeouts and retries, request
-  limits and logging level and format take effect for new requests;
-- keys only a restart can change (the listen address, the log destination...) are logged as
-  such, on every reload until the daemon is restarted.
+- every other setting belongs to one component (the router, the catalogue, the planner, the
+  proxy, discovery, the site, the rate limiter, the guard, the dashboard, the log), which
+  applies it to itself in ``reconfigure(config)`` and says which keys it applies
+  (``reconfigures``); nothing here reaches into another object's attributes;
+- keys no component applies (the listen address, the log destination...) need a restart:
+  they are logged as such, on every reload until the daemon is restarted.
 
 Each reload that changes something is a new *generation*, shown on ``/internal/status``.
 ``ConfigWatcher`` (``twistd olla --watch-config``) reloads when the file changes.
@@ -35,55 +37,15 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from olla.config import NO_EFFECT_YET, ConfigError, OllaConfig, no_effect_warnings
-from olla.daemon.app import App, startup_wait
-from olla.daemon.logging import LogSink, SwitchableObserver, make_observer
-from olla.fleet.balancer import balancer_for
+from olla.daemon.app import App
+from olla.daemon.logging import SwitchableObserver
 from olla.fleet.endpoints import Endpoint, endpoints_from_config
-from olla.guard.resource import Guards, limit_settings
-from olla.interfaces import IBalancer
+from olla.interfaces import IReconfigurable
 from olla.profiles import ProfileRegistry
-from olla.util.access import AccessPolicy
 
 #: Reads and checks a config file (``None``: the daemon's default search); raises ConfigError.
 Loader = Callable[[str | None], tuple[OllaConfig, ProfileRegistry]]
 
-#: Key paths (or their ``section.`` prefixes) a reload applies to new requests.
-LIVE_KEYS: tuple[str, ...] = (
-    "discovery.endpoints",
-    "discovery.model_discovery.interval",
-    "discovery.model_discovery.timeout",
-    "discovery.model_discovery.concurrent_workers",
-    "server.read_timeout",
-    "server.read_header_timeout",
-    "server.write_timeout",
-    "server.idle_timeout",
-    "server.request_logging",
-    "server.request_limits.",
-    "server.rate_limits.",
-    "server.cors.",
-    "server.auth.",
-    "dashboard.gate_internal_api",
-    "dashboard.access_policy.",
-    "proxy.load_balancer",
-    "proxy.read_timeout",
-    "proxy.response_header_timeout",
-    "proxy.response_timeout",
-    "proxy.profile",
-    "proxy.stream_buffer_size",
-    "discovery.refresh_interval",
-    "discovery.model_discovery.retry_attempts",
-    "discovery.model_discovery.retry_backoff",
-    "model_registry.enable_unifier",
-    "model_registry.unification.cleanup_interval",
-    "proxy.retry.",
-    "proxy.warm_routing.",
-    "model_registry.routing_strategy.",
-    "model_registry.unification.stale_threshold",
-    "model_aliases",
-    "model_management.targets",
-    "logging.level",
-    "logging.format",
-)
 #: Not settings: where the config came from and what the loader noticed.
 _NOT_KEYS = frozenset({"source", "warnings", "notes"})
 
@@ -117,9 +79,10 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
     )
 
 
-def is_live(key: str) -> bool:
-    """Whether a reload applies ``key`` (or it has no effect anyway, ``NO_EFFECT_YET``)."""
-    return _matches(key, LIVE_KEYS) or _matches(key, NO_EFFECT_YET)
+def is_live(key: str, applied: Sequence[str]) -> bool:
+    """Whether a reload applies ``key`` (one of the ``applied`` paths, or it has no effect
+    anyway, ``NO_EFFECT_YET``)."""
+    return _matches(key, applied) or _matches(key, NO_EFFECT_YET)
 
 
 @dataclass(frozen=True)
@@ -226,7 +189,6 @@ class Reloader:
         profiles: ProfileRegistry,
         path: str | None = None,
         observer: SwitchableObserver | None = None,
-        sink: LogSink | None = None,
     ) -> None:
         """
         Args:
@@ -235,22 +197,33 @@ class Reloader:
             clock: stamps each generation.
             profiles: the profiles the daemon started with (its routes are built from them).
             path: the file to read again (default: the one ``app.config`` came from).
-            observer, sink: the daemon's log observer and where it writes, for
-                ``logging.level``/``format`` and ``server.request_logging``.
+            observer: the daemon's log observer, for ``logging.level``/``format`` and
+                ``server.request_logging``.
         """
         self._app = app
         self._load = load
         self._clock = clock
         self._profiles = profiles
-        self._observer = observer
-        self._sink = sink
         self.path = path or app.config.source
+        #: every component a reload hands the new config to; each owns its settings
+        self._components: tuple[IReconfigurable, ...] = app.reconfigurables
+        if observer is not None:
+            self._components += (observer,)
+        #: the key paths those components apply (the endpoints are the reloader's own)
+        self.applied: tuple[str, ...] = (
+            "discovery.endpoints",
+            *(key for component in self._components for key in component.reconfigures),
+        )
         #: what the daemon started with: keys that need a restart compare against it
         self._booted = app.config
         self.config = app.config
         self.generation = Generation(1, clock.seconds(), app.config.source)
         # a removed endpoint's model list goes once its last request is done
         app.registry.on_gone.append(app.catalogue.forget)
+
+    def is_live(self, key: str) -> bool:
+        """Whether a reload applies ``key`` (no restart needed)."""
+        return is_live(key, self.applied)
 
     def reload(self) -> bool:
         """Read the file again and apply it; False (and the running config kept) when the
@@ -282,18 +255,17 @@ class Reloader:
             list(self._app.registry),
             endpoints_from_config(config.discovery.endpoints, profiles),
         )
-        live = [k for k in changed_keys(self.config, config) if is_live(k)]
-        balancer = (
-            balancer_for(config.proxy.load_balancer)
-            if config.proxy.load_balancer != self.config.proxy.load_balancer
-            else None
-        )
-        restart = [k for k in changed_keys(self._booted, config) if not is_live(k)]
+        live = [k for k in changed_keys(self.config, config) if self.is_live(k)]
+        restart = [k for k in changed_keys(self._booted, config) if not self.is_live(k)]
         if self._profile_routes(profiles) != self._profile_routes(self._profiles):
             restart.append("profiles (routes)")
 
         self._apply_endpoints(changes)
-        self._apply_settings(config, balancer)
+        for component in self._components:
+            try:
+                component.reconfigure(config)
+            except Exception:  # a bug in one must not leave the others on the old config
+                self._log.failure("config reload: {component} failed", component=repr(component))
         if not live and not changes:
             self._log.info(
                 "config reloaded: nothing changed (generation {generation})",
@@ -347,46 +319,6 @@ class Reloader:
             # already routable (its health was kept): no status change will ask for its models
             if keep_health and registry.state(new).status.routable:
                 app.discovery.refresh(new)
-
-    def _apply_settings(self, config: OllaConfig, balancer: IBalancer | None) -> None:
-        app = self._app
-        router = app.router
-        if balancer is not None:
-            router.balancer = balancer
-        router.strategy = config.model_registry.routing_strategy
-        router.warm = config.proxy.warm_routing
-        app.catalogue.set_aliases(config.model_aliases)
-        app.deps.config = config.proxy
-        app.deps.startup_wait = startup_wait(config)
-        app.discovery.reconfigure(config.discovery.model_discovery)
-        app.discovery.stale_threshold = config.model_registry.unification.stale_threshold
-        app.discovery.set_intervals(
-            cleanup=config.model_registry.unification.cleanup_interval,
-            loaded=config.discovery.refresh_interval,
-        )
-        app.catalogue.unify = config.model_registry.enable_unifier
-        app.timeouts.reconfigure(config)
-        server = config.server
-        site = app.site
-        site.max_body_size = server.request_limits.max_body_size
-        site.max_header_size = server.request_limits.max_header_size
-        site.header_timeout = server.read_header_timeout
-        site.body_timeout = server.read_timeout
-        site.timeOut = server.idle_timeout or server.read_timeout or None
-        app.collector.config = config
-        app.limiter.reconfigure(limit_settings(config))
-        app.guard.guards = Guards.from_config(config, app.limiter, app.security)
-        if app.dashboard is not None:
-            app.dashboard.policy = AccessPolicy.from_config(config.dashboard.access_policy)
-        if app.management is not None:
-            app.management.reconfigure(config)
-        if self._observer is not None and self._sink is not None:
-            self._observer.inner = make_observer(
-                config.logging.format,
-                config.logging.level,
-                self._sink,
-                request_logging=server.request_logging,
-            )
 
 
 class ConfigWatcher(Service):

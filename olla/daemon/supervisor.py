@@ -12,7 +12,6 @@ the supervisor waits for all of them, killing what is left after ``kill_after`` 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +25,6 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessTransport,
-    IReactorFromThreads,
     IReactorProcess,
     IReactorTime,
 )
@@ -37,8 +35,9 @@ from zope.interface import Interface, implementer
 
 from olla import __version__
 from olla.config import OllaConfig
-from olla.daemon.logging import FileSink, LogSink, ReopenOnHangup
+from olla.daemon.logging import FileSink, HangupRelay, LogReopener, LogSink
 from olla.daemon.workers import LISTEN_FD, address_family
+from olla.util.services import Hooks
 
 SignalHandler = Callable[[int, FrameType | None], object]
 
@@ -339,49 +338,7 @@ def worker_twistd_flags(twistd: Mapping[str, Any] | None, sink: LogSink) -> list
     return []
 
 
-class HangupRelay(Service):
-    """SIGHUP in the supervisor: each action in turn (reopen its own log, pass it on to the
-    workers), run on the reactor thread, never inside the signal handler."""
-
-    def __init__(
-        self,
-        reactor: IReactorFromThreads,
-        actions: Sequence[Callable[[], object]],
-        install: Callable[[int, SignalHandler], object] = signal.signal,
-    ) -> None:
-        self._reactor = reactor
-        self._actions = list(actions)
-        self._install = install
-
-    def startService(self) -> None:
-        super().startService()
-        self._install(signal.SIGHUP, self._hangup)
-
-    def _hangup(self, signum: int, frame: FrameType | None) -> None:
-        self._reactor.callFromThread(self.fire)
-
-    def fire(self) -> None:
-        for action in self._actions:
-            action()
-
-
-class _SupervisorLog(Service):
-    _log = Logger()
-
-    def __init__(self, count: int, host: str, port: int) -> None:
-        self._count = count
-        self._host = host
-        self._port = port
-
-    def startService(self) -> None:
-        super().startService()
-        self._log.info(
-            "olla {version} supervising {count} workers on http://{host}:{port}",
-            version=__version__,
-            count=self._count,
-            host=self._host,
-            port=self._port,
-        )
+_log = Logger()
 
 
 def supervise(
@@ -413,8 +370,17 @@ def supervise(
     supervisor = Supervisor(
         count, spawner, reactor, kill_after=config.server.shutdown_timeout + 5.0
     )
-    reopener = ReopenOnHangup(log_sink, reactor)
+    reopener = LogReopener(log_sink)
     HangupRelay(reactor, [reopener.reopen, supervisor.hangup]).setServiceParent(tree)
-    _SupervisorLog(count, config.server.host, config.server.port).setServiceParent(tree)
+    host, port = config.server.host, config.server.port
+    Hooks(
+        on_start=lambda: _log.info(
+            "olla {version} supervising {count} workers on http://{host}:{port}",
+            version=__version__,
+            count=count,
+            host=host,
+            port=port,
+        )
+    ).setServiceParent(tree)
     supervisor.setServiceParent(tree)
     return tree

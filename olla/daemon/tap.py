@@ -11,40 +11,30 @@ import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-    _StandardEndpointFactory,
-)
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
+from twisted.web.client import HTTPConnectionPool
 
 from olla import __version__
 from olla.config import (
     ConfigError,
     OllaConfig,
-    ProxyConfig,
     check_endpoint_types,
     load_config,
     no_effect_warnings,
     profiles_dir,
 )
 from olla.daemon.app import App, build_app
-from olla.daemon.connect import TunedEndpoint
+from olla.daemon.backends import backend_agent
 from olla.daemon.logging import (
+    HangupRelay,
+    LogReopener,
     LogSink,
-    ReopenOnHangup,
     StreamSink,
     SwitchableObserver,
     make_observer,
@@ -65,50 +55,8 @@ from olla.daemon.workers import (
 from olla.fleet.endpoints import EndpointRegistry
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
 from olla.profiles.checks import check_endpoints
-from olla.web.site import OllaSite
+from olla.util.services import Hooks
 from olla.web.status import process_payload
-
-
-# Two private Twisted names, on purpose, and only here: Agent offers no public way to build a
-# connection factory that does not log "Starting factory" per backend connection
-# (``_HTTP11ClientFactory``, set as ``pool._factory``), nor to wrap its default endpoint
-# factory (``_StandardEndpointFactory``) so host names are IDNA-encoded once per backend
-# instead of once per request. Both are stable since Twisted 14; tests cover the pool's use.
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """No "Starting factory" log line for every new backend connection."""
-
-    noisy = False
-
-
-@implementer(IAgentEndpointFactory)
-class _CachedEndpoints:
-    """One client endpoint per backend origin, built once.
-
-    Agent builds a HostnameEndpoint for every request, and each one IDNA-encodes the host
-    again: measurable CPU per request for an answer that never changes. Each connection gets
-    ``proxy.connection_keep_alive`` and, over TLS, ``proxy.tls_handshake_timeout``.
-    """
-
-    def __init__(self, reactor: Any, proxy: ProxyConfig) -> None:
-        self._reactor = reactor
-        self._proxy = proxy
-        self._factory = _StandardEndpointFactory(
-            reactor, BrowserLikePolicyForHTTPS(), proxy.connection_timeout or None, None
-        )
-        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._cache.get(key)
-        if endpoint is None:
-            endpoint = self._cache[key] = TunedEndpoint(
-                self._factory.endpointForURI(uri),
-                self._reactor,
-                keep_alive=self._proxy.connection_keep_alive,
-                tls=uri.scheme == b"https",
-                handshake_timeout=self._proxy.tls_handshake_timeout,
-            )
-        return endpoint
 
 
 class Options(usage.Options):
@@ -173,121 +121,78 @@ class OllaService(MultiService):
         super().setServiceParent(parent)
 
 
-class _PoolService(Service):
-    """Closes the backend connection pool and the body cooperator when olla stops."""
-
-    def __init__(self, pool: HTTPConnectionPool, cooperator: Cooperator) -> None:
-        self._pool = pool
-        self._cooperator = cooperator
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self._cooperator.stop()
-        d: Deferred[None] = self._pool.closeCachedConnections()
-        return d
+_log = Logger()
 
 
-class _DrainService(Service):
-    """On stop, waits for in-flight requests (the listener stops accepting at the same time)."""
-
-    def __init__(self, site: OllaSite, timeout: float) -> None:
-        self._site = site
-        self._timeout = timeout
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return self._site.drain(self._timeout)
+def _close_pool(pool: HTTPConnectionPool, cooperator: Cooperator) -> Deferred[None]:
+    """The backend connection pool and the body cooperator, closed when olla stops."""
+    cooperator.stop()
+    closed: Deferred[None] = pool.closeCachedConnections()
+    return closed
 
 
-class _StartupLog(Service):
-    _log = Logger()
-
-    def __init__(
-        self,
-        config: OllaConfig,
-        registry: EndpointRegistry,
-        log_where: str,
-        profiles: ProfileRegistry | None = None,
-    ) -> None:
-        self._config = config
-        self._registry = registry
-        self._log_where = log_where
-        self._profiles = profiles
-
-    def startService(self) -> None:
-        super().startService()
-        server = self._config.server
-        self._log.info(
-            "olla {version} listening on http://{host}:{port} ({count} endpoint(s), "
-            "balancer {balancer})",
-            version=__version__,
-            host=server.host,
-            port=server.port,
-            count=len(self._registry),
-            balancer=self._config.proxy.load_balancer,
-        )
-        self._log.info("logging to {where}", where=self._log_where)
-        for warning in (*self._config.warnings, *no_effect_warnings(self._config)):
-            self._log.warn("config: {warning}", warning=warning)
-        for note in self._config.notes:
-            self._log.info("config: {note}", note=note)
-        if self._profiles is not None:
-            endpoint_warnings, endpoint_notes = check_endpoints(self._config, self._profiles)
-            for warning in (*self._profiles.warnings, *endpoint_warnings):
-                self._log.warn("profiles: {warning}", warning=warning)
-            for note in (*self._profiles.notes, *endpoint_notes):
-                self._log.info("profiles: {note}", note=note)
-            for profile in self._profiles:
-                if profile.customised:
-                    self._log.info(
-                        "profile {profile} from {sources}",
-                        profile=profile.name,
-                        sources=profile.source,
-                    )
-        for endpoint in self._registry:
-            self._log.info(
-                "endpoint {endpoint}: {type} at {url} (priority {priority}, "
-                "checked every {interval:g}s)",
-                endpoint=endpoint.name,
-                type=endpoint.type,
-                url=endpoint.display_url,
-                priority=endpoint.priority,
-                interval=endpoint.check_interval,
+def _log_startup(
+    config: OllaConfig, registry: EndpointRegistry, log_where: str, profiles: ProfileRegistry
+) -> None:
+    server = config.server
+    _log.info(
+        "olla {version} listening on http://{host}:{port} ({count} endpoint(s), "
+        "balancer {balancer})",
+        version=__version__,
+        host=server.host,
+        port=server.port,
+        count=len(registry),
+        balancer=config.proxy.load_balancer,
+    )
+    _log.info("logging to {where}", where=log_where)
+    for warning in (*config.warnings, *no_effect_warnings(config)):
+        _log.warn("config: {warning}", warning=warning)
+    for note in config.notes:
+        _log.info("config: {note}", note=note)
+    endpoint_warnings, endpoint_notes = check_endpoints(config, profiles)
+    for warning in (*profiles.warnings, *endpoint_warnings):
+        _log.warn("profiles: {warning}", warning=warning)
+    for note in (*profiles.notes, *endpoint_notes):
+        _log.info("profiles: {note}", note=note)
+    for profile in profiles:
+        if profile.customised:
+            _log.info(
+                "profile {profile} from {sources}", profile=profile.name, sources=profile.source
             )
+    for endpoint in registry:
+        _log.info(
+            "endpoint {endpoint}: {type} at {url} (priority {priority}, "
+            "checked every {interval:g}s)",
+            endpoint=endpoint.name,
+            type=endpoint.type,
+            url=endpoint.display_url,
+            priority=endpoint.priority,
+            interval=endpoint.check_interval,
+        )
 
 
-class _NerdStats(Service):
+def _log_nerdstats(app: App, clock: Any, started: float) -> Deferred[None]:
     """``engineering.show_nerdstats``: this process's figures in the log when olla stops, as
     the Go original prints its runtime's (memory, CPU, garbage collection, uptime)."""
-
-    _log = Logger()
-
-    def __init__(self, app: App, clock: Any) -> None:
-        self._app = app
-        self._clock = clock
-        self._started = clock.seconds()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        figures = process_payload(
-            now=self._clock.seconds(),
-            started=self._started,
-            active_connections=len(self._app.site.channels),
-        )
-        self._log.info(
-            "process stats: rss {rss} (peak {peak} bytes), cpu {user:.2f}s user "
-            "{system:.2f}s system, {fds} open files, gc collections {collections}, "
-            "uptime {uptime}",
-            rss=figures["memory"]["rss_human"],
-            peak=figures["memory"]["rss_peak_bytes"],
-            user=figures["cpu"]["user_seconds"],
-            system=figures["cpu"]["system_seconds"],
-            fds=figures["open_file_descriptors"],
-            collections=figures["garbage_collection"]["collections"],
-            uptime=figures["runtime"]["uptime"],
-            nerdstats=figures,
-        )
-        return succeed(None)
+    figures = process_payload(
+        now=clock.seconds(),
+        started=started,
+        active_connections=len(app.site.channels),
+    )
+    _log.info(
+        "process stats: rss {rss} (peak {peak} bytes), cpu {user:.2f}s user "
+        "{system:.2f}s system, {fds} open files, gc collections {collections}, "
+        "uptime {uptime}",
+        rss=figures["memory"]["rss_human"],
+        peak=figures["memory"]["rss_peak_bytes"],
+        user=figures["cpu"]["user_seconds"],
+        system=figures["cpu"]["system_seconds"],
+        fds=figures["open_file_descriptors"],
+        collections=figures["garbage_collection"]["collections"],
+        uptime=figures["runtime"]["uptime"],
+        nerdstats=figures,
+    )
+    return succeed(None)
 
 
 def build_service(
@@ -305,16 +210,16 @@ def build_service(
     """
     profiles = profiles or builtin_profiles()
     log_sink = log_sink or StreamSink(sys.stdout)
-    observer = SwitchableObserver(_observer(config, log_sink))
+    observer = SwitchableObserver(_observer(config, log_sink), log_sink)
     service = OllaService(observer if worker is None else WorkerTaggedObserver(observer, worker.id))
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
-    # Twisted keeps 2 idle connections per backend by default: far too few for a proxy.
-    pool.maxPersistentPerHost = 256
-    pool.cachedConnectionTimeout = 60  # below common backend keep-alive timeouts
-    endpoints = _CachedEndpoints(reactor, config.proxy)
-    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+    proxy = config.proxy
+    agent, pool = backend_agent(
+        reactor,
+        proxy.connection_timeout or None,
+        keep_alive=proxy.connection_keep_alive,
+        tls_handshake_timeout=proxy.tls_handshake_timeout,
+    )
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
     app = build_app(
@@ -333,24 +238,29 @@ def build_service(
         )
         listener._raiseSynchronously = True  # a port in use stops startup with the reason
 
-    reloader = Reloader(
-        app, load_all, clock=reactor, profiles=profiles, observer=observer, sink=log_sink
-    )
+    reloader = Reloader(app, load_all, clock=reactor, profiles=profiles, observer=observer)
     service.reloader = reloader
 
     # Children stop in reverse order: the listener first, the pool last (then the figures).
     if config.engineering.show_nerdstats:
-        _NerdStats(app, reactor).setServiceParent(service)
-    ReopenOnHangup(log_sink, reactor, then=reloader.reload).setServiceParent(service)
+        started = reactor.seconds()
+        Hooks(on_stop=lambda: _log_nerdstats(app, reactor, started)).setServiceParent(service)
+    # SIGHUP: reopen the log (a rotated file), then reload the config
+    reopener = LogReopener(log_sink)
+    HangupRelay(reactor, [reopener.reopen, reloader.reload]).setServiceParent(service)
     if watch_config > 0 and reloader.path is not None:
         ConfigWatcher(reloader.path, reloader.reload, reactor, watch_config).setServiceParent(
             service
         )
-    _PoolService(pool, cooperator).setServiceParent(service)
-    _DrainService(app.site, config.server.shutdown_timeout).setServiceParent(service)
+    Hooks(on_stop=lambda: _close_pool(pool, cooperator)).setServiceParent(service)
+    # on stop, wait for in-flight requests (the listener stops accepting at the same time)
+    timeout = config.server.shutdown_timeout
+    Hooks(on_stop=lambda: app.site.drain(timeout)).setServiceParent(service)
     for poller in app.services:
         poller.setServiceParent(service)
-    _StartupLog(config, app.registry, log_sink.where, profiles).setServiceParent(service)
+    Hooks(
+        on_start=lambda: _log_startup(config, app.registry, log_sink.where, profiles)
+    ).setServiceParent(service)
     listener.setServiceParent(service)
     return service
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_balancer -*-
-"""Load balancers: pure orderings of the candidates by the registry's counters, no I/O.
+"""Load balancers: pure orderings of the candidates by their load (``ILoadView``), no I/O.
 
 Each balancer puts every candidate in the order it would try them; routing
 (``olla.proxy.routing``) uses that order among endpoints it finds equal, and ``tier`` to keep
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from zope.interface import implementer
 
-from olla.fleet.endpoints import Endpoint, EndpointRegistry
-from olla.interfaces import IBalancer
+from olla.fleet.values import Endpoint
+from olla.interfaces import IBalancer, ILoadView
 
 
 class _Ordering(ABC):
@@ -33,11 +33,11 @@ class _Ordering(ABC):
         return 0
 
     @abstractmethod
-    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+    def order(self, candidates: Sequence[Endpoint], load: ILoadView) -> list[Endpoint]:
         """Every candidate, best first (``IBalancer.order``)."""
 
-    def choose(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> Endpoint:
-        return self.order(candidates, registry)[0]
+    def choose(self, candidates: Sequence[Endpoint], load: ILoadView) -> Endpoint:
+        return self.order(candidates, load)[0]
 
 
 @implementer(IBalancer)
@@ -52,7 +52,7 @@ class PriorityBalancer(_Ordering):
     def tier(self, endpoint: Endpoint) -> int:
         return -endpoint.priority
 
-    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+    def order(self, candidates: Sequence[Endpoint], load: ILoadView) -> list[Endpoint]:
         shuffled = list(candidates)
         if len(shuffled) > 1:
             self._rng.shuffle(shuffled)
@@ -65,7 +65,7 @@ class RoundRobinBalancer(_Ordering):
 
     name = "round-robin"
 
-    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
+    def order(self, candidates: Sequence[Endpoint], load: ILoadView) -> list[Endpoint]:
         return self._rotated(candidates)
 
 
@@ -75,8 +75,8 @@ class LeastConnectionsBalancer(_Ordering):
 
     name = "least-connections"
 
-    def order(self, candidates: Sequence[Endpoint], registry: EndpointRegistry) -> list[Endpoint]:
-        return sorted(self._rotated(candidates), key=lambda ep: registry.state(ep).in_flight)
+    def order(self, candidates: Sequence[Endpoint], load: ILoadView) -> list[Endpoint]:
+        return sorted(self._rotated(candidates), key=load.in_flight)
 
 
 def balancer_for(name: str, rng: random.Random | None = None) -> IBalancer:

@@ -80,19 +80,24 @@ class CircuitBreakers:
             self._log.info("circuit for {endpoint} closed", endpoint=endpoint.name)
 
     def failed(self, endpoint: Endpoint) -> None:
+        """A transport failure. The circuit opens at the threshold, and opens again when its
+        half-open trial fails; it says so once each time, not for every attempt that was
+        already under way and fails while it is open."""
         if not self.enabled:
             return
         circuit = self._circuits.setdefault(endpoint, _Circuit())
         circuit.failures += 1
-        circuit.probing = False
-        if circuit.open_until is not None or circuit.failures >= FAILURE_THRESHOLD:
+        trial, circuit.probing = circuit.probing, False
+        was_open = circuit.open_until is not None
+        if was_open or circuit.failures >= FAILURE_THRESHOLD:
             circuit.open_until = self._clock.seconds() + OPEN_FOR
-            self._log.warn(
-                "circuit for {endpoint} open for {seconds:g}s after {failures} failures",
-                endpoint=endpoint.name,
-                seconds=OPEN_FOR,
-                failures=circuit.failures,
-            )
+            if not was_open or trial:
+                self._log.warn(
+                    "circuit for {endpoint} open for {seconds:g}s after {failures} failures",
+                    endpoint=endpoint.name,
+                    seconds=OPEN_FOR,
+                    failures=circuit.failures,
+                )
 
     def forget(self, endpoint: Endpoint) -> None:
         """``endpoint`` was removed from the config: its circuit goes with it."""

@@ -40,8 +40,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
+from zope.interface import implementer
 
-from olla.config import ModelDiscoveryConfig
+from olla.config import ModelDiscoveryConfig, OllaConfig
 from olla.fleet.capacity import read_capacity
 from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.fleet.models import ModelCatalogue, matches_filter
@@ -54,14 +55,26 @@ from olla.fleet.modelsources import (
     source_for,
 )
 from olla.fleet.values import ModelInfo
+from olla.interfaces import IReconfigurable
 from olla.util.bodies import BodyTooLarge, BoundedBody, BytesProducer
 from olla.util.deadline import follow, with_deadline
 
 
+@implementer(IReconfigurable)
 class DiscoveryService(Service):
     """Keeps ``catalogue`` in step with what the endpoints serve."""
 
     _log = Logger()
+    reconfigures = (
+        "discovery.model_discovery.interval",
+        "discovery.model_discovery.timeout",
+        "discovery.model_discovery.concurrent_workers",
+        "discovery.model_discovery.retry_attempts",
+        "discovery.model_discovery.retry_backoff",
+        "discovery.refresh_interval",
+        "model_registry.unification.stale_threshold",
+        "model_registry.unification.cleanup_interval",
+    )
 
     def __init__(
         self,
@@ -127,9 +140,17 @@ class DiscoveryService(Service):
             pending.cancel()
         return succeed(None)
 
-    def reconfigure(self, config: ModelDiscoveryConfig) -> None:
-        """After a reload: the new interval, timeout and worker count (``enabled`` needs a
-        restart). Runs already going finish as they started."""
+    def reconfigure(self, whole: OllaConfig) -> None:
+        """At startup and after a reload: the new interval, timeout, retries and worker count
+        (``enabled`` needs a restart), when a silent endpoint's models are forgotten and how
+        often that is looked for, how often Ollamas are asked what they have loaded. Runs
+        already going finish as they started."""
+        unification = whole.model_registry.unification
+        self.stale_threshold = unification.stale_threshold
+        self.set_intervals(
+            cleanup=unification.cleanup_interval, loaded=whole.discovery.refresh_interval
+        )
+        config = whole.discovery.model_discovery
         old, self._config = self._config, config
         if config.concurrent_workers != old.concurrent_workers:
             self._limit = DeferredSemaphore(max(1, config.concurrent_workers))

@@ -9,10 +9,8 @@ changes a status or a platform, so every transition is logged and announced once
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -20,181 +18,37 @@ from twisted.logger import Logger
 
 from olla.config import EndpointConfig
 from olla.fleet.breaker import CircuitBreakers
+from olla.fleet.load import MemoryLoadStore
+from olla.fleet.values import (
+    AUTO_PATHS,
+    DEFAULT_MAX_CONCURRENCY,
+    Endpoint,
+    EndpointStatus,
+    Outcome,
+    Platform,
+    platform_for,
+    resolve_url,
+    sanitise_url,
+)
+from olla.interfaces import ILoadStore
 from olla.profiles import Profile, ProfileRegistry, builtin_profiles
 from olla.util.ids import base36, fnv1a
 
-
-class EndpointStatus(enum.Enum):
-    UNKNOWN = "unknown"
-    HEALTHY = "healthy"
-    BUSY = "busy"
-    OFFLINE = "offline"
-    UNHEALTHY = "unhealthy"
-    CONFIG_ERROR = "config_error"
-    RATE_LIMITED = "rate_limited"
-    #: ``type: auto`` whose platform is not known yet: never routable, probed until it is
-    DETECTING = "detecting"
-
-    @property
-    def routable(self) -> bool:
-        """Only a healthy endpoint receives traffic."""
-        return self is EndpointStatus.HEALTHY
-
-    @property
-    def up(self) -> bool:
-        """Counted as up on the status pages (answering, if slowly)."""
-        return self in (EndpointStatus.HEALTHY, EndpointStatus.BUSY)
-
-
-#: For ``type: auto`` (no profile yet): where to look.
-AUTO_PATHS = ("/", "/v1/models")
-
-#: requests an endpoint is taken to serve at once when neither its config nor the backend
-#: says (Ollama decides its own parallelism and does not tell)
-DEFAULT_MAX_CONCURRENCY = 4
-
-
-def sanitise_url(url: str) -> str:
-    """The URL without userinfo, query or fragment: safe for status pages and logs."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def resolve_url(base: str, ref: str | None, default_path: str) -> str:
-    """Join a health or model URL onto the endpoint URL, keeping the base path.
-
-    An absolute ``ref`` is used as it is; a relative one (or the profile default) is appended to
-    the endpoint's own path, so ``http://h/ollama`` + ``/api/tags`` is ``http://h/ollama/api/tags``.
-    """
-    ref = ref or default_path
-    if urlsplit(ref).scheme:
-        return ref
-    return urljoin(base.rstrip("/") + "/", ref.lstrip("/"))
-
-
-@dataclass(frozen=True)
-class Platform:
-    """What an endpoint's type decides: which profile, and where it is checked and listed."""
-
-    type: str
-    health_url: str
-    model_url: str
-    #: which IModelSource reads its model list (the profile's ``response_format``)
-    response_format: str
-    #: the platform's profile (None: ``type: auto`` not detected yet)
-    profile: Profile | None = None
-
-
-def platform_for(config: EndpointConfig, profile: Profile | None) -> Platform:
-    """The platform of ``config`` as ``profile`` (None: no profile, e.g. ``auto`` undetected).
-
-    Configured ``health_check_url``/``model_url`` win over the profile's defaults.
-    """
-    health_default, models_default = (
-        (profile.health_check_path, profile.model_discovery_path) if profile else AUTO_PATHS
-    )
-    return Platform(
-        type=profile.name if profile else config.type,
-        health_url=resolve_url(config.url, config.health_check_url, health_default),
-        model_url=resolve_url(config.url, config.model_url, models_default),
-        response_format=profile.response_format if profile else "openai",
-        profile=profile,
-    )
-
-
-@dataclass
-class _Detected:
-    platform: Platform | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class Endpoint:
-    """One configured backend. Compared by identity: two configs never share an object.
-
-    Everything but the platform of a ``type: auto`` endpoint is fixed at startup. That one is
-    learnt once (``EndpointRegistry.set_detected``), and ``type``, ``health_url``,
-    ``model_url`` and ``response_format`` read it, so every module sees the detected type.
-    """
-
-    id: str
-    name: str
-    url: str  # without trailing slash
-    priority: int
-    preserve_path: bool
-    check_interval: float
-    check_timeout: float
-    #: requests it serves in parallel before olla counts it as full, as configured (None: as
-    #: the backend reports; read ``EndpointRegistry.slots``, which knows both)
-    max_concurrency: int | None
-    #: the slots assumed while neither the config nor the backend says (the profile's
-    #: ``default_slots``, else 4)
-    default_slots: int
-    #: endpoint headers then its auth header, applied to every upstream call
-    extra_headers: tuple[tuple[bytes, bytes], ...]
-    config: EndpointConfig = field(repr=False)
-    #: the configured type's platform (for ``auto``: where to look until detected)
-    configured: Platform = field(repr=False)
-    #: ``type: auto``: the profiles detection tries, in order
-    candidates: tuple[Profile, ...] = field(default=(), repr=False)
-    _detected: _Detected = field(default_factory=_Detected, init=False, repr=False)
-
-    @property
-    def platform(self) -> Platform:
-        return self._detected.platform or self.configured
-
-    @property
-    def type(self) -> str:
-        return self.platform.type
-
-    @property
-    def health_url(self) -> str:
-        return self.platform.health_url
-
-    @property
-    def model_url(self) -> str:
-        return self.platform.model_url
-
-    @property
-    def response_format(self) -> str:
-        return self.platform.response_format
-
-    @property
-    def profile(self) -> Profile | None:
-        """The platform's profile: what it is known to do (None while ``auto`` detects)."""
-        return self.platform.profile
-
-    @property
-    def detecting(self) -> bool:
-        """``type: auto`` and its platform not known yet."""
-        return self.config.type == "auto" and self._detected.platform is None
-
-    def platform_of(self, profile: Profile) -> Platform:
-        """What this endpoint would be as ``profile``'s type."""
-        return platform_for(self.config, profile)
-
-    @property
-    def display_url(self) -> str:
-        return sanitise_url(self.url)
-
-    @property
-    def credential_headers(self) -> frozenset[bytes]:
-        """Lower-cased names of headers that carry this endpoint's secrets."""
-        return frozenset(name.lower() for name, _ in self.extra_headers)
-
-    def upstream_url(self, path_and_query: bytes) -> bytes:
-        """The backend URL for a client path (already stripped of the route prefix).
-
-        By default the endpoint URL's path is replaced; with ``preserve_path`` it is prefixed.
-        """
-        parts = urlsplit(self.url)
-        base = parts.path.rstrip("/") if self.preserve_path else ""
-        origin = urlunsplit((parts.scheme, parts.netloc, "", "", "")).encode()
-        return origin + base.encode() + path_and_query
+# The value types live in ``olla.fleet.values`` (the seams name them); the fleet's modules
+# know them from here, beside the registry that keeps their state.
+__all__ = [
+    "AUTO_PATHS",
+    "Endpoint",
+    "EndpointRegistry",
+    "EndpointState",
+    "EndpointStatus",
+    "Outcome",
+    "Platform",
+    "endpoints_from_config",
+    "platform_for",
+    "resolve_url",
+    "sanitise_url",
+]
 
 
 #: an endpoint's priority when neither its config nor its profile says
@@ -301,14 +155,8 @@ class EndpointState:
     #: what the backend says about its capacity (llama.cpp's ``/props``), once discovery asked
     reported_slots: int | None = None
     context_length: int | None = None
-    # traffic, counted per upstream attempt (see stats in the spec, §10)
-    in_flight: int = 0
-    #: the sum of the start times of the attempts in flight (their mean age is O(1) from it)
-    in_flight_since: float = 0.0
-    #: a moving average of how long an attempt here takes, start to last byte
-    service_time: float = 0.0
-    #: the backend said it is full (429/503): tried after the others until then
-    busy_until: float = 0.0
+    # traffic, counted per upstream attempt (see stats in the spec, §10); the load (in flight,
+    # service time, busy) is the load store's (``EndpointRegistry.load``)
     requests: int = 0
     successes: int = 0
     failures: int = 0
@@ -329,28 +177,6 @@ class EndpointState:
     def avg_latency(self) -> float | None:
         return None if self.successes == 0 else self.latency_total / self.successes
 
-    def expected_service_time(self, now: float) -> float:
-        """How long a request here takes: the moving average, or longer while the requests in
-        flight have already been running longer than that."""
-        if self.in_flight <= 0:
-            return self.service_time
-        return max(self.service_time, now - self.in_flight_since / self.in_flight)
-
-
-class Outcome(enum.Enum):
-    """How one upstream attempt ended."""
-
-    OK = "ok"  # the response reached the client in full, whatever its status
-    FAILED = "failed"  # transport error, timeout or truncated stream
-    REFUSED = "refused"  # the backend answered that it is busy (429/503...): tried elsewhere
-    CLIENT_GONE = "client_gone"
-    #: olla's own bound ran out (the host was still loading the model, or the whole response
-    #: took longer than allowed): a failed request, but no verdict on the transport
-    TIMED_OUT = "timed_out"
-
-
-#: weight of the newest attempt in ``EndpointState.service_time``
-_SERVICE_EWMA = 0.2
 
 StatusListener = Callable[[Endpoint, EndpointStatus, EndpointStatus], None]
 
@@ -399,6 +225,7 @@ class EndpointRegistry:
         clock: IReactorTime,
         *,
         breakers: CircuitBreakers | None = None,
+        load: ILoadStore | None = None,
         lists_models: bool = True,
     ) -> None:
         self._endpoints = tuple(endpoints)
@@ -410,6 +237,8 @@ class EndpointRegistry:
         self.on_gone: list[Callable[[Endpoint], object]] = []
         self._clock = clock
         self.breakers = breakers or CircuitBreakers(clock)
+        #: attempts in flight, service times, busy backends: what routing reads
+        self.load: ILoadStore = load or MemoryLoadStore(self.slots)
         #: whether model discovery runs (readiness then also waits for the first lists)
         self._lists_models = lists_models
         self._listeners: list[StatusListener] = []
@@ -442,8 +271,10 @@ class EndpointRegistry:
 
     def slots(self, endpoint: Endpoint) -> int:
         """The requests ``endpoint`` serves at once before it counts as full (see
-        ``effective_slots``): what every free-slot check and concurrency cap reads."""
-        return effective_slots(endpoint, self.state(endpoint))[0]
+        ``effective_slots``): what every free-slot check and concurrency cap reads, and
+        what the load store answers (``ILoadView.slots``)."""
+        state = self._states.get(endpoint) or self._draining.get(endpoint) or EndpointState()
+        return effective_slots(endpoint, state)[0]
 
     def routable(self, types: frozenset[str] | None = None) -> list[Endpoint]:
         """Endpoints that may receive traffic now, in config order, optionally of given types."""
@@ -476,9 +307,9 @@ class EndpointRegistry:
         self._log.info(
             "endpoint {endpoint} removed ({in_flight} request(s) in flight finish there)",
             endpoint=endpoint.name,
-            in_flight=state.in_flight,
+            in_flight=self.load.in_flight(endpoint),
         )
-        if state.in_flight > 0:
+        if self.load.in_flight(endpoint) > 0:
             self._draining[endpoint] = state
         else:
             self._gone(endpoint)
@@ -520,6 +351,7 @@ class EndpointRegistry:
 
     def _gone(self, endpoint: Endpoint) -> None:
         self._draining.pop(endpoint, None)
+        self.load.forget(endpoint)
         for listener in list(self.on_gone):
             listener(endpoint)
 
@@ -706,9 +538,7 @@ class EndpointRegistry:
 
     def attempt_started(self, endpoint: Endpoint, started: float) -> None:
         """One upstream attempt begins; ``attempt_ended`` with the same ``started`` ends it."""
-        state = self.state(endpoint)
-        state.in_flight += 1
-        state.in_flight_since += started
+        self.load.started(endpoint, started)
         if endpoint in self._states:
             self.breakers.attempt_started(endpoint)
 
@@ -722,11 +552,10 @@ class EndpointRegistry:
         """
         state = self.state(endpoint)
         latency = max(0.0, self._clock.seconds() - started)
-        state.in_flight = max(0, state.in_flight - 1)
-        state.in_flight_since = state.in_flight_since - started if state.in_flight else 0.0
+        self.load.ended(endpoint, started, latency if outcome is Outcome.OK else None)
         state.bytes_relayed += relayed
         if endpoint not in self._states:
-            if not state.in_flight:
+            if not self.load.in_flight(endpoint):
                 self._gone(endpoint)
             return
         if outcome is Outcome.CLIENT_GONE:
@@ -746,7 +575,6 @@ class EndpointRegistry:
             state.failures += 1
             return
         state.successes += 1
-        state.service_time += _SERVICE_EWMA * (latency - state.service_time)
         state.latency_total += latency
         state.latency_min = (
             latency if state.latency_min is None else min(state.latency_min, latency)
@@ -757,5 +585,4 @@ class EndpointRegistry:
 
     def backend_busy(self, endpoint: Endpoint, seconds: float) -> None:
         """The backend answered that it is full: others go first for ``seconds``."""
-        state = self.state(endpoint)
-        state.busy_until = max(state.busy_until, self._clock.seconds() + seconds)
+        self.load.busy(endpoint, self._clock.seconds() + seconds)

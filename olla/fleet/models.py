@@ -12,9 +12,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from olla.config import FilterConfig, RoutingStrategyConfig
+from zope.interface import implementer
+
+from olla.config import FilterConfig, OllaConfig, RoutingStrategyConfig
 from olla.fleet.endpoints import Endpoint
 from olla.fleet.values import ModelInfo
+from olla.interfaces import IReconfigurable
 from olla.profiles.patterns import BackendFacts, capabilities, context_length, model_kind
 from olla.profiles.sizing import Sizing, size_model
 
@@ -127,8 +130,11 @@ class RoutingDecision:
         return self.decision == "rejected"
 
 
+@implementer(IReconfigurable)
 class ModelCatalogue:
     """Per-endpoint model lists and loaded sets, with the merged views built on demand."""
+
+    reconfigures = ("model_aliases", "model_registry.enable_unifier")
 
     def __init__(self, aliases: Mapping[str, Sequence[str]] | None = None) -> None:
         self._by_endpoint: dict[Endpoint, _EndpointModels] = {}
@@ -145,6 +151,12 @@ class ModelCatalogue:
     def set_aliases(self, aliases: Mapping[str, Sequence[str]]) -> None:
         """``model_aliases`` after a reload: requests routed from now on use these."""
         self._aliases = {k.lower(): tuple(v) for k, v in aliases.items()}
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        """At startup and after a reload: the aliases (``model_aliases``), for new requests,
+        and whether the merged views unify models across endpoints (``enable_unifier``)."""
+        self.set_aliases(config.model_aliases)
+        self.unify = config.model_registry.enable_unifier
 
     def adopt(self, endpoint: Endpoint, previous: Endpoint) -> None:
         """``endpoint`` replaces ``previous`` (a reload changed its config, not its

@@ -12,10 +12,11 @@ first of ``proxy.sticky_sessions.key_sources`` that gives one, always scoped by 
 - ``auth_header``: the ``Authorization`` header;
 - ``ip``: the client's address.
 
-``StickySessions`` maps keys to the endpoint that last served them: an LRU of at most
-``max_sessions`` with a sliding idle TTL on the injected clock. Routing
+An ``ISessionStore`` maps keys to the endpoint that last served them (``MemorySessionStore``:
+an LRU of at most ``max_sessions`` with a sliding idle TTL on the injected clock). Routing
 (``olla.proxy.routing``) puts the pinned endpoint first while it can serve; wherever the
-request is served becomes the pin. A pin never causes an error: it only orders candidates.
+request is served becomes the pin (``StickySessions`` hears each request's record). A pin
+never causes an error: it only orders candidates.
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from olla.config import StickySessionsConfig
+from olla.fleet.values import SessionPin
+from olla.interfaces import IOutcomeListener, ISessionStore
+from olla.telemetry.outcomes import OutcomeListener
+from olla.telemetry.records import RequestRecord
 
 if TYPE_CHECKING:
-    from twisted.web.iweb import IRequest
-
     from olla.fleet.endpoints import Endpoint, EndpointStatus
 
 #: the request header that names a session explicitly (echoed back on the answer)
@@ -147,16 +152,6 @@ def _text(content: Any) -> str:
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def client_ip(request: IRequest) -> str | None:
-    """The client's address: the one a trusted proxy named (``client_ip``, when the request
-    has it), else the TCP peer's host."""
-    named = getattr(request, "client_ip", None)
-    if isinstance(named, str) and named:
-        return named
-    host = getattr(request.getClientAddress(), "host", None)
-    return host if isinstance(host, str) and host else None
-
-
 def parse_body(body: bytes | None) -> object:
     """A JSON body for ``prefix_hash``, or None (not JSON, or not kept for inspection)."""
     if not body or body.lstrip()[:1] != b"{":
@@ -169,42 +164,34 @@ def parse_body(body: bytes | None) -> object:
 
 @dataclass
 class _Entry:
-    #: where the session was last served; None once that endpoint left rotation (the
-    #: session is still known, so its next request is a ``repin``, not a ``miss``)
-    endpoint: Endpoint | None
+    #: where the session was last served (an endpoint name); None once that endpoint left
+    #: rotation (the session is still known, so its next request is a ``repin``, not a ``miss``)
+    endpoint: str | None
     expires: float
     #: the model the session is scoped by, lower-cased
     model: str = ""
 
 
-class StickySessions:
-    """Session key -> the endpoint that last served it: LRU, sliding idle TTL, stats."""
-
-    _log = Logger()
+@implementer(ISessionStore)
+class MemorySessionStore:
+    """Sessions in this process: an LRU of at most ``max_sessions`` with a sliding idle TTL
+    (``idle_ttl_seconds``, 0: none) on the injected clock."""
 
     def __init__(self, config: StickySessionsConfig, clock: IReactorTime) -> None:
-        self.config = config
+        self._max = config.max_sessions
+        self._ttl = config.idle_ttl_seconds
         self._clock = clock
         #: least recently used first; with one TTL for all, also soonest to expire first
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self.insertions = 0
-        self.hits = 0
-        self.misses = 0
         self.evictions = 0
-        if config.idle_ttl_seconds == 0:
-            self._log.warn(
-                "proxy.sticky_sessions.idle_ttl_seconds is 0: sessions never expire, "
-                "only the max_sessions LRU bounds them"
-            )
 
-    @property
-    def active(self) -> int:
+    def __len__(self) -> int:
         """Sessions remembered now (expired ones may remain until the next sweep)."""
         return len(self._entries)
 
     def _expires(self) -> float:
-        ttl = self.config.idle_ttl_seconds
-        return self._clock.seconds() + ttl if ttl > 0 else float("inf")
+        return self._clock.seconds() + self._ttl if self._ttl > 0 else float("inf")
 
     def _sweep(self) -> None:
         """Drop expired sessions (all at the front: the LRU order is the expiry order)."""
@@ -216,34 +203,16 @@ class StickySessions:
             del self._entries[key]
             self.evictions += 1
 
-    def for_request(
-        self, request: IRequest, model: str | None, document: Callable[[], object]
-    ) -> Affinity:
-        """The session of a client ``request`` (``document``: its parsed body, when needed)."""
-        key = session_key(
-            self.config,
-            model=model,
-            session_id=request.getHeader(SESSION_HEADER),
-            authorization=request.getHeader(b"authorization"),
-            client_ip=client_ip(request),
-            document=document,
-        )
-        return self.lookup(key)
-
-    def lookup(self, key: SessionKey | None) -> Affinity:
-        """This request's view of its session; a known session's idle time starts again."""
-        if key is None:
-            return Affinity(self, None)
+    def lookup(self, key: str) -> Deferred[SessionPin | None]:
         self._sweep()
-        entry = self._entries.get(key.key)
+        entry = self._entries.get(key)
         if entry is None:
-            return Affinity(self, key)
+            return succeed(None)
         entry.expires = self._expires()
-        self._entries.move_to_end(key.key)
-        return Affinity(self, key, known=True, pinned=entry.endpoint)
+        self._entries.move_to_end(key)
+        return succeed(SessionPin(entry.endpoint))
 
-    def pin(self, key: str, endpoint: Endpoint, model: str = "") -> None:
-        """``key``'s session was served by ``endpoint``: its next request goes there first."""
+    def pin(self, key: str, endpoint: str, model: str = "") -> None:
         self._sweep()
         entry = self._entries.get(key)
         if entry is not None:
@@ -253,22 +222,19 @@ class StickySessions:
             return
         self._entries[key] = _Entry(endpoint, self._expires(), model)
         self.insertions += 1
-        while len(self._entries) > self.config.max_sessions:
+        while len(self._entries) > self._max:
             self._entries.popitem(last=False)
             self.evictions += 1
 
-    def purge(self, endpoint: Endpoint) -> int:
-        """``endpoint`` left rotation: unpin every session pinned there; how many were."""
+    def unpin(self, endpoint: str) -> int:
         purged = 0
         for entry in self._entries.values():
-            if entry.endpoint is endpoint:
+            if entry.endpoint == endpoint:
                 entry.endpoint = None
                 purged += 1
         return purged
 
-    def model_removed(self, names: Collection[str], endpoints: Collection[Endpoint]) -> int:
-        """A model (by each of its lower-cased ``names``) was deleted from ``endpoints``: the
-        sessions of that model pinned there are forgotten; how many were."""
+    def model_removed(self, names: Collection[str], endpoints: Collection[str]) -> int:
         gone = [
             key
             for key, entry in self._entries.items()
@@ -278,11 +244,95 @@ class StickySessions:
             del self._entries[key]
         return len(gone)
 
+    def stats(self) -> dict[str, int]:
+        self._sweep()
+        return {
+            "active_sessions": len(self._entries),
+            "insertions": self.insertions,
+            "evictions": self.evictions,
+        }
+
+
+@implementer(IOutcomeListener)
+class StickySessions(OutcomeListener):
+    """Sticky sessions: each request's session (``for_request``), and, as an outcome listener,
+    the pin moved to wherever a request was served and the outcome counted.
+
+    Where sessions are kept is the ``ISessionStore``'s business (in memory by default);
+    ``endpoints`` turns a stored endpoint name back into the configured endpoint.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: StickySessionsConfig,
+        store: ISessionStore,
+        endpoints: Callable[[str], Endpoint | None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._endpoints = endpoints
+        self.hits = 0
+        self.misses = 0
+        if config.idle_ttl_seconds == 0:
+            self._log.warn(
+                "proxy.sticky_sessions.idle_ttl_seconds is 0: sessions never expire, "
+                "only the max_sessions LRU bounds them"
+            )
+
+    def for_request(
+        self,
+        model: str | None,
+        header: Callable[[bytes], bytes | None],
+        client_ip: str,
+        document: Callable[[], object],
+    ) -> Deferred[Affinity]:
+        """The session of one request: ``header`` reads its headers, ``document`` its parsed
+        body (only asked for by ``prefix_hash``)."""
+        key = session_key(
+            self.config,
+            model=model,
+            session_id=header(SESSION_HEADER),
+            authorization=header(b"authorization"),
+            client_ip=client_ip or None,
+            document=document,
+        )
+        return self.lookup(key)
+
+    def lookup(self, key: SessionKey | None) -> Deferred[Affinity]:
+        """This request's view of its session; a known session's idle time starts again."""
+        if key is None:
+            return succeed(Affinity(None))
+        return self.store.lookup(key.key).addCallback(self._affinity, key)
+
+    def _affinity(self, pin: SessionPin | None, key: SessionKey) -> Affinity:
+        if pin is None:
+            return Affinity(key)
+        pinned = self._endpoints(pin.endpoint) if pin.endpoint is not None else None
+        return Affinity(key, known=True, pinned=pinned)
+
+    def request_finished(self, record: RequestRecord) -> None:
+        """A request was served: its session's pin moves there, and the outcome is counted."""
+        if record.sticky is None or record.sticky == StickyOutcome.DISABLED.value:
+            return
+        if record.session is not None and record.endpoint is not None:
+            self.store.pin(record.session, record.endpoint, record.session_model or "")
+        if record.sticky == StickyOutcome.HIT.value:
+            self.hits += 1
+        else:
+            self.misses += 1
+
+    def model_removed(self, names: Collection[str], endpoints: Collection[Endpoint]) -> int:
+        """A model (by each of its lower-cased ``names``) was deleted from ``endpoints``: the
+        sessions of that model pinned there are forgotten; how many were."""
+        return self.store.model_removed(names, {endpoint.name for endpoint in endpoints})
+
     def status_changed(self, endpoint: Endpoint, old: EndpointStatus, new: EndpointStatus) -> None:
         """The registry's listener: a demoted endpoint's sessions lose their pin at once
         (its cache may be gone by the time it returns)."""
         if old.routable and not new.routable:
-            purged = self.purge(endpoint)
+            purged = self.store.unpin(endpoint.name)
             if purged:
                 self._log.info(
                     "sticky sessions: {count} pinned to {endpoint} unpinned ({status})",
@@ -291,24 +341,18 @@ class StickySessions:
                     status=new.value,
                 )
 
-    def counted(self, outcome: StickyOutcome) -> None:
-        if outcome is StickyOutcome.HIT:
-            self.hits += 1
-        elif outcome is not StickyOutcome.DISABLED:
-            self.misses += 1
-
     def stats(self) -> dict[str, Any]:
         """``/internal/stats/sticky`` (Olla's fields): ``hits`` are requests served where
         their session was pinned; ``misses`` new sessions and pins that moved; ``evictions``
         sessions dropped by the LRU or the idle TTL."""
-        self._sweep()
+        kept = self.store.stats()
         return {
             "enabled": True,
-            "active_sessions": len(self._entries),
-            "insertions": self.insertions,
+            "active_sessions": kept["active_sessions"],
+            "insertions": kept["insertions"],
             "hits": self.hits,
             "misses": self.misses,
-            "evictions": self.evictions,
+            "evictions": kept["evictions"],
             "max_sessions": self.config.max_sessions,
             "idle_ttl_seconds": self.config.idle_ttl_seconds,
         }
@@ -316,16 +360,19 @@ class StickySessions:
 
 @dataclass
 class Affinity:
-    """One request's session: its key, where it is pinned, and (once served) the outcome."""
+    """One request's session: its key, where it is pinned, and (once served) the outcome.
 
-    sessions: StickySessions
+    Deciding the outcome writes nothing: the request's record carries it, and the sessions'
+    outcome listener moves the pin once the request is over.
+    """
+
     key: SessionKey | None
     known: bool = False
     pinned: Endpoint | None = None
     outcome: StickyOutcome | None = field(default=None, init=False)
 
     def served(self, endpoint: Endpoint) -> StickyOutcome:
-        """The request is answered by ``endpoint``: the pin moves there (once per request)."""
+        """The request is answered by ``endpoint``: the outcome (decided once per request)."""
         if self.outcome is not None:
             return self.outcome
         if self.key is None:
@@ -334,9 +381,6 @@ class Affinity:
             outcome = StickyOutcome.HIT
         else:
             outcome = StickyOutcome.REPIN if self.known else StickyOutcome.MISS
-        if self.key is not None:
-            self.sessions.pin(self.key.key, endpoint, self.key.model)
-        self.sessions.counted(outcome)
         self.outcome = outcome
         return outcome
 

@@ -8,8 +8,10 @@ once every target has ended:
 1. asks the targets for their model lists again when the call changed them, so the next
    ``/api/tags`` or ``/olla/models`` shows the change (and, after a delete, drops what routing
    remembered about the model there: loaded state, load times, sticky pins);
-2. answers in Ollama's shape (see each kind below);
-3. logs one line with the client, the targets and the result.
+2. answers in Ollama's shape (see each kind below).
+
+What the call was (operation, model, targets) and why it failed go into the request's
+``RequestContext``: the front's record of the request, and its one log line, carry them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from typing import IO
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
@@ -28,6 +29,7 @@ from twisted.web.server import Request
 from olla.fleet.endpoints import Endpoint
 from olla.fleet.models import ModelCatalogue
 from olla.fleet.sticky import StickySessions
+from olla.front.context import context_of
 from olla.manage.progress import Document, HostResult, Outcomes, ProgressMerger
 from olla.manage.targets import ENDPOINTS_HEADER, name_forms
 from olla.manage.upstream import Upstream, failure_of
@@ -54,7 +56,6 @@ def _line(document: Document) -> bytes:
 class Call:
     """One management call: a host coroutine per target, then :meth:`answer`."""
 
-    _log = Logger()
     #: whether the call changes the targets' model lists (they are read again after it)
     changes_models = True
 
@@ -65,18 +66,20 @@ class Call:
         operation: str,
         model: str,
         targets: Sequence[Endpoint],
-        client: str,
     ) -> None:
         self.fleet = fleet
         self.request = request
         self.operation = operation
         self.model = model
         self.targets = tuple(targets)
-        self.client = client
         self.outcomes = Outcomes(operation, [t.name for t in self.targets])
         self.gone = False
         self._running: list[Deferred[HostResult]] = []
-        self._started = fleet.upstream.clock.seconds()
+        # for the request's record
+        self._context = context = context_of(request)
+        context.operation = operation
+        context.model = model or None
+        context.endpoints = tuple(t.name for t in self.targets)
         request.notifyFinish().addErrback(self._client_left)
 
     # ------------------------------------------------------------------ subclasses say
@@ -115,7 +118,7 @@ class Call:
             running.cancel()
 
     def _all_ended(self, _: object) -> None:
-        self._after_change().addBoth(self._answer_and_log)
+        self._after_change().addBoth(self._answer)
 
     def _after_change(self) -> Deferred[None]:
         rediscover = self.fleet.rediscover
@@ -130,21 +133,13 @@ class Call:
     def changed(self) -> None:
         """The targets' lists were read again after the call (a delete forgets more)."""
 
-    def _answer_and_log(self, _: object) -> None:
-        if not self.gone and self.request.channel is not None:
-            self.answer()
-        final = self.outcomes.final()
-        self._log.info(
-            "model management: {operation} {model} by {client} on {targets}: {result}",
-            operation=self.operation,
-            model=self.model or "-",
-            client=self.client,
-            targets=",".join(t.name for t in self.targets),
-            result=final.get("error", "success") if not self.gone else "client went away",
-            status=self.outcomes.status(),
-            duration=round(self.fleet.upstream.clock.seconds() - self._started, 3),
-            management=True,
-        )
+    def _answer(self, _: object) -> None:
+        if self.gone or self.request.channel is None:
+            return  # its record was made when the client left
+        error = self.outcomes.final().get("error")
+        if isinstance(error, str):
+            self._context.error = error
+        self.answer()
 
     # ------------------------------------------------------------------ answers
 
@@ -191,7 +186,6 @@ class ProgressCall(Call):
         operation: str,
         model: str,
         targets: Sequence[Endpoint],
-        client: str,
         *,
         path: bytes,
         bodies: Callable[[Endpoint], bytes],
@@ -199,7 +193,7 @@ class ProgressCall(Call):
         stream: bool,
         skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
-        super().__init__(fleet, request, operation, model, targets, client)
+        super().__init__(fleet, request, operation, model, targets)
         self.merger = ProgressMerger(operation, [t.name for t in self.targets])
         self.outcomes = self.merger.outcomes
         self.changes_models = operation != "push"
@@ -258,14 +252,13 @@ class ReplyCall(Call):
         operation: str,
         model: str,
         targets: Sequence[Endpoint],
-        client: str,
         *,
         method: bytes,
         path: bytes,
         body: bytes,
         headers: Headers,
     ) -> None:
-        super().__init__(fleet, request, operation, model, targets, client)
+        super().__init__(fleet, request, operation, model, targets)
         self._method = method
         self._path = path
         self._body = body
@@ -306,12 +299,11 @@ class BlobCheck(Call):
         request: Request,
         digest: str,
         targets: Sequence[Endpoint],
-        client: str,
         *,
         path: bytes,
         headers: Headers,
     ) -> None:
-        super().__init__(fleet, request, "check blob", digest, targets, client)
+        super().__init__(fleet, request, "check blob", digest, targets)
         self._path = path
         self._headers = headers
 
@@ -340,14 +332,13 @@ class BlobUpload(Call):
         request: Request,
         digest: str,
         targets: Sequence[Endpoint],
-        client: str,
         *,
         path: bytes,
         headers: Headers,
         content: IO[bytes],
         size: int,
     ) -> None:
-        super().__init__(fleet, request, "upload blob", digest, targets, client)
+        super().__init__(fleet, request, "upload blob", digest, targets)
         self._path = path
         self._headers = headers
         self._content = content

@@ -3,9 +3,9 @@
 
 It knows the fleet (the upstream calls, the catalogue, how to read a model list again), the
 targets (``model_management.targets``) and who may: a client key with ``manage_models: true``
-when client keys are configured (the guard leaves the matched key on the request), else a
-client ``dashboard.access_policy`` admits (loopback by default). ``reconfigure`` follows a
-reload.
+when client keys are configured (the guard leaves the matched key in the request's
+``RequestContext``), else a client ``dashboard.access_policy`` admits (loopback by default).
+``reconfigure`` follows a reload.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.server import Request
+from zope.interface import implementer
 
-from olla.config import ClientKey, OllaConfig
+from olla.config import OllaConfig
 from olla.fleet.endpoints import Endpoint, EndpointRegistry
 from olla.fleet.sticky import StickySessions
+from olla.front.context import RequestContext
+from olla.interfaces import IReconfigurable
 from olla.manage.calls import Fleet
 from olla.manage.targets import ENDPOINTS_HEADER, Refusal, Selection, name_forms, named, select
 from olla.manage.upstream import Upstream
@@ -26,9 +29,12 @@ from olla.proxy.exchange import ProxyDeps
 from olla.util.access import AccessPolicy
 
 
+@implementer(IReconfigurable)
 @dataclass
 class FleetManager:
     """Model management for one olla: the fleet, the targets and who may."""
+
+    reconfigures = ("model_management.targets", "dashboard.access_policy.")
 
     fleet: Fleet
     registry: EndpointRegistry
@@ -78,19 +84,15 @@ class FleetManager:
         self.targets = config.model_management.targets
         self.policy = AccessPolicy.from_config(config.dashboard.access_policy)
 
-    def refusal(self, request: Request) -> str | None:
-        """Why ``request`` may not manage models, or None when it may."""
-        key = getattr(request, "client_key", None)
-        if isinstance(key, ClientKey):
+    def refusal(self, context: RequestContext, host: bytes | None) -> str | None:
+        """Why the request of ``context`` (sent to ``host``) may not manage models, or None
+        when it may."""
+        key = context.key
+        if key is not None:
             if key.manage_models:
                 return None
             return f"API key {key.name!r} may not manage models (it needs manage_models: true)"
-        peer = getattr(request.getClientAddress(), "host", None)
-        host = request.getHeader(b"host")
-        why = self.policy.refusal(
-            peer if isinstance(peer, str) else "unknown",
-            None if host is None else host.decode("latin-1"),
-        )
+        why = self.policy.refusal(context.peer, None if host is None else host.decode("latin-1"))
         if why is None:
             return None
         return f"model management is not allowed from here: {why}"

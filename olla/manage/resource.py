@@ -11,6 +11,10 @@ other request to the proxy. For each call, in order:
 3. the targets (``olla.manage.targets``); for ``copy``, ``delete`` and ``push`` the endpoints'
    model lists are read again first, so "where the model is" is true now;
 4. the call itself (``olla.manage.calls``).
+
+Each call leaves one record and one log line, as every answer olla makes itself: the front's
+(``OllaSite.report``), from what the call writes in its ``RequestContext`` (the operation,
+the model, the endpoints asked, why it was refused or failed).
 """
 
 from __future__ import annotations
@@ -19,22 +23,19 @@ import json
 import re
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from olla.config import ClientKey
 from olla.fleet.endpoints import Endpoint
+from olla.front.context import answer_error, context_of
 from olla.manage.calls import BlobCheck, BlobUpload, Call, ProgressCall, ReplyCall
 from olla.manage.createshape import ShapeError, for_version, is_new_style, is_old_style
 from olla.manage.manager import FleetManager
 from olla.manage.targets import ENDPOINTS_HEADER, Refusal, Selection
 from olla.manage.upstream import HostFailed
-from olla.proxy.exchange import request_size
 from olla.proxy.headers import request_headers_for_upstream
 from olla.proxy.resource import BadTarget, remove_dot_segments
-from olla.util.errors import Dialect, write_error
 
 #: path -> (operation, method)
 ROUTES: dict[bytes, tuple[str, bytes]] = {
@@ -59,24 +60,28 @@ class BadRequest(ValueError):
 
 
 class ManagementResource(Resource):
-    """The management routes in front of ``inner`` (a provider route's ``ProxyResource``)."""
+    """The management routes in front of ``inner`` (the provider route ``route``'s
+    ``ProxyResource``)."""
 
     isLeaf = True
-    _log = Logger()
 
-    def __init__(self, inner: IResource, manager: FleetManager) -> None:
+    def __init__(self, inner: IResource, manager: FleetManager, route: str) -> None:
         super().__init__()
         self._inner = inner
         self._manager = manager
+        self._route = route
 
     def render(self, request: Request) -> int | bytes:
         path = _management_path(request)
         if path is None:
             answer: int | bytes = self._inner.render(request)
             return answer
-        why = self._manager.refusal(request)
+        context = context_of(request)
+        context.route = self._route
+        context.operation = ROUTES.get(path, ("blob",))[0]
+        why = self._manager.refusal(context, request.getHeader(b"host"))
         if why is not None:
-            self._refused(request, path, 403, why)
+            self._refused(request, 403, why)
             return NOT_DONE_YET
         try:
             if path.startswith(BLOBS):
@@ -87,22 +92,13 @@ class ManagementResource(Resource):
             if e.status == 405:
                 allowed = str(e).rpartition(" takes ")[2].replace(" or ", ", ")
                 request.setHeader(b"Allow", allowed.encode())
-            self._refused(request, path, e.status, str(e))
+            self._refused(request, e.status, str(e))
         return NOT_DONE_YET
 
-    def _refused(self, request: Request, path: bytes, status: int, why: str) -> None:
-        """A call answered before any target was asked: logged as every call is."""
-        operation = ROUTES.get(path, ("blob",))[0]
-        self._log.info(
-            "model management: {operation} by {client} refused {status}: {why}",
-            operation=operation,
-            client=_client(request),
-            status=status,
-            why=why,
-            result=why,
-            management=True,
-        )
-        write_error(request, status, why, dialect=Dialect.OLLAMA)
+    @staticmethod
+    def _refused(request: Request, status: int, why: str) -> None:
+        """A call answered before any target was asked (its record says why)."""
+        answer_error(request, status, why)
 
     # ------------------------------------------------------------------ the operations
 
@@ -147,8 +143,10 @@ class ManagementResource(Resource):
         if isinstance(candidates, Refusal):
             raise BadRequest(candidates.message, candidates.status)
 
+        context = context_of(request)
+
         def chosen(_: object) -> None:
-            if request.finished or getattr(request, "_disconnected", False):
+            if request.finished or context.gone:
                 return
             targets = manager.select(
                 request,
@@ -158,7 +156,7 @@ class ManagementResource(Resource):
                 one=operation == "push",
             )
             if isinstance(targets, Refusal):
-                self._refused(request, ROUTE_PATHS[operation], targets.status, targets.message)
+                self._refused(request, targets.status, targets.message)
                 return
             if operation == "push":
                 self._progress(request, operation, model, targets, document)
@@ -170,7 +168,6 @@ class ManagementResource(Resource):
                 operation,
                 label,
                 targets.targets,
-                _client(request),
                 method=request.method,
                 path=ROUTE_PATHS[operation],
                 body=json.dumps(document).encode(),
@@ -201,7 +198,6 @@ class ManagementResource(Resource):
             operation,
             model,
             chosen.targets,
-            _client(request),
             path=ROUTE_PATHS[operation],
             bodies=body,
             headers=_headers(request, b"application/json"),
@@ -227,7 +223,6 @@ class ManagementResource(Resource):
                 request,
                 digest,
                 chosen.targets,
-                _client(request),
                 path=upstream_path,
                 headers=headers,
             ).start()
@@ -240,11 +235,10 @@ class ManagementResource(Resource):
             request,
             digest,
             chosen.targets,
-            _client(request),
             path=upstream_path,
             headers=_headers(request, b"application/octet-stream"),
             content=content,
-            size=request_size(request),
+            size=context_of(request).body_size,
         ).start()
 
 
@@ -270,7 +264,7 @@ def _allow(request: Request, method: bytes) -> None:
 
 def _json_body(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or ``BadRequest`` in Ollama's words."""
-    size = request_size(request)
+    size = context_of(request).body_size
     if size > JSON_LIMIT:
         raise BadRequest(f"request body too large for a management call ({size} bytes)", 413)
     content = request.content
@@ -297,27 +291,15 @@ def _text(document: dict[str, Any], key: str) -> str:
     return (value or "").strip()
 
 
-def _client(request: Request) -> str:
-    """Who asked, for the log: the client key's name, or the client's address."""
-    key = getattr(request, "client_key", None)
-    address = getattr(request, "client_ip", None) or getattr(
-        request.getClientAddress(), "host", "unknown"
-    )
-    return f"key {key.name} ({address})" if isinstance(key, ClientKey) else str(address)
-
-
 def _headers(request: Request, content_type: bytes | None) -> Headers:
     """What every target is sent: the client's headers as the proxy forwards them (no
     credentials, forwarding headers added), with ``content_type``."""
-    peer = getattr(request.getClientAddress(), "host", None)
-    peer_ip = peer.encode() if isinstance(peer, str) else b"unknown"
-    resolved = getattr(request, "client_ip", None)
-    client_ip = resolved.encode() if isinstance(resolved, str) and resolved else peer_ip
+    context = context_of(request)
     headers = Headers()
     for name, values in request_headers_for_upstream(
         list(request.requestHeaders.getAllRawHeaders()),
-        client_ip=client_ip,
-        peer_ip=peer_ip,
+        client_ip=context.client_ip.encode(),
+        peer_ip=context.peer.encode(),
         scheme=b"https" if request.isSecure() else b"http",
         host=request.getHeader(b"host"),
         model=None,

@@ -1,18 +1,24 @@
 # -*- test-case-name: tests.test_proxy -*-
-"""One client request through the proxy: it walks the routing plan, attempt by attempt.
+"""One client request through the proxy: planned, then walked attempt by attempt.
 
-Routing (``olla.proxy.routing``) decides the candidates, best first; ``Exchange`` tries them in
-that order. It moves to the next on a connection-class failure, or on a busy answer (429, 503...:
-``proxy.retry.on_status``) that arrived before any byte was relayed, replaying the body exactly;
-once a response is relayed, the request is committed. What each attempt asks for and what the
-client gets back is its ``IExchangeShape``'s (``olla.proxy.shape``): ``Verbatim`` streams the
-backend's answer untouched; the Anthropic translator reshapes both ways.
+The planning stage (``olla.proxy.plan``) decides the candidates, best first, and the route
+gives each its shape; the dispatch stage (``olla.proxy.dispatch``) hands the exchange the
+candidate of each attempt. The exchange moves on on a connection-class failure, or on a busy
+answer (429, 503...: ``proxy.retry.on_status``) that arrived before any byte was relayed,
+replaying the body exactly; once a response is relayed, the request is committed. What each
+attempt asks for and what the client gets back is its candidate's ``IExchangeShape``
+(``olla.proxy.shape``): ``Verbatim`` streams the backend's answer untouched; the Anthropic
+shapes pass it through or translate it.
+
+The exchange writes into nothing but the client's answer: it publishes one record per attempt
+and one for the request to ``Outcomes``, and the listeners ``build_app`` registered (the
+registry, statistics, the failover log, sticky pins, load learning, the log line) do the rest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -24,12 +30,16 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
+from zope.interface import implementer
 
-from olla.config import ProxyConfig
+from olla.config import OllaConfig, ProxyConfig
 from olla.fleet.endpoints import Endpoint, EndpointRegistry, Outcome
 from olla.fleet.health import parse_retry_after
 from olla.fleet.models import ModelCatalogue
-from olla.fleet.sticky import Affinity, StickySessions, parse_body
+from olla.fleet.sticky import Affinity
+from olla.front.context import RequestContext
+from olla.interfaces import IReconfigurable
+from olla.proxy.dispatch import IDispatch, IWalk
 from olla.proxy.forward import BytesProducer, StreamBody, body_producer
 from olla.proxy.headers import (
     SERVED_BY,
@@ -38,9 +48,9 @@ from olla.proxy.headers import (
     response_headers_for_client,
 )
 from olla.proxy.inspect import rewrite_model
-from olla.proxy.needs import body_needs
-from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery, Router
-from olla.proxy.shape import VERBATIM, IExchangeShape
+from olla.proxy.plan import Candidate, Plan, Planned, Planner, PlanQuery, Shaper
+from olla.proxy.routing import Router
+from olla.proxy.shape import IExchangeShape
 from olla.proxy.timeouts import (
     AttemptDeadline,
     LoadTimeout,
@@ -49,63 +59,47 @@ from olla.proxy.timeouts import (
     TimeoutPolicy,
 )
 from olla.proxy.tokens import TokenUsage, read_usage
-from olla.telemetry.failovers import FailoverLog
-from olla.telemetry.stats import RequestRecord, Stats
+from olla.telemetry.outcomes import Outcomes
+from olla.telemetry.records import AttemptRecord, AttemptStart, RequestRecord
 from olla.util.bodies import BoundedBody
 from olla.util.deadline import with_deadline
-from olla.util.errors import Dialect, write_error
-from olla.util.failures import STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
+from olla.util.errors import write_error
+from olla.util.failures import CUT, STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
 
 #: Failures that prove nothing reached a backend's application: safe to try another endpoint.
 _CONNECTION_FAILURES = (*UNREACHABLE, *TIMEOUTS)
 
+#: the status a request's record shows when its client left first (as nginx logs it)
+CLIENT_CLOSED = 499
 
+
+@implementer(IReconfigurable)
 @dataclass
 class ProxyDeps:
-    """What every exchange needs; built once by ``olla.daemon.tap``."""
+    """What every exchange needs; built once by ``build_app``. Owns the proxy's live
+    settings of reads and retries (``proxy.read_timeout``, ``proxy.retry.*``; the response's
+    bounds are ``timeouts``')."""
+
+    reconfigures = ("proxy.read_timeout", "proxy.retry.")
 
     router: Router
+    registry: EndpointRegistry
+    catalogue: ModelCatalogue
+    planner: Planner
+    dispatch: IDispatch
     agent: IAgent
     clock: IReactorTime
     cooperator: Cooperator
     config: ProxyConfig
-    #: a request could not connect to this endpoint: out of rotation, re-probe now
-    report_connection_failure: Callable[[Endpoint, str], None]
-    #: how long a request that arrives during startup waits for the first probes and lists
-    startup_wait: float
+    #: where every attempt's and request's record goes
+    outcomes: Outcomes
     #: the whole response's bound and each attempt's header wait (``olla.proxy.timeouts``)
     timeouts: TimeoutPolicy
-    #: re-run model discovery on every healthy endpoint (routing's refresh-on-miss)
-    refresh_models: Callable[[], Deferred[None]] | None = None
     #: ask Ollama endpoints what they have loaded right now (for a live ``/api/ps``)
     refresh_loaded: Callable[[Sequence[Endpoint]], Deferred[None]] | None = None
-    #: the sticky sessions (``proxy.sticky_sessions.enabled``), else None
-    sticky: StickySessions | None = None
-    #: the recent failovers, for ``/internal/stats/failovers`` and the dashboard
-    failovers: FailoverLog = field(default_factory=FailoverLog)
-    #: fed once per finished request and once per attempt (``/internal/metrics``)
-    stats: Stats | None = None
 
-    @property
-    def registry(self) -> EndpointRegistry:
-        return self.router.registry
-
-    @property
-    def catalogue(self) -> ModelCatalogue:
-        return self.router.catalogue
-
-
-def request_size(request: Request) -> int:
-    size = getattr(request, "body_size", None)
-    if isinstance(size, int):
-        return size
-    content = request.content
-    if content is None:
-        return 0
-    content.seek(0, 2)
-    end: int = content.tell()
-    content.seek(0)
-    return end
+    def reconfigure(self, config: OllaConfig) -> None:
+        self.config = config.proxy
 
 
 class _Discard(Protocol):
@@ -122,118 +116,93 @@ _DRAIN_LIMIT = 64 * 1024
 BUSY_BACKOFF = 1.0
 #: the content types of streamed answers (Ollama's NDJSON, SSE): their first byte is the TTFT
 _STREAM_TYPES = (b"ndjson", b"event-stream")
-#: a ``load_duration`` this long means the model was loaded for this request (a warm Ollama
-#: reports a few to tens of milliseconds)
-_LOAD_SEEN = 0.25
+
+
+#: what an exchange walks until its plan is made
+_NO_PLAN = Plan()
 
 
 class Exchange:
-    """One client request through the proxy, from routing to the last byte."""
+    """One client request through the proxy, from its plan to the last byte."""
 
     _log = Logger()
 
     def __init__(
         self,
         deps: ProxyDeps,
-        route: ProviderRoute,
+        context: RequestContext,
         request: Request,
+        query: PlanQuery,
         target: bytes,
-        model: str | None,
-        dialect: Dialect,
         *,
-        allowed: frozenset[Endpoint] | None = None,
-        shape: IExchangeShape = VERBATIM,
+        small_body: bytes | None = None,
     ) -> None:
         self._deps = deps
-        self._shape = shape
-        self._route = route
+        self._context = context
+        context.owned = True  # this exchange publishes the request's record
+        context.route = query.routing.route.prefix
         self._request = request
+        self._query = query
         self._target = target
-        self._model = model
-        self._dialect = dialect
-        self._allowed = allowed
-        self._started = getattr(request, "started", None) or deps.clock.seconds()
-        self._body_size = request_size(request)
-        self._plan = RoutePlan()
-        self._candidates: list[Endpoint] = []
+        self._model = query.model
+        #: the body, when small enough to inspect (alias rewrites, the sticky prefix)
+        self.small_body = small_body
+        self._plan = _NO_PLAN
+        self._walk: IWalk | None = None
         self._attempts = 0
-        self._attempt_budget = 1
         #: "name:cause" for each attempt that handed over to the next candidate
         self._failovers: list[str] = []
-        self.small_body: bytes | None = None
-        #: this request's sticky session (set by a caller that routes itself, else at routing)
         self.affinity: Affinity | None = None
         self._stale_retried: set[Endpoint] = set()
-        self._client_gone = False
+        self._waiting: Deferred[Any] | None = None  # a stage the request waits on
         self._pending: Deferred[IResponse] | None = None
         self._stream: StreamBody | None = None
-        self._endpoint: Endpoint | None = None
-        self._attempt_started = 0.0
-        self._cold = False
+        self._candidate: Candidate | None = None
+        self._start: AttemptStart | None = None
+        self._last: AttemptRecord | None = None  # the attempt the next one takes over from
         #: the current attempt's deadlines, and the whole response's timer
         self._deadline: AttemptDeadline | None = None
         self._response_timer = ResponseTimer(deps.clock, self._response_expired)
         #: set when the whole response's bound ran out (the attempt then ends on it)
         self._timed_out: ResponseTimeout | None = None
+        self._shape: IExchangeShape | None = None
         self._shaped = False  # the shape took the current answer over
-        self._shape_told = False
         self._status: int | None = None
+        self._error: str | None = None
         self._streamed = False  # the answer being relayed is a stream (NDJSON or SSE)
         self._usage: TokenUsage | None = None
+        self._ended = False
         request.notifyFinish().addErrback(self._client_left)
 
-    # ------------------------------------------------------------------ routing
+    # ------------------------------------------------------------------ the stages
 
-    def start(self, plan: RoutePlan | None = None) -> None:
-        """Route (or take the caller's ``plan``) and make the first attempt.
-
-        While olla is starting, the request waits for the first probes and model lists
-        instead of being routed on half the facts.
-        """
-        allows_model = getattr(self._request, "allows_model", None)  # the client's key
-        if allows_model is not None and not allows_model(self._model):
-            self._reject(403, f"this API key may not use model {self._model!r}")
-            return
-        if plan is not None:
-            self._follow(plan)
-            return
-        registry = self._deps.registry
-        if registry.ready:
-            self._route_request()
-        else:
-            registry.when_ready(self._deps.startup_wait).addCallback(
-                lambda _: self._route_request()
-            )
-
-    def _query(self, refreshed: bool, refresh_failed: bool) -> RouteQuery:
-        path = self._target.split(b"?", 1)[0].decode("utf-8", "replace")
-        needs = body_needs(self.small_body, path) if self._route.by_path else frozenset()
-        return RouteQuery(
-            route=self._route,
-            path=path,
-            model=self._model,
-            needs=needs,
-            allowed=self._allowed,
-            refreshed=refreshed,
-            refresh_failed=refresh_failed,
-            pinned=self.affinity.pinned if self.affinity is not None else None,
-        )
-
-    def _route_request(self, refreshed: bool = False, refresh_failed: bool = False) -> None:
-        if self._client_gone:
-            return
-        sticky = self._deps.sticky
-        if sticky is not None and self.affinity is None:
-            body = self.small_body
-            self.affinity = sticky.for_request(self._request, self._model, lambda: parse_body(body))
-        plan = self._deps.router.plan(self._query(refreshed, refresh_failed))
-        if plan.rejection is not None and plan.decision is not None and plan.decision.rejected:
-            if self._may_refresh(refreshed, refresh_failed):
-                self._refresh_then_route()
+    def start(self, shaper: Shaper) -> None:
+        """Plan the request (the planning stage), let the route shape the candidates, then
+        walk them."""
+        try:
+            planning = self._deps.planner.plan(self._context, self._query)
+            if isinstance(planning, Planned):
+                self._planned(planning, shaper)
                 return
+        except Exception:
+            self._bug(Failure())
+            return
+        # not cancelled when the client leaves: a refresh-on-miss it waits on is shared
+        planning.addCallback(self._planned, shaper).addErrback(self._bug)
+
+    def _planned(self, planned: Planned, shaper: Shaper) -> None:
+        if self._context.gone:
+            self._finish(None)
+            return
+        self.affinity = planned.affinity
+        plan = shaper(planned.routed)
+        if plan is None:  # the route answered itself
+            self._status = self._request.code
+            self._finish(Outcome.OK)
+            return
         self._follow(plan)
 
-    def _follow(self, plan: RoutePlan) -> None:
+    def _follow(self, plan: Plan) -> None:
         self._plan = plan
         decision = plan.decision
         if decision is not None:
@@ -247,100 +216,104 @@ class Exchange:
                 self._request.setHeader(b"Retry-After", b"%d" % rejection.retry_after)
             self._reject(rejection.status, rejection.message, code=rejection.code)
             return
-        self._candidates = list(plan.candidates)
         retry = self._deps.config.retry
-        if retry.enabled:
-            self._attempt_budget = retry.max_attempts or len(self._candidates)
-        self._attempt_next()
+        budget = (retry.max_attempts or len(plan.candidates)) if retry.enabled else 1
+        self._walk = self._deps.dispatch.walk(plan, self._context, budget)
+        self._next_attempt()
 
-    def _may_refresh(self, refreshed: bool, refresh_failed: bool) -> bool:
-        routing = self._deps.router.strategy
-        return (
-            routing.type == "discovery"
-            and routing.discovery_refresh_on_miss
-            and self._deps.refresh_models is not None
-            and not (refreshed or refresh_failed)
-        )
+    def _next_attempt(self) -> None:
+        """Ask the dispatch stage for the next candidate, then try it."""
+        assert self._walk is not None
+        chosen = self._walk.next()
+        if isinstance(chosen, Candidate):
+            self._dispatched(chosen)
+            return
+        if not chosen.called:
+            self._waiting = chosen  # held by the dispatch stage: given up if the client leaves
+        chosen.addCallbacks(self._dispatched, self._not_dispatched).addErrback(self._bug)
 
-    def _refresh_then_route(self) -> None:
-        """Ask every healthy endpoint for its models again, then decide (bounded in time)."""
-        assert self._deps.refresh_models is not None
-        refresh = with_deadline(
-            self._deps.refresh_models(),
-            self._deps.router.strategy.discovery_timeout,
-            self._deps.clock,
-        )
-        refresh.addCallbacks(
-            lambda _: self._route_request(refreshed=True),
-            lambda _: self._route_request(refresh_failed=True),
-        )
+    def _dispatched(self, candidate: Candidate) -> None:
+        self._waiting = None
+        if self._context.gone:
+            self._finish(None)
+            return
+        self._attempts += 1
+        self._attempt(candidate)
+
+    def _not_dispatched(self, failure: Failure) -> None:
+        self._waiting = None
+        if not failure.check(CancelledError):
+            failure.raiseException()
+        if self._timed_out is not None and not self._context.gone:
+            self._reject(504, f"olla: {self._timed_out}", code="timeout")
+            return
+        self._finish(None)  # the client left while the request was held
 
     # ------------------------------------------------------------------ the upstream request
-
-    def _upstream_headers(self, endpoint: Endpoint) -> list[tuple[bytes, list[bytes]]]:
-        request = self._request
-        headers = request_headers_for_upstream(
-            list(request.requestHeaders.getAllRawHeaders()),
-            client_ip=_client_ip(request),
-            peer_ip=_peer_ip(request),
-            scheme=b"https" if request.isSecure() else b"http",
-            host=request.getHeader(b"host"),
-            model=self._model,
-            extra=endpoint.extra_headers,
-        )
-        return self._shape.upstream_headers(endpoint, headers)
 
     def native_model(self, endpoint: Endpoint) -> str | None:
         """The name ``endpoint`` knows the requested model by, when an alias was asked for."""
         return self._plan.rewrite.get(endpoint)
 
-    def _upstream_body(self, endpoint: Endpoint) -> IBodyProducer | None:
+    def _upstream_headers(
+        self, endpoint: Endpoint, shape: IExchangeShape
+    ) -> list[tuple[bytes, list[bytes]]]:
+        request = self._request
+        headers = request_headers_for_upstream(
+            list(request.requestHeaders.getAllRawHeaders()),
+            client_ip=self._context.client_ip.encode(),
+            peer_ip=self._context.peer.encode(),
+            scheme=b"https" if request.isSecure() else b"http",
+            host=request.getHeader(b"host"),
+            model=self._model,
+            extra=endpoint.extra_headers,
+        )
+        return shape.upstream_headers(endpoint, headers)
+
+    def _upstream_body(self, endpoint: Endpoint, shape: IExchangeShape) -> IBodyProducer | None:
         """The client's body, replayable across attempts; an alias rewrites the model name."""
         native = self.native_model(endpoint)
-        shaped = self._shape.upstream_body(endpoint, native)
+        shaped = shape.upstream_body(endpoint, native)
         if shaped is not None:
             return shaped
         assert self._request.content is not None
         if native is not None and self.small_body is not None:
             # an alias: this endpoint knows the model under its own name
             return BytesProducer(rewrite_model(self.small_body, native))
-        return body_producer(self._request.content, self._body_size, self._deps.cooperator)
+        return body_producer(self._request.content, self._context.body_size, self._deps.cooperator)
 
     # ------------------------------------------------------------------ one attempt
 
-    def _attempt_next(self) -> None:
-        """Try the best candidate left (routing ordered them)."""
-        endpoint = self._candidates.pop(0)
-        self._attempts += 1
-        self._attempt(endpoint)
-
-    def _may_fail_over(self) -> bool:
-        # a candidate a reload removed since the plan was made gets no new attempt
-        self._candidates = [ep for ep in self._candidates if ep in self._deps.registry]
-        return bool(self._candidates) and self._attempts < self._attempt_budget
-
-    def _attempt(self, endpoint: Endpoint) -> None:
+    def _attempt(self, candidate: Candidate) -> None:
+        """Start one attempt at ``candidate`` with its deadline, and announce it."""
         deps = self._deps
-        self._endpoint = endpoint
+        endpoint, shape = candidate.endpoint, candidate.shape
+        self._candidate, self._shape = candidate, shape
         model = self.native_model(endpoint) or self._model
-        self._cold = model is not None and not deps.catalogue.warm(endpoint, model)
-        if self._cold:
-            assert model is not None
-            deps.catalogue.mark_loading(endpoint, model, deps.clock.seconds())
         try:
-            headers = self._upstream_headers(endpoint)
-            producer = self._upstream_body(endpoint)
-            url = endpoint.upstream_url(self._shape.upstream_path(endpoint, self._target))
+            headers = self._upstream_headers(endpoint, shape)
+            producer = self._upstream_body(endpoint, shape)
+            path = shape.upstream_path(endpoint, self._target)
+            url = endpoint.upstream_url(path)
             pending = deps.agent.request(
                 self._request.method, url, Headers(dict(headers)), producer
             )
-        except Exception:  # nothing was counted yet: a bug, or a target Agent refuses
+        except Exception:  # nothing was announced yet: a bug, or a target Agent refuses
             self._bug(Failure())
             return
-        # counted only once the request is really on its way: one start, one end
-        self._attempt_started = deps.clock.seconds()
-        deps.registry.attempt_started(endpoint, self._attempt_started)
-        deadline = self._deadline = self._attempt_deadline(endpoint, model)
+        # announced only once the request is really on its way: one start, one end
+        start = self._start = AttemptStart(
+            request_id=self._context.request_id,
+            number=self._attempts,
+            endpoint=endpoint,
+            model=model,
+            at=deps.clock.seconds(),
+            cold=model is not None and not deps.catalogue.warm(endpoint, model),
+            after=self._last,
+            path=path,
+        )
+        deps.outcomes.attempt_started(start)
+        deadline = self._deadline = self._attempt_deadline(start)
         if deadline.remaining is None or deadline.header_wait < deadline.remaining:
             with_deadline(pending, deadline.header_wait, deps.clock)
         self._response_timer.arm(deadline)
@@ -353,20 +326,21 @@ class Exchange:
         )
         pending.addErrback(self._bug)
 
-    def _attempt_deadline(self, endpoint: Endpoint, model: str | None) -> AttemptDeadline:
+    def _attempt_deadline(self, start: AttemptStart) -> AttemptDeadline:
         """This attempt's header wait (longer at a host that must load the model first) within
         what is left of the whole response's bound."""
         deps = self._deps
+        endpoint, model = start.endpoint, start.model
         load = 0.0
-        if self._cold and model is not None:
+        if start.cold and model is not None:
             load = deps.catalogue.expected_load(endpoint, model, deps.router.warm.default_load_time)
         return deps.timeouts.attempt(
             endpoint.profile,
-            started=self._started,
-            now=deps.clock.seconds(),
-            cold=self._cold,
+            started=self._context.started,
+            now=start.at,
+            cold=start.cold,
             expected_load=load,
-            body_size=self._body_size,
+            body_size=self._context.body_size,
         )
 
     def _response_expired(self) -> None:
@@ -379,59 +353,88 @@ class Exchange:
             self._pending.cancel()
         elif self._stream is not None:
             self._stream.abort(Failure(self._timed_out))
+        elif self._waiting is not None:
+            self._waiting.cancel()  # held by the dispatch stage past the bound
 
-    def _attempt_ended(self, endpoint: Endpoint, outcome: Outcome, relayed: int = 0) -> None:
-        """Every attempt ends here exactly once: counters and the circuit learn its fate."""
-        self._deps.registry.attempt_ended(
-            endpoint, outcome, started=self._attempt_started, relayed=relayed
+    def _attempt_ended(
+        self,
+        outcome: Outcome,
+        *,
+        relayed: int = 0,
+        status: int | None = None,
+        cause: str | None = None,
+        failover: str | None = None,
+        unreachable: bool = False,
+        busy_for: float | None = None,
+        load_seconds: float | None = None,
+    ) -> AttemptRecord:
+        """Every attempt ends here exactly once: its record goes to the listeners."""
+        start = self._start
+        assert start is not None
+        record = AttemptRecord(
+            start=start,
+            ended=self._deps.clock.seconds(),
+            outcome=outcome,
+            status=status,
+            relayed=relayed,
+            cause=cause,
+            failover=failover,
+            unreachable=unreachable,
+            busy_for=busy_for,
+            load_seconds=load_seconds,
         )
-        if self._deps.stats is not None:
-            self._deps.stats.attempt_finished(endpoint.name, outcome.value)
-        if self._cold and outcome not in (Outcome.OK, Outcome.TIMED_OUT) and self._model:
-            # (a load that outlived olla's wait goes on at the host: it stays "loading")
-            name = self.native_model(endpoint) or self._model
-            self._deps.catalogue.load_failed(endpoint, name)
+        self._last = record
+        self._deps.outcomes.attempt_finished(record)
+        return record
 
     def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
+        """No answer came back: classify the failure, then retry, fail over or give up."""
         self._pending = None
-        if self._timed_out is not None and not self._client_gone:
-            self._attempt_ended(endpoint, Outcome.TIMED_OUT)
-            self._timeout_answer(endpoint, str(self._timed_out))
+        if self._timed_out is not None and not self._context.gone:
+            cause = str(self._timed_out)
+            self._attempt_ended(Outcome.TIMED_OUT, cause=cause)
+            self._timeout_answer(endpoint, cause)
             return
         deadline = self._deadline
         if failure.check(*TIMEOUTS) and deadline is not None and deadline.loading:
             # still loading the model: not a transport failure, and no second host is sent
             # the request to load the same model again
-            self._attempt_ended(endpoint, Outcome.TIMED_OUT)
-            self._timeout_answer(endpoint, str(LoadTimeout(endpoint.name, self.model, deadline)))
+            cause = str(LoadTimeout(endpoint.name, self.model, deadline))
+            self._attempt_ended(Outcome.TIMED_OUT, cause=cause)
+            self._timeout_answer(endpoint, cause)
             return
-        if self._client_gone or failure.check(CancelledError):
-            self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
+        if self._context.gone or failure.check(CancelledError):
+            self._attempt_ended(Outcome.CLIENT_GONE)
+            self._finish(None)
             return
         if failure.check(*STALE_CONNECTION) and endpoint not in self._stale_retried:
             # A pooled keep-alive connection the backend had just closed: not the backend's
             # fault, and nothing reached it. One more try on a fresh connection decides.
             self._stale_retried.add(endpoint)
-            self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
-            self._attempt(endpoint)
+            self._attempt_ended(Outcome.CLIENT_GONE)
+            assert self._candidate is not None
+            self._attempt(self._candidate)
             return
-        self._attempt_ended(endpoint, Outcome.FAILED)
         cause = _describe(failure)
         if not failure.check(*_CONNECTION_FAILURES):
+            self._attempt_ended(Outcome.FAILED, cause=cause)
             self._log.warn(
                 "request {request_id} to {endpoint} failed: {cause}",
-                request_id=request_id(self._request),
+                request_id=self._context.request_id,
                 endpoint=endpoint.name,
                 cause=cause,
             )
             self._reject(502, f"proxy error: endpoint {endpoint.name}: {cause}")
             return
-        self._deps.report_connection_failure(endpoint, cause)
-        self._note_failover(endpoint, cause, f"unreachable ({cause})")
         if self._deps.config.retry.on_connection_failure and self._may_fail_over():
             kind = "timeout" if failure.check(*TIMEOUTS) else "unreachable"
-            self._fail_over(endpoint, kind, cause)
+            handed = self._attempt_ended(
+                Outcome.FAILED, cause=cause, failover=kind, unreachable=True
+            )
+            self._fail_over(handed, f"unreachable ({cause})")
             return
+        self._attempt_ended(Outcome.FAILED, cause=cause, unreachable=True)
+        self._note_failover(endpoint, cause, f"unreachable ({cause})")
         self._reject(
             502,
             f"proxy error: endpoint {endpoint.name} ({endpoint.display_url}) "
@@ -439,112 +442,82 @@ class Exchange:
         )
 
     def _timeout_answer(self, endpoint: Endpoint, cause: str) -> None:
+        """One of olla's own bounds ran out: a 504 in the client's dialect, no failover."""
         self._log.warn(
             "request {request_id} to {endpoint}: {cause}",
-            request_id=request_id(self._request),
+            request_id=self._context.request_id,
             endpoint=endpoint.name,
             cause=cause,
         )
         self._reject(504, f"olla: {cause}", code="timeout")
 
-    # ------------------------------------------------------------------ relaying
-
-    def _got_response(self, response: IResponse, endpoint: Endpoint) -> None:
-        self._pending = None
-        if self._client_gone:
-            response.deliverBody(_Discard())
-            self._attempt_ended(endpoint, Outcome.CLIENT_GONE)
-            return
-        if response.code in self._deps.config.retry.on_status and self._may_fail_over():
-            self._refused(response, endpoint)
-            return
-        if self._model is not None and response.code < 400:
-            # its first answer means the model is in memory there now
-            self._deps.catalogue.mark_loaded(endpoint, self.native_model(endpoint) or self._model)
-        self.relay_response(response, endpoint)
+    def _may_fail_over(self) -> bool:
+        return self._walk is not None and self._walk.more()
 
     def _refused(self, response: IResponse, endpoint: Endpoint) -> None:
         """A busy answer (429, 503...) before any byte was relayed: the next candidate gets the
         request, body replayed. The backend is up, so it stays healthy; it just goes after
         the others for a while (its ``Retry-After``, else a second)."""
         response.deliverBody(BoundedBody(_DRAIN_LIMIT, keep=False))
-        self._attempt_ended(endpoint, Outcome.REFUSED)
         retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
         wait = parse_retry_after(retry_after, self._deps.clock.seconds()) if retry_after else 0.0
-        self._deps.registry.backend_busy(endpoint, wait or BUSY_BACKOFF)
-        self._note_failover(endpoint, str(response.code), f"answered {response.code}")
-        self._fail_over(endpoint, f"status_{response.code}", str(response.code))
+        code = response.code
+        handed = self._attempt_ended(
+            Outcome.REFUSED,
+            status=code,
+            cause=str(code),
+            failover=f"status_{code}",
+            busy_for=wait or BUSY_BACKOFF,
+        )
+        self._fail_over(handed, f"answered {code}")
+
+    def _fail_over(self, handed: AttemptRecord, what: str) -> None:
+        """The attempt ``handed`` gives the request to the next candidate (its record says
+        why: ``failover``, a small fixed set for the metrics, ``unreachable``, ``timeout``,
+        ``status_<code>``; ``cause`` for people); the next attempt starts."""
+        self._note_failover(handed.start.endpoint, handed.cause or "", what)
+        self._next_attempt()
 
     def _note_failover(self, endpoint: Endpoint, cause: str, what: str) -> None:
-        """Remember (for the request's log line) and log why ``endpoint`` handed over."""
+        """Remember (for the request's record) and log why ``endpoint`` handed over."""
         self._failovers.append(f"{endpoint.name}:{cause}")
+        start = self._start
+        elapsed = self._deps.clock.seconds() - start.at if start is not None else 0.0
         self._log.info(
-            "request {request_id}: endpoint {endpoint} {what}; {left} candidate(s) left",
-            request_id=request_id(self._request),
+            "request {request_id}: endpoint {endpoint} {what} after {elapsed_ms}ms; "
+            "{left} candidate(s) left",
+            request_id=self._context.request_id,
             endpoint=endpoint.name,
             what=what,
             cause=cause,
-            left=len(self._candidates),
+            #: how long the attempt took to fail (a refused connection: about nothing)
+            elapsed_ms=round(elapsed * 1000, 1),
+            left=self._walk.left() if self._walk is not None else 0,
         )
-
-    def _fail_over(self, endpoint: Endpoint, kind: str, cause: str) -> None:
-        """``endpoint`` hands the request to the next candidate: counted by ``kind`` (a small
-        fixed set: ``unreachable``, ``timeout``, ``status_<code>``) for the metrics, kept
-        with its ``cause`` among the recent failovers, then the next attempt starts."""
-        if self._deps.stats is not None:
-            self._deps.stats.failed_over(endpoint.name, kind)
-        self._deps.failovers.record(
-            self._deps.clock.seconds(),
-            request_id(self._request),
-            self._model or "",
-            endpoint.name,
-            self._candidates[0].name,
-            cause,
-        )
-        self._attempt_next()
-
-    # ------------------------------------------------------------------ Reply (for shapes)
-
-    @property
-    def request(self) -> Request:
-        return self._request
-
-    @property
-    def model(self) -> str:
-        return self._model or ""
-
-    def olla_headers(self, endpoint: Endpoint) -> None:
-        """The ``X-Olla-*`` headers every answer from a backend carries."""
-        headers = self._request.responseHeaders
-        headers.setRawHeaders(b"X-Olla-Endpoint", [endpoint.name.encode()])
-        headers.setRawHeaders(b"X-Olla-Backend-Type", [endpoint.type.encode()])
-        if self._model:
-            headers.setRawHeaders(b"X-Olla-Model", [self._model.lower().encode()])
-        if self._shape.mode is not None:
-            headers.setRawHeaders(b"X-Olla-Mode", [self._shape.mode])
-        if self.affinity is not None:
-            self.affinity.served(endpoint)
-            for name, value in self.affinity.headers():
-                headers.setRawHeaders(name, [value])
-        to_headers = self._deps.clock.seconds() - self._started
-        headers.setRawHeaders(b"X-Olla-Response-Time", [b"%dms" % round(to_headers * 1000)])
-
-    def answered(self, status: int) -> None:
-        self._status = status
-
-    def error(self, status: int, message: str, endpoint: Endpoint | None = None) -> None:
-        self._status = status
-        if endpoint is not None:
-            self.olla_headers(endpoint)
-        write_error(self._request, status, message, dialect=self._dialect)
 
     # ------------------------------------------------------------------ relaying
+
+    def _got_response(self, response: IResponse, endpoint: Endpoint) -> None:
+        self._pending = None
+        if self._context.gone:
+            response.deliverBody(_Discard())
+            self._attempt_ended(Outcome.CLIENT_GONE, status=response.code)
+            self._finish(None)
+            return
+        if response.code in self._deps.config.retry.on_status and self._may_fail_over():
+            self._refused(response, endpoint)
+            return
+        assert self._start is not None
+        self._deps.outcomes.attempt_answered(self._start, response.code)
+        self.relay_response(response, endpoint)
 
     def relay_response(self, response: IResponse, endpoint: Endpoint) -> None:
         """Send the backend's status, headers and body to the client as they come (or hand
         them to the shape)."""
         deps = self._deps
-        sink = self._shape.response_sink(response, endpoint, self)
+        shape = self._shape
+        assert shape is not None
+        sink = shape.response_sink(response, endpoint, self)
         self._shaped = sink is not None
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         self._streamed = any(kind in content_type for kind in _STREAM_TYPES)
@@ -555,7 +528,7 @@ class Exchange:
             sink,
             deps.clock,
             deps.config.read_timeout,
-            lambda reason: self._body_done(endpoint, reason),
+            lambda reason: self._body_done(endpoint, response.code, reason),
             gather=deps.timeouts.gather(content_type),
         )
         response.deliverBody(self._stream)
@@ -582,9 +555,40 @@ class Exchange:
         self.olla_headers(endpoint)
         request.write(b"")  # status and headers go out now, before the first body byte
 
+    def _body_done(self, endpoint: Endpoint, code: int, reason: Failure | None) -> None:
+        stream = self._stream
+        relayed = stream.relayed if stream is not None else 0
+        load_seconds = None
+        cause = None
+        if self._context.gone:
+            outcome = Outcome.CLIENT_GONE
+        elif reason is None:
+            outcome = Outcome.OK
+            if stream is not None:
+                profile = endpoint.profile
+                usage = self._usage = read_usage(stream.tail, profile.metrics if profile else None)
+                load_seconds = usage.load_seconds if usage is not None else None
+            self._end_body()
+        else:
+            outcome = Outcome.TIMED_OUT if reason.check(ResponseTimeout) else Outcome.FAILED
+            cause = describe(reason, cut=CUT)
+            self._log.warn(
+                "request {request_id}: stream from {endpoint} broke after {relayed} bytes: {cause}",
+                request_id=self._context.request_id,
+                endpoint=endpoint.name,
+                relayed=relayed,
+                cause=cause,
+            )
+            self._end_broken_body(reason)
+        self._attempt_ended(
+            outcome, relayed=relayed, status=code, cause=cause, load_seconds=load_seconds
+        )
+        self._finish(outcome, relayed)
+
     def _end_body(self) -> None:
         """The backend's body ended cleanly and all of it was relayed."""
         if self._shaped:
+            assert self._shape is not None
             self._shape.body_ended(self)
         else:
             self._request.finish()
@@ -593,59 +597,61 @@ class Exchange:
         """The backend's body broke off: never let a truncated body look complete, so the
         client sees its connection cut (a shape may end its own answer cleanly)."""
         if self._shaped:
+            assert self._shape is not None
             self._shape.body_broke(self, reason)
         else:
             _abort_client(self._request)
 
-    def _body_done(self, endpoint: Endpoint, reason: Failure | None) -> None:
-        stream = self._stream
-        relayed = stream.relayed if stream is not None else 0
-        if self._client_gone:
-            outcome = Outcome.CLIENT_GONE
-        elif reason is None:
-            outcome = Outcome.OK
-            if stream is not None:
-                profile = endpoint.profile
-                self._usage = read_usage(stream.tail, profile.metrics if profile else None)
-                self._after_answer(endpoint)
-            self._end_body()
-        else:
-            outcome = Outcome.TIMED_OUT if reason.check(ResponseTimeout) else Outcome.FAILED
-            self._log.warn(
-                "request {request_id}: stream from {endpoint} broke after {relayed} bytes: {cause}",
-                request_id=request_id(self._request),
-                endpoint=endpoint.name,
-                relayed=relayed,
-                cause=_describe(reason),
-            )
-            self._end_broken_body(reason)
-        self._attempt_ended(endpoint, outcome, relayed)
-        self._log_completion(endpoint, outcome, relayed)
+    # ------------------------------------------------------------------ Reply (for shapes)
 
-    def _after_answer(self, endpoint: Endpoint) -> None:
-        """A backend answered: learn the model's load time from its last chunk (on the paths
-        its profile says run the model), and when it loaded a model, ask what it has in memory
-        now (loading one may have evicted another, and routing must not send that one's
-        requests there as if it were still warm)."""
-        if self._model is None or endpoint.profile is None:
-            return
-        name = self.native_model(endpoint) or self._model
-        loaded = self._cold
-        path = self._shape.upstream_path(endpoint, self._target)
-        if endpoint.profile.runs_model(path.decode("utf-8", "replace")):
-            usage = self._usage
-            seconds = (usage.load_seconds or 0.0) if usage is not None else 0.0
-            if seconds >= _LOAD_SEEN:
-                self._deps.catalogue.observe_load(name, seconds)
-                loaded = True
-        if loaded and self._deps.refresh_loaded is not None:
-            self._deps.refresh_loaded([endpoint])
+    @property
+    def request(self) -> Request:
+        return self._request
+
+    @property
+    def model(self) -> str:
+        return self._model or ""
+
+    def olla_headers(self, endpoint: Endpoint) -> None:
+        """The ``X-Olla-*`` headers every answer from a backend carries."""
+        headers = self._request.responseHeaders
+        headers.setRawHeaders(b"X-Olla-Endpoint", [endpoint.name.encode()])
+        headers.setRawHeaders(b"X-Olla-Backend-Type", [endpoint.type.encode()])
+        if self._model:
+            headers.setRawHeaders(b"X-Olla-Model", [self._model.lower().encode()])
+        shape = self._shape
+        if shape is not None and shape.mode is not None:
+            headers.setRawHeaders(b"X-Olla-Mode", [shape.mode])
+        if self.affinity is not None:
+            self.affinity.served(endpoint)
+            for name, value in self.affinity.headers():
+                headers.setRawHeaders(name, [value])
+        to_headers = self._deps.clock.seconds() - self._context.started
+        headers.setRawHeaders(b"X-Olla-Response-Time", [b"%dms" % round(to_headers * 1000)])
+
+    def answered(self, status: int) -> None:
+        self._status = status
+
+    def error(self, status: int, message: str, endpoint: Endpoint | None = None) -> None:
+        self._status = status
+        self._error = message
+        if endpoint is not None:
+            self.olla_headers(endpoint)
+        write_error(
+            self._request,
+            status,
+            message,
+            dialect=self._context.dialect,
+            request_id=self._context.request_id,
+        )
 
     # ------------------------------------------------------------------ endings
 
     def _client_left(self, failure: Failure) -> None:
-        self._client_gone = True
+        self._context.gone = True
         self._response_timer.stop()
+        if self._waiting is not None:
+            self._waiting.cancel()  # a stage the request waits on gives its place up
         if self._pending is not None:
             self._pending.cancel()
         if self._stream is not None:
@@ -653,139 +659,118 @@ class Exchange:
 
     def _reject(self, status: int, message: str, code: str | None = None) -> None:
         self._status = status
-        if not self._client_gone:
-            write_error(self._request, status, message, dialect=self._dialect, code=code)
-        self._log_completion(self._endpoint, None, 0)
+        self._error = message
+        if not self._context.gone:
+            write_error(
+                self._request,
+                status,
+                message,
+                dialect=self._context.dialect,
+                code=code,
+                request_id=self._context.request_id,
+            )
+        self._finish(None)
 
-    def _log_completion(
-        self, endpoint: Endpoint | None, outcome: Outcome | None, relayed: int
-    ) -> None:
+    def _finish(self, outcome: Outcome | None, relayed: int = 0) -> None:
+        """The request is over: the shape hears it, and its record goes to the listeners
+        (exactly once)."""
+        if self._ended:
+            return
+        self._ended = True
         self._response_timer.stop()
-        self._shape_finished(outcome is Outcome.OK)
-        request = self._request
-        affinity = self.affinity
-        sticky = affinity.outcome if affinity is not None else None
+        status = self._status
+        shape = self._shape or self._plan.unserved
+        if shape is not None:
+            shape.finished(status, outcome is Outcome.OK)
+        context = self._context
+        context.reported = True
         now = self._deps.clock.seconds()
-        record = self._record(endpoint, outcome, relayed, now)
-        if self._deps.stats is not None:
-            self._deps.stats.request_finished(record, now)
-        self._log.info(
-            "{method} {path} -> {endpoint} model={model} status={status} "
-            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tokens}{tried} "
-            "client={client_ip}",
-            request_id=request_id(request),
-            client_ip=_client_ip(request).decode(),
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("utf-8", "replace"),
-            endpoint=endpoint.name if endpoint else "-",
-            model=self._model or "-",
-            status=self._status,
-            duration_ms=round(record.duration * 1000),
-            bytes=relayed,
-            outcome=(outcome.value if outcome else "rejected"),
-            attempts=self._attempts,
-            failovers=self._failovers,
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            tokens_per_second=record.tokens_per_second,
-            ttft_ms=None if record.ttft is None else round(record.ttft * 1000),
-            tokens=_tokens_text(record),
-            tried=f" failed_over={','.join(self._failovers)}" if self._failovers else "",
-            sticky_outcome=sticky.value if sticky is not None else None,
-            sticky_key_source=affinity.key.source if affinity and affinity.key else None,
-            backend_metrics=self._usage.figures if self._usage is not None else None,
-            #: marks the one line per proxied request (``server.request_logging`` filters it)
-            request_line=True,
-        )
+        self._deps.outcomes.request_finished(self._record(outcome, relayed, now))
 
-    def _record(
-        self, endpoint: Endpoint | None, outcome: Outcome | None, relayed: int, now: float
-    ) -> RequestRecord:
-        """This request for the stats and the log line: its time to first token when it was
-        a stream, and the tokens the backend reported in its last bytes."""
+    def _record(self, outcome: Outcome | None, relayed: int, now: float) -> RequestRecord:
+        """This request for the listeners: its time to first token when it was a stream,
+        and the tokens the backend reported in its last bytes."""
+        context = self._context
         ttft = None
         stream = self._stream
         first = stream.first_byte_at if stream is not None else None
         if self._streamed and first is not None:
-            ttft = first - self._started
+            ttft = first - context.started
         usage = self._usage
         tps = None
         if usage is not None:
             # a stream generates from its first byte; a whole answer over the request's time
-            since = first if ttft is not None and first is not None else self._started
+            since = first if ttft is not None and first is not None else context.started
             tps = usage.tokens_per_second(now - since)
-        tried = endpoint if endpoint is not None and self._attempts else None
-        if outcome is not None:
-            ended = outcome.value
-        else:  # every attempt failed, or none was made
-            ended = "failed" if tried is not None else "rejected"
+        endpoint = self._start.endpoint if self._start is not None else None
+        status = self._status
+        if context.gone or outcome is Outcome.CLIENT_GONE:
+            ended, status = "client_gone", CLIENT_CLOSED
+        elif outcome is Outcome.OK:
+            ended = "ok" if (status or 0) < 400 else "error"
+        elif endpoint is None:
+            ended = "rejected"  # refused before any attempt
+        else:
+            ended = "failed"  # every attempt failed, or the answer broke off
+        affinity = self.affinity
+        key = affinity.key if affinity is not None else None
+        shape = self._shape
+        mode = shape.mode if shape is not None else None
         return RequestRecord(
-            endpoint=tried.name if tried is not None else None,
+            endpoint=endpoint.name if endpoint is not None else None,
             # an alias counts under the name the endpoint knows the model by
-            model=(self.native_model(tried) if tried is not None else None) or self._model,
-            route=self._route.prefix,
-            status=self._status,
+            model=(self.native_model(endpoint) if endpoint is not None else None) or self._model,
+            route=self._query.routing.route.prefix,
+            status=status,
             outcome=ended,
             attempts=self._attempts,
             bytes=relayed,
-            duration=now - self._started,
+            duration=now - context.started,
             ttft=ttft,
             prompt_tokens=usage.prompt if usage is not None else None,
             completion_tokens=usage.completion if usage is not None else None,
             tokens_per_second=tps,
+            backend_metrics=usage.figures if usage is not None and usage.figures else None,
+            request_id=context.request_id,
+            method=self._request.method.decode("ascii", "replace"),
+            path=self._request.path[:200].decode("utf-8", "replace"),
+            client_ip=context.client_ip,
+            client_key=context.key.name if context.key is not None else None,
+            ended=now,
+            failovers=tuple(self._failovers),
+            error=self._error,
+            mode=mode.decode() if mode is not None else None,
+            session=key.key if key is not None else None,
+            session_source=key.source if key is not None else None,
+            session_model=key.model if key is not None else None,
+            sticky=affinity.outcome.value
+            if affinity is not None and affinity.outcome is not None
+            else None,
         )
-
-    def _shape_finished(self, complete: bool) -> None:
-        if not self._shape_told:
-            self._shape_told = True
-            self._shape.finished(self._status, complete)
 
     def _bug(self, failure: Failure) -> None:
         self._log.failure("proxy exchange crashed", failure=failure)
-        self._response_timer.stop()
         self._status = 500
-        self._shape_finished(False)
-        if not self._client_gone and not self._request.finished:
-            if self._request.startedWriting:
-                _abort_client(self._request)
+        self._error = "internal proxy error"
+        request = self._request
+        if not self._context.gone and not request.finished:
+            if request.startedWriting:
+                _abort_client(request)
             else:
-                write_error(self._request, 500, "internal proxy error", dialect=self._dialect)
-
-
-def _tokens_text(record: RequestRecord) -> str:
-    """`` tokens=12/345 ttft=80ms`` for the log line, when the backend said and it streamed."""
-    text = ""
-    if record.prompt_tokens is not None or record.completion_tokens is not None:
-        prompt = "-" if record.prompt_tokens is None else record.prompt_tokens
-        completion = "-" if record.completion_tokens is None else record.completion_tokens
-        text = f" tokens={prompt}/{completion}"
-    if record.ttft is not None:
-        text += f" ttft={round(record.ttft * 1000)}ms"
-    return text
+                write_error(
+                    request,
+                    500,
+                    "internal proxy error",
+                    dialect=self._context.dialect,
+                    request_id=self._context.request_id,
+                )
+        self._finish(None)
 
 
 def _abort_client(request: Request) -> None:
     transport: Any = request.channel.transport if request.channel is not None else None
     if transport is not None:
         transport.abortConnection()
-
-
-def _client_ip(request: Request) -> bytes:
-    resolved = getattr(request, "client_ip", None)  # OllaRequest: through trusted proxies
-    if isinstance(resolved, str) and resolved:
-        return resolved.encode()
-    return _peer_ip(request)
-
-
-def _peer_ip(request: Request) -> bytes:
-    peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
-    return host.encode() if isinstance(host, str) else b"unknown"
-
-
-def request_id(request: Request) -> str:
-    rid = getattr(request, "request_id", None)
-    return rid if isinstance(rid, str) else "-"
 
 
 def _describe(failure: Failure) -> str:

@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_proxy -*-
 """The provider routes ``/olla/<prefix>/<rest>``: listings olla answers itself, the rest proxied.
 
-One ``Exchange`` (``olla.proxy.exchange``) lives per proxied request. It tries endpoints in the
-order the balancer picks them and moves to the next only on a connection-class failure before
-any response byte; once the backend's status line is relayed, the request is committed.
+One ``Exchange`` (``olla.proxy.exchange``) lives per proxied request: it plans the request
+(``olla.proxy.plan``), every candidate shaped ``Verbatim``, and walks the candidates, moving on
+only before any response byte; once the backend's status line is relayed, the request is
+committed.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from olla.fleet.listings import ollama_ps, ollama_tags, openai_models
+from olla.fleet.sticky import parse_body
+from olla.front.context import RequestContext, answer_error, context_of
 from olla.proxy.exchange import Exchange, ProxyDeps
 from olla.proxy.inspect import PARSE_LIMIT, SCAN_WINDOW, extract_model
-from olla.proxy.routing import ProviderRoute
-from olla.util.errors import Dialect, write_error
+from olla.proxy.needs import body_needs
+from olla.proxy.plan import Plan, PlanQuery
+from olla.proxy.routing import ProviderRoute, RouteQuery
+from olla.proxy.shape import VERBATIM
 from olla.util.responses import json_response
 
 #: Ollama's model-management calls make no sense across a fleet.
@@ -43,11 +48,12 @@ class ProxyResource(Resource):
         self._deps = deps
 
     def render(self, request: Request) -> int | bytes:
+        context = context_of(request)
+        context.route = self._route.prefix
         try:
             target = _target_path(request)
         except BadTarget as e:
-            dialect = Dialect.OPENAI if b"/v1/" in request.path else Dialect.OLLAMA
-            write_error(request, 400, str(e), dialect=dialect)
+            answer_error(request, 400, str(e))
             return NOT_DONE_YET
         if target is None:
             # "/olla/ollama" without its slash: clients expect the subtree
@@ -55,26 +61,28 @@ class ProxyResource(Resource):
             request.setHeader(b"Location", request.uri.split(b"?", 1)[0] + b"/")
             return b""
         path = target.split(b"?", 1)[0]
-        dialect = Dialect.for_path(path)
         if path.rstrip(b"/") in MANAGEMENT_PATHS:
-            write_error(
-                request,
-                501,
-                "model management operations not supported by proxy",
-                dialect=dialect,
-            )
+            answer_error(request, 501, "model management operations not supported by proxy")
             return NOT_DONE_YET
         if self._is_live_ps(path):
-            self._answer_ps(request)
+            self._answer_ps(request, context)
             return NOT_DONE_YET
         listing = self._listing(path)
         if listing is not None:
             return _json(request, listing)
-        body = _peek_body(request)
+        body = _peek_body(request, context.body_size)
         model = extract_model(body, path, self._route.model_fields)
-        exchange = Exchange(self._deps, self._route, request, target, model, dialect)
-        exchange.small_body = body if len(body) <= PARSE_LIMIT else None
-        exchange.start()
+        small = body if len(body) <= PARSE_LIMIT else None
+        route = self._route
+        text_path = path.decode("utf-8", "replace")
+        needs = body_needs(small, text_path) if route.by_path else frozenset()
+        query = PlanQuery(
+            RouteQuery(route, text_path, model, needs),
+            header=request.getHeader,
+            document=lambda: parse_body(small),
+        )
+        exchange = Exchange(self._deps, context, request, query, target, small_body=small)
+        exchange.start(lambda routed: Plan.uniform(routed, VERBATIM))
         return NOT_DONE_YET
 
     def _is_live_ps(self, path: bytes) -> bool:
@@ -84,7 +92,7 @@ class ProxyResource(Resource):
             and self._deps.refresh_loaded is not None
         )
 
-    def _answer_ps(self, request: Request) -> None:
+    def _answer_ps(self, request: Request, context: RequestContext) -> None:
         """``/api/ps`` from every Ollama endpoint, asked now; one that fails keeps its last
         answer."""
         deps = self._deps
@@ -92,7 +100,7 @@ class ProxyResource(Resource):
         ollamas = deps.registry.routable(frozenset({"ollama"}))
 
         def answer(_: object) -> None:
-            if request.finished or getattr(request, "_disconnected", False):
+            if request.finished or context.gone:
                 return
             body = json.dumps(ollama_ps(deps.catalogue, ollamas)).encode()
             request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
@@ -171,13 +179,12 @@ def remove_dot_segments(segments: list[bytes]) -> bytes:
     return b"/" + b"/".join(out) + trailing
 
 
-def _peek_body(request: Request) -> bytes:
+def _peek_body(request: Request, size: int) -> bytes:
     """The body (or its first window, when large) for inspection; leaves the file at 0."""
     content = request.content
     if content is None:
         return b""
-    size = getattr(request, "body_size", None)
     content.seek(0)
-    data: bytes = content.read(SCAN_WINDOW if size is not None and size > PARSE_LIMIT else -1)
+    data: bytes = content.read(SCAN_WINDOW if size > PARSE_LIMIT else -1)
     content.seek(0)
     return data

@@ -8,35 +8,37 @@ rules, in the order they apply:
 
 1. the route's types (``/olla/<prefix>/`` fails closed) and health;
 2. ``/olla/proxy/`` only: the types that serve the path, then what the body needs;
-3. what the caller allows (the Anthropic passthrough's endpoints);
-4. the model: its hosts and aliases, by the configured strategy (``models.route``); a model
+3. the model: its hosts and aliases, by the configured strategy (``models.route``); a model
    nobody lists while some endpoint's list is still unknown goes to those endpoints;
-5. the order: machines that just said they are full (429/503 with their ``Retry-After``) last,
+4. the order: machines that just said they are full (429/503 with their ``Retry-After``) last,
    then the balancer's tiers, then the expected wait (a warm host with a free slot waits
    nothing; a full one waits its queue; a cold one also waits the model's load: what is left
    of it where a load is under way, its profile's prior or the learnt time elsewhere), then a
    host already loading the model before one that would start a second load, then the
    balancer's order among equals;
-6. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
+5. circuits: an endpoint whose circuit is open leaves the list while others remain; when all
    are open the request is refused with ``Retry-After``;
-7. stickiness (``olla.fleet.sticky``): the endpoint the request's session is pinned to goes first
+6. stickiness (``olla.fleet.sticky``): the endpoint the request's session is pinned to goes first
    while it is still a candidate (healthy, hosting the model, circuit closed), has a free slot
-   (fewer requests in flight than its slots, ``EndpointRegistry.slots``) and has not just said
-   it is full; else the order stands. It only reorders: a pin never removes a candidate.
+   (fewer requests in flight than its slots: configured ``max_concurrency``, else what the
+   backend reports, else the profile's default) and has not just said it is full; else the
+   order stands. It only reorders: a pin never removes a candidate.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
-from olla.config import RoutingStrategyConfig, WarmRoutingConfig
+from olla.config import OllaConfig, RoutingStrategyConfig, WarmRoutingConfig
+from olla.fleet.balancer import balancer_for
 from olla.fleet.endpoints import Endpoint, EndpointRegistry
 from olla.fleet.models import ModelCatalogue, RoutingDecision
-from olla.interfaces import IBalancer
+from olla.interfaces import IBalancer, IReconfigurable
 from olla.profiles import ProfileRegistry
 from olla.proxy.needs import narrow_by_needs
 
@@ -73,8 +75,6 @@ class RouteQuery:
     model: str | None
     #: what the body needs (tools, vision, embeddings); ``/olla/proxy/`` narrows on it
     needs: frozenset[str] = frozenset()
-    #: only these endpoints may serve it (None: any)
-    allowed: frozenset[Endpoint] | None = None
     #: discovery was asked again for this request (``discovery_refresh_on_miss``)
     refreshed: bool = False
     refresh_failed: bool = False
@@ -106,31 +106,40 @@ class RoutePlan:
         return self.decision.rewrite if self.decision is not None else {}
 
 
+@implementer(IReconfigurable)
+@dataclass(eq=False)
 class Router:
     """Plans each request over the live fleet (see the module docstring for the rules)."""
 
-    def __init__(
-        self,
-        registry: EndpointRegistry,
-        catalogue: ModelCatalogue,
-        balancer: IBalancer,
-        clock: IReactorTime,
-        *,
-        strategy: RoutingStrategyConfig | None = None,
-        warm: WarmRoutingConfig | None = None,
-    ) -> None:
-        self.registry = registry
-        self.catalogue = catalogue
-        self.balancer = balancer
-        self.strategy = strategy or RoutingStrategyConfig()
-        self.warm = warm or WarmRoutingConfig()
-        self._clock = clock
+    reconfigures = (
+        "proxy.load_balancer",
+        "proxy.warm_routing.",
+        "model_registry.routing_strategy.",
+    )
+
+    registry: EndpointRegistry
+    catalogue: ModelCatalogue
+    balancer: IBalancer
+    clock: IReactorTime
+    strategy: RoutingStrategyConfig = field(default_factory=RoutingStrategyConfig, kw_only=True)
+    warm: WarmRoutingConfig = field(default_factory=WarmRoutingConfig, kw_only=True)
+    #: the ``proxy.load_balancer`` setting ``balancer`` was made for
+    _balancer_setting: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._balancer_setting = self.balancer.name
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        setting = config.proxy.load_balancer
+        if setting != self._balancer_setting:
+            self.balancer = balancer_for(setting)
+            self._balancer_setting = setting
+        self.strategy = config.model_registry.routing_strategy
+        self.warm = config.proxy.warm_routing
 
     def plan(self, query: RouteQuery) -> RoutePlan:
         healthy = self.registry.routable(query.route.types)
         healthy = self._by_path(healthy, query)
-        if query.allowed is not None:
-            healthy = [ep for ep in healthy if ep in query.allowed]
         decision: RoutingDecision | None = None
         if query.model is not None:
             decision = self._by_model(query, healthy)
@@ -208,7 +217,7 @@ class Router:
         endpoints that are equally good (two warm hosts share a hot model evenly) and advances
         once per request.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         rewrite = decision.rewrite if decision is not None else {}
         warm = model is not None and self.warm.enabled
         keys: dict[Endpoint, tuple[float, ...]] = {}
@@ -220,7 +229,7 @@ class Router:
         ranked = sorted(candidates, key=keys.__getitem__)  # stable: config order among equals
         best = keys[ranked[0]]
         head = [ep for ep in ranked if keys[ep] == best]
-        return [*self.balancer.order(head, self.registry), *ranked[len(head) :]]
+        return [*self.balancer.order(head, self.registry.load), *ranked[len(head) :]]
 
     def _prefer_pinned(
         self, usable: tuple[Endpoint, ...], pinned: Endpoint | None
@@ -230,9 +239,8 @@ class Router:
         moves to wherever that is)."""
         if pinned is None or pinned not in usable or usable[0] is pinned:
             return usable
-        state = self.registry.state(pinned)
-        full = state.in_flight >= self.registry.slots(pinned)
-        if full or self._busy(pinned, self._clock.seconds()):
+        load = self.registry.load
+        if load.in_flight(pinned) >= load.slots(pinned) or self._busy(pinned, self.clock.seconds()):
             return usable
         return (pinned, *(ep for ep in usable if ep is not pinned))
 
@@ -244,7 +252,7 @@ class Router:
         return 0 if self.catalogue.loading_since(endpoint, model) is not None else 1
 
     def _busy(self, endpoint: Endpoint, now: float) -> int:
-        return 1 if self.registry.state(endpoint).busy_until > now else 0
+        return 1 if self.registry.load.busy_until(endpoint) > now else 0
 
     def expected_wait(self, endpoint: Endpoint, model: str) -> float:
         """Seconds before ``endpoint`` would start answering a request for ``model``.
@@ -253,13 +261,13 @@ class Router:
         backend reports) times its service time shared over its slots, plus the model's load
         time if it is not in memory there (what is left of it, if olla already sent it there).
         """
-        now = self._clock.seconds()
-        state = self.registry.state(endpoint)
-        slots = self.registry.slots(endpoint)
-        ahead = state.in_flight - slots + 1
+        now = self.clock.seconds()
+        view = self.registry.load
+        slots = view.slots(endpoint)
+        ahead = view.in_flight(endpoint) - slots + 1
         wait = 0.0
         if ahead > 0:
-            wait = ahead * state.expected_service_time(now) / slots
+            wait = ahead * view.expected_service_time(endpoint, now) / slots
         if not self.catalogue.warm(endpoint, model):
             load = self.catalogue.expected_load(endpoint, model, self.warm.default_load_time)
             since = self.catalogue.loading_since(endpoint, model)

@@ -27,9 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
 
 from olla.config import OllaConfig, ProxyConfig
 from olla.config._base import format_duration
+from olla.interfaces import IReconfigurable
 from olla.profiles import Profile
 from olla.proxy.forward import gather_size
 
@@ -135,10 +137,19 @@ def attempt_deadline(
     )
 
 
+@implementer(IReconfigurable)
 class TimeoutPolicy:
     """The settings the exchange's timers and relays read, kept current by a reload
     (``reconfigure``): ``proxy.*`` timeouts, ``server.write_timeout``, and how answers are
     gathered (``proxy.profile``, ``proxy.engine``, ``proxy.stream_buffer_size``)."""
+
+    reconfigures = (
+        "proxy.response_header_timeout",
+        "proxy.response_timeout",
+        "server.write_timeout",
+        "proxy.profile",
+        "proxy.stream_buffer_size",
+    )
 
     def __init__(self, config: OllaConfig) -> None:
         self.proxy = config.proxy

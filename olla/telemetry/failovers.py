@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_failovers -*-
 """The recent failovers: a bounded ring of "this request left that endpoint for the next one".
 
-The exchange records one event each time it hands a request to its next candidate;
+One event each time the exchange hands a request to its next candidate (it hears the next
+attempt start, with the attempt it takes over from);
 ``/internal/stats/failovers`` (and the dashboard) read them back, newest first. The ring holds a
 fixed number of events, so a failing fleet costs the same memory as a quiet one.
 """
@@ -10,6 +11,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+
+from zope.interface import implementer
+
+from olla.interfaces import IOutcomeListener
+from olla.telemetry.outcomes import OutcomeListener
+from olla.telemetry.records import AttemptStart
 
 #: how many failovers the ring keeps
 DEFAULT_SIZE = 50
@@ -34,8 +41,10 @@ class Failover:
         return "busy" if self.cause.isdigit() else "unreachable"
 
 
-class FailoverLog:
-    """The last ``size`` failovers, and how many there were since start."""
+@implementer(IOutcomeListener)
+class FailoverLog(OutcomeListener):
+    """The last ``size`` failovers, and how many there were since start; an outcome listener
+    that records one each time an attempt takes a request over from another."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         if size < 1:
@@ -62,6 +71,18 @@ class FailoverLog:
         """Remember one hand-over; the oldest event goes once the ring is full."""
         self._events.append(Failover(at, request_id, model, from_endpoint, to_endpoint, cause))
         self.total += 1
+
+    def attempt_started(self, start: AttemptStart) -> None:
+        handed = start.after
+        if handed is not None and handed.failover is not None:
+            self.record(
+                start.at,
+                start.request_id,
+                handed.start.model or "",
+                handed.start.endpoint.name,
+                start.endpoint.name,
+                handed.cause or handed.failover,
+            )
 
     def recent(self) -> list[Failover]:
         """The events kept, newest first."""

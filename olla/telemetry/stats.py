@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_stats -*-
 """Request and probe statistics in fixed memory.
 
-The proxy feeds ``Stats`` once per finished request (``request_finished``) and once per
-upstream attempt (``attempt_finished``, ``failed_over``); the health service once per probe.
+``StatsListener`` feeds ``Stats`` from the request path's outcome records: once per finished
+request (``request_finished``) and once per upstream attempt (``attempt_finished``,
+``failed_over``); the health service once per probe.
 Everything here is a counter, a fixed-bucket histogram or a fixed-size window of recent
 latencies, keyed by labels whose number is bounded: endpoints come from the config, routes
 from the profiles, statuses are HTTP codes, and models past ``max_models`` fold into
@@ -18,6 +19,12 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+
+from zope.interface import implementer
+
+from olla.interfaces import IOutcomeListener
+from olla.telemetry.outcomes import OutcomeListener
+from olla.telemetry.records import AttemptRecord, RequestRecord
 
 #: the label of models past the cap, and of requests no endpoint answered
 OTHER = "other"
@@ -78,45 +85,36 @@ class Histogram:
 
 
 @dataclass(slots=True)
-class RequestRecord:
-    """One finished proxied request, as the exchange saw it (not frozen: built per request,
-    and a frozen dataclass costs twice as much to build)."""
-
-    endpoint: str | None  # the one that answered (or failed last); None: rejected before any
-    model: str | None
-    route: str
-    status: int | None
-    outcome: str  # "ok", "failed", "client_gone", "rejected"
-    attempts: int
-    bytes: int
-    duration: float  # request start to last byte
-    ttft: float | None = None  # request start to the first body byte of a stream
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    tokens_per_second: float | None = None
-
-
-@dataclass(slots=True)
-class ModelOnEndpoint:
-    """One model's traffic on one endpoint (the stats page's ``endpoint_breakdown``)."""
+class Traffic:
+    """Requests counted for one model, or for one model on one endpoint."""
 
     requests: int = 0
     successes: int = 0
     latency_total: float = 0.0
-    last_used: float = 0.0
+    #: when the last request came
+    last: float = 0.0
+
+    def count(self, now: float, ok: bool, duration: float) -> None:
+        self.requests += 1
+        self.last = now
+        if ok:
+            self.successes += 1
+            self.latency_total += duration
+
+
+@dataclass(slots=True)
+class ModelOnEndpoint(Traffic):
+    """One model's traffic on one endpoint (the stats page's ``endpoint_breakdown``)."""
+
     consecutive_errors: int = 0
 
 
 @dataclass(slots=True)
-class ModelStats:
+class ModelStats(Traffic):
     """One model's traffic (``/internal/stats/models``)."""
 
-    requests: int = 0
-    successes: int = 0
     failures: int = 0
     bytes: int = 0
-    latency_total: float = 0.0
-    last_requested: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -195,20 +193,15 @@ class Stats:
         stats = self.models.get(model)
         if stats is None:
             stats = self.models[model] = ModelStats()
-        stats.requests += 1
         stats.bytes += record.bytes
-        stats.last_requested = now
         there = stats.endpoints.get(endpoint)
         if there is None:
             there = stats.endpoints[endpoint] = ModelOnEndpoint()
-        there.requests += 1
-        there.last_used = now
-        if record.outcome == "ok":
-            stats.successes += 1
-            stats.latency_total += record.duration
+        ok = record.outcome == "ok"
+        stats.count(now, ok, record.duration)
+        there.count(now, ok, record.duration)
+        if ok:
             stats.recent.append(record.duration)
-            there.successes += 1
-            there.latency_total += record.duration
             there.consecutive_errors = 0
         elif record.outcome != "client_gone":
             stats.failures += 1
@@ -265,3 +258,20 @@ def _histogram(table: dict[str, Histogram], key: str, bounds: Sequence[float]) -
     if histogram is None:
         histogram = table[key] = Histogram(bounds)
     return histogram
+
+
+@implementer(IOutcomeListener)
+class StatsListener(OutcomeListener):
+    """Counts every outcome record into ``stats`` (registered by ``build_app``)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def attempt_finished(self, record: AttemptRecord) -> None:
+        name = record.start.endpoint.name
+        self._stats.attempt_finished(name, record.outcome.value)
+        if record.failover is not None:
+            self._stats.failed_over(name, record.failover)
+
+    def request_finished(self, record: RequestRecord) -> None:
+        self._stats.request_finished(record, record.ended)

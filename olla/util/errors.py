@@ -21,8 +21,15 @@ class Dialect(enum.Enum):
 
     @classmethod
     def for_path(cls, path: bytes) -> Dialect:
-        """OpenAI-style paths (``/v1/...``) get OpenAI errors; everything else Ollama's."""
-        return cls.OPENAI if path.startswith(b"/v1/") or path == b"/v1" else cls.OLLAMA
+        """The one rule for the dialect of a request path (the whole path, or the part below
+        a route's prefix): Anthropic's under ``/olla/anthropic``, OpenAI's for any ``/v1``
+        path, Ollama's for the rest."""
+        path = path.split(b"?", 1)[0]
+        if path.startswith(b"/olla/anthropic/") or path == b"/olla/anthropic":
+            return cls.ANTHROPIC
+        if b"/v1/" in path or path.endswith(b"/v1"):
+            return cls.OPENAI
+        return cls.OLLAMA
 
 
 def _openai_type(status: int) -> str:
@@ -88,12 +95,13 @@ def write_error(
     *,
     dialect: Dialect = Dialect.OLLAMA,
     code: str | None = None,
+    request_id: str | None = None,
 ) -> None:
-    """Answer ``request`` with a JSON error and finish it."""
-    rid = getattr(request, "request_id", None)
-    body = error_body(dialect, status, message, code, rid if isinstance(rid, str) else None)
-    if dialect is Dialect.ANTHROPIC and isinstance(rid, str):
-        request.setHeader(b"request-id", rid.encode())
+    """Answer ``request`` with a JSON error (naming ``request_id``, Anthropic's way) and
+    finish it."""
+    body = error_body(dialect, status, message, code, request_id)
+    if dialect is Dialect.ANTHROPIC and request_id is not None:
+        request.setHeader(b"request-id", request_id.encode())
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
     request.setHeader(b"Content-Length", b"%d" % len(body))

@@ -20,7 +20,11 @@ from importlib import resources
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import NotFound
+from zope.interface import implementer
 
+from olla.config import OllaConfig
+from olla.front.context import context_of
+from olla.interfaces import IReconfigurable
 from olla.util.access import AccessPolicy
 from olla.util.responses import json_response
 from olla.web.status import etag_matches
@@ -68,10 +72,12 @@ def load_assets(package: str = UI_PACKAGE, directory: str = UI_DIRECTORY) -> dic
     return assets
 
 
+@implementer(IReconfigurable)
 class Dashboard:
     """The dashboard's answers; :class:`olla.web.internal.InternalApp` routes to them."""
 
     _log = Logger()
+    reconfigures = ("dashboard.access_policy.",)
 
     def __init__(self, policy: AccessPolicy, assets: Mapping[str, Asset] | None = None) -> None:
         """Serve the dashboard's files to whom ``policy`` lets in.
@@ -83,6 +89,9 @@ class Dashboard:
         #: who may see the page; a reload puts the new ``dashboard.access_policy`` here
         self.policy = policy
         self._assets = dict(assets) if assets is not None else load_assets()
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        self.policy = AccessPolicy.from_config(config.dashboard.access_policy)
 
     def redirect(self, request: IRequest) -> bytes:
         """``/internal/ui`` -> ``307`` to ``/internal/ui/`` (the page's links are relative to
@@ -125,7 +134,7 @@ class Dashboard:
 
     def _refused(self, request: IRequest) -> bytes | None:
         """The ``403`` for a request the access policy turns away, or ``None``."""
-        peer = getattr(request.getClientAddress(), "host", "")
+        peer = context_of(request).peer
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         reason = self.policy.refusal(peer, host)
         if reason is None:

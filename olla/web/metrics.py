@@ -25,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
+from zope.interface import implementer
 
 from olla import __version__
 from olla.anthropic.stats import Fallback, TranslatorStats
@@ -32,6 +33,7 @@ from olla.config import OllaConfig
 from olla.daemon.workers import WorkerIdentity
 from olla.fleet.endpoints import EndpointRegistry, EndpointStatus
 from olla.fleet.sticky import StickySessions
+from olla.interfaces import IReconfigurable
 from olla.telemetry.security import SecurityStats
 from olla.telemetry.stats import Histogram, Stats
 
@@ -59,8 +61,15 @@ def _counters(
     return family
 
 
+@implementer(IReconfigurable)
 class OllaCollector(Collector):
     """Everything olla knows, as Prometheus metric families, read when scraped."""
+
+    #: it applies no setting: ``olla_info`` shows the running config
+    reconfigures: tuple[str, ...] = ()
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        self.config = config
 
     def __init__(
         self,
@@ -206,7 +215,7 @@ class OllaCollector(Collector):
             state = registry.state(endpoint)
             for status in EndpointStatus:
                 up.add_metric([name, status.value], 1 if state.status is status else 0)
-            in_flight.add_metric([name], state.in_flight)
+            in_flight.add_metric([name], registry.load.in_flight(endpoint))
             circuit = registry.breakers.state(endpoint)
             for kind in _BREAKER_STATES:
                 breaker.add_metric([name, kind], 1 if circuit == kind else 0)

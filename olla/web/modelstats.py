@@ -30,7 +30,7 @@ def _breakdown(name: str, there: ModelOnEndpoint, now: float) -> dict[str, Any]:
     return {
         "endpoint_name": name,
         "average_latency": format_latency(_ms(average)),
-        "last_used": time_ago(there.last_used, now),
+        "last_used": time_ago(there.last, now),
         "request_count": there.requests,
         "success_rate": _rate(there.successes, there.requests),
         "consecutive_errors": there.consecutive_errors,
@@ -49,7 +49,7 @@ def _model(name: str, stats: ModelStats, now: float, with_endpoints: bool) -> di
         "p95_latency": format_latency(_ms(stats.percentile(0.95))),
         "p99_latency": format_latency(_ms(stats.percentile(0.99))),
         "unique_clients": 0,
-        "last_requested": time_ago(stats.last_requested, now),
+        "last_requested": time_ago(stats.last, now),
         "routing_hits": 0,
         "routing_misses": 0,
         "routing_fallbacks": 0,
@@ -73,7 +73,7 @@ def _endpoints(stats: Stats, now: float) -> dict[str, Any]:
             total.requests += there.requests
             total.successes += there.successes
             total.latency_total += there.latency_total
-            total.last_used = max(total.last_used, there.last_used)
+            total.last = max(total.last, there.last)
     return {name: _breakdown(name, total, now) for name, total in sorted(totals.items())}
 
 
@@ -98,9 +98,7 @@ def models_stats_payload(
             "most_popular_model": requested[0][0] if requested else "",
             "least_popular_model": requested[-1][0] if requested else "",
             "total_models": len(models),
-            "active_models": sum(
-                1 for _, model in ranked if now - model.last_requested < ACTIVE_WINDOW
-            ),
+            "active_models": sum(1 for _, model in ranked if now - model.last < ACTIVE_WINDOW),
             "total_requests": total,
         },
     }

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
@@ -28,9 +28,21 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
+from zope.interface import implementer
 
-from olla.config import ClientKey
+from olla.config import OllaConfig
+from olla.front.context import (
+    ContextRequest,
+    LocalAnswer,
+    RequestContext,
+    context_of,
+    peer_host,
+)
+from olla.guard.stage import Guard
+from olla.interfaces import IReconfigurable
 from olla.proxy.headers import valid_request_id
+from olla.telemetry.outcomes import Outcomes
+from olla.telemetry.records import RequestRecord
 from olla.telemetry.security import SecurityStats
 from olla.util.errors import Dialect, error_body
 
@@ -68,8 +80,9 @@ class _Discard:
         pass
 
 
-class OllaRequest(Request):
-    """A request that knows its id, its start time and its body size, and refuses big bodies.
+class OllaRequest(ContextRequest):
+    """A request that refuses big bodies while they arrive, and runs the front of the request
+    path once its body is in: its ``RequestContext``, the guard, then the resource tree.
 
     The size check runs when the length is declared and again for every chunk of a chunked
     body, so a 413 goes out before the body is read past the limit.
@@ -81,21 +94,12 @@ class OllaRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.body_size = 0
-        self.request_id = ""
-        self.started = 0.0
         self.rejected = False
-        #: who is asking: the TCP peer's host, or the client a trusted proxy names (the guard)
-        self.client_ip = ""
-        #: run once, just before the status line and headers go out (headers olla owns)
-        self.head_hooks: list[Callable[[Request], None]] = []
-        #: whether the client's key may use a model (None: any model; set by the guard)
-        self.allows_model: Callable[[str | None], bool] | None = None
-        #: the client key the request presented (set by the guard when keys are configured)
-        self.client_key: ClientKey | None = None
+        self._served_by: OllaSite | None = None  # set once processing starts
 
     @property
     def olla_site(self) -> OllaSite:
-        site = getattr(self.channel, "site", None)
+        site = self.channel.site if isinstance(self.channel, OllaChannel) else None
         assert isinstance(site, OllaSite)
         return site
 
@@ -130,10 +134,11 @@ class OllaRequest(Request):
     def processingFailed(self, reason: Failure) -> None:
         """A bug while rendering: its traceback is logged once, the client gets a JSON 500
         with the request id (never Twisted's HTML page)."""
+        request_id = self.context.request_id
         self._log.failure(
             "request {request_id} ({method} {uri}) failed",
             failure=reason,
-            request_id=self.request_id,
+            request_id=request_id,
             method=self.method,
             uri=self.uri,
         )
@@ -143,8 +148,12 @@ class OllaRequest(Request):
             transport: Any = self.channel.transport
             transport.abortConnection()  # a half-sent answer must not look complete
             return
-        body = error_body_for(
-            self.uri, 500, f"internal error (request id {self.request_id})", self.request_id
+        self.context.error = "internal error"
+        body = error_body(
+            self.context.dialect,
+            500,
+            f"internal error (request id {request_id})",
+            request_id=request_id,
         )
         self.setResponseCode(http.INTERNAL_SERVER_ERROR)
         self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
@@ -163,41 +172,86 @@ class OllaRequest(Request):
         super().render(JSONGuard(resrc))
 
     def write(self, data: bytes) -> None:
-        if self.head_hooks and not self.startedWriting:
-            hooks, self.head_hooks = self.head_hooks, []
-            for hook in hooks:
-                hook(self)
+        if not self.startedWriting:
+            owned = self.context.owned_headers
+            if owned:
+                self.context.owned_headers = []
+                for prefix, headers in owned:
+                    set_owned_headers(self, prefix, headers)
         super().write(data)
 
     def process(self) -> None:
+        """The front: the request's context, then the guard, then the resource tree."""
         if self.rejected:
             return
-        site = self.olla_site
-        self.started = site.clock.seconds()
-        peer = self.getClientAddress()
-        host = getattr(peer, "host", None)
-        self.client_ip = host if isinstance(host, str) else "unknown"
+        site = self._served_by = self.olla_site  # the channel is gone once it ends
         given = self.getHeader(b"x-request-id")
         if valid_request_id(given):
             assert given is not None
-            self.request_id = given.decode("ascii")
+            request_id = given.decode("ascii")
         else:
-            self.request_id = new_request_id(site.rng)
-        self.setHeader(b"X-Olla-Request-ID", self.request_id.encode("ascii"))
-        super().process()
+            request_id = new_request_id(site.rng)
+        self.context = RequestContext(
+            request_id=request_id,
+            started=site.clock.seconds(),
+            peer=peer_host(self),
+            path=self.path,
+            body_size=self.body_size,
+        )
+        self.setHeader(b"X-Olla-Request-ID", request_id.encode("ascii"))
+        if site.guard is None:
+            super().process()
+            return
+        try:
+            checked = site.guard.check(self)
+        except Exception:
+            self.processingFailed(Failure())
+            return
+        if checked is None or isinstance(checked, LocalAnswer):
+            self._guarded(checked)
+        else:  # a store was asked
+            checked.addCallback(self._guarded).addErrback(self.processingFailed)
+
+    def _guarded(self, answer: LocalAnswer | None) -> None:
+        self.context.answer = answer
+        super().process()  # the tree (OllaSite.getResourceFor answers a refusal itself)
+
+    def finish(self) -> None:
+        super().finish()
+        self._over(gone=False)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._over(gone=True)
+
+    def _over(self, gone: bool) -> None:
+        """The request ended (answered, or the client left first): its record, unless the
+        stage that owns it publishes one itself."""
+        site = self._served_by
+        if site is None:
+            return  # it never got past the channel's checks (they answered it themselves)
+        context = self.context
+        context.gone = context.gone or gone
+        if not context.owned and not context.reported:
+            site.report(self)
+
+
+def set_owned_headers(request: Request, prefix: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """Set ``headers`` over any whose name starts with ``prefix``."""
+    out = request.responseHeaders
+    for name, _ in list(out.getAllRawHeaders()):
+        if name.lower().startswith(prefix):
+            out.removeHeader(name)
+    for name, value in headers:
+        if name == b"Vary":
+            out.addRawHeader(name, value)
+        else:
+            out.setRawHeaders(name, [value])
 
 
 def error_body_for(uri: bytes, status: int, message: str, request_id: str | None = None) -> bytes:
-    """An error body in the dialect the URI suggests (Anthropic's under ``/olla/anthropic/``,
-    OpenAI's for ``/v1/`` anywhere, else Ollama's)."""
-    path = uri.split(b"?", 1)[0]
-    if path.startswith(b"/olla/anthropic/"):
-        dialect = Dialect.ANTHROPIC
-    elif b"/v1/" in path:
-        dialect = Dialect.OPENAI
-    else:
-        dialect = Dialect.OLLAMA
-    return error_body(dialect, status, message, request_id=request_id)
+    """An error body in the dialect of the URI's path (``Dialect.for_path``)."""
+    return error_body(Dialect.for_path(uri), status, message, request_id=request_id)
 
 
 #: a Host header olla can route on: a name, IPv4 or bracketed IPv6, and an optional port
@@ -429,14 +483,22 @@ class OllaChannel(HTTPChannel):
 _LINGER = 5.0
 
 
+@implementer(IReconfigurable)
 class OllaSite(Site):
     """The one HTTP site: request limits, timeouts, draining on shutdown, and a quiet access
     log (the proxy logs each request itself, with more to say)."""
 
     requestFactory = OllaRequest
-    # plain HTTP/1.1 channels (no h2 negotiation wrapper: olla does not terminate TLS)
-    protocol = OllaChannel  # type: ignore[assignment]
+    # Plain HTTP/1.1 channels (no h2 negotiation wrapper: olla does not terminate TLS).
+    # Twisted types this attribute as its wrapper's factory, narrower than what it accepts.
+    protocol = cast(Any, OllaChannel)
     _log = Logger()
+    reconfigures = (
+        "server.read_timeout",
+        "server.read_header_timeout",
+        "server.idle_timeout",
+        "server.request_limits.",
+    )
 
     def __init__(
         self,
@@ -450,12 +512,18 @@ class OllaSite(Site):
         body_timeout: float = 0.0,
         rng: random.Random | None = None,
         security: SecurityStats | None = None,
+        guard: Guard | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         # a POST body is never parsed into request.args: a form-encoded upload (curl's
         # --data-binary default) would otherwise be read whole into memory
         super().__init__(
             root, timeout=timeout or None, reactor=clock, parsePOSTFormSubmission=False
         )
+        #: the protections every request passes before the tree (None: none, in tests)
+        self.guard = guard
+        #: where each request's record goes
+        self.outcomes = outcomes or Outcomes()
         #: what this site refused to protect itself (413, 414, 431, and the guards' refusals)
         self.security = security or SecurityStats()
         self.clock = clock
@@ -522,14 +590,102 @@ class OllaSite(Site):
             drained, self._drained = self._drained, None
             drained.callback(None)
 
+    def reconfigure(self, config: OllaConfig) -> None:
+        server = config.server
+        self.max_body_size = server.request_limits.max_body_size
+        self.max_header_size = server.request_limits.max_header_size
+        self.header_timeout = server.read_header_timeout
+        self.body_timeout = server.read_timeout
+        self.timeOut = server.idle_timeout or server.read_timeout or None
+
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.totalHeadersSize = self.max_header_size
         channel.MAX_LENGTH = min(LINE_LIMIT, self.max_header_size)
         return channel
 
+    def getResourceFor(self, request: Request) -> IResource:
+        """The tree's resource for ``request``, or the answer the guard gave instead."""
+        answer = request.context.answer if isinstance(request, ContextRequest) else None
+        if answer is None:
+            found: IResource = super().getResourceFor(request)
+            return found
+        request.site = self
+        return AnswerResource(answer)
+
+    def report(self, request: OllaRequest) -> None:
+        """The record of a request no stage reported itself: an answer olla made (a listing,
+        a refusal, an unknown route, a model-management call across the fleet), or one the
+        client left. Requests outside ``/olla/`` (the internal API, ``/version``) leave none
+        unless the guard refused them."""
+        context = request.context
+        if context.route is None and context.answer is None:
+            return
+        context.reported = True
+        now = self.clock.seconds()
+        status = CLIENT_CLOSED if context.gone else request.code
+        asked = context.endpoints
+        if context.gone:
+            outcome = "client_gone"
+        elif status < 400:
+            outcome = "ok"
+        else:  # refused before any endpoint was asked, or answered with the endpoints' error
+            outcome = "error" if asked else "rejected"
+        key = context.key
+        self.outcomes.request_finished(
+            RequestRecord(
+                endpoint=None,
+                model=context.model,
+                route=context.route or "none",
+                status=status,
+                outcome=outcome,
+                attempts=len(asked),
+                bytes=request.sentLength,
+                duration=now - context.started,
+                request_id=context.request_id,
+                method=request.method.decode("ascii", "replace"),
+                path=request.path[:_LOGGED_PATH].decode("utf-8", "replace"),
+                client_ip=context.client_ip,
+                ended=now,
+                error=context.error,
+                client_key=key.name if key is not None else None,
+                operation=context.operation,
+                endpoints=asked,
+            )
+        )
+
     def log(self, request: http.Request) -> None:
         """Proxied requests are logged by the proxy itself, with more to say."""
+
+
+#: the status a request's record shows when its client left first (as nginx logs it)
+CLIENT_CLOSED = 499
+#: how much of a path a record keeps
+_LOGGED_PATH = 200
+
+
+class AnswerResource(Resource):
+    """Renders a ``LocalAnswer``: a JSON error in the request's dialect, or an empty 204."""
+
+    isLeaf = True
+
+    def __init__(self, answer: LocalAnswer) -> None:
+        super().__init__()
+        self._answer = answer
+
+    def render(self, request: Request) -> bytes:
+        answer = self._answer
+        request.setResponseCode(answer.status)
+        for name, value in answer.headers:
+            request.setHeader(name, value)
+        if answer.status == http.NO_CONTENT:
+            return b""
+        context = context_of(request)
+        context.error = answer.message
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return error_body(
+            context.dialect, answer.status, answer.message, request_id=context.request_id
+        )
 
 
 class NotFound(Resource):
@@ -551,11 +707,18 @@ class OllaRoot(Resource):
         for name, child in children.items():
             self.putChild(name, child)
 
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        # a request under /olla/ leaves a record; the route that takes it names itself
+        context_of(request).route = "none"
+        child: IResource = super().getChildWithDefault(path, request)
+        return child
+
     def getChild(self, path: bytes, request: Request) -> IResource:
         return NotFound()
 
     def render(self, request: Request) -> bytes:
         """``/olla`` and ``/olla/`` themselves: nothing to serve there."""
+        context_of(request).route = "none"
         return NotFound().render(request)
 
 

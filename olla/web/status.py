@@ -234,7 +234,9 @@ _SUMMARY_VOLATILE = (
 )
 
 
-def status_endpoint(endpoint: Endpoint, state: EndpointState, now: float) -> dict[str, Any]:
+def status_endpoint(
+    endpoint: Endpoint, state: EndpointState, now: float, in_flight: int
+) -> dict[str, Any]:
     """One entry of ``/internal/status`` ``endpoints[]``."""
     traffic = _has_traffic(state)
     rate = state.success_rate
@@ -254,7 +256,7 @@ def status_endpoint(endpoint: Endpoint, state: EndpointState, now: float) -> dic
         "min_latency_ms": _ms(state.latency_min) if traffic else 0,
         "max_latency_ms": _ms(state.latency_max) if traffic else 0,
         "traffic": format_bytes(state.bytes_relayed),
-        "connections": state.in_flight,
+        "connections": in_flight,
         "requests": state.requests,
         "last_check": time_ago(state.last_check, now),
     }
@@ -273,7 +275,9 @@ def status_endpoint(endpoint: Endpoint, state: EndpointState, now: float) -> dic
     return entry
 
 
-def summary_endpoint(endpoint: Endpoint, state: EndpointState, now: float) -> dict[str, Any]:
+def summary_endpoint(
+    endpoint: Endpoint, state: EndpointState, now: float, in_flight: int
+) -> dict[str, Any]:
     """One entry of ``/internal/status/endpoints`` ``endpoints[]``."""
     traffic = _has_traffic(state)
     rate = state.success_rate
@@ -292,7 +296,7 @@ def summary_endpoint(endpoint: Endpoint, state: EndpointState, now: float) -> di
     }
     if traffic:
         entry["avg_latency_ms"] = _ms(state.avg_latency)
-    entry["active_connections"] = state.in_flight
+    entry["active_connections"] = in_flight
     entry["health_check"] = time_ago(state.last_check, now)
     if state.last_check is not None:
         entry["health_check_at"] = rfc3339(state.last_check)
@@ -367,7 +371,8 @@ def status_payload(
     requests = successes + failures
     latency_total = sum(s.latency_total for s in states)
     healthy = sum(1 for s in states if s.status is EndpointStatus.HEALTHY)
-    endpoints = [status_endpoint(ep, state, now) for ep, state in pairs]
+    load = registry.load
+    endpoints = [status_endpoint(ep, state, now, load.in_flight(ep)) for ep, state in pairs]
     system = {
         "status": system_status(len(states), healthy, successes, failures),
         "endpoints_up": f"{healthy}/{len(states)}",
@@ -378,7 +383,7 @@ def status_payload(
         "start_time": rfc3339(started),
         "version": __version__,
         "commit": COMMIT,
-        "active_connections": sum(s.in_flight for s in states),
+        "active_connections": sum(load.in_flight(ep) for ep, _ in pairs),
         "security_violations": refused.violations,
         "total_requests": requests,
         "total_failures": failures,
@@ -422,7 +427,8 @@ def endpoints_payload(registry: EndpointRegistry, *, now: float) -> Payloads:
     (answering, if slowly), as the Go original does.
     """
     pairs = _sorted(registry)
-    endpoints = [summary_endpoint(ep, state, now) for ep, state in pairs]
+    load = registry.load
+    endpoints = [summary_endpoint(ep, state, now, load.in_flight(ep)) for ep, state in pairs]
     counts = {
         "total_count": len(pairs),
         "healthy_count": sum(1 for _, s in pairs if s.status is EndpointStatus.HEALTHY),

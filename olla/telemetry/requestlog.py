@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_outcomes -*-
+"""The request log: one line per client request, whatever happened to it.
+
+An outcome listener: it hears every request's record (proxied, answered by olla itself,
+refused by the guard, abandoned by its client) and logs it at info with ``request_line``
+set, so ``server.request_logging`` can turn exactly these lines off. When the config says no
+one will read them (``server.request_logging: false``, or ``logging.level`` above info) it does
+not build them at all: a line costs more than the rest of a request's bookkeeping.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from olla.config import OllaConfig
+from olla.interfaces import IOutcomeListener, IReconfigurable
+from olla.telemetry.outcomes import OutcomeListener
+from olla.telemetry.records import RequestRecord
+
+
+@implementer(IOutcomeListener, IReconfigurable)
+class RequestLog(OutcomeListener):
+    """Logs each finished request (``olla.request`` namespace)."""
+
+    _log = Logger(namespace="olla.request")
+    reconfigures = ("server.request_logging", "logging.level")
+
+    def __init__(self, config: OllaConfig) -> None:
+        self.reconfigure(config)
+
+    def reconfigure(self, config: OllaConfig) -> None:
+        #: whether the lines are wanted (the log observer would drop them otherwise)
+        self.wanted = config.server.request_logging and config.logging.level in _SHOWN
+
+    def request_finished(self, record: RequestRecord) -> None:
+        if not self.wanted:
+            return
+        fields = {name: getattr(record, name) for name in _KEPT}
+        failovers = record.failovers
+        self._log.info(
+            "{method} {path} -> {endpoint} model={model} status={status} "
+            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tokens}{tried}{why}{did} "
+            "client={client_ip}{key}",
+            **fields,
+            endpoint=record.endpoint or ",".join(record.endpoints) or "-",
+            model=record.model or "-",
+            duration_ms=round(record.duration * 1000),
+            failovers=list(failovers),
+            ttft_ms=None if record.ttft is None else round(record.ttft * 1000),
+            tokens=_tokens_text(record),
+            tried=f" failed_over={','.join(failovers)}" if failovers else "",
+            why=f" why={record.error!r}" if record.error else "",
+            did=f" management={record.operation}" if record.operation else "",
+            key=f" key={record.client_key}" if record.client_key else "",
+            sticky_outcome=record.sticky,
+            sticky_key_source=record.session_source,
+            #: marks the one line per request (``server.request_logging`` filters it)
+            request_line=True,
+        )
+
+
+#: the ``logging.level`` values that show info lines
+_SHOWN = ("debug", "info")
+
+
+def _tokens_text(record: RequestRecord) -> str:
+    """`` tokens=12/345 ttft=80ms`` for the log line, when the backend said and it streamed."""
+    text = ""
+    if record.prompt_tokens is not None or record.completion_tokens is not None:
+        prompt = "-" if record.prompt_tokens is None else record.prompt_tokens
+        completion = "-" if record.completion_tokens is None else record.completion_tokens
+        text = f" tokens={prompt}/{completion}"
+    if record.ttft is not None:
+        text += f" ttft={round(record.ttft * 1000)}ms"
+    return text
+
+
+#: the record's fields the line carries as they are (the JSON log's keys)
+_KEPT = (
+    "request_id",
+    "client_ip",
+    "method",
+    "path",
+    "status",
+    "bytes",
+    "outcome",
+    "attempts",
+    "route",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_per_second",
+    "backend_metrics",
+    "error",
+    "mode",
+    "client_key",
+    "operation",
+)
