@@ -1,17 +1,25 @@
 """docs/CONFIG_KEYS.md stays true: every key olla reads, of the config and of the profiles, has
-its row."""
+its row, and its Live column says what a reload does with it."""
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
+import io
+import re
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from twisted.internet.task import Clock, Cooperator
 
-from olla.config import EndpointConfig, OllaConfig
-from olla.profiles import BUILTIN_DIR
+from olla.config import EndpointConfig, ModelManagementConfig, OllaConfig
+from olla.daemon.app import build_app
+from olla.daemon.logging import StreamSink, SwitchableObserver, make_observer
+from olla.daemon.reload import Reloader
+from olla.daemon.tap import load_all
+from olla.profiles import BUILTIN_DIR, builtin_profiles
+from tests.proxyharness import HostAgent
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "CONFIG_KEYS.md"
 #: OllaConfig fields that are not keys: where it came from, and what loading it found
@@ -175,3 +183,82 @@ def test_profile_key_documented(key: str) -> None:
     ):
         return  # a section: its keys have the rows
     assert _covered(key, rows), key
+
+
+# ------------------------------------------------------------------------------ the Live column
+
+
+def _reloader() -> Reloader:
+    """The daemon's reloader over a default app with every optional component on (model
+    management): what its components say they apply."""
+    clock = Clock()
+    profiles = builtin_profiles()
+    app = build_app(
+        replace(OllaConfig(), model_management=ModelManagementConfig(enabled=True)),
+        profiles,
+        clock=clock,
+        agent=HostAgent({}),
+        cooperator=Cooperator(scheduler=lambda work: clock.callLater(0, work)),
+    )
+    sink = StreamSink(io.StringIO())
+    observer = SwitchableObserver(make_observer("json", "info", sink), sink)
+    return Reloader(app, load_all, clock=clock, profiles=profiles, observer=observer)
+
+
+#: YAML key paths whose config attribute sits elsewhere (the reload compares attributes)
+ATTRIBUTE_PATHS = {yaml_path: attribute for attribute, yaml_path in YAML_PATHS.items()}
+#: rows whose Live cell speaks of some of their keys: the keys it says are live
+PARTLY_LIVE = {"level, format: yes": ("logging.level", "logging.format")}
+
+
+def _live_rows() -> list[tuple[list[str], str]]:
+    """The config file table's rows: their keys (a bare name after a dotted one shares its
+    parent) and their Live cell."""
+    section = DOC.read_text().split("## Config file", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        keys: list[str] = []
+        parent = ""
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            if name.startswith("…endpoints[]"):
+                parent = "discovery.endpoints"  # the endpoint list is one value
+                keys.append(parent)
+                continue
+            if parent == "discovery.endpoints":
+                continue
+            if "." in name:
+                parent = name.rsplit(".", 1)[0]
+            elif parent:
+                name = f"{parent}.{name}"
+            keys.append(ATTRIBUTE_PATHS.get(name, name).removesuffix(".*"))
+        rows.append((keys, cells[-1]))
+    return rows
+
+
+def test_live_column_is_true() -> None:
+    """If docs/CONFIG_KEYS.md says a key is live, then a reload applies it (a component's
+    ``reconfigures`` names it); if it says no, then the reload says it needs a restart."""
+    reloader = _reloader()
+    wrong = []
+    for keys, live in _live_rows():
+        if not live:
+            continue  # refused keys and notes: nothing to apply
+        said = PARTLY_LIVE.get(live)
+        for key in keys:
+            expected = key in said if said is not None else live == "yes"
+            if reloader.is_live(key) != expected:
+                wrong.append(f"{key}: docs say {live!r}")
+    assert wrong == []
+
+
+def test_live_column_rule_bites() -> None:
+    """If a component stopped naming a key it applies, then the check would see it."""
+    reloader = _reloader()
+    assert reloader.is_live("proxy.response_timeout")
+    assert not reloader.is_live("server.port")
+    rows = {tuple(keys): live for keys, live in _live_rows()}
+    assert rows[("proxy.response_timeout",)] == "yes"
+    assert rows[("server.request_limits.max_body_size", "server.request_limits.max_header_size")]
