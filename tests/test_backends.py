@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 
 from olla.daemon.backends import HOSTNAME_ATTEMPT_DELAY, BackendEndpoints, backend_agent
+from olla.daemon.connect import TunedEndpoint
 
 
 class EndpointTests(SynchronousTestCase):
@@ -62,3 +63,24 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(pool.maxPersistentPerHost, 256)
         self.assertTrue(pool.persistent)
         self.assertFalse(pool._factory.noisy)
+
+    def test_connections_tuned_as_configured(self) -> None:
+        """If proxy.connection_keep_alive is set, then every backend's endpoint is a
+        TunedEndpoint over the plain one (keep-alive probes; over https a handshake bound);
+        with neither keep-alive nor a handshake bound to apply, the plain endpoint is used."""
+        reactor = MemoryReactorClock()
+        tuned = BackendEndpoints(reactor, 5.0, keep_alive=30.0, tls_handshake_timeout=10.0)
+        endpoint = tuned.endpointForURI(URI.fromBytes(b"http://127.0.0.1:11434/api/chat"))
+        self.assertIsInstance(endpoint, TunedEndpoint)
+        self.assertIsInstance(endpoint._inner, TCP4ClientEndpoint)
+        self.assertEqual((endpoint._keep_alive, endpoint._tls), (30.0, False))
+        secure = tuned.endpointForURI(URI.fromBytes(b"https://gpu-box:443/v1/models"))
+        self.assertIsInstance(secure, TunedEndpoint)
+        self.assertEqual((secure._tls, secure._handshake_timeout), (True, 10.0))
+        plain = BackendEndpoints(reactor, 5.0, tls_handshake_timeout=10.0)
+        self.assertIsInstance(
+            plain.endpointForURI(URI.fromBytes(b"http://127.0.0.1:1/")), TCP4ClientEndpoint
+        )
+        self.assertIsInstance(
+            plain.endpointForURI(URI.fromBytes(b"https://127.0.0.1:1/")), TunedEndpoint
+        )

@@ -8,6 +8,8 @@ from dataclasses import replace
 
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import ResponseNeverReceived
@@ -182,3 +184,37 @@ def _set_scaling(h: Harness, scaling: object) -> None:
     profile = h.endpoints[0].profile
     assert profile is not None
     _set_profile(h, replace(profile, resources=replace(profile.resources, timeout_scaling=scaling)))
+
+
+class LearningTests(SynchronousTestCase):
+    def test_learnt_where_the_profile_says_the_model_runs(self) -> None:
+        """If a cold host loads the model for an /api/embed (a path the Ollama profile's
+        parsing_rules do not name), then no load time is learnt from it although the answer
+        reports one; a load for an /api/chat is learnt, and the answer's figures (the
+        profile's metrics.extraction) are on its record and its log line."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        h, fakes = _fleet(3000)
+        embed = json.dumps({"model": BIG, "input": "hi"}).encode()
+        client = h.send(http_request("POST", "/olla/ollama/api/embed", embed))
+        h.advance(5.0)
+        response = client.response()
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertGreaterEqual(json.loads(response.body)["load_duration"], 3e9)  # it loaded
+        self.assertIsNone(h.catalogue.learned_load_time(BIG))
+        for fake, endpoint in zip(fakes, h.endpoints, strict=True):
+            fake.apply_state({"loaded": []})
+            h.catalogue.set_loaded(endpoint, [])
+        client = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
+        h.advance(10.0)
+        response = client.response()
+        assert response is not None
+        loaded = json.loads(response.body.splitlines()[-1])["load_duration"] / 1e9
+        self.assertGreaterEqual(loaded, 3.0)
+        self.assertAlmostEqual(h.catalogue.learned_load_time(BIG) or 0, loaded)
+        record = h.outcomes.requests[-1]
+        assert record.backend_metrics is not None
+        self.assertAlmostEqual(record.backend_metrics["model_load_ms"], loaded * 1000)
+        self.assertEqual(record.backend_metrics["is_complete"], True)
+        (line,) = [e for e in events if e.get("request_line") and e["path"].endswith("/chat")]
+        self.assertEqual(line["backend_metrics"], record.backend_metrics)
