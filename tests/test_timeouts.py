@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from twisted.internet.task import Clock
 
-from olla.config import ProxyConfig
-from olla.profiles import builtin_profiles
-from olla.proxy.timeouts import attempt_deadline, response_bound
+from olla.config import OllaConfig, ProxyConfig
+from olla.profiles import Profile, builtin_profiles
+from olla.proxy.timeouts import AttemptDeadline, TimeoutPolicy, response_bound
 
 OLLAMA = builtin_profiles().get("ollama")
 LLAMACPP = builtin_profiles().get("llamacpp")
 assert OLLAMA is not None and LLAMACPP is not None
 PAGE = ProxyConfig(response_timeout=600.0, response_header_timeout=30.0)
+
+
+def attempt_deadline(proxy: ProxyConfig, profile: Profile | None, **facts: Any) -> AttemptDeadline:
+    """``TimeoutPolicy.attempt`` under ``proxy`` (and no ``server.write_timeout``)."""
+    return TimeoutPolicy(replace(OllaConfig(), proxy=proxy)).attempt(profile, **facts)
 
 
 def test_smallest_bound_wins() -> None:

@@ -32,7 +32,7 @@ from olla.fleet.sticky import StickySessions
 from olla.front.context import context_of
 from olla.manage.progress import Document, HostResult, Outcomes, ProgressMerger
 from olla.manage.targets import ENDPOINTS_HEADER, name_forms
-from olla.manage.upstream import Upstream, failure_of
+from olla.manage.upstream import Reply, Upstream, failure_of
 from olla.util.responses import JSON_UTF8
 
 NDJSON = b"application/x-ndjson"
@@ -49,29 +49,37 @@ class Fleet:
     sticky: StickySessions | None = None
 
 
+@dataclass(frozen=True)
+class Asked:
+    """What one management call asks of each of its targets."""
+
+    operation: str  # "pull", "copy", "check blob"...
+    #: what the call is about, for its record: a model, ``a -> b`` for a copy, a digest
+    model: str
+    targets: tuple[Endpoint, ...]
+    path: bytes
+    headers: Headers
+
+
 def _line(document: Document) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 
 
 class Call:
-    """One management call: a host coroutine per target, then :meth:`answer`."""
+    """One management call: a host coroutine per target (each asked as ``asked`` says), then
+    :meth:`answer`."""
 
     #: whether the call changes the targets' model lists (they are read again after it)
     changes_models = True
 
-    def __init__(
-        self,
-        fleet: Fleet,
-        request: Request,
-        operation: str,
-        model: str,
-        targets: Sequence[Endpoint],
-    ) -> None:
+    def __init__(self, fleet: Fleet, request: Request, asked: Asked) -> None:
         self.fleet = fleet
         self.request = request
-        self.operation = operation
-        self.model = model
-        self.targets = tuple(targets)
+        operation = self.operation = asked.operation
+        model = self.model = asked.model
+        self.targets = asked.targets
+        self.path = asked.path
+        self.headers = asked.headers
         self.outcomes = Outcomes(operation, [t.name for t in self.targets])
         self.gone = False
         self._running: list[Deferred[HostResult]] = []
@@ -183,23 +191,17 @@ class ProgressCall(Call):
         self,
         fleet: Fleet,
         request: Request,
-        operation: str,
-        model: str,
-        targets: Sequence[Endpoint],
+        asked: Asked,
         *,
-        path: bytes,
         bodies: Callable[[Endpoint], bytes],
-        headers: Headers,
         stream: bool,
         skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
-        super().__init__(fleet, request, operation, model, targets)
-        self.merger = ProgressMerger(operation, [t.name for t in self.targets])
+        super().__init__(fleet, request, asked)
+        self.merger = ProgressMerger(self.operation, [t.name for t in self.targets])
         self.outcomes = self.merger.outcomes
-        self.changes_models = operation != "push"
-        self._path = path
+        self.changes_models = self.operation != "push"
         self._bodies = bodies
-        self._headers = headers
         self._stream = stream
         self._committed = False
         self._pending: list[Document] = [
@@ -211,7 +213,7 @@ class ProgressCall(Call):
             self._emit(self.merger.line(endpoint.name, document), commit=True)
 
         body = self._bodies(endpoint)
-        await self.fleet.upstream.stream(endpoint, self._path, body, self._headers, on_line)
+        await self.fleet.upstream.stream(endpoint, self.path, body, self.headers, on_line)
         return HostResult(endpoint.name, True)
 
     def host_ended(self, endpoint: Endpoint, result: HostResult) -> None:
@@ -246,31 +248,23 @@ class ReplyCall(Call):
     answered 200, else the error naming each host that did not."""
 
     def __init__(
-        self,
-        fleet: Fleet,
-        request: Request,
-        operation: str,
-        model: str,
-        targets: Sequence[Endpoint],
-        *,
-        method: bytes,
-        path: bytes,
-        body: bytes,
-        headers: Headers,
+        self, fleet: Fleet, request: Request, asked: Asked, *, method: bytes, body: bytes | None
     ) -> None:
-        super().__init__(fleet, request, operation, model, targets)
+        super().__init__(fleet, request, asked)
         self._method = method
-        self._path = path
         self._body = body
-        self._headers = headers
 
     async def host(self, endpoint: Endpoint) -> HostResult:
         reply = await self.fleet.upstream.call(
-            endpoint, self._method, self._path, self._body, self._headers
+            endpoint, self._method, self.path, self._body, self.headers
         )
         if reply.status == 200:
             return HostResult(endpoint.name, True)
-        return HostResult(endpoint.name, False, reply.error, reply.status)
+        return HostResult(endpoint.name, False, self.why(reply), reply.status)
+
+    def why(self, reply: Reply) -> str:
+        """What a host's answer other than 200 says went wrong."""
+        return reply.error
 
     def changed(self) -> None:
         if self.operation != "delete":
@@ -287,32 +281,15 @@ class ReplyCall(Call):
         self.outcome()
 
 
-class BlobCheck(Call):
-    """``HEAD /api/blobs/<digest>``: 200 only when every target has the blob (so a client
-    uploads it when one lacks it), 404 when one does not."""
+class BlobCheck(ReplyCall):
+    """``HEAD /api/blobs/<digest>`` (the model is the digest, the method ``HEAD``): 200 only
+    when every target has the blob (so a client uploads it when one lacks it), 404 when one
+    does not."""
 
     changes_models = False
 
-    def __init__(
-        self,
-        fleet: Fleet,
-        request: Request,
-        digest: str,
-        targets: Sequence[Endpoint],
-        *,
-        path: bytes,
-        headers: Headers,
-    ) -> None:
-        super().__init__(fleet, request, "check blob", digest, targets)
-        self._path = path
-        self._headers = headers
-
-    async def host(self, endpoint: Endpoint) -> HostResult:
-        reply = await self.fleet.upstream.call(endpoint, b"HEAD", self._path, None, self._headers)
-        if reply.status == 200:
-            return HostResult(endpoint.name, True)
-        why = "does not have it" if reply.status == 404 else f"answered HTTP {reply.status}"
-        return HostResult(endpoint.name, False, why, reply.status)
+    def why(self, reply: Reply) -> str:
+        return "does not have it" if reply.status == 404 else f"answered HTTP {reply.status}"
 
     def answer(self) -> None:
         failed = self.outcomes.failed
@@ -327,29 +304,16 @@ class BlobUpload(Call):
     changes_models = False
 
     def __init__(
-        self,
-        fleet: Fleet,
-        request: Request,
-        digest: str,
-        targets: Sequence[Endpoint],
-        *,
-        path: bytes,
-        headers: Headers,
-        content: IO[bytes],
-        size: int,
+        self, fleet: Fleet, request: Request, asked: Asked, *, content: IO[bytes], size: int
     ) -> None:
-        super().__init__(fleet, request, "upload blob", digest, targets)
-        self._path = path
-        self._headers = headers
+        super().__init__(fleet, request, asked)
         self._content = content
         self._size = size
         self._created = False
 
     async def host(self, endpoint: Endpoint) -> HostResult:
         upstream = self.fleet.upstream
-        reply = await upstream.upload(
-            endpoint, self._path, self._content, self._size, self._headers
-        )
+        reply = await upstream.upload(endpoint, self.path, self._content, self._size, self.headers)
         if reply.status in (200, 201):
             self._created = self._created or reply.status == 201
             return HostResult(endpoint.name, True)

@@ -29,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from olla.fleet.endpoints import Endpoint
 from olla.front.context import answer_error, context_of
-from olla.manage.calls import BlobCheck, BlobUpload, Call, ProgressCall, ReplyCall
+from olla.manage.calls import Asked, BlobCheck, BlobUpload, Call, ProgressCall, ReplyCall
 from olla.manage.createshape import ShapeError, for_version, is_new_style, is_old_style
 from olla.manage.manager import FleetManager
 from olla.manage.targets import ENDPOINTS_HEADER, Refusal, Selection
@@ -162,16 +162,19 @@ class ManagementResource(Resource):
                 self._progress(request, operation, model, targets, document)
                 return
             label = model if operation == "delete" else f"{model} -> {document['destination']}"
-            call: Call = ReplyCall(
-                manager.fleet,
-                request,
+            asked = Asked(
                 operation,
                 label,
                 targets.targets,
+                ROUTE_PATHS[operation],
+                _headers(request, b"application/json"),
+            )
+            call: Call = ReplyCall(
+                manager.fleet,
+                request,
+                asked,
                 method=request.method,
-                path=ROUTE_PATHS[operation],
                 body=json.dumps(document).encode(),
-                headers=_headers(request, b"application/json"),
             )
             call.start()
 
@@ -192,15 +195,12 @@ class ManagementResource(Resource):
                     raise HostFailed(str(e), 400) from None
             return json.dumps(sent).encode()
 
+        headers = _headers(request, b"application/json")
         ProgressCall(
             self._manager.fleet,
             request,
-            operation,
-            model,
-            chosen.targets,
-            path=ROUTE_PATHS[operation],
+            Asked(operation, model, chosen.targets, ROUTE_PATHS[operation], headers),
             bodies=body,
-            headers=_headers(request, b"application/json"),
             stream=document.get("stream") is not False,
             skipped=chosen.skipped,
         ).start()
@@ -217,26 +217,19 @@ class ManagementResource(Resource):
         fleet = self._manager.fleet
         upstream_path = BLOBS + digest.encode()
         if request.method == b"HEAD":
-            headers = _headers(request, None)
-            BlobCheck(
-                fleet,
-                request,
-                digest,
-                chosen.targets,
-                path=upstream_path,
-                headers=headers,
-            ).start()
+            asked = Asked(
+                "check blob", digest, chosen.targets, upstream_path, _headers(request, None)
+            )
+            BlobCheck(fleet, request, asked, method=b"HEAD", body=None).start()
             return
         content = request.content
         if content is None:
             raise BadRequest("missing request body")
+        headers = _headers(request, b"application/octet-stream")
         BlobUpload(
             fleet,
             request,
-            digest,
-            chosen.targets,
-            path=upstream_path,
-            headers=_headers(request, b"application/octet-stream"),
+            Asked("upload blob", digest, chosen.targets, upstream_path, headers),
             content=content,
             size=context_of(request).body_size,
         ).start()

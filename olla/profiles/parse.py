@@ -12,13 +12,13 @@ built-in has), then merged, for the profile olla runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from olla.config import ConfigError, SectionReader
 from olla.config._base import Path_, format_path
-from olla.profiles.expressions import ExpressionError, compile_expression
+from olla.profiles.expressions import compile_expression
 from olla.profiles.spec import (
     AnthropicSupport,
     AuthHint,
@@ -392,36 +392,15 @@ class _Reader:
         fmt = ex.text("format", "json")
         if fmt != "json":
             raise ConfigError(f"must be json, got {fmt!r}", ex.at("format"))
-        paths_r = ex.section("paths")
-        paths: list[tuple[str, str]] = []
-        for key in list(paths_r.data):
-            value = paths_r.text(str(key), "")
-            if not value.startswith("$."):
-                raise ConfigError(
-                    "must be a JSONPath like $.usage.prompt_tokens", paths_r.at(str(key))
-                )
-            if str(key) not in FIGURES:
-                paths_r.warnings.append(
-                    f"{format_path(paths_r.at(str(key)))}: a figure olla does not know, ignored"
-                )
-                continue
-            paths.append((str(key), value))
-        paths_r.finish()
-        calc_r = ex.section("calculations")
-        calculations: list[tuple[str, str]] = []
-        for key in list(calc_r.data):
-            text = calc_r.text(str(key), "")
-            try:
-                compile_expression(text)
-            except ExpressionError as e:
-                raise ConfigError(str(e), calc_r.at(str(key))) from None
-            if str(key) not in CALCULATIONS:
-                calc_r.warnings.append(
-                    f"{format_path(calc_r.at(str(key)))}: a calculation olla does not use, ignored"
-                )
-                continue
-            calculations.append((str(key), text))
-        calc_r.finish()
+        paths = _named_texts(
+            ex.section("paths"), _check_jsonpath, FIGURES, "a figure olla does not know"
+        )
+        calculations = _named_texts(
+            ex.section("calculations"),
+            compile_expression,
+            CALCULATIONS,
+            "a calculation olla does not use",
+        )
         result = MetricsExtraction(
             enabled=ex.flag("enabled", True),
             paths=FrozenMap(paths),
@@ -430,6 +409,32 @@ class _Reader:
         ex.finish()
         r.finish()
         return result
+
+
+def _named_texts(
+    r: SectionReader, check: Callable[[str], object], known: Collection[str], unknown: str
+) -> list[tuple[str, str]]:
+    """A map of names to texts (``metrics.extraction.paths`` / ``calculations``): each text
+    ``check``ed (a ``ValueError`` it raises, an ``ExpressionError`` too, is a ``ConfigError``
+    at its key), a name not ``known`` warned about and ignored."""
+    entries: list[tuple[str, str]] = []
+    for key in map(str, list(r.data)):
+        text = r.text(key, "")
+        try:
+            check(text)
+        except ValueError as e:
+            raise ConfigError(str(e), r.at(key)) from None
+        if key not in known:
+            r.warnings.append(f"{format_path(r.at(key))}: {unknown}, ignored")
+            continue
+        entries.append((key, text))
+    r.finish()
+    return entries
+
+
+def _check_jsonpath(text: str) -> None:
+    if not text.startswith("$."):
+        raise ValueError("must be a JSONPath like $.usage.prompt_tokens")
 
 
 # ---------------------------------------------------------------------- value readers

@@ -91,52 +91,6 @@ class AttemptDeadline:
         return self.remaining is not None and self.remaining <= 0
 
 
-def attempt_deadline(
-    config: ProxyConfig,
-    profile: Profile | None,
-    *,
-    started: float,
-    now: float,
-    cold: bool,
-    expected_load: float,
-    body_size: int = 0,
-    write_timeout: float = 0.0,
-) -> AttemptDeadline:
-    """The deadlines of an attempt that starts at ``now`` for a request that arrived at
-    ``started``.
-
-    Args:
-        cold: the host does not have the request's model in memory (it will load it).
-        expected_load: seconds the model is expected to take to load there.
-        body_size: the request body's size (``per_token_timeout_ms`` counts its tokens).
-    """
-    bound = response_bound(config, profile, write_timeout)
-    remaining = None if bound.seconds is None else bound.seconds - (now - started)
-    wait = config.response_header_timeout
-    explain = f"proxy.response_header_timeout {format_duration(wait)}"
-    scaling = profile.resources.timeout_scaling if profile is not None else None
-    if cold and scaling is not None:
-        load = expected_load if scaling.load_time_buffer else 0.0
-        loading_wait = scaling.base_timeout_seconds + load
-        if loading_wait > wait:
-            wait = loading_wait
-            base = format_duration(scaling.base_timeout_seconds)
-            explain = (
-                f"timeout_scaling.base_timeout_seconds {base}"
-                f" + expected load {format_duration(round(load, 3))}"
-            )
-    if scaling is not None and scaling.per_token_timeout_ms > 0 and body_size > 0:
-        extra = scaling.per_token_timeout_ms / 1000 * (body_size / BYTES_PER_TOKEN)
-        wait += extra
-        explain += f" + {format_duration(round(extra, 3))} for the prompt"
-    if remaining is not None and remaining < wait:
-        wait = max(0.0, remaining)
-        explain = f"what was left of {bound.describe()}"
-    return AttemptDeadline(
-        header_wait=wait, loading=cold, remaining=remaining, bound=bound, explain=explain
-    )
-
-
 @implementer(IReconfigurable)
 class TimeoutPolicy:
     """The settings the exchange's timers and relays read, kept current by a reload
@@ -169,16 +123,39 @@ class TimeoutPolicy:
         expected_load: float,
         body_size: int = 0,
     ) -> AttemptDeadline:
-        """:func:`attempt_deadline` under the current settings."""
-        return attempt_deadline(
-            self.proxy,
-            profile,
-            started=started,
-            now=now,
-            cold=cold,
-            expected_load=expected_load,
-            body_size=body_size,
-            write_timeout=self.write_timeout,
+        """The deadlines of an attempt at an endpoint of ``profile`` that starts at ``now``,
+        for a request that arrived at ``started``.
+
+        Args:
+            cold: the host does not have the request's model in memory (it will load it).
+            expected_load: seconds the model is expected to take to load there.
+            body_size: the request body's size (``per_token_timeout_ms`` counts its tokens).
+        """
+        config = self.proxy
+        bound = response_bound(config, profile, self.write_timeout)
+        remaining = None if bound.seconds is None else bound.seconds - (now - started)
+        wait = config.response_header_timeout
+        explain = f"proxy.response_header_timeout {format_duration(wait)}"
+        scaling = profile.resources.timeout_scaling if profile is not None else None
+        if cold and scaling is not None:
+            load = expected_load if scaling.load_time_buffer else 0.0
+            loading_wait = scaling.base_timeout_seconds + load
+            if loading_wait > wait:
+                wait = loading_wait
+                base = format_duration(scaling.base_timeout_seconds)
+                explain = (
+                    f"timeout_scaling.base_timeout_seconds {base}"
+                    f" + expected load {format_duration(round(load, 3))}"
+                )
+        if scaling is not None and scaling.per_token_timeout_ms > 0 and body_size > 0:
+            extra = scaling.per_token_timeout_ms / 1000 * (body_size / BYTES_PER_TOKEN)
+            wait += extra
+            explain += f" + {format_duration(round(extra, 3))} for the prompt"
+        if remaining is not None and remaining < wait:
+            wait = max(0.0, remaining)
+            explain = f"what was left of {bound.describe()}"
+        return AttemptDeadline(
+            header_wait=wait, loading=cold, remaining=remaining, bound=bound, explain=explain
         )
 
     def gather(self, content_type: bytes) -> int:
