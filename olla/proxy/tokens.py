@@ -72,9 +72,9 @@ _SCALAR = re.compile(
 _LAST_KEY = re.compile(r"([A-Za-z0-9_\-]+)(?:\[\d+\])*$")
 
 
-def _last_value(tail: bytes, key: str) -> Value:
-    """The JSON scalar after the last ``"key":`` in ``tail`` (None: absent, or not a scalar)."""
-    quoted = json.dumps(key).encode()
+def _last_value(tail: bytes, quoted: bytes) -> Value:
+    """The JSON scalar after the last ``quoted`` key (``b'"key"'``) in ``tail`` (None:
+    absent, or not a scalar)."""
     at = tail.rfind(quoted)
     while at >= 0:
         match = _SCALAR.match(tail, at + len(quoted))
@@ -90,24 +90,36 @@ def _last_value(tail: bytes, key: str) -> Value:
 def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]:
     """The figures a profile's ``metrics.extraction`` names, found in ``tail``, and its
     calculations over them."""
+    keys, calculations = _compiled(extraction)
     figures: dict[str, Value] = {}
-    for name, path in extraction.paths.items():
-        match = _LAST_KEY.search(path)
-        if match is not None:
-            value = _last_value(tail, match.group(1))
+    for name, quoted in keys:
+        if quoted in tail:  # most are absent: no call for those
+            value = _last_value(tail, quoted)
             if value is not None:
                 figures[name] = value
-    for name, text in extraction.calculations.items():
-        expression = _compiled(text)
+    if not figures:
+        return figures  # a calculation needs a figure
+    for name, expression in calculations:
         if any(figures.get(n) is not None for n in expression.names):
             figures[name] = expression.evaluate(figures)
     return figures
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled(text: str) -> Expression:
-    """Profiles' calculations were checked when they loaded; each is compiled once."""
-    return compile_expression(text)
+@functools.lru_cache(maxsize=64)
+def _compiled(
+    extraction: MetricsExtraction,
+) -> tuple[tuple[tuple[str, bytes], ...], tuple[tuple[str, Expression], ...]]:
+    """A profile's extraction as it is read, once per profile (each answer reads it): each
+    path's quoted last key, each calculation compiled (checked when the profile loaded)."""
+    keys = []
+    for name, path in extraction.paths.items():
+        match = _LAST_KEY.search(path)
+        if match is not None:
+            keys.append((name, json.dumps(match.group(1)).encode()))
+    calculations = [
+        (name, compile_expression(text)) for name, text in extraction.calculations.items()
+    ]
+    return tuple(keys), tuple(calculations)
 
 
 def _float(figures: dict[str, Value], name: str, per: float = 1.0) -> float | None:
