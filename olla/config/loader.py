@@ -23,6 +23,7 @@ from olla.config.models import _aliases, _model_registry
 from olla.config.proxy import _proxy
 from olla.config.root import OllaConfig
 from olla.config.server import _server
+from olla.config.state import _state
 from olla.config.translators import _translators
 
 
@@ -70,6 +71,7 @@ def parse_config(
         logging=_logging(root.section("logging"), base),
         engineering=_engineering(root.section("engineering")),
         dashboard=_dashboard(root.section("dashboard")),
+        state=_state(root.section("state"), environ, base),
         profiles_dir=root.text("profiles_dir", "") or None,
     )
     root.finish()

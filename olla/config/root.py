@@ -13,6 +13,7 @@ from olla.config.logging import LoggingConfig
 from olla.config.models import ModelRegistryConfig
 from olla.config.proxy import ProxyConfig
 from olla.config.server import ServerConfig
+from olla.config.state import StateConfig
 from olla.config.translators import TranslatorsConfig
 
 
@@ -27,6 +28,7 @@ class OllaConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     engineering: EngineeringConfig = field(default_factory=EngineeringConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     profiles_dir: str | None = None  # user profiles; None: "profiles/" beside the config file
     source: str | None = None  # the file it was read from
     warnings: tuple[str, ...] = ()  # "<key.path>: <why>" for unknown/deprecated keys etc.

@@ -31,9 +31,8 @@ from olla.fleet.discovery import DiscoveryService
 from olla.fleet.endpoints import EndpointRegistry, endpoints_from_config
 from olla.fleet.health import HealthService, HTTPHealthChecker
 from olla.fleet.listeners import ConnectionFailures, LoadLearning, RegistryTraffic
-from olla.fleet.load import MemoryLoadStore
 from olla.fleet.models import ModelCatalogue
-from olla.fleet.sticky import MemorySessionStore, StickySessions
+from olla.fleet.sticky import StickySessions
 from olla.guard.ratelimit import LimitSettings, MemoryRateStore, RateLimiter
 from olla.guard.stage import Guard
 from olla.interfaces import IHealthChecker, IOutcomeListener, IReconfigurable
@@ -43,6 +42,8 @@ from olla.proxy.exchange import ProxyDeps
 from olla.proxy.plan import Planner, startup_wait
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
+from olla.state.shared import SharedState
+from olla.state.stores import Stores, stores_for
 from olla.telemetry.failovers import FailoverLog
 from olla.telemetry.outcomes import Outcomes
 from olla.telemetry.requestlog import RequestLog
@@ -88,11 +89,15 @@ class App:
     sticky: StickySessions | None = None
     #: which ``--workers`` process this is; metrics label their figures with it
     worker: WorkerIdentity = field(default_factory=WorkerIdentity)
+    #: sessions, rate buckets, load, slots and poll leases: in memory, or shared
+    stores: Stores | None = None
 
     @property
     def services(self) -> Sequence[IService]:
-        """What must run for the endpoints' states and model lists to stay true."""
-        return (self.health, self.discovery, self.rate_store)
+        """What must run for the endpoints' states and model lists to stay true (the shared
+        store's connections first)."""
+        shared = self.stores.services if self.stores is not None else ()
+        return (*shared, self.health, self.discovery, self.rate_store)
 
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
@@ -117,18 +122,26 @@ def build_app(
     rng: random.Random | None = None,
     worker: WorkerIdentity | None = None,
     listeners: Sequence[IOutcomeListener] = (),
+    shared: SharedState | None = None,
 ) -> App:
     """olla for ``config``: registry, catalogue, pollers, the request path's stages, routes
-    and the HTTP site. ``listeners`` hear every outcome record after olla's own."""
+    and the HTTP site. ``listeners`` hear every outcome record after olla's own. With
+    ``shared`` (``state.backend: redis``) its state stores are shared through that store."""
+    stores = stores_for(shared, clock)
     discovery_config = config.discovery.model_discovery
     registry = EndpointRegistry(
         endpoints_from_config(config.discovery.endpoints, profiles),
         clock,
         breakers=CircuitBreakers(clock),
-        load=MemoryLoadStore(),
+        load=stores.load,
         lists_models=discovery_config.enabled,
     )
-    health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
+    health = HealthService(
+        registry,
+        checker or HTTPHealthChecker(agent, clock, __version__),
+        clock,
+        share=stores.polls,
+    )
     stats = Stats()
     health.on_probe.append(
         lambda endpoint, result: stats.probe_finished(
@@ -136,7 +149,9 @@ def build_app(
         )
     )
     catalogue = ModelCatalogue(config.model_aliases)
-    discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
+    discovery = DiscoveryService(
+        registry, catalogue, agent, clock, discovery_config, __version__, share=stores.polls
+    )
     discovery.reconfigure(config)
 
     router = Router(
@@ -150,7 +165,7 @@ def build_app(
     sticky: StickySessions | None = None
     if config.proxy.sticky_sessions.enabled:
         sessions = config.proxy.sticky_sessions
-        sticky = StickySessions(sessions, MemorySessionStore(sessions, clock), registry.by_name)
+        sticky = StickySessions(sessions, stores.sessions(sessions), registry.by_name)
         registry.add_listener(sticky.status_changed)
 
     # The request path publishes; these hear it, in this order: the registry first (routing
@@ -214,6 +229,7 @@ def build_app(
         active_connections=lambda: len(site.channels),
         worker=worker,
         sticky=sticky,
+        state=stores.status,
     )
     metrics = Metrics(metrics_registry(collector))
     internal = InternalApp(
@@ -230,10 +246,11 @@ def build_app(
         worker=worker,
         stats=stats,
         metrics=metrics,
+        state=stores.status,
     )
     limits = config.server.request_limits
     rate_store = MemoryRateStore(clock, config.server.rate_limits.cleanup_interval)
-    limiter = RateLimiter(LimitSettings.from_config(config), rate_store, clock)
+    limiter = RateLimiter(LimitSettings.from_config(config), stores.rates(rate_store), clock)
     guard = Guard(config, limiter, security)
     site = OllaSite(
         RootResource(OllaRoot(proxies), internal.app.resource()),
@@ -288,4 +305,5 @@ def build_app(
         metrics=metrics,
         collector=collector,
         reconfigurables=tuple(reconfigurables),
+        stores=stores,
     )

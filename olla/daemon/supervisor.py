@@ -341,6 +341,24 @@ def worker_twistd_flags(twistd: Mapping[str, Any] | None, sink: LogSink) -> list
 _log = Logger()
 
 
+def per_worker_decisions(config: OllaConfig) -> list[str]:
+    """What each worker decides alone when the workers share no store (``state.backend:
+    memory``): said at startup, so nobody takes per-worker figures for the daemon's."""
+    if config.state.shared:
+        return []
+    found = []
+    if config.proxy.sticky_sessions.enabled:
+        found.append("sticky sessions (each worker pins a conversation on its own)")
+    if config.server.rate_limits.per_ip_requests_per_minute > 0:
+        found.append("rate limits (each worker allows the whole limit)")
+    found += [
+        "in-flight counts and least-connections (each worker sees only its own requests)",
+        "health probes and model discovery (each worker polls every endpoint)",
+        "/internal/status and the dashboard (each answer is one worker's view)",
+    ]
+    return found
+
+
 def supervise(
     config: OllaConfig,
     count: int,
@@ -373,14 +391,24 @@ def supervise(
     reopener = LogReopener(log_sink)
     HangupRelay(reactor, [reopener.reopen, supervisor.hangup]).setServiceParent(tree)
     host, port = config.server.host, config.server.port
-    Hooks(
-        on_start=lambda: _log.info(
+
+    def started() -> None:
+        _log.info(
             "olla {version} supervising {count} workers on http://{host}:{port}",
             version=__version__,
             count=count,
             host=host,
             port=port,
         )
-    ).setServiceParent(tree)
+        alone = per_worker_decisions(config)
+        if alone:
+            _log.warn(
+                "{count} workers without state.backend: redis: per worker: {alone}; set "
+                "state.backend: redis (and state.url) to share them",
+                count=count,
+                alone="; ".join(alone),
+            )
+
+    Hooks(on_start=started).setServiceParent(tree)
     supervisor.setServiceParent(tree)
     return tree

@@ -5,6 +5,12 @@ loaded), and keep the catalogue true.
 Runs at startup once the first health results are in, every ``model_discovery.interval``,
 whenever an endpoint recovers, and on demand (routing's refresh-on-miss). A failed discovery
 keeps the endpoint's last good list and is simply tried again next time.
+
+With a shared store (an ``IPollShare``), each interval's run claims every endpoint's lease
+first: one process asks an endpoint, and publishes the documents it read (the model list,
+``/api/ps``, the version); the others run the same discovery over those documents instead of
+asking the endpoint again. Runs asked for now (startup, a recovery, refresh-on-miss) are
+always made here.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from olla.fleet.modelsources import (
     parse_ollama_ps,
     source_for,
 )
-from olla.interfaces import IReconfigurable
+from olla.interfaces import IPollShare, IReconfigurable
 from olla.util.bodies import BodyTooLarge, BoundedBody
 from olla.util.deadline import follow, with_deadline
 
@@ -63,8 +69,16 @@ class DiscoveryService(Service):
         clock: IReactorTime,
         config: ModelDiscoveryConfig,
         version: str,
+        share: IPollShare | None = None,
     ) -> None:
         self._registry = registry
+        self._share = share
+        #: documents read by a claimed run (published when it ends), or heard from the
+        #: process that ran it (read instead of asking), by endpoint then URL
+        self._recording: dict[Endpoint, dict[str, Any]] = {}
+        self._replaying: dict[Endpoint, dict[str, Any]] = {}
+        if share is not None:
+            share.subscribe("models", self._heard)
         self._catalogue = catalogue
         self._agent = agent
         self._clock = clock
@@ -137,8 +151,35 @@ class DiscoveryService(Service):
                     endpoint=endpoint.name,
                     hours=self.stale_threshold / 3600,
                 )
-        self.refresh_all()
+        if self._share is None:
+            self.refresh_all()
+        else:
+            for endpoint in self._registry.routable():
+                claimed = self._share.claim("models", endpoint, self._config.interval)
+                claimed.addCallback(self._claimed, endpoint)
         self._call = self._clock.callLater(self._config.interval, self._tick)
+
+    # ------------------------------------------------------------------ shared runs
+
+    def _claimed(self, won: bool, endpoint: Endpoint) -> None:
+        if not won or not self.running or endpoint not in self._registry:
+            return
+        self._recording[endpoint] = {}
+        self.refresh(endpoint).addBoth(self._publish, endpoint)
+
+    def _publish(self, _: object, endpoint: Endpoint) -> None:
+        documents = self._recording.pop(endpoint, None)
+        if documents and self._share is not None and endpoint in self._registry:
+            self._share.publish("models", endpoint, {"documents": documents})
+
+    def _heard(self, endpoint_id: str, found: dict[str, object]) -> None:
+        """Another process asked ``endpoint_id``: discover from what it read."""
+        documents = found.get("documents")
+        endpoint = next((e for e in self._registry if e.id == endpoint_id), None)
+        if endpoint is None or not isinstance(documents, dict) or not self.running:
+            return
+        self._replaying[endpoint] = documents
+        self.refresh(endpoint).addBoth(lambda _: self._replaying.pop(endpoint, None))
 
     def refresh_all(self) -> Deferred[None]:
         """Discover every healthy endpoint now (coalesced with runs already going)."""
@@ -165,6 +206,16 @@ class DiscoveryService(Service):
         )
 
     async def _get_json(self, endpoint: Endpoint, url: str) -> Any:
+        replay = self._replaying.get(endpoint)
+        if replay is not None and url in replay:
+            return replay[url]
+        document = await self._fetch_json(endpoint, url)
+        recording = self._recording.get(endpoint)
+        if recording is not None:
+            recording[url] = document
+        return document
+
+    async def _fetch_json(self, endpoint: Endpoint, url: str) -> Any:
         headers = self._headers.copy()
         for name, value in endpoint.extra_headers:
             headers.setRawHeaders(name, [value])

@@ -173,6 +173,7 @@ class InternalApp:
         worker: WorkerIdentity | None = None,
         stats: Stats | None = None,
         metrics: Metrics | None = None,
+        state: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -189,6 +190,7 @@ class InternalApp:
             worker: which of the ``--workers`` processes this is (all figures are its own).
             stats: the request statistics, for ``/internal/stats/models``.
             metrics: the Prometheus page; without it ``/internal/metrics`` is a 404.
+            state: the state store's ``{backend, ok, fallbacks, ...}`` for ``/internal/status``.
         """
         self._registry = registry
         self._clock = clock
@@ -205,6 +207,7 @@ class InternalApp:
         self._worker = worker or WorkerIdentity()
         self._stats = stats or Stats()
         self._metrics = metrics
+        self._state = state or (lambda: {"backend": "memory", "ok": True, "fallbacks": 0})
         #: which config runs: ``use_config`` moves these on a reload
         self._generation = 1
         self._loaded_at = self._started
@@ -240,6 +243,10 @@ class InternalApp:
         }
         # In both: another worker's answer differs, so its ETag must too.
         payload["worker"] = stable["worker"] = self._worker.payload()
+        # where shared state lives and whether it answers (fallbacks: answers this process
+        # took from its own memory because it did not)
+        state = payload["state"] = self._state()
+        stable["state"] = {"backend": state["backend"], "ok": state["ok"]}
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/status/endpoints", branch=False)

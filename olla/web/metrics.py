@@ -83,7 +83,9 @@ class OllaCollector(Collector):
         active_connections: Callable[[], int] = lambda: 0,
         worker: WorkerIdentity | None = None,
         sticky: StickySessions | None = None,
+        state: Callable[[], dict[str, object]] | None = None,
     ) -> None:
+        self._state = state
         self._stats = stats
         self._registry = registry
         self._clock = clock
@@ -103,6 +105,7 @@ class OllaCollector(Collector):
         yield from self._translator_metrics()
         yield from self._security_metrics()
         yield from self._sticky_metrics()
+        yield from self._state_metrics()
 
     def _process(self) -> Iterator[Metric]:
         proxy = self.config.proxy
@@ -299,6 +302,25 @@ class OllaCollector(Collector):
             "olla_sticky_session_evictions_total",
             "Sessions dropped by the LRU (max_sessions) or the idle TTL",
             value=figures["evictions"],
+        )
+
+    def _state_metrics(self) -> Iterator[Metric]:
+        if self._state is None:
+            return
+        state = self._state()
+        backend = str(state["backend"])
+        up = GaugeMetricFamily(
+            "olla_state_store_up",
+            "1 while the state store answers (always 1 with backend memory)",
+            labels=["backend"],
+        )
+        up.add_metric([backend], 1 if state["ok"] else 0)
+        yield up
+        fallbacks = state["fallbacks"]
+        yield CounterMetricFamily(
+            "olla_state_store_fallbacks",
+            "Answers taken from this process's memory because the state store did not answer",
+            value=fallbacks if isinstance(fallbacks, int) else 0,
         )
 
 
