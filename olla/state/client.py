@@ -149,6 +149,17 @@ class _Slot:
         return connection
 
 
+def _discard(event: object) -> None:
+    pass
+
+
+class _QuietClientService(ClientService):
+    """A ``ClientService`` that does not log each reconnection attempt: while the store is
+    away ``SharedState`` says so once, instead of a line per connection per retry."""
+
+    _log = Logger(observer=_discard)
+
+
 class RedisClient(MultiService):
     """``pool_size`` connections to one server (or one subscriber connection, when
     ``on_message`` is given: ``commands`` are then its subscriptions)."""
@@ -180,7 +191,9 @@ class RedisClient(MultiService):
         self.on_lost: list[Callable[[], object]] = []
         for slot in self._slots:
             factory = Factory.forProtocol(slot.build)
-            ClientService(endpoint, factory, retryPolicy=retry, clock=clock).setServiceParent(self)
+            factory.noisy = False
+            service = _QuietClientService(endpoint, factory, retryPolicy=retry, clock=clock)
+            service.setServiceParent(self)
 
     @property
     def ready(self) -> bool:

@@ -23,7 +23,13 @@ def shared_state(config: StateConfig, reactor: Any) -> SharedState:
         pool_size=config.pool_size,
         setup=setup,
     )
-    shared = SharedState(commands, reactor, prefix=config.key_prefix, where=address.display)
+    shared = SharedState(
+        commands,
+        reactor,
+        prefix=config.key_prefix,
+        where=address.display,
+        grace=config.connect_timeout,
+    )
     subscriber = RedisClient(
         endpoint,
         reactor,

@@ -78,6 +78,7 @@ class SharedState(MultiService):
         prefix: str,
         where: str,
         process: str | None = None,
+        grace: float = 0.0,
     ) -> None:
         super().__init__()
         self.commands = commands
@@ -88,6 +89,9 @@ class SharedState(MultiService):
         self.channel = prefix + "events"
         #: whether the last command was answered (False from start until the first answer)
         self.ok = False
+        #: seconds from start in which a store not answering yet is still connecting
+        self._grace = grace
+        self._started_at = clock.seconds()
         self._warned = False
         self._answered_once = False
         #: answers this process took from its own memory because the store could not answer
@@ -172,6 +176,7 @@ class SharedState(MultiService):
             self._warned = False
         elif not self._answered_once:
             self._log.info("state store {where} connected: state is shared", where=self.where)
+            self._renew()  # this process's lease, at once
         self._answered_once = True
 
     def fell_back(self, why: BaseException) -> None:
@@ -184,6 +189,9 @@ class SharedState(MultiService):
         was_ok, self.ok = self.ok, False
         if self._warned:
             return
+        connecting = self._clock.seconds() - self._started_at < self._grace
+        if not self._answered_once and connecting:
+            return  # still connecting at startup: counted, not said
         self._warned = True
         reason = (
             "no answer in time" if isinstance(why, StoreTimeout) else str(why) or type(why).__name__
@@ -248,7 +256,8 @@ class SharedState(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self._heartbeat.start(HEARTBEAT, now=True).addErrback(
+        self._started_at = self._clock.seconds()
+        self._heartbeat.start(HEARTBEAT, now=False).addErrback(
             lambda f: self._log.failure("state store lease renewal stopped", failure=f)
         )
 
