@@ -54,6 +54,7 @@ from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.metrics import Metrics, OllaCollector, metrics_registry
 from olla.web.models import ModelsResource
+from olla.web.multiproc import WorkerFigures, merged_registry, multiprocess_dir
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
 
@@ -91,13 +92,16 @@ class App:
     worker: WorkerIdentity = field(default_factory=WorkerIdentity)
     #: sessions, rate buckets, load, slots and poll leases: in memory, or shared
     stores: Stores | None = None
+    #: --workers: this worker's figures written for the merged ``/internal/metrics``
+    figures: WorkerFigures | None = None
 
     @property
     def services(self) -> Sequence[IService]:
         """What must run for the endpoints' states and model lists to stay true (the shared
         store's connections first)."""
         shared = self.stores.services if self.stores is not None else ()
-        return (*shared, self.health, self.discovery, self.rate_store)
+        figures = (self.figures,) if self.figures is not None else ()
+        return (*shared, self.health, self.discovery, self.rate_store, *figures)
 
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
@@ -231,7 +235,17 @@ def build_app(
         sticky=sticky,
         state=stores.status,
     )
-    metrics = Metrics(metrics_registry(collector))
+    # --workers: every worker's figures, merged at each scrape (prometheus_client's
+    # multiprocess mode); one process: this one's, read live
+    figures: WorkerFigures | None = None
+    merged = multiprocess_dir() if worker is not None and worker.count > 1 else None
+    if merged is not None:
+        figures = WorkerFigures(collector, clock, shared=shared is not None)
+        outcomes.subscribe(figures)
+        health.on_probe.append(lambda endpoint, result: figures.changed())
+        metrics = Metrics(merged_registry(merged), before=figures.flush)
+    else:
+        metrics = Metrics(metrics_registry(collector))
     internal = InternalApp(
         registry,
         clock=clock,
@@ -306,4 +320,5 @@ def build_app(
         collector=collector,
         reconfigurables=tuple(reconfigurables),
         stores=stores,
+        figures=figures,
     )

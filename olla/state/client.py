@@ -32,8 +32,9 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from olla.config import RedisAddress
 from olla.state.protocol import MessageHandler, RedisConnection
@@ -149,15 +150,17 @@ class _Slot:
         return connection
 
 
-def _discard(event: object) -> None:
-    pass
+@implementer(ILogObserver)
+class _Discard:
+    def __call__(self, event: LogEvent) -> None:
+        pass
 
 
 class _QuietClientService(ClientService):
     """A ``ClientService`` that does not log each reconnection attempt: while the store is
     away ``SharedState`` says so once, instead of a line per connection per retry."""
 
-    _log = Logger(observer=_discard)
+    _log = Logger(observer=_Discard())
 
 
 class RedisClient(MultiService):

@@ -335,10 +335,14 @@ def metrics_registry(collector: OllaCollector) -> CollectorRegistry:
 
 
 class Metrics:
-    """The ``/internal/metrics`` page over one registry."""
+    """The ``/internal/metrics`` page over one registry (``before``: called first, to bring
+    this process's figures up to date where they are read from elsewhere)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, before: Callable[[], object] = lambda: None
+    ) -> None:
         self.registry = registry
+        self._before = before
 
     def render(self, request: IRequest) -> bytes:
         """The text format (or OpenMetrics, when the scraper asks for it in ``Accept``)."""
@@ -346,5 +350,6 @@ class Metrics:
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
         request.setHeader(b"Content-Type", content_type.encode("latin-1"))
         request.setHeader(b"Cache-Control", b"no-cache")
+        self._before()
         body: bytes = encoder(self.registry)
         return body
