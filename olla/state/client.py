@@ -231,7 +231,9 @@ class RedisClient(MultiService):
             if not remaining:
                 done.callback(None)
                 return
-            self._timed(connection, remaining.pop(0)).addCallbacks(step, done.errback)
+            self._timed(connection, remaining.pop(0), counted=False).addCallbacks(
+                step, done.errback
+            )
 
         step(None)
         done.addCallbacks(ready, refused)
@@ -253,16 +255,19 @@ class RedisClient(MultiService):
 
     # ------------------------------------------------------------------ commands
 
-    def _timed(self, connection: RedisConnection, args: Sequence[Arg]) -> Deferred[Reply]:
+    def _timed(
+        self, connection: RedisConnection, args: Sequence[Arg], counted: bool = True
+    ) -> Deferred[Reply]:
         """``args`` on ``connection``, failing with ``StoreTimeout`` (and dropping the
-        connection) after the command timeout."""
+        connection) after the command timeout; ``counted``: in ``trips`` (not a handshake)."""
+        trips = self.trips if counted else RoundTrips()
         started = self._clock.seconds()
         sent = connection.call(args)
         result: Deferred[Reply] = Deferred()
 
         def expire() -> None:
             if not result.called:
-                self.trips.failed += 1
+                trips.failed += 1
                 result.errback(StoreTimeout(f"no answer within {self.command_timeout:g}s"))
             # a server that does not answer one connection answers none: every connection
             # goes, and each is used again only once its handshake answers
@@ -276,12 +281,13 @@ class RedisClient(MultiService):
                 timer.cancel()
             if result.called:
                 return
+            if isinstance(reply, Failure) and not reply.check(ReplyError):
+                trips.failed += 1
+            else:  # an error reply is an answer too
+                trips.answered(self._clock.seconds() - started)
             if isinstance(reply, Failure):
-                if not reply.check(ReplyError):
-                    self.trips.failed += 1
                 result.errback(reply)
             else:
-                self.trips.answered(self._clock.seconds() - started)
                 result.callback(reply)
 
         sent.addBoth(answered)

@@ -20,7 +20,7 @@ in, so they are left out in this mode.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -78,11 +78,18 @@ class WorkerFigures(OutcomeListener, Service):
 
     _log = Logger()
 
-    def __init__(self, collector: Collector, clock: IReactorTime, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        collector: Collector,
+        clock: IReactorTime,
+        *,
+        shared: bool = False,
+        process: Callable[[], int] = os.getpid,
+    ) -> None:
         self._collector = collector
         self._clock = clock
         self._shared = shared
-        self._value_class: Any = MultiProcessValue()
+        self._value_class: Any = MultiProcessValue(process)
         self._values: dict[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
         self._call: IDelayedCall | None = None
         self._refresh = LoopingCall(self.flush)
