@@ -37,14 +37,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from olla.config import RedisAddress
-from olla.state.protocol import MessageHandler, RedisConnection
+from olla.state.protocol import MessageHandler, RedisConnection, RoundTrips
 from olla.state.resp import Arg, Reply, ReplyError
 
 #: reconnect quickly: the stores fall back meanwhile, and sharing resumes on the first answer
 RETRY = backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0)
-
-#: round-trip latency buckets (seconds) for ``/internal/status`` and the benchmark note
-LATENCY_BOUNDS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class StoreUnavailable(Exception):
@@ -64,47 +61,6 @@ class Script:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
-
-
-@dataclass
-class RoundTrips:
-    """What the commands cost: how many, how long until their answer, and how many failed."""
-
-    commands: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
-
-    def answered(self, seconds: float) -> None:
-        self.commands += 1
-        self.seconds += seconds
-        for index, bound in enumerate(LATENCY_BOUNDS):
-            if seconds <= bound:
-                self.buckets[index] += 1
-                return
-        self.buckets[-1] += 1
-
-    def quantile(self, fraction: float) -> float | None:
-        """The upper bound of the bucket holding the ``fraction`` quantile (None: no data)."""
-        answered = sum(self.buckets)
-        if not answered:
-            return None
-        rank, seen = fraction * answered, 0
-        for index, count in enumerate(self.buckets):
-            seen += count
-            if seen >= rank:
-                return LATENCY_BOUNDS[index] if index < len(LATENCY_BOUNDS) else float("inf")
-        return float("inf")
-
-    def payload(self) -> dict[str, object]:
-        p50, p99 = self.quantile(0.5), self.quantile(0.99)
-        return {
-            "commands": self.commands,
-            "failed": self.failed,
-            "mean_ms": round(1000 * self.seconds / self.commands, 3) if self.commands else None,
-            "p50_ms_at_most": None if p50 is None else round(1000 * p50, 3),
-            "p99_ms_at_most": None if p99 is None else round(1000 * p99, 3),
-        }
 
 
 def store_endpoint(reactor: object, address: RedisAddress, timeout: float) -> IStreamClientEndpoint:
@@ -142,7 +98,10 @@ class _Slot:
         self.ready: RedisConnection | None = None
 
     def build(self) -> RedisConnection:
-        connection = RedisConnection(self.client.on_message if self.client.subscriber else None)
+        client = self.client
+        connection = RedisConnection(
+            client._clock, client.on_message if client.subscriber else None
+        )
         # the handshake runs once connected, not in ClientService's prepareConnection: a
         # connection that fails there is left open by ClientService, and its later loss
         # finds no transition in its state machine (Twisted 26.10)
@@ -212,6 +171,7 @@ class RedisClient(MultiService):
         def ready(_: object) -> None:
             if connection.gone:
                 return
+            connection.trips = self.trips  # counted from here on (not the handshake)
             slot.ready = connection
             connection.lost.addCallback(lambda _: self._lost(slot, connection))
             for told in self.on_ready:
@@ -231,9 +191,7 @@ class RedisClient(MultiService):
             if not remaining:
                 done.callback(None)
                 return
-            self._timed(connection, remaining.pop(0), counted=False).addCallbacks(
-                step, done.errback
-            )
+            self._timed(connection, remaining.pop(0)).addCallbacks(step, done.errback)
 
         step(None)
         done.addCallbacks(ready, refused)
@@ -255,43 +213,34 @@ class RedisClient(MultiService):
 
     # ------------------------------------------------------------------ commands
 
-    def _timed(
-        self, connection: RedisConnection, args: Sequence[Arg], counted: bool = True
-    ) -> Deferred[Reply]:
-        """``args`` on ``connection``, failing with ``StoreTimeout`` (and dropping the
-        connection) after the command timeout; ``counted``: in ``trips`` (not a handshake)."""
-        trips = self.trips if counted else RoundTrips()
-        started = self._clock.seconds()
+    def _timed(self, connection: RedisConnection, args: Sequence[Arg]) -> Deferred[Reply]:
+        """``args`` on ``connection``; the connection's watchdog fails it (and every command
+        still waiting) with ``StoreTimeout`` once the oldest has waited the command timeout."""
         sent = connection.call(args)
-        result: Deferred[Reply] = Deferred()
+        if connection.watchdog is None and not connection.gone:
+            connection.watchdog = self._clock.callLater(
+                self.command_timeout, self._watch, connection
+            )
+        return sent
 
-        def expire() -> None:
-            if not result.called:
-                trips.failed += 1
-                result.errback(StoreTimeout(f"no answer within {self.command_timeout:g}s"))
-            # a server that does not answer one connection answers none: every connection
-            # goes, and each is used again only once its handshake answers
-            connection.abort()
-            self.drop_all()
-
-        timer = self._clock.callLater(self.command_timeout, expire)
-
-        def answered(reply: Reply | Failure) -> None:
-            if timer.active():
-                timer.cancel()
-            if result.called:
-                return
-            if isinstance(reply, Failure) and not reply.check(ReplyError):
-                trips.failed += 1
-            else:  # an error reply is an answer too
-                trips.answered(self._clock.seconds() - started)
-            if isinstance(reply, Failure):
-                result.errback(reply)
-            else:
-                result.callback(reply)
-
-        sent.addBoth(answered)
-        return result
+    def _watch(self, connection: RedisConnection) -> None:
+        """One timer per connection, not one per command: re-armed for the oldest command
+        still waiting, or fired when it has waited the whole command timeout."""
+        connection.watchdog = None
+        oldest = connection.oldest()
+        if oldest is None or connection.gone:
+            return
+        waited = self._clock.seconds() - oldest
+        if waited < self.command_timeout:
+            connection.watchdog = self._clock.callLater(
+                self.command_timeout - waited, self._watch, connection
+            )
+            return
+        connection.fail_all(StoreTimeout(f"no answer within {self.command_timeout:g}s"))
+        # a server that does not answer one connection answers none: every connection goes,
+        # and each is used again only once its handshake answers
+        connection.abort()
+        self.drop_all()
 
     def execute(self, *args: Arg) -> Deferred[Reply]:
         """Send one command; fires with its reply, or fails (``StoreUnavailable``,
@@ -304,19 +253,17 @@ class RedisClient(MultiService):
 
     def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Deferred[Reply]:
         """Run ``script`` (by its SHA1; its source once if the server does not know it)."""
-        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        sent = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        sent.addErrback(self._unknown_script, script, keys, args)
+        return sent
 
-        result: Deferred[Reply] = Deferred()
-
-        def unknown(failure: Failure) -> None:
-            error = failure.value
-            if isinstance(error, ReplyError) and error.kind == "NOSCRIPT":
-                self.execute("EVAL", script.source, len(keys), *keys, *args).chainDeferred(result)
-            else:
-                result.errback(failure)
-
-        self.execute(*call).addCallbacks(result.callback, unknown)
-        return result
+    def _unknown_script(
+        self, failure: Failure, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> Deferred[Reply] | Failure:
+        error = failure.value
+        if isinstance(error, ReplyError) and error.kind == "NOSCRIPT":
+            return self.execute("EVAL", script.source, len(keys), *keys, *args)
+        return failure
 
     def drop_all(self) -> None:
         """Drop every ready connection now (each connects again)."""

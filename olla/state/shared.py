@@ -30,7 +30,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from olla.state.client import RoundTrips, Script, StoreTimeout, StoreUnavailable
+from olla.state.client import Script, StoreTimeout, StoreUnavailable
+from olla.state.protocol import RoundTrips
 from olla.state.resp import Arg, Reply, ReplyError
 
 T = TypeVar("T")

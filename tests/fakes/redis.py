@@ -19,7 +19,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from olla.state.client import RoundTrips, Script, StoreUnavailable
+from olla.state.client import Script, StoreUnavailable
+from olla.state.protocol import RoundTrips
 from olla.state.resp import Arg, Reply, ReplyError
 from olla.state.shared import SharedState
 
