@@ -20,6 +20,7 @@ heartbeat, load syncs, poll leases). JSON in ``benchmarks/results/state-<time>.j
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
@@ -89,19 +90,54 @@ def run_one(
         if quick:
             loadrun.append("--quick")
         subprocess.run(loadrun, check=True)
-        with urllib.request.urlopen(f"{base}/internal/status", timeout=10) as response:
-            state = json.loads(response.read())["state"]
-        with urllib.request.urlopen(f"{base}/internal/metrics", timeout=10) as response:
-            served = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in response.read().decode().splitlines()
-                if line.startswith("olla_requests_total{")
-            )
+        state, served = status(base)
+        light = light_load(base, state, served)
     result: dict[str, Any] = json.loads(out.read_text())
     result["state"] = state
     #: every request this olla served (loadrun's warm-ups too): the round trips' denominator
     result["served"] = served
+    result["light"] = light
     return result
+
+
+def status(base: str) -> tuple[dict[str, Any], float]:
+    """The store's figures (``/internal/status``) and every request served so far."""
+    with urllib.request.urlopen(f"{base}/internal/status", timeout=10) as response:
+        state: dict[str, Any] = json.loads(response.read())["state"]
+    with urllib.request.urlopen(f"{base}/internal/metrics", timeout=10) as response:
+        served = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in response.read().decode().splitlines()
+            if line.startswith("olla_requests_total{")
+        )
+    return state, served
+
+
+LIGHT = 200
+
+
+def light_load(base: str, before: dict[str, Any], served: float) -> dict[str, Any]:
+    """``LIGHT`` requests one after another on one connection (olla idle between them): the
+    store's round trips per request and their mean latency when olla is not saturated."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
+    for i in range(LIGHT):
+        headers = {"Content-Type": "application/json"}
+        conn.request("POST", "/olla/ollama/api/chat", body.replace("hi", f"hi {i}"), headers)
+        conn.getresponse().read()
+    conn.close()
+    after, now_served = status(base)
+    if "round_trips" not in after:
+        return {}
+    trips, was = after["round_trips"], before["round_trips"]
+    commands = trips["commands"] - was["commands"]
+    return {
+        "requests": now_served - served,
+        "commands": commands,
+        "per_request": commands / max(1.0, now_served - served),
+        "mean_ms": (trips["total_ms"] - was["total_ms"]) / commands if commands else None,
+    }
 
 
 def figure(result: dict[str, Any], scenario: str, key: str) -> Any:
@@ -185,8 +221,16 @@ def main(argv: list[str]) -> int:
             f"store round trips: {name}: {counted['commands']} commands for {requests} requests "
             f"= {per:.2f} per request; latency mean {counted['mean_ms']} ms, p50 <= "
             f"{counted['p50_ms_at_most']} ms, p99 <= {counted['p99_ms_at_most']} ms; "
-            f"failed {counted['failed']}; fallbacks {result['state']['fallbacks']}"
+            f"failed {counted['failed']}; fallbacks {result['state']['fallbacks']} (under S2: "
+            "olla saturated, a reply waits its turn in olla's loop)"
         )
+        light = result.get("light") or {}
+        if light.get("commands"):
+            print(
+                f"store round trips at light load: {name}: {light['per_request']:.2f} per "
+                f"request over {light['requests']:.0f} sequential requests, mean "
+                f"{light['mean_ms']:.3f} ms"
+            )
     out = (
         args.out or REPO / "benchmarks" / "results" / f"state-{time.strftime('%Y%m%d-%H%M%S')}.json"
     )

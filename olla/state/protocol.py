@@ -60,6 +60,7 @@ class RoundTrips:
             "commands": self.commands,
             "failed": self.failed,
             "mean_ms": round(1000 * self.seconds / self.commands, 3) if self.commands else None,
+            "total_ms": round(1000 * self.seconds, 3),
             "p50_ms_at_most": None if p50 is None else round(1000 * p50, 3),
             "p99_ms_at_most": None if p99 is None else round(1000 * p99, 3),
         }

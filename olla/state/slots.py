@@ -59,6 +59,7 @@ class RedisSlotStore(Service):
         self._refresh.clock = clock
         shared.subscribe("slot", self._heard)
         shared.on_resync.append(self.refresh)
+        shared.on_down.append(self._alone)
         self.local.add_listener(self._tell)
 
     def _key(self, endpoint: str) -> str:
@@ -136,6 +137,15 @@ class RedisSlotStore(Service):
     def _mirror(self, endpoint: str, model: str, held: int, of_model: int) -> None:
         self._held[endpoint] = held
         self._by_model[(endpoint, model)] = of_model
+
+    def _alone(self) -> None:
+        """The store stopped answering: only this process's own slots count now (read again
+        from the store once it answers), so its held requests may go where it has room."""
+        endpoints = [endpoint for endpoint, held in self._held.items() if held]
+        self._by_model = dict.fromkeys(self._by_model, 0)
+        self._held = dict.fromkeys(self._held, 0)
+        for endpoint in endpoints:
+            self._tell(endpoint)
 
     def _heard(self, message: dict[str, Any]) -> None:
         """Another process released a slot: the counts it published, and the gate told."""
