@@ -68,6 +68,48 @@ class SessionTests(Base):
         a.pin("k", "fake-a")
         self.assertEqual(self.successResultOf(b.lookup("k")), SessionPin("fake-a"))
 
+    def test_model_removed_everywhere(self) -> None:
+        """If process b hears a model was deleted from an endpoint, then process a finds the
+        sessions of that model pinned there unknown (forgotten), and every other session as
+        it was; a new pin there counts again."""
+        a, b = self.sessions(self.a), self.sessions(self.b)
+        a.pin("k", "fake-a", "llama3")
+        a.pin("other-model", "fake-a", "qwen")
+        a.pin("other-endpoint", "fake-b", "llama3")
+        self.assertEqual(b.model_removed({"llama3", "llama3:latest"}, {"fake-a"}), 0)
+        self.assertIsNone(self.successResultOf(a.lookup("k")))
+        self.assertEqual(self.store.redis.execute_command("EXISTS", "test:session:k"), 0)
+        self.assertEqual(self.successResultOf(a.lookup("other-model")), SessionPin("fake-a"))
+        self.assertEqual(self.successResultOf(b.lookup("other-endpoint")), SessionPin("fake-b"))
+        a.pin("k", "fake-a", "llama3")
+        self.assertEqual(self.successResultOf(b.lookup("k")), SessionPin("fake-a"))
+
+    def test_model_removed_counts_and_drops_locally(self) -> None:
+        """If a model is deleted, then this process's own pins of it there go too (its
+        fallback), and the count is of those."""
+        a = self.sessions(self.a)
+        a.pin("k", "fake-a", "llama3")
+        self.assertEqual(a.model_removed({"llama3"}, {"fake-a"}), 1)
+        self.store.down = True
+        self.assertIsNone(self.successResultOf(a.lookup("k")))
+
+    def test_model_removed_after_unpin(self) -> None:
+        """If an endpoint was unpinned before its model was deleted, then the session stays
+        known without a pin (as in memory: only sessions pinned there are forgotten)."""
+        a = self.sessions(self.a)
+        a.pin("k", "fake-a", "llama3")
+        a.unpin("fake-a")
+        a.model_removed({"llama3"}, {"fake-a"})
+        self.assertEqual(self.successResultOf(a.lookup("k")), SessionPin(None))
+
+    def test_removal_names_do_not_collide(self) -> None:
+        """If a model is deleted from endpoint "a" with name "b:c", then a session of model
+        "c" on an endpoint named "a:b" is kept (the two never share a generation)."""
+        a = self.sessions(self.a)
+        a.pin("k", "a:b", "c")
+        a.model_removed({"b:c"}, {"a"})
+        self.assertEqual(self.successResultOf(a.lookup("k")), SessionPin("a:b"))
+
     def test_idle_ttl_in_the_store(self) -> None:
         """If a session is pinned, then its key carries the idle TTL."""
         self.sessions(self.a).pin("k", "fake-a")

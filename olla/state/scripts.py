@@ -15,35 +15,55 @@ from __future__ import annotations
 
 from olla.state.client import Script
 
-#: KEYS[1] the session; ARGV: idle TTL in ms (0: none), the generation key prefix.
-#: nil: unknown session; "": known, not pinned (or pinned to an endpoint unpinned since);
-#: else the endpoint's name. A known session's idle time starts again.
+#: KEYS[1] the session; ARGV: idle TTL in ms (0: none), the unpin generation key prefix, the
+#: removal generation key prefix. nil: unknown session (or forgotten: its model was deleted
+#: from its endpoint since); "": known, not pinned (pinned to an endpoint unpinned since); else
+#: the endpoint's name. A known session's idle time starts again.
 SESSION_LOOKUP = Script(
     """
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local sep = string.find(v, '|', 1, true)
-local gen = string.sub(v, 1, sep - 1)
-local endpoint = string.sub(v, sep + 1)
-if endpoint == '' then return '' end
-if (redis.call('GET', ARGV[2] .. endpoint) or '0') ~= gen then return '' end
-return endpoint
+local v = redis.call('HMGET', KEYS[1], 'e', 'g', 'm', 'r')
+local endpoint = v[1]
+if not endpoint then return false end
+local ttl = tonumber(ARGV[1])
+local answer = ''
+if (redis.call('GET', ARGV[2] .. endpoint) or '0') == v[2] then
+  local removed = ARGV[3] .. string.len(endpoint) .. ':' .. endpoint .. ':' .. (v[3] or '')
+  if (redis.call('GET', removed) or '0') ~= (v[4] or '0') then
+    redis.call('DEL', KEYS[1])
+    return false
+  end
+  answer = endpoint
+end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return answer
 """
 )
 
-#: KEYS[1] the session; ARGV: the endpoint name, idle TTL in ms (0: none), generation prefix.
-#: The pin carries the endpoint's unpin generation: unpinning is one INCR of it.
+#: KEYS[1] the session; ARGV: the endpoint name, idle TTL in ms (0: none), the unpin generation
+#: key prefix, the session's model, the removal generation key prefix. The pin (a hash: e, g,
+#: m, r) carries the endpoint's unpin generation and the model's removal generation there:
+#: unpinning an endpoint, or forgetting a model's sessions on it, is one INCR.
 SESSION_PIN = Script(
     """
-local gen = redis.call('GET', ARGV[3] .. ARGV[1]) or '0'
-local value = gen .. '|' .. ARGV[1]
+local endpoint = ARGV[1]
+local gen = redis.call('GET', ARGV[3] .. endpoint) or '0'
+local removed = ARGV[5] .. string.len(endpoint) .. ':' .. endpoint .. ':' .. ARGV[4]
+local r = redis.call('GET', removed) or '0'
+redis.call('HSET', KEYS[1], 'e', endpoint, 'g', gen, 'm', ARGV[4], 'r', r)
 if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
 else
-  redis.call('SET', KEYS[1], value)
+  redis.call('PERSIST', KEYS[1])
 end
 return 1
+"""
+)
+
+#: KEYS: removal generations (one per model name and endpoint). Every one goes up by one.
+SESSIONS_FORGET = Script(
+    """
+for _, key in ipairs(KEYS) do redis.call('INCR', key) end
+return #KEYS
 """
 )
 

@@ -19,6 +19,7 @@ from olla.state.scripts import (
     RATE_TAKE,
     SESSION_LOOKUP,
     SESSION_PIN,
+    SESSIONS_FORGET,
     SLOT_ACQUIRE,
     SLOT_RELEASE,
     SLOT_VIEW,
@@ -89,8 +90,18 @@ def test_rates_and_sessions(client: redis.Redis) -> None:
     taken = [run(client, RATE_TAKE, bucket, [1e-6, 3.0])[0] for _ in range(4)]
     assert taken == [1, 1, 1, 0]
     assert float(run(client, RATE_TAKE, bucket, [1e-6, 3.0])[1]) < 1
-    run(client, SESSION_PIN, ["t:session:k"], ["fake-a", 600000, "t:unpinned:"])
-    assert run(client, SESSION_LOOKUP, ["t:session:k"], [600000, "t:unpinned:"]) == b"fake-a"
+    pin = ["fake-a", 600000, "t:unpinned:", "llama3", "t:removed:"]
+    look = [600000, "t:unpinned:", "t:removed:"]
+    run(client, SESSION_PIN, ["t:session:k"], pin)
+    assert run(client, SESSION_LOOKUP, ["t:session:k"], look) == b"fake-a"
+    assert 590000 < client.pttl("t:session:k") <= 600000
     client.incr("t:unpinned:fake-a")
-    assert run(client, SESSION_LOOKUP, ["t:session:k"], [600000, "t:unpinned:"]) == b""
-    assert run(client, SESSION_LOOKUP, ["t:session:nope"], [600000, "t:unpinned:"]) is None
+    assert run(client, SESSION_LOOKUP, ["t:session:k"], look) == b""
+    assert run(client, SESSION_LOOKUP, ["t:session:nope"], look) is None
+    # a model deleted from the endpoint forgets the sessions of it pinned there
+    run(client, SESSION_PIN, ["t:session:k"], pin)
+    run(client, SESSION_PIN, ["t:session:q"], [*pin[:3], "qwen", "t:removed:"])
+    assert run(client, SESSIONS_FORGET, ["t:removed:6:fake-a:llama3"], []) == 1
+    assert run(client, SESSION_LOOKUP, ["t:session:k"], look) is None
+    assert not client.exists("t:session:k")
+    assert run(client, SESSION_LOOKUP, ["t:session:q"], look) == b"fake-a"
