@@ -65,6 +65,10 @@ class ILoadStore(ILoadView):
     def forget(endpoint: Endpoint) -> None:
         """``endpoint`` left the config and its last attempt ended: drop what is kept."""
 
+    def own_in_flight(endpoint: Endpoint) -> int:
+        """This process's attempts on ``endpoint`` alone (``in_flight`` of a store shared by
+        several processes counts theirs too): whether a removed endpoint has drained here."""
+
 
 class ISessionStore(Interface):
     """Sticky sessions: session key -> the name of the endpoint that last served it.

@@ -11,9 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from olla.config import EndpointConfig, StickySessionsConfig
-from olla.fleet.endpoints import endpoints_from_config
+from olla.fleet.endpoints import EndpointRegistry, endpoints_from_config
 from olla.fleet.sticky import MemorySessionStore
-from olla.fleet.values import Endpoint, SessionPin
+from olla.fleet.values import Endpoint, Outcome, SessionPin
 from olla.guard.ratelimit import MemoryRateStore
 from olla.interfaces import ILoadStore, IPollShare, IRateStore, ISessionStore
 from olla.profiles import builtin_profiles
@@ -209,6 +209,76 @@ class LoadTests(Base):
         self.assertEqual(b.in_flight(endpoint), 1)
 
 
+class SharedRegistryTests(Base):
+    """The endpoint registry over the shared load store (what ``build_app`` wires)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.endpoint = _endpoint()
+
+    def registry(self, shared: SharedState) -> EndpointRegistry:
+        """One process's registry (the endpoint is the same one: both read one config)."""
+        return EndpointRegistry(
+            [self.endpoint],
+            self.clock,
+            load=lambda slots: RedisLoadStore(shared, self.clock, slots),
+        )
+
+    def test_removed_endpoint_drains_on_own_attempts(self) -> None:
+        """If a reload removes an endpoint here while another process has attempts there,
+        then it is gone here once this process's own last attempt ends (the others' do not
+        hold it), and at once when this process has none."""
+        a, b = self.registry(self.a), self.registry(self.b)
+        endpoint = self.endpoint
+        gone_a: list[Endpoint] = []
+        gone_b: list[Endpoint] = []
+        a.on_gone.append(gone_a.append)
+        b.on_gone.append(gone_b.append)
+        for _ in range(2):
+            a.attempt_started(endpoint, 0.0)
+        b.attempt_started(endpoint, 0.0)
+        self.clock.advance(0.1)
+        assert isinstance(b.load, RedisLoadStore)
+        b.load.sync()
+        self.assertEqual(b.load.in_flight(endpoint), 3)
+        b.remove(endpoint)
+        self.assertEqual(b.draining, [endpoint])
+        b.attempt_ended(endpoint, Outcome.OK, started=0.0)
+        self.assertEqual(gone_b, [endpoint])
+        self.assertEqual(b.draining, [])
+        a.remove(endpoint)
+        self.assertEqual(a.draining, [endpoint])
+        a.attempt_ended(endpoint, Outcome.OK, started=0.0)
+        self.assertEqual(gone_a, [])
+        a.attempt_ended(endpoint, Outcome.OK, started=0.0)
+        self.assertEqual(gone_a, [endpoint])
+
+    def test_removed_endpoint_without_own_attempts_goes_at_once(self) -> None:
+        """If this process has no attempt on a removed endpoint, then it is gone at once,
+        however many the other processes have there."""
+        a, b = self.registry(self.a), self.registry(self.b)
+        endpoint = self.endpoint
+        gone: list[Endpoint] = []
+        b.on_gone.append(gone.append)
+        a.attempt_started(endpoint, 0.0)
+        self.clock.advance(0.1)
+        assert isinstance(b.load, RedisLoadStore)
+        self.assertEqual(b.load.in_flight(endpoint), 0)  # asked: synced from now on
+        b.load.sync()
+        self.assertEqual(b.load.in_flight(endpoint), 1)
+        b.remove(endpoint)
+        self.assertEqual((gone, b.draining), ([endpoint], []))
+
+    def test_slots_are_the_registry_rule(self) -> None:
+        """If a backend reports its slots (llama.cpp's /props), then the shared load view
+        routing reads answers them, as the in-memory one does."""
+        registry = self.registry(self.a)
+        endpoint = next(iter(registry))
+        self.assertEqual(registry.load.slots(endpoint), endpoint.default_slots)
+        registry.capacity_read(endpoint, 8, None)
+        self.assertEqual(registry.load.slots(endpoint), 8)
+
+
 class SlotTests(Base):
     def test_provides(self) -> None:
         """The Redis slot store implements ISlotStore."""
@@ -325,6 +395,7 @@ class StoresTests(SynchronousTestCase):
         shared = FakeStore().process("a", clock)
         stores = stores_for(shared, clock)
         self.assertIsInstance(stores.sessions(STICKY), RedisSessionStore)
-        self.assertIsInstance(stores.load, RedisLoadStore)
+        self.assertIsInstance(stores.load(), RedisLoadStore)
+        self.assertEqual(list(stores.services), [shared, stores.made_load, stores.slots])
         status = stores.status()
         self.assertEqual((status["backend"], status["ok"], status["fallbacks"]), ("redis", True, 0))

@@ -17,6 +17,8 @@ own attempts, as without a store) and picked up again from the next sync that an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -24,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from olla.fleet.load import MemoryLoadStore
+from olla.fleet.load import MemoryLoadStore, configured_slots
 from olla.fleet.values import Endpoint
 from olla.interfaces import ILoadStore
 from olla.state.resp import Arg, Reply
@@ -43,13 +45,19 @@ class RedisLoadStore(Service):
 
     _log = Logger()
 
-    def __init__(self, shared: SharedState, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        shared: SharedState,
+        clock: IReactorTime,
+        slots: Callable[[Endpoint], int] = configured_slots,
+    ) -> None:
         self._shared = shared
         self._clock = clock
-        self.local = MemoryLoadStore()
+        #: this process's own load; ``slots`` answers ``ILoadView.slots`` (the registry's rule)
+        self.local = MemoryLoadStore(slots)
         #: endpoint id -> the other live processes' attempts in flight there
         self.others: dict[str, int] = {}
-        #: the endpoints this process counts (synced every time)
+        #: the endpoints this process counts or was asked about (synced every time)
         self._known: dict[str, Endpoint] = {}
         #: endpoints a reload removed: synced once more, then dropped
         self._dropping: set[str] = set()
@@ -64,6 +72,8 @@ class RedisLoadStore(Service):
     # ------------------------------------------------------------------ ILoadView
 
     def in_flight(self, endpoint: Endpoint) -> int:
+        if endpoint.id not in self._known:  # asked about: the others' count there is synced
+            self._known[endpoint.id] = endpoint
         return self.local.in_flight(endpoint) + self.others.get(endpoint.id, 0)
 
     def own_in_flight(self, endpoint: Endpoint) -> int:

@@ -4,15 +4,16 @@ memory``) or shared through the store (``redis``), for ``build_app`` to hand out
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
 from olla.config import StickySessionsConfig
-from olla.fleet.load import MemoryLoadStore
+from olla.fleet.load import MemoryLoadStore, configured_slots
 from olla.fleet.sticky import MemorySessionStore
+from olla.fleet.values import Endpoint
 from olla.guard.ratelimit import MemoryRateStore
 from olla.interfaces import ILoadStore, IPollShare, IRateStore, ISessionStore
 from olla.proxy.slots import ISlotStore, MemorySlotStore
@@ -30,11 +31,31 @@ class Stores:
 
     clock: IReactorTime
     shared: SharedState | None = None
-    load: ILoadStore = field(default_factory=MemoryLoadStore)
     slots: ISlotStore = field(default_factory=MemorySlotStore)
     #: who polls an endpoint this interval (None: this process polls every one)
     polls: IPollShare | None = None
-    services: Sequence[IService] = ()
+    #: the load store, once the registry made it (``load``)
+    made_load: ILoadStore | None = None
+
+    def load(self, slots: Callable[[Endpoint], int] = configured_slots) -> ILoadStore:
+        """The endpoints' load, answering ``ILoadView.slots`` with ``slots``: the registry
+        makes it with its own rule (configured, else what the backend reports, else the
+        profile's default), which every process applies to what its discovery read."""
+        if self.shared is None:
+            self.made_load = MemoryLoadStore(slots)
+        else:
+            self.made_load = RedisLoadStore(self.shared, self.clock, slots)
+        return self.made_load
+
+    @property
+    def services(self) -> Sequence[IService]:
+        """What must run for the shared stores: the connections first, so they are up
+        before the stores sync."""
+        if self.shared is None:
+            return ()
+        load = (self.made_load,) if isinstance(self.made_load, RedisLoadStore) else ()
+        slots = (self.slots,) if isinstance(self.slots, RedisSlotStore) else ()
+        return (self.shared, *load, *slots)
 
     def sessions(self, config: StickySessionsConfig) -> ISessionStore:
         """The sticky sessions' store."""
@@ -55,17 +76,9 @@ class Stores:
 
 
 def stores_for(shared: SharedState | None, clock: IReactorTime) -> Stores:
-    """In memory without ``shared``; else every store through it (its services first: the
-    connections are up before the stores sync)."""
+    """In memory without ``shared``; else every store through it."""
     if shared is None:
         return Stores(clock)
-    load = RedisLoadStore(shared, clock)
-    slots = RedisSlotStore(shared, clock)
     return Stores(
-        clock,
-        shared=shared,
-        load=load,
-        slots=slots,
-        polls=SharedPolls(shared),
-        services=(shared, load, slots),
+        clock, shared=shared, slots=RedisSlotStore(shared, clock), polls=SharedPolls(shared)
     )
