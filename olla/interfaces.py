@@ -120,9 +120,12 @@ class IRateStore(Interface):
 class IPollShare(Interface):
     """Who polls an endpoint this interval when several olla processes share a store: one
     health prober and one model discovery per endpoint per interval, the others hear what
-    it found. Without a shared store there is no ``IPollShare`` (every process polls).
+    it found; and what one process learns about an endpoint that the others should know at
+    once (a model load begun, done or failed there). Without a shared store there is no
+    ``IPollShare`` (every process polls, and learns alone).
 
-    ``kind`` names the poll (``health``, ``models``); a result is a JSON-able dict.
+    ``kind`` names the poll or the news (``health``, ``models``, ``loaded``, ``loads``); a
+    result is a JSON-able dict.
     """
 
     def claim(kind: str, endpoint: Endpoint, ttl: float) -> Deferred[bool]:

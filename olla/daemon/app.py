@@ -199,7 +199,7 @@ def build_app(
     outcomes = Outcomes()
     outcomes.subscribe(RegistryTraffic(registry))
     outcomes.subscribe(ConnectionFailures(health))
-    outcomes.subscribe(LoadLearning(catalogue, discovery))
+    outcomes.subscribe(LoadLearning(catalogue, discovery, stores.polls, registry.by_id))
     outcomes.subscribe(StatsListener(stats))
     outcomes.subscribe(failovers)
     if sticky is not None:

@@ -223,14 +223,21 @@ class DiscoveryService(Service):
                 claimed.addCallback(self._claimed, kind, endpoint, run)
 
     def _claimed(self, won: bool, kind: str, endpoint: Endpoint, run: _Run) -> None:
-        if not won or not self.running or endpoint not in self._registry:
-            return
+        if won and self.running and endpoint in self._registry:
+            self._recorded(kind, endpoint, run)
+
+    def _recorded(self, kind: str, endpoint: Endpoint, run: _Run) -> Deferred[None]:
+        """``run(endpoint)``; with a shared store, what it read is published for the others
+        once it, and the descriptions it started, are done (they need not ask them either)."""
+        if self._share is None:
+            return run(endpoint)
         recording = _Recording()
         self._recording.add(endpoint, recording)
         ran = run(endpoint)
-        # the descriptions it started are part of what it read (the others need not ask)
-        ran.addCallback(lambda _: _all(follow(d) for d in recording.describing))
-        ran.addBoth(self._publish, kind, endpoint, recording)
+        published = follow(ran)
+        published.addCallback(lambda _: _all(follow(d) for d in recording.describing))
+        published.addBoth(self._publish, kind, endpoint, recording)
+        return ran
 
     def _publish(self, _: object, kind: str, endpoint: Endpoint, recording: _Recording) -> None:
         self._recording.remove(endpoint, recording)
@@ -240,7 +247,7 @@ class DiscoveryService(Service):
     def _heard(self, endpoint_id: str, found: dict[str, object], run: _Run) -> None:
         """Another process asked ``endpoint_id``: ``run`` it here over what that one read."""
         documents = found.get("documents")
-        endpoint = next((e for e in self._registry if e.id == endpoint_id), None)
+        endpoint = self._registry.by_id(endpoint_id)
         if endpoint is None or not isinstance(documents, dict):
             return
         if not (self.running and self._config.enabled):
@@ -263,12 +270,14 @@ class DiscoveryService(Service):
 
     def rediscover(self, endpoint: Endpoint) -> Deferred[None]:
         """Discover ``endpoint`` with a run that starts now: one already going may have read
-        the list before a change (model management), so it is followed by a new one."""
+        the list before a change (model management), so it is followed by a new one. With a
+        shared store the others hear what it read: a model pulled or deleted through this
+        process is known to all of them at once."""
         running = self._discovering.pending(endpoint)
         if running is None:
-            return self.refresh(endpoint)
+            return self._recorded("models", endpoint, self.refresh)
         after = follow(running)
-        after.addCallback(lambda _: self.refresh(endpoint))
+        after.addCallback(lambda _: self._recorded("models", endpoint, self.refresh))
         return after
 
     def _failed(self, failure: Failure, endpoint: Endpoint) -> None:

@@ -270,6 +270,10 @@ class EndpointRegistry:
     def by_name(self, name: str) -> Endpoint | None:
         return self._by_name.get(name)
 
+    def by_id(self, endpoint_id: str) -> Endpoint | None:
+        """The configured endpoint with ``endpoint_id`` (as other processes name it)."""
+        return next((ep for ep in self._endpoints if ep.id == endpoint_id), None)
+
     def slots(self, endpoint: Endpoint) -> int:
         """The requests ``endpoint`` serves at once before it counts as full (see
         ``effective_slots``): what every free-slot check and concurrency cap reads, and
