@@ -403,7 +403,8 @@ class SharedHealthTests(SynchronousTestCase):
         checker = ScriptedChecker()
         checker.clock = self.clock
         share = SharedPolls(self.store.process(name, self.clock))
-        service = HealthService(registry, checker, self.clock, random.Random(seed), share=share)
+        service = HealthService(registry, checker, self.clock, random.Random(seed))
+        service.share_with(share)
         service.startService()
         self.addCleanup(service.stopService)
         return service, registry, checker

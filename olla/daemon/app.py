@@ -158,13 +158,10 @@ def build_app(
         load=stores.load,
         lists_models=discovery_config.enabled,
     )
-    health = HealthService(
-        registry,
-        checker or HTTPHealthChecker(agent, clock, __version__),
-        clock,
-        share=stores.polls,
-    )
+    health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
     health.initial_delay = config.discovery.health_check.initial_delay
+    if stores.polls is not None:
+        health.share_with(stores.polls)
     stats = Stats()
     health.on_probe.append(
         lambda endpoint, result: stats.probe_finished(
@@ -352,7 +349,7 @@ def build_app(
         collector=collector,
         management=management,
         timeouts=timeouts,
-        reconfigurables=tuple(reconfigurables),
         stores=stores,
         figures=figures,
+        reconfigurables=tuple(reconfigurables),
     )

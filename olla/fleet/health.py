@@ -189,15 +189,13 @@ class HealthService(Service):
         checker: IHealthChecker,
         clock: IReactorTime,
         rng: random.Random | None = None,
-        share: IPollShare | None = None,
     ) -> None:
         self._registry = registry
         self._checker = checker
         self._clock = clock
         self._rng = rng or random.Random()
-        self._share = share
-        if share is not None:
-            share.subscribe("health", self._heard)
+        #: who probes each endpoint this interval (``share_with``; None: this process)
+        self._share: IPollShare | None = None
         self._pollers = {ep: _Poller(ep) for ep in registry}
         self.on_recovered: list[Callable[[Endpoint], object]] = []
         #: told every probe's result (the stats count them)
@@ -386,6 +384,12 @@ class HealthService(Service):
         poller.call = self._clock.callLater(delay, self._tick, poller)
 
     # ------------------------------------------------------------------ shared probes
+
+    def share_with(self, share: IPollShare) -> None:
+        """Probe together with the other processes behind ``share`` (a shared store): from
+        now on a scheduled probe is made by the process holding the endpoint's lease."""
+        self._share = share
+        share.subscribe("health", self._heard)
 
     def _publish(self, result: ProbeResult, endpoint: Endpoint) -> ProbeResult:
         """Tell the other processes what this scheduled probe found (not a detection: a

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -32,6 +31,7 @@ from olla.interfaces import ILoadStore
 from olla.state.resp import Arg, Reply
 from olla.state.scripts import LOAD_SYNC
 from olla.state.shared import SharedState
+from olla.util.services import Repeating
 
 #: seconds between a change and its sync, at least (changes in between share one round trip)
 SYNC_GAP = 0.02
@@ -40,7 +40,7 @@ REFRESH = 0.5
 
 
 @implementer(ILoadStore)
-class RedisLoadStore(Service):
+class RedisLoadStore(MultiService):
     """In-flight counts shared through the store; everything else this process's own."""
 
     _log = Logger()
@@ -51,6 +51,7 @@ class RedisLoadStore(Service):
         clock: IReactorTime,
         slots: Callable[[Endpoint], int] = configured_slots,
     ) -> None:
+        super().__init__()
         self._shared = shared
         self._clock = clock
         #: this process's own load; ``slots`` answers ``ILoadView.slots`` (the registry's rule)
@@ -65,8 +66,8 @@ class RedisLoadStore(Service):
         self._again = False
         self._last = 0.0
         self._call: IDelayedCall | None = None
-        self._refresh = LoopingCall(self.sync)
-        self._refresh.clock = clock
+        refresh = Repeating(clock, REFRESH, self.sync, what="state store load refresh")
+        refresh.setServiceParent(self)
         shared.on_down.append(self.others.clear)
 
     # ------------------------------------------------------------------ ILoadView
@@ -163,16 +164,9 @@ class RedisLoadStore(Service):
             self._again = False
             self._call = self._clock.callLater(SYNC_GAP, self.sync)
 
-    def startService(self) -> None:
-        super().startService()
-        self._refresh.start(REFRESH, now=False).addErrback(
-            lambda f: self._log.failure("state store load refresh stopped", failure=f)
-        )
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._refresh.running:
-            self._refresh.stop()
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        return stopped

@@ -82,11 +82,11 @@ class SharedState(MultiService):
         grace: float = 0.0,
     ) -> None:
         super().__init__()
+        self.process = process or process_id()
         self.commands = commands
         self._clock = clock
         self.prefix = prefix
         self.where = where
-        self.process = process or process_id()
         self.channel = prefix + "events"
         #: whether the last command was answered (False from start until the first answer)
         self.ok = False

@@ -22,10 +22,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -33,18 +32,20 @@ from olla.proxy.slots import ISlotStore, Lease, MemorySlotStore, SlotListener
 from olla.state.resp import Arg, Reply
 from olla.state.scripts import SLOT_ACQUIRE, SLOT_RELEASE, SLOT_VIEW
 from olla.state.shared import SharedState
+from olla.util.services import Repeating
 
 #: seconds between reads of every endpoint's counts (slots a dead process held free so)
 REFRESH = 1.0
 
 
 @implementer(ISlotStore)
-class RedisSlotStore(Service):
+class RedisSlotStore(MultiService):
     """Slots in the shared store; this process's memory while it does not answer."""
 
     _log = Logger()
 
     def __init__(self, shared: SharedState, clock: IReactorTime) -> None:
+        super().__init__()
         self._shared = shared
         self.local = MemorySlotStore()
         self._serials = itertools.count(1)
@@ -55,8 +56,9 @@ class RedisSlotStore(Service):
         self._held: dict[str, int] = {}
         self._by_model: dict[tuple[str, str], int] = {}
         self._listeners: list[SlotListener] = []
-        self._refresh = LoopingCall(self.refresh)
-        self._refresh.clock = clock
+        Repeating(clock, REFRESH, self.refresh, what="state store slot refresh").setServiceParent(
+            self
+        )
         shared.subscribe("slot", self._heard)
         shared.on_resync.append(self.refresh)
         shared.on_down.append(self._alone)
@@ -184,17 +186,6 @@ class RedisSlotStore(Service):
         self._shared.ask(
             lambda c: c.evalsha(SLOT_VIEW, keys, [self._shared.procs]), read, lambda: succeed(None)
         )
-
-    def startService(self) -> None:
-        super().startService()
-        self._refresh.start(REFRESH, now=False).addErrback(
-            lambda f: self._log.failure("state store slot refresh stopped", failure=f)
-        )
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._refresh.running:
-            self._refresh.stop()
 
 
 def _three(reply: Reply) -> tuple[bool, int, int]:

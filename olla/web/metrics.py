@@ -85,7 +85,6 @@ class OllaCollector(Collector):
         sticky: StickySessions | None = None,
         state: Callable[[], dict[str, object]] | None = None,
     ) -> None:
-        self._state = state
         self._stats = stats
         self._registry = registry
         self._clock = clock
@@ -97,6 +96,7 @@ class OllaCollector(Collector):
         self._translators = list(translators)
         self._active_connections = active_connections
         self._started = clock.seconds()
+        self._state = state
 
     def collect(self) -> Iterable[Metric]:
         yield from self._process()

@@ -28,15 +28,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.values import MultiProcessValue
-from twisted.application.service import Service
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from olla.interfaces import IOutcomeListener
 from olla.telemetry.outcomes import OutcomeListener
 from olla.telemetry.records import AttemptRecord, RequestRecord
+from olla.util.services import Repeating
 
 #: the environment variable prometheus_client's multiprocess mode reads
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -73,7 +74,7 @@ def _mode(metric: str, shared: bool) -> str:
 
 
 @implementer(IOutcomeListener)
-class WorkerFigures(OutcomeListener, Service):
+class WorkerFigures(OutcomeListener, MultiService):
     """Writes ``collector``'s figures into this worker's multiprocess files."""
 
     _log = Logger()
@@ -86,14 +87,17 @@ class WorkerFigures(OutcomeListener, Service):
         shared: bool = False,
         process: Callable[[], int] = os.getpid,
     ) -> None:
+        super().__init__()
         self._collector = collector
         self._clock = clock
         self._shared = shared
         self._value_class: Any = MultiProcessValue(process)
         self._values: dict[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
         self._call: IDelayedCall | None = None
-        self._refresh = LoopingCall(self.flush)
-        self._refresh.clock = clock
+        # live gauges stay fresh in the merged scrape even when no request moves them
+        Repeating(clock, REFRESH, self.flush, what="metrics refresh", now=True).setServiceParent(
+            self
+        )
 
     # ------------------------------------------------------------------ when
 
@@ -173,17 +177,10 @@ class WorkerFigures(OutcomeListener, Service):
 
     # ------------------------------------------------------------------ service
 
-    def startService(self) -> None:
-        super().startService()
-        self._refresh.start(REFRESH, now=True).addErrback(
-            lambda f: self._log.failure("metrics refresh stopped", failure=f)
-        )
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._refresh.running:
-            self._refresh.stop()
-        self.flush()
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()
+        self.flush()  # the last figures, for the scrapes after this worker is gone
+        return stopped
 
 
 def merged_registry(path: str) -> CollectorRegistry:
