@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 
@@ -117,6 +118,17 @@ def interpolate(text: str, environ: Mapping[str, str], path: Path_) -> str:
         return value
 
     return _ENV_REF.sub(expand, text)
+
+
+def read_beside(path_text: str, base_dir: Path, at: Path_) -> str:
+    """The text of a file the config names; a relative name is read beside the config file."""
+    file_path = Path(path_text)
+    if not file_path.is_absolute():
+        file_path = base_dir / file_path
+    try:
+        return file_path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {file_path}: {e.strerror}", at) from None
 
 
 class SectionReader:

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from olla.config._base import ConfigError, SectionReader, format_duration, format_path, interpolate
+from olla.config._base import (
+    ConfigError,
+    SectionReader,
+    format_duration,
+    format_path,
+    interpolate,
+    read_beside,
+)
 from olla.config.proxy import FilterConfig, _filter
 
 
@@ -98,13 +105,8 @@ def _read_secret(
         value: str = interpolate(r.text(field_name, ""), environ, path)
     elif from_file:
         path = r.at(f"{field_name}_file")
-        file_path = Path(interpolate(r.text(f"{field_name}_file", ""), environ, path))
-        if not file_path.is_absolute():
-            file_path = base_dir / file_path
-        try:
-            value = file_path.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read {file_path}: {e.strerror}", path) from None
+        file_text = interpolate(r.text(f"{field_name}_file", ""), environ, path)
+        value = read_beside(file_text, base_dir, path).strip()
     else:
         return None
     if not value:

@@ -21,23 +21,11 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], str]] = {
     "OLLA_SERVER_WRITE_TIMEOUT": (("server", "write_timeout"), "duration"),
     "OLLA_SERVER_MAX_BODY_SIZE": (("server", "request_limits", "max_body_size"), "size"),
     "OLLA_SERVER_MAX_HEADER_SIZE": (("server", "request_limits", "max_header_size"), "size"),
-    "OLLA_SERVER_GLOBAL_RATE_LIMIT": (
-        ("server", "rate_limits", "global_requests_per_minute"),
-        "int",
-    ),
-    "OLLA_SERVER_PER_IP_RATE_LIMIT": (
-        ("server", "rate_limits", "per_ip_requests_per_minute"),
-        "int",
-    ),
+    "OLLA_SERVER_GLOBAL_RATE_LIMIT": ((*_RL, "global_requests_per_minute"), "int"),
+    "OLLA_SERVER_PER_IP_RATE_LIMIT": ((*_RL, "per_ip_requests_per_minute"), "int"),
     "OLLA_SERVER_RATE_BURST_SIZE": ((*_RL, "burst_size"), "int"),
-    "OLLA_SERVER_HEALTH_RATE_LIMIT": (
-        ("server", "rate_limits", "health_requests_per_minute"),
-        "int",
-    ),
-    "OLLA_SERVER_RATE_CLEANUP_INTERVAL": (
-        ("server", "rate_limits", "cleanup_interval"),
-        "duration",
-    ),
+    "OLLA_SERVER_HEALTH_RATE_LIMIT": ((*_RL, "health_requests_per_minute"), "int"),
+    "OLLA_SERVER_RATE_CLEANUP_INTERVAL": ((*_RL, "cleanup_interval"), "duration"),
     "OLLA_SERVER_TRUST_PROXY_HEADERS": ((*_RL, "trust_proxy_headers"), "bool"),
     "OLLA_SERVER_TRUSTED_PROXY_CIDRS": ((*_RL, "trusted_proxy_cidrs"), "list"),
     "OLLA_SERVER_CORS_ENABLED": ((*_CORS, "enabled"), "bool"),

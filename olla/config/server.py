@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from olla.config._base import ConfigError, SectionReader, _check_cidr, interpolate
+from olla.config._base import ConfigError, SectionReader, _check_cidr, interpolate, read_beside
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,7 @@ def _client_key(item: object, path: tuple[str | int, ...], environ: Mapping[str,
 
 def _keys_file(path_text: str, at: tuple[str | int, ...], base_dir: Path) -> list[str]:
     """One key per line; blank lines and ``#`` comments are skipped."""
-    file_path = Path(path_text)
-    if not file_path.is_absolute():
-        file_path = base_dir / file_path
-    try:
-        lines = file_path.read_text().splitlines()
-    except OSError as e:
-        raise ConfigError(f"cannot read {file_path}: {e.strerror}", at) from None
+    lines = read_beside(path_text, base_dir, at).splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
