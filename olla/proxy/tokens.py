@@ -79,12 +79,29 @@ def _last_value(tail: bytes, quoted: bytes) -> Value:
     while at >= 0:
         match = _SCALAR.match(tail, at + len(quoted))
         if match is not None:
-            value: object = json.loads(match.group(1))
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-            return value if isinstance(value, str | bool) else None
+            return _scalar(match.group(1))
         at = tail.rfind(quoted, 0, at)
     return None
+
+
+def _scalar(token: bytes) -> Value:
+    """A JSON scalar ``_SCALAR`` matched, read without ``json.loads`` where it is plain (every
+    answer reads a dozen: a number, an unescaped string, a literal)."""
+    if token[0] == 0x22:  # a string
+        if b"\\" not in token:
+            try:
+                return token[1:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        value: object = json.loads(token)
+        return value if isinstance(value, str) else None
+    if token == b"true":
+        return True
+    if token == b"false":
+        return False
+    if token == b"null":
+        return None
+    return float(token)  # the JSON number grammar ``_SCALAR`` matched is float()'s too
 
 
 def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]:
