@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from twisted.web.http_headers import Headers
 
 from olla import __version__
 
@@ -156,6 +159,52 @@ def response_headers_for_client(
         for name, values in headers
         if name.lower() not in dropped and not name.lower().startswith(b"x-olla-")
     ]
+
+
+#: what a backend's response never passes on (lower-cased); ``Content-Length`` too: the
+#: relay sets it from the response's own length field
+_RESPONSE_NEVER: frozenset[bytes] = HOP_BY_HOP | _RESPONSE_DROPPED | {b"content-length"}
+
+
+def relay_response_headers(
+    source: Headers, target: Headers, hidden: frozenset[bytes] = frozenset()
+) -> None:
+    """Copy the backend's response headers that may reach the client from ``source`` into
+    ``target`` (what ``response_headers_for_client`` keeps with ``keep_length=False``).
+
+    Straight into ``target``'s table, not through ``setRawHeaders``: every name and value in
+    a ``Headers`` went through its name encoder (canonical case) and its line sanitiser when
+    it was added (``_newclient`` adds each parsed line with ``addRawHeader``), and doing both
+    again for each of a response's headers costs more than the rest of the relay. Only
+    ``Headers``' own table is touched, as its ``setRawHeaders`` would set it.
+    """
+    raw = source._rawHeaders
+    dropped = _RESPONSE_NEVER | hidden if hidden else _RESPONSE_NEVER
+    connection = raw.get(b"Connection")
+    if connection:  # _newclient keeps it out; a Headers built by hand may carry it
+        dropped = dropped | connection_listed(connection)
+    into = target._rawHeaders
+    for name, values in raw.items():
+        lower = name.lower()
+        if lower not in dropped and not lower.startswith(b"x-olla-"):
+            into[name] = list(values)
+
+
+def canonical_name(name: bytes) -> bytes:
+    """``name`` as ``Headers`` keys it (``x-olla-endpoint`` -> ``X-Olla-Endpoint``): for
+    names set straight into a ``Headers``' table (see ``relay_response_headers``)."""
+    headers = Headers()
+    headers.setRawHeaders(name, [b""])
+    return next(iter(headers._rawHeaders))
+
+
+@lru_cache(maxsize=256)
+def sanitised(value: str) -> bytes:
+    """``value`` as ``Headers.setRawHeaders`` would store it (UTF-8, line breaks folded):
+    for the few values every answer repeats (an endpoint's name and type), worked out once."""
+    headers = Headers()
+    headers.setRawHeaders(b"x", [value.encode()])
+    return headers._rawHeaders[b"X"][0]
 
 
 def valid_request_id(value: bytes | None) -> bool:
