@@ -77,6 +77,10 @@ def _connection_values(headers: RawHeaders) -> list[bytes]:
     return [v for name, values in headers if name.lower() == b"connection" for v in values]
 
 
+#: what a client's request never passes on (lower-cased), worked out once
+_REQUEST_NEVER: frozenset[bytes] = HOP_BY_HOP | CLIENT_CREDENTIALS | _UPSTREAM_OWNED
+
+
 def request_headers_for_upstream(
     headers: RawHeaders,
     *,
@@ -103,14 +107,17 @@ def request_headers_for_upstream(
         peer_ip: the TCP peer's address, the hop ``X-Forwarded-For`` gains (default
             ``client_ip``; they differ when a trusted proxy named the client).
     """
-    dropped = HOP_BY_HOP | CLIENT_CREDENTIALS | _UPSTREAM_OWNED
-    dropped |= connection_listed(_connection_values(headers))
-    overridden = {name.lower() for name, _ in extra}
+    dropped = _REQUEST_NEVER
+    listed = _connection_values(headers)
+    if listed:
+        dropped = dropped | connection_listed(listed)
+    if extra:
+        dropped = dropped | {name.lower() for name, _ in extra}
     out: list[tuple[bytes, list[bytes]]] = []
     present: dict[bytes, list[bytes]] = {}
     for name, values in headers:
         lower = name.lower()
-        if lower in dropped or lower in overridden or lower.startswith(b"x-olla-"):
+        if lower in dropped or lower.startswith(b"x-olla-"):
             continue
         kept = list(values)
         out.append((name, kept))
@@ -151,7 +158,9 @@ def response_headers_for_client(
         hidden: extra lower-cased names to drop (the endpoint's own credential headers).
     """
     dropped = HOP_BY_HOP | _RESPONSE_DROPPED | hidden
-    dropped |= connection_listed(_connection_values(headers))
+    listed = _connection_values(headers)
+    if listed:
+        dropped |= connection_listed(listed)
     if not keep_length:
         dropped |= {b"content-length"}
     return [
