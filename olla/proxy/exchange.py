@@ -135,6 +135,15 @@ _NO_PLAN = Plan()
 class Exchange:
     """One client request through the proxy, from its plan to the last byte."""
 
+    # one lives per request in flight (a thousand slow streams: a thousand of them)
+    __slots__ = (
+        "_attempts", "_candidate", "_context", "_deadline", "_deps", "_ended", "_error",
+        "_failovers", "_last", "_model", "_pending", "_plan", "_query", "_request",
+        "_response_timer", "_shape", "_shaped", "_stale_retried", "_start", "_status",
+        "_stream", "_streamed", "_target", "_timed_out", "_usage", "_waiting", "_walk",
+        "affinity", "small_body",
+    )  # fmt: skip
+
     _log = Logger()
 
     def __init__(
