@@ -14,6 +14,7 @@ import os
 import random
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
@@ -260,9 +261,13 @@ _HOST = re.compile(rb"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::[
 _ABSOLUTE = re.compile(rb"\A[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)\Z", re.DOTALL)
 
 
+@lru_cache(maxsize=256)
 def valid_host(value: bytes) -> bool:
     """Whether ``value`` is a Host olla accepts: the characters above, and a name that can be
-    IDNA-encoded (no empty label, none over 63 characters), as werkzeug needs it."""
+    IDNA-encoded (no empty label, none over 63 characters), as werkzeug needs it.
+
+    Every request asks, nearly always about the same few names, and the IDNA codec is slow:
+    the verdicts of the last 256 are kept."""
     if not _HOST.match(value):
         return False
     if value.startswith(b"["):
