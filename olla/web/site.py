@@ -334,6 +334,16 @@ class OllaChannel(HTTPChannel):
         self._refused = False
         self._deadline: IDelayedCall | None = None
         self._closer: IDelayedCall | None = None
+        self._secure: bool | None = None
+
+    def isSecure(self) -> bool:
+        """Whether the connection is TLS, asked of its transport once (an interface adaptation
+        each time otherwise, for every proxied request's ``X-Forwarded-Proto``): a
+        connection's transport is set when it is made and never changes."""
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = bool(super().isSecure())
+        return secure
 
     def connectionMade(self) -> None:
         super().connectionMade()
