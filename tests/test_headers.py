@@ -12,6 +12,7 @@ from olla.proxy.headers import (
     VIA_VALUE,
     canonical_name,
     connection_listed,
+    headers_of,
     relay_response_headers,
     request_headers_for_upstream,
     response_headers_for_client,
@@ -174,6 +175,22 @@ def test_relay_matches_the_filter(
         expected.setRawHeaders(name, values)
     relay_response_headers(source, relayed, hidden)
     assert list(relayed.getAllRawHeaders()) == list(expected.getAllRawHeaders())
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(_NAMES, st.sampled_from([b"x-model", b"X-Forwarded-For", b"x-real-ip"])),
+            st.lists(st.binary(max_size=12), max_size=2),
+        ),
+        max_size=8,
+    )
+)
+def test_headers_of_is_headers_of_a_dict(pairs: list[tuple[bytes, list[bytes]]]) -> None:
+    """If olla builds an upstream request's headers from its list (line breaks in values
+    included), then they are exactly what ``Headers(dict(pairs))`` would hold."""
+    expected = Headers(dict(pairs))  # type: ignore[arg-type]
+    assert list(headers_of(pairs).getAllRawHeaders()) == list(expected.getAllRawHeaders())
 
 
 def test_canonical_names_and_sanitised_values() -> None:

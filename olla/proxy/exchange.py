@@ -27,7 +27,6 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -45,6 +44,7 @@ from olla.proxy.headers import (
     SERVED_BY,
     VIA_VALUE,
     canonical_name,
+    headers_of,
     relay_response_headers,
     request_headers_for_upstream,
     sanitised,
@@ -127,6 +127,9 @@ _SERVED_BY = canonical_name(b"x-served-by")
 _ENDPOINT = canonical_name(b"x-olla-endpoint")
 _BACKEND_TYPE = canonical_name(b"x-olla-backend-type")
 _RESPONSE_TIME = canonical_name(b"x-olla-response-time")
+_ROUTING_STRATEGY = canonical_name(b"x-olla-routing-strategy")
+_ROUTING_DECISION = canonical_name(b"x-olla-routing-decision")
+_ROUTING_REASON = canonical_name(b"x-olla-routing-reason")
 
 #: what an exchange walks until its plan is made
 _NO_PLAN = Plan()
@@ -225,10 +228,10 @@ class Exchange:
         self._plan = plan
         decision = plan.decision
         if decision is not None:
-            headers = self._request.responseHeaders
-            headers.setRawHeaders(b"X-Olla-Routing-Strategy", [decision.strategy.encode()])
-            headers.setRawHeaders(b"X-Olla-Routing-Decision", [decision.decision.encode()])
-            headers.setRawHeaders(b"X-Olla-Routing-Reason", [decision.reason.encode()])
+            raw = self._request.responseHeaders._rawHeaders  # as setRawHeaders would store
+            raw[_ROUTING_STRATEGY] = [sanitised(decision.strategy)]
+            raw[_ROUTING_DECISION] = [sanitised(decision.decision)]
+            raw[_ROUTING_REASON] = [sanitised(decision.reason)]
         rejection = plan.rejection
         if rejection is not None:
             if rejection.retry_after is not None:
@@ -314,9 +317,7 @@ class Exchange:
             producer = self._upstream_body(endpoint, shape)
             path = shape.upstream_path(endpoint, self._target)
             url = endpoint.upstream_url(path)
-            pending = deps.agent.request(
-                self._request.method, url, Headers(dict(headers)), producer
-            )
+            pending = deps.agent.request(self._request.method, url, headers_of(headers), producer)
         except Exception:  # nothing was announced yet: a bug, or a target Agent refuses
             self._bug(Failure())
             return

@@ -207,6 +207,33 @@ def canonical_name(name: bytes) -> bytes:
     return next(iter(headers._rawHeaders))
 
 
+def headers_of(pairs: Iterable[tuple[bytes, Sequence[bytes]]]) -> Headers:
+    """``Headers(dict(pairs))``, without re-encoding what needs none: a name already in the
+    canonical case and values without a line break are stored as they are (the client's own
+    headers, olla's constants); the rest go through ``setRawHeaders`` (a model name from the
+    body, an endpoint's configured header)."""
+    headers = Headers()
+    raw = headers._rawHeaders
+    known = _CANONICAL
+    for name, values in pairs:
+        key = known.get(name)
+        if key is None:
+            key = canonical_name(name)
+            if len(known) < 1024:  # client header names: cached up to a bound
+                known[name] = key
+        for value in values:
+            if b"\r" in value or b"\n" in value:
+                headers.setRawHeaders(name, values)
+                break
+        else:
+            raw[key] = list(values)
+    return headers
+
+
+#: header name as sent -> as ``Headers`` keys it (see ``headers_of``)
+_CANONICAL: dict[bytes, bytes] = {}
+
+
 @lru_cache(maxsize=256)
 def sanitised(value: str) -> bytes:
     """``value`` as ``Headers.setRawHeaders`` would store it (UTF-8, line breaks folded):
