@@ -335,6 +335,9 @@ class OllaChannel(HTTPChannel):
         self._deadline: IDelayedCall | None = None
         self._closer: IDelayedCall | None = None
         self._secure: bool | None = None
+        #: a deadline asked for while a chunk is parsed, armed once it is (see ``_arm``)
+        self._wanted: tuple[float, str] | None = None
+        self._parsing = False
 
     def isSecure(self) -> bool:
         """Whether the connection is TLS, asked of its transport once (an interface adaptation
@@ -368,9 +371,21 @@ class OllaChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return  # answered and closing: the rest is not read
-        if self.line_mode and self._deadline is None and data.strip(b"\r\n"):
+        if (
+            self.line_mode
+            and self._deadline is None
+            and self._wanted is None
+            and data.strip(b"\r\n")
+        ):
             self._arm(self.site.header_timeout, "request headers")
-        super().dataReceived(data)
+        self._parsing = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._parsing = False
+        wanted, self._wanted = self._wanted, None
+        if wanted is not None:
+            self._start_timer(*wanted)
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
@@ -480,11 +495,23 @@ class OllaChannel(HTTPChannel):
     # ------------------------------------------------------------------ deadlines
 
     def _arm(self, seconds: float, what: str) -> None:
+        """Give the current stage (headers, body) ``seconds`` from now. Asked while a chunk
+        is parsed, the timer starts once the chunk is (the same instant): a small request
+        whose headers and body came in one chunk then never makes a timer at all, instead of
+        making and cancelling two."""
         self._cancel_deadline()
-        if seconds > 0:
-            self._deadline = self.site.clock.callLater(seconds, self._too_slow, seconds, what)
+        if seconds <= 0:
+            return
+        if self._parsing:
+            self._wanted = (seconds, what)
+        else:
+            self._start_timer(seconds, what)
+
+    def _start_timer(self, seconds: float, what: str) -> None:
+        self._deadline = self.site.clock.callLater(seconds, self._too_slow, seconds, what)
 
     def _cancel_deadline(self) -> None:
+        self._wanted = None
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
