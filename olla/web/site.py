@@ -41,7 +41,7 @@ from olla.front.context import (
 )
 from olla.guard.stage import Guard
 from olla.interfaces import IReconfigurable
-from olla.proxy.headers import valid_request_id
+from olla.proxy.headers import canonical_name, valid_request_id
 from olla.telemetry.outcomes import Outcomes
 from olla.telemetry.records import RequestRecord
 from olla.telemetry.security import SecurityStats
@@ -55,6 +55,9 @@ _VERBS = (
     "asks", "builds", "counts", "dances", "echoes", "finds", "greets", "hums",
     "jumps", "knits", "leaps", "mends", "nods", "opens", "paints", "roams",
 )  # fmt: skip
+
+
+_REQUEST_ID_HEADER = canonical_name(b"X-Olla-Request-ID")
 
 
 def new_request_id(rng: random.Random) -> str:
@@ -199,7 +202,8 @@ class OllaRequest(ContextRequest):
             path=self.path,
             body_size=self.body_size,
         )
-        self.setHeader(b"X-Olla-Request-ID", request_id.encode("ascii"))
+        # printable ASCII (``valid_request_id`` or ours): stored as setRawHeaders would
+        self.responseHeaders._rawHeaders[_REQUEST_ID_HEADER] = [request_id.encode("ascii")]
         if site.guard is None:
             super().process()
             return
