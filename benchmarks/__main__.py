@@ -1,5 +1,6 @@
 """``python -m benchmarks``: olla against the bare Twisted proxy, same run, same backend.
-(``python -m benchmarks fleet`` is the fleet-latency benchmark of ``benchmarks/fleet.py``;
+(``python -m benchmarks cpu`` is CPU per request against the floor, ``benchmarks/cpu.py``;
+``python -m benchmarks fleet`` is the fleet-latency benchmark of ``benchmarks/fleet.py``;
 ``python -m benchmarks workers`` compares ``--workers 1`` and ``--workers 2``;
 ``python -m benchmarks models-rss`` the memory over many model names, ``benchmarks/models_rss.py``.)
 
@@ -27,7 +28,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -88,14 +89,16 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 @contextmanager
 def process(
-    cmd: list[str], *, cpu: int | None, env: dict[str, str] | None = None
+    cmd: list[str],
+    *,
+    cpu: int | None,
+    env: dict[str, str] | None = None,
+    output: IO[bytes] | int = subprocess.DEVNULL,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``cmd`` (pinned to ``cpu`` when taskset exists); always stopped afterwards."""
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=output, start_new_session=True)
     try:
         yield proc
     finally:
@@ -289,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import fleet
 
         return fleet.main(argv[1:])
+    if argv[:1] == ["cpu"]:  # CPU per request against the floor, RSS, profile (benchmarks/cpu.py)
+        from benchmarks import cpu
+
+        return cpu.main(argv[1:])
     if argv[:1] == ["state"]:  # S2 with state.backend: redis against memory (benchmarks/state.py)
         from benchmarks import state
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.web.http_headers import Headers
 
 from olla.proxy.headers import (
     SERVED_BY,
     VIA_VALUE,
+    canonical_name,
     connection_listed,
+    headers_of,
+    relay_response_headers,
     request_headers_for_upstream,
     response_headers_for_client,
+    sanitised,
     valid_request_id,
 )
 
@@ -133,6 +140,66 @@ def test_response_hides_endpoint_credentials() -> None:
         [(b"X-Backend-Key", [b"s3cret"])], keep_length=True, hidden=frozenset({b"x-backend-key"})
     )
     assert out == []
+
+
+_NAMES = st.sampled_from(
+    [b"Content-Type", b"content-length", b"Connection", b"X-Olla-Endpoint", b"set-cookie",
+     b"X-Backend-Key", b"x-custom", b"ETag", b"Keep-Alive", b"Date", b"te", b"WWW-Authenticate"]
+)  # fmt: skip
+_VALUES = st.binary(max_size=12).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+@given(
+    st.lists(st.tuples(_NAMES, st.lists(_VALUES, min_size=1, max_size=2)), max_size=8),
+    st.lists(_VALUES, max_size=2),
+)
+def test_relay_matches_the_filter(
+    headers: list[tuple[bytes, list[bytes]]], already: list[bytes]
+) -> None:
+    """If a backend's response headers are relayed into the client's (which may already hold
+    some), then the client's end up exactly as ``response_headers_for_client`` (no length)
+    and ``setRawHeaders`` would have left them."""
+    source = Headers()
+    for name, values in headers:
+        for value in values:
+            source.addRawHeader(name, value)
+    hidden = frozenset({b"x-backend-key"})
+    expected, relayed = Headers(), Headers()
+    for target in (expected, relayed):
+        if already:
+            target.setRawHeaders(b"X-Existing", already)
+    kept = response_headers_for_client(
+        list(source.getAllRawHeaders()), keep_length=False, hidden=hidden
+    )
+    for name, values in kept:
+        expected.setRawHeaders(name, values)
+    relay_response_headers(source, relayed, hidden)
+    assert list(relayed.getAllRawHeaders()) == list(expected.getAllRawHeaders())
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(_NAMES, st.sampled_from([b"x-model", b"X-Forwarded-For", b"x-real-ip"])),
+            st.lists(st.binary(max_size=12), max_size=2),
+        ),
+        max_size=8,
+    )
+)
+def test_headers_of_is_headers_of_a_dict(pairs: list[tuple[bytes, list[bytes]]]) -> None:
+    """If olla builds an upstream request's headers from its list (line breaks in values
+    included), then they are exactly what ``Headers(dict(pairs))`` would hold."""
+    expected = Headers(dict(pairs))  # type: ignore[arg-type]
+    assert list(headers_of(pairs).getAllRawHeaders()) == list(expected.getAllRawHeaders())
+
+
+def test_canonical_names_and_sanitised_values() -> None:
+    """If olla sets a header straight into a table, then its name and value are the ones
+    ``setRawHeaders`` would have stored."""
+    assert canonical_name(b"x-olla-endpoint") == b"X-Olla-Endpoint"
+    assert canonical_name(b"te") == b"TE"
+    assert sanitised("gpu\r\nbox") == b"gpu box"
+    assert sanitised("naïve") == "naïve".encode()
 
 
 @pytest.mark.parametrize(

@@ -172,3 +172,26 @@ def test_extraction_off() -> None:
     body = b'{"done":true,"prompt_eval_count":3,"eval_count":4}'
     assert read_usage(body, MetricsExtraction(enabled=False)) is None
     assert read_usage(body, MetricsExtraction()) == TokenUsage(3, 4)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.integers(min_value=-(10**20), max_value=10**20),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.none(),
+    )
+)
+def test_scalars_read_as_json_reads_them(value: object) -> None:
+    """If a figure is any JSON scalar (escaped or not), then it is read as ``json.loads``
+    reads it: numbers as floats, strings and booleans as they are, null as absent."""
+    from olla.proxy.tokens import _last_value
+
+    expected: object = value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        expected = float(json.loads(json.dumps(value)))
+    for ascii_only in (True, False):
+        text = json.dumps(value, ensure_ascii=ascii_only)
+        tail = b'{"x": 1, "figure": ' + text.encode("utf-8", "surrogatepass") + b"}"
+        assert _last_value(tail, b'"figure"') == expected

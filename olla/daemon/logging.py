@@ -14,6 +14,7 @@ import signal
 import syslog
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from types import FrameType
 from typing import IO, Any, Protocol
 
@@ -45,6 +46,7 @@ LEVELS = {
 }
 
 _SCALARS = (str, int, float, bool, type(None))
+_PLAIN = frozenset(_SCALARS)
 _LEGACY_KEYS = frozenset({"format", "message", "isError", "system", "time"})
 
 # --------------------------------------------------------------------------- formatting
@@ -54,7 +56,13 @@ def _timestamp(event: LogEvent) -> str:
     when = event.get("log_time") or time.time()
     whole = int(when)
     millis = int((when - whole) * 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{millis:03d}Z"
+    return f"{_second(whole)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    """``2026-11-23T10:00:00`` for a whole second: every line of the same second shares it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def _message(event: LogEvent) -> str:
@@ -71,16 +79,42 @@ def _message(event: LogEvent) -> str:
 
 def _fields(event: LogEvent) -> dict[str, Any]:
     """The event's own structured fields (not Twisted's ``log_*`` bookkeeping)."""
-    return {
-        key: value if isinstance(value, _SCALARS) else str(value)
+    known = _KEPT_KEYS
+    # one comprehension over the keys, each key's verdict looked up (a request line has
+    # thirty fields: a loop with a test per key costs a third of its line)
+    fields = {
+        key: value
         for key, value in event.items()
-        if not key.startswith("log_") and not key.startswith("_") and key not in _LEGACY_KEYS
+        if known.get(key) or (key not in known and _learn(key))
     }
+    odd = [key for key, value in fields.items() if type(value) not in _PLAIN]
+    for key in odd:
+        value = fields[key]
+        if not isinstance(value, _SCALARS):
+            fields[key] = str(value)
+    return fields
+
+
+#: each field name's verdict: kept as a field, or Twisted's bookkeeping (the names are the
+#: code's own keyword arguments: a bounded set, capped all the same)
+_KEPT_KEYS: dict[str, bool] = {}
+
+
+def _learn(key: str) -> bool:
+    kept = not (key.startswith("log_") or key.startswith("_") or key in _LEGACY_KEYS)
+    if len(_KEPT_KEYS) < 4096:
+        _KEPT_KEYS[key] = kept
+    return kept
 
 
 def _level(event: LogEvent) -> str:
     level = event.get("log_level", LogLevel.info)
     return "warn" if level is LogLevel.warn else getattr(level, "name", "info")
+
+
+#: one encoder for every line (``json.dumps`` with ``default`` builds one per call); the
+#: records are flat and built here, so there is no cycle to check for
+_JSON = json.JSONEncoder(default=str, check_circular=False)
 
 
 def json_record(event: LogEvent) -> str:
@@ -96,7 +130,7 @@ def json_record(event: LogEvent) -> str:
     if isinstance(failure, Failure):
         record["error"] = failure.getErrorMessage()
         record["traceback"] = failure.getTraceback()
-    return json.dumps(record, default=str)
+    return _JSON.encode(record)
 
 
 def text_record(event: LogEvent) -> str:

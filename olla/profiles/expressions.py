@@ -70,6 +70,8 @@ def _tokenise(text: str) -> list[tuple[str, str]]:
 
 
 def _number(value: Value) -> float:
+    if type(value) is float:  # nearly every figure (read_figures gives numbers as floats)
+        return value
     if value is None:
         return 0.0
     if isinstance(value, bool):
@@ -211,4 +213,16 @@ def _combine(op: str, left: Node, right: Node) -> Node:
         return lambda env: _truth(left(env)) and _truth(right(env))
     if op in ("==", "!=", "<", "<=", ">", ">="):
         return lambda env: _compare(op, left(env), right(env))
+    # the operator chosen once, here, not at each evaluation (every answer evaluates its
+    # profile's calculations); ``+`` also joins two strings, so it goes through ``_arith``
+    if op == "-":
+        return lambda env: _number(left(env)) - _number(right(env))
+    if op == "*":
+        return lambda env: _number(left(env)) * _number(right(env))
+    if op == "/":
+        return lambda env: _divide(_number(left(env)), _number(right(env)))
     return lambda env: _arith(op, left(env), right(env))
+
+
+def _divide(a: float, b: float) -> float:
+    return a / b if b else 0.0

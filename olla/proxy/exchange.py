@@ -27,7 +27,6 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -44,8 +43,11 @@ from olla.proxy.forward import BytesProducer, StreamBody, body_producer
 from olla.proxy.headers import (
     SERVED_BY,
     VIA_VALUE,
+    canonical_name,
+    headers_of,
+    relay_response_headers,
     request_headers_for_upstream,
-    response_headers_for_client,
+    sanitised,
 )
 from olla.proxy.inspect import rewrite_model
 from olla.proxy.plan import Candidate, Plan, Planned, Planner, PlanQuery, Shaper
@@ -118,12 +120,32 @@ BUSY_BACKOFF = 1.0
 _STREAM_TYPES = (b"ndjson", b"event-stream")
 
 
+#: the names the relay sets straight into the client's headers, as ``Headers`` keys them
+_CONTENT_LENGTH = canonical_name(b"content-length")
+_VIA = canonical_name(b"via")
+_SERVED_BY = canonical_name(b"x-served-by")
+_ENDPOINT = canonical_name(b"x-olla-endpoint")
+_BACKEND_TYPE = canonical_name(b"x-olla-backend-type")
+_RESPONSE_TIME = canonical_name(b"x-olla-response-time")
+_ROUTING_STRATEGY = canonical_name(b"x-olla-routing-strategy")
+_ROUTING_DECISION = canonical_name(b"x-olla-routing-decision")
+_ROUTING_REASON = canonical_name(b"x-olla-routing-reason")
+
 #: what an exchange walks until its plan is made
 _NO_PLAN = Plan()
 
 
 class Exchange:
     """One client request through the proxy, from its plan to the last byte."""
+
+    # one lives per request in flight (a thousand slow streams: a thousand of them)
+    __slots__ = (
+        "_attempts", "_candidate", "_context", "_deadline", "_deps", "_ended", "_error",
+        "_failovers", "_last", "_model", "_pending", "_plan", "_query", "_request",
+        "_response_timer", "_shape", "_shaped", "_stale_retried", "_start", "_status",
+        "_stream", "_streamed", "_target", "_timed_out", "_usage", "_waiting", "_walk",
+        "affinity", "small_body",
+    )  # fmt: skip
 
     _log = Logger()
 
@@ -206,10 +228,10 @@ class Exchange:
         self._plan = plan
         decision = plan.decision
         if decision is not None:
-            headers = self._request.responseHeaders
-            headers.setRawHeaders(b"X-Olla-Routing-Strategy", [decision.strategy.encode()])
-            headers.setRawHeaders(b"X-Olla-Routing-Decision", [decision.decision.encode()])
-            headers.setRawHeaders(b"X-Olla-Routing-Reason", [decision.reason.encode()])
+            raw = self._request.responseHeaders._rawHeaders  # as setRawHeaders would store
+            raw[_ROUTING_STRATEGY] = [sanitised(decision.strategy)]
+            raw[_ROUTING_DECISION] = [sanitised(decision.decision)]
+            raw[_ROUTING_REASON] = [sanitised(decision.reason)]
         rejection = plan.rejection
         if rejection is not None:
             if rejection.retry_after is not None:
@@ -295,9 +317,7 @@ class Exchange:
             producer = self._upstream_body(endpoint, shape)
             path = shape.upstream_path(endpoint, self._target)
             url = endpoint.upstream_url(path)
-            pending = deps.agent.request(
-                self._request.method, url, Headers(dict(headers)), producer
-            )
+            pending = deps.agent.request(self._request.method, url, headers_of(headers), producer)
         except Exception:  # nothing was announced yet: a bug, or a target Agent refuses
             self._bug(Failure())
             return
@@ -538,20 +558,15 @@ class Exchange:
         self._status = response.code
         request.setResponseCode(response.code, response.phrase)
         headers = request.responseHeaders
-        for name, values in response_headers_for_client(
-            list(response.headers.getAllRawHeaders()),
-            keep_length=False,
-            hidden=endpoint.credential_headers,
-        ):
-            headers.setRawHeaders(name, values)
+        relay_response_headers(response.headers, headers, endpoint.credential_headers)
+        # olla's own values below are plain ASCII: set as setRawHeaders would store them
+        raw = headers._rawHeaders
         # _newclient keeps framing headers out of response.headers: the length is its own field
         if response.length is not UNKNOWN_LENGTH:
-            headers.setRawHeaders(b"Content-Length", [b"%d" % response.length])
-        via = headers.getRawHeaders(b"via")
-        headers.setRawHeaders(
-            b"Via", [*via[:-1], via[-1] + b", " + VIA_VALUE] if via else [VIA_VALUE]
-        )
-        headers.setRawHeaders(b"X-Served-By", [SERVED_BY])
+            raw[_CONTENT_LENGTH] = [b"%d" % response.length]
+        via = raw.get(_VIA)
+        raw[_VIA] = [*via[:-1], via[-1] + b", " + VIA_VALUE] if via else [VIA_VALUE]
+        raw[_SERVED_BY] = [SERVED_BY]
         self.olla_headers(endpoint)
         request.write(b"")  # status and headers go out now, before the first body byte
 
@@ -615,8 +630,9 @@ class Exchange:
     def olla_headers(self, endpoint: Endpoint) -> None:
         """The ``X-Olla-*`` headers every answer from a backend carries."""
         headers = self._request.responseHeaders
-        headers.setRawHeaders(b"X-Olla-Endpoint", [endpoint.name.encode()])
-        headers.setRawHeaders(b"X-Olla-Backend-Type", [endpoint.type.encode()])
+        raw = headers._rawHeaders  # canonical names, values as setRawHeaders stores them
+        raw[_ENDPOINT] = [sanitised(endpoint.name)]
+        raw[_BACKEND_TYPE] = [sanitised(endpoint.type)]
         if self._model:
             headers.setRawHeaders(b"X-Olla-Model", [self._model.lower().encode()])
         shape = self._shape
@@ -627,7 +643,7 @@ class Exchange:
             for name, value in self.affinity.headers():
                 headers.setRawHeaders(name, [value])
         to_headers = self._deps.clock.seconds() - self._context.started
-        headers.setRawHeaders(b"X-Olla-Response-Time", [b"%dms" % round(to_headers * 1000)])
+        raw[_RESPONSE_TIME] = [b"%dms" % round(to_headers * 1000)]
 
     def answered(self, status: int) -> None:
         self._status = status

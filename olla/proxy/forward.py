@@ -111,6 +111,14 @@ class StreamBody(Protocol):
 
     transport: Any  # twisted.web._newclient.TransportProxyProducer
 
+    # one per answer being relayed (a thousand slow streams: a thousand); with Protocol's two
+    # attributes slotted too, no instance dict is made at all
+    __slots__ = (
+        "_abort_reason", "_clock", "_done", "_gather", "_gathered", "_gathered_size",
+        "_idle_call", "_idle_timeout", "_producing", "_request", "connected", "first_byte_at",
+        "relayed", "tail", "transport",
+    )  # fmt: skip
+
     def __init__(
         self,
         request: BodySink,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from twisted.web.http_headers import Headers
 
 from olla import __version__
 
@@ -74,6 +77,10 @@ def _connection_values(headers: RawHeaders) -> list[bytes]:
     return [v for name, values in headers if name.lower() == b"connection" for v in values]
 
 
+#: what a client's request never passes on (lower-cased), worked out once
+_REQUEST_NEVER: frozenset[bytes] = HOP_BY_HOP | CLIENT_CREDENTIALS | _UPSTREAM_OWNED
+
+
 def request_headers_for_upstream(
     headers: RawHeaders,
     *,
@@ -100,14 +107,17 @@ def request_headers_for_upstream(
         peer_ip: the TCP peer's address, the hop ``X-Forwarded-For`` gains (default
             ``client_ip``; they differ when a trusted proxy named the client).
     """
-    dropped = HOP_BY_HOP | CLIENT_CREDENTIALS | _UPSTREAM_OWNED
-    dropped |= connection_listed(_connection_values(headers))
-    overridden = {name.lower() for name, _ in extra}
+    dropped = _REQUEST_NEVER
+    listed = _connection_values(headers)
+    if listed:
+        dropped = dropped | connection_listed(listed)
+    if extra:
+        dropped = dropped | {name.lower() for name, _ in extra}
     out: list[tuple[bytes, list[bytes]]] = []
     present: dict[bytes, list[bytes]] = {}
     for name, values in headers:
         lower = name.lower()
-        if lower in dropped or lower in overridden or lower.startswith(b"x-olla-"):
+        if lower in dropped or lower.startswith(b"x-olla-"):
             continue
         kept = list(values)
         out.append((name, kept))
@@ -148,7 +158,9 @@ def response_headers_for_client(
         hidden: extra lower-cased names to drop (the endpoint's own credential headers).
     """
     dropped = HOP_BY_HOP | _RESPONSE_DROPPED | hidden
-    dropped |= connection_listed(_connection_values(headers))
+    listed = _connection_values(headers)
+    if listed:
+        dropped |= connection_listed(listed)
     if not keep_length:
         dropped |= {b"content-length"}
     return [
@@ -156,6 +168,79 @@ def response_headers_for_client(
         for name, values in headers
         if name.lower() not in dropped and not name.lower().startswith(b"x-olla-")
     ]
+
+
+#: what a backend's response never passes on (lower-cased); ``Content-Length`` too: the
+#: relay sets it from the response's own length field
+_RESPONSE_NEVER: frozenset[bytes] = HOP_BY_HOP | _RESPONSE_DROPPED | {b"content-length"}
+
+
+def relay_response_headers(
+    source: Headers, target: Headers, hidden: frozenset[bytes] = frozenset()
+) -> None:
+    """Copy the backend's response headers that may reach the client from ``source`` into
+    ``target`` (what ``response_headers_for_client`` keeps with ``keep_length=False``).
+
+    Straight into ``target``'s table, not through ``setRawHeaders``: every name and value in
+    a ``Headers`` went through its name encoder (canonical case) and its line sanitiser when
+    it was added (``_newclient`` adds each parsed line with ``addRawHeader``), and doing both
+    again for each of a response's headers costs more than the rest of the relay. Only
+    ``Headers``' own table is touched, as its ``setRawHeaders`` would set it.
+    """
+    raw = source._rawHeaders
+    dropped = _RESPONSE_NEVER | hidden if hidden else _RESPONSE_NEVER
+    connection = raw.get(b"Connection")
+    if connection:  # _newclient keeps it out; a Headers built by hand may carry it
+        dropped = dropped | connection_listed(connection)
+    into = target._rawHeaders
+    for name, values in raw.items():
+        lower = name.lower()
+        if lower not in dropped and not lower.startswith(b"x-olla-"):
+            into[name] = list(values)
+
+
+def canonical_name(name: bytes) -> bytes:
+    """``name`` as ``Headers`` keys it (``x-olla-endpoint`` -> ``X-Olla-Endpoint``): for
+    names set straight into a ``Headers``' table (see ``relay_response_headers``)."""
+    headers = Headers()
+    headers.setRawHeaders(name, [b""])
+    return next(iter(headers._rawHeaders))
+
+
+def headers_of(pairs: Iterable[tuple[bytes, Sequence[bytes]]]) -> Headers:
+    """``Headers(dict(pairs))``, without re-encoding what needs none: a name already in the
+    canonical case and values without a line break are stored as they are (the client's own
+    headers, olla's constants); the rest go through ``setRawHeaders`` (a model name from the
+    body, an endpoint's configured header)."""
+    headers = Headers()
+    raw = headers._rawHeaders
+    known = _CANONICAL
+    for name, values in pairs:
+        key = known.get(name)
+        if key is None:
+            key = canonical_name(name)
+            if len(known) < 1024:  # client header names: cached up to a bound
+                known[name] = key
+        for value in values:
+            if b"\r" in value or b"\n" in value:
+                headers.setRawHeaders(name, values)
+                break
+        else:
+            raw[key] = list(values)
+    return headers
+
+
+#: header name as sent -> as ``Headers`` keys it (see ``headers_of``)
+_CANONICAL: dict[bytes, bytes] = {}
+
+
+@lru_cache(maxsize=256)
+def sanitised(value: str) -> bytes:
+    """``value`` as ``Headers.setRawHeaders`` would store it (UTF-8, line breaks folded):
+    for the few values every answer repeats (an endpoint's name and type), worked out once."""
+    headers = Headers()
+    headers.setRawHeaders(b"x", [value.encode()])
+    return headers._rawHeaders[b"X"][0]
 
 
 def valid_request_id(value: bytes | None) -> bool:

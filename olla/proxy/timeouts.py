@@ -168,6 +168,8 @@ class ResponseTimer:
     """The one timer of a request's whole-response bound: armed at each attempt (a failover
     to another platform may bound it differently), stopped when the request ends."""
 
+    __slots__ = ("_call", "_clock", "_expired")
+
     def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
         self._clock = clock
         self._expired = expired

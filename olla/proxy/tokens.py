@@ -79,12 +79,29 @@ def _last_value(tail: bytes, quoted: bytes) -> Value:
     while at >= 0:
         match = _SCALAR.match(tail, at + len(quoted))
         if match is not None:
-            value: object = json.loads(match.group(1))
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-            return value if isinstance(value, str | bool) else None
+            return _scalar(match.group(1))
         at = tail.rfind(quoted, 0, at)
     return None
+
+
+def _scalar(token: bytes) -> Value:
+    """A JSON scalar ``_SCALAR`` matched, read without ``json.loads`` where it is plain (every
+    answer reads a dozen: a number, an unescaped string, a literal)."""
+    if token[0] == 0x22:  # a string
+        if b"\\" not in token:
+            try:
+                return token[1:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        value: object = json.loads(token)
+        return value if isinstance(value, str) else None
+    if token == b"true":
+        return True
+    if token == b"false":
+        return False
+    if token == b"null":
+        return None
+    return float(token)  # the JSON number grammar ``_SCALAR`` matched is float()'s too
 
 
 def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]:
@@ -135,26 +152,28 @@ def read_usage(tail: bytes, extraction: MetricsExtraction | None = None) -> Toke
     endpoint's profile says they are first, then where each dialect puts them."""
     if extraction is not None and not extraction.enabled:
         return None
-    usage = _read_dialects(tail)
     if extraction is None or not (extraction.paths or extraction.calculations):
-        return usage
+        return _read_dialects(tail)
     figures = read_figures(tail, extraction)
     if not figures:
-        return usage
-    usage = usage or TokenUsage()
+        return _read_dialects(tail)
     prompt, completion = _float(figures, "input_tokens"), _float(figures, "output_tokens")
+    generation = _float(figures, "eval_duration_ns", 1e9) or _float(
+        figures, "generation_time_ms", 1e3
+    )
+    load = _float(figures, "load_duration_ns", 1e9)
+    if load is None:
+        load = _float(figures, "model_load_ms", 1e3)
+    # the dialects' keys fill in what the profile's figures do not say (when they say all
+    # four, as Ollama's final chunk does, there is nothing left to look up)
+    covered = prompt is not None and completion is not None and generation and load is not None
+    usage = (None if covered else _read_dialects(tail)) or TokenUsage()
     if prompt is not None:
         usage.prompt = int(prompt)
     if completion is not None:
         usage.completion = int(completion)
-    generation = _float(figures, "eval_duration_ns", 1e9) or _float(
-        figures, "generation_time_ms", 1e3
-    )
     if generation:
         usage.generation_seconds = generation
-    load = _float(figures, "load_duration_ns", 1e9)
-    if load is None:
-        load = _float(figures, "model_load_ms", 1e3)
     if load is not None:
         usage.load_seconds = load
     rate = _float(figures, "tokens_per_second")

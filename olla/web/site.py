@@ -14,6 +14,7 @@ import os
 import random
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
@@ -40,7 +41,7 @@ from olla.front.context import (
 )
 from olla.guard.stage import Guard
 from olla.interfaces import IReconfigurable
-from olla.proxy.headers import valid_request_id
+from olla.proxy.headers import canonical_name, valid_request_id
 from olla.telemetry.outcomes import Outcomes
 from olla.telemetry.records import RequestRecord
 from olla.telemetry.security import SecurityStats
@@ -54,6 +55,9 @@ _VERBS = (
     "asks", "builds", "counts", "dances", "echoes", "finds", "greets", "hums",
     "jumps", "knits", "leaps", "mends", "nods", "opens", "paints", "roams",
 )  # fmt: skip
+
+
+_REQUEST_ID_HEADER = canonical_name(b"X-Olla-Request-ID")
 
 
 def new_request_id(rng: random.Random) -> str:
@@ -198,7 +202,8 @@ class OllaRequest(ContextRequest):
             path=self.path,
             body_size=self.body_size,
         )
-        self.setHeader(b"X-Olla-Request-ID", request_id.encode("ascii"))
+        # printable ASCII (``valid_request_id`` or ours): stored as setRawHeaders would
+        self.responseHeaders._rawHeaders[_REQUEST_ID_HEADER] = [request_id.encode("ascii")]
         if site.guard is None:
             super().process()
             return
@@ -260,9 +265,13 @@ _HOST = re.compile(rb"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::[
 _ABSOLUTE = re.compile(rb"\A[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)\Z", re.DOTALL)
 
 
+@lru_cache(maxsize=256)
 def valid_host(value: bytes) -> bool:
     """Whether ``value`` is a Host olla accepts: the characters above, and a name that can be
-    IDNA-encoded (no empty label, none over 63 characters), as werkzeug needs it."""
+    IDNA-encoded (no empty label, none over 63 characters), as werkzeug needs it.
+
+    Every request asks, nearly always about the same few names, and the IDNA codec is slow:
+    the verdicts of the last 256 are kept."""
     if not _HOST.match(value):
         return False
     if value.startswith(b"["):
@@ -329,6 +338,19 @@ class OllaChannel(HTTPChannel):
         self._refused = False
         self._deadline: IDelayedCall | None = None
         self._closer: IDelayedCall | None = None
+        self._secure: bool | None = None
+        #: a deadline asked for while a chunk is parsed, armed once it is (see ``_arm``)
+        self._wanted: tuple[float, str] | None = None
+        self._parsing = False
+
+    def isSecure(self) -> bool:
+        """Whether the connection is TLS, asked of its transport once (an interface adaptation
+        each time otherwise, for every proxied request's ``X-Forwarded-Proto``): a
+        connection's transport is set when it is made and never changes."""
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = bool(super().isSecure())
+        return secure
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -353,9 +375,21 @@ class OllaChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return  # answered and closing: the rest is not read
-        if self.line_mode and self._deadline is None and data.strip(b"\r\n"):
+        if (
+            self.line_mode
+            and self._deadline is None
+            and self._wanted is None
+            and data.strip(b"\r\n")
+        ):
             self._arm(self.site.header_timeout, "request headers")
-        super().dataReceived(data)
+        self._parsing = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._parsing = False
+        wanted, self._wanted = self._wanted, None
+        if wanted is not None:
+            self._start_timer(*wanted)
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
@@ -465,11 +499,23 @@ class OllaChannel(HTTPChannel):
     # ------------------------------------------------------------------ deadlines
 
     def _arm(self, seconds: float, what: str) -> None:
+        """Give the current stage (headers, body) ``seconds`` from now. Asked while a chunk
+        is parsed, the timer starts once the chunk is (the same instant): a small request
+        whose headers and body came in one chunk then never makes a timer at all, instead of
+        making and cancelling two."""
         self._cancel_deadline()
-        if seconds > 0:
-            self._deadline = self.site.clock.callLater(seconds, self._too_slow, seconds, what)
+        if seconds <= 0:
+            return
+        if self._parsing:
+            self._wanted = (seconds, what)
+        else:
+            self._start_timer(seconds, what)
+
+    def _start_timer(self, seconds: float, what: str) -> None:
+        self._deadline = self.site.clock.callLater(seconds, self._too_slow, seconds, what)
 
     def _cancel_deadline(self) -> None:
+        self._wanted = None
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
