@@ -45,6 +45,7 @@ from olla.config.models import ModelRegistryConfig, RoutingStrategyConfig, Unifi
 from olla.config.proxy import (
     FilterConfig,
     ProxyConfig,
+    QueueConfig,
     RetryConfig,
     StickySessionsConfig,
     WarmRoutingConfig,
@@ -89,6 +90,7 @@ __all__ = [
     "OllaConfig",
     "Path_",
     "ProxyConfig",
+    "QueueConfig",
     "RateLimits",
     "RequestLimits",
     "RetryConfig",

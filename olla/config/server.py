@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from olla.config._base import ConfigError, SectionReader, _check_cidr, interpolate
+from olla.config._base import ConfigError, SectionReader, _check_cidr, format_path, interpolate
+from olla.util.priority import DEFAULT_CEILING, Priority, PriorityError, parse_priority
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class ClientKey:
     requests_per_minute: int = 0
     #: the models this key may ask for, exact names or ``*`` globs (empty: every model)
     models: tuple[str, ...] = ()
+    #: the highest ``X-Olla-Priority`` this key's requests get (``olla.util.priority``)
+    priority: Priority = DEFAULT_CEILING
 
 
 @dataclass(frozen=True)
@@ -92,16 +95,21 @@ def _client_key(item: object, path: tuple[str | int, ...], environ: Mapping[str,
     if not k_r.has("key"):
         raise ConfigError("needs a key", path)
     secret = interpolate(k_r.text("key", ""), environ, k_r.at("key")).strip()
+    try:
+        priority = parse_priority(k_r.text("priority", DEFAULT_CEILING.label))
+    except PriorityError as e:
+        raise ConfigError(str(e), k_r.at("priority")) from None
     result = ClientKey(
         key=secret,
         name=k_r.text("name", ""),
         requests_per_minute=k_r.integer("requests_per_minute", 0, minimum=0),
         models=k_r.strings("models", ()),
+        priority=priority,
     )
     unknown = [
         str(name)
         for name in k_r.data
-        if name not in ("key", "name", "requests_per_minute", "models")
+        if name not in ("key", "name", "requests_per_minute", "models", "priority")
     ]
     if unknown:
         raise ConfigError(f"unknown key option {unknown[0]!r}", path)
@@ -127,6 +135,9 @@ def _client_auth(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -
         raise ConfigError(f"must be a list, got {listed!r}", r.at("api_keys"))
     for i, item in enumerate(listed or ()):
         keys.append(_client_key(item, (*r.at("api_keys"), i), environ))
+        if keys[-1].priority is not DEFAULT_CEILING:  # the admission gate is not wired in yet
+            at = format_path((*r.at("api_keys"), i, "priority"))
+            r.warnings.append(f"{at}: accepted, has no effect yet")
     file_at = r.at("api_keys_file")
     file_text = interpolate(r.text("api_keys_file", ""), environ, file_at)
     if file_text:
@@ -143,9 +154,7 @@ def _client_auth(r: SectionReader, environ: Mapping[str, str], base_dir: Path) -
         if key.key in seen:
             raise ConfigError("the same key is listed twice", where)
         seen.add(key.key)
-        named.append(
-            ClientKey(key.key, key.name or f"key-{i + 1}", key.requests_per_minute, key.models)
-        )
+        named.append(replace(key, name=key.name or f"key-{i + 1}"))
     return ClientAuthConfig(api_keys=tuple(named))
 
 
