@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_gate -*-
+"""What the admission gate reads about the fleet: ``IFleetView``, and ``RouterView``, which
+answers from the router's registry and catalogue (the figures routing orders candidates by)."""
+
+from __future__ import annotations
+
+from zope.interface import Interface, implementer
+
+from olla.fleet.endpoints import Endpoint
+from olla.proxy.routing import Router
+
+
+class IFleetView(Interface):
+    """What the gate reads about the fleet (``RouterView``: the router's registry and catalogue)."""
+
+    def usable(endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` may take a request now (configured, healthy, circuit closed)."""
+
+    def load_cost(endpoint: Endpoint, model: str) -> float:
+        """Seconds before ``endpoint`` could start ``model`` in a free slot: 0 where it is in
+        memory, what is left of a load under way, else the model's expected load time."""
+
+    def hosting(endpoint: Endpoint, model: str) -> bool:
+        """Whether ``model`` is in memory on ``endpoint`` or a load of it is under way there."""
+
+    def loaded(endpoint: Endpoint) -> frozenset[str]:
+        """The lower-cased names of the models in memory on ``endpoint`` (empty: none or
+        unknown)."""
+
+
+@implementer(IFleetView)
+class RouterView:
+    """The fleet as routing sees it: the registry's health and circuits, the catalogue's loads.
+
+    ``load_cost`` is ``Router.expected_wait``: asked only about an endpoint with a free slot,
+    its queue term is zero and what is left is exactly the load (none, the rest of one under
+    way, or a whole one), so the gate and routing weigh loads with the same figures.
+    """
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def usable(self, endpoint: Endpoint) -> bool:
+        registry = self._router.registry
+        return (
+            endpoint in registry
+            and registry.state(endpoint).status.routable
+            and registry.breakers.allows(endpoint)
+        )
+
+    def load_cost(self, endpoint: Endpoint, model: str) -> float:
+        if not model or not self._router.warm.enabled:
+            return 0.0
+        return self._router.expected_wait(endpoint, model)
+
+    def hosting(self, endpoint: Endpoint, model: str) -> bool:
+        catalogue = self._router.catalogue
+        return (
+            not model
+            or not self._router.warm.enabled
+            or catalogue.warm(endpoint, model)
+            or catalogue.loading_since(endpoint, model) is not None
+        )
+
+    def loaded(self, endpoint: Endpoint) -> frozenset[str]:
+        return frozenset(self._router.catalogue.loaded_on(endpoint))
