@@ -34,6 +34,7 @@ class FakeFleet:
         self.cold: set[tuple[Endpoint, str]] = set()  # (endpoint, model) not hosted there
         self.in_memory: dict[Endpoint, frozenset[str]] = {}
         self.load = 2.0
+        self.endpoints: list[Endpoint] = []  # what ``homes`` counts over
 
     def usable(self, endpoint: Endpoint) -> bool:
         return endpoint not in self.down
@@ -46,6 +47,9 @@ class FakeFleet:
 
     def loaded(self, endpoint: Endpoint) -> frozenset[str]:
         return self.in_memory.get(endpoint, frozenset())
+
+    def homes(self, model: str) -> list[Endpoint]:
+        return [ep for ep in self.endpoints if ep not in self.down and (ep, model) not in self.cold]
 
 
 def endpoints(*slots: int) -> list[Endpoint]:
@@ -76,6 +80,7 @@ class Harness:
         self.clock.advance(1000)
         self.eps = endpoints(*slots)
         self.fleet = FakeFleet()
+        self.fleet.endpoints = self.eps
         self.store = store or MemorySlotStore()
         self.gate = AdmissionGate(
             self.store,
@@ -487,7 +492,8 @@ class SecondHomeTests(SynchronousTestCase):
 
     def test_second_home_never_evicts_a_busy_model(self) -> None:
         """If every model in memory on the cold host is busy there, then the hot model waits
-        for its home instead of loading there."""
+        for its home instead of loading there; once that model is idle there (and has another
+        home), the hot model may load there."""
         h = Harness(1, 2, prior=5.0)
         a, b = h.eps
         h.fleet.cold.add((b, HOT))
@@ -501,19 +507,92 @@ class SecondHomeTests(SynchronousTestCase):
         self.assertEqual(h.gate.counters["second_homes"], 1)
         self.successResultOf(held[0])
 
-    def test_first_home_loads_anywhere(self) -> None:
-        """If no candidate has the model, then it loads on the first free one, even where a
-        busy model is in memory (it must load somewhere)."""
+    def test_second_home_keeps_another_models_only_copy(self) -> None:
+        """If the cold host is full of idle models that have no other home, then the hot
+        model does not push one out for a second home; once they have another home, it may."""
+        h = Harness(1, 2, prior=5.0)
+        a, b = h.eps
+        h.fleet.cold |= {(b, HOT), (a, COLD), (a, "x")}  # COLD and x live on b alone
+        h.fleet.in_memory[b] = frozenset({COLD, "x"})
+        h.clock.advance(1)
+        self.successResultOf(h.admit("hot0"))
+        held = [h.admit(f"hot{i}") for i in range(1, 6)]
+        self.assertEqual(h.gate.counters["second_homes"], 0)
+        self.assertNoResult(held[0])
+        h.fleet.cold -= {(a, COLD), (a, "x")}  # now both have another home
+        h.gate.poke()
+        self.assertEqual(h.gate.counters["second_homes"], 1)
+        self.assertIs(self.successResultOf(held[0]).endpoint, b)
+
+    def test_first_home_where_it_pushes_out_nothing(self) -> None:
+        """If no candidate has the model, then it loads where that pushes out nothing (here:
+        the host with nothing in memory), not on the first candidate, whose model is busy."""
         h = Harness(2, 2)
         a, b = h.eps
         h.fleet.cold |= {(a, COLD), (b, COLD)}
         h.fleet.in_memory[a] = frozenset({HOT})
+        h.fleet.in_memory[b] = frozenset({"x", "y"})  # idle, and each has another home
+        h.fleet.endpoints = [a, b, *endpoints(1, 1)]
         self.successResultOf(h.admit("hot", HOT, candidates=[a]))
         grant = self.successResultOf(h.admit("cold", COLD))
-        self.assertIs(grant.endpoint, a)
+        self.assertIs(grant.endpoint, b)
         self.assertTrue(grant.cold)
         self.assertEqual(grant.load_wait, 2.0)
         self.assertEqual(h.gate.counters["cold_starts"], 1)
+
+    def test_first_home_loads_even_where_all_is_busy(self) -> None:
+        """If no candidate has the model and every host's models are busy, then it still loads
+        (on the first free one): it must load somewhere."""
+        h = Harness(2, 2)
+        a, b = h.eps
+        h.fleet.cold |= {(a, COLD), (b, COLD)}
+        h.fleet.in_memory = {a: frozenset({HOT}), b: frozenset({"x", "y"})}
+        self.successResultOf(h.admit("hot", HOT, candidates=[a]))
+        for model in ("x", "y"):
+            self.successResultOf(h.admit(model, model, candidates=[b]))
+        grant = self.successResultOf(h.admit("cold", COLD))
+        self.assertIs(grant.endpoint, a)  # one model there, two on b: room is likelier on a
+
+    def test_first_home_waits_for_the_better_host(self) -> None:
+        """If the host where a load pushes out nothing is full, then the request waits for it
+        rather than push out the only copy of an idle model elsewhere."""
+        h = Harness(1, 1)
+        a, b = h.eps
+        h.fleet.cold |= {(a, COLD), (b, COLD), (a, "x"), (a, "y")}
+        h.fleet.in_memory = {b: frozenset({"x", "y"})}  # two idle models, their only copies
+        self.successResultOf(h.admit("busy", "z", candidates=[a]))
+        held = h.admit("cold", COLD)
+        self.assertNoResult(held)
+        h.grant("busy").release()
+        self.assertIs(self.successResultOf(held).endpoint, a)
+
+
+class SpareCopyTests(SynchronousTestCase):
+    def second_homes(self, x_requests: int) -> int:
+        """HOT lives on a (1 slot) and waits; b and c both hold x and y, idle now; x has had
+        ``x_requests`` requests, 4 a second, each 1 s (the prior)."""
+        h = Harness(1, 2, 2, prior=1.0)
+        a, b, c = h.eps
+        h.fleet.cold |= {(b, HOT), (c, HOT), (a, "x"), (a, "y")}
+        h.fleet.in_memory = {b: frozenset({"x", "y"}), c: frozenset({"x", "y"})}
+        for i in range(x_requests):
+            h.clock.advance(0.25)
+            self.successResultOf(h.admit(f"x{i}", "x", candidates=[c, b])).release()
+        h.clock.advance(1)
+        self.successResultOf(h.admit("hot0"))
+        for i in range(1, 6):
+            h.admit(f"hot{i}")
+        return h.gate.counters["second_homes"]
+
+    def test_busy_model_copy_is_not_spare(self) -> None:
+        """If the cold host's idle model has another home but its traffic needs both, then it
+        is not pushed out for another model's second home."""
+        self.assertEqual(self.second_homes(40), 0)
+
+    def test_quiet_model_copy_is_spare(self) -> None:
+        """If that model's other home carries its traffic easily, then its copy may go (here
+        on both hosts: five held requests on one slot pay for two more homes)."""
+        self.assertEqual(self.second_homes(0), 2)
 
 
 class StickyTests(SynchronousTestCase):
@@ -555,6 +634,18 @@ class StickyTests(SynchronousTestCase):
         self.successResultOf(h.admit("on-a", candidates=[a]))
         self.successResultOf(h.admit("on-b", candidates=[b]))
         pinned = h.admit("pinned", pinned=a, move_cost=3.0)
+        h.grant("on-b").release()
+        self.assertIs(self.successResultOf(pinned).endpoint, b)
+
+    def test_pin_gone_moves_at_once(self) -> None:
+        """If the pinned host leaves rotation while a request waits for it, then the request
+        takes the next free host without waiting out the cost of moving."""
+        h = Harness(1, 1, prior=2.0)
+        a, b = h.eps
+        self.successResultOf(h.admit("on-a", candidates=[a]))
+        self.successResultOf(h.admit("on-b", candidates=[b]))
+        pinned = h.admit("pinned", pinned=a, move_cost=10.0)
+        h.fleet.down.add(a)
         h.grant("on-b").release()
         self.assertIs(self.successResultOf(pinned).endpoint, b)
 
@@ -601,6 +692,22 @@ class LearningTests(SynchronousTestCase):
         grant = self.successResultOf(h.admit("r2"))
         h.clock.advance(0.5)
         grant.release()
+        self.assertEqual(h.gate.service_time(HOT), 0.5)
+
+    def test_load_taken_off(self) -> None:
+        """If a request that loaded its model says how long the load took, then the rest of
+        its time teaches the service time; without that, a request that may have loaded
+        teaches nothing."""
+        h = Harness(2, prior=3.0)
+        h.fleet.cold.add((h.eps[0], HOT))
+        grant = self.successResultOf(h.admit("r1"))
+        self.assertTrue(grant.load_wait > 0)
+        h.fleet.cold.add((h.eps[0], HOT))  # still loading, as far as the next one knows
+        other = self.successResultOf(h.admit("r2"))
+        h.clock.advance(2.5)
+        other.release()
+        self.assertEqual(h.gate.service_time(HOT), 3.0)
+        grant.release(loaded=2.0)
         self.assertEqual(h.gate.service_time(HOT), 0.5)
 
     def test_configured_default_without_profile_prior(self) -> None:
@@ -772,6 +879,8 @@ class RouterViewTests(SynchronousTestCase):
         self.assertEqual(view.load_cost(c, MODEL), 5.0)
         self.assertEqual([view.hosting(ep, MODEL) for ep in (a, b, c)], [True, True, False])
         self.assertEqual(view.loaded(a), frozenset({MODEL}))
+        self.assertEqual(view.loaded(b), frozenset({MODEL}))  # loading takes memory too
+        self.assertEqual(view.homes(MODEL), [a, b])
         self.assertTrue(view.usable(c))
         fleet.registry.set_status(c, EndpointStatus.OFFLINE)
         self.assertFalse(view.usable(c))

@@ -71,7 +71,7 @@ class Grant:
 
     def __init__(
         self,
-        on_release: Callable[[Grant, bool], None],
+        on_release: Callable[[Grant, bool, float | None], None],
         ticket: Ticket,
         endpoint: Endpoint,
         lease: Lease | None,
@@ -94,10 +94,17 @@ class Grant:
         self.granted_at = granted_at
         self.released = False
 
-    def release(self, served: bool = True) -> None:
+    def release(self, served: bool = True, loaded: float | None = None) -> None:
         """The request is over on ``endpoint``: the slot frees and the best held ticket that
-        host suits gets it. ``served``: it was answered in full (its time teaches the model's
-        service time); False for a failed attempt or a client that left. Idempotent."""
+        host suits gets it. Idempotent.
+
+        Args:
+            served: it was answered in full, so its time teaches the model's service time;
+                False for a failed attempt or a client that left.
+            loaded: seconds the backend spent loading the model for it (Ollama's
+                ``load_duration``), taken off that time; None when unknown, then the time of
+                a request that may have loaded (``load_wait``) teaches nothing.
+        """
         if not self.released:
             self.released = True
-            self._on_release(self, served)
+            self._on_release(self, served, loaded)

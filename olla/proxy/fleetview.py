@@ -24,8 +24,11 @@ class IFleetView(Interface):
         """Whether ``model`` is in memory on ``endpoint`` or a load of it is under way there."""
 
     def loaded(endpoint: Endpoint) -> frozenset[str]:
-        """The lower-cased names of the models in memory on ``endpoint`` (empty: none or
-        unknown)."""
+        """The lower-cased names of the models in memory on ``endpoint``, or being loaded there
+        (empty: none, or the backend never says)."""
+
+    def homes(model: str) -> list[Endpoint]:
+        """The usable endpoints that have ``model`` in memory or are loading it."""
 
 
 @implementer(IFleetView)
@@ -63,4 +66,12 @@ class RouterView:
         )
 
     def loaded(self, endpoint: Endpoint) -> frozenset[str]:
-        return frozenset(self._router.catalogue.loaded_on(endpoint))
+        return frozenset(self._router.catalogue.resident(endpoint))
+
+    def homes(self, model: str) -> list[Endpoint]:
+        registry = self._router.registry
+        return [
+            ep
+            for ep in registry.routable()
+            if registry.breakers.allows(ep) and self.hosting(ep, model)
+        ]

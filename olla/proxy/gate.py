@@ -21,11 +21,10 @@ Rules, each enforced here and nowhere else:
   retried attempt ahead of the rest of its priority, then arrival) and gives the slot to the first
   one that endpoint suits: the choice is made then, among every host of each model, not when the
   request arrived.
-- **What suits.** A host that has the model in memory, or is loading it, suits it. A host that
-  does not (a cold one) suits it only when it must load somewhere (no host has it), or when a
-  second home pays (``demand.second_home_pays``: the load against the wait it saves over the
-  coming requests) and loading evicts no model that is busy there (one with olla's requests in
-  flight there or held in olla). The plan's order (``Router.plan``: warm before cold, by expected
+- **What suits.** A host that has the model in memory, or is loading it, suits it. A cold one
+  suits it as its first home (no candidate has it: where the load pushes out least) or as a
+  second home (it pays over the coming requests and pushes out nothing needed):
+  ``olla.proxy.placement``. The plan's order (``Router.plan``: warm before cold, by expected
   wait) is kept, never re-ranked: the gate only skips what is full or does not suit.
 - **Bounds.** Over ``max_size`` held, a new ticket is refused at once; one held past
   ``max_wait`` is refused then. Both are ``AdmissionRefused`` with a ``Retry-After`` estimate
@@ -50,7 +49,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -60,14 +59,16 @@ from twisted.python.failure import Failure
 from olla.config import ProxyConfig
 from olla.fleet.endpoints import Endpoint
 from olla.proxy.admission import AdmissionRefused, Grant, Refusal, Ticket
-from olla.proxy.demand import Demand, second_home_pays
+from olla.proxy.demand import Demand
 from olla.proxy.fleetview import IFleetView
+from olla.proxy.placement import Placement
 from olla.proxy.slots import ISlotStore, Lease
 from olla.telemetry.stats import Histogram
 from olla.util.priority import Priority
 
 #: seconds; a held request's wait, from none to the default ``max_wait``
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+K = TypeVar("K")
 #: a per-model cap: ``(endpoint, model name there)`` -> slots, None for the endpoint's own
 CapFunction = Callable[[Endpoint, str], "int | None"]
 
@@ -153,6 +154,8 @@ class AdmissionGate:
         self._reserved: Counter[str] = Counter()
         self._reserved_model: Counter[tuple[str, str]] = Counter()
         self._held_by: Counter[tuple[str, Priority]] = Counter()  # (model, asked priority)
+        self._held_models: Counter[str] = Counter()  # the same per model
+        self._placement = Placement(fleet, store, self._demand, clock, self.cap, self._held_models)
         self._pending: list[str] = []  # endpoint ids whose free slots are still to hand out
         self._dispatching = False
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
@@ -192,7 +195,8 @@ class AdmissionGate:
             raise ValueError("a ticket needs at least one candidate")
         now = self._clock.seconds()
         self.counters["admitted"] += 1
-        self._demand.arrived(ticket.demand_key, now)
+        if not ticket.retry:  # a failover attempt is the same request again, not more demand
+            self._demand.arrived(ticket.demand_key, now)
         entry = _Entry(
             ticket,
             Deferred(lambda _: self._cancel(entry)),
@@ -225,13 +229,12 @@ class AdmissionGate:
     def _enqueue(self, entry: _Entry) -> None:
         bisect.insort(self._queue, entry, key=lambda e: e.key)
         self._held_by[(entry.ticket.demand_key, entry.ticket.priority)] += 1
+        self._held_models[entry.ticket.demand_key] += 1
 
     def _dequeue(self, entry: _Entry) -> None:
         self._queue.remove(entry)
-        key = (entry.ticket.demand_key, entry.ticket.priority)
-        self._held_by[key] -= 1
-        if not self._held_by[key]:
-            del self._held_by[key]
+        _less(self._held_by, (entry.ticket.demand_key, entry.ticket.priority))
+        _less(self._held_models, entry.ticket.demand_key)
 
     def _held(self, entry: _Entry, now: float) -> None:
         """``entry`` could not go at once: refuse it if the queue is over its size, else time
@@ -327,7 +330,7 @@ class AdmissionGate:
     def _retry_after(self, ticket: Ticket) -> float:
         """When this ticket's model may have a free slot: its backlog over its slots."""
         key = ticket.demand_key
-        held = sum(n for (model, _), n in self._held_by.items() if model == key)
+        held = self._held_models[key]
         slots = sum(
             self.cap(ep, ticket.model_on(ep)) for ep in ticket.candidates if self._fleet.usable(ep)
         )
@@ -392,49 +395,17 @@ class AdmissionGate:
         ticket = entry.ticket
         if not self._fleet.usable(endpoint):
             return _Fit.NOT_MODEL
+        pinned = ticket.pinned
         if entry.exclusive_until is not None and now < entry.exclusive_until:
-            if endpoint is not ticket.pinned:
+            if endpoint is not pinned and pinned is not None and self._fleet.usable(pinned):
                 return _Fit.NOT_THIS
         if not self._has_room(endpoint, model):
             return _Fit.NOT_MODEL
         if self._fleet.hosting(endpoint, model):
             return _Fit.YES
-        return _Fit.YES if self._load_pays(ticket, endpoint, model, now) else _Fit.NOT_MODEL
-
-    def _load_pays(self, ticket: Ticket, endpoint: Endpoint, model: str, now: float) -> bool:
-        """Loading ``model`` on cold ``endpoint``: always when no candidate has it (it must load
-        somewhere); as a second home only when that pays and evicts nothing busy there."""
-        homes = [
-            ep
-            for ep in ticket.candidates
-            if self._fleet.usable(ep) and self._fleet.hosting(ep, ticket.model_on(ep))
-        ]
-        if not homes:
-            return True
-        if self._evicts_busy(endpoint, model):
-            return False
-        key = ticket.demand_key
-        load = self._fleet.load_cost(endpoint, model)
-        return second_home_pays(
-            load=load,
-            held=sum(n for (m, _), n in self._held_by.items() if m == key),
-            arriving=self._demand.arrivals(key, now, load),
-            service=self._demand.service_time(key),
-            home_slots=sum(self.cap(ep, ticket.model_on(ep)) for ep in homes),
-        )
-
-    def _evicts_busy(self, endpoint: Endpoint, model: str) -> bool:
-        """Whether loading ``model`` there could push out a busy model: every model in memory
-        there has olla's requests running there or waiting in olla. (Ollama unloads an idle
-        model to make room, and with none idle it waits for one to become idle, then unloads
-        that: either way only an idle one may be there for it to take.)"""
-        loaded = self._fleet.loaded(endpoint) - {model}
-        if not loaded:
-            return False
-        waiting = {m for (m, _), n in self._held_by.items() if n}
-        return all(
-            self._store.held_by_model(endpoint.id, name) > 0 or name in waiting for name in loaded
-        )
+        if self._placement.load_pays(ticket, endpoint, model, now):
+            return _Fit.YES
+        return _Fit.NOT_MODEL
 
     def _bind(self, entry: _Entry, endpoint: Endpoint, model: str) -> None:
         """Ask the store for the slot; the entry is out of the queue until it answers."""
@@ -456,13 +427,8 @@ class AdmissionGate:
         )
 
     def _unreserve(self, endpoint: Endpoint, model: str) -> None:
-        key = (endpoint.id, model)
-        self._reserved[endpoint.id] -= 1
-        if not self._reserved[endpoint.id]:
-            del self._reserved[endpoint.id]
-        self._reserved_model[key] -= 1
-        if not self._reserved_model[key]:
-            del self._reserved_model[key]
+        _less(self._reserved, endpoint.id)
+        _less(self._reserved_model, (endpoint.id, model))
 
     def _acquired(
         self,
@@ -551,10 +517,11 @@ class AdmissionGate:
         )
         entry.deferred.callback(grant)
 
-    def _released(self, grant: Grant, served: bool) -> None:
-        if served and grant.load_wait <= 0:  # a load's time is not service time
-            seconds = self._clock.seconds() - grant.granted_at
-            self._demand.served(grant.ticket.demand_key, seconds)
+    def _released(self, grant: Grant, served: bool, loaded: float | None) -> None:
+        if served and (loaded is not None or grant.load_wait <= 0):  # a load is not service
+            seconds = self._clock.seconds() - grant.granted_at - (loaded or 0.0)
+            if seconds > 0:
+                self._demand.served(grant.ticket.demand_key, seconds)
         if grant.lease is None:  # uncounted: nothing for the store to announce
             self._dispatch((grant.endpoint.id,))
             return
@@ -612,6 +579,14 @@ class AdmissionGate:
             "totals": dict(self.counters),
             "waits": waits,
         }
+
+
+def _less(counter: Counter[K], key: K) -> None:
+    """One fewer of ``key``; a count that reaches zero leaves (counters stay as small as
+    what they count now)."""
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 #: the lease of a grant the store could not count (it failed); never given to the store
