@@ -12,9 +12,12 @@ the fleet's capacity, and the hosts' own counters (model loads, evictions, busy 
 Everything binds 127.0.0.1 and every process started is stopped by its PID, also on errors.
 
 The fleet's capacity is what its slots complete when every slot is always busy with a warm
-model: ``hosts x slots / mean service time``, the mean service time being the fake's time per
-answer (``chunks x token_ms``) averaged over the workload's request mix. Goodput is the
-requests answered 200 per second of the run; its share of the capacity is the headline figure.
+model: ``hosts x slots`` slot-seconds per second, or ``hosts x slots / mean service time``
+requests a second, the service time being the fake's time per answer (``chunks x token_ms``,
+averaged over the workload's mix). Goodput is the work of the requests answered 200 (the sum of
+their service times); its share of the capacity (``goodput / capacity``: that sum over
+``hosts x slots x duration``) is the headline figure. Counting work rather than requests keeps
+the share exact when the run happens to draw more long requests than the mix's 30 %.
 
 ``--mix`` (``--scenario mix``) is a workload without loads: every host has every model loaded
 and 2 slots, 16 closed-loop clients, 70 % of the requests take 0.3 s on the host and 30 % take
@@ -80,6 +83,7 @@ class Tally:
     unfinished: int = 0  # still running when the time was up
     by_model: Counter[str] = field(default_factory=Counter)  # served, per model
     by_class: dict[str, list[float]] = field(default_factory=dict)  # --mix: latencies per class
+    work_s: float = 0.0  # the service seconds of the requests answered 200
     ttfts_ms: list[float] = field(default_factory=list)  # multi-turn: to the first line
     sticky: Counter[str] = field(default_factory=Counter)  # multi-turn: X-Olla-Sticky-Session
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -151,6 +155,7 @@ def client(base: str, index: int, args: argparse.Namespace, deadline: float, tal
                     tally.latencies_ms.append(elapsed)
                     tally.by_model[model] += 1
                     tally.by_class.setdefault(kind, []).append(elapsed)
+                    tally.work_s += classes[kind][1] * args.token_ms / 1000
                 else:
                     tally.errors[outcome] += 1
             if outcome != "ok":
@@ -471,7 +476,7 @@ def measure(target: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
         "p95_ms": percentile(latencies, 0.95),
         "p99_ms": percentile(latencies, 0.99),
         "max_ms": round(max(latencies), 1) if latencies else None,
-        "goodput_share": round(len(latencies) / args.duration / capacity(args)["rps"], 3),
+        "goodput_share": round(tally.work_s / (capacity(args)["slots"] * args.duration), 3),
         **{key: sum(int(s[key]) for s in states) for key in SUMMED},
         **{key: max(int(s[key]) for s in states) for key in PEAKS},
         "loads_per_host": [int(s["loads"]) for s in states],
