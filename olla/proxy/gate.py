@@ -77,7 +77,8 @@ class _Fit(enum.Enum):
     YES = "yes"
     #: not for this ticket (it waits for its pinned host), maybe for others of its model
     NOT_THIS = "not_this"
-    #: not for any ticket of this model (its cap there is reached, or a load does not pay)
+    #: not for any ticket of this model with these candidates (its cap there is reached, or
+    #: a load does not pay)
     NOT_MODEL = "not_model"
 
 
@@ -360,7 +361,8 @@ class AdmissionGate:
 
     def _fill(self, endpoint_id: str) -> None:
         """Give ``endpoint_id``'s free slots to the best held tickets it suits."""
-        refused: set[str] = set()  # models no ticket of which this endpoint suits now
+        #: (model, candidates) no ticket of which this endpoint suits now
+        refused: set[tuple[str, tuple[Endpoint, ...]]] = set()
         now = self._clock.seconds()
         for entry in list(self._queue):
             endpoint = entry.by_id.get(endpoint_id)
@@ -369,11 +371,12 @@ class AdmissionGate:
             if not self._has_room(endpoint, ""):
                 return
             model = entry.ticket.model_on(endpoint)
-            if model in refused:
+            alike = (model, entry.ticket.candidates)
+            if alike in refused:
                 continue
             fit = self._fits(entry, endpoint, model, now)
             if fit is _Fit.NOT_MODEL:
-                refused.add(model)
+                refused.add(alike)
             elif fit is _Fit.YES:
                 self._bind(entry, endpoint, model)
                 if entry.state is _State.HELD:  # the store said full after all
