@@ -185,6 +185,31 @@ class CapTests(SynchronousTestCase):
         self.successResultOf(held)
         self.assertEqual(h.store.held(h.eps[0].id), 1)
 
+    def test_request_without_model(self) -> None:
+        """If a request names no model, then only the endpoint's slots count."""
+        h = Harness(1, cap_for=lambda ep, model: 1)
+        grant = self.successResultOf(h.gate.admit(Ticket(tuple(h.eps), None)))
+        self.assertEqual(h.store.held_by_model(h.eps[0].id, ""), 1)
+        self.assertNoResult(h.gate.admit(Ticket(tuple(h.eps), None)))
+        grant.release()
+
+    def test_alias_counts_the_native_name(self) -> None:
+        """If an alias names the model differently per endpoint, then caps and counts use the
+        name that endpoint knows it by."""
+        asked: list[str] = []
+
+        def cap_for(endpoint: Endpoint, model: str) -> int:
+            asked.append(model)
+            return 1
+
+        h = Harness(2, cap_for=cap_for)
+        a = h.eps[0]
+        ticket = Ticket((a,), "fast", native={a: "Qwen:7B"})
+        self.successResultOf(h.gate.admit(ticket))
+        self.assertIn("qwen:7b", asked)
+        self.assertEqual(h.store.held_by_model(a.id, "qwen:7b"), 1)
+        self.assertNoResult(h.gate.admit(ticket))
+
     def test_ticket_needs_candidates(self) -> None:
         """If a ticket names no candidate, then admit refuses it as a bug."""
         h = Harness(1)
