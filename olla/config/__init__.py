@@ -52,6 +52,7 @@ from olla.config.models import ModelRegistryConfig, RoutingStrategyConfig, Unifi
 from olla.config.proxy import (
     FilterConfig,
     ProxyConfig,
+    QueueConfig,
     RetryConfig,
     StickySessionsConfig,
     WarmRoutingConfig,
@@ -98,6 +99,7 @@ __all__ = [
     "OllaConfig",
     "Path_",
     "ProxyConfig",
+    "QueueConfig",
     "RateLimits",
     "RequestLimits",
     "RetryConfig",
