@@ -31,6 +31,7 @@ class FakeFleet:
 
     def __init__(self) -> None:
         self.down: set[Endpoint] = set()
+        self.full: set[Endpoint] = set()  # said busy (429/503)
         self.cold: set[tuple[Endpoint, str]] = set()  # (endpoint, model) not hosted there
         self.in_memory: dict[Endpoint, frozenset[str]] = {}
         self.load = 2.0
@@ -48,11 +49,18 @@ class FakeFleet:
     def hosting(self, endpoint: Endpoint, model: str) -> bool:
         return (endpoint, model) not in self.cold
 
+    def busy(self, endpoint: Endpoint) -> bool:
+        return endpoint in self.full
+
     def loaded(self, endpoint: Endpoint) -> frozenset[str]:
         return self.in_memory.get(endpoint, frozenset())
 
     def homes(self, model: str) -> list[Endpoint]:
-        return [ep for ep in self.endpoints if ep not in self.down and (ep, model) not in self.cold]
+        return [
+            ep
+            for ep in self.endpoints
+            if ep not in self.down | self.full and (ep, model) not in self.cold
+        ]
 
 
 def endpoints(*slots: int) -> list[Endpoint]:

@@ -39,11 +39,15 @@ from olla.interfaces import IHealthChecker, IOutcomeListener, IReconfigurable
 from olla.manage.manager import FleetManager
 from olla.manage.resource import ManagementResource
 from olla.profiles import ProfileRegistry
-from olla.proxy.dispatch import InOrder
 from olla.proxy.exchange import ProxyDeps
+from olla.proxy.fleetview import RouterView
+from olla.proxy.gate import AdmissionGate
+from olla.proxy.gatedispatch import GateDispatch
+from olla.proxy.movecost import PromptRates
 from olla.proxy.plan import Planner, startup_wait
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
+from olla.proxy.slots import MemorySlotStore
 from olla.proxy.timeouts import TimeoutPolicy
 from olla.telemetry.failovers import FailoverLog
 from olla.telemetry.outcomes import Outcomes
@@ -55,6 +59,7 @@ from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
 from olla.web.metrics import Metrics, OllaCollector, metrics_registry
 from olla.web.models import ModelsResource
+from olla.web.queue import QueueCollector, queue_status
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
 
@@ -86,6 +91,8 @@ class App:
     collector: OllaCollector
     #: the response and header-wait bounds every exchange reads (reconfigured by a reload)
     timeouts: TimeoutPolicy
+    #: the dispatch stage: the admission gate (``proxy.queue``) every attempt passes
+    dispatch: GateDispatch
     #: every component that applies a reloaded config to itself
     reconfigurables: tuple[IReconfigurable, ...]
     dashboard: Dashboard | None = None
@@ -183,10 +190,22 @@ def build_app(
     outcomes.subscribe(failovers)
     if sticky is not None:
         outcomes.subscribe(sticky)
+    rates = PromptRates()
+    outcomes.subscribe(rates)
     request_log = RequestLog(config)
     outcomes.subscribe(request_log)
     for listener in listeners:
         outcomes.subscribe(listener)
+
+    # The admission gate: its slots in a store (shared by the workers when one is configured),
+    # the fleet as routing sees it, each model's cap from its profile.
+    gate = AdmissionGate(
+        MemorySlotStore(), RouterView(router), clock, config.proxy, cap_for=catalogue.cap_for
+    )
+    dispatch = GateDispatch(gate, registry, rates)
+    # what a held request may go to changes with health, what is loaded, and reloads
+    registry.add_listener(lambda endpoint, old, new: gate.poke())
+    discovery.on_loaded.append(lambda endpoint: gate.poke())
 
     planner = Planner(
         router,
@@ -200,7 +219,7 @@ def build_app(
         registry=registry,
         catalogue=catalogue,
         planner=planner,
-        dispatch=InOrder(registry),
+        dispatch=dispatch,
         agent=agent,
         clock=clock,
         cooperator=cooperator,
@@ -241,7 +260,9 @@ def build_app(
         worker=worker,
         sticky=sticky,
     )
-    metrics = Metrics(metrics_registry(collector))
+    registry_of_metrics = metrics_registry(collector)
+    registry_of_metrics.register(QueueCollector(gate))
+    metrics = Metrics(registry_of_metrics)
     internal = InternalApp(
         registry,
         clock=clock,
@@ -257,6 +278,7 @@ def build_app(
         stats=stats,
         metrics=metrics,
         profiles=profiles,
+        queue=lambda: queue_status(gate, rates),
     )
     limits = config.server.request_limits
     rate_store = MemoryRateStore(clock, config.server.rate_limits.cleanup_interval)
@@ -288,6 +310,7 @@ def build_app(
         guard,
         collector,
         request_log,
+        dispatch,
     ]
     if dashboard is not None:
         reconfigurables.append(dashboard)
@@ -319,5 +342,6 @@ def build_app(
         collector=collector,
         management=management,
         timeouts=timeouts,
+        dispatch=dispatch,
         reconfigurables=tuple(reconfigurables),
     )

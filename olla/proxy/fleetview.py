@@ -28,12 +28,16 @@ class IFleetView(Interface):
     def hosting(endpoint: Endpoint, model: str) -> bool:
         """Whether ``model`` is in memory on ``endpoint`` or a load of it is under way there."""
 
+    def busy(endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` said it is full (429/503) and its back-off has not passed: it
+        carries no traffic now, so it is nobody's home meanwhile."""
+
     def loaded(endpoint: Endpoint) -> frozenset[str]:
         """The lower-cased names of the models in memory on ``endpoint``, or being loaded there
         (empty: none, or the backend never says)."""
 
     def homes(model: str) -> list[Endpoint]:
-        """The usable endpoints that have ``model`` in memory or are loading it."""
+        """The usable endpoints, not busy, that have ``model`` in memory or are loading it."""
 
 
 @implementer(IFleetView)
@@ -73,6 +77,9 @@ class RouterView:
             or catalogue.loading_since(endpoint, model) is not None
         )
 
+    def busy(self, endpoint: Endpoint) -> bool:
+        return self._router.registry.load.busy_until(endpoint) > self._router.clock.seconds()
+
     def loaded(self, endpoint: Endpoint) -> frozenset[str]:
         return frozenset(self._router.catalogue.resident(endpoint))
 
@@ -81,5 +88,5 @@ class RouterView:
         return [
             ep
             for ep in registry.routable()
-            if registry.breakers.allows(ep) and self.hosting(ep, model)
+            if registry.breakers.allows(ep) and not self.busy(ep) and self.hosting(ep, model)
         ]

@@ -4,7 +4,8 @@
 A host that has the model in memory, or is loading it, suits a request of it whenever a slot is
 free (``olla.proxy.gate``). A cold host suits it when:
 
-- **first home**: no candidate has the model: it must load somewhere, on the candidate where the
+- **first home**: no candidate has the model (a host that just said it is full, 429/503, is
+  nobody's home until its back-off passes): it must load somewhere, on the candidate where the
   load pushes out least (``Evicts``: nothing, then room olla only assumes, then an idle model's
   only copy, then a busy model's place), waiting for that host's slot rather than taking a worse
   host's free one (a slot frees within a service time; a lost copy costs a load);
@@ -74,10 +75,11 @@ class Placement:
 
     def load_pays(self, ticket: Ticket, endpoint: Endpoint, model: str, now: float) -> bool:
         """Whether ``ticket`` may load ``model`` on ``endpoint`` (usable, a slot free there)."""
+        fleet = self._fleet
         homes = [
             ep
             for ep in ticket.candidates
-            if self._fleet.usable(ep) and self._fleet.hosting(ep, ticket.model_on(ep))
+            if fleet.usable(ep) and not fleet.busy(ep) and fleet.hosting(ep, ticket.model_on(ep))
         ]
         here = self.evicts(endpoint, model)
         if not homes:

@@ -40,14 +40,16 @@ class RequestLog(OutcomeListener):
         failovers = record.failovers
         self._log.info(
             "{method} {path} -> {endpoint} model={model} status={status} "
-            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tokens}{tried}{why}{did} "
-            "client={client_ip}{key}",
+            "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{queue}{tokens}{tried}{why}"
+            "{did} client={client_ip}{key}",
             **fields,
             endpoint=record.endpoint or ",".join(record.endpoints) or "-",
             model=record.model or "-",
             duration_ms=round(record.duration * 1000),
             failovers=list(failovers),
             ttft_ms=None if record.ttft is None else round(record.ttft * 1000),
+            queued_ms=None if record.queued is None else round(record.queued * 1000),
+            queue=_queue_text(record),
             tokens=_tokens_text(record),
             tried=f" failed_over={','.join(failovers)}" if failovers else "",
             why=f" why={record.error!r}" if record.error else "",
@@ -62,6 +64,17 @@ class RequestLog(OutcomeListener):
 
 #: the ``logging.level`` values that show info lines
 _SHOWN = ("debug", "info")
+
+
+def _queue_text(record: RequestRecord) -> str:
+    """`` queued=120ms`` (`` queued=120ms priority=low`` when not normal) for the log line,
+    when the request passed the admission queue."""
+    if record.queued is None:
+        return ""
+    text = f" queued={round(record.queued * 1000)}ms"
+    if record.priority is not None and record.priority != "normal":
+        text += f" priority={record.priority}"
+    return text
 
 
 def _tokens_text(record: RequestRecord) -> str:
@@ -95,4 +108,5 @@ _KEPT = (
     "mode",
     "client_key",
     "operation",
+    "priority",
 )

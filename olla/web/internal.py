@@ -202,6 +202,7 @@ class InternalApp:
         stats: Stats | None = None,
         metrics: Metrics | None = None,
         profiles: ProfileRegistry | None = None,
+        queue: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -219,6 +220,7 @@ class InternalApp:
             stats: the request statistics, for ``/internal/stats/models``.
             metrics: the Prometheus page; without it ``/internal/metrics`` is a 404.
             profiles: the loaded profiles; ``/internal/status`` says where each came from.
+            queue: the admission queue's section of ``/internal/status`` and its stable view.
         """
         self._registry = registry
         self._clock = clock
@@ -236,6 +238,7 @@ class InternalApp:
         self._worker = worker or WorkerIdentity()
         self._stats = stats or Stats()
         self._metrics = metrics
+        self._queue = queue
         #: which config runs: ``use_config`` moves these on a reload
         self._generation = 1
         self._loaded_at = self._started
@@ -273,6 +276,8 @@ class InternalApp:
         payload["worker"] = stable["worker"] = self._worker.payload()
         if self._profiles is not None:
             payload["profiles"] = stable["profiles"] = profiles_payload(self._profiles)
+        if self._queue is not None:
+            payload["queue"], stable["queue"] = self._queue()
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/status/endpoints", branch=False)
