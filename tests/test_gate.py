@@ -32,6 +32,7 @@ class FakeFleet:
     def __init__(self) -> None:
         self.down: set[Endpoint] = set()
         self.full: set[Endpoint] = set()  # said busy (429/503)
+        self.running: dict[Endpoint, float] = {}  # expected service time seen there
         self.cold: set[tuple[Endpoint, str]] = set()  # (endpoint, model) not hosted there
         self.in_memory: dict[Endpoint, frozenset[str]] = {}
         self.load = 2.0
@@ -51,6 +52,9 @@ class FakeFleet:
 
     def busy(self, endpoint: Endpoint) -> bool:
         return endpoint in self.full
+
+    def expected_service(self, endpoint: Endpoint) -> float:
+        return self.running.get(endpoint, 0.0)
 
     def loaded(self, endpoint: Endpoint) -> frozenset[str]:
         return self.in_memory.get(endpoint, frozenset())
@@ -525,6 +529,23 @@ class SecondHomeTests(SynchronousTestCase):
                 break
         self.assertEqual(h.gate.counters["second_homes"], 1)
         self.assertTrue(h.on(b))
+
+    def test_long_running_home_makes_a_second_home_pay(self) -> None:
+        """If a model's learnt service time is short but what runs on its full home has
+        already run long (streams not finished yet), then a waiting request loads it on an
+        idle cold host instead of waiting: the load is shorter than the wait."""
+        h = Harness(1, 1, prior=0.01)
+        a, b = h.eps
+        h.fleet.cold.add((b, HOT))
+        h.fleet.load = 0.2
+        self.successResultOf(h.admit("stream"))
+        held = h.admit("next")
+        self.assertNoResult(held)  # 0.01 s learnt: waiting is cheaper than a 0.2 s load
+        h.clock.advance(1.0)
+        h.fleet.running[a] = 1.0  # the stream has run a second
+        h.admit("another")
+        self.assertIs(self.successResultOf(held).endpoint, b)
+        self.assertEqual(h.gate.counters["second_homes"], 1)
 
     def test_second_home_never_evicts_a_busy_model(self) -> None:
         """If every model in memory on the cold host is busy there, then the hot model waits

@@ -202,7 +202,7 @@ def build_app(
     gate = AdmissionGate(
         MemorySlotStore(), RouterView(router), clock, config.proxy, cap_for=catalogue.cap_for
     )
-    dispatch = GateDispatch(gate, registry, rates)
+    dispatch = GateDispatch(gate, registry, rates, clock)
     # what a held request may go to changes with health, what is loaded, and reloads
     registry.add_listener(lambda endpoint, old, new: gate.poke())
     discovery.on_loaded.append(lambda endpoint: gate.poke())

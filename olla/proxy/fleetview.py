@@ -28,6 +28,10 @@ class IFleetView(Interface):
     def hosting(endpoint: Endpoint, model: str) -> bool:
         """Whether ``model`` is in memory on ``endpoint`` or a load of it is under way there."""
 
+    def expected_service(endpoint: Endpoint) -> float:
+        """How long a request there takes (``ILoadView.expected_service_time``: the moving
+        average of finished ones, or longer while those in flight have run longer)."""
+
     def busy(endpoint: Endpoint) -> bool:
         """Whether ``endpoint`` said it is full (429/503) and its back-off has not passed: it
         carries no traffic now, so it is nobody's home meanwhile."""
@@ -76,6 +80,10 @@ class RouterView:
             or catalogue.warm(endpoint, model)
             or catalogue.loading_since(endpoint, model) is not None
         )
+
+    def expected_service(self, endpoint: Endpoint) -> float:
+        load = self._router.registry.load
+        return load.expected_service_time(endpoint, self._router.clock.seconds())
 
     def busy(self, endpoint: Endpoint) -> bool:
         return self._router.registry.load.busy_until(endpoint) > self._router.clock.seconds()

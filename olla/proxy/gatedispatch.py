@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -46,11 +47,18 @@ class GateDispatch:
 
     reconfigures = ("proxy.queue.", "proxy.response_timeout")
 
-    def __init__(self, gate: AdmissionGate, registry: EndpointRegistry, rates: PromptRates) -> None:
+    def __init__(
+        self,
+        gate: AdmissionGate,
+        registry: EndpointRegistry,
+        rates: PromptRates,
+        clock: IReactorTime,
+    ) -> None:
         self.gate = gate
-        self._registry = registry
+        self.registry = registry
         #: seconds per prompt token, per model: what moving off a pinned host costs
         self.rates = rates
+        self.clock = clock
 
     def reconfigure(self, config: OllaConfig) -> None:
         """``proxy.queue.*`` (and the response timeout, ``max_wait``'s default); then the
@@ -67,8 +75,7 @@ class GateDispatch:
         pinned: Endpoint | None = None,
     ) -> IWalk:
         gated = model is not None and not context.path.rstrip(b"/").endswith(NO_SLOT)
-        walk_model = model if gated else None
-        return _GateWalk(self, self._registry, plan, context, attempts, walk_model, pinned)
+        return _GateWalk(self, plan, context, attempts, model if gated else None, pinned)
 
 
 @implementer(IWalk)
@@ -76,7 +83,6 @@ class _GateWalk:
     def __init__(
         self,
         dispatch: GateDispatch,
-        registry: EndpointRegistry,
         plan: Plan,
         context: RequestContext,
         attempts: int,
@@ -84,7 +90,6 @@ class _GateWalk:
         pinned: Endpoint | None,
     ) -> None:
         self._dispatch = dispatch
-        self._registry = registry
         self._left = list(plan.candidates)
         self._rewrite = plan.rewrite
         self._context = context
@@ -94,22 +99,24 @@ class _GateWalk:
         self._pinned = pinned
         self._grant: Grant | None = None
         self._holding: Deferred[Any] | None = None
+        self._asked = 0.0  # when the attempt being held asked the gate
 
     def more(self) -> bool:
         # a candidate a reload removed since the plan was made gets no new attempt
-        self._left = [c for c in self._left if c.endpoint in self._registry]
+        registry = self._dispatch.registry
+        self._left = [c for c in self._left if c.endpoint in registry]
         return bool(self._left) and self._budget > 0
 
     def next(self) -> Candidate | Deferred[Candidate]:
         self._budget -= 1
         if self._model is None:
             return self._left.pop(0)
-        context = self._context
+        dispatch, context = self._dispatch, self._context
         retry = context.queued is not None  # it passed the gate before: failover or replan
         pinned = None if retry else self._pinned
         move_cost = 0.0
         if pinned is not None:
-            move_cost = self._dispatch.rates.move_cost(self._model, context.body_size)
+            move_cost = dispatch.rates.move_cost(self._model, context.body_size)
         ticket = Ticket(
             tuple(c.endpoint for c in self._left),
             self._model,
@@ -123,7 +130,8 @@ class _GateWalk:
         )
         if context.queued is None:
             context.queued = 0.0
-        held = self._holding = self._dispatch.gate.admit(ticket)
+        self._asked = dispatch.clock.seconds()
+        held = self._holding = dispatch.gate.admit(ticket)
         return held.addCallbacks(self._granted, self._refused)
 
     def _granted(self, grant: Grant) -> Candidate:
@@ -136,6 +144,9 @@ class _GateWalk:
 
     def _refused(self, failure: Failure) -> Failure:
         self._holding = None
+        # refused, or given up because the client left: held until now all the same
+        waited = self._dispatch.clock.seconds() - self._asked
+        self._context.queued = (self._context.queued or 0.0) + waited
         refusal = failure.value
         if not isinstance(refusal, AdmissionRefused):
             return failure  # cancelled: the client left

@@ -10,8 +10,10 @@ free (``olla.proxy.gate``). A cold host suits it when:
   only copy, then a busy model's place), waiting for that host's slot rather than taking a worse
   host's free one (a slot frees within a service time; a lost copy costs a load);
 - **second home**: the model's homes are full and loading it here pays over the coming requests
-  (``demand.second_home_pays``), and it pushes out nothing that is needed: room, or an idle
-  model whose other homes carry its traffic without this copy (``SPARE_SHARE``).
+  (``demand.second_home_pays``, with the longer of the model's learnt service time and how
+  long what runs on its homes has run on average: ``IFleetView.expected_service``), and it
+  pushes out nothing that is needed: room, or an idle model whose other homes carry its
+  traffic without this copy (``SPARE_SHARE``).
 
 How many models a host holds at once olla cannot know (Ollama does not say; a host's memory and
 ``OLLAMA_MAX_LOADED_MODELS`` decide): it assumes ``MODELS_PER_HOST`` and counts on that room for
@@ -96,11 +98,14 @@ class Placement:
             return False
         key = ticket.demand_key
         load = self._fleet.load_cost(endpoint, model)
+        # what its homes' slots take: the model's learnt time, or longer while what runs
+        # there has already run longer (a stream that has not ended yet teaches nothing)
+        running = sum(fleet.expected_service(ep) for ep in homes) / len(homes)
         return second_home_pays(
             load=load,
             held=self._held.get(key, 0),
             arriving=self._demand.arrivals(key, now, load),
-            service=self._demand.service_time(key),
+            service=max(self._demand.service_time(key), running),
             home_slots=sum(self._cap(ep, ticket.model_on(ep)) for ep in homes),
         )
 
