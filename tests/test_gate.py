@@ -886,6 +886,31 @@ class StoreContractTests(SynchronousTestCase):
         store.answer_all()
         self.assertIs(self.successResultOf(held).endpoint, h.eps[0])
 
+    def test_store_full_at_once_still_bounded_by_max_wait(self) -> None:
+        """If a shared store says full for a request that found a free slot as far as this
+        process knew, then it is held like any other: refused after max_wait, counted as a
+        wait, nothing left scheduled."""
+        store = LaterStore()
+        h = Harness(1, store=store, config=QueueConfig(max_wait=10.0))  # type: ignore[arg-type]
+        store.answer = lambda args: succeed(None)
+        held = h.admit("r1")
+        self.assertEqual(h.gate.held, 1)
+        h.clock.advance(10)
+        self.assertEqual(self.failureResultOf(held, AdmissionRefused).value.reason,
+                         Refusal.WAIT_TIMEOUT)  # fmt: skip
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_slow_answer_is_no_wait(self) -> None:
+        """If the store takes time to answer a request that was never held, then it counts as
+        let through at once (its wait is the store's latency)."""
+        store = LaterStore()
+        h = Harness(1, store=store)  # type: ignore[arg-type]
+        d = h.admit("r1")
+        h.clock.advance(0.002)
+        store.answer_all()
+        self.assertAlmostEqual(self.successResultOf(d).waited, 0.002)
+        self.assertEqual((h.gate.counters["at_once"], h.gate.counters["after_wait"]), (1, 0))
+
     def test_store_failure_fails_open(self) -> None:
         """If the store fails, then the request goes through uncounted (logged), and its
         release frees nothing in the store."""

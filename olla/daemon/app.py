@@ -278,7 +278,7 @@ def build_app(
         stats=stats,
         metrics=metrics,
         profiles=profiles,
-        queue=lambda: queue_status(gate, rates),
+        queue=lambda: queue_status(gate, rates, registry),
     )
     limits = config.server.request_limits
     rate_store = MemoryRateStore(clock, config.server.rate_limits.cleanup_interval)

@@ -104,6 +104,8 @@ class _Entry:
     #: waits for ``ticket.pinned`` alone until then (None: any candidate suits)
     exclusive_until: float | None = None
     cancelled: bool = False
+    #: it waited in the queue (for the counters: a store's answer taking real time is no wait)
+    was_held: bool = False
     timers: list[IDelayedCall] = field(default_factory=list)
 
     @property
@@ -251,6 +253,11 @@ class AdmissionGate:
                 f"all endpoints are busy and {config.max_size} requests are waiting already",
             )
             return
+        self._time_wait(entry)
+
+    def _time_wait(self, entry: _Entry) -> None:
+        """``entry`` is held from now: time its ``max_wait`` (and its promotion, a low one)."""
+        entry.was_held = True
         clock = self._clock
         entry.timers.append(clock.callLater(self._max_wait, self._expire, entry))
         if entry.priority is Priority.LOW:
@@ -453,6 +460,8 @@ class AdmissionGate:
         if lease is None:  # a shared store: another process took that slot first
             entry.state = _State.HELD
             self._enqueue(entry)
+            if not entry.was_held:
+                self._time_wait(entry)
             return
         self._grant(entry, endpoint, model, lease, cold, second)
 
@@ -507,7 +516,7 @@ class AdmissionGate:
         now = self._clock.seconds()
         waited = now - entry.entered
         self._finish(entry)
-        self.counters["at_once" if waited <= 0 else "after_wait"] += 1
+        self.counters["after_wait" if entry.was_held else "at_once"] += 1
         if cold:
             self.counters["second_homes" if second else "cold_starts"] += 1
         self.waits[entry.ticket.priority].observe(waited)
@@ -537,6 +546,10 @@ class AdmissionGate:
         self._log.failure("slot store could not take a slot back", failure=failure)
 
     # ------------------------------------------------------------------ what it shows
+
+    def in_use(self, endpoint: Endpoint) -> int:
+        """Slots held on ``endpoint`` now (as the store last knew)."""
+        return self._store.held(endpoint.id)
 
     @property
     def held(self) -> int:

@@ -4,8 +4,8 @@ dashboard's queue panel, which reads it) and its Prometheus families.
 
 Both read the gate (``olla.proxy.gate.AdmissionGate``) when asked: the requests held now per
 model and priority, how long the oldest has waited, what the queue did so far (let through at
-once or after a wait, refused and why, cancelled, promoted, loads it started), and how long
-let-through requests were held, per priority.
+once or after a wait, refused and why, cancelled, promoted, loads it started), how long
+let-through requests were held, per priority, and (the status) each endpoint's slots in use.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from olla.fleet.endpoints import EndpointRegistry
 from olla.proxy.admission import Refusal
 from olla.proxy.gate import AdmissionGate
 from olla.proxy.movecost import PromptRates
@@ -30,9 +31,17 @@ from olla.util.priority import Priority
 _VOLATILE = ("oldest_wait_s", "arrivals_per_s")
 
 
-def queue_status(gate: AdmissionGate, rates: PromptRates) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ``queue`` section of ``/internal/status``, and its stable view for the ETag."""
+def queue_status(
+    gate: AdmissionGate, rates: PromptRates, registry: EndpointRegistry
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``queue`` section of ``/internal/status``, and its stable view for the ETag: the
+    gate's snapshot, the slots each endpoint has in use of its cap, and the learnt prompt
+    reading rates (what moving a sticky conversation costs)."""
     payload = gate.snapshot()
+    payload["slots"] = {
+        endpoint.name: {"in_use": gate.in_use(endpoint), "of": gate.cap(endpoint, "")}
+        for endpoint in registry
+    }
     payload["prompt_ms_per_token"] = rates.snapshot()
     stable = dict(payload)
     stable["models"] = {

@@ -316,16 +316,21 @@ def trio() -> Iterator[list[FakeProcess]]:
             fake.stop()
 
 
-def test_chaos_kill_and_restart_every_two_seconds(tmp_path: Path, trio: list[FakeProcess]) -> None:
+@pytest.mark.parametrize("cap", [None, 3], ids=["default-slots", "capped-at-3"])
+def test_chaos_kill_and_restart_every_two_seconds(
+    tmp_path: Path, trio: list[FakeProcess], cap: int | None
+) -> None:
     """If one of three backends is killed -9 and restarted on its port every 2 s, in turn,
     while steady requests and 20 streams run, then no request that had not started streaming
-    fails, only streams served by the backend killed meanwhile break, no in-flight counter or
-    file descriptor leaks, and all three are healthy within one check_interval of the last
-    restart."""
+    fails, only streams served by the backend killed meanwhile break, no in-flight counter,
+    admission slot or file descriptor leaks, and all three are healthy within one
+    check_interval of the last restart. With the admission queue's caps at their default (4
+    slots an Ollama) and at 3 (9 slots for 24 clients: requests are held all along)."""
     names = ["A", "B", "C"]
     ports = {fake.port for fake in trio}
+    slots = {} if cap is None else {"max_concurrency": cap}
     endpoints = [
-        ollama_endpoint(name, fake.url, check_interval="1s", check_timeout="500ms")
+        ollama_endpoint(name, fake.url, check_interval="1s", check_timeout="500ms", **slots)
         for name, fake in zip(names, trio, strict=True)
     ]
     with running_olla(tmp_path, endpoints) as daemon:
@@ -391,10 +396,13 @@ def test_chaos_kill_and_restart_every_two_seconds(tmp_path: Path, trio: list[Fak
         def settled() -> bool:
             status = _endpoints_status(daemon)
             census = _steady_census(pid, ports)
+            queue = _get_json(f"{daemon.url}/internal/status")["queue"]
             return (
                 all(status[n]["active_connections"] == 0 for n in names)
                 and census.close_wait == 0
                 and census.own <= baseline.own + 2
+                and queue["held"] == 0
+                and all(slots["in_use"] == 0 for slots in queue["slots"].values())
             )
 
         try:
@@ -405,6 +413,12 @@ def test_chaos_kill_and_restart_every_two_seconds(tmp_path: Path, trio: list[Fak
         active = {n: status[n]["active_connections"] for n in names}
         if any(active.values()):
             problems.append(f"in-flight counters leaked: {active}")
+        queue = _get_json(f"{daemon.url}/internal/status")["queue"]
+        in_use = {name: slots["in_use"] for name, slots in queue["slots"].items()}
+        if queue["held"] or any(in_use.values()):
+            problems.append(f"admission slots leaked: held {queue['held']}, in use {in_use}")
+        if cap is not None and not queue["totals"]["after_wait"]:
+            problems.append(f"the queue never held a request at cap {cap}: {queue['totals']}")
         census = _steady_census(pid, ports)
         # Idle keep-alive connections to the backends (``pooled``) legitimately differ from the
         # baseline: the pool keeps up to 256 per host for 60 s, and while one host was down the
