@@ -13,7 +13,7 @@ DEMO_DIR ?= .cache/demo
 # Run from the working tree: twistd finds twisted/plugins/olla_plugin.py through PYTHONPATH.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run demo test test-real lint typecheck unit chromium bench clean
+.PHONY: run demo test test-real lint typecheck unit chromium redis bench clean
 
 # the plugin file too: twistd also scans the installed copy of twisted/plugins/, so a stale one
 # would point at a module that moved
@@ -46,13 +46,18 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
-unit: $(VENV)/.test-installed chromium
+unit: $(VENV)/.test-installed chromium redis
 	$(PY) -m pytest -q --ignore=tests/real
 
 # Debian's chromium for the dashboard's browser test: installed with apt-get when this runs as
 # root and it is missing; otherwise the script says why that test will skip. Never fails.
 chromium:
 	@sh tests/e2e/install-chromium.sh
+
+# Debian's redis-server for the shared-state tests (state.backend: redis): installed with
+# apt-get when this runs as root and it is missing; otherwise those tests skip. Never fails.
+redis:
+	@sh tests/e2e/install-redis.sh
 
 # The compatibility suite: a real Ollama, llama.cpp's llama-server and real clients (installed
 # into .cache/real on first use by tests/real/install.sh, then reused).

@@ -294,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import gate_sim
 
         return gate_sim.main(argv[1:])
+    if argv[:1] == ["state"]:  # S2 with state.backend: redis against memory (benchmarks/state.py)
+        from benchmarks import state
+
+        return state.main(argv[1:])
     if argv[:1] == ["workers"]:  # --workers 1 against --workers N (benchmarks/workers.py)
         from benchmarks import workers
 

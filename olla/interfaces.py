@@ -12,7 +12,7 @@ to the local view at once and reach a shared store later, in order.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
@@ -65,6 +65,10 @@ class ILoadStore(ILoadView):
     def forget(endpoint: Endpoint) -> None:
         """``endpoint`` left the config and its last attempt ended: drop what is kept."""
 
+    def own_in_flight(endpoint: Endpoint) -> int:
+        """This process's attempts on ``endpoint`` alone (``in_flight`` of a store shared by
+        several processes counts theirs too): whether a removed endpoint has drained here."""
+
 
 class ISessionStore(Interface):
     """Sticky sessions: session key -> the name of the endpoint that last served it.
@@ -111,6 +115,29 @@ class IRateStore(Interface):
         bucket's tokens afterwards, in order. A key never seen (or forgotten once full again)
         is a full bucket.
         """
+
+
+class IPollShare(Interface):
+    """Who polls an endpoint this interval when several olla processes share a store: one
+    health prober and one model discovery per endpoint per interval, the others hear what
+    it found; and what one process learns about an endpoint that the others should know at
+    once (a model load begun, done or failed there). Without a shared store there is no
+    ``IPollShare`` (every process polls, and learns alone).
+
+    ``kind`` names the poll or the news (``health``, ``models``, ``loaded``, ``loads``); a
+    result is a JSON-able dict.
+    """
+
+    def claim(kind: str, endpoint: Endpoint, ttl: float) -> Deferred[bool]:
+        """Whether this process polls ``endpoint`` now: True when it holds the lease for the
+        next ``ttl`` seconds (taken, or renewed because it held it), False when another process
+        does; True when the store cannot answer (each process polls for itself then)."""
+
+    def publish(kind: str, endpoint: Endpoint, result: dict[str, object]) -> None:
+        """Tell the other processes what this process's poll of ``endpoint`` found."""
+
+    def subscribe(kind: str, listener: Callable[[str, dict[str, object]], object]) -> None:
+        """Call ``listener(endpoint id, result)`` for every result another process publishes."""
 
 
 class IOutcomeListener(Interface):

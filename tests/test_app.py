@@ -8,7 +8,8 @@ import json
 from dataclasses import replace
 
 from twisted.internet.task import Clock, Cooperator
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from olla.config import EndpointConfig, OllaConfig
@@ -17,6 +18,7 @@ from olla.daemon.logging import StreamSink
 from olla.daemon.tap import build_service
 from olla.fleet.endpoints import EndpointStatus
 from olla.profiles import builtin_profiles
+from olla.util.services import Repeating
 from tests.fakes.ollama import FakeOllama
 from tests.proxyharness import ClientConnection, HostAgent, http_request, parse_response
 
@@ -85,3 +87,40 @@ class BuildAppTests(SynchronousTestCase):
         service.startService()
         self.assertEqual([port for port, *_ in reactor.tcpServers], [40999])
         service.stopService()
+
+
+class RepeatingTests(SynchronousTestCase):
+    def test_calls_while_running_and_survives_a_failure(self) -> None:
+        """If a repeating job raises, then the failure is logged and the job runs again at
+        the next interval; once stopped, it runs no more and nothing is left scheduled."""
+        clock = Clock()
+        calls: list[float] = []
+
+        def job() -> None:
+            calls.append(clock.seconds())
+            if len(calls) == 2:
+                raise RuntimeError("boom")
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        repeating = Repeating(clock, 1.0, job, what="the test job")
+        repeating.startService()
+        self.assertEqual(calls, [])  # not at once unless asked
+        clock.advance(1.0)
+        clock.advance(1.0)
+        clock.advance(1.0)
+        self.assertEqual(calls, [1.0, 2.0, 3.0])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("the test job", [e.get("what") for e in observer])
+        repeating.stopService()
+        clock.advance(5.0)
+        self.assertEqual(calls, [1.0, 2.0, 3.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_now(self) -> None:
+        """If asked to run ``now``, then the job runs at the start too."""
+        clock = Clock()
+        calls: list[float] = []
+        repeating = Repeating(clock, 1.0, lambda: calls.append(clock.seconds()), what="x", now=True)
+        repeating.startService()
+        self.assertEqual(calls, [0.0])
+        repeating.stopService()

@@ -10,11 +10,16 @@ from zope.interface.verify import verifyObject
 
 from olla.config import EndpointConfig, FilterConfig, ModelDiscoveryConfig
 from olla.fleet.discovery import DiscoveryService
-from olla.fleet.endpoints import EndpointRegistry, EndpointStatus, endpoints_from_config
+from olla.fleet.endpoints import EndpointRegistry, EndpointStatus, Outcome, endpoints_from_config
+from olla.fleet.listeners import LoadLearning
 from olla.fleet.models import ModelCatalogue
 from olla.fleet.modelsources import MODEL_SOURCES
 from olla.interfaces import IModelSource
+from olla.profiles import builtin_profiles
+from olla.state.polls import SharedPolls
+from olla.telemetry.records import AttemptRecord, AttemptStart
 from tests.fakes.ollama import FakeModel, FakeOllama
+from tests.fakes.redis import FakeStore
 from tests.proxyharness import HANG, HostAgent
 
 
@@ -255,3 +260,164 @@ class DiscoveryTests(SynchronousTestCase):
         self.assertEqual(self.catalogue.loaded_on(self.endpoints[0]), set())
         self.successResultOf(self.service.stopService())
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SharedDiscoveryTests(SynchronousTestCase):
+    """Two processes sharing a store (fakeredis behind ``SharedPolls``), each with its own
+    registry, catalogue and discovery, over one fake Ollama."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.ollama = FakeOllama(self.clock, [FakeModel("llama3.2:latest")])
+        self.ollama.state.loaded = {"llama3.2:latest"}
+        self.agent = HostAgent({b"o:1": self.ollama})
+        self.store = FakeStore()
+        #: each process's load learning, beside its discovery
+        self.loads: list[LoadLearning] = []
+        self.processes = [self._process(name) for name in ("a", "b")]
+
+    def _process(self, name: str) -> tuple[EndpointRegistry, ModelCatalogue, DiscoveryService]:
+        (endpoint,) = endpoints_from_config(
+            [EndpointConfig(url="http://o:1", name="o", type="ollama")], builtin_profiles()
+        )
+        registry = EndpointRegistry([endpoint], self.clock)
+        catalogue = ModelCatalogue()
+        share = SharedPolls(self.store.process(name, self.clock))
+        service = DiscoveryService(
+            registry,
+            catalogue,
+            self.agent,
+            self.clock,
+            ModelDiscoveryConfig(interval=60.0, timeout=5.0),
+            "1.0",
+            share=share,
+        )
+        service.set_intervals(cleanup=600.0, loaded=10.0)
+        self.loads.append(LoadLearning(catalogue, service, share, registry.by_id))
+        registry.set_status(endpoint, EndpointStatus.HEALTHY)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return registry, catalogue, service
+
+    def _pump(self) -> None:
+        for _ in range(8):
+            self.agent.flush()
+            self.clock.advance(0)
+
+    def _asked(self, path: str) -> int:
+        return len([r for r in self.ollama.requests if r.path == path])
+
+    def _names(self, registry: EndpointRegistry, catalogue: ModelCatalogue) -> list[str]:
+        return sorted(m.name for m in catalogue.models_of(next(iter(registry))))
+
+    def test_startup_runs_in_every_process(self) -> None:
+        """If processes start, then each discovers for itself (runs asked for now are not
+        shared)."""
+        self._pump()
+        self.assertEqual(self._asked("/api/tags"), 2)
+        self.assertEqual(self._asked("/api/show"), 2)
+        for registry, catalogue, _ in self.processes:
+            self.assertEqual(self._names(registry, catalogue), ["llama3.2:latest"])
+
+    def test_interval_discovery_asked_once(self) -> None:
+        """If a model is pulled, then the next interval asks the endpoint once (list, /api/ps,
+        version, and /api/show of the new model), and both processes know the model and what
+        /api/show said about it, each model its own answer."""
+        self._pump()
+        before = {path: self._asked(path) for path in ("/api/tags", "/api/ps", "/api/show")}
+        self.ollama.apply_state(
+            {
+                "models": [
+                    "llama3.2:latest",
+                    {"name": "new:1b", "capabilities": ["completion", "tools"]},
+                    {"name": "other:1b", "context_length": 4096},
+                ],
+                # every answer takes 0.1 s: /api/show's come after the list's run is over
+                "default_ttft_ms": 100,
+            }
+        )
+        self.clock.advance(60)
+        for _ in range(8):  # each answer 0.1 s after its ask
+            self._pump()
+            self.clock.advance(0.1)
+        self.assertEqual(self._asked("/api/tags"), before["/api/tags"] + 1)
+        # the discovery's own, and refresh_interval's (10 s) once: each in one process
+        self.assertEqual(self._asked("/api/ps"), before["/api/ps"] + 2)
+        self.assertEqual(self._asked("/api/show"), before["/api/show"] + 2)
+        for registry, catalogue, _ in self.processes:
+            names = self._names(registry, catalogue)
+            self.assertEqual(names, ["llama3.2:latest", "new:1b", "other:1b"])
+            shown = {
+                info.name: catalogue.shown(info)
+                for info in catalogue.models_of(next(iter(registry)))
+            }
+            new, other = shown["new:1b"], shown["other:1b"]
+            assert new is not None and other is not None
+            self.assertEqual(
+                (new.capabilities, new.context_length), (("completion", "tools"), 131072)
+            )
+            self.assertEqual(other.context_length, 4096)
+
+    def test_loaded_set_asked_once(self) -> None:
+        """If refresh_interval passes, then one process asks /api/ps and both learn what the
+        Ollama holds."""
+        self._pump()
+        before = self._asked("/api/ps")
+        self.ollama.apply_state({"loaded": []})
+        self.clock.advance(10)
+        self._pump()
+        self.assertEqual(self._asked("/api/ps"), before + 1)
+        for registry, catalogue, _ in self.processes:
+            self.assertEqual(catalogue.loaded_on(next(iter(registry))), set())
+
+    def test_store_down_every_process_asks(self) -> None:
+        """If the store does not answer, then each process discovers for itself."""
+        self._pump()
+        before = self._asked("/api/tags")
+        self.store.down = True
+        self.clock.advance(60)
+        self._pump()
+        self.assertEqual(self._asked("/api/tags"), before + 2)
+
+    def test_rediscover_told_to_all(self) -> None:
+        """If one process rediscovers an endpoint (model management pulled a model there),
+        then the others know the new model at once, without asking."""
+        self._pump()
+        before = self._asked("/api/tags")
+        self.ollama.apply_state({"models": ["llama3.2:latest", "new:1b"]})
+        (registry, _, service), (other, catalogue, _) = self.processes
+        service.rediscover(next(iter(registry)))
+        self._pump()
+        self.assertEqual(self._asked("/api/tags"), before + 1)
+        self.assertEqual(self._names(other, catalogue), ["llama3.2:latest", "new:1b"])
+
+    def test_loads_told_to_all(self) -> None:
+        """If one process starts loading a model on a host, then the others see it loading
+        there since then (none starts a second load elsewhere); its answer makes it warm
+        everywhere, and the load time it reported is learnt everywhere."""
+        self._pump()
+        (registry, _, _), (other, catalogue, _) = self.processes
+        endpoint, seen = next(iter(registry)), next(iter(other))
+        start = AttemptStart("r1", 1, endpoint, "new:1b", 5.0, cold=True, path=b"/api/chat")
+        self.loads[0].attempt_started(start)
+        self.assertEqual(catalogue.loading_since(seen, "new:1b"), 5.0)
+        self.assertFalse(catalogue.warm(seen, "new:1b"))
+        self.loads[0].attempt_answered(start, 200)
+        self.assertTrue(catalogue.warm(seen, "new:1b"))
+        self.assertIsNone(catalogue.loading_since(seen, "new:1b"))
+        self.loads[0].attempt_finished(AttemptRecord(start, 9.0, Outcome.OK, 200, load_seconds=3.5))
+        self.assertEqual(catalogue.learned_load_time("new:1b"), 3.5)
+
+    def test_failed_load_told_to_all(self) -> None:
+        """If a load fails where it started (not olla's own timeout), then the others stop
+        counting it as under way; a loading mark never lands where the model is warm."""
+        self._pump()
+        (registry, _, _), (other, catalogue, _) = self.processes
+        endpoint, seen = next(iter(registry)), next(iter(other))
+        start = AttemptStart("r1", 1, endpoint, "new:1b", 5.0, cold=True)
+        self.loads[0].attempt_started(start)
+        self.loads[0].attempt_finished(AttemptRecord(start, 6.0, Outcome.FAILED))
+        self.assertIsNone(catalogue.loading_since(seen, "new:1b"))
+        warm = AttemptStart("r2", 1, endpoint, "llama3.2:latest", 7.0, cold=True)
+        self.loads[0].attempt_started(warm)  # a thought it cold; b knows it is in memory
+        self.assertIsNone(catalogue.loading_since(seen, "llama3.2:latest"))

@@ -26,6 +26,8 @@ from olla.fleet.health import (
     parse_retry_after,
 )
 from olla.interfaces import IHealthChecker
+from olla.state.polls import SharedPolls
+from tests.fakes.redis import FakeStore
 from tests.proxyharness import REFUSE, HostAgent
 
 HEALTHY = ProbeResult(EndpointStatus.HEALTHY, 0.01)
@@ -380,3 +382,61 @@ class HTTPCheckerTests(SynchronousTestCase):
         result = self.successResultOf(d)
         self.assertEqual(result.status, EndpointStatus.OFFLINE)
         self.assertIn("timed out", result.reason)
+
+
+class SharedHealthTests(SynchronousTestCase):
+    """Two processes sharing a store (fakeredis behind ``SharedPolls``), each with its own
+    registry, prober and checker, on one clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FakeStore()
+        self.processes = [self._process(name, seed) for seed, name in enumerate(("a", "b"))]
+
+    def _process(
+        self, name: str, seed: int
+    ) -> tuple[HealthService, EndpointRegistry, ScriptedChecker]:
+        endpoints = endpoints_from_config(
+            [EndpointConfig(url="http://e:1", name="e", type="ollama", check_interval=5.0)]
+        )
+        registry = EndpointRegistry(endpoints, self.clock)
+        checker = ScriptedChecker()
+        checker.clock = self.clock
+        share = SharedPolls(self.store.process(name, self.clock))
+        service = HealthService(registry, checker, self.clock, random.Random(seed))
+        service.share_with(share)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service, registry, checker
+
+    def _probes(self) -> int:
+        return sum(len(checker.probes) for _, _, checker in self.processes)
+
+    def test_one_probe_per_interval(self) -> None:
+        """If two processes share the store, then after each probing at startup, the endpoint
+        is probed about once per interval, not once per process."""
+        self.assertEqual(self._probes(), 2)
+        for _ in range(12):
+            self.clock.advance(5.0)
+        self.assertTrue(12 <= self._probes() - 2 <= 14, self._probes())
+
+    def test_result_applied_everywhere(self) -> None:
+        """If the process holding the lease finds the endpoint broken, then the other one
+        takes it out of rotation too, without probing it; the statistics count only the
+        probes a process made."""
+        for _, _, checker in self.processes:
+            checker.script["e"] = [BROKEN]
+        told: list[str] = []
+        self.processes[1][0].on_probe.append(lambda ep, result: told.append(result.status.value))
+        self.clock.advance(5.0)
+        probed = [len(checker.probes) - 1 for _, _, checker in self.processes]
+        self.assertEqual(sorted(probed), [0, 1])
+        for _, registry, _ in self.processes:
+            self.assertEqual(registry.routable(), [])
+        self.assertEqual(len(told), probed[1])
+
+    def test_store_down_every_process_probes(self) -> None:
+        """If the store does not answer, then each process probes for itself."""
+        self.store.down = True
+        self.clock.advance(5.0)
+        self.assertEqual([len(c.probes) for _, _, c in self.processes], [2, 2])

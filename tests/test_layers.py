@@ -41,6 +41,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("olla.anthropic",),
     # fleet model management: pull, create, copy, delete, push and blobs on every machine
     ("olla.manage",),
+    # the shared store (Redis/Valkey): the stores above backed by it, failing open
+    ("olla.state",),
     # the web face: the site that runs the path, the internal API, the dashboard
     ("olla.web",),
     # the daemon: the composition root, reload, the supervisor, twistd's entry point

@@ -63,7 +63,7 @@ class Fleet:
         self.endpoints = endpoints_from_config(configs)
         self.by_name = {ep.name: ep for ep in self.endpoints}
         self.loads = MemoryLoadStore()
-        self.registry = EndpointRegistry(self.endpoints, self.clock, load=self.loads)
+        self.registry = EndpointRegistry(self.endpoints, self.clock, load=lambda _: self.loads)
         self.catalogue = ModelCatalogue({"fast": ["qwen:7b", MODEL]})
         for ep in self.endpoints:
             self.registry.set_status(ep, EndpointStatus.HEALTHY)

@@ -345,6 +345,40 @@ def test_compose_puts_olla_in_front_of_an_ollama_service() -> None:
     assert config.server.host == "0.0.0.0"
 
 
+HA_COMPOSE = REPO / "etc" / "compose.ha.yaml"
+
+
+def test_ha_compose_two_instances_one_store_one_port() -> None:
+    """If the HA example did not parse, its instances did not share one config with
+    ``state.backend: redis`` at the compose Valkey, or its front did not send one port to both
+    instances, then ``docker compose -f etc/compose.ha.yaml up`` would not be highly available."""
+    compose = yaml.safe_load(HA_COMPOSE.read_text())
+    services = compose["services"]
+    assert services["valkey"]["image"].startswith("valkey/valkey")
+    instances = [name for name, service in services.items() if name.startswith("olla-")]
+    assert len(instances) == 2
+    configs = set()
+    for name in instances:
+        mounts = dict(v.split(":")[:2] for v in services[name]["volumes"])
+        reverse = {inside: outside for outside, inside in mounts.items()}
+        configs.add((HA_COMPOSE.parent / reverse["/etc/olla/olla.yaml"]).resolve())
+        assert "valkey" in services[name]["depends_on"]
+        assert "ports" not in services[name]  # reached through the front only
+    assert len(configs) == 1
+    config = load_config(str(configs.pop()))
+    assert config.state.backend == "redis"
+    assert config.state.url.startswith("redis://valkey:")
+    assert config.proxy.sticky_sessions.enabled
+    front = services["front"]
+    assert [p.rsplit(":", 1)[-1] for p in front["ports"]] == [str(config.server.port)]
+    mounts = dict(v.split(":")[:2] for v in front["volumes"])
+    haproxy = (HA_COMPOSE.parent / next(iter(mounts))).read_text()
+    for name in instances:
+        assert f"server {name} {name}:{config.server.port}" in haproxy
+    assert "/internal/health" in haproxy
+    assert "forwardfor" in haproxy and config.server.rate_limits.trust_proxy_headers
+
+
 def test_dockerignore_rules_as_docker_reads_them() -> None:
     """If the .dockerignore matcher of these tests misread Docker's rules, then the context
     test above would prove nothing: last match wins, ``!`` re-includes, ``**/`` any depth."""

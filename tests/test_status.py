@@ -387,8 +387,9 @@ class StatusTests(_Harness):
         self.assertEqual(payload["timestamp"], "2023-11-14T22:13:20Z")
         self.assertEqual(
             list(payload),
-            ["timestamp", "endpoints", "proxy", "security", "system", "config", "worker"],
+            ["timestamp", "endpoints", "proxy", "security", "system", "config", "worker", "state"],
         )
+        self.assertEqual(payload["state"], {"backend": "memory", "ok": True, "fallbacks": 0})
         self.assertEqual(
             payload["config"],
             {"generation": 1, "loaded_at": "2023-11-14T22:13:20Z", "file": None},

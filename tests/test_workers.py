@@ -509,3 +509,24 @@ def test_app_knows_its_worker() -> None:
         OllaConfig(), builtin_profiles(), clock=reactor, agent=None, cooperator=cooperator
     )  # type: ignore[arg-type]
     assert alone.worker == WorkerIdentity(1, 1)
+
+
+def test_per_worker_decisions_said_without_a_store() -> None:
+    """If several workers share no store, then startup names what each decides alone (sticky
+    sessions and rate limits when on); with state.backend: redis, nothing."""
+    from olla.config import parse_config
+    from olla.daemon.supervisor import per_worker_decisions
+
+    alone = per_worker_decisions(
+        parse_config(
+            {
+                "proxy": {"sticky_sessions": {"enabled": True}},
+                "server": {"rate_limits": {"per_ip_requests_per_minute": 10}},
+            }
+        )
+    )
+    assert any("sticky sessions" in item for item in alone)
+    assert any("rate limits" in item for item in alone)
+    assert any("health probes" in item for item in alone)
+    shared = parse_config({"state": {"backend": "redis", "url": "redis://h"}})
+    assert per_worker_decisions(shared) == []

@@ -7,10 +7,10 @@ float seconds, sizes are int bytes. Errors carry the key path of the offending v
 The package is laid out by job: :mod:`olla.config._base` holds the reader toolkit
 (:class:`ConfigError`, :class:`SectionReader`, durations, sizes, ``${VAR}``); each section
 module holds its dataclasses beside their reader (``server``, ``proxy``, ``discovery``,
-``models``, ``translators``, ``logging``, ``dashboard``, ``engineering``, ``management``);
-:mod:`~olla.config.root` holds :class:`OllaConfig`, :mod:`~olla.config.env` the ``OLLA_*``
-table, and :mod:`~olla.config.loader` file search, parsing and the whole-config checks. Import
-from ``olla.config``: every name other modules use is re-exported here.
+``models``, ``translators``, ``logging``, ``dashboard``, ``engineering``, ``management``,
+``state``); :mod:`~olla.config.root` holds :class:`OllaConfig`, :mod:`~olla.config.env` the
+``OLLA_*`` table, and :mod:`~olla.config.loader` file search, parsing and the whole-config checks.
+Import from ``olla.config``: every name other modules use is re-exported here.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from olla.config.server import (
     RequestLimits,
     ServerConfig,
 )
+from olla.config.state import RedisAddress, StateConfig, parse_redis_url, redis_address
 from olla.config.translators import (
     MAX_MESSAGE_SIZE_LIMIT,
     AnthropicTranslatorConfig,
@@ -101,12 +102,14 @@ __all__ = [
     "ProxyConfig",
     "QueueConfig",
     "RateLimits",
+    "RedisAddress",
     "RequestLimits",
     "RetryConfig",
     "RoutingStrategyConfig",
     "SEARCH_PATHS",
     "SectionReader",
     "ServerConfig",
+    "StateConfig",
     "StickySessionsConfig",
     "TranslatorsConfig",
     "UnificationConfig",
@@ -120,6 +123,8 @@ __all__ = [
     "no_effect_warnings",
     "parse_config",
     "parse_duration",
+    "parse_redis_url",
     "parse_size",
     "profiles_dir",
+    "redis_address",
 ]

@@ -24,6 +24,7 @@ from olla.config.models import _aliases, _model_registry
 from olla.config.proxy import _proxy
 from olla.config.root import OllaConfig
 from olla.config.server import _server
+from olla.config.state import _state
 from olla.config.translators import _translators
 
 
@@ -74,6 +75,7 @@ def parse_config(
         engineering=_engineering(root.section("engineering")),
         dashboard=_dashboard(root.section("dashboard")),
         model_management=_model_management(root.section("model_management")),
+        state=_state(root.section("state"), environ, base),
         profiles_dir=root.text("profiles_dir", "") or None,
     )
     root.finish()

@@ -14,6 +14,7 @@ from olla.config.management import ModelManagementConfig
 from olla.config.models import ModelRegistryConfig
 from olla.config.proxy import ProxyConfig
 from olla.config.server import ServerConfig
+from olla.config.state import StateConfig
 from olla.config.translators import TranslatorsConfig
 
 
@@ -29,6 +30,7 @@ class OllaConfig:
     engineering: EngineeringConfig = field(default_factory=EngineeringConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     model_management: ModelManagementConfig = field(default_factory=ModelManagementConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     profiles_dir: str | None = None  # user profiles; None: "profiles/" beside the config file
     source: str | None = None  # the file it was read from
     warnings: tuple[str, ...] = ()  # "<key.path>: <why>" for unknown/deprecated keys etc.

@@ -32,7 +32,7 @@ from olla.fleet.endpoints import EndpointRegistry, endpoints_from_config
 from olla.fleet.health import HealthService, HTTPHealthChecker
 from olla.fleet.listeners import ConnectionFailures, LoadLearning, RegistryTraffic
 from olla.fleet.models import ModelCatalogue
-from olla.fleet.sticky import MemorySessionStore, StickySessions
+from olla.fleet.sticky import StickySessions
 from olla.guard.ratelimit import LimitSettings, MemoryRateStore, RateLimiter
 from olla.guard.stage import Guard
 from olla.interfaces import IHealthChecker, IOutcomeListener, IReconfigurable
@@ -47,8 +47,9 @@ from olla.proxy.movecost import PromptRates
 from olla.proxy.plan import Planner, startup_wait
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
-from olla.proxy.slots import MemorySlotStore
 from olla.proxy.timeouts import TimeoutPolicy
+from olla.state.shared import SharedState
+from olla.state.stores import Stores, stores_for
 from olla.telemetry.failovers import FailoverLog
 from olla.telemetry.outcomes import Outcomes
 from olla.telemetry.requestlog import RequestLog
@@ -57,8 +58,9 @@ from olla.telemetry.stats import Stats, StatsListener
 from olla.util.access import AccessPolicy
 from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
-from olla.web.metrics import Metrics, OllaCollector, metrics_registry
+from olla.web.metrics import Collectors, Metrics, OllaCollector, metrics_registry
 from olla.web.models import ModelsResource
+from olla.web.multiproc import WorkerFigures, merged_registry, multiprocess_dir
 from olla.web.queue import QueueCollector, queue_status
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
@@ -101,11 +103,18 @@ class App:
     worker: WorkerIdentity = field(default_factory=WorkerIdentity)
     #: pull, create, copy, delete and push across the fleet (``model_management.enabled``)
     management: FleetManager | None = None
+    #: sessions, rate buckets, load, slots and poll leases: in memory, or shared
+    stores: Stores | None = None
+    #: --workers: this worker's figures written for the merged ``/internal/metrics``
+    figures: WorkerFigures | None = None
 
     @property
     def services(self) -> Sequence[IService]:
-        """What must run for the endpoints' states and model lists to stay true."""
-        return (self.health, self.discovery, self.rate_store)
+        """What must run for the endpoints' states and model lists to stay true (the shared
+        store's connections first)."""
+        shared = self.stores.services if self.stores is not None else ()
+        figures = (self.figures,) if self.figures is not None else ()
+        return (*shared, self.health, self.discovery, self.rate_store, *figures)
 
 
 def provider_routes(profiles: ProfileRegistry) -> list[ProviderRoute]:
@@ -141,18 +150,24 @@ def build_app(
     rng: random.Random | None = None,
     worker: WorkerIdentity | None = None,
     listeners: Sequence[IOutcomeListener] = (),
+    shared: SharedState | None = None,
 ) -> App:
     """olla for ``config``: registry, catalogue, pollers, the request path's stages, routes
-    and the HTTP site. ``listeners`` hear every outcome record after olla's own."""
+    and the HTTP site. ``listeners`` hear every outcome record after olla's own. With
+    ``shared`` (``state.backend: redis``) its state stores are shared through that store."""
+    stores = stores_for(shared, clock)
     discovery_config = config.discovery.model_discovery
     registry = EndpointRegistry(
         endpoints_from_config(config.discovery.endpoints, profiles),
         clock,
         breakers=CircuitBreakers(clock, enabled=config.proxy.engine == "olla"),
+        load=stores.load,
         lists_models=discovery_config.enabled,
     )
     health = HealthService(registry, checker or HTTPHealthChecker(agent, clock, __version__), clock)
     health.initial_delay = config.discovery.health_check.initial_delay
+    if stores.polls is not None:
+        health.share_with(stores.polls)
     stats = Stats()
     health.on_probe.append(
         lambda endpoint, result: stats.probe_finished(
@@ -160,7 +175,9 @@ def build_app(
         )
     )
     catalogue = ModelCatalogue(config.model_aliases)
-    discovery = DiscoveryService(registry, catalogue, agent, clock, discovery_config, __version__)
+    discovery = DiscoveryService(
+        registry, catalogue, agent, clock, discovery_config, __version__, share=stores.polls
+    )
     discovery.reconfigure(config)
     catalogue.reconfigure(config)
 
@@ -176,7 +193,7 @@ def build_app(
     sticky: StickySessions | None = None
     if config.proxy.sticky_sessions.enabled:
         sessions = config.proxy.sticky_sessions
-        sticky = StickySessions(sessions, MemorySessionStore(sessions, clock), registry.by_name)
+        sticky = StickySessions(sessions, stores.sessions(sessions), registry.by_name)
         registry.add_listener(sticky.status_changed)
 
     # The request path publishes; these hear it, in this order: the registry first (routing
@@ -185,7 +202,7 @@ def build_app(
     outcomes = Outcomes()
     outcomes.subscribe(RegistryTraffic(registry))
     outcomes.subscribe(ConnectionFailures(health))
-    outcomes.subscribe(LoadLearning(catalogue, discovery))
+    outcomes.subscribe(LoadLearning(catalogue, discovery, stores.polls, registry.by_id))
     outcomes.subscribe(StatsListener(stats))
     outcomes.subscribe(failovers)
     if sticky is not None:
@@ -200,7 +217,7 @@ def build_app(
     # The admission gate: its slots in a store (shared by the workers when one is configured),
     # the fleet as routing sees it, each model's cap from its profile.
     gate = AdmissionGate(
-        MemorySlotStore(), RouterView(router), clock, config.proxy, cap_for=catalogue.cap_for
+        stores.slots, RouterView(router), clock, config.proxy, cap_for=catalogue.cap_for
     )
     dispatch = GateDispatch(gate, registry, rates, clock)
     # what a held request may go to changes with health, what is loaded, and reloads
@@ -259,10 +276,20 @@ def build_app(
         active_connections=lambda: len(site.channels),
         worker=worker,
         sticky=sticky,
+        state=stores.status,
     )
-    registry_of_metrics = metrics_registry(collector)
-    registry_of_metrics.register(QueueCollector(gate))
-    metrics = Metrics(registry_of_metrics)
+    queue = QueueCollector(gate)
+    # --workers: every worker's figures, merged at each scrape (prometheus_client's
+    # multiprocess mode); one process: this one's, read live
+    figures: WorkerFigures | None = None
+    merged = multiprocess_dir() if worker is not None and worker.count > 1 else None
+    if merged is not None:
+        figures = WorkerFigures(Collectors(collector, queue), clock, shared=shared is not None)
+        outcomes.subscribe(figures)
+        health.on_probe.append(lambda endpoint, result: figures.changed())
+        metrics = Metrics(merged_registry(merged), before=figures.flush)
+    else:
+        metrics = Metrics(metrics_registry(collector, queue))
     internal = InternalApp(
         registry,
         clock=clock,
@@ -279,10 +306,11 @@ def build_app(
         metrics=metrics,
         profiles=profiles,
         queue=lambda: queue_status(gate, rates, registry),
+        state=stores.status,
     )
     limits = config.server.request_limits
     rate_store = MemoryRateStore(clock, config.server.rate_limits.cleanup_interval)
-    limiter = RateLimiter(LimitSettings.from_config(config), rate_store, clock)
+    limiter = RateLimiter(LimitSettings.from_config(config), stores.rates(rate_store), clock)
     guard = Guard(config, limiter, security)
     site = OllaSite(
         RootResource(OllaRoot(proxies), internal.app.resource()),
@@ -343,5 +371,7 @@ def build_app(
         management=management,
         timeouts=timeouts,
         dispatch=dispatch,
+        stores=stores,
+        figures=figures,
         reconfigurables=tuple(reconfigurables),
     )

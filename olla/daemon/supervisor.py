@@ -11,14 +11,18 @@ the supervisor waits for all of them, killing what is left after ``kill_after`` 
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from prometheus_client.multiprocess import mark_process_dead
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
@@ -38,6 +42,7 @@ from olla.config import OllaConfig
 from olla.daemon.logging import FileSink, HangupRelay, LogReopener, LogSink
 from olla.daemon.workers import LISTEN_FD, address_family
 from olla.util.services import Hooks
+from olla.web.multiproc import ENV
 
 SignalHandler = Callable[[int, FrameType | None], object]
 
@@ -110,6 +115,8 @@ class Supervisor(Service):
         self._slots = {worker_id: _Slot() for worker_id in range(1, count + 1)}
         self._stopped: Deferred[None] | None = None
         self._kill: IDelayedCall | None = None
+        #: told the pid of every worker that ended (its live metrics are dropped)
+        self.on_ended: list[Callable[[int], object]] = []
 
     @property
     def pids(self) -> dict[int, int]:
@@ -142,6 +149,9 @@ class Supervisor(Service):
         slot = self._slots[worker_id]
         pid, slot.process, slot.pid = slot.pid, None, None
         how = _describe_exit(reason)
+        if pid is not None:
+            for told in self.on_ended:
+                told(pid)
         if self._stopped is not None:
             self._log.info(
                 "worker {worker} (pid {pid}) stopped: {how}", worker=worker_id, pid=pid, how=how
@@ -341,6 +351,51 @@ def worker_twistd_flags(twistd: Mapping[str, Any] | None, sink: LogSink) -> list
 _log = Logger()
 
 
+class MetricsDirectory(Service):
+    """Where the workers write their figures for one ``/internal/metrics`` of the whole daemon
+    (``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's multiprocess mode): the operator's
+    directory when the variable is set (emptied of figures at start), else a fresh one, removed
+    at stop. A worker that ends is marked dead in it: its live gauges stop counting, its
+    counters stay in the totals."""
+
+    def __init__(self, path: str | None = None) -> None:
+        given = path or os.environ.get(ENV) or None
+        self._owned = given is None
+        self.path = given or tempfile.mkdtemp(prefix="olla-metrics-")
+
+    def startService(self) -> None:
+        super().startService()
+        os.makedirs(self.path, exist_ok=True)
+        for stale in glob.glob(os.path.join(self.path, "*.db")):
+            os.remove(stale)
+
+    def worker_ended(self, pid: int) -> None:
+        mark_process_dead(pid, self.path)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def per_worker_decisions(config: OllaConfig) -> list[str]:
+    """What each worker decides alone when the workers share no store (``state.backend:
+    memory``): said at startup, so nobody takes per-worker figures for the daemon's."""
+    if config.state.shared:
+        return []
+    found = []
+    if config.proxy.sticky_sessions.enabled:
+        found.append("sticky sessions (each worker pins a conversation on its own)")
+    if config.server.rate_limits.per_ip_requests_per_minute > 0:
+        found.append("rate limits (each worker allows the whole limit)")
+    found += [
+        "in-flight counts and least-connections (each worker sees only its own requests)",
+        "health probes and model discovery (each worker polls every endpoint)",
+        "/internal/status and the dashboard (each answer is one worker's view)",
+    ]
+    return found
+
+
 def supervise(
     config: OllaConfig,
     count: int,
@@ -359,28 +414,42 @@ def supervise(
     olla_flags = ["--config", os.path.abspath(config.source)] if config.source else []
     if watch_config > 0:
         olla_flags += ["--watch-config", "--watch-interval", repr(watch_config)]
+    metrics = MetricsDirectory()
+    metrics.setServiceParent(tree)
     spawner = ProcessSpawner(
         reactor,
         lambda worker_id: worker_argv(
             worker_id, count, twistd_flags=twistd_flags, olla_flags=olla_flags
         ),
         listening.fileno,
+        env={**os.environ, ENV: metrics.path},
     )
     # The workers drain for up to shutdown_timeout, then close their pools: a margin on top.
     supervisor = Supervisor(
         count, spawner, reactor, kill_after=config.server.shutdown_timeout + 5.0
     )
+    supervisor.on_ended.append(metrics.worker_ended)
     reopener = LogReopener(log_sink)
     HangupRelay(reactor, [reopener.reopen, supervisor.hangup]).setServiceParent(tree)
     host, port = config.server.host, config.server.port
-    Hooks(
-        on_start=lambda: _log.info(
+
+    def started() -> None:
+        _log.info(
             "olla {version} supervising {count} workers on http://{host}:{port}",
             version=__version__,
             count=count,
             host=host,
             port=port,
         )
-    ).setServiceParent(tree)
+        alone = per_worker_decisions(config)
+        if alone:
+            _log.warn(
+                "{count} workers without state.backend: redis: per worker: {alone}; set "
+                "state.backend: redis (and state.url) to share them",
+                count=count,
+                alone="; ".join(alone),
+            )
+
+    Hooks(on_start=started).setServiceParent(tree)
     supervisor.setServiceParent(tree)
     return tree

@@ -55,6 +55,7 @@ from olla.daemon.workers import (
 from olla.fleet.endpoints import EndpointRegistry
 from olla.profiles import ProfileRegistry, builtin_profiles, load_profiles
 from olla.profiles.checks import check_endpoints
+from olla.state.connect import shared_state
 from olla.util.services import Hooks
 from olla.web.status import process_payload
 
@@ -223,7 +224,13 @@ def build_service(
     cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
 
     app = build_app(
-        config, profiles, clock=reactor, agent=agent, cooperator=cooperator, worker=worker
+        config,
+        profiles,
+        clock=reactor,
+        agent=agent,
+        cooperator=cooperator,
+        worker=worker,
+        shared=shared_state(config.state, reactor) if config.state.shared else None,
     )
 
     host = config.server.host

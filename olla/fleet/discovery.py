@@ -17,13 +17,22 @@ status, bad JSON; not a timeout, which already waited) is asked again up to
 Ollama also describes each model itself (``/api/show``: capabilities, context window). That
 is asked once per model and digest, a few at a time, after the list is in and without holding
 anything up; a failed ask is tried again at the next discovery.
+
+With a shared store (an ``IPollShare``), each interval's discovery, and each
+``refresh_interval``'s ``/api/ps``, claims the endpoint's lease first: one process asks the
+endpoint and publishes the documents it read (the model list, ``/api/ps``, the version,
+llama.cpp's capacity, and the ``/api/show`` answers of models it had not described yet); the
+others run the same discovery over those documents instead of asking the endpoint again (what
+they lack, they ask themselves). Runs asked for now (startup, a recovery, refresh-on-miss, after
+a load) are always made here.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -55,7 +64,7 @@ from olla.fleet.modelsources import (
     source_for,
 )
 from olla.fleet.values import ModelInfo
-from olla.interfaces import IReconfigurable
+from olla.interfaces import IPollShare, IReconfigurable
 from olla.util.bodies import BodyTooLarge, BoundedBody, BytesProducer
 from olla.util.deadline import follow, with_deadline
 
@@ -84,8 +93,19 @@ class DiscoveryService(Service):
         clock: IReactorTime,
         config: ModelDiscoveryConfig,
         version: str,
+        share: IPollShare | None = None,
     ) -> None:
         self._registry = registry
+        self._share = share
+        #: what the runs that won a lease read (published when they end), and the documents
+        #: heard from the process that ran one (read instead of asking), by endpoint
+        self._recording: _Open[_Recording] = _Open()
+        self._replaying: _Open[dict[str, Any]] = _Open()
+        if share is not None:
+            share.subscribe("models", lambda found, what: self._heard(found, what, self.refresh))
+            share.subscribe(
+                "loaded", lambda found, what: self._heard(found, what, self._ask_loaded)
+            )
         self._catalogue = catalogue
         self._agent = agent
         self._clock = clock
@@ -174,11 +194,12 @@ class DiscoveryService(Service):
 
     def _tick(self) -> None:
         if self.running:
-            self.refresh_all()
+            self._each("models", self._config.interval, self.refresh, self._registry.routable())
 
     def _refresh_all_loaded(self) -> None:
         if self.running:
-            self.refresh_loaded(self._registry.routable())
+            ollamas = [ep for ep in self._registry.routable() if ep.type == "ollama"]
+            self._each("loaded", self.loaded_interval, self._ask_loaded, ollamas)
 
     def _cleanup(self) -> None:
         if self.running and self.stale_threshold > 0:
@@ -191,6 +212,51 @@ class DiscoveryService(Service):
                     endpoint=endpoint.name,
                     hours=self.stale_threshold / 3600,
                 )
+
+    # ------------------------------------------------------------------ shared runs
+
+    def _each(self, kind: str, interval: float, run: _Run, endpoints: Iterable[Endpoint]) -> None:
+        """``run`` each endpoint: here without a shared store; else in the process that wins
+        the endpoint's ``kind`` lease for this interval (the others hear what it read)."""
+        for endpoint in endpoints:
+            if self._share is None:
+                run(endpoint)
+            else:
+                claimed = self._share.claim(kind, endpoint, interval)
+                claimed.addCallback(self._claimed, kind, endpoint, run)
+
+    def _claimed(self, won: bool, kind: str, endpoint: Endpoint, run: _Run) -> None:
+        if won and self.running and endpoint in self._registry:
+            self._recorded(kind, endpoint, run)
+
+    def _recorded(self, kind: str, endpoint: Endpoint, run: _Run) -> Deferred[None]:
+        """``run(endpoint)``; with a shared store, what it read is published for the others
+        once it, and the descriptions it started, are done (they need not ask them either)."""
+        if self._share is None:
+            return run(endpoint)
+        recording = _Recording()
+        self._recording.add(endpoint, recording)
+        ran = run(endpoint)
+        published = follow(ran)
+        published.addCallback(lambda _: _all(follow(d) for d in recording.describing))
+        published.addBoth(self._publish, kind, endpoint, recording)
+        return ran
+
+    def _publish(self, _: object, kind: str, endpoint: Endpoint, recording: _Recording) -> None:
+        self._recording.remove(endpoint, recording)
+        if recording.documents and self._share is not None and endpoint in self._registry:
+            self._share.publish(kind, endpoint, {"documents": recording.documents})
+
+    def _heard(self, endpoint_id: str, found: dict[str, object], run: _Run) -> None:
+        """Another process asked ``endpoint_id``: ``run`` it here over what that one read."""
+        documents = found.get("documents")
+        endpoint = self._registry.by_id(endpoint_id)
+        if endpoint is None or not isinstance(documents, dict):
+            return
+        if not (self.running and self._config.enabled):
+            return
+        self._replaying.add(endpoint, documents)
+        run(endpoint).addBoth(lambda _: self._replaying.remove(endpoint, documents))
 
     def refresh_all(self) -> Deferred[None]:
         """Discover every healthy endpoint now (coalesced with runs already going)."""
@@ -207,12 +273,14 @@ class DiscoveryService(Service):
 
     def rediscover(self, endpoint: Endpoint) -> Deferred[None]:
         """Discover ``endpoint`` with a run that starts now: one already going may have read
-        the list before a change (model management), so it is followed by a new one."""
+        the list before a change (model management), so it is followed by a new one. With a
+        shared store the others hear what it read: a model pulled or deleted through this
+        process is known to all of them at once."""
         running = self._discovering.pending(endpoint)
         if running is None:
-            return self.refresh(endpoint)
+            return self._recorded("models", endpoint, self.refresh)
         after = follow(running)
-        after.addCallback(lambda _: self.refresh(endpoint))
+        after.addCallback(lambda _: self._recorded("models", endpoint, self.refresh))
         return after
 
     def _failed(self, failure: Failure, endpoint: Endpoint) -> None:
@@ -227,7 +295,19 @@ class DiscoveryService(Service):
         )
 
     async def _get_json(self, endpoint: Endpoint, url: str, payload: object = None) -> Any:
-        """GET ``url`` (POST ``payload`` as JSON when given) and decode the JSON answer."""
+        """GET ``url`` (POST ``payload`` as JSON when given) and decode the JSON answer; while
+        another process's run is replayed here, what that one read."""
+        # one URL answers for every model (/api/show): the payload tells the answers apart
+        key = url if payload is None else f"{url} {json.dumps(payload, sort_keys=True)}"
+        for documents in reversed(self._replaying.of(endpoint)):
+            if key in documents:
+                return documents[key]
+        document = await self._fetch_json(endpoint, url, payload)
+        for recording in self._recording.of(endpoint):
+            recording.documents[key] = document
+        return document
+
+    async def _fetch_json(self, endpoint: Endpoint, url: str, payload: object) -> Any:
         headers = self._headers.copy()
         for name, value in endpoint.extra_headers:
             headers.setRawHeaders(name, [value])
@@ -324,6 +404,8 @@ class DiscoveryService(Service):
 
         pending = self._show_limit.run(ask)
         self._showing[key] = pending
+        for recording in self._recording.of(endpoint):
+            recording.describing.append(pending)
 
         def settled(result: object) -> None:
             self._showing.pop(key, None)
@@ -394,6 +476,40 @@ class DiscoveryService(Service):
 
 #: how many ``/api/show`` asks run at once, across the fleet
 SHOW_CONCURRENCY = 2
+
+#: one endpoint's discovery, or its ``/api/ps`` ask
+_Run = Callable[[Endpoint], Deferred[None]]
+
+_T = TypeVar("_T")
+
+
+@dataclass(eq=False)
+class _Recording:
+    """What one run that won a lease read: the documents by ask, and the descriptions
+    (``/api/show``) it started, which it waits for before publishing."""
+
+    documents: dict[str, Any] = field(default_factory=dict)
+    describing: list[Deferred[None]] = field(default_factory=list)
+
+
+class _Open(Generic[_T]):
+    """Per endpoint, what the shared runs going there hold (several may overlap)."""
+
+    def __init__(self) -> None:
+        self._by_endpoint: dict[Endpoint, list[_T]] = {}
+
+    def add(self, endpoint: Endpoint, item: _T) -> None:
+        self._by_endpoint.setdefault(endpoint, []).append(item)
+
+    def remove(self, endpoint: Endpoint, item: _T) -> None:
+        left = [i for i in self._by_endpoint.get(endpoint, ()) if i is not item]
+        if left:
+            self._by_endpoint[endpoint] = left
+        else:
+            self._by_endpoint.pop(endpoint, None)
+
+    def of(self, endpoint: Endpoint) -> list[_T]:
+        return self._by_endpoint.get(endpoint, [])
 
 
 class _Every:

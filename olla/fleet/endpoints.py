@@ -225,7 +225,7 @@ class EndpointRegistry:
         clock: IReactorTime,
         *,
         breakers: CircuitBreakers | None = None,
-        load: ILoadStore | None = None,
+        load: Callable[[Callable[[Endpoint], int]], ILoadStore] = MemoryLoadStore,
         lists_models: bool = True,
     ) -> None:
         self._endpoints = tuple(endpoints)
@@ -237,8 +237,9 @@ class EndpointRegistry:
         self.on_gone: list[Callable[[Endpoint], object]] = []
         self._clock = clock
         self.breakers = breakers or CircuitBreakers(clock)
-        #: attempts in flight, service times, busy backends: what routing reads
-        self.load: ILoadStore = load or MemoryLoadStore(self.slots)
+        #: attempts in flight, service times, busy backends: what routing reads (made with
+        #: this registry's slots rule, which knows what the backends reported)
+        self.load: ILoadStore = load(self.slots)
         #: whether model discovery runs (readiness then also waits for the first lists)
         self._lists_models = lists_models
         self._listeners: list[StatusListener] = []
@@ -268,6 +269,10 @@ class EndpointRegistry:
 
     def by_name(self, name: str) -> Endpoint | None:
         return self._by_name.get(name)
+
+    def by_id(self, endpoint_id: str) -> Endpoint | None:
+        """The configured endpoint with ``endpoint_id`` (as other processes name it)."""
+        return next((ep for ep in self._endpoints if ep.id == endpoint_id), None)
 
     def slots(self, endpoint: Endpoint) -> int:
         """The requests ``endpoint`` serves at once before it counts as full (see
@@ -304,12 +309,15 @@ class EndpointRegistry:
             return
         self._arranged(tuple(ep for ep in self._endpoints if ep is not endpoint))
         self.breakers.forget(endpoint)
+        # this process's attempts: a shared store also counts other processes', which drain
+        # (or keep the endpoint) on their own
+        in_flight = self.load.own_in_flight(endpoint)
         self._log.info(
             "endpoint {endpoint} removed ({in_flight} request(s) in flight finish there)",
             endpoint=endpoint.name,
-            in_flight=self.load.in_flight(endpoint),
+            in_flight=in_flight,
         )
-        if self.load.in_flight(endpoint) > 0:
+        if in_flight > 0:
             self._draining[endpoint] = state
         else:
             self._gone(endpoint)
@@ -555,7 +563,7 @@ class EndpointRegistry:
         self.load.ended(endpoint, started, latency if outcome is Outcome.OK else None)
         state.bytes_relayed += relayed
         if endpoint not in self._states:
-            if not self.load.in_flight(endpoint):
+            if not self.load.own_in_flight(endpoint):
                 self._gone(endpoint)
             return
         if outcome is Outcome.CLIENT_GONE:

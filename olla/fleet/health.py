@@ -8,6 +8,11 @@ probing a server that keeps failing that way. A refused connection costs the bac
 so it is re-checked at the plain interval: a machine that comes back is routable within one
 ``check_interval``. A ``type: auto`` endpoint is first probed for its platform (``detect.py``),
 at the plain interval too, and shows ``detecting`` until one is found.
+
+With a shared store (an ``IPollShare``), a scheduled probe first claims the endpoint's lease:
+one process probes per interval and publishes what it found; the others apply that result as
+their own (status, backoff, next check) instead of probing. Probes asked for now (a failed
+request, startup) are always made here.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from zope.interface import implementer
 from olla.fleet.detect import PlatformDetector
 from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus
 from olla.fleet.values import ProbeResult
-from olla.interfaces import IHealthChecker, IPlatformDetector
+from olla.interfaces import IHealthChecker, IPlatformDetector, IPollShare
 from olla.profiles import Profile
 from olla.util.bodies import BoundedBody
 from olla.util.deadline import follow, with_deadline
@@ -189,6 +194,8 @@ class HealthService(Service):
         self._checker = checker
         self._clock = clock
         self._rng = rng or random.Random()
+        #: who probes each endpoint this interval (``share_with``; None: this process)
+        self._share: IPollShare | None = None
         self._pollers = {ep: _Poller(ep) for ep in registry}
         self.on_recovered: list[Callable[[Endpoint], object]] = []
         #: told every probe's result (the stats count them)
@@ -256,7 +263,7 @@ class HealthService(Service):
 
     # ------------------------------------------------------------------ one probe
 
-    def _run(self, poller: _Poller) -> Deferred[None]:
+    def _run(self, poller: _Poller, publish: bool = False) -> Deferred[None]:
         if poller.call is not None and poller.call.active():
             poller.call.cancel()
         poller.call = None
@@ -270,6 +277,8 @@ class HealthService(Service):
         # the checker has its own timeouts; this guard only stops a broken checker hanging us
         budget = endpoint.check_timeout * (5 if endpoint.detecting else 3) + 1
         with_deadline(probe, budget, self._clock)
+        if publish:
+            probe.addCallback(self._publish, endpoint)
         running: Deferred[None] = probe.addCallbacks(
             lambda result: self._apply(poller, result),
             lambda failure: self._checker_failed(poller, failure),
@@ -296,12 +305,14 @@ class HealthService(Service):
             result = ProbeResult(EndpointStatus.UNHEALTHY, 0.0, "health check error")
         self._apply(poller, result)
 
-    def _apply(self, poller: _Poller, result: ProbeResult) -> None:
+    def _apply(self, poller: _Poller, result: ProbeResult, heard: bool = False) -> None:
+        """Act on one probe's ``result`` (``heard``: another process probed)."""
         if not self.running or not self._current(poller):
             return
         endpoint = poller.endpoint
-        for told in self.on_probe:
-            told(endpoint, result)
+        if not heard:  # the statistics count the probes this process made
+            for told in self.on_probe:
+                told(endpoint, result)
         if result.detected is not None:
             self._registry.set_detected(endpoint, result.detected)
         now = self._clock.seconds()
@@ -372,9 +383,74 @@ class HealthService(Service):
         self._registry.probe_scheduled(poller.endpoint, self._clock.seconds() + delay)
         poller.call = self._clock.callLater(delay, self._tick, poller)
 
+    # ------------------------------------------------------------------ shared probes
+
+    def share_with(self, share: IPollShare) -> None:
+        """Probe together with the other processes behind ``share`` (a shared store): from
+        now on a scheduled probe is made by the process holding the endpoint's lease."""
+        self._share = share
+        share.subscribe("health", self._heard)
+
+    def _publish(self, result: ProbeResult, endpoint: Endpoint) -> ProbeResult:
+        """Tell the other processes what this scheduled probe found (not a detection: a
+        detected platform stays with the process that probed)."""
+        if self._share is not None and result.detected is None:
+            self._share.publish(
+                "health",
+                endpoint,
+                {
+                    "status": result.status.value,
+                    "latency": result.latency,
+                    "reason": result.reason,
+                    "retry_after": result.retry_after,
+                    "unreachable": result.unreachable,
+                },
+            )
+        return result
+
+    def _heard(self, endpoint_id: str, found: dict[str, object]) -> None:
+        """Another process probed ``endpoint_id``: its result is this process's too (unless
+        a probe of its own is running)."""
+        poller = next((p for p in self._pollers.values() if p.endpoint.id == endpoint_id), None)
+        if poller is None or poller.running is not None or poller.endpoint.detecting:
+            return
+        try:
+            retry_after = found.get("retry_after")
+            latency = found["latency"]
+            assert isinstance(latency, int | float)
+            result = ProbeResult(
+                EndpointStatus(found["status"]),
+                float(latency),
+                str(found.get("reason") or ""),
+                float(retry_after) if isinstance(retry_after, int | float) else None,
+                bool(found.get("unreachable")),
+            )
+        except (KeyError, ValueError, AssertionError):
+            self._log.warn("a shared probe result olla cannot read: {found!r}", found=found)
+            return
+        self._apply(poller, result, heard=True)
+
+    def _claimed(self, won: bool, poller: _Poller) -> None:
+        if not self.running or not self._current(poller) or poller.running is not None:
+            return
+        if won:
+            self._run(poller, publish=True)
+        else:  # another process probes: its result reschedules this one
+            self._schedule(poller, poller.endpoint.check_interval)
+
     def _tick(self, poller: _Poller) -> None:
         poller.call = None
         try:
+            if self._share is not None and not poller.endpoint.detecting:
+                claimed = self._share.claim(
+                    "health", poller.endpoint, poller.endpoint.check_interval
+                )
+                claimed.addCallback(self._claimed, poller).addErrback(
+                    lambda f: self._log.failure(
+                        "health lease of {e} failed", f, e=poller.endpoint.name
+                    )
+                )
+                return
             self._run(poller)
         except Exception:
             self._log.failure("health poller for {endpoint} crashed", endpoint=poller.endpoint.name)

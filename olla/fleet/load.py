@@ -66,6 +66,8 @@ class MemoryLoadStore:
         load = self._loads.get(endpoint)
         return load.in_flight if load is not None else 0
 
+    own_in_flight = in_flight  # one process: its attempts are all there are
+
     def slots(self, endpoint: Endpoint) -> int:
         return self._slots(endpoint)
 

@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_app -*-
-"""``Hooks``: a service that is two functions, for the daemon's start and stop steps."""
+"""``Hooks``: a service that is two functions, for the daemon's start and stop steps;
+``Repeating``: a service that calls a function every few seconds while it runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 
 class Hooks(Service):
@@ -29,3 +33,46 @@ class Hooks(Service):
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         return self._on_stop() if self._on_stop is not None else None
+
+
+class Repeating(Service):
+    """Calls ``job`` every ``interval`` seconds on ``clock`` while it runs (``now``: at the
+    start too). A job that raises is logged and called again at the next interval: a bare
+    ``LoopingCall`` would stop for good and say nothing more."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        interval: float,
+        job: Callable[[], object],
+        *,
+        what: str,
+        now: bool = False,
+    ) -> None:
+        self._job = job
+        self._interval = interval
+        self._now = now
+        self.what = what
+        self._loop = LoopingCall(self._step)
+        self._loop.clock = clock
+
+    def _step(self) -> None:
+        try:
+            self._job()
+        except Exception:
+            self._log.failure(
+                "{what} failed (tried again in {interval}s)",
+                what=self.what,
+                interval=self._interval,
+            )
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=self._now)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()

@@ -203,6 +203,7 @@ class InternalApp:
         metrics: Metrics | None = None,
         profiles: ProfileRegistry | None = None,
         queue: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+        state: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """Bind the routes to the live state.
 
@@ -221,6 +222,7 @@ class InternalApp:
             metrics: the Prometheus page; without it ``/internal/metrics`` is a 404.
             profiles: the loaded profiles; ``/internal/status`` says where each came from.
             queue: the admission queue's section of ``/internal/status`` and its stable view.
+            state: the state store's ``{backend, ok, fallbacks, ...}`` for ``/internal/status``.
         """
         self._registry = registry
         self._clock = clock
@@ -239,6 +241,7 @@ class InternalApp:
         self._stats = stats or Stats()
         self._metrics = metrics
         self._queue = queue
+        self._state = state or (lambda: {"backend": "memory", "ok": True, "fallbacks": 0})
         #: which config runs: ``use_config`` moves these on a reload
         self._generation = 1
         self._loaded_at = self._started
@@ -278,6 +281,10 @@ class InternalApp:
             payload["profiles"] = stable["profiles"] = profiles_payload(self._profiles)
         if self._queue is not None:
             payload["queue"], stable["queue"] = self._queue()
+        # where shared state lives and whether it answers (fallbacks: answers this process
+        # took from its own memory because it did not)
+        state = payload["state"] = self._state()
+        stable["state"] = {"backend": state["backend"], "ok": state["ok"]}
         return conditional_json(request, payload, stable)
 
     @app.route("/internal/status/endpoints", branch=False)

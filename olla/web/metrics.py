@@ -83,6 +83,7 @@ class OllaCollector(Collector):
         active_connections: Callable[[], int] = lambda: 0,
         worker: WorkerIdentity | None = None,
         sticky: StickySessions | None = None,
+        state: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self._stats = stats
         self._registry = registry
@@ -95,6 +96,7 @@ class OllaCollector(Collector):
         self._translators = list(translators)
         self._active_connections = active_connections
         self._started = clock.seconds()
+        self._state = state
 
     def collect(self) -> Iterable[Metric]:
         yield from self._process()
@@ -103,6 +105,7 @@ class OllaCollector(Collector):
         yield from self._translator_metrics()
         yield from self._security_metrics()
         yield from self._sticky_metrics()
+        yield from self._state_metrics()
 
     def _process(self) -> Iterator[Metric]:
         proxy = self.config.proxy
@@ -301,11 +304,42 @@ class OllaCollector(Collector):
             value=figures["evictions"],
         )
 
+    def _state_metrics(self) -> Iterator[Metric]:
+        if self._state is None:
+            return
+        state = self._state()
+        backend = str(state["backend"])
+        up = GaugeMetricFamily(
+            "olla_state_store_up",
+            "1 while the state store answers (always 1 with backend memory)",
+            labels=["backend"],
+        )
+        up.add_metric([backend], 1 if state["ok"] else 0)
+        yield up
+        fallbacks = state["fallbacks"]
+        yield CounterMetricFamily(
+            "olla_state_store_fallbacks",
+            "Answers taken from this process's memory because the state store did not answer",
+            value=fallbacks if isinstance(fallbacks, int) else 0,
+        )
 
-def metrics_registry(collector: OllaCollector) -> CollectorRegistry:
-    """A registry of olla's own: its collector and the process, platform and GC figures."""
+
+class Collectors(Collector):
+    """Several collectors read as one (what a worker writes into its multiprocess files)."""
+
+    def __init__(self, *parts: Collector) -> None:
+        self._parts = parts
+
+    def collect(self) -> Iterable[Metric]:
+        for part in self._parts:
+            yield from part.collect()
+
+
+def metrics_registry(*collectors: Collector) -> CollectorRegistry:
+    """A registry of olla's own: its collectors and the process, platform and GC figures."""
     registry = CollectorRegistry()
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     ProcessCollector(namespace="olla", registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -313,10 +347,14 @@ def metrics_registry(collector: OllaCollector) -> CollectorRegistry:
 
 
 class Metrics:
-    """The ``/internal/metrics`` page over one registry."""
+    """The ``/internal/metrics`` page over one registry (``before``: called first, to bring
+    this process's figures up to date where they are read from elsewhere)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, before: Callable[[], object] = lambda: None
+    ) -> None:
         self.registry = registry
+        self._before = before
 
     def render(self, request: IRequest) -> bytes:
         """The text format (or OpenMetrics, when the scraper asks for it in ``Accept``)."""
@@ -324,5 +362,6 @@ class Metrics:
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
         request.setHeader(b"Content-Type", content_type.encode("latin-1"))
         request.setHeader(b"Cache-Control", b"no-cache")
+        self._before()
         body: bytes = encoder(self.registry)
         return body

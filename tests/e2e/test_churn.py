@@ -26,7 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.daemon import OllaDaemon, ollama_endpoint, running_olla
+from tests.e2e.daemon import OllaDaemon, ollama_endpoint, running_olla, write_config
+from tests.e2e.redis import redis_server
 from tests.fakes.process import FakeProcess, start_fake
 
 pytestmark = pytest.mark.e2e
@@ -316,6 +317,61 @@ def trio() -> Iterator[list[FakeProcess]]:
             fake.stop()
 
 
+def _churn(
+    daemon: OllaDaemon, trio: list[FakeProcess], names: list[str]
+) -> tuple[Traffic, list[str]]:
+    """Kill -9 and restart one of ``trio`` on its port every 2 s, in turn (A B C A B C A, ~14 s)
+    under steady requests and streams; the traffic, and every problem seen: errors, streams
+    broken with no kill of their backend while they were open, all healthy only later than one
+    check_interval after the last restart. Every property is checked and all violations are
+    reported together: one chaos run is the evidence for all of them."""
+    kills: list[tuple[str, float]] = []
+    last_restart = 0.0
+    with Traffic(daemon.url) as traffic:
+        time.sleep(0.5)
+        begun = time.monotonic()
+        for turn in range(7):
+            index = turn % 3
+            victim = trio[index]
+            kills.append((names[index], time.monotonic()))  # before: a break may race it
+            victim.process.kill()
+            victim.process.wait(5)
+            victim.stop()
+            time.sleep(0.2)  # down long enough for requests to hit the closed port
+            trio[index] = _start(names[index], "--port", str(victim.port))
+            last_restart = time.monotonic()
+            if turn < 6:
+                time.sleep(max(0.0, begun + 2.0 * (turn + 1) - time.monotonic()))
+        try:  # measured, not asserted here: past the limit it is one of the problems
+            _wait_healthy(daemon, names, CHECK_INTERVAL + HEALTHY_SLACK + 2.0)
+        except AssertionError:
+            pass
+        recovered_in = time.monotonic() - last_restart
+        served_during_chaos = traffic.ok
+
+    problems: list[str] = []
+    if traffic.errors:
+        problems.append(f"{len(traffic.errors)} errors: {_tally(traffic.errors)}")
+    if served_during_chaos == 0 or traffic.streams_ok == 0:
+        problems.append(f"no traffic served: {served_during_chaos}, {traffic.streams_ok}")
+    # a stream may break only if the backend serving it was killed while it was open
+    unexplained = [
+        f"{endpoint} open {opened - begun:+.2f}s..{ended - begun:+.2f}s: {outcome}"
+        for endpoint, opened, ended, outcome in traffic.broken
+        if not any(name == endpoint and opened <= at <= ended for name, at in kills)
+    ]
+    if unexplained:
+        at = [f"{name}@{t - begun:+.2f}s" for name, t in kills]
+        problems.append(f"{len(unexplained)} streams broke unexplained: {unexplained[:6]}")
+        problems.append(f"kills: {at}")
+    if recovered_in > CHECK_INTERVAL + HEALTHY_SLACK:
+        problems.append(
+            f"all healthy only {recovered_in:.2f}s after the last restart: "
+            f"{ {n: e['status'] for n, e in _endpoints_status(daemon).items()} }"
+        )
+    return traffic, problems
+
+
 @pytest.mark.parametrize("cap", [None, 3], ids=["default-slots", "capped-at-3"])
 def test_chaos_kill_and_restart_every_two_seconds(
     tmp_path: Path, trio: list[FakeProcess], cap: int | None
@@ -346,52 +402,7 @@ def test_chaos_kill_and_restart_every_two_seconds(
         baseline = _steady_census(pid, ports)
         assert baseline.close_wait == 0, baseline
 
-        kills: list[tuple[str, float]] = []
-        last_restart = 0.0
-        with Traffic(daemon.url) as traffic:
-            time.sleep(0.5)
-            begun = time.monotonic()
-            for turn in range(7):  # A B C A B C A: ~14 s
-                index = turn % 3
-                victim = trio[index]
-                kills.append((names[index], time.monotonic()))  # before: a break may race it
-                victim.process.kill()
-                victim.process.wait(5)
-                victim.stop()
-                time.sleep(0.2)  # down long enough for requests to hit the closed port
-                trio[index] = _start(names[index], "--port", str(victim.port))
-                last_restart = time.monotonic()
-                if turn < 6:
-                    time.sleep(max(0.0, begun + 2.0 * (turn + 1) - time.monotonic()))
-            try:  # measured, not asserted here: past the limit it is one of the problems
-                _wait_healthy(daemon, names, CHECK_INTERVAL + HEALTHY_SLACK + 2.0)
-            except AssertionError:
-                pass
-            recovered_in = time.monotonic() - last_restart
-            served_during_chaos = traffic.ok
-
-        # Every property is checked and all violations are reported together: one chaos run
-        # is the evidence for all of them.
-        problems: list[str] = []
-        if traffic.errors:
-            problems.append(f"{len(traffic.errors)} errors: {_tally(traffic.errors)}")
-        if served_during_chaos == 0 or traffic.streams_ok == 0:
-            problems.append(f"no traffic served: {served_during_chaos}, {traffic.streams_ok}")
-        # a stream may break only if the backend serving it was killed while it was open
-        unexplained = [
-            f"{endpoint} open {opened - begun:+.2f}s..{ended - begun:+.2f}s: {outcome}"
-            for endpoint, opened, ended, outcome in traffic.broken
-            if not any(name == endpoint and opened <= at <= ended for name, at in kills)
-        ]
-        if unexplained:
-            at = [f"{name}@{t - begun:+.2f}s" for name, t in kills]
-            problems.append(f"{len(unexplained)} streams broke unexplained: {unexplained[:6]}")
-            problems.append(f"kills: {at}")
-        if recovered_in > CHECK_INTERVAL + HEALTHY_SLACK:
-            problems.append(
-                f"all healthy only {recovered_in:.2f}s after the last restart: "
-                f"{ {n: e['status'] for n, e in _endpoints_status(daemon).items()} }"
-            )
+        traffic, problems = _churn(daemon, trio, names)
 
         def settled() -> bool:
             status = _endpoints_status(daemon)
@@ -435,6 +446,62 @@ def test_chaos_kill_and_restart_every_two_seconds(
         if census.pooled > 3 * (traffic.load_threads + traffic.streams + 2):
             problems.append(f"too many pooled connections: {census}")
         assert problems == [], "\n".join(problems)
+
+
+def test_chaos_with_two_workers_and_the_store(tmp_path: Path, trio: list[FakeProcess]) -> None:
+    """If the same churn runs behind ``--workers 2`` sharing a real redis-server (one prober per
+    endpoint per interval, shared in-flight counts, pins and limits), then again no request
+    that had not started streaming fails, only streams of a killed backend break, all three
+    are healthy within one check_interval of the last restart, and the shared in-flight
+    counts settle to 0."""
+    names = ["A", "B", "C"]
+    endpoints = [
+        ollama_endpoint(name, fake.url, check_interval="1s", check_timeout="500ms")
+        for name, fake in zip(names, trio, strict=True)
+    ]
+    with redis_server() as store:
+        extra = {"state": {"backend": "redis", "url": store.url}}
+        daemon = OllaDaemon(write_config(tmp_path, endpoints, extra=extra), args=["--workers", "2"])
+        try:
+            daemon.wait_ready()
+            _wait_for(
+                "both workers' model lists",
+                lambda: sum(" serves " in line for line in daemon.lines) >= 6,
+                30,
+            )
+            _wait_healthy(daemon, names, 5)
+            with Traffic(daemon.url) as warmup:
+                time.sleep(1.5)
+            assert warmup.errors == [] and warmup.broken == [], (warmup.errors, warmup.broken)
+            traffic, problems = _churn(daemon, trio, names)
+            try:
+                _wait_for(
+                    "in-flight settled",
+                    lambda: all(
+                        e["active_connections"] == 0 for e in _endpoints_status(daemon).values()
+                    ),
+                    3.0,
+                    every=0.1,
+                )
+            except AssertionError:
+                active = {n: e["active_connections"] for n, e in _endpoints_status(daemon).items()}
+                problems.append(f"in-flight counters leaked: {active}")
+            try:  # the admission slots are the store's: either worker reads the fleet's
+                _wait_for("slots settled", lambda: not _slots_busy(daemon), 3.0, every=0.1)
+            except AssertionError:
+                problems.append(f"admission slots leaked: {_slots_in_use(daemon)}")
+            assert problems == [], "\n".join(problems)
+        finally:
+            daemon.stop()
+
+
+def _slots_in_use(daemon: OllaDaemon) -> dict[str, int]:
+    queue = _get_json(f"{daemon.url}/internal/status")["queue"]
+    return {name: slots["in_use"] for name, slots in queue["slots"].items()}
+
+
+def _slots_busy(daemon: OllaDaemon) -> bool:
+    return any(_slots_in_use(daemon).values())
 
 
 # ---------------------------------------------------------------------------------- warm host
