@@ -34,7 +34,7 @@ from olla.proxy.movecost import PromptRates
 from olla.telemetry.records import RequestRecord
 from olla.util.priority import Priority
 from tests.fakes.ollama import FakeModel, FakeOllama
-from tests.proxyharness import HANG, ClientConnection, Harness, Response, http_request
+from tests.proxyharness import HANG, REFUSE, ClientConnection, Harness, Response, http_request
 
 MODEL = "llama3.2:latest"
 BIG = "big:70b"
@@ -590,6 +590,26 @@ class WiringTests(SynchronousTestCase):
         last = post(h, chat(text="last"), "/olla/ollama/api/chat")
         self.assertEqual(answered(last).status, 503)
         run(h, 5.0)
+
+    def test_held_plan_exhausted_by_refused_connections_is_planned_again(self) -> None:
+        """If a held request's plan was made while a host was out of rotation and every host
+        of that plan refuses its connection once it goes, then it is planned again and served
+        by the host that came back (not a 502 while a healthy host can serve it)."""
+        h, fakes = fleet("a", "b", slots=1)
+        a, b = h.endpoints
+        h.registry.set_status(b, EndpointStatus.OFFLINE)
+        post(h, chat(text="busy"), "/olla/ollama/api/chat?ttft_ms=1000")
+        held = post(h, chat(text="held"), "/olla/ollama/api/chat?ttft_ms=100")
+        run(h, 0.5)
+        self.assertEqual(h.app.dispatch.gate.held, 1)
+        h.registry.set_status(b, EndpointStatus.HEALTHY)  # not in the held request's plan
+        h.agent.behaviour[b"a:1"] = REFUSE  # a dies while its request runs
+        run(h, 1.0)
+        self.assertEqual((answered(held).status, served_by(held)), (200, "b"))
+        record = next(r for r in h.outcomes.requests if r.attempts == 2)
+        self.assertEqual(record.failovers, ("a:connection refused",))
+        self.assertEqual(h.app.dispatch.gate.in_use(a), 0)
+        self.assertEqual(h.app.dispatch.gate.in_use(b), 0)
 
     def test_reload_reconfigures_the_queue(self) -> None:
         """If a reload turns the queue off, then held requests go at once."""

@@ -260,6 +260,21 @@ class Exchange:
             return
         self._finish(None)  # the client left while the request was held
 
+    def _may_plan_again(self) -> bool:
+        """Every candidate of a plan made before the admission queue held the request has
+        failed to connect: plan it again (a host that was out of rotation then may be back,
+        and the ones that just failed are out of it now) rather than fail it while a healthy
+        host can serve it. True when it did."""
+        held = self._context.queued is not None and self._context.queued > 0
+        retry = self._deps.config.retry.on_connection_failure
+        if not (held and retry) or self._replans >= MAX_REPLANS or self._shaper is None:
+            return False
+        self._replans += 1
+        if self._walk is not None:
+            self._walk.close()
+        self.start(self._shaper)
+        return True
+
     def _dispatch_refused(self, refused: Refused) -> None:
         """The dispatch stage sends the request nowhere: plan it again (its candidates left
         rotation while it was held), or answer as it says (503 with ``Retry-After``)."""
@@ -471,6 +486,8 @@ class Exchange:
             return
         self._attempt_ended(Outcome.FAILED, cause=cause, unreachable=True)
         self._note_failover(endpoint, cause, f"unreachable ({cause})")
+        if self._may_plan_again():
+            return
         self._reject(
             502,
             f"proxy error: endpoint {endpoint.name} ({endpoint.display_url}) "
