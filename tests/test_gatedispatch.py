@@ -194,6 +194,57 @@ class CapTests(SynchronousTestCase):
         self.assertEqual(h.app.dispatch.gate.held, 0)
 
 
+class ReleaseTests(SynchronousTestCase):
+    def test_every_path_gives_the_slot_back(self) -> None:
+        """If requests end every way one can (an answer, an error answer, a busy answer that
+        fails over, a stream the backend cuts, a client that leaves mid-answer, a header wait
+        that runs out on each host), then after each no slot is left taken and none held."""
+        h, fakes = fleet(
+            "a",
+            "b",
+            slots=1,
+            adjust=lambda c: replace(c, proxy=replace(c.proxy, response_header_timeout=2.0)),
+        )
+        gate = h.app.dispatch.gate
+
+        def settled(what: str) -> None:
+            run(h, 0.5)
+            taken = {ep.name: gate.in_use(ep) for ep in h.endpoints}
+            self.assertEqual((taken, gate.held), ({"a": 0, "b": 0}, 0), what)
+
+        def ask(query: str, stream: bool = False) -> ClientConnection:
+            return post(h, chat(stream=stream), f"/olla/ollama/api/chat?{query}")
+
+        ok = ask("ttft_ms=10")
+        run(h, 0.1)
+        self.assertEqual(answered(ok).status, 200)
+        settled("an answer")
+        error = ask("status=500")
+        run(h, 0.1)
+        self.assertEqual(answered(error).status, 500)
+        settled("an error answer")
+        busy = ask("status=503")  # both answer 503: a failover, then the last one relayed
+        run(h, 0.1)
+        self.assertEqual(answered(busy).status, 503)
+        self.assertEqual(len(fakes["a"].requests) + len(fakes["b"].requests), 4)
+        settled("a busy answer and its failover")
+        cut = ask("chunks=10&delay_ms=100&drop_after=3", stream=True)
+        run(h, 2.0)
+        self.assertFalse(answered(cut).complete)
+        settled("a stream the backend cut")
+        leaving = ask("ttft_ms=3000")
+        run(h, 0.5)
+        leaving.disconnect()
+        h.pump()
+        settled("a client that left mid-answer")
+        hanging = ask("hang=1")  # each host's header wait runs out: a failover, then a 502
+        run(h, 2.5)
+        self.assertEqual((gate.in_use(h.endpoints[0]) + gate.in_use(h.endpoints[1])), 1)
+        run(h, 2.5)
+        self.assertEqual(answered(hanging).status, 502)
+        settled("header waits that ran out")
+
+
 class LateBindingTests(SynchronousTestCase):
     def test_short_requests_go_to_the_host_that_frees(self) -> None:
         """If host a (1 slot) runs a 6 s request and b (1 slot) is free, then 4 half-second
@@ -454,6 +505,21 @@ class AnthropicTests(SynchronousTestCase):
         response = answered(held)
         self.assertEqual((response.status, response.header(b"x-olla-mode")), (200, b"translation"))
         self.assertEqual(fakes["a"].requests[-1].path, "/v1/chat/completions")
+
+    def test_refused_in_anthropics_dialect(self) -> None:
+        """If the queue is full, then an Anthropic request gets the 503 in Anthropic's error
+        shape, with Retry-After, and never reaches the host."""
+        h, fakes = fleet("a", slots=1, queue=QueueConfig(max_size=0, max_wait=60.0))
+        post(h, chat(text="busy"), "/olla/ollama/api/chat?ttft_ms=1000")
+        message = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        refused = answered(post(h, json.dumps(message).encode(), "/olla/anthropic/v1/messages"))
+        self.assertEqual(refused.status, 503)
+        self.assertIsNotNone(refused.header(b"retry-after"))
+        body = json.loads(refused.body)
+        self.assertEqual((body["type"], body["error"]["type"]), ("error", "api_error"))
+        self.assertIn("waiting already", body["error"]["message"])
+        run(h, 1.5)
+        self.assertEqual(len(fakes["a"].requests), 1)
 
 
 class StickyTests(SynchronousTestCase):
