@@ -514,7 +514,8 @@ class AdmissionGate:
         second: bool,
     ) -> None:
         now = self._clock.seconds()
-        waited = now - entry.entered
+        # held in the queue (a store's answer taking real time is no wait: at once is 0)
+        waited = now - entry.entered if entry.was_held else 0.0
         self._finish(entry)
         self.counters["after_wait" if entry.was_held else "at_once"] += 1
         if cold:
