@@ -497,6 +497,24 @@ class SecondHomeTests(SynchronousTestCase):
                 h.grant(name).release()
         self.assertEqual(len([self.successResultOf(d) for d in pending]), 24)
 
+    def test_time_spent_loading_is_not_service(self) -> None:
+        """If the one request on a model's only home has run long because it waited for the
+        model to load there, then that time does not make a second home pay: the next
+        request waits for the home instead of loading the model on the free cold host."""
+        h = Harness(1, 2, prior=1.0)
+        a, b = h.eps
+        h.fleet.load = 20.0
+        h.fleet.cold |= {(a, HOT), (b, HOT)}
+        self.assertGreater(self.successResultOf(h.admit("loads")).load_wait, 0)
+        held = h.admit("next", candidates=(a, b))
+        h.clock.advance(40)  # the load is done, its request has run 40 s (mostly loading)
+        h.fleet.running[a] = 40.0
+        h.gate.poke()
+        self.assertNoResult(held)
+        h.grant("loads").release()
+        self.assertIs(self.successResultOf(held).endpoint, a)
+        self.assertEqual(h.gate.counters["second_homes"], 0)
+
     def test_brief_wait_does_not_load(self) -> None:
         """If a rarely used model's one warm host is briefly full, then its request waits
         there instead of loading the model on an idle cold host."""

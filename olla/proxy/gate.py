@@ -160,7 +160,11 @@ class AdmissionGate:
         self._reserved_model: Counter[tuple[str, str]] = Counter()
         self._held_by: Counter[tuple[str, Priority]] = Counter()  # (model, asked priority)
         self._held_models: Counter[str] = Counter()  # the same per model
-        self._placement = Placement(fleet, store, self._demand, clock, self.cap, self._held_models)
+        #: this process's grants not released yet, per endpoint id
+        self._live: dict[str, set[Grant]] = {}
+        self._placement = Placement(
+            fleet, store, self._demand, clock, self.cap, self._held_models, self._running
+        )
         self._pending: list[str] = []  # endpoint ids whose free slots are still to hand out
         self._dispatching = False
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
@@ -531,9 +535,26 @@ class AdmissionGate:
             load_wait=self._fleet.load_cost(endpoint, model),
             granted_at=now,
         )
+        self._live.setdefault(endpoint.id, set()).add(grant)
         entry.deferred.callback(grant)
 
+    def _running(self, endpoint: Endpoint) -> float:
+        """How long what runs on ``endpoint`` has run: the load view's figure, unless one of
+        this process's requests there waited for a load (its time so far is mostly the load,
+        which says nothing of how soon the host frees): then the longest any other has run
+        there (none: 0, and the model's service time decides)."""
+        live = self._live.get(endpoint.id, ())
+        if not any(grant.load_wait > 0 for grant in live):
+            return self._fleet.expected_service(endpoint)
+        now = self._clock.seconds()
+        return max((now - g.granted_at for g in live if g.load_wait <= 0), default=0.0)
+
     def _released(self, grant: Grant, served: bool, loaded: float | None) -> None:
+        live = self._live.get(grant.endpoint.id)
+        if live is not None:
+            live.discard(grant)
+            if not live:
+                del self._live[grant.endpoint.id]
         if served and (loaded is not None or grant.load_wait <= 0):  # a load is not service
             seconds = self._clock.seconds() - grant.granted_at - (loaded or 0.0)
             if seconds > 0:

@@ -11,7 +11,8 @@ free (``olla.proxy.gate``). A cold host suits it when:
   host's free one (a slot frees within a service time; a lost copy costs a load);
 - **second home**: the model's homes are full and loading it here pays over the coming requests
   (``demand.second_home_pays``, with the longer of the model's learnt service time and how
-  long what runs on its homes has run on average: ``IFleetView.expected_service``), and it
+  long what runs on its homes has run on average: ``IFleetView.expected_service``, or the
+  gate's own figure while a request there waited for a load), and it
   pushes out nothing that is needed: room, or an idle model whose other homes carry its
   traffic without this copy (``SPARE_SHARE``).
 
@@ -66,8 +67,11 @@ class Placement:
         clock: IReactorTime,
         cap: Callable[[Endpoint, str], int],
         held: Mapping[str, int],
+        running: Callable[[Endpoint], float] | None = None,
     ) -> None:
         self._fleet = fleet
+        #: how long what runs on a host has run (default: ``IFleetView.expected_service``)
+        self._running = running or fleet.expected_service
         self._store = store
         self._demand = demand
         self._clock = clock
@@ -100,7 +104,7 @@ class Placement:
         load = self._fleet.load_cost(endpoint, model)
         # what its homes' slots take: the model's learnt time, or longer while what runs
         # there has already run longer (a stream that has not ended yet teaches nothing)
-        running = sum(fleet.expected_service(ep) for ep in homes) / len(homes)
+        running = sum(self._running(ep) for ep in homes) / len(homes)
         return second_home_pays(
             load=load,
             held=self._held.get(key, 0),
