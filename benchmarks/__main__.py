@@ -1,6 +1,7 @@
 """``python -m benchmarks``: olla against the bare Twisted proxy, same run, same backend.
 (``python -m benchmarks cpu`` is CPU per request against the floor, ``benchmarks/cpu.py``;
 ``python -m benchmarks fleet`` is the fleet-latency benchmark of ``benchmarks/fleet.py``;
+``python -m benchmarks gate-sim`` its workloads in simulated time through the admission gate;
 ``python -m benchmarks workers`` compares ``--workers 1`` and ``--workers 2``;
 ``python -m benchmarks models-rss`` the memory over many model names, ``benchmarks/models_rss.py``.)
 
@@ -296,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import cpu
 
         return cpu.main(argv[1:])
+    if argv[:1] == ["gate-sim"]:  # the fleet workloads in simulated time (benchmarks/gate_sim.py)
+        from benchmarks import gate_sim
+
+        return gate_sim.main(argv[1:])
     if argv[:1] == ["state"]:  # S2 with state.backend: redis against memory (benchmarks/state.py)
         from benchmarks import state
 

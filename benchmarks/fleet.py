@@ -1,14 +1,28 @@
-"""``python -m benchmarks fleet``: fleet latency with model loads, olla against a model-blind proxy.
+"""``python -m benchmarks fleet``: fleet latency and goodput, olla against nginx.
 
-Three fake Ollama hosts with the fake's cost model (parallel slots, a 2 s model load, at most
-two models loaded, time per token), four models that every host has and none has loaded, and a
-dozen closed-loop clients that each ``POST /api/chat`` (not streamed) a model drawn with fixed
-weights from a seeded generator. The same workload runs for a bounded time through each target,
-each on fresh hosts: olla (least-connections, its model-aware routing), nginx round robin (or,
-without nginx, olla round robin with warm routing off), and, when the olla under test knows
-``proxy.warm_routing``, olla round robin with warm routing off. Reported per target: served,
-errors, latency percentiles, and the hosts' own counters (model loads, evictions, busy answers).
+Three fake Ollama hosts with the fake's cost model (4 parallel slots each, a 2 s model load, at
+most two models loaded, time per token), four models that every host has and none has loaded,
+and a dozen closed-loop clients that each ``POST /api/chat`` (not streamed) a model drawn with
+fixed weights from a seeded generator. The same workload runs for a bounded time through each
+target, each on fresh hosts: olla (least-connections, its model-aware routing), olla with its
+admission queue off (when the olla under test knows ``proxy.queue``), and nginx ``least_conn``
+(connection-aware); ``--targets`` also offers nginx round robin and olla round robin with warm
+routing off. Reported per target: served, errors, latency percentiles, goodput as a share of
+the fleet's capacity, and the hosts' own counters (model loads, evictions, busy answers).
 Everything binds 127.0.0.1 and every process started is stopped by its PID, also on errors.
+
+The fleet's capacity is what its slots complete when every slot is always busy with a warm
+model: ``hosts x slots`` slot-seconds per second, or ``hosts x slots / mean service time``
+requests a second, the service time being the fake's time per answer (``chunks x token_ms``,
+averaged over the workload's mix). Goodput is the work of the requests answered 200 (the sum of
+their service times); its share of the capacity (``goodput / capacity``: that sum over
+``hosts x slots x duration``) is the headline figure. Counting work rather than requests keeps
+the share exact when the run happens to draw more long requests than the mix's 30 %.
+
+``--mix`` (``--scenario mix``) is a workload without loads: every host has every model loaded
+and 2 slots, 16 closed-loop clients, 70 % of the requests take 0.3 s on the host and 30 % take
+3 s (their ``num_predict``, the fake's chunk count, at ``--token-ms`` per chunk): what a
+connection counter does with mixed lengths, against holding requests until a slot frees.
 
 ``--scenario multi-turn`` measures sticky sessions instead: every host has one model loaded and
 the fake's prompt cache (``--prompt-ms`` per prompt token the host has not cached, the last
@@ -51,6 +65,10 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 WEIGHTS = {"hot-a": 0.4, "hot-b": 0.4, "cold-c": 0.1, "cold-d": 0.1}
 #: the multi-turn scenario's one model (loaded on every host: only the prompt cache differs)
 CHAT_MODEL = "chat"
+#: ``--mix``: request class -> (share of the requests, seconds on the host)
+MIX = {"short": (0.7, 0.3), "long": (0.3, 3.0)}
+#: every target ``--targets`` may name; the default is the first three
+TARGETS = ("olla", "olla-queue-off", "nginx-lc", "nginx-rr", "olla-blind")
 #: per-host counters of the fake summed (or maxed) over the fleet
 SUMMED = ("loads", "evictions", "busy_rejections", "prompt_tokens", "cached_tokens")
 PEAKS = ("peak_running", "peak_queued")
@@ -64,6 +82,8 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)  # by status or exception name
     unfinished: int = 0  # still running when the time was up
     by_model: Counter[str] = field(default_factory=Counter)  # served, per model
+    by_class: dict[str, list[float]] = field(default_factory=dict)  # --mix: latencies per class
+    work_s: float = 0.0  # the service seconds of the requests answered 200
     ttfts_ms: list[float] = field(default_factory=list)  # multi-turn: to the first line
     sticky: Counter[str] = field(default_factory=Counter)  # multi-turn: X-Olla-Sticky-Session
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,20 +98,43 @@ def percentile(values: list[float], share: float) -> float | None:
     return round(ordered[rank - 1], 1)
 
 
+def chunks_for(seconds: float, args: argparse.Namespace) -> int:
+    """The chunk count (``num_predict``) that keeps the fake busy ``seconds``."""
+    return max(1, round(seconds * 1000 / args.token_ms))
+
+
+def workload(args: argparse.Namespace) -> dict[str, tuple[float, int]]:
+    """Request class -> (share, chunks): the models workload is one class of ``--tokens``."""
+    if args.scenario == "mix":
+        return {name: (share, chunks_for(s, args)) for name, (share, s) in MIX.items()}
+    return {"all": (1.0, args.tokens)}
+
+
+def capacity(args: argparse.Namespace) -> dict[str, float]:
+    """The fleet's capacity: every slot always busy with a warm model, so
+    ``hosts x slots / mean service time`` requests a second (see the module docstring)."""
+    mean = sum(share * chunks * args.token_ms / 1000 for share, chunks in workload(args).values())
+    slots = args.hosts * args.capacity
+    return {"slots": slots, "mean_service_s": round(mean, 4), "rps": round(slots / mean, 3)}
+
+
 def client(base: str, index: int, args: argparse.Namespace, deadline: float, tally: Tally) -> None:
     """One closed-loop client: the next request as soon as the last one is answered."""
     picks = random.Random(args.seed * 1000 + index)  # the same sequence for every target
     models, weights = list(WEIGHTS), list(WEIGHTS.values())
+    classes = workload(args)
+    names, shares = list(classes), [share for share, _ in classes.values()]
     with httpx.Client(base_url=base) as http:
         sequence = 0
         while (left := deadline - time.monotonic()) > 0:
             model = picks.choices(models, weights)[0]
+            kind = picks.choices(names, shares)[0]
             sequence += 1
             body = {
                 "model": model,
                 "messages": [{"role": "user", "content": f"client {index} question {sequence}"}],
                 "stream": False,
-                "options": {"num_predict": args.tokens},  # the fake's chunk count
+                "options": {"num_predict": classes[kind][1]},  # the fake's chunk count
             }
             started = time.monotonic()
             try:
@@ -111,6 +154,8 @@ def client(base: str, index: int, args: argparse.Namespace, deadline: float, tal
                 if outcome == "ok":
                     tally.latencies_ms.append(elapsed)
                     tally.by_model[model] += 1
+                    tally.by_class.setdefault(kind, []).append(elapsed)
+                    tally.work_s += classes[kind][1] * args.token_ms / 1000
                 else:
                     tally.errors[outcome] += 1
             if outcome != "ok":
@@ -229,14 +274,27 @@ def wait_until(ready: Any, what: str, proc: subprocess.Popen[bytes], timeout: fl
 
 
 def olla_config(
-    work: Path, name: str, port: int, hosts: list[str], blind: bool, sticky: bool = False
+    work: Path,
+    name: str,
+    port: int,
+    hosts: list[str],
+    blind: bool,
+    sticky: bool = False,
+    queue: bool | None = None,
+    slots: int | None = None,
 ) -> Path:
+    """``queue``: None leaves ``proxy.queue`` out (an olla that does not know it), else sets
+    ``proxy.queue.enabled``; ``slots`` sets every endpoint's ``max_concurrency`` (the fakes')."""
     proxy: dict[str, Any] = {"load_balancer": "least-connections"}
     if blind:
         proxy = {"load_balancer": "round-robin", "warm_routing": {"enabled": False}}
     if sticky:
         proxy["sticky_sessions"] = {"enabled": True}
-    endpoint = {"type": "ollama", "check_interval": "1s", "check_timeout": "500ms"}
+    if queue is not None:
+        proxy["queue"] = {"enabled": queue}
+    endpoint: dict[str, Any] = {"type": "ollama", "check_interval": "1s", "check_timeout": "500ms"}
+    if slots is not None:
+        endpoint["max_concurrency"] = slots
     config = {
         # limits off: 12 closed-loop clients on one address would pass the Go defaults
         "server": {
@@ -259,9 +317,10 @@ def olla_config(
     return path
 
 
-def knows_warm_routing(olla_dir: Path, work: Path) -> bool:
-    """Whether that olla accepts ``proxy.warm_routing`` (validate-config warns on unknown keys)."""
-    config = olla_config(work, "probe", free_port(), ["http://127.0.0.1:9"], blind=True)
+def knows_key(olla_dir: Path, work: Path, key: str, **options: Any) -> bool:
+    """Whether that olla accepts the config ``olla_config(**options)`` writes without an
+    unknown-key warning for ``key`` (``warm_routing``, ``queue``)."""
+    config = olla_config(work, "probe", free_port(), ["http://127.0.0.1:9"], **options)
     done = subprocess.run(
         [sys.executable, "-m", "olla", "validate-config", str(config)],
         cwd=olla_dir,
@@ -271,7 +330,7 @@ def knows_warm_routing(olla_dir: Path, work: Path) -> bool:
         timeout=60,
     )
     out = done.stdout + done.stderr
-    return "[OK] loaded" in out and "warm_routing: unknown key" not in out
+    return "[OK] loaded" in out and f"{key}: unknown key" not in out
 
 
 @contextmanager
@@ -283,9 +342,11 @@ def olla(
     blind: bool,
     sticky: bool = False,
     models: tuple[str, ...] = tuple(WEIGHTS),
+    queue: bool | None = None,
+    slots: int | None = None,
 ) -> Iterator[str]:
     port = free_port()
-    config = olla_config(work, name, port, hosts, blind, sticky)
+    config = olla_config(work, name, port, hosts, blind, sticky, queue, slots)
     cmd = [TWISTD, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
     env = dict(os.environ, PYTHONPATH=str(olla_dir))
     base = f"http://127.0.0.1:{port}"
@@ -314,7 +375,7 @@ http {{
     uwsgi_temp_path {dir}/nginx-uwsgi;
     scgi_temp_path {dir}/nginx-scgi;
     upstream fleet {{
-{servers}
+{balance}{servers}
         keepalive 32;
     }}
     server {{
@@ -333,11 +394,14 @@ http {{
 
 
 @contextmanager
-def nginx(binary: str, work: Path, hosts: list[str]) -> Iterator[str]:
+def nginx(binary: str, work: Path, hosts: list[str], least_conn: bool = False) -> Iterator[str]:
+    """nginx over ``hosts``: round robin, or ``least_conn`` (fewest active connections; one
+    worker process, so it sees every connection)."""
     port = free_port()
     servers = "\n".join(f"        server {url.removeprefix('http://')};" for url in hosts)
+    balance = "        least_conn;\n" if least_conn else ""
     conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=work, servers=servers, port=port))
+    conf.write_text(NGINX_CONF.format(dir=work, servers=servers, port=port, balance=balance))
     cmd = [binary, "-p", str(work), "-e", str(work / "nginx-error.log"), "-c", str(conf)]
     base = f"http://127.0.0.1:{port}"
     with spawn([*cmd, "-g", "daemon off;"], work / "nginx.log") as proc:
@@ -351,6 +415,12 @@ def fleet_flags(args: argparse.Namespace) -> list[str]:
             "--models", CHAT_MODEL, "--loaded", CHAT_MODEL, "--capacity", str(args.capacity),
             "--max-queue", str(args.max_queue), "--token-ms", str(args.token_ms),
             "--prompt-ms", str(args.prompt_ms), "--prompt-cache", str(args.prompt_cache),
+        ]  # fmt: skip
+    if args.scenario == "mix":  # every model loaded everywhere: no loads, no evictions
+        return [
+            "--models", ",".join(WEIGHTS), "--loaded", ",".join(WEIGHTS),
+            "--capacity", str(args.capacity), "--max-queue", str(args.max_queue),
+            "--token-ms", str(args.token_ms),
         ]  # fmt: skip
     return [
         "--models", ",".join(WEIGHTS), "--capacity", str(args.capacity),
@@ -368,8 +438,9 @@ def measure(target: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
             for i in range(args.hosts)
         ]
         hosts = [fake.url for fake in fakes]
-        if target == "nginx-rr":
-            base = stack.enter_context(nginx(args.nginx, work, hosts))
+        if target in ("nginx-rr", "nginx-lc"):
+            least_conn = target == "nginx-lc"
+            base = stack.enter_context(nginx(args.nginx, work, hosts, least_conn))
         elif args.scenario == "multi-turn":
             sticky = target == "olla-sticky"
             models = (CHAT_MODEL,)
@@ -377,8 +448,11 @@ def measure(target: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
                 olla(args.olla_dir, work, target, hosts, False, sticky, models)
             )
         else:
-            blind = target != "olla"
-            base = stack.enter_context(olla(args.olla_dir, work, target, hosts, blind))
+            blind = target == "olla-blind"
+            queue = False if target == "olla-queue-off" else None
+            base = stack.enter_context(
+                olla(args.olla_dir, work, target, hosts, blind, queue=queue, slots=args.capacity)
+            )
         tally = Tally()
         deadline = time.monotonic() + args.duration
         run = conversation_client if args.scenario == "multi-turn" else client
@@ -402,11 +476,18 @@ def measure(target: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
         "p95_ms": percentile(latencies, 0.95),
         "p99_ms": percentile(latencies, 0.99),
         "max_ms": round(max(latencies), 1) if latencies else None,
+        "goodput_share": round(tally.work_s / (capacity(args)["slots"] * args.duration), 3),
         **{key: sum(int(s[key]) for s in states) for key in SUMMED},
         **{key: max(int(s[key]) for s in states) for key in PEAKS},
         "loads_per_host": [int(s["loads"]) for s in states],
         "served_by_model": dict(sorted(tally.by_model.items())),
     }
+    if args.scenario == "mix":
+        for kind in MIX:
+            values = tally.by_class.get(kind, [])
+            result[f"{kind}_served"] = len(values)
+            result[f"{kind}_p50_ms"] = percentile(values, 0.50)
+            result[f"{kind}_p95_ms"] = percentile(values, 0.95)
     if args.scenario == "multi-turn":
         ttfts = tally.ttfts_ms
         read, cached = result["prompt_tokens"], result["cached_tokens"]
@@ -436,9 +517,24 @@ ROWS = [
     ("p95 ms", "p95_ms"),
     ("p99 ms", "p99_ms"),
     ("max ms", "max_ms"),
+    ("goodput / capacity", "goodput_share"),
     ("model loads (all hosts)", "loads"),
     ("evictions", "evictions"),
     ("busy rejections (503)", "busy_rejections"),
+    ("peak queued on a host", "peak_queued"),
+]
+
+#: (label, key) rows of the --mix table
+MIX_ROWS = [
+    *ROWS[:8],
+    ("goodput / capacity", "goodput_share"),
+    ("short (0.3 s) served", "short_served"),
+    ("short p50 ms", "short_p50_ms"),
+    ("short p95 ms", "short_p95_ms"),
+    ("long (3 s) served", "long_served"),
+    ("long p50 ms", "long_p50_ms"),
+    ("long p95 ms", "long_p95_ms"),
+    ("peak running on a host", "peak_running"),
     ("peak queued on a host", "peak_queued"),
 ]
 
@@ -477,20 +573,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks fleet", description=__doc__)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per target")
     parser.add_argument("--quick", action="store_true", help="20 s per target")
-    parser.add_argument("--clients", type=int, default=12)
+    parser.add_argument("--clients", type=int, default=None, help="12 (--mix: 16)")
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=20, help="chunks per answer")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--capacity", type=int, default=4, help="the fakes' parallel slots")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="the fakes' parallel slots and olla's max_concurrency: 4 (--mix: 2)",
+    )
     parser.add_argument("--max-queue", type=int, default=0, help="the fakes' queue (0: none)")
     parser.add_argument("--load-ms", type=float, default=2000)
     parser.add_argument("--max-loaded", type=int, default=2)
     parser.add_argument("--token-ms", type=float, default=20)
     parser.add_argument(
         "--scenario",
-        choices=("models", "multi-turn"),
+        choices=("models", "mix", "multi-turn"),
         default="models",
-        help="models: model loads, olla vs round robin; multi-turn: sticky sessions on vs off",
+        help="models: model loads; mix: 0.3 s and 3 s requests, every model loaded; "
+        "multi-turn: sticky sessions on vs off",
+    )
+    parser.add_argument("--mix", action="store_true", help="the same as --scenario mix")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS[:3]),
+        help=f"comma-separated, of {', '.join(TARGETS)} (models and mix)",
     )
     parser.add_argument("--turns", type=int, default=8, help="multi-turn: turns a conversation")
     parser.add_argument("--turn-words", type=int, default=120, help="multi-turn: words a turn")
@@ -501,47 +609,75 @@ def main(argv: list[str] | None = None) -> int:
         "--prompt-cache", type=int, default=4, help="multi-turn: conversations cached per host"
     )
     parser.add_argument("--olla-dir", type=Path, default=REPO, help="the olla checkout to run")
-    parser.add_argument(
-        "--olla-blind",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also olla round robin, warm routing off (default: if that olla knows the key)",
-    )
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     parser.add_argument("--out", type=Path, default=None, help="JSON (also benchmarks/results/)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 20.0
+    if args.mix:
+        args.scenario = "mix"
+    if args.clients is None:
+        args.clients = 16 if args.scenario == "mix" else 12
+    if args.capacity is None:
+        args.capacity = 2 if args.scenario == "mix" else 4
     args.olla_dir = args.olla_dir.resolve()
-    if not (args.olla_dir / "olla" / "daemon" / "tap.py").exists():
+    if not (args.olla_dir / "olla" / "__init__.py").exists():  # tap.py moved to olla/daemon/
         print(f"no olla checkout at {args.olla_dir}", file=sys.stderr)
         return 2
 
     if args.scenario == "multi-turn":
         return multi_turn(args)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        print(f"unknown target(s) {unknown}; known: {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="olla-fleet-"))
     work.chmod(0o755)  # nginx workers (nobody, when run as root) read under it
+    skipped: dict[str, str] = {}
     try:
-        warm_key = knows_warm_routing(args.olla_dir, work)
-        blind = warm_key if args.olla_blind is None else args.olla_blind
+        warm_key = knows_key(args.olla_dir, work, "warm_routing", blind=True)
+        queue_key = knows_key(args.olla_dir, work, "queue", blind=False, queue=False)
         have_nginx = os.access(args.nginx, os.X_OK)
-        baseline = "nginx-rr" if have_nginx else "olla-rr-fallback"
-        targets = ["olla", baseline] + (["olla-blind"] if blind and have_nginx else [])
+        if not warm_key:
+            skipped["olla-blind"] = "this olla has no proxy.warm_routing"
+        if not queue_key:
+            skipped["olla-queue-off"] = "this olla has no proxy.queue (it is olla as it is)"
         if not have_nginx:
-            print("nginx not found: round robin is olla with warm routing off", file=sys.stderr)
-        results = {target: measure(target, args, work) for target in targets}
+            skipped["nginx-lc"] = skipped["nginx-rr"] = f"no nginx at {args.nginx}"
+        for target, why in skipped.items():
+            if target in targets:
+                print(f"skipping {target}: {why}", file=sys.stderr)
+        chosen = [t for t in targets if t not in skipped]
+        results = {target: measure(target, args, work) for target in chosen}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    ratios = {
-        f"p95 olla / {baseline}": ratio(results["olla"]["p95_ms"], results[baseline]["p95_ms"]),
-        f"served olla / {baseline}": ratio(results["olla"]["served"], results[baseline]["served"]),
-        f"loads olla / {baseline}": ratio(results["olla"]["loads"], results[baseline]["loads"]),
-    }
+    ratios: dict[str, Any] = {}
+    if "olla" in results:
+        mine = results["olla"]
+        for name, other in results.items():
+            if name != "olla":
+                ratios[f"p95 olla / {name}"] = ratio(mine["p95_ms"], other["p95_ms"])
+                ratios[f"goodput olla / {name}"] = ratio(mine["served"], other["served"])
+                if args.scenario == "models":
+                    ratios[f"loads olla / {name}"] = ratio(mine["loads"], other["loads"])
+    fleet = capacity(args)
+    print(
+        f"capacity: {fleet['slots']} slots / {fleet['mean_service_s']} s mean service time"
+        f" = {fleet['rps']} requests/s ({fleet['rps'] * args.duration:.0f} in"
+        f" {args.duration:.0f} s)",
+        file=sys.stderr,
+    )
     setup = {
+        "scenario": args.scenario,
         "olla_dir": str(args.olla_dir),
         "olla_knows_warm_routing": warm_key,
+        "olla_knows_queue": queue_key,
+        "skipped": {t: why for t, why in skipped.items() if t in targets},
+        "capacity": fleet,
+        "workload": {k: {"share": v[0], "chunks": v[1]} for k, v in workload(args).items()},
         "duration_s": args.duration,
         "clients": args.clients,
         "hosts": args.hosts,
@@ -556,7 +692,14 @@ def main(argv: list[str] | None = None) -> int:
             "token_ms": args.token_ms,
         },
     }
-    return publish({"setup": setup, "targets": results, "ratios": ratios}, ROWS, args)
+    rows = MIX_ROWS if args.scenario == "mix" else ROWS
+    report = {"setup": setup, "targets": results, "ratios": ratios}
+    head = (
+        f"{args.scenario}: capacity {fleet['rps']} requests/s = {fleet['slots']} slots /"
+        f" {fleet['mean_service_s']} s mean service time; {args.clients} clients,"
+        f" {args.duration:.0f} s per target"
+    )
+    return publish(report, rows, args, head)
 
 
 def multi_turn(args: argparse.Namespace) -> int:
@@ -595,9 +738,13 @@ def multi_turn(args: argparse.Namespace) -> int:
     return publish({"setup": setup, "targets": results, "ratios": ratios}, TURN_ROWS, args)
 
 
-def publish(report: dict[str, Any], rows: list[tuple[str, str]], args: argparse.Namespace) -> int:
+def publish(
+    report: dict[str, Any], rows: list[tuple[str, str]], args: argparse.Namespace, head: str = ""
+) -> int:
     """Print the table and the JSON; write the JSON to benchmarks/results/ (and --out)."""
     text = table(report["targets"], report["ratios"], rows)
+    if head:
+        text = f"{head}\n\n{text}"
     print(text)
     print()
     print(json.dumps(report, indent=1))

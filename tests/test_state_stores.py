@@ -26,6 +26,7 @@ from olla.state.shared import SharedState
 from olla.state.slots import RedisSlotStore
 from olla.state.stores import stores_for
 from tests.fakes.redis import FakeStore
+from tests.test_gate import Harness
 
 STICKY = StickySessionsConfig(enabled=True)
 
@@ -399,3 +400,24 @@ class StoresTests(SynchronousTestCase):
         self.assertEqual(list(stores.services), [shared, stores.made_load, stores.slots])
         status = stores.status()
         self.assertEqual((status["backend"], status["ok"], status["fallbacks"]), ("redis", True, 0))
+
+
+class GateOverSharedSlotsTests(Base):
+    def test_two_gates_one_cap(self) -> None:
+        """If two processes' admission gates share an endpoint of 2 slots through the store,
+        then together they never hold more than 2: a third request (in b) is held, and a
+        release in a lets it through in b."""
+        a = Harness(2, store=RedisSlotStore(self.a, self.clock))
+        b = Harness(2, store=RedisSlotStore(self.b, self.clock))
+        self.successResultOf(a.admit("a1"))
+        self.successResultOf(a.admit("a2"))
+        held = b.admit("b1")
+        self.assertNoResult(held)
+        self.assertEqual((b.gate.held, b.store.held(b.eps[0].id)), (1, 2))
+        a.grant("a1").release()
+        self.assertIs(self.successResultOf(held).endpoint, b.eps[0])
+        key = f"test:slots:{a.eps[0].id}"
+        self.assertEqual((b.gate.held, self.store.redis.execute_command("HLEN", key)), (0, 2))
+        b.grant("b1").release()
+        a.grant("a2").release()
+        self.assertEqual(self.store.redis.execute_command("HLEN", key), 0)

@@ -52,6 +52,7 @@ from olla.config.models import ModelRegistryConfig, RoutingStrategyConfig, Unifi
 from olla.config.proxy import (
     FilterConfig,
     ProxyConfig,
+    QueueConfig,
     RetryConfig,
     StickySessionsConfig,
     WarmRoutingConfig,
@@ -99,6 +100,7 @@ __all__ = [
     "OllaConfig",
     "Path_",
     "ProxyConfig",
+    "QueueConfig",
     "RateLimits",
     "RedisAddress",
     "RequestLimits",

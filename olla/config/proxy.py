@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_config -*-
-"""``proxy:``: timeouts, retries, warm routing, sticky sessions and the name filters."""
+"""``proxy:``: timeouts, retries, warm routing, sticky sessions, the admission queue and the
+name filters."""
 
 from __future__ import annotations
 
@@ -36,6 +37,23 @@ class StickySessionsConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """``proxy.queue``: the admission gate (``olla.proxy.gate``). On: no endpoint gets more of
+    olla's requests than its slots, and the rest wait in olla for the first free one. Off: every
+    request goes to its best candidate at once, however full (olla before the gate)."""
+
+    enabled: bool = True
+    #: requests held at once; one more is refused at once (503 and ``Retry-After``)
+    max_size: int = 1000
+    #: how long a request may be held before it is refused the same way (None: as long as
+    #: ``proxy.response_timeout``; see ``ProxyConfig.queue_max_wait``)
+    max_wait: float | None = None
+    #: a model's service time (seconds a request holds its slot) until one of its requests
+    #: has finished, when its profile gives none
+    default_service_time: float = 5.0
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -56,7 +74,32 @@ class ProxyConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     warm_routing: WarmRoutingConfig = field(default_factory=WarmRoutingConfig)
     sticky_sessions: StickySessionsConfig = field(default_factory=StickySessionsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     profile_filter: FilterConfig = field(default_factory=FilterConfig)
+
+    @property
+    def queue_max_wait(self) -> float:
+        """How long the admission queue holds a request: ``proxy.queue.max_wait``, else the
+        response timeout (else, with none, 15 minutes)."""
+        return self.queue.max_wait or self.response_timeout or 900.0
+
+
+def _queue(r: SectionReader) -> QueueConfig:
+    d = QueueConfig()
+    max_wait = r.duration("max_wait", 0.0) if r.has("max_wait") else None
+    if max_wait is not None and max_wait <= 0:
+        raise ConfigError("must be above 0: it bounds how long a request is held", r.at("max_wait"))
+    service = r.duration("default_service_time", d.default_service_time)
+    if service <= 0:
+        raise ConfigError("must be above 0", r.at("default_service_time"))
+    queue = QueueConfig(
+        enabled=r.flag("enabled", d.enabled),
+        max_size=r.integer("max_size", d.max_size, minimum=0),
+        max_wait=max_wait,
+        default_service_time=service,
+    )
+    r.finish()
+    return queue
 
 
 def _proxy(r: SectionReader) -> ProxyConfig:
@@ -107,6 +150,7 @@ def _proxy(r: SectionReader) -> ProxyConfig:
         retry=retry,
         warm_routing=warm,
         sticky_sessions=sticky,
+        queue=_queue(r.section("queue")),
         profile_filter=_filter(r.section("profile_filter")),
     )
     r.finish()

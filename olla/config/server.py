@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from olla.config._base import ConfigError, SectionReader, _check_cidr, interpolate, read_beside
+from olla.util.priority import DEFAULT_CEILING, Priority, PriorityError, parse_priority
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class ClientKey:
     models: tuple[str, ...] = ()
     #: may pull, create, copy, delete and push models (``model_management``)
     manage_models: bool = False
+    #: the highest ``X-Olla-Priority`` this key's requests get (``olla.util.priority``)
+    priority: Priority = DEFAULT_CEILING
 
 
 @dataclass(frozen=True)
@@ -94,17 +97,22 @@ def _client_key(item: object, path: tuple[str | int, ...], environ: Mapping[str,
     if not k_r.has("key"):
         raise ConfigError("needs a key", path)
     secret = interpolate(k_r.text("key", ""), environ, k_r.at("key")).strip()
+    try:
+        priority = parse_priority(k_r.text("priority", DEFAULT_CEILING.label))
+    except PriorityError as e:
+        raise ConfigError(str(e), k_r.at("priority")) from None
     result = ClientKey(
         key=secret,
         name=k_r.text("name", ""),
         requests_per_minute=k_r.integer("requests_per_minute", 0, minimum=0),
         models=k_r.strings("models", ()),
         manage_models=k_r.flag("manage_models", False),
+        priority=priority,
     )
     unknown = [
         str(name)
         for name in k_r.data
-        if name not in ("key", "name", "requests_per_minute", "models", "manage_models")
+        if name not in ("key", "name", "requests_per_minute", "models", "manage_models", "priority")
     ]
     if unknown:
         raise ConfigError(f"unknown key option {unknown[0]!r}", path)

@@ -39,8 +39,11 @@ from olla.interfaces import IHealthChecker, IOutcomeListener, IReconfigurable
 from olla.manage.manager import FleetManager
 from olla.manage.resource import ManagementResource
 from olla.profiles import ProfileRegistry
-from olla.proxy.dispatch import InOrder
 from olla.proxy.exchange import ProxyDeps
+from olla.proxy.fleetview import RouterView
+from olla.proxy.gate import AdmissionGate
+from olla.proxy.gatedispatch import GateDispatch
+from olla.proxy.movecost import PromptRates
 from olla.proxy.plan import Planner, startup_wait
 from olla.proxy.resource import ProxyResource
 from olla.proxy.routing import ProviderRoute, Router
@@ -55,9 +58,10 @@ from olla.telemetry.stats import Stats, StatsListener
 from olla.util.access import AccessPolicy
 from olla.web.dashboard import Dashboard
 from olla.web.internal import InternalApp
-from olla.web.metrics import Metrics, OllaCollector, metrics_registry
+from olla.web.metrics import Collectors, Metrics, OllaCollector, metrics_registry
 from olla.web.models import ModelsResource
 from olla.web.multiproc import WorkerFigures, merged_registry, multiprocess_dir
+from olla.web.queue import QueueCollector, queue_status
 from olla.web.site import OllaRoot, OllaSite, RootResource
 
 
@@ -89,6 +93,8 @@ class App:
     collector: OllaCollector
     #: the response and header-wait bounds every exchange reads (reconfigured by a reload)
     timeouts: TimeoutPolicy
+    #: the dispatch stage: the admission gate (``proxy.queue``) every attempt passes
+    dispatch: GateDispatch
     #: every component that applies a reloaded config to itself
     reconfigurables: tuple[IReconfigurable, ...]
     dashboard: Dashboard | None = None
@@ -201,10 +207,22 @@ def build_app(
     outcomes.subscribe(failovers)
     if sticky is not None:
         outcomes.subscribe(sticky)
+    rates = PromptRates()
+    outcomes.subscribe(rates)
     request_log = RequestLog(config)
     outcomes.subscribe(request_log)
     for listener in listeners:
         outcomes.subscribe(listener)
+
+    # The admission gate: its slots in a store (shared by the workers when one is configured),
+    # the fleet as routing sees it, each model's cap from its profile.
+    gate = AdmissionGate(
+        stores.slots, RouterView(router), clock, config.proxy, cap_for=catalogue.cap_for
+    )
+    dispatch = GateDispatch(gate, registry, rates, clock)
+    # what a held request may go to changes with health, what is loaded, and reloads
+    registry.add_listener(lambda endpoint, old, new: gate.poke())
+    discovery.on_loaded.append(lambda endpoint: gate.poke())
 
     planner = Planner(
         router,
@@ -218,7 +236,7 @@ def build_app(
         registry=registry,
         catalogue=catalogue,
         planner=planner,
-        dispatch=InOrder(registry),
+        dispatch=dispatch,
         agent=agent,
         clock=clock,
         cooperator=cooperator,
@@ -260,17 +278,18 @@ def build_app(
         sticky=sticky,
         state=stores.status,
     )
+    queue = QueueCollector(gate)
     # --workers: every worker's figures, merged at each scrape (prometheus_client's
     # multiprocess mode); one process: this one's, read live
     figures: WorkerFigures | None = None
     merged = multiprocess_dir() if worker is not None and worker.count > 1 else None
     if merged is not None:
-        figures = WorkerFigures(collector, clock, shared=shared is not None)
+        figures = WorkerFigures(Collectors(collector, queue), clock, shared=shared is not None)
         outcomes.subscribe(figures)
         health.on_probe.append(lambda endpoint, result: figures.changed())
         metrics = Metrics(merged_registry(merged), before=figures.flush)
     else:
-        metrics = Metrics(metrics_registry(collector))
+        metrics = Metrics(metrics_registry(collector, queue))
     internal = InternalApp(
         registry,
         clock=clock,
@@ -286,6 +305,7 @@ def build_app(
         stats=stats,
         metrics=metrics,
         profiles=profiles,
+        queue=lambda: queue_status(gate, rates, registry),
         state=stores.status,
     )
     limits = config.server.request_limits
@@ -318,6 +338,7 @@ def build_app(
         guard,
         collector,
         request_log,
+        dispatch,
     ]
     if dashboard is not None:
         reconfigurables.append(dashboard)
@@ -349,6 +370,7 @@ def build_app(
         collector=collector,
         management=management,
         timeouts=timeouts,
+        dispatch=dispatch,
         stores=stores,
         figures=figures,
         reconfigurables=tuple(reconfigurables),

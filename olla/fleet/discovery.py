@@ -132,6 +132,9 @@ class DiscoveryService(Service):
         #: /api/show asks: a few at a time, one per model and digest
         self._show_limit = DeferredSemaphore(SHOW_CONCURRENCY)
         self._showing: dict[tuple[str, str], Deferred[None]] = {}
+        #: told the endpoint whose loaded models were just read (the admission gate looks at
+        #: what its held requests may go to again)
+        self.on_loaded: list[Callable[[Endpoint], object]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -453,6 +456,8 @@ class DiscoveryService(Service):
         else:
             if endpoint in self._registry:  # not removed by a reload meanwhile
                 self._catalogue.set_loaded(endpoint, [row["name"] for row in rows], rows)
+                for hear in self.on_loaded:
+                    hear(endpoint)
 
     def refresh_loaded(self, endpoints: Iterable[Endpoint]) -> Deferred[None]:
         """Ask each Ollama endpoint what it has in memory now (``/api/ps`` is live state: a

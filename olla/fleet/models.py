@@ -236,6 +236,12 @@ class ModelCatalogue:
         entry = self._by_endpoint.setdefault(endpoint, _EndpointModels())
         entry.loading.setdefault(entry.key(name), now)
 
+    def resident(self, endpoint: Endpoint) -> set[str]:
+        """What takes memory on ``endpoint``: the models it has loaded, and those olla sent it
+        while they were not (their load is under way)."""
+        entry = self._by_endpoint.get(endpoint)
+        return entry.loaded | entry.loading.keys() if entry else set()
+
     def loading_since(self, endpoint: Endpoint, name: str) -> float | None:
         entry = self._by_endpoint.get(endpoint)
         return entry.loading.get(entry.key(name)) if entry else None

@@ -17,6 +17,7 @@ from twisted.web.server import Request
 
 from olla.config import ClientKey
 from olla.util.errors import Dialect, write_error
+from olla.util.priority import Priority
 
 #: headers a stage owns, set over whatever else the answer carries as its head goes out:
 #: (the prefix of the names it replaces, the headers)
@@ -39,6 +40,12 @@ class RequestContext:
     client_ip: str = ""
     #: the client key the request presented (the guard matched it), when keys are on
     key: ClientKey | None = None
+    #: its place in the admission queue: ``X-Olla-Priority``, within its key's ceiling (the
+    #: guard decides)
+    priority: Priority = Priority.NORMAL
+    #: seconds the admission queue held it, summed over its attempts (the dispatch stage
+    #: adds them); None: it never passed the queue
+    queued: float | None = None
     #: the provider route that took the request (its prefix), for its record
     route: str | None = None
     #: a stage publishes this request's record itself (the exchange); else the front does

@@ -4,7 +4,9 @@
 In order: the client address (through trusted proxies), CORS (a preflight is answered here and
 never reaches a backend), the internal-routes policy, then on the limited routes (everything
 but ``/internal/*`` and ``/version``) the per-IP and global limits, the client key and its own
-limit and model list. ``/internal/health`` has its own per-IP budget and is never gated.
+limit and model list, and the request's priority in the admission queue (``X-Olla-Priority``,
+lowered to the key's ``priority`` when keys are on; a value that names no priority is a
+``400``). ``/internal/health`` has its own per-IP budget and is never gated.
 
 The guard reads the request and writes only its ``RequestContext`` (who is asking, the key,
 the headers it owns: ``X-RateLimit-*``, ``Access-Control-*``) and the rate store; a refusal is
@@ -27,6 +29,7 @@ from olla.guard.policy import HEALTH_PATH, InternalPolicy, is_internal
 from olla.guard.ratelimit import RateLimiter, Verdict
 from olla.interfaces import IReconfigurable
 from olla.telemetry.security import SecurityStats
+from olla.util.priority import PRIORITY_HEADER, PriorityError, request_priority
 
 #: routes that are neither limited nor need a key (besides ``/internal/*``)
 _OPEN_PATHS = frozenset({b"/version"})
@@ -94,11 +97,12 @@ class Guard:
             return None
         if path in _OPEN_PATHS:
             return None
-        if not self.limiter.enabled and not self.keys.enabled:
-            return None
+        if not self.keys.enabled:  # without keys the header is honoured as it is
+            refused = self._prioritise(request, context)
+            if refused is not None or not self.limiter.enabled:
+                return refused
+            return self.limiter.check(client_ip).addCallback(self._limited, context)
         checked = self.limiter.check(client_ip).addCallback(self._limited, context)
-        if not self.keys.enabled:
-            return checked
         return checked.addCallback(self._keyed, request, context)
 
     def _keyed(
@@ -115,9 +119,25 @@ class Guard:
                 ((b"WWW-Authenticate", b'Bearer realm="olla"'),),
             )
         context.key = key
+        refused = self._prioritise(request, context)
+        if refused is not None:
+            return refused
         return self.limiter.check_key(key.name, key.requests_per_minute).addCallback(
             self._limited, context
         )
+
+    @staticmethod
+    def _prioritise(request: ContextRequest, context: RequestContext) -> LocalAnswer | None:
+        """The request's priority: what ``X-Olla-Priority`` asks for, within its key's."""
+        asked = request.getHeader(PRIORITY_HEADER)
+        if asked is None and context.key is None:
+            return None  # normal: the context's default
+        ceiling = context.key.priority if context.key is not None else None
+        try:
+            context.priority = request_priority(asked, ceiling)
+        except PriorityError as e:
+            return LocalAnswer(400, f"X-Olla-Priority {e}")
+        return None
 
     def _limited(self, verdict: Verdict | None, context: RequestContext) -> LocalAnswer | None:
         if verdict is None:

@@ -38,7 +38,7 @@ from olla.fleet.models import ModelCatalogue
 from olla.fleet.sticky import Affinity
 from olla.front.context import RequestContext
 from olla.interfaces import IReconfigurable
-from olla.proxy.dispatch import IDispatch, IWalk
+from olla.proxy.dispatch import IDispatch, IWalk, Refused
 from olla.proxy.forward import BytesProducer, StreamBody, body_producer
 from olla.proxy.headers import (
     SERVED_BY,
@@ -73,6 +73,9 @@ _CONNECTION_FAILURES = (*UNREACHABLE, *TIMEOUTS)
 
 #: the status a request's record shows when its client left first (as nginx logs it)
 CLIENT_CLOSED = 499
+#: how many times a request is planned again because its candidates all left rotation while
+#: it was held (each time it keeps its place in the queue)
+MAX_REPLANS = 3
 
 
 @implementer(IReconfigurable)
@@ -141,8 +144,8 @@ class Exchange:
     # one lives per request in flight (a thousand slow streams: a thousand of them)
     __slots__ = (
         "_attempts", "_candidate", "_context", "_deadline", "_deps", "_ended", "_error",
-        "_failovers", "_last", "_model", "_pending", "_plan", "_query", "_request",
-        "_response_timer", "_shape", "_shaped", "_stale_retried", "_start", "_status",
+        "_failovers", "_last", "_model", "_pending", "_plan", "_query", "_replans", "_request",
+        "_response_timer", "_shape", "_shaped", "_shaper", "_stale_retried", "_start", "_status",
         "_stream", "_streamed", "_target", "_timed_out", "_usage", "_waiting", "_walk",
         "affinity", "small_body",
     )  # fmt: skip
@@ -170,6 +173,8 @@ class Exchange:
         #: the body, when small enough to inspect (alias rewrites, the sticky prefix)
         self.small_body = small_body
         self._plan = _NO_PLAN
+        self._shaper: Shaper | None = None
+        self._replans = 0
         self._walk: IWalk | None = None
         self._attempts = 0
         #: "name:cause" for each attempt that handed over to the next candidate
@@ -201,6 +206,7 @@ class Exchange:
     def start(self, shaper: Shaper) -> None:
         """Plan the request (the planning stage), let the route shape the candidates, then
         walk them."""
+        self._shaper = shaper
         try:
             planning = self._deps.planner.plan(self._context, self._query)
             if isinstance(planning, Planned):
@@ -240,7 +246,8 @@ class Exchange:
             return
         retry = self._deps.config.retry
         budget = (retry.max_attempts or len(plan.candidates)) if retry.enabled else 1
-        self._walk = self._deps.dispatch.walk(plan, self._context, budget)
+        pinned = self.affinity.pinned if self.affinity is not None else None
+        self._walk = self._deps.dispatch.walk(plan, self._context, budget, self._model, pinned)
         self._next_attempt()
 
     def _next_attempt(self) -> None:
@@ -264,12 +271,50 @@ class Exchange:
 
     def _not_dispatched(self, failure: Failure) -> None:
         self._waiting = None
-        if not failure.check(CancelledError):
+        refused = failure.value
+        if isinstance(refused, Refused) and not self._context.gone:
+            self._dispatch_refused(refused)
+            return
+        if not failure.check(CancelledError, Refused):
             failure.raiseException()
         if self._timed_out is not None and not self._context.gone:
             self._reject(504, f"olla: {self._timed_out}", code="timeout")
             return
         self._finish(None)  # the client left while the request was held
+
+    def _may_plan_again(self) -> bool:
+        """Every candidate of a plan made before the admission queue held the request has
+        failed to connect: plan it again (a host that was out of rotation then may be back,
+        and the ones that just failed are out of it now) rather than fail it while a healthy
+        host can serve it. True when it did."""
+        held = self._context.queued is not None and self._context.queued > 0
+        retry = self._deps.config.retry.on_connection_failure
+        if not (held and retry) or self._replans >= MAX_REPLANS or self._shaper is None:
+            return False
+        self._replans += 1
+        if self._walk is not None:
+            self._walk.close()
+        self.start(self._shaper)
+        return True
+
+    def _dispatch_refused(self, refused: Refused) -> None:
+        """The dispatch stage sends the request nowhere: plan it again (its candidates left
+        rotation while it was held), or answer as it says (503 with ``Retry-After``)."""
+        if refused.replan and self._replans < MAX_REPLANS and self._shaper is not None:
+            self._replans += 1
+            if self._walk is not None:
+                self._walk.close()
+            self.start(self._shaper)
+            return
+        if refused.retry_after is not None:
+            self._request.setHeader(b"Retry-After", b"%d" % refused.retry_after)
+        self._log.info(
+            "request {request_id} refused by the admission queue: {message}",
+            request_id=self._context.request_id,
+            message=refused.message,
+            reason=refused.code,
+        )
+        self._reject(refused.status, refused.message, code=refused.code)
 
     # ------------------------------------------------------------------ the upstream request
 
@@ -387,8 +432,11 @@ class Exchange:
         unreachable: bool = False,
         busy_for: float | None = None,
         load_seconds: float | None = None,
+        keep_slot: bool = False,
     ) -> AttemptRecord:
-        """Every attempt ends here exactly once: its record goes to the listeners."""
+        """Every attempt ends here exactly once: its record goes to the listeners, then what
+        the dispatch stage gave it (its slot) goes back, unless ``keep_slot`` (the same
+        candidate is tried again at once)."""
         start = self._start
         assert start is not None
         record = AttemptRecord(
@@ -405,6 +453,9 @@ class Exchange:
         )
         self._last = record
         self._deps.outcomes.attempt_finished(record)
+        if not keep_slot and self._walk is not None:
+            served = outcome is Outcome.OK and (status or 0) < 400
+            self._walk.ended(served, load_seconds)
         return record
 
     def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
@@ -431,7 +482,7 @@ class Exchange:
             # A pooled keep-alive connection the backend had just closed: not the backend's
             # fault, and nothing reached it. One more try on a fresh connection decides.
             self._stale_retried.add(endpoint)
-            self._attempt_ended(Outcome.CLIENT_GONE)
+            self._attempt_ended(Outcome.CLIENT_GONE, keep_slot=True)
             assert self._candidate is not None
             self._attempt(self._candidate)
             return
@@ -455,6 +506,8 @@ class Exchange:
             return
         self._attempt_ended(Outcome.FAILED, cause=cause, unreachable=True)
         self._note_failover(endpoint, cause, f"unreachable ({cause})")
+        if self._may_plan_again():
+            return
         self._reject(
             502,
             f"proxy error: endpoint {endpoint.name} ({endpoint.display_url}) "
@@ -694,6 +747,8 @@ class Exchange:
             return
         self._ended = True
         self._response_timer.stop()
+        if self._walk is not None:
+            self._walk.close()  # whatever it still holds goes back
         status = self._status
         shape = self._shape or self._plan.unserved
         if shape is not None:
@@ -762,6 +817,8 @@ class Exchange:
             sticky=affinity.outcome.value
             if affinity is not None and affinity.outcome is not None
             else None,
+            queued=context.queued,
+            priority=context.priority.label if context.queued is not None else None,
         )
 
     def _bug(self, failure: Failure) -> None:

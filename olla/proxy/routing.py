@@ -268,12 +268,18 @@ class Router:
         wait = 0.0
         if ahead > 0:
             wait = ahead * view.expected_service_time(endpoint, now) / slots
-        if not self.catalogue.warm(endpoint, model):
-            load = self.catalogue.expected_load(endpoint, model, self.warm.default_load_time)
-            since = self.catalogue.loading_since(endpoint, model)
-            # a load already under way there costs only what is left of it
-            wait += load if since is None else max(0.0, load - (now - since))
-        return wait
+        return wait + self.load_wait(endpoint, model)
+
+    def load_wait(self, endpoint: Endpoint, model: str) -> float:
+        """Seconds ``endpoint`` needs before it can run ``model`` in a free slot: none where it
+        is in memory, what is left of a load olla already started there, else a whole load
+        (learnt, else the profile's size class, else ``default_load_time``)."""
+        if self.catalogue.warm(endpoint, model):
+            return 0.0
+        load = self.catalogue.expected_load(endpoint, model, self.warm.default_load_time)
+        since = self.catalogue.loading_since(endpoint, model)
+        # a load already under way there costs only what is left of it
+        return load if since is None else max(0.0, load - (self.clock.seconds() - since))
 
     def _explain(
         self, decision: RoutingDecision, usable: Sequence[Endpoint], model: str

@@ -104,3 +104,8 @@ class RequestRecord:
     session_source: str | None = None
     session_model: str | None = None
     sticky: str | None = None
+    #: seconds the admission queue held it (0: let through at once), summed over its
+    #: attempts; None: it never passed the queue (no model, or answered by olla itself)
+    queued: float | None = None
+    #: its priority in the admission queue (``high``, ``normal``, ``low``), when it passed it
+    priority: str | None = None

@@ -59,11 +59,14 @@ class RequestLog(OutcomeListener):
             mode=record.mode,
             client_key=record.client_key,
             operation=record.operation,
+            priority=record.priority,
             endpoint=record.endpoint or ",".join(record.endpoints) or "-",
             model=record.model or "-",
             duration_ms=round(record.duration * 1000),
             failovers=list(failovers),
             ttft_ms=None if ttft is None else round(ttft * 1000),
+            queued_ms=None if record.queued is None else round(record.queued * 1000),
+            queue=_queue_text(record),
             tokens=_tokens_text(record),
             tried=f" failed_over={','.join(failovers)}" if failovers else "",
             why=f" why={record.error!r}" if record.error else "",
@@ -78,12 +81,23 @@ class RequestLog(OutcomeListener):
 
 _LINE = (
     "{method} {path} -> {endpoint} model={model} status={status} "
-    "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{tokens}{tried}{why}{did} "
+    "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{queue}{tokens}{tried}{why}{did} "
     "client={client_ip}{key}"
 )
 
 #: the ``logging.level`` values that show info lines
 _SHOWN = ("debug", "info")
+
+
+def _queue_text(record: RequestRecord) -> str:
+    """`` queued=120ms`` (`` queued=120ms priority=low`` when not normal) for the log line,
+    when the request passed the admission queue."""
+    if record.queued is None:
+        return ""
+    text = f" queued={round(record.queued * 1000)}ms"
+    if record.priority is not None and record.priority != "normal":
+        text += f" priority={record.priority}"
+    return text
 
 
 def _tokens_text(record: RequestRecord) -> str:

@@ -202,6 +202,7 @@ class InternalApp:
         stats: Stats | None = None,
         metrics: Metrics | None = None,
         profiles: ProfileRegistry | None = None,
+        queue: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
         state: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """Bind the routes to the live state.
@@ -220,6 +221,7 @@ class InternalApp:
             stats: the request statistics, for ``/internal/stats/models``.
             metrics: the Prometheus page; without it ``/internal/metrics`` is a 404.
             profiles: the loaded profiles; ``/internal/status`` says where each came from.
+            queue: the admission queue's section of ``/internal/status`` and its stable view.
             state: the state store's ``{backend, ok, fallbacks, ...}`` for ``/internal/status``.
         """
         self._registry = registry
@@ -238,6 +240,7 @@ class InternalApp:
         self._worker = worker or WorkerIdentity()
         self._stats = stats or Stats()
         self._metrics = metrics
+        self._queue = queue
         self._state = state or (lambda: {"backend": "memory", "ok": True, "fallbacks": 0})
         #: which config runs: ``use_config`` moves these on a reload
         self._generation = 1
@@ -276,6 +279,8 @@ class InternalApp:
         payload["worker"] = stable["worker"] = self._worker.payload()
         if self._profiles is not None:
             payload["profiles"] = stable["profiles"] = profiles_payload(self._profiles)
+        if self._queue is not None:
+            payload["queue"], stable["queue"] = self._queue()
         # where shared state lives and whether it answers (fallbacks: answers this process
         # took from its own memory because it did not)
         state = payload["state"] = self._state()

@@ -324,10 +324,22 @@ class OllaCollector(Collector):
         )
 
 
-def metrics_registry(collector: OllaCollector) -> CollectorRegistry:
-    """A registry of olla's own: its collector and the process, platform and GC figures."""
+class Collectors(Collector):
+    """Several collectors read as one (what a worker writes into its multiprocess files)."""
+
+    def __init__(self, *parts: Collector) -> None:
+        self._parts = parts
+
+    def collect(self) -> Iterable[Metric]:
+        for part in self._parts:
+            yield from part.collect()
+
+
+def metrics_registry(*collectors: Collector) -> CollectorRegistry:
+    """A registry of olla's own: its collectors and the process, platform and GC figures."""
     registry = CollectorRegistry()
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     ProcessCollector(namespace="olla", registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

@@ -372,16 +372,21 @@ def _churn(
     return traffic, problems
 
 
-def test_chaos_kill_and_restart_every_two_seconds(tmp_path: Path, trio: list[FakeProcess]) -> None:
+@pytest.mark.parametrize("cap", [None, 3], ids=["default-slots", "capped-at-3"])
+def test_chaos_kill_and_restart_every_two_seconds(
+    tmp_path: Path, trio: list[FakeProcess], cap: int | None
+) -> None:
     """If one of three backends is killed -9 and restarted on its port every 2 s, in turn,
     while steady requests and 20 streams run, then no request that had not started streaming
-    fails, only streams served by the backend killed meanwhile break, no in-flight counter or
-    file descriptor leaks, and all three are healthy within one check_interval of the last
-    restart."""
+    fails, only streams served by the backend killed meanwhile break, no in-flight counter,
+    admission slot or file descriptor leaks, and all three are healthy within one
+    check_interval of the last restart. With the admission queue's caps at their default (4
+    slots an Ollama) and at 3 (9 slots for 24 clients: requests are held all along)."""
     names = ["A", "B", "C"]
     ports = {fake.port for fake in trio}
+    slots = {} if cap is None else {"max_concurrency": cap}
     endpoints = [
-        ollama_endpoint(name, fake.url, check_interval="1s", check_timeout="500ms")
+        ollama_endpoint(name, fake.url, check_interval="1s", check_timeout="500ms", **slots)
         for name, fake in zip(names, trio, strict=True)
     ]
     with running_olla(tmp_path, endpoints) as daemon:
@@ -402,10 +407,13 @@ def test_chaos_kill_and_restart_every_two_seconds(tmp_path: Path, trio: list[Fak
         def settled() -> bool:
             status = _endpoints_status(daemon)
             census = _steady_census(pid, ports)
+            queue = _get_json(f"{daemon.url}/internal/status")["queue"]
             return (
                 all(status[n]["active_connections"] == 0 for n in names)
                 and census.close_wait == 0
                 and census.own <= baseline.own + 2
+                and queue["held"] == 0
+                and all(slots["in_use"] == 0 for slots in queue["slots"].values())
             )
 
         try:
@@ -416,6 +424,12 @@ def test_chaos_kill_and_restart_every_two_seconds(tmp_path: Path, trio: list[Fak
         active = {n: status[n]["active_connections"] for n in names}
         if any(active.values()):
             problems.append(f"in-flight counters leaked: {active}")
+        queue = _get_json(f"{daemon.url}/internal/status")["queue"]
+        in_use = {name: slots["in_use"] for name, slots in queue["slots"].items()}
+        if queue["held"] or any(in_use.values()):
+            problems.append(f"admission slots leaked: held {queue['held']}, in use {in_use}")
+        if cap is not None and not queue["totals"]["after_wait"]:
+            problems.append(f"the queue never held a request at cap {cap}: {queue['totals']}")
         census = _steady_census(pid, ports)
         # Idle keep-alive connections to the backends (``pooled``) legitimately differ from the
         # baseline: the pool keeps up to 256 per host for 60 s, and while one host was down the
@@ -472,9 +486,22 @@ def test_chaos_with_two_workers_and_the_store(tmp_path: Path, trio: list[FakePro
             except AssertionError:
                 active = {n: e["active_connections"] for n, e in _endpoints_status(daemon).items()}
                 problems.append(f"in-flight counters leaked: {active}")
+            try:  # the admission slots are the store's: either worker reads the fleet's
+                _wait_for("slots settled", lambda: not _slots_busy(daemon), 3.0, every=0.1)
+            except AssertionError:
+                problems.append(f"admission slots leaked: {_slots_in_use(daemon)}")
             assert problems == [], "\n".join(problems)
         finally:
             daemon.stop()
+
+
+def _slots_in_use(daemon: OllaDaemon) -> dict[str, int]:
+    queue = _get_json(f"{daemon.url}/internal/status")["queue"]
+    return {name: slots["in_use"] for name, slots in queue["slots"].items()}
+
+
+def _slots_busy(daemon: OllaDaemon) -> bool:
+    return any(_slots_in_use(daemon).values())
 
 
 # ---------------------------------------------------------------------------------- warm host

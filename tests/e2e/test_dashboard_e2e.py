@@ -40,8 +40,10 @@ class Row:
 
 
 class PageReader(HTMLParser):
-    """The rows under each ``<tbody id=...>``, the ids of ``hidden`` elements, and ``<body>``'s
-    attributes, from the DOM Chromium dumped. Text comes back unescaped, as the user reads it."""
+    """The rows under each ``<tbody id=...>``, the ids of ``hidden`` elements, ``<body>``'s
+    attributes, and the text of every other element with an ``id`` that holds only text (a
+    card's value, a count, a line), from the DOM Chromium dumped. Text comes back unescaped,
+    as the user reads it."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -52,6 +54,8 @@ class PageReader(HTMLParser):
         self._table: str | None = None
         self._row: Row | None = None
         self._field: str | None = None
+        self.texts: dict[str, str] = {}
+        self._text: str | None = None  # the id whose text is being read
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -63,6 +67,9 @@ class PageReader(HTMLParser):
         if tag == "tbody":
             self._table = values.get("id", "")
             self.tables[self._table] = []
+        elif "id" in values and tag in ("span", "div", "p"):
+            self._text = values["id"]
+            self.texts[self._text] = ""
         elif tag == "tr" and self._table is not None:
             self._row = Row({k[5:]: v for k, v in values.items() if k.startswith("data-")})
             self.tables[self._table].append(self._row)
@@ -72,6 +79,8 @@ class PageReader(HTMLParser):
                 self._row.cells[self._field] = ""
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in ("span", "div", "p"):
+            self._text = None
         if tag == "tbody":
             self._table = None
         elif tag == "tr":
@@ -82,6 +91,8 @@ class PageReader(HTMLParser):
             self._row.cells[self._field] += " "  # a block or a tag ends a word
 
     def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self.texts[self._text] += data
         if self._row is not None and self._field:
             self._row.cells[self._field] += data
 
@@ -122,6 +133,18 @@ def test_endpoints_with_their_health(loaded: tuple[Fleet, str, PageReader]) -> N
     assert int(endpoints["gpu-b"].cells["requests"]) == 1
     assert endpoints["gpu-a"].cells["in-flight"] == "0"
     assert "ms" in endpoints["gpu-a"].cells["latency"]
+
+
+def test_queue_panel(loaded: tuple[Fleet, str, PageReader]) -> None:
+    """If the page has loaded, then it shows the admission queue: nothing held now, and the
+    requests it let through at once (every chat found a free slot)."""
+    _, _, page = loaded
+    assert "queue-panel" not in page.hidden
+    assert page.texts["sum-queued"] == "0"
+    assert page.texts["queue-count"] == "0 held (at most 1000)"
+    assert page.tables["queue"][0].cells == {}  # the one "nothing waiting" row
+    totals = page.texts["queue-totals"]
+    assert totals.startswith("5 let through at once, 0 after a wait, 0 refused"), totals
 
 
 def test_names_are_shown_as_text(loaded: tuple[Fleet, str, PageReader]) -> None:
@@ -217,12 +240,27 @@ def _endpoint(status: str) -> dict[str, object]:
     }
 
 
+QUEUE = {
+    "enabled": True,
+    "max_size": 1000,
+    "held": 4,
+    "models": {
+        MODEL: {"held": {"high": 1, "normal": 2, "low": 0}, "oldest_wait_s": 1.25,
+                "service_time_s": 3.0, "service_time_learnt": True},
+        "<b>qwen</b>": {"held": {"high": 0, "normal": 0, "low": 1}, "oldest_wait_s": 0.08,
+                        "service_time_s": 5.0, "service_time_learnt": False},
+    },
+    "totals": {"at_once": 40, "after_wait": 12, "queue_full": 3, "wait_timeout": 1,
+               "cancelled": 2},
+}  # fmt: skip
+
+
 def _canned(path: str, call: int) -> object | None:
     """What the stand-in answers on its ``call``-th request (0 first) for ``path``: gpu-a
     healthy with no failover at first, offline with one failover from the second call on."""
     later = call > 0
     return {
-        "/internal/status": {"system": {"status": "healthy", "version": "0"}},
+        "/internal/status": {"system": {"status": "healthy", "version": "0"}, "queue": QUEUE},
         "/internal/status/endpoints": {
             "endpoints": [_endpoint("offline" if later else "healthy")],
             "healthy_count": 0 if later else 1,
@@ -304,3 +342,22 @@ def test_page_shows_what_changed_since_it_loaded(canned: tuple[PageReader, Count
     failover = page.rows("failovers", "failover")["calm-hums-0001"].cells
     assert (failover["from"], failover["to"]) == ("gpu-a", "gpu-b")
     assert failover["cause"].split() == ["unreachable", "connection", "refused"]
+
+
+def test_queue_panel_shows_what_waits(canned: tuple[PageReader, Counter[str]]) -> None:
+    """If requests are held, then the queue panel shows them per model and priority with the
+    oldest one's wait and the model's service time (a prior until learnt), names as text, and
+    what the queue did so far."""
+    page, _ = canned
+    assert "queue-panel" not in page.hidden
+    assert (page.texts["sum-queued"], page.texts["queue-count"]) == ("4", "4 held (at most 1000)")
+    rows = page.rows("queue", "queue-model")
+    assert list(rows) == ["<b>qwen</b>", MODEL]
+    held = rows[MODEL].cells
+    assert (held["high"], held["normal"], held["low"], held["oldest"]) == ("1", "2", "0", "1.3s")
+    assert rows["<b>qwen</b>"].cells["oldest"] == "80ms"
+    assert page.texts["queue-totals"] == (
+        "40 let through at once, 12 after a wait, 4 refused (3 queue full, 1 waited too long), "
+        "2 gave up while held"
+    )
+    assert "b" not in page.tags

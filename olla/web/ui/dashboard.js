@@ -116,6 +116,47 @@
     text("sum-inflight", system.active_connections);
     text("sum-traffic", system.total_traffic);
     text("sum-uptime", system.uptime);
+    renderQueue(status.queue);
+  }
+
+  // The admission queue (the "queue" section of /internal/status): requests held per model
+  // and priority now, and what the queue has done so far. Hidden when olla has no queue.
+  function renderQueue(queue) {
+    const panel = byId("queue-panel");
+    if (!queue) {
+      panel.hidden = true;
+      text("sum-queued", "-");
+      return;
+    }
+    panel.hidden = false;
+    text("sum-queued", queue.enabled ? queue.held : "off");
+    text(
+      "queue-count",
+      queue.enabled ? queue.held + " held (at most " + queue.max_size + ")" : "off"
+    );
+    const models = queue.models || {};
+    const rows = Object.keys(models).sort().map(function (name) {
+      const row = models[name];
+      const held = row.held || {};
+      return el("tr", { data: { queueModel: name } }, [
+        cell(name),
+        cell(held.high || 0, "num", { field: "high" }),
+        cell(held.normal || 0, "num", { field: "normal" }),
+        cell(held.low || 0, "num", { field: "low" }),
+        cell(ms(row.oldest_wait_s * 1000), "num", { field: "oldest" }),
+        cell(ms(row.service_time_s * 1000) + (row.service_time_learnt ? "" : " (prior)"), "num"),
+      ]);
+    });
+    fill(byId("queue"), rows, 6, "Nothing waiting: every request found a free slot.");
+    const t = queue.totals || {};
+    const refused = (t.queue_full || 0) + (t.wait_timeout || 0);
+    text(
+      "queue-totals",
+      (t.at_once || 0) + " let through at once, " + (t.after_wait || 0) + " after a wait, " +
+        refused + " refused (" + (t.queue_full || 0) + " queue full, " +
+        (t.wait_timeout || 0) + " waited too long), " + (t.cancelled || 0) +
+        " gave up while held"
+    );
   }
 
   function renderEndpoints(payload) {
