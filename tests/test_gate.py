@@ -37,6 +37,7 @@ class FakeFleet:
         self.in_memory: dict[Endpoint, frozenset[str]] = {}
         self.load = 2.0
         self.endpoints: list[Endpoint] = []  # what ``homes`` counts over
+        self.tiers: dict[Endpoint, int] = {}  # the balancer's tier (default 0)
 
     def usable(self, endpoint: Endpoint) -> bool:
         return endpoint not in self.down
@@ -58,6 +59,9 @@ class FakeFleet:
 
     def loaded(self, endpoint: Endpoint) -> frozenset[str]:
         return self.in_memory.get(endpoint, frozenset())
+
+    def tier(self, endpoint: Endpoint) -> int:
+        return self.tiers.get(endpoint, 0)
 
     def homes(self, model: str) -> list[Endpoint]:
         return [
@@ -527,6 +531,20 @@ class SecondHomeTests(SynchronousTestCase):
         h.grant("first").release()
         self.assertIs(self.successResultOf(held).endpoint, a)
         self.assertEqual(h.gate.counters["second_homes"], 0)
+
+    def test_higher_tier_cold_host_goes_first(self) -> None:
+        """If the operator ranks a cold host above the model's warm one (``load_balancer:
+        priority``), then the request goes to the cold host, as routing's order says; in one
+        tier the warm host with a free slot still wins."""
+        h = Harness(2, 2)
+        a, b = h.eps
+        h.fleet.cold.add((a, HOT))
+        self.assertIs(self.successResultOf(h.admit("same tier")).endpoint, b)
+        h.fleet.tiers[a] = -200
+        h.fleet.tiers[b] = -100
+        grant = self.successResultOf(h.admit("a first"))
+        self.assertIs(grant.endpoint, a)
+        self.assertTrue(grant.cold)
 
     def test_hot_model_gets_a_second_home(self) -> None:
         """If a model's only home stays full (requests arrive as fast as it serves them),

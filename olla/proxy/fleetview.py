@@ -40,6 +40,10 @@ class IFleetView(Interface):
         """The lower-cased names of the models in memory on ``endpoint``, or being loaded there
         (empty: none, or the backend never says)."""
 
+    def tier(endpoint: Endpoint) -> int:
+        """The balancer's tier (lower first, ``IBalancer.tier``): a host the operator ranks
+        above every home of a model is where its requests go, loaded or not."""
+
     def homes(model: str) -> list[Endpoint]:
         """The usable endpoints, not busy, that have ``model`` in memory or are loading it."""
 
@@ -90,6 +94,9 @@ class RouterView:
 
     def loaded(self, endpoint: Endpoint) -> frozenset[str]:
         return frozenset(self._router.catalogue.resident(endpoint))
+
+    def tier(self, endpoint: Endpoint) -> int:
+        return self._router.balancer.tier(endpoint)
 
     def homes(self, model: str) -> list[Endpoint]:
         registry = self._router.registry

@@ -82,10 +82,16 @@ class Placement:
     def load_pays(self, ticket: Ticket, endpoint: Endpoint, model: str, now: float) -> bool:
         """Whether ``ticket`` may load ``model`` on ``endpoint`` (usable, a slot free there)."""
         fleet = self._fleet
+        # a home the balancer ranks below this host does not count: routing orders by tier
+        # before warmth (``load_balancer: priority`` says where requests go), and so does this
+        tier = fleet.tier(endpoint)
         homes = [
             ep
             for ep in ticket.candidates
-            if fleet.usable(ep) and not fleet.busy(ep) and fleet.hosting(ep, ticket.model_on(ep))
+            if fleet.usable(ep)
+            and not fleet.busy(ep)
+            and fleet.tier(ep) <= tier
+            and fleet.hosting(ep, ticket.model_on(ep))
         ]
         here = self.evicts(endpoint, model)
         if not homes:
