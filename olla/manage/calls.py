@@ -17,6 +17,7 @@ What the call was (operation, model, targets) and why it failed go into the requ
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -65,7 +66,7 @@ def _line(document: Document) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 
 
-class Call:
+class Call(ABC):
     """One management call: a host coroutine per target (each asked as ``asked`` says), then
     :meth:`answer`."""
 
@@ -92,16 +93,16 @@ class Call:
 
     # ------------------------------------------------------------------ subclasses say
 
+    @abstractmethod
     async def host(self, endpoint: Endpoint) -> HostResult:
         """Do the call's part on ``endpoint``; raising is that host's failure."""
-        raise NotImplementedError
 
     def host_ended(self, endpoint: Endpoint, result: HostResult) -> None:
         self.outcomes.ended(result)
 
+    @abstractmethod
     def answer(self) -> None:
         """Write the one answer (every target has ended)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ running
 
@@ -138,7 +139,7 @@ class Call:
         )
         return done
 
-    def changed(self) -> None:
+    def changed(self) -> None:  # noqa: B027 (a hook: only a delete does more)
         """The targets' lists were read again after the call (a delete forgets more)."""
 
     def _answer(self, _: object) -> None:
