@@ -123,13 +123,11 @@ LIMITS_ON = {
 LIMITS_OFF = {"per_ip_requests_per_minute": 0}
 
 
-def olla_config(directory: Path, port: int, backend: str, level: str, limits: bool = False) -> Path:
-    config = {
-        "server": {
-            "host": "127.0.0.1",
-            "port": port,
-            "rate_limits": LIMITS_ON if limits else LIMITS_OFF,
-        },
+def bench_document(port: int, backend: str, level: str = "warn") -> dict[str, Any]:
+    """olla on ``port`` in front of one Ollama-typed ``backend`` (probed every 2 s), JSON logs
+    at ``level``: the config every benchmark starts from, adding what it measures."""
+    return {
+        "server": {"host": "127.0.0.1", "port": port},
         "proxy": {"load_balancer": "least-connections"},
         "discovery": {
             "static": {
@@ -146,6 +144,11 @@ def olla_config(directory: Path, port: int, backend: str, level: str, limits: bo
         },
         "logging": {"level": level, "format": "json"},
     }
+
+
+def olla_config(directory: Path, port: int, backend: str, level: str, limits: bool = False) -> Path:
+    config = bench_document(port, backend, level)
+    config["server"]["rate_limits"] = LIMITS_ON if limits else LIMITS_OFF
     path = directory / f"olla-{level}{'-limits' if limits else ''}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.__main__ import BENCH, REPO, free_port, process, wait_http
+from benchmarks.__main__ import BENCH, REPO, bench_document, free_port, process, wait_http
 
 
 def _rss_mb(pid: int) -> float:
@@ -135,23 +135,7 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="olla-models-rss-"))
     backend_port, port = free_port(), free_port()
     backend, base = f"http://127.0.0.1:{backend_port}", f"http://127.0.0.1:{port}"
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "discovery": {
-            "static": {
-                "endpoints": [
-                    {
-                        "name": "bench",
-                        "url": backend,
-                        "type": "ollama",
-                        "check_interval": "2s",
-                        "check_timeout": "1s",
-                    }
-                ]
-            }
-        },
-        "logging": {"level": "warn", "format": "json"},
-    }
+    config = bench_document(port, backend)
     path = work / "olla.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=str(args.olla_dir))

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.__main__ import BENCH, REPO, free_port, process, wait_http
+from benchmarks.__main__ import BENCH, REPO, bench_document, free_port, process, wait_http
 from tests.e2e.redis import RedisServer, available
 
 TARGET = 1.3
@@ -48,24 +48,9 @@ LIMITS = {
 
 
 def config(directory: Path, port: int, backend: str, store: str | None) -> Path:
-    document: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port, "rate_limits": LIMITS},
-        "proxy": {"load_balancer": "least-connections", "sticky_sessions": {"enabled": True}},
-        "discovery": {
-            "static": {
-                "endpoints": [
-                    {
-                        "name": "bench",
-                        "url": backend,
-                        "type": "ollama",
-                        "check_interval": "2s",
-                        "check_timeout": "1s",
-                    }
-                ]
-            }
-        },
-        "logging": {"level": "warn", "format": "json"},
-    }
+    document = bench_document(port, backend)
+    document["server"]["rate_limits"] = LIMITS
+    document["proxy"]["sticky_sessions"] = {"enabled": True}
     if store is not None:
         document["state"] = {"backend": "redis", "url": store}
     path = directory / f"olla-{'redis' if store else 'memory'}-{port}.yaml"

@@ -27,30 +27,13 @@ from typing import Any
 
 import yaml
 
-from benchmarks.__main__ import BENCH, REPO, free_port, process, wait_http
+from benchmarks.__main__ import BENCH, REPO, bench_document, free_port, process, wait_http
 
 SCENARIOS = ("S2_c32", "S2_c128")
 
 
 def config_file(directory: Path, port: int, backend: str) -> Path:
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "proxy": {"load_balancer": "least-connections"},
-        "discovery": {
-            "static": {
-                "endpoints": [
-                    {
-                        "name": "bench",
-                        "url": backend,
-                        "type": "ollama",
-                        "check_interval": "2s",
-                        "check_timeout": "1s",
-                    }
-                ]
-            }
-        },
-        "logging": {"level": "warn", "format": "json"},
-    }
+    config = bench_document(port, backend)
     path = directory / f"olla-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
