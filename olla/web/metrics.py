@@ -49,12 +49,13 @@ def _histograms(
     return family
 
 
-def _counters(
+def counter_family(
     name: str,
     documentation: str,
     labels: Sequence[str],
     table: Iterable[tuple[tuple[str, ...], int]],
 ) -> CounterMetricFamily:
+    """A counter family with one sample per ``(label values, count)`` row, sorted."""
     family = CounterMetricFamily(name, documentation, labels=list(labels))
     for key, value in sorted(table):
         family.add_metric(list(key), value)
@@ -136,7 +137,7 @@ class OllaCollector(Collector):
 
     def _requests(self) -> Iterator[Metric]:
         stats = self._stats
-        yield _counters(
+        yield counter_family(
             "olla_requests_total",
             "Finished proxied requests by endpoint, model, route and status "
             "(endpoint none: rejected before any attempt)",
@@ -158,7 +159,7 @@ class OllaCollector(Collector):
             "Completion tokens per second of generation, as the backend reported them",
             stats.tokens_per_second,
         )
-        yield _counters(
+        yield counter_family(
             "olla_tokens_total",
             "Tokens the backends reported, by direction (prompt, completion)",
             ("endpoint", "model", "direction"),
@@ -170,13 +171,13 @@ class OllaCollector(Collector):
         for endpoint, count in sorted(stats.response_bytes.items()):
             response_bytes.add_metric([endpoint], count)
         yield response_bytes
-        yield _counters(
+        yield counter_family(
             "olla_upstream_attempts_total",
             "Upstream attempts by how they ended (ok, failed, refused, client_gone)",
             ("endpoint", "outcome"),
             stats.attempts.items(),
         )
-        yield _counters(
+        yield counter_family(
             "olla_failovers_total",
             "Attempts that handed the request to the next endpoint, by cause",
             ("endpoint", "cause"),
@@ -227,7 +228,7 @@ class OllaCollector(Collector):
             discovery.add_metric([name, "failed"], state.discoveries_failed)
         yield from (up, in_flight, breaker, models, discovery)
         stats = self._stats
-        yield _counters(
+        yield counter_family(
             "olla_health_checks_total",
             "Health probes by the status they found",
             ("endpoint", "status"),

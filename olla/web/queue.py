@@ -26,6 +26,7 @@ from olla.proxy.admission import Refusal
 from olla.proxy.gate import AdmissionGate
 from olla.proxy.movecost import PromptRates
 from olla.util.priority import Priority
+from olla.web.metrics import counter_family
 
 #: the snapshot's fields that move with the clock alone (left out of the ETag)
 _VOLATILE = ("oldest_wait_s", "arrivals_per_s")
@@ -78,24 +79,20 @@ class QueueCollector(Collector):
             waits.add_metric([priority.label], histogram.cumulative(), histogram.sum)
         yield waits
         totals = gate.counters
-        refusals = CounterMetricFamily(
+        yield counter_family(
             "olla_queue_refusals",
             "Requests the admission queue refused: queue_full (max_size held already, 503 at "
             "once), wait_timeout (held for max_wait, 503), replan (every candidate left "
             "rotation while held: planned again)",
-            labels=["reason"],
+            ("reason",),
+            (((reason.value,), totals[reason.value]) for reason in Refusal),
         )
-        for reason in Refusal:
-            refusals.add_metric([reason.value], totals[reason.value])
-        yield refusals
-        admitted = CounterMetricFamily(
+        yield counter_family(
             "olla_queue_admissions",
             "Attempts the admission queue let through: at_once (a slot was free) or after_wait",
-            labels=["how"],
+            ("how",),
+            (((how,), totals[how]) for how in ("at_once", "after_wait")),
         )
-        for how in ("at_once", "after_wait"):
-            admitted.add_metric([how], totals[how])
-        yield admitted
         yield CounterMetricFamily(
             "olla_queue_cancelled",
             "Held requests whose client left: dropped, never sent to a backend",
@@ -106,12 +103,10 @@ class QueueCollector(Collector):
             "Low-priority requests promoted to normal after half of max_wait",
             value=totals["promoted"],
         )
-        loads = CounterMetricFamily(
+        yield counter_family(
             "olla_queue_loads",
             "Attempts the queue sent to a host without the model: cold_start (its first home) "
             "or second_home (its other hosts were full and a load paid)",
-            labels=["kind"],
+            ("kind",),
+            ((("cold_start",), totals["cold_starts"]), (("second_home",), totals["second_homes"])),
         )
-        loads.add_metric(["cold_start"], totals["cold_starts"])
-        loads.add_metric(["second_home"], totals["second_homes"])
-        yield loads
