@@ -318,6 +318,81 @@ class LateBindingTests(SynchronousTestCase):
         self.assertNoResult(held)
 
 
+class CountingStore(MemorySlotStore):
+    """A ``MemorySlotStore`` that counts the calls a network store would make a round trip of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def acquire(
+        self, endpoint: str, model: str, endpoint_cap: int, model_cap: int
+    ) -> Deferred[Lease | None]:
+        self.calls.append(f"acquire {model}")
+        return super().acquire(endpoint, model, endpoint_cap, model_cap)
+
+    def release(self, lease: Lease) -> Deferred[None]:
+        self.calls.append(f"release {lease.model}")
+        return super().release(lease)
+
+
+class HandOnTests(SynchronousTestCase):
+    def test_same_model_takes_the_lease_over(self) -> None:
+        """If a request ends while one of its model is held for that host, then the held one
+        takes its lease over: no release and no acquire (a network store: no round trip)."""
+        store = CountingStore()
+        h = Harness(1, store=store)
+        first = self.successResultOf(h.admit("r1"))
+        held = h.admit("r2")
+        store.calls.clear()
+        first.release()
+        self.assertIs(self.successResultOf(held).lease, first.lease)
+        self.assertEqual((store.calls, store.held(h.eps[0].id)), ([], 1))
+        h.grant("r2").release()  # nothing held: the slot goes back to the store
+        self.assertEqual((store.calls, store.held(h.eps[0].id)), (["release hot"], 0))
+
+    def test_best_held_ticket_first_whatever_its_model(self) -> None:
+        """If the best held ticket is of another model, then it gets the freed slot (the lease
+        goes back to the store and that model asks for its own), not a later one of the
+        finished request's model."""
+        store = CountingStore()
+        h = Harness(1, store=store)
+        first = self.successResultOf(h.admit("r1"))
+        other = h.admit("other", model=COLD, priority=Priority.HIGH)
+        same = h.admit("same")
+        store.calls.clear()
+        first.release()
+        self.assertEqual(self.successResultOf(other).ticket.model, COLD)
+        self.assertNoResult(same)
+        self.assertEqual(store.calls, ["release hot", "acquire other"])
+        self.assertEqual(store.held_by_model(h.eps[0].id, HOT), 0)
+
+    def test_unused_lease_goes_back(self) -> None:
+        """If the held tickets cannot use the host that frees, then its lease goes back to the
+        store when the hand-out ends, and the counts fall."""
+        h = Harness(1, 1)
+        a, b = h.eps
+        on_a = self.successResultOf(h.admit("on-a", candidates=[a]))
+        self.successResultOf(h.admit("on-b", candidates=[b]))
+        h.admit("only-b", candidates=[b])
+        on_a.release()
+        self.assertEqual((h.store.held(a.id), h.store.held(b.id)), (0, 1))
+        self.assertEqual(h.gate.held, 1)
+
+    def test_not_reusable_is_released(self) -> None:
+        """If the store says a lease may not be passed on (a shared store, its window over),
+        then it is released and the held request asks for its own."""
+        store = CountingStore()
+        store.reusable = lambda lease: False  # type: ignore[method-assign]
+        h = Harness(1, store=store)
+        first = self.successResultOf(h.admit("r1"))
+        held = h.admit("r2")
+        store.calls.clear()
+        first.release()
+        self.assertIsNot(self.successResultOf(held).lease, first.lease)
+        self.assertEqual(store.calls, ["release hot", "acquire hot"])
+
+
 class OrderTests(SynchronousTestCase):
     def test_high_before_earlier_low(self) -> None:
         """If low requests wait and a high one arrives, then the high one is served first,
@@ -874,6 +949,9 @@ class LaterStore:
 
     def held_by_model(self, endpoint: str, model: str) -> int:
         return self.inner.held_by_model(endpoint, model)
+
+    def reusable(self, lease: Lease) -> bool:
+        return self.inner.reusable(lease)
 
     def add_listener(self, listener: SlotListener) -> None:
         self.inner.add_listener(listener)

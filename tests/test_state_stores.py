@@ -23,7 +23,7 @@ from olla.state.polls import SharedPolls
 from olla.state.rates import RedisRateStore
 from olla.state.sessions import RedisSessionStore
 from olla.state.shared import SharedState
-from olla.state.slots import RedisSlotStore
+from olla.state.slots import REUSE_WINDOW, RedisSlotStore
 from olla.state.stores import stores_for
 from tests.fakes.redis import FakeStore
 from tests.test_gate import Harness
@@ -309,6 +309,23 @@ class SlotTests(Base):
         self.assertIsNotNone(self.successResultOf(b.acquire("e1", "n", 4, 1)))
         self.assertEqual(b.held_by_model("e1", "n"), 1)
 
+    def test_lease_reusable_for_a_window(self) -> None:
+        """If the store granted a lease, then it may be passed on within REUSE_WINDOW and not
+        after, nor once released; a lease taken from memory (the store down) always may."""
+        a = RedisSlotStore(self.a, self.clock)
+        lease = self.successResultOf(a.acquire("e1", "m", 2, 2))
+        assert lease is not None
+        self.assertTrue(a.reusable(lease))
+        self.clock.advance(REUSE_WINDOW)
+        self.assertFalse(a.reusable(lease))
+        a.release(lease)
+        self.assertFalse(a.reusable(lease))
+        self.store.down = True
+        local = self.successResultOf(a.acquire("e1", "m", 2, 2))
+        assert local is not None
+        self.clock.advance(REUSE_WINDOW)
+        self.assertTrue(a.reusable(local))
+
     def test_dead_process_frees_its_slots(self) -> None:
         """If the process holding every slot dies, then its slots free: the next acquire gets
         one, and a refresh tells the listeners."""
@@ -403,6 +420,25 @@ class StoresTests(SynchronousTestCase):
 
 
 class GateOverSharedSlotsTests(Base):
+    def test_lease_passed_on_then_shared(self) -> None:
+        """If a process has held requests of the model when one ends, then it passes the lease
+        on with no store command while the window lasts; after it, the slot goes back to the
+        store and a request held in the other process gets it."""
+        a = Harness(1, store=RedisSlotStore(self.a, self.clock))
+        b = Harness(1, store=RedisSlotStore(self.b, self.clock))
+        self.successResultOf(a.admit("a1"))
+        a.admit("a2")
+        held_in_b = b.admit("b1")
+        sent = self.store.commands
+        a.grant("a1").release()
+        self.assertEqual((a.order(), self.store.commands), (["a1", "a2"], sent))
+        self.assertNoResult(held_in_b)
+        a.admit("a3")
+        self.clock.advance(REUSE_WINDOW)
+        a.grant("a2").release()
+        self.assertIs(self.successResultOf(held_in_b).endpoint, b.eps[0])
+        self.assertEqual(a.order(), ["a1", "a2"])
+
     def test_two_gates_one_cap(self) -> None:
         """If two processes' admission gates share an endpoint of 2 slots through the store,
         then together they never hold more than 2: a third request (in b) is held, and a

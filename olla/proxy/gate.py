@@ -36,6 +36,11 @@ Rules, each enforced here and nowhere else:
 - **Stickiness.** A ticket pinned to a full host waits for that host alone while its expected wait
   there (the tickets waiting for it and its service time over its slots) is below the ticket's
   ``move_cost``, and at most ``move_cost``; then any candidate suits it.
+- **Handing a slot on.** A finished request's slot goes to the best held ticket as any freed
+  slot does; when that ticket is of the same model, it takes the lease over without a round trip
+  to the store (``ISlotStore.reusable``: a shared store allows it for a while after it granted
+  the lease, so that other processes' held tickets get their turn at it). A slot that no held
+  ticket takes is given back when the hand-out ends.
 - **Cancellation.** Cancelling the ``admit`` Deferred drops a held ticket: it is never sent.
 - **Off** (``proxy.queue.enabled: false``): every ticket goes at once to its first usable
   candidate, however full: olla as it was before the gate, counted but never held or refused.
@@ -82,6 +87,17 @@ class _Fit(enum.Enum):
     #: not for any ticket of this model with these candidates (its cap there is reached, or
     #: a load does not pay)
     NOT_MODEL = "not_model"
+
+
+@dataclass(slots=True)
+class _Binding:
+    """A ticket on its way to a slot on ``endpoint``, for ``model`` there."""
+
+    entry: _Entry
+    endpoint: Endpoint
+    model: str
+    cold: bool  # neither in memory there nor loading: this request loads it
+    second: bool  # ... while another candidate has it (a second home)
 
 
 class _State(enum.Enum):
@@ -166,6 +182,9 @@ class AdmissionGate:
             fleet, store, self._demand, clock, self.cap, self._held_models, self._running
         )
         self._pending: list[str] = []  # endpoint ids whose free slots are still to hand out
+        #: leases of finished requests, per endpoint id, for the hand-out running now: a held
+        #: ticket of the same model takes one over; the rest go back to the store after it
+        self._spare: dict[str, list[Lease]] = {}
         self._dispatching = False
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         #: per asked priority: how long let-through tickets were held (0 for at once)
@@ -371,6 +390,9 @@ class AdmissionGate:
                 self._fill(self._pending.pop(0))
         finally:
             self._dispatching = False
+        while self._spare:  # no held ticket took these: the store has them back
+            for lease in self._spare.popitem()[1]:
+                self._store.release(lease).addErrback(self._release_failed)
 
     def _fill(self, endpoint_id: str) -> None:
         """Give ``endpoint_id``'s free slots to the best held tickets it suits."""
@@ -399,11 +421,13 @@ class AdmissionGate:
         """A free slot on ``endpoint`` (for ``model``, when one is named), counting the slots
         asked for and not answered yet."""
         store, eid = self._store, endpoint.id
-        if store.held(eid) + self._reserved[eid] >= self._fleet.slots(endpoint):
+        spare = self._spare.get(eid, ())
+        if store.held(eid) + self._reserved[eid] - len(spare) >= self._fleet.slots(endpoint):
             return False
         if not model:
             return True
         taken = store.held_by_model(eid, model) + self._reserved_model[(eid, model)]
+        taken -= sum(1 for lease in spare if lease.model == model)
         return taken < self.cap(endpoint, model)
 
     def _fits(self, entry: _Entry, endpoint: Endpoint, model: str, now: float) -> _Fit:
@@ -424,39 +448,50 @@ class AdmissionGate:
         return _Fit.NOT_MODEL
 
     def _bind(self, entry: _Entry, endpoint: Endpoint, model: str) -> None:
-        """Ask the store for the slot; the entry is out of the queue until it answers."""
+        """Give ``entry`` a spare lease of its model there, else ask the store for the slot (the
+        entry is out of the queue until it answers)."""
         self._dequeue(entry)
         entry.state = _State.BINDING
-        eid = endpoint.id
-        self._reserved[eid] += 1
-        self._reserved_model[(eid, model)] += 1
         cold = not self._fleet.hosting(endpoint, model)
         second = cold and any(
             self._fleet.hosting(ep, entry.ticket.model_on(ep)) for ep in entry.ticket.candidates
         )
-        slots, cap = self._fleet.slots(endpoint), self.cap(endpoint, model)
+        binding = _Binding(entry, endpoint, model, cold, second)
+        lease = self._take_spare(endpoint.id, model)
+        if lease is not None:
+            self._grant(binding, lease)
+        else:
+            self._ask(binding, self._fleet.slots(endpoint), self.cap(endpoint, model))
+
+    def _take_spare(self, eid: str, model: str) -> Lease | None:
+        """A spare lease of ``model`` on ``eid``, taken over. Without one, a spare of another
+        model there goes back to the store, so that the slot it held is free to ask for."""
+        spare = self._spare.get(eid)
+        if not spare:
+            return None
+        lease = next((lease for lease in spare if lease.model == model), None)
+        if lease is None:
+            self._store.release(spare.pop()).addErrback(self._release_failed)
+        else:
+            spare.remove(lease)
+        if not spare:
+            del self._spare[eid]
+        return lease
+
+    def _ask(self, binding: _Binding, slots: int, cap: int) -> None:
+        """Ask the store for a slot for ``binding`` (counted as reserved until it answers)."""
+        eid, model = binding.endpoint.id, binding.model
+        self._reserved[eid] += 1
+        self._reserved_model[(eid, model)] += 1
         asked = self._store.acquire(eid, model, slots, cap)
         asked.addCallbacks(
-            self._acquired,
-            self._store_failed,
-            callbackArgs=(entry, endpoint, model, cold, second),
-            errbackArgs=(entry, endpoint, model, cold, second),
+            self._acquired, self._store_failed, callbackArgs=(binding,), errbackArgs=(binding,)
         )
 
-    def _unreserve(self, endpoint: Endpoint, model: str) -> None:
-        _less(self._reserved, endpoint.id)
-        _less(self._reserved_model, (endpoint.id, model))
-
-    def _acquired(
-        self,
-        lease: Lease | None,
-        entry: _Entry,
-        endpoint: Endpoint,
-        model: str,
-        cold: bool,
-        second: bool,
-    ) -> None:
-        self._unreserve(endpoint, model)
+    def _acquired(self, lease: Lease | None, binding: _Binding) -> None:
+        entry = binding.entry
+        _less(self._reserved, binding.endpoint.id)
+        _less(self._reserved_model, (binding.endpoint.id, binding.model))
         if entry.cancelled:
             if lease is not None:  # the client left while the store answered: give it back
                 self._store.release(lease).addErrback(self._release_failed)
@@ -467,27 +502,18 @@ class AdmissionGate:
             if not entry.was_held:
                 self._time_wait(entry)
             return
-        self._grant(entry, endpoint, model, lease, cold, second)
+        self._grant(binding, lease)
 
-    def _store_failed(
-        self,
-        failure: Failure,
-        entry: _Entry,
-        endpoint: Endpoint,
-        model: str,
-        cold: bool,
-        second: bool,
-    ) -> None:
+    def _store_failed(self, failure: Failure, binding: _Binding) -> None:
         """The store could not answer: let the request through uncounted rather than fail it
         (a network store that is down must not take the fleet with it)."""
         self._log.failure(
             "slot store failed; request {request_id} goes to {endpoint} uncounted",
             failure=failure,
-            request_id=entry.ticket.request_id,
-            endpoint=endpoint.name,
+            request_id=binding.entry.ticket.request_id,
+            endpoint=binding.endpoint.name,
         )
-        lease = None if entry.cancelled else _UNCOUNTED
-        self._acquired(lease, entry, endpoint, model, cold, second)
+        self._acquired(None if binding.entry.cancelled else _UNCOUNTED, binding)
 
     def _let_through(self, entry: _Entry) -> None:
         """The queue is off: the first usable candidate (else the first), however full."""
@@ -498,32 +524,17 @@ class AdmissionGate:
         model = ticket.model_on(endpoint)
         entry.state = _State.BINDING
         cold = not self._fleet.hosting(endpoint, model)
-        self._reserved[endpoint.id] += 1
-        self._reserved_model[(endpoint.id, model)] += 1
-        asked = self._store.acquire(endpoint.id, model, sys.maxsize, sys.maxsize)
-        asked.addCallbacks(
-            self._acquired,
-            self._store_failed,
-            callbackArgs=(entry, endpoint, model, cold, False),
-            errbackArgs=(entry, endpoint, model, cold, False),
-        )
+        self._ask(_Binding(entry, endpoint, model, cold, False), sys.maxsize, sys.maxsize)
 
-    def _grant(
-        self,
-        entry: _Entry,
-        endpoint: Endpoint,
-        model: str,
-        lease: Lease,
-        cold: bool,
-        second: bool,
-    ) -> None:
+    def _grant(self, binding: _Binding, lease: Lease) -> None:
+        entry, endpoint = binding.entry, binding.endpoint
         now = self._clock.seconds()
         # held in the queue (a store's answer taking real time is no wait: at once is 0)
         waited = now - entry.entered if entry.was_held else 0.0
         self._finish(entry)
         self.counters["after_wait" if entry.was_held else "at_once"] += 1
-        if cold:
-            self.counters["second_homes" if second else "cold_starts"] += 1
+        if binding.cold:
+            self.counters["second_homes" if binding.second else "cold_starts"] += 1
         self.waits[entry.ticket.priority].observe(waited)
         grant = Grant(
             self._released,
@@ -531,8 +542,8 @@ class AdmissionGate:
             endpoint,
             None if lease is _UNCOUNTED else lease,
             waited=waited,
-            cold=cold,
-            load_wait=self._fleet.load_cost(endpoint, model),
+            cold=binding.cold,
+            load_wait=self._fleet.load_cost(endpoint, binding.model),
             granted_at=now,
         )
         self._live.setdefault(endpoint.id, set()).add(grant)
@@ -559,10 +570,14 @@ class AdmissionGate:
             seconds = self._clock.seconds() - grant.granted_at - (loaded or 0.0)
             if seconds > 0:
                 self._demand.served(grant.ticket.demand_key, seconds)
-        if grant.lease is None:  # uncounted: nothing for the store to announce
+        lease = grant.lease
+        if lease is None:  # uncounted: nothing for the store to announce
             self._dispatch((grant.endpoint.id,))
-            return
-        self._store.release(grant.lease).addErrback(self._release_failed)
+        elif self._queue and self._store.reusable(lease):
+            self._spare.setdefault(lease.endpoint, []).append(lease)
+            self._dispatch((lease.endpoint,))
+        else:
+            self._store.release(lease).addErrback(self._release_failed)
 
     def _release_failed(self, failure: Failure) -> None:
         self._log.failure("slot store could not take a slot back", failure=failure)

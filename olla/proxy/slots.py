@@ -16,6 +16,8 @@ published message per release): every call that changes state returns a Deferred
 in-memory store returns already fired. ``held`` and ``held_by_model`` are synchronous reads of what
 the store last knew (exact in memory, a mirror kept fresh by the releases it hears otherwise);
 the gate uses them only to choose which request to try, and the ``acquire`` decides.
+``reusable`` lets a process pass a slot on between its own requests of one model without a
+round trip.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ class ISlotStore(Interface):
     def release(lease: Lease) -> Deferred[None]:
         """Give ``lease``'s slot back and tell every listener its endpoint has one free. A lease
         given back before (or one a network store already expired) changes nothing."""
+
+    def reusable(lease: Lease) -> bool:
+        """Whether this process may hand ``lease`` straight to another of its requests for the
+        same endpoint and model instead of a ``release`` and an ``acquire`` (the counts are the
+        same after both). A shared store allows it only for a while after it granted the
+        lease, so that held requests of other processes get their turn at the slot."""
 
     def held(endpoint: str) -> int:
         """Slots held on ``endpoint`` as last known."""
@@ -102,6 +110,9 @@ class MemorySlotStore:
         for listener in list(self._listeners):
             listener(lease.endpoint)
         return succeed(None)
+
+    def reusable(self, lease: Lease) -> bool:
+        return lease in self._leases
 
     def held(self, endpoint: str) -> int:
         return self._held.get(endpoint, 0)

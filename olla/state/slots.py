@@ -8,9 +8,12 @@ of processes whose lease expired, counts the rest against the endpoint's cap and
 and takes a slot only below both, so two processes never both get the last slot. ``release``
 is one script too (``SLOT_RELEASE``): it gives the slot back and publishes the endpoint's new
 counts, and every process that hears it tells its gate a slot freed there (a held request
-anywhere gets it). ``held`` and ``held_by_model`` read a mirror kept by the answers and those
-messages, and refreshed every ``REFRESH`` seconds and on every (re)subscription (``SLOT_VIEW``;
-a slot a dead process held frees that way, and the gate is told).
+anywhere gets it). For ``REUSE_WINDOW`` after the store granted a lease, the gate may instead
+pass it on to this process's next held request of the same model, with no round trip
+(``reusable``); after that it is released, and every process's held requests compete again.
+``held`` and ``held_by_model`` read a mirror kept by the answers and those messages, and
+refreshed every ``REFRESH`` seconds and on every (re)subscription (``SLOT_VIEW``; a slot a dead
+process held frees that way, and the gate is told).
 
 While the store does not answer, slots are taken from this process's ``MemorySlotStore`` (each
 process then holds its own caps: fail open) and given back there; a shared lease whose release
@@ -36,6 +39,10 @@ from olla.util.services import Repeating
 
 #: seconds between reads of every endpoint's counts (slots a dead process held free so)
 REFRESH = 1.0
+#: seconds after the store granted a lease during which this process may pass it on to its
+#: own next request of the same model (no round trip); then it goes back to the store, where
+#: every process's held requests have their turn at it
+REUSE_WINDOW = 0.5
 
 
 @implementer(ISlotStore)
@@ -47,7 +54,10 @@ class RedisSlotStore(MultiService):
     def __init__(self, shared: SharedState, clock: IReactorTime) -> None:
         super().__init__()
         self._shared = shared
+        self._clock = clock
         self.local = MemorySlotStore()
+        #: when the store granted each shared lease this process holds
+        self._granted: dict[Lease, float] = {}
         self._serials = itertools.count(1)
         #: leases taken from ``local`` (the store did not answer): given back there
         self._local_leases: set[Lease] = set()
@@ -80,7 +90,10 @@ class RedisSlotStore(MultiService):
         def read(reply: Reply) -> Lease | None:
             taken, held, of_model = _three(reply)
             self._mirror(endpoint, model, held, of_model)
-            return lease if taken else None
+            if not taken:
+                return None
+            self._granted[lease] = self._clock.seconds()
+            return lease
 
         def fallback() -> Deferred[Lease | None]:
             def kept(local: Lease | None) -> Lease | None:
@@ -100,8 +113,15 @@ class RedisSlotStore(MultiService):
         if lease in self._local_leases:
             self._local_leases.discard(lease)
             return self.local.release(lease)
+        self._granted.pop(lease, None)
         self._send_release(lease)
         return succeed(None)
+
+    def reusable(self, lease: Lease) -> bool:
+        if lease in self._local_leases:
+            return self.local.reusable(lease)
+        granted = self._granted.get(lease)
+        return granted is not None and self._clock.seconds() - granted < REUSE_WINDOW
 
     def _send_release(self, lease: Lease) -> None:
         start = self._shared.message_start("slot", lease.endpoint, lease.model)

@@ -78,10 +78,18 @@ class FakeStore:
         self.redis.response_callbacks.clear()  # raw replies, as RESP gives them
         self.down = False
         self._listening: list[tuple[Any, SharedState]] = []
+        self._connections: list[FakeCommands] = []
+
+    @property
+    def commands(self) -> int:
+        """Commands every process has sent so far (each a round trip to a real server)."""
+        return sum(len(connection.sent) for connection in self._connections)
 
     def process(self, name: str, clock: IReactorTime) -> SharedState:
         """A process sharing this store (its lease taken, its events subscribed)."""
-        shared = SharedState(FakeCommands(self), clock, prefix=PREFIX, where="fake", process=name)
+        connection = FakeCommands(self)
+        self._connections.append(connection)
+        shared = SharedState(connection, clock, prefix=PREFIX, where="fake", process=name)
         pubsub = fakeredis.FakeStrictRedis(server=self.server).pubsub()
         pubsub.subscribe(shared.channel)
         pubsub.get_message(timeout=0)  # the subscribe confirmation
