@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from olla.config import EndpointConfig, StickySessionsConfig
 from olla.fleet.endpoints import Endpoint, EndpointRegistry, EndpointStatus, endpoints_from_config
 from olla.fleet.sticky import (
+    REPIN_SHARE,
     Affinity,
     MemorySessionStore,
     SessionKey,
@@ -153,7 +154,13 @@ class StoreTests(SynchronousTestCase):
         """The in-memory store answers at once."""
         return self.successResultOf(sessions.lookup(key))
 
-    def serve(self, sessions: StickySessions, affinity: Affinity, endpoint: Endpoint) -> Any:
+    def serve(
+        self,
+        sessions: StickySessions,
+        affinity: Affinity,
+        endpoint: Endpoint,
+        duration: float = 0.0,
+    ) -> Any:
         """The request of ``affinity`` is answered by ``endpoint`` and ends: its outcome is
         decided, and the sessions hear its record (the pin moves, the outcome is counted)."""
         outcome = affinity.served(endpoint)
@@ -167,7 +174,7 @@ class StoreTests(SynchronousTestCase):
                 outcome="ok",
                 attempts=1,
                 bytes=0,
-                duration=0.0,
+                duration=duration,
                 session=key.key if key is not None else None,
                 session_source=key.source if key is not None else None,
                 session_model=key.model if key is not None else None,
@@ -191,6 +198,27 @@ class StoreTests(SynchronousTestCase):
         self.assertIs(self.lookup(sessions, SessionKey("k", "session_header")).pinned, self.b)
         stats = sessions.stats()
         self.assertEqual((stats["hits"], stats["misses"], stats["insertions"]), (1, 2, 1))
+
+    def test_short_hit_writes_no_pin(self) -> None:
+        """If a hit ends within REPIN_SHARE of the idle TTL, then its pin is not written again
+        (its lookup restarted the idle time); a longer hit, a miss and a repin are."""
+        sessions = self.store(idle_ttl_seconds=600)
+        pins: list[tuple[str, str]] = []
+        pin = sessions.store.pin
+
+        def recorded(key: str, endpoint: str, model: str = "") -> None:
+            pins.append((key, endpoint))
+            pin(key, endpoint, model)
+
+        sessions.store.pin = recorded  # type: ignore[method-assign]
+        key = SessionKey("k", "session_header")
+        self.serve(sessions, self.lookup(sessions, key), self.a)
+        self.serve(sessions, self.lookup(sessions, key), self.a, duration=600 * REPIN_SHARE / 2)
+        self.assertEqual(pins, [("k", "a")])
+        self.serve(sessions, self.lookup(sessions, key), self.a, duration=600 * REPIN_SHARE)
+        self.serve(sessions, self.lookup(sessions, key), self.b)
+        self.assertEqual(pins, [("k", "a"), ("k", "a"), ("k", "b")])
+        self.assertEqual(sessions.stats()["hits"], 2)
 
     def test_model_removed_forgets_its_pins_there(self) -> None:
         """If a model is deleted from a, then the sessions of that model pinned to a are

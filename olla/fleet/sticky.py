@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 SESSION_HEADER = b"X-Olla-Session-ID"
 
 
+#: a hit is pinned again at its end only when it took this share of the idle TTL or more
+#: (shorter, its lookup's restart of the idle time stands; a shared store: a round trip saved)
+REPIN_SHARE = 0.01
+
+
 class StickyOutcome(Enum):
     """``X-Olla-Sticky-Session``: what the session's pin did for this request."""
 
@@ -316,12 +321,21 @@ class StickySessions(OutcomeListener):
         """A request was served: its session's pin moves there, and the outcome is counted."""
         if record.sticky is None or record.sticky == StickyOutcome.DISABLED.value:
             return
-        if record.session is not None and record.endpoint is not None:
+        if record.session is not None and record.endpoint is not None and self._repin(record):
             self.store.pin(record.session, record.endpoint, record.session_model or "")
         if record.sticky == StickyOutcome.HIT.value:
             self.hits += 1
         else:
             self.misses += 1
+
+    def _repin(self, record: RequestRecord) -> bool:
+        """Whether the pin must be written. Not for a hit that ended soon: its lookup found it
+        pinned there (the key is scoped by the model, so the pin is the same) and restarted its
+        idle time, which pinning again would only move by the request's duration."""
+        if record.sticky != StickyOutcome.HIT.value:
+            return True
+        ttl = self.config.idle_ttl_seconds
+        return ttl > 0 and record.duration >= ttl * REPIN_SHARE
 
     def model_removed(self, names: Collection[str], endpoints: Collection[Endpoint]) -> int:
         """A model (by each of its lower-cased ``names``) was deleted from ``endpoints``: the
