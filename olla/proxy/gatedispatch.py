@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from olla.config import OllaConfig
-from olla.fleet.endpoints import Endpoint, EndpointRegistry
+from olla.fleet.endpoints import EndpointRegistry
 from olla.front.context import RequestContext
 from olla.interfaces import IReconfigurable
 from olla.proxy.admission import AdmissionRefused, Grant, Refusal, Ticket
@@ -66,16 +66,10 @@ class GateDispatch:
         self.gate.reconfigure(config.proxy)
         self.gate.poke()
 
-    def walk(
-        self,
-        plan: Plan,
-        context: RequestContext,
-        attempts: int,
-        model: str | None = None,
-        pinned: Endpoint | None = None,
-    ) -> IWalk:
+    def walk(self, plan: Plan, context: RequestContext, attempts: int) -> IWalk:
+        model = plan.model
         gated = model is not None and not context.path.rstrip(b"/").endswith(NO_SLOT)
-        return _GateWalk(self, plan, context, attempts, model if gated else None, pinned)
+        return _GateWalk(self, plan, context, attempts, model if gated else None)
 
 
 @implementer(IWalk)
@@ -87,7 +81,6 @@ class _GateWalk:
         context: RequestContext,
         attempts: int,
         model: str | None,
-        pinned: Endpoint | None,
     ) -> None:
         self._dispatch = dispatch
         self._left = list(plan.candidates)
@@ -96,7 +89,7 @@ class _GateWalk:
         self._budget = attempts
         #: None: the request takes no slot
         self._model = model
-        self._pinned = pinned
+        self._pinned = plan.pinned
         self._grant: Grant | None = None
         self._holding: Deferred[Any] | None = None
         self._asked = 0.0  # when the attempt being held asked the gate
