@@ -20,6 +20,7 @@ order at once, as ``InOrder`` would send it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -42,23 +43,17 @@ NO_SLOT = (b"/api/show", b"/tokenize", b"/detokenize")
 
 
 @implementer(IDispatch, IReconfigurable)
+@dataclass(eq=False)
 class GateDispatch:
     """Hands each attempt the slot the admission gate grants it."""
 
     reconfigures = ("proxy.queue.", "proxy.response_timeout")
 
-    def __init__(
-        self,
-        gate: AdmissionGate,
-        registry: EndpointRegistry,
-        rates: PromptRates,
-        clock: IReactorTime,
-    ) -> None:
-        self.gate = gate
-        self.registry = registry
-        #: seconds per prompt token, per model: what moving off a pinned host costs
-        self.rates = rates
-        self.clock = clock
+    gate: AdmissionGate
+    registry: EndpointRegistry
+    #: seconds per prompt token, per model: what moving off a pinned host costs
+    rates: PromptRates
+    clock: IReactorTime
 
     def reconfigure(self, config: OllaConfig) -> None:
         """``proxy.queue.*`` (and the response timeout, ``max_wait``'s default); then the
