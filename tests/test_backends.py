@@ -72,11 +72,11 @@ class EndpointTests(SynchronousTestCase):
         tuned = BackendEndpoints(reactor, 5.0, keep_alive=30.0, tls_handshake_timeout=10.0)
         endpoint = tuned.endpointForURI(URI.fromBytes(b"http://127.0.0.1:11434/api/chat"))
         self.assertIsInstance(endpoint, TunedEndpoint)
-        self.assertIsInstance(endpoint._inner, TCP4ClientEndpoint)
-        self.assertEqual((endpoint._keep_alive, endpoint._tls), (30.0, False))
+        self.assertIsInstance(endpoint.inner, TCP4ClientEndpoint)
+        self.assertEqual((endpoint.keep_alive, endpoint.tls), (30.0, False))
         secure = tuned.endpointForURI(URI.fromBytes(b"https://gpu-box:443/v1/models"))
         self.assertIsInstance(secure, TunedEndpoint)
-        self.assertEqual((secure._tls, secure._handshake_timeout), (True, 10.0))
+        self.assertEqual((secure.tls, secure.handshake_timeout), (True, 10.0))
         plain = BackendEndpoints(reactor, 5.0, tls_handshake_timeout=10.0)
         self.assertIsInstance(
             plain.endpointForURI(URI.fromBytes(b"http://127.0.0.1:1/")), TCP4ClientEndpoint

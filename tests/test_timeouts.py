@@ -124,3 +124,25 @@ def test_response_timer() -> None:
     unbounded = replace(PAGE, response_timeout=0.0)
     timer.arm(attempt_deadline(unbounded, None, started=0, now=0, cold=False, expected_load=0))
     assert clock.getDelayedCalls() == []
+
+
+def test_one_shot_moves_its_call() -> None:
+    """If a one-shot timer is started again while it runs, then its one delayed call moves
+    (it fires once, that long after the last start), and a stopped one never fires."""
+    from olla.util.deadline import OneShot
+
+    clock = Clock()
+    fired: list[float] = []
+    timer = OneShot(clock, lambda: fired.append(clock.seconds()))
+    timer.start(5)
+    clock.advance(3)
+    timer.start(5)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(4)
+    assert fired == []
+    clock.advance(1)
+    assert fired == [8.0]
+    timer.start(1)
+    timer.stop()
+    clock.advance(5)
+    assert fired == [8.0] and clock.getDelayedCalls() == []

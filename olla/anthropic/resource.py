@@ -29,7 +29,7 @@ from olla.fleet.endpoints import Endpoint
 from olla.front.context import answer_error, context_of
 from olla.profiles import ProfileRegistry
 from olla.proxy.exchange import Exchange, ProxyDeps
-from olla.proxy.plan import Candidate, Plan, PlanQuery
+from olla.proxy.plan import Candidate, Plan, Planned, PlanQuery
 from olla.proxy.routing import ProviderRoute, RoutePlan, RouteQuery
 from olla.util.responses import json_response
 
@@ -141,8 +141,8 @@ class AnthropicResource(Resource):
         if not isinstance(model, str) or not model:
             return self._json(request, {"input_tokens": self._translator.estimate_tokens(body)})
 
-        def shape(routed: RoutePlan) -> Plan | None:
-            native = self._passthrough(routed, body)
+        def shape(planned: Planned) -> Plan | None:
+            native = self._passthrough(planned.routed, body)
             counting = {
                 ep: (path + "/count_tokens").encode()
                 for ep, path in native.items()
@@ -158,7 +158,7 @@ class AnthropicResource(Resource):
             tally = Tally(stats, self._deps.clock, streaming=False, fallback=None)
             passthrough = Passthrough(tally, counting)
             candidates = tuple(Candidate(ep, passthrough) for ep in counting)
-            return Plan(candidates, routed.decision, None, routed.rewrite, passthrough)
+            return Plan.of(planned, candidates, passthrough)
 
         self._exchange(request, model, raw, lambda: body, COUNT_TOKENS).start(shape)
         return NOT_DONE_YET
@@ -183,10 +183,11 @@ class AnthropicResource(Resource):
             return
         model: str = body["model"]
 
-        def shape(routed: RoutePlan) -> Plan:
+        def shape(planned: Planned) -> Plan:
             """Every host that can serve, natives first (passed through to their own messages
             path), then the others (translated): when the natives fail, the request is
             translated on the rest."""
+            routed = planned.routed
             native = self._passthrough(routed, body)
             fallback = None
             if not self._config.passthrough_enabled:
@@ -213,9 +214,7 @@ class AnthropicResource(Resource):
             candidates += [
                 Candidate(ep, translation) for ep in routed.candidates if ep not in native
             ]
-            return Plan(
-                tuple(candidates), routed.decision, routed.rejection, routed.rewrite, translation
-            )
+            return Plan.of(planned, tuple(candidates), translation)
 
         # the raw body: for an alias, rewritten per endpoint on passthrough
         self._exchange(request, model, raw, lambda: body, MESSAGES).start(shape)

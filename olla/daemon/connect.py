@@ -13,6 +13,7 @@ could not be made, and goes to the next endpoint.
 from __future__ import annotations
 
 import socket
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -46,39 +47,34 @@ def set_keep_alive(transport: Any, seconds: float) -> None:
 
 
 @implementer(IStreamClientEndpoint)
+@dataclass(frozen=True, eq=False)
 class TunedEndpoint:
     """An endpoint whose connections get keep-alive and, with ``tls``, a handshake bound."""
 
     _log = Logger()
 
-    def __init__(
-        self,
-        inner: IStreamClientEndpoint,
-        clock: IReactorTime,
-        *,
-        keep_alive: float,
-        tls: bool,
-        handshake_timeout: float,
-    ) -> None:
-        self._inner = inner
-        self._clock = clock
-        self._keep_alive = keep_alive
-        self._tls = tls
-        self._handshake_timeout = handshake_timeout
+    inner: IStreamClientEndpoint
+    clock: IReactorTime
+    _: KW_ONLY
+    #: seconds between keep-alive probes (0: none)
+    keep_alive: float
+    tls: bool
+    #: seconds a TLS handshake may take (0: unbounded)
+    handshake_timeout: float
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        connecting: Deferred[IProtocol] = self._inner.connect(protocolFactory)
+        connecting: Deferred[IProtocol] = self.inner.connect(protocolFactory)
         return connecting.addCallback(self._connected)
 
     def _connected(self, protocol: IProtocol) -> IProtocol:
         transport: Any = getattr(protocol, "transport", None)
-        if self._tls and transport is not None:
+        if self.tls and transport is not None:
             # wrapClientTLS: the protocol's transport is the TLS layer, over the TCP one
-            set_keep_alive(getattr(transport, "transport", None), self._keep_alive)
-            if self._handshake_timeout > 0:
-                self._clock.callLater(self._handshake_timeout, self._check_handshake, transport)
+            set_keep_alive(getattr(transport, "transport", None), self.keep_alive)
+            if self.handshake_timeout > 0:
+                self.clock.callLater(self.handshake_timeout, self._check_handshake, transport)
         else:
-            set_keep_alive(transport, self._keep_alive)
+            set_keep_alive(transport, self.keep_alive)
         return protocol
 
     def _check_handshake(self, tls: Any) -> None:
@@ -88,6 +84,6 @@ class TunedEndpoint:
             return
         self._log.warn(
             "TLS handshake with a backend took longer than {seconds:g}s; connection aborted",
-            seconds=self._handshake_timeout,
+            seconds=self.handshake_timeout,
         )
         tls.abortConnection()

@@ -30,10 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from olla.config import NO_EFFECT_YET, ConfigError, OllaConfig, no_effect_warnings
@@ -42,6 +39,7 @@ from olla.daemon.logging import SwitchableObserver
 from olla.fleet.endpoints import Endpoint, endpoints_from_config
 from olla.interfaces import IReconfigurable
 from olla.profiles import ProfileRegistry
+from olla.util.services import Repeating
 
 #: Reads and checks a config file (``None``: the daemon's default search); raises ConfigError.
 Loader = Callable[[str | None], tuple[OllaConfig, ProfileRegistry]]
@@ -321,7 +319,7 @@ class Reloader:
                 app.discovery.refresh(new)
 
 
-class ConfigWatcher(Service):
+class ConfigWatcher(Repeating):
     """Reloads when the config file changes (``twistd olla --watch-config``).
 
     Polls the file's mtime and size every ``interval`` seconds on the injected clock, and its
@@ -329,33 +327,19 @@ class ConfigWatcher(Service):
     poll, so an editor's half-written file is not read.
     """
 
-    _log = Logger()
-
     def __init__(
         self, path: str, reload: Callable[[], object], clock: IReactorTime, interval: float = 1.0
     ) -> None:
+        super().__init__(clock, interval, self._check, what=f"config watch of {path}")
         self.path = path
-        self.interval = interval
         self._reload = reload
-        self._clock = clock
-        self._loop: LoopingCall | None = None
         self._stat: tuple[int, int] | None = None
         self._digest: bytes | None = None
         self._pending: bytes | None = None  # a new content seen once, waiting to settle
 
     def startService(self) -> None:
-        super().startService()
         self._stat, self._digest = self._look()
-        self._loop = LoopingCall(self._poll)
-        self._loop.clock = self._clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return succeed(None)
+        super().startService()
 
     def _look(self) -> tuple[tuple[int, int] | None, bytes | None]:
         try:
@@ -365,12 +349,6 @@ class ConfigWatcher(Service):
         except OSError:
             return None, None
         return (info.st_mtime_ns, info.st_size), digest
-
-    def _poll(self) -> None:
-        try:
-            self._check()
-        except Exception:  # the loop must survive anything (a LoopingCall stops on an error)
-            self._log.failure("config watch of {path} failed", path=self.path)
 
     def _check(self) -> None:
         try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import IO, Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -268,25 +268,18 @@ class _ProgressReader(Protocol):
             transport.stopProducing()
 
 
+@dataclass(eq=False)
 class Upstream:
     """Management calls to one endpoint at a time."""
 
-    def __init__(
-        self,
-        agent: IAgent,
-        clock: IReactorTime,
-        cooperator: Cooperator,
-        *,
-        answer_timeout: float,
-        idle_timeout: float,
-    ) -> None:
-        self.agent = agent
-        self.clock = clock
-        self.cooperator = cooperator
-        #: how long a short call may take to answer (``proxy.response_header_timeout``)
-        self.answer_timeout = answer_timeout
-        #: the longest silence of a progress stream or an upload (``proxy.read_timeout``)
-        self.idle_timeout = idle_timeout
+    agent: IAgent
+    clock: IReactorTime
+    cooperator: Cooperator
+    _: KW_ONLY
+    #: how long a short call may take to answer (``proxy.response_header_timeout``)
+    answer_timeout: float
+    #: the longest silence of a progress stream or an upload (``proxy.read_timeout``)
+    idle_timeout: float
 
     async def _response(
         self,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from olla.fleet.endpoints import Endpoint
 from olla.proxy.slots import Lease
@@ -66,33 +66,23 @@ class Ticket:
         return (self.model or "").lower()
 
 
+@dataclass(slots=True, eq=False)
 class Grant:
     """A slot on ``endpoint``: the request goes there, and gives it back with ``release``."""
 
-    def __init__(
-        self,
-        on_release: Callable[[Grant, bool, float | None], None],
-        ticket: Ticket,
-        endpoint: Endpoint,
-        lease: Lease | None,
-        *,
-        waited: float,
-        cold: bool,
-        load_wait: float,
-        granted_at: float,
-    ) -> None:
-        self._on_release = on_release
-        self.ticket = ticket
-        self.endpoint = endpoint
-        self.lease = lease
-        #: seconds the ticket was held (0.0: let through at once); the log's ``queued=…ms``
-        self.waited = waited
-        #: the model was neither in memory there nor loading: this request loads it
-        self.cold = cold
-        #: seconds of loading expected before it starts there (0: in memory)
-        self.load_wait = load_wait
-        self.granted_at = granted_at
-        self.released = False
+    _on_release: Callable[[Grant, bool, float | None], None] = field(repr=False)
+    ticket: Ticket
+    endpoint: Endpoint
+    lease: Lease | None
+    _: KW_ONLY
+    #: seconds the ticket was held (0.0: let through at once); the log's ``queued=…ms``
+    waited: float
+    #: the model was neither in memory there nor loading: this request loads it
+    cold: bool
+    #: seconds of loading expected before it starts there (0: in memory)
+    load_wait: float
+    granted_at: float
+    released: bool = field(default=False, init=False)
 
     def release(self, served: bool = True, loaded: float | None = None) -> None:
         """The request is over on ``endpoint``: the slot frees and the best held ticket that

@@ -16,7 +16,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from zope.interface import Interface, implementer
 
-from olla.fleet.endpoints import Endpoint, EndpointRegistry
+from olla.fleet.endpoints import EndpointRegistry
 from olla.front.context import RequestContext
 from olla.proxy.plan import Candidate, Plan
 
@@ -70,16 +70,9 @@ class IWalk(Interface):
 class IDispatch(Interface):
     """Hands each exchange the candidates of its attempts."""
 
-    def walk(
-        plan: Plan,
-        context: RequestContext,
-        attempts: int,
-        model: str | None,
-        pinned: Endpoint | None,
-    ) -> IWalk:
-        """The walk of one request for ``model`` (None: it names none) through ``plan`` (not
-        rejected, at least one candidate), at most ``attempts`` attempts in all; ``pinned``:
-        the endpoint its sticky session last went to."""
+    def walk(plan: Plan, context: RequestContext, attempts: int) -> IWalk:
+        """The walk of one request through ``plan`` (not rejected, at least one candidate;
+        with the model it names and its sticky pin), at most ``attempts`` attempts in all."""
 
 
 @implementer(IWalk)
@@ -118,13 +111,6 @@ class InOrder:
     def __init__(self, registry: EndpointRegistry) -> None:
         self._registry = registry
 
-    def walk(
-        self,
-        plan: Plan,
-        context: RequestContext,
-        attempts: int,
-        model: str | None = None,
-        pinned: Endpoint | None = None,
-    ) -> IWalk:
+    def walk(self, plan: Plan, context: RequestContext, attempts: int) -> IWalk:
         # the first attempt goes to the plan's best candidate, whatever a reload did meanwhile
         return _InOrderWalk(plan.candidates, self._registry, attempts)

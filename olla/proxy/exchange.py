@@ -223,7 +223,7 @@ class Exchange:
             self._finish(None)
             return
         self.affinity = planned.affinity
-        plan = shaper(planned.routed)
+        plan = shaper(planned)
         if plan is None:  # the route answered itself
             self._status = self._request.code
             self._finish(Outcome.OK)
@@ -246,8 +246,7 @@ class Exchange:
             return
         retry = self._deps.config.retry
         budget = (retry.max_attempts or len(plan.candidates)) if retry.enabled else 1
-        pinned = self.affinity.pinned if self.affinity is not None else None
-        self._walk = self._deps.dispatch.walk(plan, self._context, budget, self._model, pinned)
+        self._walk = self._deps.dispatch.walk(plan, self._context, budget)
         self._next_attempt()
 
     def _next_attempt(self) -> None:

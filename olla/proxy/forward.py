@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.internet.error import ConnectionAborted
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
@@ -23,6 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 
 from olla.util.bodies import BytesProducer as BytesProducer  # where the exchange finds it
+from olla.util.deadline import OneShot
 
 #: Bodies up to this size are sent from memory in one write; larger ones stream from disk.
 IN_MEMORY_BODY = 256 * 1024
@@ -115,7 +116,7 @@ class StreamBody(Protocol):
     # attributes slotted too, no instance dict is made at all
     __slots__ = (
         "_abort_reason", "_clock", "_done", "_gather", "_gathered", "_gathered_size",
-        "_idle_call", "_idle_timeout", "_producing", "_request", "connected", "first_byte_at",
+        "_idle", "_idle_timeout", "_producing", "_request", "connected", "first_byte_at",
         "relayed", "tail", "transport",
     )  # fmt: skip
 
@@ -135,7 +136,8 @@ class StreamBody(Protocol):
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._done: Callable[[Failure | None], None] | None = done
-        self._idle_call: IDelayedCall | None = None
+        #: the idle bound, restarted at every chunk (None: unbounded)
+        self._idle = OneShot(clock, self._idle_expired) if idle_timeout > 0 else None
         self._abort_reason: Failure | None = None
         self._producing = False
         self.relayed = 0
@@ -147,12 +149,15 @@ class StreamBody(Protocol):
     def connectionMade(self) -> None:
         self._request.registerProducer(self.transport, True)
         self._producing = True
-        self._arm_idle_timer()
+        if self._idle is not None:
+            self._idle.start(self._idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self._abort_reason is not None:
             return  # bytes _newclient had buffered before our stopProducing took effect
-        self._arm_idle_timer()
+        idle = self._idle
+        if idle is not None:
+            idle.start(self._idle_timeout)
         if self.first_byte_at is None:
             self.first_byte_at = self._clock.seconds()
         self.relayed += len(data)
@@ -174,7 +179,8 @@ class StreamBody(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if reason is None:
             reason = Failure(ConnectionAborted())
-        self._cancel_idle_timer()
+        if self._idle is not None:
+            self._idle.stop()
         if self._producing:
             self._producing = False
             if self._request.channel is not None:  # a departed client has no channel
@@ -201,21 +207,7 @@ class StreamBody(Protocol):
         if done is not None:
             done(reason)
 
-    def _arm_idle_timer(self) -> None:
-        if self._idle_timeout <= 0:
-            return
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
-        else:
-            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle_expired)
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
-
     def _idle_expired(self) -> None:
-        self._idle_call = None
         self.abort(Failure(ReadTimeout(self._idle_timeout)))
 
 

@@ -20,6 +20,7 @@ order at once, as ``InOrder`` would send it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -28,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from olla.config import OllaConfig
-from olla.fleet.endpoints import Endpoint, EndpointRegistry
+from olla.fleet.endpoints import EndpointRegistry
 from olla.front.context import RequestContext
 from olla.interfaces import IReconfigurable
 from olla.proxy.admission import AdmissionRefused, Grant, Refusal, Ticket
@@ -42,23 +43,17 @@ NO_SLOT = (b"/api/show", b"/tokenize", b"/detokenize")
 
 
 @implementer(IDispatch, IReconfigurable)
+@dataclass(eq=False)
 class GateDispatch:
     """Hands each attempt the slot the admission gate grants it."""
 
     reconfigures = ("proxy.queue.", "proxy.response_timeout")
 
-    def __init__(
-        self,
-        gate: AdmissionGate,
-        registry: EndpointRegistry,
-        rates: PromptRates,
-        clock: IReactorTime,
-    ) -> None:
-        self.gate = gate
-        self.registry = registry
-        #: seconds per prompt token, per model: what moving off a pinned host costs
-        self.rates = rates
-        self.clock = clock
+    gate: AdmissionGate
+    registry: EndpointRegistry
+    #: seconds per prompt token, per model: what moving off a pinned host costs
+    rates: PromptRates
+    clock: IReactorTime
 
     def reconfigure(self, config: OllaConfig) -> None:
         """``proxy.queue.*`` (and the response timeout, ``max_wait``'s default); then the
@@ -66,16 +61,10 @@ class GateDispatch:
         self.gate.reconfigure(config.proxy)
         self.gate.poke()
 
-    def walk(
-        self,
-        plan: Plan,
-        context: RequestContext,
-        attempts: int,
-        model: str | None = None,
-        pinned: Endpoint | None = None,
-    ) -> IWalk:
+    def walk(self, plan: Plan, context: RequestContext, attempts: int) -> IWalk:
+        model = plan.model
         gated = model is not None and not context.path.rstrip(b"/").endswith(NO_SLOT)
-        return _GateWalk(self, plan, context, attempts, model if gated else None, pinned)
+        return _GateWalk(self, plan, context, attempts, model if gated else None)
 
 
 @implementer(IWalk)
@@ -87,7 +76,6 @@ class _GateWalk:
         context: RequestContext,
         attempts: int,
         model: str | None,
-        pinned: Endpoint | None,
     ) -> None:
         self._dispatch = dispatch
         self._left = list(plan.candidates)
@@ -96,7 +84,7 @@ class _GateWalk:
         self._budget = attempts
         #: None: the request takes no slot
         self._model = model
-        self._pinned = pinned
+        self._pinned = plan.pinned
         self._grant: Grant | None = None
         self._holding: Deferred[Any] | None = None
         self._asked = 0.0  # when the attempt being held asked the gate

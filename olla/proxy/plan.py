@@ -65,6 +65,8 @@ class Planned:
 
     routed: RoutePlan
     affinity: Affinity | None = None
+    #: the model the request names (None: it names none)
+    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -87,22 +89,39 @@ class Plan:
     rewrite: Mapping[Endpoint, str] = field(default_factory=dict)
     #: told that the request is over when no candidate was tried (a rejected plan)
     unserved: IExchangeShape | None = None
+    #: for the dispatch stage: the model the request names (None: it takes no slot), and the
+    #: endpoint its sticky session last went to
+    model: str | None = None
+    pinned: Endpoint | None = None
 
     @classmethod
-    def uniform(cls, routed: RoutePlan, shape: IExchangeShape) -> Plan:
-        """Every candidate of ``routed`` with the same ``shape``."""
+    def of(
+        cls, planned: Planned, candidates: tuple[Candidate, ...], unserved: IExchangeShape
+    ) -> Plan:
+        """The route's ``candidates`` for what the planning stage found (``planned``)."""
+        routed, affinity = planned.routed, planned.affinity
         return cls(
-            tuple([Candidate(ep, shape) for ep in routed.candidates]),
+            candidates,
             routed.decision,
             routed.rejection,
             routed.rewrite,
-            shape,
+            unserved,
+            planned.model,
+            affinity.pinned if affinity is not None else None,
+        )
+
+    @classmethod
+    def uniform(cls, planned: Planned, shape: IExchangeShape) -> Plan:
+        """Every candidate routing found, with the same ``shape``."""
+        return cls.of(
+            planned, tuple([Candidate(ep, shape) for ep in planned.routed.candidates]), shape
         )
 
 
-#: what a route makes of routing's plan: the candidates with their shapes, or None when it
-#: answered the request itself (e.g. a token count no backend can make, estimated locally)
-Shaper = Callable[[RoutePlan], "Plan | None"]
+#: what a route makes of the planning stage's result: the candidates with their shapes, or
+#: None when it answered the request itself (e.g. a token count no backend can make,
+#: estimated locally)
+Shaper = Callable[[Planned], "Plan | None"]
 
 
 def startup_wait(config: OllaConfig) -> float:
@@ -139,7 +158,7 @@ class Planner:
         key = context.key
         if key is not None and not model_allowed(key, query.model):
             message = f"this API key may not use model {query.model!r}"
-            return Planned(RoutePlan(rejection=Rejection(403, message)))
+            return Planned(RoutePlan(rejection=Rejection(403, message)), model=query.model)
         registry = self.router.registry
         sticky = self.sticky
         if sticky is None and registry.ready:
@@ -173,7 +192,7 @@ class Planner:
         missed = routed.rejection is not None and decision is not None and decision.rejected
         if missed and not context.gone and self._may_refresh(refreshed, refresh_failed):
             return self._refresh_then_route(context, query, affinity)
-        return Planned(routed, affinity)
+        return Planned(routed, affinity, query.model)
 
     def _may_refresh(self, refreshed: bool, refresh_failed: bool) -> bool:
         strategy = self.router.strategy

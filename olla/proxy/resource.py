@@ -82,7 +82,7 @@ class ProxyResource(Resource):
             document=lambda: parse_body(small),
         )
         exchange = Exchange(self._deps, context, request, query, target, small_body=small)
-        exchange.start(lambda routed: Plan.uniform(routed, VERBATIM))
+        exchange.start(lambda planned: Plan.uniform(planned, VERBATIM))
         return NOT_DONE_YET
 
     def _is_live_ps(self, path: bytes) -> bool:

@@ -23,10 +23,8 @@ exchange schedules the timers on its clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from olla.config import OllaConfig, ProxyConfig
@@ -34,6 +32,7 @@ from olla.config._base import format_duration
 from olla.interfaces import IReconfigurable
 from olla.profiles import Profile
 from olla.proxy.forward import gather_size
+from olla.util.deadline import OneShot
 
 #: a prompt token is about this many bytes of a JSON body (``per_token_timeout_ms``)
 BYTES_PER_TOKEN = 4
@@ -164,31 +163,18 @@ class TimeoutPolicy:
         return gather_size(proxy.profile, proxy.engine, proxy.stream_buffer_size, content_type)
 
 
-class ResponseTimer:
+class ResponseTimer(OneShot):
     """The one timer of a request's whole-response bound: armed at each attempt (a failover
     to another platform may bound it differently), stopped when the request ends."""
 
-    __slots__ = ("_call", "_clock", "_expired")
-
-    def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
-        self._clock = clock
-        self._expired = expired
-        self._call: IDelayedCall | None = None
+    __slots__ = ()
 
     def arm(self, deadline: AttemptDeadline) -> None:
         """Fire when what is left of ``deadline``'s bound runs out (never, without one)."""
-        self.stop()
-        if deadline.remaining is not None:
-            self._call = self._clock.callLater(max(0.0, deadline.remaining), self._fire)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _fire(self) -> None:
-        self._call = None
-        self._expired()
+        if deadline.remaining is None:
+            self.stop()
+        else:
+            self.start(max(0.0, deadline.remaining))
 
 
 class LoadTimeout(Exception):

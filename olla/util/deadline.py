@@ -1,18 +1,20 @@
 # -*- test-case-name: tests.test_health -*-
-"""A deadline for a Deferred that always fails with ``TimeoutError`` when it expires.
+"""Deadlines: for a Deferred (``with_deadline``), and a one-shot timer (``OneShot``).
 
-``Deferred.addTimeout`` only converts a ``CancelledError``; an Agent request cancelled midway
-fails with ``ResponseNeverReceived`` or similar instead, which would read as a dropped
-connection. Callers need to know it was *their* timeout.
+``with_deadline`` always fails with ``TimeoutError`` when it expires: ``Deferred.addTimeout``
+only converts a ``CancelledError``; an Agent request cancelled midway fails with
+``ResponseNeverReceived`` or similar instead, which would read as a dropped connection.
+Callers need to know it was *their* timeout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
@@ -50,3 +52,32 @@ def follow(d: Deferred[T]) -> Deferred[None]:
 
     d.addBoth(relay)
     return follower
+
+
+class OneShot:
+    """Calls ``expired`` once, ``seconds`` after it was last started, unless stopped first (a
+    stream's idle bound, a request's whole-response bound). Started again while it runs, its
+    one delayed call is moved, not replaced: the idle bound is started at every chunk."""
+
+    __slots__ = ("_call", "_clock", "_expired")
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
+        self._clock = clock
+        self._expired = expired
+        self._call: IDelayedCall | None = None
+
+    def start(self, seconds: float) -> None:
+        call = self._call
+        if call is not None and call.active():
+            call.reset(seconds)
+        else:
+            self._call = self._clock.callLater(seconds, self._fire)
+
+    def stop(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fire(self) -> None:
+        self._call = None
+        self._expired()

@@ -52,7 +52,7 @@ class Repeating(Service):
         now: bool = False,
     ) -> None:
         self._job = job
-        self._interval = interval
+        self.interval = interval
         self._now = now
         self.what = what
         self._loop = LoopingCall(self._step)
@@ -65,12 +65,12 @@ class Repeating(Service):
             self._log.failure(
                 "{what} failed (tried again in {interval}s)",
                 what=self.what,
-                interval=self._interval,
+                interval=self.interval,
             )
 
     def startService(self) -> None:
         super().startService()
-        self._loop.start(self._interval, now=self._now)
+        self._loop.start(self.interval, now=self._now)
 
     def stopService(self) -> None:
         super().stopService()

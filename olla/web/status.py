@@ -116,12 +116,10 @@ def time_until(then: float | None, now: float) -> str:
 
 
 def format_uptime(seconds: float) -> str:
-    """Uptime: ``"42s"``, ``"17m"``, ``"3h 12m"``, ``"2d 5h"``."""
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
+    """Uptime: ``"42s"``, ``"17m"`` (under an hour, a ``format_span``), then ``"3h 12m"``,
+    ``"2d 5h"``."""
     if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
+        return format_span(seconds)
     hours, minutes = int(seconds // 3600), int(seconds // 60) % 60
     if hours < 24:
         return f"{hours}h {minutes}m"
