@@ -165,21 +165,55 @@ class TimeoutPolicy:
 
 
 class ResponseTimer:
-    """The one timer of a request's whole-response bound: armed at each attempt (a failover
-    to another platform may bound it differently), stopped when the request ends."""
+    """The one timer of a request: each attempt's header wait, then what is left of the whole
+    response's bound. Armed at each attempt (a failover to another platform may bound it
+    differently), moved on to the bound when the attempt's headers come (``answered``),
+    stopped when the request ends. One timer, not one per deadline: this runs per request."""
 
-    __slots__ = ("_call", "_clock", "_expired")
+    __slots__ = ("_bound_at", "_call", "_clock", "_expired", "_header_expired", "_heading")
 
-    def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        expired: Callable[[], None],
+        header_expired: Callable[[], None] = lambda: None,
+    ) -> None:
         self._clock = clock
         self._expired = expired
+        self._header_expired = header_expired
         self._call: IDelayedCall | None = None
+        #: when the whole response's bound runs out (None: never)
+        self._bound_at: float | None = None
+        #: the timer is set for the attempt's header wait, before the bound
+        self._heading = False
 
     def arm(self, deadline: AttemptDeadline) -> None:
-        """Fire when what is left of ``deadline``'s bound runs out (never, without one)."""
+        """Fire ``header_expired`` when the attempt's header wait runs out before its headers
+        come (only when that wait ends before the bound does), and ``expired`` when what is
+        left of ``deadline``'s bound runs out (never, without one)."""
         self.stop()
-        if deadline.remaining is not None:
-            self._call = self._clock.callLater(max(0.0, deadline.remaining), self._fire)
+        remaining = deadline.remaining
+        now = self._clock.seconds()
+        self._bound_at = None if remaining is None else now + max(0.0, remaining)
+        self._heading = remaining is None or deadline.header_wait < remaining
+        if self._heading:
+            self._call = self._clock.callLater(deadline.header_wait, self._fire)
+        elif remaining is not None:
+            self._call = self._clock.callLater(max(0.0, remaining), self._fire)
+
+    def answered(self) -> None:
+        """The attempt's headers came: only the bound is left to time."""
+        if not self._heading:
+            return
+        self._heading = False
+        call = self._call
+        if call is None or not call.active():
+            return
+        if self._bound_at is None:
+            call.cancel()
+            self._call = None
+        else:  # a later time: Twisted moves the call without a new one
+            call.reset(max(0.0, self._bound_at - self._clock.seconds()))
 
     def stop(self) -> None:
         if self._call is not None and self._call.active():
@@ -188,7 +222,11 @@ class ResponseTimer:
 
     def _fire(self) -> None:
         self._call = None
-        self._expired()
+        if self._heading:
+            self._heading = False
+            self._header_expired()
+        else:
+            self._expired()
 
 
 class LoadTimeout(Exception):
