@@ -115,6 +115,22 @@ class HostileHTTPTests(SynchronousTestCase):
         self.assertEqual(response.status, 408)
         self.assertLessEqual(self.h.clock.seconds(), 10.0)
 
+    def test_whole_request_in_one_chunk_makes_no_timer(self) -> None:
+        """If a request's headers and body arrive in one chunk, then no header or body deadline
+        is ever scheduled (nothing to time: it is all in)."""
+        made: list[str] = []
+        call_later = self.h.clock.callLater
+
+        def recorded(delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+            made.append(getattr(f, "__name__", repr(f)))
+            return call_later(delay, f, *args, **kw)
+
+        self.patch(self.h.clock, "callLater", recorded)
+        body = b'{"model": "m", "messages": []}'
+        raw = b"POST /olla/ollama/api/chat HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
+        self.h.send(raw % (len(body), body))
+        self.assertNotIn("_too_slow", made)
+
     def test_slow_body_is_cut_at_the_deadline(self) -> None:
         """If a body trickles in, then at read_timeout the client gets 408 and nothing reaches
         a backend."""

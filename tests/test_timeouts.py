@@ -121,8 +121,37 @@ def test_response_timer() -> None:
     timer.stop()
     clock.advance(10)
     assert fired == [3.0] and clock.getDelayedCalls() == []
-    unbounded = replace(PAGE, response_timeout=0.0)
-    timer.arm(attempt_deadline(unbounded, None, started=0, now=0, cold=False, expected_load=0))
+
+
+def test_response_timer_times_the_header_wait_first() -> None:
+    """If an attempt's header wait ends before the bound, then the one timer fires
+    ``header_expired`` at the wait unless the headers came first; once they came it fires
+    ``expired`` at the bound (no bound: nothing is left scheduled)."""
+    from olla.proxy.timeouts import ResponseTimer
+
+    clock = Clock()
+    fired: list[tuple[str, float]] = []
+    timer = ResponseTimer(
+        clock,
+        lambda: fired.append(("bound", clock.seconds())),
+        lambda: fired.append(("headers", clock.seconds())),
+    )
+    bounded = replace(PAGE, response_header_timeout=5.0, response_timeout=60.0)
+    timer.arm(attempt_deadline(bounded, OLLAMA, started=0, now=0, cold=False, expected_load=0))
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(5)
+    assert fired == [("headers", 5.0)]
+    timer.arm(attempt_deadline(bounded, OLLAMA, started=0, now=5, cold=False, expected_load=0))
+    clock.advance(4)
+    timer.answered()
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(50)
+    assert fired == [("headers", 5.0)]
+    clock.advance(1)
+    assert fired == [("headers", 5.0), ("bound", 60.0)]
+    unbounded = replace(PAGE, response_header_timeout=5.0, response_timeout=0.0)
+    timer.arm(attempt_deadline(unbounded, None, started=60, now=60, cold=False, expected_load=0))
+    timer.answered()
     assert clock.getDelayedCalls() == []
 
 

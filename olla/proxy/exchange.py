@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
@@ -64,7 +65,6 @@ from olla.proxy.tokens import TokenUsage, read_usage
 from olla.telemetry.outcomes import Outcomes
 from olla.telemetry.records import AttemptRecord, AttemptStart, RequestRecord
 from olla.util.bodies import BoundedBody
-from olla.util.deadline import with_deadline
 from olla.util.errors import write_error
 from olla.util.failures import CUT, STALE_CONNECTION, TIMEOUTS, UNREACHABLE, describe
 
@@ -144,10 +144,10 @@ class Exchange:
     # one lives per request in flight (a thousand slow streams: a thousand of them)
     __slots__ = (
         "_attempts", "_candidate", "_context", "_deadline", "_deps", "_ended", "_error",
-        "_failovers", "_last", "_model", "_pending", "_plan", "_query", "_replans", "_request",
-        "_response_timer", "_shape", "_shaped", "_shaper", "_stale_retried", "_start", "_status",
-        "_stream", "_streamed", "_target", "_timed_out", "_usage", "_waiting", "_walk",
-        "affinity", "small_body",
+        "_failovers", "_header_late", "_last", "_model", "_pending", "_plan", "_query",
+        "_replans", "_request", "_response_timer", "_shape", "_shaped", "_shaper",
+        "_stale_retried", "_start", "_status", "_stream", "_streamed", "_target", "_timed_out",
+        "_usage", "_waiting", "_walk", "affinity", "small_body",
     )  # fmt: skip
 
     _log = Logger()
@@ -189,7 +189,8 @@ class Exchange:
         self._last: AttemptRecord | None = None  # the attempt the next one takes over from
         #: the current attempt's deadlines, and the whole response's timer
         self._deadline: AttemptDeadline | None = None
-        self._response_timer = ResponseTimer(deps.clock, self._response_expired)
+        self._response_timer = ResponseTimer(deps.clock, self._response_expired, self._headers_late)
+        self._header_late = False
         #: set when the whole response's bound ran out (the attempt then ends on it)
         self._timed_out: ResponseTimeout | None = None
         self._shape: IExchangeShape | None = None
@@ -377,10 +378,8 @@ class Exchange:
             path=path,
         )
         deps.outcomes.attempt_started(start)
-        deadline = self._deadline = self._attempt_deadline(start)
-        if deadline.remaining is None or deadline.header_wait < deadline.remaining:
-            with_deadline(pending, deadline.header_wait, deps.clock)
-        self._response_timer.arm(deadline)
+        self._header_late = False
+        self._response_timer.arm(self._attempt_deadline(start))
         self._pending = pending
         pending.addCallbacks(
             self._got_response,
@@ -398,7 +397,7 @@ class Exchange:
         load = 0.0
         if start.cold and model is not None:
             load = deps.catalogue.expected_load(endpoint, model, deps.router.warm.default_load_time)
-        return deps.timeouts.attempt(
+        self._deadline = deps.timeouts.attempt(
             endpoint.profile,
             started=self._context.started,
             now=start.at,
@@ -406,6 +405,7 @@ class Exchange:
             expected_load=load,
             body_size=self._context.body_size,
         )
+        return self._deadline
 
     def _response_expired(self) -> None:
         """The whole response's bound ran out: before the first byte the attempt fails (and the
@@ -419,6 +419,13 @@ class Exchange:
             self._stream.abort(Failure(self._timed_out))
         elif self._waiting is not None:
             self._waiting.cancel()  # held by the dispatch stage past the bound
+
+    def _headers_late(self) -> None:
+        """The attempt's header wait ran out: it fails as a timeout (a host still loading the
+        model answers 504 and keeps it; otherwise it is a failover)."""
+        self._header_late = True
+        if self._pending is not None:
+            self._pending.cancel()
 
     def _attempt_ended(
         self,
@@ -460,6 +467,9 @@ class Exchange:
     def _attempt_failed(self, failure: Failure, endpoint: Endpoint) -> None:
         """No answer came back: classify the failure, then retry, fail over or give up."""
         self._pending = None
+        if self._header_late:  # cancelled by the header wait: whatever the Agent made of it
+            assert self._deadline is not None
+            failure = Failure(DeferredTimeout(f"no answer within {self._deadline.header_wait:g}s"))
         if self._timed_out is not None and not self._context.gone:
             cause = str(self._timed_out)
             self._attempt_ended(Outcome.TIMED_OUT, cause=cause)
@@ -571,6 +581,7 @@ class Exchange:
 
     def _got_response(self, response: IResponse, endpoint: Endpoint) -> None:
         self._pending = None
+        self._response_timer.answered()
         if self._context.gone:
             response.deliverBody(_Discard())
             self._attempt_ended(Outcome.CLIENT_GONE, status=response.code)

@@ -421,13 +421,15 @@ class AdmissionGate:
         """A free slot on ``endpoint`` (for ``model``, when one is named), counting the slots
         asked for and not answered yet."""
         store, eid = self._store, endpoint.id
-        spare = self._spare.get(eid, ())
-        if store.held(eid) + self._reserved[eid] - len(spare) >= self._fleet.slots(endpoint):
+        spare = self._spare.get(eid)  # given back in this hand-out: free
+        held = store.held(eid) + self._reserved.get(eid, 0) - (len(spare) if spare else 0)
+        if held >= self._fleet.slots(endpoint):
             return False
         if not model:
             return True
-        taken = store.held_by_model(eid, model) + self._reserved_model[(eid, model)]
-        taken -= sum(1 for lease in spare if lease.model == model)
+        taken = store.held_by_model(eid, model) + self._reserved_model.get((eid, model), 0)
+        if spare:
+            taken -= sum(1 for lease in spare if lease.model == model)
         return taken < self.cap(endpoint, model)
 
     def _fits(self, entry: _Entry, endpoint: Endpoint, model: str, now: float) -> _Fit:

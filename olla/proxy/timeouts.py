@@ -23,8 +23,10 @@ exchange schedules the timers on its clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from olla.config import OllaConfig, ProxyConfig
@@ -164,17 +166,56 @@ class TimeoutPolicy:
 
 
 class ResponseTimer(OneShot):
-    """The one timer of a request's whole-response bound: armed at each attempt (a failover
-    to another platform may bound it differently), stopped when the request ends."""
+    """The one timer of a request: each attempt's header wait, then what is left of the whole
+    response's bound. Armed at each attempt (a failover to another platform may bound it
+    differently), moved on to the bound when the attempt's headers come (``answered``),
+    stopped when the request ends. One timer, not one per deadline: this runs per request."""
 
-    __slots__ = ()
+    __slots__ = ("_bound_at", "_bound_expired", "_header_expired", "_heading")
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        expired: Callable[[], None],
+        header_expired: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(clock, self._due)
+        self._bound_expired = expired
+        self._header_expired = header_expired
+        #: when the whole response's bound runs out (None: never)
+        self._bound_at: float | None = None
+        #: the timer is set for the attempt's header wait, before the bound
+        self._heading = False
 
     def arm(self, deadline: AttemptDeadline) -> None:
-        """Fire when what is left of ``deadline``'s bound runs out (never, without one)."""
-        if deadline.remaining is None:
+        """Fire ``header_expired`` when the attempt's header wait runs out before its headers
+        come (only when that wait ends before the bound does), and ``expired`` when what is
+        left of ``deadline``'s bound runs out (never, without one)."""
+        remaining = deadline.remaining
+        self._bound_at = None if remaining is None else self._clock.seconds() + max(0.0, remaining)
+        self._heading = remaining is None or deadline.header_wait < remaining
+        if self._heading:
+            self.start(deadline.header_wait)
+        else:
+            assert remaining is not None
+            self.start(max(0.0, remaining))
+
+    def answered(self) -> None:
+        """The attempt's headers came: only the bound is left to time."""
+        if not self._heading:
+            return
+        self._heading = False
+        if self._bound_at is None:
             self.stop()
         else:
-            self.start(max(0.0, deadline.remaining))
+            self.start(max(0.0, self._bound_at - self._clock.seconds()))
+
+    def _due(self) -> None:
+        if self._heading:
+            self._heading = False
+            self._header_expired()
+        else:
+            self._bound_expired()
 
 
 class LoadTimeout(Exception):

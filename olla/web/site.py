@@ -375,6 +375,7 @@ class OllaChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return  # answered and closing: the rest is not read
+        self._parsing = True  # first: a request that arrives whole makes no timer (``_arm``)
         if (
             self.line_mode
             and self._deadline is None
@@ -382,7 +383,6 @@ class OllaChannel(HTTPChannel):
             and data.strip(b"\r\n")
         ):
             self._arm(self.site.header_timeout, "request headers")
-        self._parsing = True
         try:
             super().dataReceived(data)
         finally:
