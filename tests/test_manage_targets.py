@@ -6,7 +6,8 @@ import pytest
 
 from olla.config import EndpointConfig
 from olla.fleet.endpoints import endpoints_from_config
-from olla.manage.targets import Refusal, Selection, name_forms, named, select
+from olla.manage.targets import Selection, name_forms, named, select
+from olla.proxy.routing import Rejection
 
 ENDPOINTS = endpoints_from_config(
     [
@@ -18,7 +19,7 @@ ENDPOINTS = endpoints_from_config(
 )
 
 
-def names(result: Selection | Refusal) -> list[str]:
+def names(result: Selection | Rejection) -> list[str]:
     assert isinstance(result, Selection), result
     return [e.name for e in result.targets]
 
@@ -31,7 +32,7 @@ def pick(
     asked: tuple[str, ...] | None = None,
     has: set[str] | None = None,
     one: bool = False,
-) -> Selection | Refusal:
+) -> Selection | Rejection:
     return select(
         operation,
         ENDPOINTS,
@@ -76,13 +77,13 @@ def test_header_refusals(
     """If X-Olla-Endpoints names nothing, an unknown endpoint or one that is not a target,
     then 400; a named one that is down is 503, not silently skipped."""
     result = pick(down=("b",), configured=configured, asked=asked)
-    assert isinstance(result, Refusal)
+    assert isinstance(result, Rejection)
     assert result.status == status and fragment in result.message
 
 
 def test_no_healthy_target_is_503() -> None:
     """If every eligible endpoint is down, then 503."""
-    assert pick(down=("a", "b", "c")) == Refusal(503, "no healthy Ollama endpoint to pull on")
+    assert pick(down=("a", "b", "c")) == Rejection(503, "no healthy Ollama endpoint to pull on")
 
 
 def test_only_where_the_model_is() -> None:
@@ -90,8 +91,8 @@ def test_only_where_the_model_is() -> None:
     goes to the first of them."""
     assert names(pick("delete", has={"b", "c"})) == ["b", "c"]
     assert names(pick("push", has={"b", "c"}, one=True)) == ["b"]
-    assert pick("delete", has=set()) == Refusal(404, "model 'x' not found")
-    assert pick("delete", has={"a"}, down=("a",)) == Refusal(404, "model 'x' not found")
+    assert pick("delete", has=set()) == Rejection(404, "model 'x' not found")
+    assert pick("delete", has={"a"}, down=("a",)) == Rejection(404, "model 'x' not found")
 
 
 def test_header_parsing() -> None:

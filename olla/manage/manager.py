@@ -23,9 +23,10 @@ from olla.fleet.sticky import StickySessions
 from olla.front.context import RequestContext
 from olla.interfaces import IReconfigurable
 from olla.manage.calls import Fleet
-from olla.manage.targets import ENDPOINTS_HEADER, Refusal, Selection, name_forms, named, select
+from olla.manage.targets import ENDPOINTS_HEADER, Selection, name_forms, named, select
 from olla.manage.upstream import Upstream
 from olla.proxy.exchange import ProxyDeps
+from olla.proxy.routing import Rejection
 from olla.util.access import AccessPolicy
 
 
@@ -105,7 +106,7 @@ class FleetManager:
         has_model: Callable[[Endpoint], bool] | None = None,
         missing: str = "",
         one: bool = False,
-    ) -> Selection | Refusal:
+    ) -> Selection | Rejection:
         registry = self.registry
 
         def healthy(endpoint: Endpoint) -> str | None:

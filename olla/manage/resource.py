@@ -32,10 +32,11 @@ from olla.front.context import answer_error, context_of
 from olla.manage.calls import Asked, BlobCheck, BlobUpload, Call, ProgressCall, ReplyCall
 from olla.manage.createshape import ShapeError, for_version, is_new_style, is_old_style
 from olla.manage.manager import FleetManager
-from olla.manage.targets import ENDPOINTS_HEADER, Refusal, Selection
+from olla.manage.targets import ENDPOINTS_HEADER, Selection
 from olla.manage.upstream import HostFailed
 from olla.proxy.headers import request_headers_for_upstream
 from olla.proxy.resource import BadTarget, remove_dot_segments
+from olla.proxy.routing import Rejection
 
 #: path -> (operation, method)
 ROUTES: dict[bytes, tuple[str, bytes]] = {
@@ -129,7 +130,7 @@ class ManagementResource(Resource):
             if operation == "create" and not (is_old_style(document) or is_new_style(document)):
                 raise BadRequest("neither 'from' or 'files' was specified (nor a 'modelfile')")
             chosen = self._manager.select(request, operation)
-            if isinstance(chosen, Refusal):
+            if isinstance(chosen, Rejection):
                 raise BadRequest(chosen.message, chosen.status)
             self._progress(request, operation, model, chosen, document)
 
@@ -140,7 +141,7 @@ class ManagementResource(Resource):
         where the model is."""
         manager = self._manager
         candidates = manager.select(request, operation)
-        if isinstance(candidates, Refusal):
+        if isinstance(candidates, Rejection):
             raise BadRequest(candidates.message, candidates.status)
 
         context = context_of(request)
@@ -155,7 +156,7 @@ class ManagementResource(Resource):
                 missing=missing,
                 one=operation == "push",
             )
-            if isinstance(targets, Refusal):
+            if isinstance(targets, Rejection):
                 self._refused(request, targets.status, targets.message)
                 return
             if operation == "push":
@@ -212,7 +213,7 @@ class ManagementResource(Resource):
         if not _DIGEST.match(digest):
             raise BadRequest("invalid digest format")
         chosen = self._manager.select(request, "upload a blob to")
-        if isinstance(chosen, Refusal):
+        if isinstance(chosen, Rejection):
             raise BadRequest(chosen.message, chosen.status)
         fleet = self._manager.fleet
         upstream_path = BLOBS + digest.encode()

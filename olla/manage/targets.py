@@ -18,17 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from olla.fleet.endpoints import Endpoint
+from olla.proxy.routing import Rejection
 
 #: the request header that narrows a management call to some endpoints, by name
 ENDPOINTS_HEADER = b"X-Olla-Endpoints"
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """The call goes nowhere: answered with ``status`` and ``message``."""
-
-    status: int
-    message: str
 
 
 @dataclass(frozen=True)
@@ -55,7 +48,7 @@ def select(
     has_model: Callable[[Endpoint], bool] | None = None,
     missing: str = "model not found",
     one: bool = False,
-) -> Selection | Refusal:
+) -> Selection | Rejection:
     """The targets of one call.
 
     Args:
@@ -74,19 +67,19 @@ def select(
     skipped: list[tuple[str, str]] = []
     if asked is not None:
         if not asked:
-            return Refusal(400, f"{ENDPOINTS_HEADER.decode()} names no endpoint")
+            return Rejection(400, f"{ENDPOINTS_HEADER.decode()} names no endpoint")
         names = {e.name for e in endpoints}
         unknown = [n for n in asked if n not in names]
         if unknown:
             known = ", ".join(e.name for e in eligible) or "none"
-            return Refusal(
+            return Rejection(
                 400,
                 f"{ENDPOINTS_HEADER.decode()}: no endpoint named {', '.join(unknown)} "
                 f"(model management targets: {known})",
             )
         outside = [n for n in asked if n not in {e.name for e in eligible}]
         if outside:
-            return Refusal(
+            return Rejection(
                 400,
                 f"{ENDPOINTS_HEADER.decode()}: {', '.join(outside)} is not a model management "
                 "target (an Ollama endpoint listed in model_management.targets)",
@@ -95,7 +88,7 @@ def select(
         down = [(e.name, status) for e in chosen if (status := healthy(e)) is not None]
         if down:
             states = ", ".join(f"{name} is {status}" for name, status in down)
-            return Refusal(503, f"{ENDPOINTS_HEADER.decode()}: {states}")
+            return Rejection(503, f"{ENDPOINTS_HEADER.decode()}: {states}")
     else:
         chosen = []
         for endpoint in eligible:
@@ -105,11 +98,11 @@ def select(
             else:
                 skipped.append((endpoint.name, status))
     if not chosen:
-        return Refusal(503, f"no healthy Ollama endpoint to {operation} on")
+        return Rejection(503, f"no healthy Ollama endpoint to {operation} on")
     if has_model is not None:
         chosen = [e for e in chosen if has_model(e)]
         if not chosen:
-            return Refusal(404, missing)
+            return Rejection(404, missing)
     if one:
         chosen = chosen[:1]
     return Selection(tuple(chosen), tuple(skipped))
