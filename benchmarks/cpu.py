@@ -122,10 +122,13 @@ def scenario(pid: int, base: str, path: str, conns: int, body: dict[str, Any], s
     }
 
 
-def olla_config(directory: Path, port: int, backend: str, store: str | None) -> Path:
+def olla_config(
+    directory: Path, port: int, backend: str, store: str | None, queue: bool = True
+) -> Path:
     """olla at its defaults, one endpoint, info logging; rate limits as shipped except the
     global bucket (1000/min would refuse the load: it is off only when per-IP is off, which
-    is the default)."""
+    is the default). ``queue=False``: ``proxy.queue.enabled: false`` (every request sent at
+    once, as the floor does)."""
     document: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port},
         "discovery": {
@@ -136,6 +139,8 @@ def olla_config(directory: Path, port: int, backend: str, store: str | None) -> 
         # the translation (the shared fake backend has no /v1/messages)
         "translators": {"anthropic": {"passthrough_enabled": False}},
     }
+    if not queue:
+        document["proxy"] = {"queue": {"enabled": False}}
     if store is not None:
         document["state"] = {"backend": "redis", "url": store}
     path = directory / f"olla-{port}.yaml"
@@ -320,7 +325,9 @@ def main(argv: list[str]) -> int:
                 rounds.append(figures)
             if not args.no_rss:
                 port = free_port()
-                cmd = olla_cmd(olla_config(work, port, backend, None))
+                # what a stream costs: the admission queue would hold all but the endpoint's
+                # slots (4, or the profile's cap for the model), and the runner time them out
+                cmd = olla_cmd(olla_config(work, port, backend, None, queue=False))
                 result["rss"] = {"olla": slow_streams(cmd, port, backend, work, "olla")}
                 port = free_port()
                 floor = [sys.executable, str(floor_script), str(port), backend, PREFIX]
