@@ -176,12 +176,22 @@ class Olla:
     """olla's routing and gate in front of the hosts, with the exchange's bookkeeping."""
 
     def __init__(
-        self, clock: Clock, hosts: list[Host], models: list[str], loaded: bool, queue: bool
+        self,
+        clock: Clock,
+        hosts: list[Host],
+        models: list[str],
+        loaded: bool,
+        queue: bool,
+        tell: bool = True,
     ) -> None:
         self.clock = clock
         configs = [
             EndpointConfig(
-                url=f"http://h{i}:1", name=f"h{i}", type="ollama", max_concurrency=h.slots
+                url=f"http://h{i}:1",
+                name=f"h{i}",
+                type="ollama",
+                max_concurrency=h.slots,
+                max_loaded_models=(h.max_loaded or None) if tell else None,
             )
             for i, h in enumerate(hosts)
         ]
@@ -266,7 +276,7 @@ def run(target: str, args: argparse.Namespace) -> dict[str, Any]:
     if target == "least-conn":
         front = LeastConn(hosts)
     else:
-        front = Olla(clock, hosts, models, args.mix, queue=target == "olla")
+        front = Olla(clock, hosts, models, args.mix, target == "olla", not args.untold)
     classes = (
         {k: (share, s) for k, (share, s) in MIX.items()}
         if args.mix
@@ -359,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-ms", type=float, default=20.0)
     parser.add_argument("--load-ms", type=float, default=2000.0)
     parser.add_argument("--max-loaded", type=int, default=2)
+    parser.add_argument(
+        "--untold",
+        action="store_true",
+        help="olla is not told the hosts' --max-loaded (endpoints[].max_loaded_models unset)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--targets", default=",".join(TARGETS))
     args = parser.parse_args(argv)
