@@ -334,12 +334,34 @@ def run(target: str, args: argparse.Namespace) -> dict[str, Any]:
         "evictions": sum(h.evictions for h in hosts),
         "peak_running": max(h.peak_running for h in hosts),
         "peak_queued": max(h.peak_queued for h in hosts),
+        # where the models ended up (which arrangement a run settled in decides its goodput)
+        "in_memory": sorted("+".join(sorted(h.loaded)) for h in hosts),
     }
     for kind, values in tally.by_class.items():
         if args.mix:
             result[f"{kind}_p95_ms"] = percentile(values, 0.95)
     if isinstance(front, Olla):
         result["gate"] = front.gate.snapshot()["totals"]
+    return result
+
+
+def over_seeds(target: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``run`` for ``--seed``, with the spread of goodput and loads over ``--seeds`` seeds: one
+    seed's client draws can settle the models in a good or a bad arrangement."""
+    result = run(target, args)
+    if args.seeds <= 1:
+        return result
+    others = [
+        run(target, argparse.Namespace(**{**vars(args), "seed": args.seed + i}))
+        for i in range(1, args.seeds)
+    ]
+    shares = [r["goodput_share"] for r in (result, *others)]
+    loads = [r["loads"] for r in (result, *others)]
+    result["goodput_seeds"] = (
+        f"{sum(shares) / len(shares):.3f} ({min(shares):.3f}-{max(shares):.3f})"
+    )
+    result["loads_seeds"] = f"{sum(loads) / len(loads):.1f} ({max(loads)})"
+    result["goodput_by_seed"] = shares
     return result
 
 
@@ -350,6 +372,8 @@ ROWS = [
     ("p95 ms", "p95_ms"),
     ("p99 ms", "p99_ms"),
     ("goodput / capacity", "goodput_share"),
+    ("goodput over the seeds: mean (min-max)", "goodput_seeds"),
+    ("loads over the seeds: mean (max)", "loads_seeds"),
     ("short p95 ms", "short_p95_ms"),
     ("long p95 ms", "long_p95_ms"),
     ("model loads", "loads"),
@@ -375,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
         help="olla is not told the hosts' --max-loaded (endpoints[].max_loaded_models unset)",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="also run seeds seed+1... and report goodput and loads over these many",
+    )
     parser.add_argument("--targets", default=",".join(TARGETS))
     args = parser.parse_args(argv)
     if args.clients is None:
@@ -382,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.capacity is None:
         args.capacity = 2 if args.mix else 4
     targets = [t for t in args.targets.split(",") if t]
-    results = {t: run(t, args) for t in targets}
+    results = {t: over_seeds(t, args) for t in targets}
     names = list(results)
     lines = [
         f"{'mix' if args.mix else 'models'} (simulated): {args.clients} clients, 3 hosts x "
