@@ -24,6 +24,8 @@ so compare its columns with each other, and with the real benchmark's only for t
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import json
 import random
 import sys
@@ -365,6 +367,58 @@ def over_seeds(target: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def static_goodput(arrangement: tuple[frozenset[str], ...], args: argparse.Namespace) -> float:
+    """Goodput share of closed-loop clients on hosts that hold ``arrangement``'s models for
+    good: no loads, and a request goes at once to the host of its model with the most free
+    slots, else waits (first come, first served) for the first slot of a host of its model."""
+    picks = random.Random(args.seed)
+    models, weights = list(WEIGHTS), list(WEIGHTS.values())
+    service = args.tokens * args.token_ms / 1000
+    free = [args.capacity] * len(arrangement)
+    finishing: list[tuple[float, int, int]] = []
+    order = itertools.count()
+    waiting: list[str] = []
+    work = 0.0
+
+    def start(model: str, now: float) -> bool:
+        hosts = [i for i, held in enumerate(arrangement) if model in held and free[i]]
+        if not hosts:
+            return False
+        host = max(hosts, key=lambda i: free[i])
+        free[host] -= 1
+        heapq.heappush(finishing, (now + service, next(order), host))
+        return True
+
+    waiting = [m for m in picks.choices(models, weights, k=args.clients) if not start(m, 0.0)]
+    while finishing:
+        now, _, host = heapq.heappop(finishing)
+        if now > args.duration:
+            break
+        free[host] += 1
+        work += service
+        waiting.append(picks.choices(models, weights)[0])  # that client asks again
+        waiting = [m for m in waiting if not start(m, now)]
+    return work / (len(arrangement) * args.capacity * args.duration)
+
+
+def ceiling(args: argparse.Namespace) -> tuple[float, list[str]]:
+    """The best goodput any fixed arrangement of the models reaches (at most ``--max-loaded``
+    a host, every model somewhere): what placement could reach once settled, without loads."""
+    fits = [
+        frozenset(c)
+        for n in range(1, (args.max_loaded or len(WEIGHTS)) + 1)
+        for c in itertools.combinations(WEIGHTS, n)
+    ]
+    best: tuple[float, list[str]] = (0.0, [])
+    for arrangement in itertools.combinations_with_replacement(fits, 3):
+        if set().union(*arrangement) != set(WEIGHTS):
+            continue
+        share = round(static_goodput(arrangement, args), 3)
+        if share > best[0]:
+            best = (share, sorted("+".join(sorted(held)) for held in arrangement))
+    return best
+
+
 ROWS = [
     ("requests served", "served"),
     ("refused", "refused"),
@@ -406,11 +460,24 @@ def main(argv: list[str] | None = None) -> int:
         help="also run seeds seed+1... and report goodput and loads over these many",
     )
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="the best fixed arrangement's goodput (no loads, --duration 600 is steadier)",
+    )
     args = parser.parse_args(argv)
     if args.clients is None:
         args.clients = 16 if args.mix else 12
     if args.capacity is None:
         args.capacity = 2 if args.mix else 4
+    if args.ceiling:
+        share, arrangement = ceiling(args)
+        print(
+            f"ceiling: {args.clients} clients, 3 hosts x {args.capacity} slots, at most "
+            f"{args.max_loaded} models a host, {args.duration:.0f} s: goodput {share} with "
+            f"{' / '.join(arrangement)} held for good"
+        )
+        return 0
     targets = [t for t in args.targets.split(",") if t]
     results = {t: over_seeds(t, args) for t in targets}
     names = list(results)
