@@ -472,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         args.capacity = 2 if args.mix else 4
     if args.ceiling:
         share, arrangement = ceiling(args)
+        if not arrangement:
+            print(f"ceiling: no arrangement of {args.max_loaded} model(s) a host holds them all")
+            return 0
         print(
             f"ceiling: {args.clients} clients, 3 hosts x {args.capacity} slots, at most "
             f"{args.max_loaded} models a host, {args.duration:.0f} s: goodput {share} with "
