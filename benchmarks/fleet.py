@@ -68,7 +68,7 @@ CHAT_MODEL = "chat"
 #: ``--mix``: request class -> (share of the requests, seconds on the host)
 MIX = {"short": (0.7, 0.3), "long": (0.3, 3.0)}
 #: every target ``--targets`` may name; the default is the first three
-TARGETS = ("olla", "olla-queue-off", "nginx-lc", "nginx-rr", "olla-blind")
+TARGETS = ("olla", "olla-queue-off", "nginx-lc", "nginx-rr", "olla-blind", "olla-untold")
 #: per-host counters of the fake summed (or maxed) over the fleet
 SUMMED = ("loads", "evictions", "busy_rejections", "prompt_tokens", "cached_tokens")
 PEAKS = ("peak_running", "peak_queued")
@@ -282,9 +282,11 @@ def olla_config(
     sticky: bool = False,
     queue: bool | None = None,
     slots: int | None = None,
+    max_loaded: int | None = None,
 ) -> Path:
     """``queue``: None leaves ``proxy.queue`` out (an olla that does not know it), else sets
-    ``proxy.queue.enabled``; ``slots`` sets every endpoint's ``max_concurrency`` (the fakes')."""
+    ``proxy.queue.enabled``; ``slots`` sets every endpoint's ``max_concurrency`` (the fakes'),
+    ``max_loaded`` its ``max_loaded_models`` (the fakes' ``--max-loaded``)."""
     proxy: dict[str, Any] = {"load_balancer": "least-connections"}
     if blind:
         proxy = {"load_balancer": "round-robin", "warm_routing": {"enabled": False}}
@@ -295,6 +297,8 @@ def olla_config(
     endpoint: dict[str, Any] = {"type": "ollama", "check_interval": "1s", "check_timeout": "500ms"}
     if slots is not None:
         endpoint["max_concurrency"] = slots
+    if max_loaded is not None:
+        endpoint["max_loaded_models"] = max_loaded
     config = {
         # limits off: 12 closed-loop clients on one address would pass the Go defaults
         "server": {
@@ -344,9 +348,10 @@ def olla(
     models: tuple[str, ...] = tuple(WEIGHTS),
     queue: bool | None = None,
     slots: int | None = None,
+    max_loaded: int | None = None,
 ) -> Iterator[str]:
     port = free_port()
-    config = olla_config(work, name, port, hosts, blind, sticky, queue, slots)
+    config = olla_config(work, name, port, hosts, blind, sticky, queue, slots, max_loaded)
     cmd = [TWISTD, "--nodaemon", "--pidfile=", "olla", "--config", str(config)]
     env = dict(os.environ, PYTHONPATH=str(olla_dir))
     base = f"http://127.0.0.1:{port}"
@@ -450,8 +455,19 @@ def measure(target: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
         else:
             blind = target == "olla-blind"
             queue = False if target == "olla-queue-off" else None
+            # olla is told what the fakes hold at once (olla-untold: as before the key)
+            told = args.scenario == "models" and args.max_loaded and target != "olla-untold"
             base = stack.enter_context(
-                olla(args.olla_dir, work, target, hosts, blind, queue=queue, slots=args.capacity)
+                olla(
+                    args.olla_dir,
+                    work,
+                    target,
+                    hosts,
+                    blind,
+                    queue=queue,
+                    slots=args.capacity,
+                    max_loaded=args.max_loaded if told else None,
+                )
             )
         tally = Tally()
         deadline = time.monotonic() + args.duration

@@ -24,6 +24,8 @@ so compare its columns with each other, and with the real benchmark's only for t
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import json
 import random
 import sys
@@ -176,12 +178,22 @@ class Olla:
     """olla's routing and gate in front of the hosts, with the exchange's bookkeeping."""
 
     def __init__(
-        self, clock: Clock, hosts: list[Host], models: list[str], loaded: bool, queue: bool
+        self,
+        clock: Clock,
+        hosts: list[Host],
+        models: list[str],
+        loaded: bool,
+        queue: bool,
+        tell: bool = True,
     ) -> None:
         self.clock = clock
         configs = [
             EndpointConfig(
-                url=f"http://h{i}:1", name=f"h{i}", type="ollama", max_concurrency=h.slots
+                url=f"http://h{i}:1",
+                name=f"h{i}",
+                type="ollama",
+                max_concurrency=h.slots,
+                max_loaded_models=(h.max_loaded or None) if tell else None,
             )
             for i, h in enumerate(hosts)
         ]
@@ -266,7 +278,7 @@ def run(target: str, args: argparse.Namespace) -> dict[str, Any]:
     if target == "least-conn":
         front = LeastConn(hosts)
     else:
-        front = Olla(clock, hosts, models, args.mix, queue=target == "olla")
+        front = Olla(clock, hosts, models, args.mix, target == "olla", not args.untold)
     classes = (
         {k: (share, s) for k, (share, s) in MIX.items()}
         if args.mix
@@ -324,6 +336,8 @@ def run(target: str, args: argparse.Namespace) -> dict[str, Any]:
         "evictions": sum(h.evictions for h in hosts),
         "peak_running": max(h.peak_running for h in hosts),
         "peak_queued": max(h.peak_queued for h in hosts),
+        # where the models ended up (which arrangement a run settled in decides its goodput)
+        "in_memory": sorted("+".join(sorted(h.loaded)) for h in hosts),
     }
     for kind, values in tally.by_class.items():
         if args.mix:
@@ -333,6 +347,78 @@ def run(target: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def over_seeds(target: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``run`` for ``--seed``, with the spread of goodput and loads over ``--seeds`` seeds: one
+    seed's client draws can settle the models in a good or a bad arrangement."""
+    result = run(target, args)
+    if args.seeds <= 1:
+        return result
+    others = [
+        run(target, argparse.Namespace(**{**vars(args), "seed": args.seed + i}))
+        for i in range(1, args.seeds)
+    ]
+    shares = [r["goodput_share"] for r in (result, *others)]
+    loads = [r["loads"] for r in (result, *others)]
+    result["goodput_seeds"] = (
+        f"{sum(shares) / len(shares):.3f} ({min(shares):.3f}-{max(shares):.3f})"
+    )
+    result["loads_seeds"] = f"{sum(loads) / len(loads):.1f} ({max(loads)})"
+    result["goodput_by_seed"] = shares
+    return result
+
+
+def static_goodput(arrangement: tuple[frozenset[str], ...], args: argparse.Namespace) -> float:
+    """Goodput share of closed-loop clients on hosts that hold ``arrangement``'s models for
+    good: no loads, and a request goes at once to the host of its model with the most free
+    slots, else waits (first come, first served) for the first slot of a host of its model."""
+    picks = random.Random(args.seed)
+    models, weights = list(WEIGHTS), list(WEIGHTS.values())
+    service = args.tokens * args.token_ms / 1000
+    free = [args.capacity] * len(arrangement)
+    finishing: list[tuple[float, int, int]] = []
+    order = itertools.count()
+    waiting: list[str] = []
+    work = 0.0
+
+    def start(model: str, now: float) -> bool:
+        hosts = [i for i, held in enumerate(arrangement) if model in held and free[i]]
+        if not hosts:
+            return False
+        host = max(hosts, key=lambda i: free[i])
+        free[host] -= 1
+        heapq.heappush(finishing, (now + service, next(order), host))
+        return True
+
+    waiting = [m for m in picks.choices(models, weights, k=args.clients) if not start(m, 0.0)]
+    while finishing:
+        now, _, host = heapq.heappop(finishing)
+        if now > args.duration:
+            break
+        free[host] += 1
+        work += service
+        waiting.append(picks.choices(models, weights)[0])  # that client asks again
+        waiting = [m for m in waiting if not start(m, now)]
+    return work / (len(arrangement) * args.capacity * args.duration)
+
+
+def ceiling(args: argparse.Namespace) -> tuple[float, list[str]]:
+    """The best goodput any fixed arrangement of the models reaches (at most ``--max-loaded``
+    a host, every model somewhere): what placement could reach once settled, without loads."""
+    fits = [
+        frozenset(c)
+        for n in range(1, (args.max_loaded or len(WEIGHTS)) + 1)
+        for c in itertools.combinations(WEIGHTS, n)
+    ]
+    best: tuple[float, list[str]] = (0.0, [])
+    for arrangement in itertools.combinations_with_replacement(fits, 3):
+        if set().union(*arrangement) != set(WEIGHTS):
+            continue
+        share = round(static_goodput(arrangement, args), 3)
+        if share > best[0]:
+            best = (share, sorted("+".join(sorted(held)) for held in arrangement))
+    return best
+
+
 ROWS = [
     ("requests served", "served"),
     ("refused", "refused"),
@@ -340,6 +426,8 @@ ROWS = [
     ("p95 ms", "p95_ms"),
     ("p99 ms", "p99_ms"),
     ("goodput / capacity", "goodput_share"),
+    ("goodput over the seeds: mean (min-max)", "goodput_seeds"),
+    ("loads over the seeds: mean (max)", "loads_seeds"),
     ("short p95 ms", "short_p95_ms"),
     ("long p95 ms", "long_p95_ms"),
     ("model loads", "loads"),
@@ -359,15 +447,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-ms", type=float, default=20.0)
     parser.add_argument("--load-ms", type=float, default=2000.0)
     parser.add_argument("--max-loaded", type=int, default=2)
+    parser.add_argument(
+        "--untold",
+        action="store_true",
+        help="olla is not told the hosts' --max-loaded (endpoints[].max_loaded_models unset)",
+    )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="also run seeds seed+1... and report goodput and loads over these many",
+    )
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="the best fixed arrangement's goodput (no loads, --duration 600 is steadier)",
+    )
     args = parser.parse_args(argv)
     if args.clients is None:
         args.clients = 16 if args.mix else 12
     if args.capacity is None:
         args.capacity = 2 if args.mix else 4
+    if args.ceiling:
+        share, arrangement = ceiling(args)
+        if not arrangement:
+            print(f"ceiling: no arrangement of {args.max_loaded} model(s) a host holds them all")
+            return 0
+        print(
+            f"ceiling: {args.clients} clients, 3 hosts x {args.capacity} slots, at most "
+            f"{args.max_loaded} models a host, {args.duration:.0f} s: goodput {share} with "
+            f"{' / '.join(arrangement)} held for good"
+        )
+        return 0
     targets = [t for t in args.targets.split(",") if t]
-    results = {t: run(t, args) for t in targets}
+    results = {t: over_seeds(t, args) for t in targets}
     names = list(results)
     lines = [
         f"{'mix' if args.mix else 'models'} (simulated): {args.clients} clients, 3 hosts x "

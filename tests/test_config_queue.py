@@ -96,6 +96,22 @@ def test_endpoint_slots() -> None:
     assert "endpoints[0].max_concurrency: must be at least 1, got 0" in _error(document)
 
 
+def test_endpoint_max_loaded_models() -> None:
+    """If an endpoint sets max_loaded_models, then placement reads it; absent it is unknown
+    (None); below 1 or not a whole number is refused with the key's path."""
+    document: dict[str, Any] = {
+        "discovery": {"static": {"endpoints": [{"url": "http://a:1", "max_loaded_models": 3}]}}
+    }
+    assert parse_config(document, {}).discovery.endpoints[0].max_loaded_models == 3
+    endpoint = document["discovery"]["static"]["endpoints"][0]
+    del endpoint["max_loaded_models"]
+    assert parse_config(document, {}).discovery.endpoints[0].max_loaded_models is None
+    endpoint["max_loaded_models"] = 0
+    assert "endpoints[0].max_loaded_models: must be at least 1, got 0" in _error(document)
+    endpoint["max_loaded_models"] = "two"
+    assert "endpoints[0].max_loaded_models" in _error(document)
+
+
 def _keys(*items: object) -> dict[str, Any]:
     return {"server": {"auth": {"api_keys": list(items)}}}
 

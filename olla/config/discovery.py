@@ -52,6 +52,10 @@ class EndpointConfig:
     #: None: what the backend reports (llama.cpp's slots), else the profile's
     #: ``resources.slot_configuration.default_slots``, else 4 (``EndpointRegistry.slots``)
     max_concurrency: int | None = None
+    #: models it holds in memory at once (Ollama's ``OLLAMA_MAX_LOADED_MODELS``, or what its
+    #: memory fits); None: unknown, and olla loads a model beside a busy one only as a first
+    #: home (``olla.proxy.placement``)
+    max_loaded_models: int | None = None
     model_filter: FilterConfig | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: AuthConfig | None = None
@@ -219,6 +223,7 @@ def _endpoint(
         check_interval=check_interval,
         check_timeout=check_timeout,
         max_concurrency=_optional_int(r, "max_concurrency", 1),
+        max_loaded_models=_optional_int(r, "max_loaded_models", 1),
         model_filter=model_filter,
         headers=headers,
         auth=auth,

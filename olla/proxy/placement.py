@@ -16,10 +16,13 @@ free (``olla.proxy.gate``). A cold host suits it when:
   pushes out nothing that is needed: room, or an idle model whose other homes carry its
   traffic without this copy (``SPARE_SHARE``).
 
-How many models a host holds at once olla cannot know (Ollama does not say; a host's memory and
-``OLLAMA_MAX_LOADED_MODELS`` decide): it assumes ``MODELS_PER_HOST`` and counts on that room for
-a second home only while an idle model is there, so that were the host smaller, Ollama unloads
-an idle model, never waits for a busy one to finish so as to unload it.
+How many models a host holds at once Ollama does not say (its memory and
+``OLLAMA_MAX_LOADED_MODELS`` decide); the operator may, with ``endpoints[].max_loaded_models``.
+Then a host with fewer models than that has room, beside busy ones too, and a full one makes
+room only by unloading an idle model (Ollama's choice among the idle ones: any may go). Unset,
+olla assumes ``MODELS_PER_HOST`` and counts on that room for a second home only while an idle
+model is there, so that were the host smaller, Ollama unloads an idle model, never waits for a
+busy one to finish so as to unload it.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ class Evicts(enum.Enum):
     """What a load may push out of a host's memory, best first."""
 
     NOTHING = "nothing"  # room, or an idle model that other hosts carry
-    #: fewer models than ``MODELS_PER_HOST``, all of them busy: room, unless the host is
-    #: smaller than assumed (then the load waits for a busy one to finish and unloads it)
+    #: no ``max_loaded_models`` and fewer models than ``MODELS_PER_HOST``, all of them busy:
+    #: room, unless the host is smaller than assumed (then the load waits for a busy one to
+    #: finish and unloads it)
     ROOM_ASSUMED = "room_assumed"
     IDLE = "idle"  # an idle model's only copy (or one its traffic needs)
     BUSY = "busy"  # every model there is needed: running there, or waiting in olla
@@ -129,7 +133,10 @@ class Placement:
             for name in resident
             if not self._held.get(name) and not self._store.held_by_model(endpoint.id, name)
         ]
-        roomy = len(resident) < MODELS_PER_HOST
+        known = endpoint.config.max_loaded_models
+        if known is not None and len(resident) < known:
+            return Evicts.NOTHING  # room it has, whatever runs there
+        roomy = known is None and len(resident) < MODELS_PER_HOST
         if idle and (roomy or all(self._spare(name, endpoint) for name in idle)):
             return Evicts.NOTHING  # Ollama picks which idle one goes, if one must: any may
         if roomy:
