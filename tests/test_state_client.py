@@ -7,14 +7,23 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from olla.config import RedisAddress
-from olla.state.client import RedisClient, Script, StoreTimeout, StoreUnavailable, handshake
+from olla.state.client import (
+    PIPELINE,
+    RedisClient,
+    Script,
+    StoreTimeout,
+    StoreUnavailable,
+    handshake,
+)
 from olla.state.resp import Parser, ReplyError, encode
 
 
@@ -112,6 +121,26 @@ class ClientTests(SynchronousTestCase):
         assert isinstance(error, ReplyError)
         self.assertEqual(error.kind, "WRONGTYPE")
         self.assertEqual(self.successResultOf(second), 2)
+
+    def test_commands_share_one_connection(self) -> None:
+        """If commands are sent together, then they go on the first connection (one write for
+        them all) until PIPELINE of them wait there; the next goes on the other one, and when
+        the first is lost, everything goes on the other."""
+        self.ready()
+        (first, first_out), (_, second_out) = self.endpoint.connections
+        for _ in range(PIPELINE):
+            self.client.execute("GET", "k")
+        self.assertEqual((first.pending, second_out.value()), (PIPELINE, b""))
+        self.client.execute("GET", "other")
+        self.assertEqual(second_out.value(), encode(["GET", "other"]))
+        first.dataReceived(b"$1\r\nv\r\n" * PIPELINE)
+        cut = self.client.execute("GET", "again")
+        self.assertEqual(first.pending, 1)
+        first.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(cut, ConnectionLost)
+        second_out.clear()
+        self.client.execute("GET", "last")
+        self.assertEqual(second_out.value(), encode(["GET", "last"]))
 
     def test_timeout_drops_connections(self) -> None:
         """If the store does not answer within the command timeout, then the command fails with

@@ -21,7 +21,6 @@ this one takes about a fifth of that. RESP2 is small (``olla.state.resp``).
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +41,8 @@ from olla.state.resp import Arg, Reply, ReplyError
 
 #: reconnect quickly: the stores fall back meanwhile, and sharing resumes on the first answer
 RETRY = backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0)
+#: commands waiting on a connection before the next goes to another of the pool
+PIPELINE = 64
 
 
 class StoreUnavailable(Exception):
@@ -147,7 +148,6 @@ class RedisClient(MultiService):
         self.subscriber = on_message is not None
         self.trips = RoundTrips()
         self._slots = [_Slot(self, index) for index in range(pool_size)]
-        self._next = itertools.count()
         #: told when a connection becomes ready, and when one is lost
         self.on_ready: list[Callable[[], object]] = []
         self.on_lost: list[Callable[[], object]] = []
@@ -203,13 +203,21 @@ class RedisClient(MultiService):
                 told()
 
     def _pick(self) -> RedisConnection | None:
-        count = len(self._slots)
-        start = next(self._next)
-        for offset in range(count):
-            connection = self._slots[(start + offset) % count].ready
-            if connection is not None and not connection.gone:
+        """The first ready connection with fewer than ``PIPELINE`` commands waiting, else the
+        ready one with the fewest. Commands sent in one turn of the reactor then share one
+        connection: one write and one read for them all (spread over the pool, each
+        connection costs a system call of its own); the others take over when it is deep
+        in replies to wait for, or gone."""
+        best: RedisConnection | None = None
+        for slot in self._slots:
+            connection = slot.ready
+            if connection is None or connection.gone:
+                continue
+            if connection.pending < PIPELINE:
                 return connection
-        return None
+            if best is None or connection.pending < best.pending:
+                best = connection
+        return best
 
     # ------------------------------------------------------------------ commands
 
