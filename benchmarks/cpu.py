@@ -274,6 +274,12 @@ def main(argv: list[str]) -> int:
         help="also run the olla of another checkout (e.g. `git archive` of a commit) as target "
         "`before`, same config, in every round",
     )
+    parser.add_argument(
+        "--queue-off",
+        action="store_true",
+        help="also run olla with proxy.queue.enabled: false as target `olla-queue-off` (what the "
+        "admission queue costs where it holds requests: at the default 4 slots, S2 c=32 holds 28)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     for tool in ("node", "wrk", "taskset"):
@@ -306,6 +312,8 @@ def main(argv: list[str]) -> int:
                     targets.append(("olla-redis", redis.url))
                 if args.against is not None:
                     targets.append(("before", None))
+                if args.queue_off:
+                    targets.append(("olla-queue-off", None))
                 if round_ % 2:
                     targets.reverse()
                 figures: dict[str, Any] = {}
@@ -315,7 +323,8 @@ def main(argv: list[str]) -> int:
                         cmd = [sys.executable, str(floor_script), str(port), backend, PREFIX]
                         scenarios = wanted
                     else:
-                        cmd = olla_cmd(olla_config(work, port, backend, store))
+                        queue = name != "olla-queue-off"
+                        cmd = olla_cmd(olla_config(work, port, backend, store, queue=queue))
                         scenarios = wanted if store is None else [
                             s for s in wanted if s in REDIS_SCENARIOS
                         ]  # fmt: skip
@@ -345,6 +354,8 @@ def main(argv: list[str]) -> int:
         result["olla-redis"] = median_ratios(rounds, "olla-redis")
     if args.against is not None:
         result["before"] = median_ratios(rounds, "before")
+    if args.queue_off:
+        result["olla-queue-off"] = median_ratios(rounds, "olla-queue-off")
     print()
     print(
         "| scenario | floor µs | olla µs | olla/floor | round ratios | olla+redis µs "
@@ -373,6 +384,14 @@ def main(argv: list[str]) -> int:
                 f"| {label} | {theirs['olla_us']:.1f} | {theirs['ratio']:.3f} | "
                 f"{statistics.median(ratios):.3f} |"
             )
+    if "olla-queue-off" in result:
+        print("\n| scenario | queue off µs | queue off/floor | round ratios |")
+        print("|---|---:|---:|---|")
+        for label, off in result["olla-queue-off"].items():
+            print(
+                f"| {label} | {off['olla_us']:.1f} | {off['ratio']:.3f} | "
+                f"{', '.join(map(str, off['round_ratios']))} |"
+            )
     s2 = result["olla"].get("S2_c32")
     if s2:
         verdict = "PASS" if s2["ratio"] <= TARGET else "FAIL"
@@ -398,6 +417,7 @@ def main(argv: list[str]) -> int:
     out = args.out or REPO / "benchmarks" / "results" / f"cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k in ("olla", "olla-redis", "before")}))
+    shown = ("olla", "olla-redis", "before", "olla-queue-off")
+    print(json.dumps({k: v for k, v in result.items() if k in shown}))
     print(f"\nJSON: {out}")
     return 0
