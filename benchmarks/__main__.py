@@ -147,7 +147,12 @@ def bench_document(port: int, backend: str, level: str = "warn") -> dict[str, An
 
 
 def olla_config(directory: Path, port: int, backend: str, level: str, limits: bool = False) -> Path:
+    """olla as a relay beside the floor: the shared backend serves every request at once, so
+    the admission queue is off (on, it would hold all but the model's cap of S3/S4/S7's
+    streams and the runner would time them out; ``benchmarks fleet`` and ``benchmarks cpu``
+    measure it)."""
     config = bench_document(port, backend, level)
+    config["proxy"]["queue"] = {"enabled": False}
     config["server"]["rate_limits"] = LIMITS_ON if limits else LIMITS_OFF
     path = directory / f"olla-{level}{'-limits' if limits else ''}.yaml"
     path.write_text(yaml.safe_dump(config))
