@@ -379,6 +379,20 @@ class HandOnTests(SynchronousTestCase):
         self.assertEqual((h.store.held(a.id), h.store.held(b.id)), (0, 1))
         self.assertEqual(h.gate.held, 1)
 
+    def test_lease_goes_back_when_the_hand_out_fails(self) -> None:
+        """If the hand-out stops on an error (a bug), then the spare lease still goes back to
+        the store: no slot is lost."""
+        h = Harness(1)
+        first = self.successResultOf(h.admit("r1"))
+        h.admit("r2")
+
+        def broken(endpoint: Endpoint) -> bool:
+            raise RuntimeError("a bug")
+
+        h.fleet.usable = broken  # type: ignore[method-assign]
+        self.assertRaises(RuntimeError, first.release)
+        self.assertEqual(h.store.held(h.eps[0].id), 0)
+
     def test_not_reusable_is_released(self) -> None:
         """If the store says a lease may not be passed on (a shared store, its window over),
         then it is released and the held request asks for its own."""

@@ -390,9 +390,9 @@ class AdmissionGate:
                 self._fill(self._pending.pop(0))
         finally:
             self._dispatching = False
-        while self._spare:  # no held ticket took these: the store has them back
-            for lease in self._spare.popitem()[1]:
-                self._store.release(lease).addErrback(self._release_failed)
+            while self._spare:  # no held ticket took these (or a bug stopped the hand-out)
+                for lease in self._spare.popitem()[1]:
+                    self._store.release(lease).addErrback(self._release_failed)
 
     def _fill(self, endpoint_id: str) -> None:
         """Give ``endpoint_id``'s free slots to the best held tickets it suits."""
