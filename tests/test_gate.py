@@ -319,11 +319,16 @@ class LateBindingTests(SynchronousTestCase):
 
 
 class CountingStore(MemorySlotStore):
-    """A ``MemorySlotStore`` that counts the calls a network store would make a round trip of."""
+    """A ``MemorySlotStore`` that counts the calls a network store would make a round trip of
+    (``reusable=False``: one whose window for passing a lease on is over)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reusable: bool = True) -> None:
         super().__init__()
         self.calls: list[str] = []
+        self._reusable = reusable
+
+    def reusable(self, lease: Lease) -> bool:
+        return self._reusable and super().reusable(lease)
 
     def acquire(
         self, endpoint: str, model: str, endpoint_cap: int, model_cap: int
@@ -337,15 +342,20 @@ class CountingStore(MemorySlotStore):
 
 
 class HandOnTests(SynchronousTestCase):
-    def test_same_model_takes_the_lease_over(self) -> None:
-        """If a request ends while one of its model is held for that host, then the held one
-        takes its lease over: no release and no acquire (a network store: no round trip)."""
-        store = CountingStore()
+    def one_ends_one_held(self, store: CountingStore) -> tuple[Harness, Grant, Deferred[Grant]]:
+        """One slot: r1 granted, r2 of the same model held; r1 ends, counted from there."""
         h = Harness(1, store=store)
         first = self.successResultOf(h.admit("r1"))
         held = h.admit("r2")
         store.calls.clear()
         first.release()
+        return h, first, held
+
+    def test_same_model_takes_the_lease_over(self) -> None:
+        """If a request ends while one of its model is held for that host, then the held one
+        takes its lease over: no release and no acquire (a network store: no round trip)."""
+        store = CountingStore()
+        h, first, held = self.one_ends_one_held(store)
         self.assertIs(self.successResultOf(held).lease, first.lease)
         self.assertEqual((store.calls, store.held(h.eps[0].id)), ([], 1))
         h.grant("r2").release()  # nothing held: the slot goes back to the store
@@ -396,13 +406,8 @@ class HandOnTests(SynchronousTestCase):
     def test_not_reusable_is_released(self) -> None:
         """If the store says a lease may not be passed on (a shared store, its window over),
         then it is released and the held request asks for its own."""
-        store = CountingStore()
-        store.reusable = lambda lease: False  # type: ignore[method-assign]
-        h = Harness(1, store=store)
-        first = self.successResultOf(h.admit("r1"))
-        held = h.admit("r2")
-        store.calls.clear()
-        first.release()
+        store = CountingStore(reusable=False)
+        _, first, held = self.one_ends_one_held(store)
         self.assertIsNot(self.successResultOf(held).lease, first.lease)
         self.assertEqual(store.calls, ["release hot", "acquire hot"])
 

@@ -379,7 +379,8 @@ class Exchange:
         )
         deps.outcomes.attempt_started(start)
         self._header_late = False
-        self._response_timer.arm(self._attempt_deadline(start))
+        deadline = self._deadline = self._attempt_deadline(start)
+        self._response_timer.arm(deadline)
         self._pending = pending
         pending.addCallbacks(
             self._got_response,
@@ -397,7 +398,7 @@ class Exchange:
         load = 0.0
         if start.cold and model is not None:
             load = deps.catalogue.expected_load(endpoint, model, deps.router.warm.default_load_time)
-        self._deadline = deps.timeouts.attempt(
+        return deps.timeouts.attempt(
             endpoint.profile,
             started=self._context.started,
             now=start.at,
@@ -405,7 +406,6 @@ class Exchange:
             expected_load=load,
             body_size=self._context.body_size,
         )
-        return self._deadline
 
     def _response_expired(self) -> None:
         """The whole response's bound ran out: before the first byte the attempt fails (and the
