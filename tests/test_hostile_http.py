@@ -131,6 +131,34 @@ class HostileHTTPTests(SynchronousTestCase):
         self.h.send(raw % (len(body), body))
         self.assertNotIn("_too_slow", made)
 
+    def test_status_line_and_headers_are_one_write(self) -> None:
+        """If olla answers, then the status line and every header reach the transport as one
+        write, in the order and spelling Twisted would have written them."""
+        writes: list[bytes] = []
+
+        class Recording(StringTransport):
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                super().write(data)
+
+            def writeSequence(self, seq: Any) -> None:
+                raise AssertionError("every write is whole")
+
+        from olla.web.site import OllaChannel
+
+        channel = self.h.site.buildProtocol(None)
+        assert isinstance(channel, OllaChannel)
+        channel.makeConnection(Recording(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000)))
+        channel.dataReceived(b"GET /olla/ollama/api/tags HTTP/1.1\r\nHost: h\r\n\r\n")
+        head = writes[0]
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head)
+        self.assertTrue(head.endswith(b"\r\n\r\n"), head)
+        self.assertIn(b"\r\nContent-Type: application/json; charset=utf-8\r\n", head)
+        response = parse_response(b"".join(writes))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertIn("models", json.loads(response.body))
+
     def test_slow_body_is_cut_at_the_deadline(self) -> None:
         """If a body trickles in, then at read_timeout the client gets 408 and nothing reaches
         a backend."""

@@ -219,6 +219,9 @@ def test_profile_filter() -> None:
         ),
         ("a > 0 ? a : (b > 0 ? b * 2 : -1)", {"b": 2.0}, 4.0),
         ("x / 0", {"x": 1.0}, 0.0),
+        ("x / 4 + -x * 2", {"x": 2.0}, -3.5),
+        ('"a" + "b" == "ab" || x', {}, 1.0),
+        ("(" * 40 + "x" + ")" * 40, {"x": 2.0}, 2.0),
     ],
 )
 def test_calculations(text: str, env: dict[str, object], value: float) -> None:
@@ -229,7 +232,9 @@ def test_calculations(text: str, env: dict[str, object], value: float) -> None:
     assert compile_expression(text).evaluate(env) == value  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("text", ["a +", "(a", "a ? b", "a $ b", "len(a"])
+@pytest.mark.parametrize(
+    "text", ["a +", "(a", "a ? b", "a $ b", "len(a", "(" * 190 + "a" + ")" * 190]
+)
 def test_calculation_errors(text: str) -> None:
     """If a calculation cannot be read, then compiling it fails (startup names the key)."""
     from olla.profiles.expressions import ExpressionError, compile_expression

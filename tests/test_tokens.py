@@ -186,12 +186,41 @@ def test_extraction_off() -> None:
 def test_scalars_read_as_json_reads_them(value: object) -> None:
     """If a figure is any JSON scalar (escaped or not), then it is read as ``json.loads``
     reads it: numbers as floats, strings and booleans as they are, null as absent."""
-    from olla.proxy.tokens import _last_value
+    from olla.profiles.spec import FrozenMap, MetricsExtraction
+    from olla.proxy.tokens import read_figures
 
+    extraction = MetricsExtraction(paths=FrozenMap([("figure", "$.figure"), ("x", "$.x")]))
     expected: object = value
     if isinstance(value, int | float) and not isinstance(value, bool):
         expected = float(json.loads(json.dumps(value)))
     for ascii_only in (True, False):
         text = json.dumps(value, ensure_ascii=ascii_only)
         tail = b'{"x": 1, "figure": ' + text.encode("utf-8", "surrogatepass") + b"}"
-        assert _last_value(tail, b'"figure"') == expected
+        figures = read_figures(tail, extraction)
+        assert figures.get("figure") == expected
+        assert ("figure" in figures) is (expected is not None)  # a null is no figure
+
+
+def test_profile_keys_are_read_in_one_pass_last_one_winning() -> None:
+    """If a key comes several times, then its last scalar wins (a null drops the figure, an
+    object is skipped); a key that ends another key, or sits escaped inside generated text,
+    is not confused with it; a key two paths name fills both figures."""
+    from olla.profiles.spec import FrozenMap, MetricsExtraction
+    from olla.proxy.tokens import read_figures
+
+    extraction = MetricsExtraction(
+        paths=FrozenMap(
+            [
+                ("out", "$.eval_count"),
+                ("also_out", "$.choices[0].eval_count"),
+                ("prompt", "$.prompt_eval_count"),
+                ("gone", "$.gone"),
+                ("usage", "$.usage"),
+            ]
+        )
+    )
+    tail = (
+        b'{"gone": 3, "text": "say \\"eval_count\\": 99", "eval_count": 1, '
+        b'"usage": {"x": 1}, "prompt_eval_count": 7, "eval_count": 2, "gone": null}'
+    )
+    assert read_figures(tail, extraction) == {"out": 2.0, "also_out": 2.0, "prompt": 7.0}

@@ -7,6 +7,11 @@ all this reads: numbers, strings, ``null``, figure names, ``len(x)``, ``! -``, `
 once, when the profile loads (a syntax error stops startup naming the key), and evaluated
 over the figures one answer carried: a missing figure is ``null``, arithmetic on ``null`` is
 0, and the result is a number (``true`` is 1). Pure.
+
+Every answer evaluates its profile's calculations, so an expression is compiled to one Python
+function, as ``dataclasses`` builds its methods: the parsed tree is written out as Python
+source (figure names and literals only ever through ``repr``) and compiled once. A tree of
+closures, one call per node, cost four times as much.
 """
 
 from __future__ import annotations
@@ -47,9 +52,14 @@ def compile_expression(text: str) -> Expression:
     """Compile ``text``; raises :class:`ExpressionError` naming the problem."""
     tokens = _tokenise(text)
     parser = _Parser(tokens, text)
-    node = parser.ternary()
-    if parser.peek() is not None:
-        raise ExpressionError(f"unexpected {parser.peek()!r} in {text!r}")
+    try:
+        code = parser.ternary()
+        if parser.peek() is not None:
+            raise ExpressionError(f"unexpected {parser.peek()!r} in {text!r}")
+        source = compile(f"lambda env: {code.source}", "<profile expression>", "eval")
+    except (RecursionError, MemoryError, SyntaxError) as e:
+        raise ExpressionError(f"{text[:40]!r}... is nested too deeply") from e
+    node: Node = eval(source, dict(_HELPERS))  # source written by the parse above, not text
     return Expression(text, frozenset(parser.names), node)
 
 
@@ -67,6 +77,10 @@ def _tokenise(text: str) -> list[tuple[str, str]]:
         tokens.append((kind, match.group(kind)))
         pos = match.end()
     return tokens
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+# (the compiled source calls these by name)
 
 
 def _number(value: Value) -> float:
@@ -101,25 +115,56 @@ def _compare(op: str, a: Value, b: Value) -> bool:
     return {"<": fa < fb, "<=": fa <= fb, ">": fa > fb, ">=": fa >= fb}[op]
 
 
-def _arith(op: str, a: Value, b: Value) -> Value:
-    if op == "+" and isinstance(a, str) and isinstance(b, str):
+def _plus(a: Value, b: Value) -> Value:
+    """``+`` also joins two strings."""
+    if isinstance(a, str) and isinstance(b, str):
         return a + b
-    fa, fb = _number(a), _number(b)
-    if op == "+":
-        return fa + fb
-    if op == "-":
-        return fa - fb
-    if op == "*":
-        return fa * fb
-    return fa / fb if fb else 0.0
+    return _number(a) + _number(b)
+
+
+def _divide(a: float, b: float) -> float:
+    return a / b if b else 0.0
 
 
 def _length(value: Value) -> Value:
     return float(len(value)) if isinstance(value, str) else 0.0
 
 
+_HELPERS: dict[str, object] = {
+    "__builtins__": {},
+    "_number": _number,
+    "_truth": _truth,
+    "_compare": _compare,
+    "_plus": _plus,
+    "_divide": _divide,
+    "_length": _length,
+}
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class _Code:
+    """A parsed sub-expression as Python source. ``kind``: ``float`` when it always gives a
+    float, ``bool`` when it always gives a bool, else ``any``; ``constant``: a number
+    literal's value."""
+
+    source: str
+    kind: str = "any"
+    constant: float | None = None
+
+    def number(self) -> str:
+        """Source for this as a number (``_number`` only where it may not be one)."""
+        return self.source if self.kind == "float" else f"_number({self.source})"
+
+    def truth(self) -> str:
+        """Source for this as a truth value."""
+        return self.source if self.kind == "bool" else f"_truth({self.source})"
+
+
 class _Parser:
-    """Recursive descent, lowest precedence first."""
+    """Recursive descent, lowest precedence first; each rule returns Python source."""
 
     def __init__(self, tokens: list[tuple[str, str]], text: str) -> None:
         self._tokens = tokens
@@ -139,7 +184,7 @@ class _Parser:
         self._pos += 1
         return token
 
-    def ternary(self) -> Node:
+    def ternary(self) -> _Code:
         condition = self._binary(0)
         if self.peek() != "?":
             return condition
@@ -147,7 +192,9 @@ class _Parser:
         then = self.ternary()
         self._take(":")
         otherwise = self.ternary()
-        return lambda env: then(env) if _truth(condition(env)) else otherwise(env)
+        kind = then.kind if then.kind == otherwise.kind else "any"
+        source = f"({then.source} if {condition.truth()} else {otherwise.source})"
+        return _Code(source, kind)
 
     _LEVELS: tuple[tuple[str, ...], ...] = (
         ("||",),
@@ -157,7 +204,7 @@ class _Parser:
         ("*", "/"),
     )
 
-    def _binary(self, level: int) -> Node:
+    def _binary(self, level: int) -> _Code:
         if level == len(self._LEVELS):
             return self._unary()
         left = self._binary(level + 1)
@@ -167,18 +214,18 @@ class _Parser:
             left = _combine(op, left, right)
         return left
 
-    def _unary(self) -> Node:
+    def _unary(self) -> _Code:
         if self.peek() == "!":
             self._take()
             inner = self._unary()
-            return lambda env: not _truth(inner(env))
+            return _Code(f"(not {inner.truth()})", "bool")
         if self.peek() == "-":
             self._take()
             negated = self._unary()
-            return lambda env: -_number(negated(env))
+            return _Code(f"(-{negated.number()})", "float")
         return self._atom()
 
-    def _atom(self) -> Node:
+    def _atom(self) -> _Code:
         kind, text = self._take()
         if text == "(" and kind == "op":
             inner = self.ternary()
@@ -186,43 +233,37 @@ class _Parser:
             return inner
         if kind == "number":
             number = float(text)
-            return lambda env: number
+            return _Code(repr(number), "float", number)
         if kind == "string":
-            literal = text[1:-1].encode().decode("unicode_escape")
-            return lambda env: literal
+            return _Code(repr(text[1:-1].encode().decode("unicode_escape")))
         if kind == "name":
             if text in ("null", "nil"):
-                return lambda env: None
+                return _Code("None")
             if text in ("true", "false"):
-                flag = text == "true"
-                return lambda env: flag
+                return _Code(repr(text == "true"), "bool")
             if text == "len" and self.peek() == "(":
                 self._take("(")
                 argument = self.ternary()
                 self._take(")")
-                return lambda env: _length(argument(env))
+                return _Code(f"_length({argument.source})")
             self.names.add(text)
-            return lambda env: env.get(text)
+            return _Code(f"env.get({text!r})")
         raise ExpressionError(f"unexpected {text!r} in {self._text!r}")
 
 
-def _combine(op: str, left: Node, right: Node) -> Node:
+def _combine(op: str, left: _Code, right: _Code) -> _Code:
     if op == "||":
-        return lambda env: _truth(left(env)) or _truth(right(env))
+        return _Code(f"({left.truth()} or {right.truth()})", "bool")
     if op == "&&":
-        return lambda env: _truth(left(env)) and _truth(right(env))
+        return _Code(f"({left.truth()} and {right.truth()})", "bool")
     if op in ("==", "!=", "<", "<=", ">", ">="):
-        return lambda env: _compare(op, left(env), right(env))
-    # the operator chosen once, here, not at each evaluation (every answer evaluates its
-    # profile's calculations); ``+`` also joins two strings, so it goes through ``_arith``
-    if op == "-":
-        return lambda env: _number(left(env)) - _number(right(env))
-    if op == "*":
-        return lambda env: _number(left(env)) * _number(right(env))
+        return _Code(f"_compare({op!r}, {left.source}, {right.source})", "bool")
+    if op in ("-", "*"):
+        return _Code(f"({left.number()} {op} {right.number()})", "float")
     if op == "/":
-        return lambda env: _divide(_number(left(env)), _number(right(env)))
-    return lambda env: _arith(op, left(env), right(env))
-
-
-def _divide(a: float, b: float) -> float:
-    return a / b if b else 0.0
+        if right.constant:  # a non-zero literal: no zero to guard against
+            return _Code(f"({left.number()} / {right.source})", "float")
+        return _Code(f"_divide({left.number()}, {right.number()})", "float")
+    if left.kind == "float" and right.kind == "float":
+        return _Code(f"({left.source} + {right.source})", "float")
+    return _Code(f"_plus({left.source}, {right.source})")

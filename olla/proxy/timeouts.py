@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -136,7 +137,7 @@ class TimeoutPolicy:
         bound = response_bound(config, profile, self.write_timeout)
         remaining = None if bound.seconds is None else bound.seconds - (now - started)
         wait = config.response_header_timeout
-        explain = f"proxy.response_header_timeout {format_duration(wait)}"
+        explain = _header_timeout_text(wait)
         scaling = profile.resources.timeout_scaling if profile is not None else None
         if cold and scaling is not None:
             load = expected_load if scaling.load_time_buffer else 0.0
@@ -163,6 +164,13 @@ class TimeoutPolicy:
         """Bytes of an answer of ``content_type`` to gather before writing to the client."""
         proxy = self.proxy
         return gather_size(proxy.profile, proxy.engine, proxy.stream_buffer_size, content_type)
+
+
+@lru_cache(maxsize=8)
+def _header_timeout_text(wait: float) -> str:
+    """Why an attempt waits ``wait`` for its headers, in the common case (one text per
+    setting: worked out once, not at every attempt)."""
+    return f"proxy.response_header_timeout {format_duration(wait)}"
 
 
 class ResponseTimer(OneShot):

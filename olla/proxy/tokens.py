@@ -72,18 +72,6 @@ _SCALAR = re.compile(
 _LAST_KEY = re.compile(r"([A-Za-z0-9_\-]+)(?:\[\d+\])*$")
 
 
-def _last_value(tail: bytes, quoted: bytes) -> Value:
-    """The JSON scalar after the last ``quoted`` key (``b'"key"'``) in ``tail`` (None:
-    absent, or not a scalar)."""
-    at = tail.rfind(quoted)
-    while at >= 0:
-        match = _SCALAR.match(tail, at + len(quoted))
-        if match is not None:
-            return _scalar(match.group(1))
-        at = tail.rfind(quoted, 0, at)
-    return None
-
-
 def _scalar(token: bytes) -> Value:
     """A JSON scalar ``_SCALAR`` matched, read without ``json.loads`` where it is plain (every
     answer reads a dozen: a number, an unescaped string, a literal)."""
@@ -107,36 +95,55 @@ def _scalar(token: bytes) -> Value:
 def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]:
     """The figures a profile's ``metrics.extraction`` names, found in ``tail``, and its
     calculations over them."""
-    keys, calculations = _compiled(extraction)
+    reader = _reader(extraction)
     figures: dict[str, Value] = {}
-    for name, quoted in keys:
-        if quoted in tail:  # most are absent: no call for those
-            value = _last_value(tail, quoted)
-            if value is not None:
+    names_of = reader.names_of
+    # one scan for every key; a later occurrence of a key overwrites an earlier one
+    for match in reader.keys.finditer(tail):
+        token = match.group(2)
+        value = float(token) if token[0] in _NUMBER_START else _scalar(token)
+        for name in names_of[match.group(1)]:
+            if value is None:
+                figures.pop(name, None)  # a null is no figure, whatever came before it
+            else:
                 figures[name] = value
     if not figures:
         return figures  # a calculation needs a figure
-    for name, expression in calculations:
+    for name, expression in reader.calculations:
         if any(figures.get(n) is not None for n in expression.names):
             figures[name] = expression.evaluate(figures)
     return figures
 
 
+#: the first byte of a JSON number (read with ``float`` at once; the rest by ``_scalar``)
+_NUMBER_START = frozenset(b"-0123456789")
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """A profile's extraction as it is read: one pattern for all its keys, each followed by a
+    scalar (absent keys and keys of objects do not match), the names each key fills, and
+    its calculations compiled (checked when the profile loaded)."""
+
+    keys: re.Pattern[bytes]
+    names_of: dict[bytes, tuple[str, ...]]
+    calculations: tuple[tuple[str, Expression], ...]
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled(
-    extraction: MetricsExtraction,
-) -> tuple[tuple[tuple[str, bytes], ...], tuple[tuple[str, Expression], ...]]:
-    """A profile's extraction as it is read, once per profile (each answer reads it): each
-    path's quoted last key, each calculation compiled (checked when the profile loaded)."""
-    keys = []
+def _reader(extraction: MetricsExtraction) -> _Reader:
+    names_of: dict[bytes, tuple[str, ...]] = {}
     for name, path in extraction.paths.items():
         match = _LAST_KEY.search(path)
         if match is not None:
-            keys.append((name, json.dumps(match.group(1)).encode()))
-    calculations = [
+            key = json.dumps(match.group(1))[1:-1].encode()
+            names_of[key] = (*names_of.get(key, ()), name)
+    alternatives = b"|".join(re.escape(key) for key in names_of)
+    keys = re.compile(b'"(' + (alternatives or b"(?!)") + b')"' + _SCALAR.pattern)
+    calculations = tuple(
         (name, compile_expression(text)) for name, text in extraction.calculations.items()
-    ]
-    return tuple(keys), tuple(calculations)
+    )
+    return _Reader(keys, names_of, calculations)
 
 
 def _float(figures: dict[str, Value], name: str, per: float = 1.0) -> float | None:

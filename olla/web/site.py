@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.error import UnsupportedMethod
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
@@ -363,6 +364,23 @@ class OllaChannel(HTTPChannel):
         self.site.channels.discard(self)
         super().connectionLost(reason)
         self.site.check_drained()
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        """The status line and headers as one write: Twisted's hands the transport four pieces
+        per header (some sixty per answer). The values are already sanitised by ``Headers``."""
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self.writeSequence(head)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        """One write of the joined pieces (a head, a body chunk's framing and data): the
+        transport would check, count and buffer each piece of the list on its own."""
+        transport = self.transport
+        assert transport is not None  # a channel writes only while connected
+        transport.write(b"".join(iovec))
 
     def requestDone(self, request: http.Request) -> None:
         if self.site.draining:
