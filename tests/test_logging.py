@@ -56,6 +56,20 @@ def test_json_lines_keep_fields() -> None:
     assert len(lines) == 2  # debug filtered out
 
 
+def test_json_lines_keep_objects_and_lists() -> None:
+    """If a field is a dict or a list (a request line's token figures, its failovers), then
+    the JSON line holds it as an object or a list; what JSON cannot hold becomes text."""
+    out = io.StringIO()
+    log = Logger(namespace="olla.test", observer=make_observer("json", "info", StreamSink(out)))
+    log.info("x", figures={"input_tokens": 8.0, "done": True}, failovers=["a", "b"], odd={1, 2})
+    log.info("y", figures={b"bytes-key": 1})
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["figures"] == {"input_tokens": 8.0, "done": True}
+    assert first["failovers"] == ["a", "b"]
+    assert first["odd"] == "{1, 2}"
+    assert second["figures"] == "{b'bytes-key': 1}"
+
+
 def test_text_lines() -> None:
     """If the format is text, then events are readable lines with level and namespace, and a
     request id the message already shows is not repeated."""

@@ -46,6 +46,9 @@ LEVELS = {
 }
 
 _SCALARS = (str, int, float, bool, type(None))
+#: kept as JSON values (a request line's token figures and failovers: an object, a list); what
+#: they hold that JSON has no type for is written as its ``str``
+_STRUCTURED = (*_SCALARS, dict, list, tuple)
 _PLAIN = frozenset(_SCALARS)
 _LEGACY_KEYS = frozenset({"format", "message", "isError", "system", "time"})
 
@@ -90,7 +93,7 @@ def _fields(event: LogEvent) -> dict[str, Any]:
     odd = [key for key, value in fields.items() if type(value) not in _PLAIN]
     for key in odd:
         value = fields[key]
-        if not isinstance(value, _SCALARS):
+        if not isinstance(value, _STRUCTURED):
             fields[key] = str(value)
     return fields
 
@@ -130,7 +133,12 @@ def json_record(event: LogEvent) -> str:
     if isinstance(failure, Failure):
         record["error"] = failure.getErrorMessage()
         record["traceback"] = failure.getTraceback()
-    return _JSON.encode(record)
+    try:
+        return _JSON.encode(record)
+    except (TypeError, ValueError):  # a structure JSON cannot hold (bytes keys, a cycle)
+        return _JSON.encode(
+            {k: v if isinstance(v, _SCALARS) else str(v) for k, v in record.items()}
+        )
 
 
 def text_record(event: LogEvent) -> str:
