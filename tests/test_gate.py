@@ -515,6 +515,44 @@ class BoundsTests(SynchronousTestCase):
         h.grant("busy").release()
         self.assertEqual(h.order(), ["busy"])
 
+    def test_one_timer_for_every_held_request(self) -> None:
+        """If many requests are held, then the gate keeps one timer for all of them, each is
+        still refused at its own max_wait, and a low one promoted on the way expires on time."""
+        h = Harness(1, config=QueueConfig(max_wait=10.0))
+        self.successResultOf(h.admit("busy"))
+        early = [h.admit(f"early{i}") for i in range(20)]
+        low = h.admit("low", priority=Priority.LOW)
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)
+        h.clock.advance(4)
+        late = [h.admit(f"late{i}") for i in range(20)]
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)
+        h.clock.advance(1)  # the low one is promoted at half of max_wait
+        self.assertEqual(h.gate.counters["promoted"], 1)
+        h.clock.advance(5)  # the early ones and the low one are due; the late ones are not
+        for d in [*early, low]:
+            self.failureResultOf(d, AdmissionRefused)
+        for d in late:
+            self.assertNoResult(d)
+        h.clock.advance(4)
+        for d in late:
+            self.failureResultOf(d, AdmissionRefused)
+        self.assertEqual(h.gate.counters["wait_timeout"], 41)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_a_shorter_max_wait_after_a_reload_is_kept(self) -> None:
+        """If a reload lowers max_wait, then a request held after it is refused at its own
+        deadline, before one held earlier with the longer wait."""
+        h = Harness(1, config=QueueConfig(max_wait=60.0))
+        self.successResultOf(h.admit("busy"))
+        before = h.admit("before")
+        h.gate.reconfigure(ProxyConfig(queue=QueueConfig(max_wait=5.0)))
+        after = h.admit("after")
+        h.clock.advance(5)
+        self.failureResultOf(after, AdmissionRefused)
+        self.assertNoResult(before)
+        h.clock.advance(55)
+        self.failureResultOf(before, AdmissionRefused)
+
     def test_max_wait_defaults_to_the_response_timeout(self) -> None:
         """If proxy.queue.max_wait is not set, then a request is held for as long as the
         response timeout."""

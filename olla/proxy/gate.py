@@ -122,6 +122,11 @@ class _Entry:
     cancelled: bool = False
     #: it waited in the queue (for the counters: a store's answer taking real time is no wait)
     was_held: bool = False
+    #: refused when still held then (``max_wait`` after it was first held)
+    expires_at: float = math.inf
+    #: a low one is promoted when still held then (half of ``max_wait``)
+    promote_at: float = math.inf
+    #: its pin's timer (see ``_wait_for_pin``); the gate's one wake-up times the rest
     timers: list[IDelayedCall] = field(default_factory=list)
 
     @property
@@ -129,6 +134,9 @@ class _Entry:
         arrived = self.ticket.arrived if self.ticket.arrived is not None else self.entered
         return (self.priority.value, 0 if self.ticket.retry else 1, arrived, self.seq)
 
+
+#: seconds a due time may be short of the clock's (a delay added to the time it was armed)
+_EPSILON = 1e-9
 
 #: the counters ``snapshot()`` reports, all zero at start
 COUNTERS = (
@@ -186,6 +194,8 @@ class AdmissionGate:
         #: ticket of the same model takes one over; the rest go back to the store after it
         self._spare: dict[str, list[Lease]] = {}
         self._dispatching = False
+        #: the next time a held ticket is due to expire or be promoted (see ``_wake``)
+        self._wakeup: IDelayedCall | None = None
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         #: per asked priority: how long let-through tickets were held (0 for at once)
         self.waits = {p: Histogram(WAIT_BUCKETS) for p in Priority}
@@ -263,6 +273,9 @@ class AdmissionGate:
         self._queue.remove(entry)
         _less(self._held_by, (entry.ticket.demand_key, entry.ticket.priority))
         _less(self._held_models, entry.ticket.demand_key)
+        if not self._queue and self._wakeup is not None:  # nothing left to time
+            self._wakeup.cancel()
+            self._wakeup = None
 
     def _held(self, entry: _Entry, now: float) -> None:
         """``entry`` could not go at once: refuse it if the queue is over its size, else time
@@ -281,10 +294,40 @@ class AdmissionGate:
     def _time_wait(self, entry: _Entry) -> None:
         """``entry`` is held from now: time its ``max_wait`` (and its promotion, a low one)."""
         entry.was_held = True
-        clock = self._clock
-        entry.timers.append(clock.callLater(self._max_wait, self._expire, entry))
+        now = self._clock.seconds()
+        entry.expires_at = due = now + self._max_wait
         if entry.priority is Priority.LOW:
-            entry.timers.append(clock.callLater(self._max_wait / 2, self._promote, entry))
+            entry.promote_at = due = now + self._max_wait / 2
+        self._wake(due, now)
+
+    def _wake(self, due: float, now: float) -> None:
+        """Sweep the held tickets at ``due`` (or sooner, as armed already). One timer for the
+        queue, not one per held ticket: most are let through long before theirs, and a timer
+        costs more than the rest of holding. A ticket that leaves early leaves its time
+        behind; the sweep then finds nothing due and waits for the next."""
+        wakeup = self._wakeup
+        if wakeup is None:
+            self._wakeup = self._clock.callLater(max(0.0, due - now), self._sweep)
+        elif due < wakeup.getTime():
+            wakeup.reset(max(0.0, due - now))
+
+    def _sweep(self) -> None:
+        """Refuse the held tickets past ``max_wait``, promote the low ones past half of it, and
+        wake again for the next one due."""
+        self._wakeup = None
+        now = self._clock.seconds() + _EPSILON
+        later = math.inf
+        for entry in list(self._queue):
+            if entry.state is not _State.HELD:
+                continue
+            if entry.expires_at <= now:
+                self._expire(entry)
+                continue
+            if entry.promote_at <= now:
+                self._promote(entry)
+            later = min(later, entry.expires_at, entry.promote_at)
+        if later < math.inf:
+            self._wake(later, now - _EPSILON)
 
     def _wait_for_pin(self, entry: _Entry, now: float) -> None:
         """A ticket pinned to a full host waits for it alone while that is cheaper than moving."""
@@ -309,16 +352,13 @@ class AdmissionGate:
             self._dispatch(entry.by_id)
 
     def _promote(self, entry: _Entry) -> None:
-        if entry.state is not _State.HELD:
-            return
+        entry.promote_at = math.inf
         self._queue.remove(entry)
         entry.priority = Priority.NORMAL
         bisect.insort(self._queue, entry, key=lambda e: e.key)
         self.counters["promoted"] += 1
 
     def _expire(self, entry: _Entry) -> None:
-        if entry.state is not _State.HELD:
-            return
         self._dequeue(entry)
         waited = self._clock.seconds() - entry.entered
         self._refuse(
