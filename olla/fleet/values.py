@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -179,7 +180,7 @@ class Endpoint:
     def display_url(self) -> str:
         return sanitise_url(self.url)
 
-    @property
+    @cached_property
     def credential_headers(self) -> frozenset[bytes]:
         """Lower-cased names of headers that carry this endpoint's secrets."""
         return frozenset(name.lower() for name, _ in self.extra_headers)
@@ -189,10 +190,15 @@ class Endpoint:
 
         By default the endpoint URL's path is replaced; with ``preserve_path`` it is prefixed.
         """
+        return self._upstream_base + path_and_query
+
+    @cached_property
+    def _upstream_base(self) -> bytes:
+        """What ``upstream_url`` puts before a path: the URL's origin, and with
+        ``preserve_path`` its path (worked out once: every proxied request asks)."""
         parts = urlsplit(self.url)
         base = parts.path.rstrip("/") if self.preserve_path else ""
-        origin = urlunsplit((parts.scheme, parts.netloc, "", "", "")).encode()
-        return origin + base.encode() + path_and_query
+        return urlunsplit((parts.scheme, parts.netloc, "", "", "")).encode() + base.encode()
 
 
 class Outcome(enum.Enum):

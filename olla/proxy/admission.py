@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
+from functools import cached_property
 
 from olla.fleet.endpoints import Endpoint
 from olla.proxy.slots import Lease
@@ -61,8 +62,9 @@ class Ticket:
         """The lower-cased name ``endpoint`` knows the model by ("" without a model)."""
         return (self.native.get(endpoint) or self.model or "").lower()
 
-    @property
+    @cached_property
     def demand_key(self) -> str:
+        """The model, lower-cased, that its demand counts under (the gate asks often)."""
         return (self.model or "").lower()
 
 

@@ -52,6 +52,7 @@ import bisect
 import enum
 import itertools
 import math
+import operator
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -129,11 +130,20 @@ class _Entry:
     #: its pin's timer (see ``_wait_for_pin``); the gate's one wake-up times the rest
     timers: list[IDelayedCall] = field(default_factory=list)
 
-    @property
-    def key(self) -> tuple[int, int, float, int]:
-        arrived = self.ticket.arrived if self.ticket.arrived is not None else self.entered
-        return (self.priority.value, 0 if self.ticket.retry else 1, arrived, self.seq)
+    #: its place in the queue: priority, retries first, arrival, then the gate's order (set
+    #: once, and again when it is promoted: ``insort`` reads it at every comparison)
+    key: tuple[int, int, float, int] = field(init=False)
 
+    def __post_init__(self) -> None:
+        self.placed()
+
+    def placed(self) -> None:
+        """Work out ``key`` again (its priority changed)."""
+        arrived = self.ticket.arrived if self.ticket.arrived is not None else self.entered
+        self.key = (self.priority.value, 0 if self.ticket.retry else 1, arrived, self.seq)
+
+
+_QUEUE_ORDER = operator.attrgetter("key")
 
 #: seconds a due time may be short of the clock's (a delay added to the time it was armed)
 _EPSILON = 1e-9
@@ -265,7 +275,7 @@ class AdmissionGate:
     # ------------------------------------------------------------------ holding
 
     def _enqueue(self, entry: _Entry) -> None:
-        bisect.insort(self._queue, entry, key=lambda e: e.key)
+        bisect.insort(self._queue, entry, key=_QUEUE_ORDER)
         self._held_by[(entry.ticket.demand_key, entry.ticket.priority)] += 1
         self._held_models[entry.ticket.demand_key] += 1
 
@@ -355,7 +365,8 @@ class AdmissionGate:
         entry.promote_at = math.inf
         self._queue.remove(entry)
         entry.priority = Priority.NORMAL
-        bisect.insort(self._queue, entry, key=lambda e: e.key)
+        entry.placed()
+        bisect.insort(self._queue, entry, key=_QUEUE_ORDER)
         self.counters["promoted"] += 1
 
     def _expire(self, entry: _Entry) -> None:

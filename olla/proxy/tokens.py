@@ -110,7 +110,7 @@ def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]
     if not figures:
         return figures  # a calculation needs a figure
     for name, expression in reader.calculations:
-        if any(figures.get(n) is not None for n in expression.names):
+        if not expression.names.isdisjoint(figures):  # (a figure is never None)
             figures[name] = expression.evaluate(figures)
     return figures
 
