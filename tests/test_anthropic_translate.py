@@ -530,3 +530,16 @@ def test_translator_seam() -> None:
     body = translator.validate(dict(BASE))
     assert translator.translate_request(body)["messages"] == [{"role": "user", "content": "hi"}]
     assert translator.estimate_tokens(body) == 1
+
+
+def test_message_ids_are_base58_and_distinct() -> None:
+    """If olla makes message ids, then each is ``msg_01`` and 22 base58 characters, and
+    they do not repeat."""
+    from olla.anthropic.response import _BASE58, message_id
+
+    ids = [message_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for made in ids:
+        assert made.startswith("msg_01") and len(made) == 28, made
+        assert set(made[6:]) <= set(_BASE58), made
+    assert set("".join(made[6:] for made in ids)) == set(_BASE58)  # every character is used

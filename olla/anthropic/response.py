@@ -23,7 +23,14 @@ STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tok
 
 
 def message_id() -> str:
-    return "msg_01" + "".join(secrets.choice(_BASE58) for _ in range(22))
+    """``msg_01`` and 22 base58 characters: a random 128-bit number written in base58 (58**22
+    is above 2**128), read from the OS once rather than once per character."""
+    number = int.from_bytes(secrets.token_bytes(16))
+    digits = []
+    for _ in range(22):
+        number, digit = divmod(number, 58)
+        digits.append(_BASE58[digit])
+    return "msg_01" + "".join(digits)
 
 
 def stop_reason(finish_reason: object) -> str:
