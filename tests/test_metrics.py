@@ -18,6 +18,7 @@ from olla.config import EndpointConfig, OllaConfig
 from olla.daemon.app import App, build_app
 from olla.profiles import builtin_profiles
 from olla.telemetry.stats import OTHER
+from olla.web.metrics import counter_family, gauge_family
 from tests.fakes.ollama import FakeOllama
 from tests.proxyharness import REFUSE, ClientConnection, HostAgent, http_request, parse_response
 
@@ -287,3 +288,27 @@ class MetricsTests(SynchronousTestCase):
         self.assertGreater(len(named), 20)
         self.assertEqual(named - exported, set())
         self.assertEqual(dashboard["__inputs"][0]["pluginId"], "prometheus")
+
+
+class LabelledFamilyTests(SynchronousTestCase):
+    """``counter_family`` and ``gauge_family``: a family from ``(label values, value)`` rows."""
+
+    def test_rows_in_label_order(self) -> None:
+        """If a counter or a gauge family is built from rows, then it has one sample per row
+        under its labels, sorted by their values; no rows, no samples."""
+        rows = [(("b", "x"), 2), (("a", "y"), 1.5), (("a", "x"), 0)]
+        labels = ("endpoint", "kind")
+        counter = counter_family("olla_things_total", "Things", labels, rows)
+        gauge = gauge_family("olla_held", "Held now", labels, iter(rows))
+        self.assertEqual((counter.type, gauge.type), ("counter", "gauge"))
+        self.assertEqual((counter.name, gauge.documentation), ("olla_things", "Held now"))
+        for family, sample in ((counter, "olla_things_total"), (gauge, "olla_held")):
+            self.assertEqual(
+                [(s.name, s.labels, s.value) for s in family.samples],
+                [
+                    (sample, {"endpoint": "a", "kind": "x"}, 0),
+                    (sample, {"endpoint": "a", "kind": "y"}, 1.5),
+                    (sample, {"endpoint": "b", "kind": "x"}, 2),
+                ],
+            )
+        self.assertEqual(gauge_family("olla_none", "None", ("endpoint",), ()).samples, [])

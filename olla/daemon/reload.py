@@ -185,7 +185,6 @@ class Reloader:
         *,
         clock: IReactorTime,
         profiles: ProfileRegistry,
-        path: str | None = None,
         observer: SwitchableObserver | None = None,
     ) -> None:
         """
@@ -194,7 +193,6 @@ class Reloader:
             load: the daemon's loader (``olla.daemon.tap.load_all``): the file, checked.
             clock: stamps each generation.
             profiles: the profiles the daemon started with (its routes are built from them).
-            path: the file to read again (default: the one ``app.config`` came from).
             observer: the daemon's log observer, for ``logging.level``/``format`` and
                 ``server.request_logging``.
         """
@@ -202,7 +200,9 @@ class Reloader:
         self._load = load
         self._clock = clock
         self._profiles = profiles
-        self.path = path or app.config.source
+        #: the file a reload reads again: the one the running config came from (None: the
+        #: loader's default search)
+        self.path = app.config.source
         #: every component a reload hands the new config to; each owns its settings
         self._components: tuple[IReconfigurable, ...] = app.reconfigurables
         if observer is not None:

@@ -317,9 +317,9 @@ class _Reader:
             sizes.append(
                 ModelSize(
                     patterns=patterns,
-                    min_memory_gb=_gb(row_r, "min_memory_gb"),
-                    recommended_memory_gb=_gb(row_r, "recommended_memory_gb"),
-                    min_gpu_memory_gb=_gb(row_r, "min_gpu_memory_gb"),
+                    min_memory_gb=_number(row_r, "min_memory_gb"),
+                    recommended_memory_gb=_number(row_r, "recommended_memory_gb"),
+                    min_gpu_memory_gb=_number(row_r, "min_gpu_memory_gb"),
                     estimated_load_time_ms=row_r.integer("estimated_load_time_ms", 0, minimum=0),
                     max_concurrent=_optional(row_r, "max_concurrent", row_r.integer, 1),
                 )
@@ -328,15 +328,15 @@ class _Reader:
         quant_r = r.section("quantization")
         mult_r = quant_r.section("multipliers")
         multipliers = [
-            (str(k).lower(), _number(mult_r, str(k), 1.0, above=0.0)) for k in mult_r.data
+            (str(k).lower(), _number(mult_r, str(k), 1.0, positive=True)) for k in mult_r.data
         ]
         mult_r.finish()
         quant_r.finish()
         defaults_r = r.section("defaults")
         defaults = ResourceDefaults(
-            min_memory_gb=_gb(defaults_r, "min_memory_gb"),
-            recommended_memory_gb=_gb(defaults_r, "recommended_memory_gb"),
-            min_gpu_memory_gb=_gb(defaults_r, "min_gpu_memory_gb"),
+            min_memory_gb=_number(defaults_r, "min_memory_gb"),
+            recommended_memory_gb=_number(defaults_r, "recommended_memory_gb"),
+            min_gpu_memory_gb=_number(defaults_r, "min_gpu_memory_gb"),
             requires_gpu=defaults_r.flag("requires_gpu", False),
             estimated_load_time_ms=defaults_r.integer("estimated_load_time_ms", 0, minimum=0),
         )
@@ -348,16 +348,16 @@ class _Reader:
                 raise ConfigError("is required", row_r.at("max_concurrent"))
             limits.append(
                 ConcurrencyLimit(
-                    min_memory_gb=_gb(row_r, "min_memory_gb"),
+                    min_memory_gb=_number(row_r, "min_memory_gb"),
                     max_concurrent=row_r.integer("max_concurrent", 1, minimum=1),
                 )
             )
             row_r.finish()
         scaling_r = r.section("timeout_scaling")
         scaling = TimeoutScaling(
-            base_timeout_seconds=_number(scaling_r, "base_timeout_seconds", 0.0, minimum=0.0),
+            base_timeout_seconds=_number(scaling_r, "base_timeout_seconds"),
             load_time_buffer=scaling_r.flag("load_time_buffer", False),
-            per_token_timeout_ms=_number(scaling_r, "per_token_timeout_ms", 0.0, minimum=0.0),
+            per_token_timeout_ms=_number(scaling_r, "per_token_timeout_ms"),
         )
         scaling_r.finish()
         slots_r = r.section("slot_configuration")
@@ -449,29 +449,19 @@ def _optional(
     return read(key, minimum, minimum)
 
 
-def _number(
-    r: SectionReader,
-    key: str,
-    default: float,
-    *,
-    minimum: float | None = None,
-    above: float | None = None,
-) -> float:
+def _number(r: SectionReader, key: str, default: float = 0.0, *, positive: bool = False) -> float:
+    """A number of 0 or more (GB, seconds, milliseconds), or above 0 when ``positive``."""
     value = r.raw(key)
     if value is None:
         return default
     path: Path_ = r.at(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"must be a number, got {value!r}", path)
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"must be at least {minimum:g}, got {value}", path)
-    if above is not None and value <= above:
-        raise ConfigError(f"must be above {above:g}, got {value}", path)
+    if positive and value <= 0:
+        raise ConfigError(f"must be above 0, got {value}", path)
+    if value < 0:
+        raise ConfigError(f"must be at least 0, got {value}", path)
     return float(value)
-
-
-def _gb(r: SectionReader, key: str) -> float:
-    return _number(r, key, 0.0, minimum=0.0)
 
 
 def _ints(r: SectionReader, key: str, low: int, high: int) -> tuple[int, ...]:

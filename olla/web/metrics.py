@@ -12,6 +12,7 @@ same way ``Stats`` bounds them. The process figures come from prometheus_client'
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -49,17 +50,35 @@ def _histograms(
     return family
 
 
+#: a labelled family's samples: ``(label values, value)`` rows
+Rows = Iterable[tuple[tuple[str, ...], float]]
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _filled(family: _Family, table: Rows) -> _Family:
+    for key, value in sorted(table):
+        family.add_metric(list(key), value)
+    return family
+
+
 def counter_family(
     name: str,
     documentation: str,
     labels: Sequence[str],
-    table: Iterable[tuple[tuple[str, ...], int]],
+    table: Rows,
 ) -> CounterMetricFamily:
     """A counter family with one sample per ``(label values, count)`` row, sorted."""
-    family = CounterMetricFamily(name, documentation, labels=list(labels))
-    for key, value in sorted(table):
-        family.add_metric(list(key), value)
-    return family
+    return _filled(CounterMetricFamily(name, documentation, labels=list(labels)), table)
+
+
+def gauge_family(
+    name: str,
+    documentation: str,
+    labels: Sequence[str],
+    table: Rows,
+) -> GaugeMetricFamily:
+    """A gauge family with one sample per ``(label values, value)`` row, sorted."""
+    return _filled(GaugeMetricFamily(name, documentation, labels=list(labels)), table)
 
 
 @implementer(IReconfigurable)
@@ -165,12 +184,12 @@ class OllaCollector(Collector):
             ("endpoint", "model", "direction"),
             stats.tokens.items(),
         )
-        response_bytes = CounterMetricFamily(
-            "olla_response_bytes_total", "Body bytes relayed to clients", labels=["endpoint"]
+        yield counter_family(
+            "olla_response_bytes_total",
+            "Body bytes relayed to clients",
+            ("endpoint",),
+            (((endpoint,), count) for endpoint, count in stats.response_bytes.items()),
         )
-        for endpoint, count in sorted(stats.response_bytes.items()):
-            response_bytes.add_metric([endpoint], count)
-        yield response_bytes
         yield counter_family(
             "olla_upstream_attempts_total",
             "Upstream attempts by how they ended (ok, failed, refused, client_gone)",

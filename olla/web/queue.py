@@ -15,7 +15,6 @@ from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
-    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -26,7 +25,7 @@ from olla.proxy.admission import Refusal
 from olla.proxy.gate import AdmissionGate
 from olla.proxy.movecost import PromptRates
 from olla.util.priority import Priority
-from olla.web.metrics import counter_family
+from olla.web.metrics import counter_family, gauge_family
 
 #: the snapshot's fields that move with the clock alone (left out of the ETag)
 _VOLATILE = ("oldest_wait_s", "arrivals_per_s")
@@ -60,14 +59,12 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         gate = self._gate
-        depth = GaugeMetricFamily(
+        yield gauge_family(
             "olla_queue_depth",
             "Requests held in olla's admission queue now, by model and asked priority",
-            labels=["model", "priority"],
+            ("model", "priority"),
+            (((model or "-", label), held) for (model, label), held in gate.depth().items()),
         )
-        for (model, label), held in gate.depth().items():
-            depth.add_metric([model or "-", label], held)
-        yield depth
         waits = HistogramMetricFamily(
             "olla_queue_wait_seconds",
             "How long requests let through by the admission queue were held (0: at once), by "

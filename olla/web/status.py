@@ -38,7 +38,7 @@ from olla.fleet.endpoints import (
     effective_slots,
     sanitise_url,
 )
-from olla.telemetry.security import SecuritySnapshot, SecurityStats
+from olla.telemetry.security import SecuritySnapshot
 from olla.util.ids import base36, fnv1a
 
 #: Bodies at or below this size are sent as they are: gzip's overhead outweighs the saving.
@@ -347,7 +347,7 @@ def status_payload(
     *,
     now: float,
     started: float,
-    security: SecuritySnapshot | None = None,
+    security: SecuritySnapshot,
 ) -> Payloads:
     """``/internal/status``: the full snapshot, and its stable view for the ETag.
 
@@ -356,12 +356,11 @@ def status_payload(
         config: for the proxy engine, profile and balancer names.
         now: the clock's current time (POSIX seconds).
         started: when olla started, for ``uptime`` and ``start_time``.
-        security: what the HTTP layer and the guards refused (none: all zero).
+        security: what the HTTP layer and the guards refused.
 
     Returns:
         The payload, and the same with every clock-driven field removed.
     """
-    refused = security or SecurityStats().snapshot()
     pairs = _sorted(registry)
     states = [state for _, state in pairs]
     successes = sum(s.successes for s in states)
@@ -382,7 +381,7 @@ def status_payload(
         "version": __version__,
         "commit": COMMIT,
         "active_connections": sum(load.in_flight(ep) for ep, _ in pairs),
-        "security_violations": refused.violations,
+        "security_violations": security.violations,
         "total_requests": requests,
         "total_failures": failures,
         "has_traffic": requests > 0,
@@ -393,13 +392,13 @@ def status_payload(
         "balancer": config.proxy.load_balancer,
     }
     security_section = {
-        "status": refused.status,
-        "blocked_ips": refused.blocked_ips,
+        "status": security.status,
+        "blocked_ips": security.blocked_ips,
         "violations": {
-            "rate_limits": refused.rate_limits,
-            "size_limits": refused.size_limits,
-            "header_limits": refused.header_limits,
-            "auth_failures": refused.auth_failures,
+            "rate_limits": security.rate_limits,
+            "size_limits": security.size_limits,
+            "header_limits": security.header_limits,
+            "auth_failures": security.auth_failures,
         },
     }
     payload = {
