@@ -175,3 +175,28 @@ def test_one_shot_moves_its_call() -> None:
     timer.stop()
     clock.advance(5)
     assert fired == [8.0] and clock.getDelayedCalls() == []
+
+
+def test_idle_bound_fires_that_long_after_the_last_activity() -> None:
+    """If activity is marked while an idle bound runs, then it fires exactly its seconds after
+    the last mark (never sooner), with one delayed call at a time, and a stopped one never."""
+    from olla.util.deadline import IdleBound
+
+    clock = Clock()
+    fired: list[float] = []
+    idle = IdleBound(clock, 5, lambda: fired.append(clock.seconds()))
+    idle.start()
+    for _ in range(4):  # a chunk every 2 s
+        clock.advance(2)
+        idle.active_at = clock.seconds()
+        assert len(clock.getDelayedCalls()) == 1
+    clock.advance(4.9)
+    assert fired == []
+    clock.advance(0.1)
+    assert fired == [13.0] and clock.getDelayedCalls() == []
+    again = IdleBound(clock, 5, lambda: fired.append(-1))
+    again.start()
+    clock.advance(3)
+    again.stop()
+    clock.advance(10)
+    assert fired == [13.0] and clock.getDelayedCalls() == []

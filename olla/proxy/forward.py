@@ -23,7 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 
 from olla.util.bodies import BytesProducer as BytesProducer  # where the exchange finds it
-from olla.util.deadline import OneShot
+from olla.util.deadline import IdleBound
 
 #: Bodies up to this size are sent from memory in one write; larger ones stream from disk.
 IN_MEMORY_BODY = 256 * 1024
@@ -136,8 +136,10 @@ class StreamBody(Protocol):
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._done: Callable[[Failure | None], None] | None = done
-        #: the idle bound, restarted at every chunk (None: unbounded)
-        self._idle = OneShot(clock, self._idle_expired) if idle_timeout > 0 else None
+        #: the idle bound, marked active at every chunk (None: unbounded)
+        self._idle = (
+            IdleBound(clock, idle_timeout, self._idle_expired) if idle_timeout > 0 else None
+        )
         self._abort_reason: Failure | None = None
         self._producing = False
         self.relayed = 0
@@ -150,16 +152,17 @@ class StreamBody(Protocol):
         self._request.registerProducer(self.transport, True)
         self._producing = True
         if self._idle is not None:
-            self._idle.start(self._idle_timeout)
+            self._idle.start()
 
     def dataReceived(self, data: bytes) -> None:
         if self._abort_reason is not None:
             return  # bytes _newclient had buffered before our stopProducing took effect
+        now = self._clock.seconds()
         idle = self._idle
         if idle is not None:
-            idle.start(self._idle_timeout)
+            idle.active_at = now
         if self.first_byte_at is None:
-            self.first_byte_at = self._clock.seconds()
+            self.first_byte_at = now
         self.relayed += len(data)
         self.tail = data[-TAIL_SIZE:] if len(data) >= TAIL_SIZE else (self.tail + data)[-TAIL_SIZE:]
         if self._gather <= 0:

@@ -81,3 +81,42 @@ class OneShot:
     def _fire(self) -> None:
         self._call = None
         self._expired()
+
+
+class IdleBound:
+    """Calls ``expired`` once nothing happened for ``seconds``: a stream's idle bound. What
+    happens is marked by setting ``active_at`` to the clock's time (a stream does it at every
+    chunk: an attribute, not a timer moved each time); the one delayed call, when due, looks at
+    it and waits again for what is left."""
+
+    __slots__ = ("_call", "_clock", "_expired", "_seconds", "active_at")
+
+    def __init__(self, clock: IReactorTime, seconds: float, expired: Callable[[], object]) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._expired = expired
+        self._call: IDelayedCall | None = None
+        #: when something last happened
+        self.active_at = 0.0
+
+    def start(self) -> None:
+        self.active_at = self._clock.seconds()
+        if self._call is None:
+            self._call = self._clock.callLater(self._seconds, self._due)
+
+    def stop(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _due(self) -> None:
+        left = self.active_at + self._seconds - self._clock.seconds()
+        if left > _EPSILON:
+            self._call = self._clock.callLater(left, self._due)
+            return
+        self._call = None
+        self._expired()
+
+
+#: seconds a due time may be short of the clock's (a delay added to the time it was armed)
+_EPSILON = 1e-9
