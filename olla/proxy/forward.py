@@ -117,7 +117,7 @@ class StreamBody(Protocol):
     __slots__ = (
         "_abort_reason", "_clock", "_done", "_gather", "_gathered", "_gathered_size",
         "_idle", "_idle_timeout", "_producing", "_request", "connected", "first_byte_at",
-        "relayed", "tail", "transport",
+        "relayed", "_tail", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -143,10 +143,16 @@ class StreamBody(Protocol):
         self._abort_reason: Failure | None = None
         self._producing = False
         self.relayed = 0
-        #: the body's last bytes (an Ollama stream's final chunk carries its figures)
-        self.tail = b""
+        #: the body's last bytes and then some (see ``tail``)
+        self._tail = bytearray()
         #: when the first body byte arrived (a stream's time to first token)
         self.first_byte_at: float | None = None
+
+    @property
+    def tail(self) -> bytes:
+        """The body's last ``TAIL_SIZE`` bytes (an Ollama stream's final chunk carries its
+        figures)."""
+        return bytes(self._tail[-TAIL_SIZE:])
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self.transport, True)
@@ -164,7 +170,13 @@ class StreamBody(Protocol):
         if self.first_byte_at is None:
             self.first_byte_at = now
         self.relayed += len(data)
-        self.tail = data[-TAIL_SIZE:] if len(data) >= TAIL_SIZE else (self.tail + data)[-TAIL_SIZE:]
+        tail = self._tail
+        if len(data) >= TAIL_SIZE:  # a big chunk: its own end is the tail
+            tail[:] = memoryview(data)[-TAIL_SIZE:]
+        else:  # in place; cut back to TAIL_SIZE only once it is twice that
+            tail += data
+            if len(tail) > 2 * TAIL_SIZE:
+                del tail[:-TAIL_SIZE]
         if self._gather <= 0:
             self._request.write(data)
             return
