@@ -63,11 +63,15 @@ def test_json_lines_keep_objects_and_lists() -> None:
     log = Logger(namespace="olla.test", observer=make_observer("json", "info", StreamSink(out)))
     log.info("x", figures={"input_tokens": 8.0, "done": True}, failovers=["a", "b"], odd={1, 2})
     log.info("y", figures={b"bytes-key": 1})
-    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    cycle: list[object] = []
+    cycle.append(cycle)
+    log.info("z", cycle=cycle, status=200)
+    first, second, third = (json.loads(line) for line in out.getvalue().splitlines())
     assert first["figures"] == {"input_tokens": 8.0, "done": True}
     assert first["failovers"] == ["a", "b"]
     assert first["odd"] == "{1, 2}"
     assert second["figures"] == "{b'bytes-key': 1}"
+    assert (third["cycle"], third["status"]) == ("[[...]]", 200)
 
 
 def test_text_lines() -> None:

@@ -116,7 +116,8 @@ def _level(event: LogEvent) -> str:
 
 
 #: one encoder for every line (``json.dumps`` with ``default`` builds one per call); the
-#: records are flat and built here, so there is no cycle to check for
+#: records are built here, and a field that holds a cycle fails the encoding, which then
+#: writes that field as text
 _JSON = json.JSONEncoder(default=str, check_circular=False)
 
 
@@ -135,7 +136,7 @@ def json_record(event: LogEvent) -> str:
         record["traceback"] = failure.getTraceback()
     try:
         return _JSON.encode(record)
-    except (TypeError, ValueError):  # a structure JSON cannot hold (bytes keys, a cycle)
+    except (TypeError, ValueError, RecursionError):  # JSON cannot hold it (bytes keys, a cycle)
         return _JSON.encode(
             {k: v if isinstance(v, _SCALARS) else str(v) for k, v in record.items()}
         )
