@@ -673,3 +673,34 @@ class ModelsRouteTests(SynchronousTestCase):
         self.assertEqual(self._get(h, "/olla/models/nope")[0], 404)
         status, listing = self._get(h, "/olla/openai/v1/models")
         self.assertEqual(len(listing["data"]), 2)
+
+
+class HostHeaderTests(SynchronousTestCase):
+    def test_backend_gets_the_host_agent_would_write(self) -> None:
+        """If olla proxies a request, then the backend gets one Host: the endpoint URL's host
+        and port (the client's own Host goes to X-Forwarded-Host)."""
+        backend = Backend(Clock())
+        h = Harness({"a:1": backend})
+        h.send(http_request("POST", "/olla/ollama/api/chat", CHAT))
+        got = backend.received[0]["headers"]
+        self.assertEqual(got[b"host"], [b"a:1"])
+        self.assertEqual(got[b"x-forwarded-host"], [b"olla.test:40114"])
+
+    def test_endpoint_host_forms(self) -> None:
+        """If an endpoint URL has the scheme's default port, no port, an IPv6 address or
+        credentials, then its Host is written as Agent writes it; a configured Host header
+        wins (olla adds none)."""
+        from olla.config import EndpointConfig
+        from olla.fleet.endpoints import endpoints_from_config
+
+        def host(url: str, **headers: str) -> object:
+            config = EndpointConfig(name="e", url=url, type="ollama", headers=headers)
+            (endpoint,) = endpoints_from_config([config])
+            return endpoint.host_header
+
+        self.assertEqual(host("http://h:80"), (b"Host", [b"h"]))
+        self.assertEqual(host("https://h"), (b"Host", [b"h"]))
+        self.assertEqual(host("https://h:8443/v1"), (b"Host", [b"h:8443"]))
+        self.assertEqual(host("http://[::1]:11434"), (b"Host", [b"[::1]:11434"]))
+        self.assertEqual(host("http://user:secret@h:9"), (b"Host", [b"h:9"]))
+        self.assertIsNone(host("http://h:9", Host="vhost.example"))

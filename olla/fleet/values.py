@@ -185,6 +185,23 @@ class Endpoint:
         """Lower-cased names of headers that carry this endpoint's secrets."""
         return frozenset(name.lower() for name, _ in self.extra_headers)
 
+    @cached_property
+    def host_header(self) -> tuple[bytes, list[bytes]] | None:
+        """The ``Host`` header a proxied request to this endpoint carries, as Agent would write
+        it (the URL's host, and its port unless the scheme's default); None when the
+        endpoint's configured headers set one. Agent copies every header of a request that
+        has no ``Host`` just to add it, so olla sets it."""
+        if b"host" in self.credential_headers:
+            return None
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        port = parts.port
+        if port is not None and (parts.scheme, port) not in (("http", 80), ("https", 443)):
+            host = f"{host}:{port}"
+        return (b"Host", [host.encode()])
+
     def upstream_url(self, path_and_query: bytes) -> bytes:
         """The backend URL for a client path (already stripped of the route prefix).
 

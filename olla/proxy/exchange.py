@@ -335,7 +335,11 @@ class Exchange:
             model=self._model,
             extra=endpoint.extra_headers,
         )
-        return shape.upstream_headers(endpoint, headers)
+        headers = shape.upstream_headers(endpoint, headers)
+        host = endpoint.host_header
+        if host is not None:
+            headers.append(host)
+        return headers
 
     def _upstream_body(self, endpoint: Endpoint, shape: IExchangeShape) -> IBodyProducer | None:
         """The client's body, replayable across attempts; an alias rewrites the model name."""
