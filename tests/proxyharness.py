@@ -147,6 +147,8 @@ class ClientConnection:
 
     def disconnect(self) -> None:
         self.channel.connectionLost(Failure(ConnectionDone("client went away")))
+        # as a closed TCP connection does: it lets go of its producer (the channel)
+        self.transport.producer = None
 
 
 def http_request(

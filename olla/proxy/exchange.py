@@ -760,7 +760,7 @@ class Exchange:
         if self._ended:
             return
         self._ended = True
-        self._response_timer.stop()
+        self._response_timer.close()
         if self._walk is not None:
             self._walk.close()  # whatever it still holds goes back
         status = self._status

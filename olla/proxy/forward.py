@@ -196,6 +196,7 @@ class StreamBody(Protocol):
             reason = Failure(ConnectionAborted())
         if self._idle is not None:
             self._idle.stop()
+            self._idle = None  # it calls back into this: a cycle otherwise
         if self._producing:
             self._producing = False
             if self._request.channel is not None:  # a departed client has no channel

@@ -195,6 +195,10 @@ class ResponseTimer(OneShot):
         #: the timer is set for the attempt's header wait, before the bound
         self._heading = False
 
+    def close(self) -> None:
+        super().close()
+        self._bound_expired = self._header_expired = _nothing
+
     def arm(self, deadline: AttemptDeadline) -> None:
         """Fire ``header_expired`` when the attempt's header wait runs out before its headers
         come (only when that wait ends before the bound does), and ``expired`` when what is
@@ -242,3 +246,7 @@ class ResponseTimeout(Exception):
     def __init__(self, bound: ResponseBound, relayed: int) -> None:
         where = "before the first byte" if relayed == 0 else f"after {relayed} bytes"
         super().__init__(f"the response took longer than {bound.describe()}: cut {where}")
+
+
+def _nothing() -> None:
+    pass

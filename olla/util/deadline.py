@@ -78,9 +78,20 @@ class OneShot:
         if call is not None and call.active():
             call.cancel()
 
+    def close(self) -> None:
+        """Stop for good and let go of what it would call: that is usually its owner's method,
+        and the owner keeps the timer, a cycle only the garbage collector would free (every
+        request's objects with it)."""
+        self.stop()
+        self._expired = _nothing
+
     def _fire(self) -> None:
         self._call = None
         self._expired()
+
+
+def _nothing() -> None:
+    pass
 
 
 class IdleBound:
