@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -27,7 +26,7 @@ from twisted.plugin import getPlugins
 
 from olla.config import load_config
 from olla.daemon import tap
-from tests.e2e.daemon import daemon_env, free_port, twistd
+from tests.e2e.daemon import OutputLines, daemon_env, free_port, twistd
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "etc" / "olla.service"
@@ -295,16 +294,16 @@ def test_image_command_serves_and_passes_its_healthcheck() -> None:
     env = daemon_env({**image_env(final), "OLLA_SERVER_HOST": "127.0.0.1"})
     env["OLLA_SERVER_PORT"] = port
     process = subprocess.Popen(
-        argv, env=env, cwd="/tmp", stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv, env=env, cwd="/tmp", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    lines = OutputLines(process, "olla")
     try:
-        deadline = time.monotonic() + 30
-        while healthcheck(final, env) != 0:
-            assert process.poll() is None, process.communicate()[0].decode()
-            assert time.monotonic() < deadline, "the healthcheck never passed"
-            time.sleep(0.2)
+        lines.wait_for("listening on", timeout=30)
+        assert healthcheck(final, env) == 0, lines.output()
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
+        process.wait(30)
+        lines.join(5)
+        output = lines.output(last=10_000)
         # twistd shuts down cleanly, then re-raises the signal so its status says why it ended
         # (Docker reports 143; systemd counts SIGTERM as a clean exit).
         assert process.returncode in (0, -signal.SIGTERM), output

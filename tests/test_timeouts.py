@@ -184,8 +184,8 @@ def test_idle_bound_fires_that_long_after_the_last_activity() -> None:
 
     clock = Clock()
     fired: list[float] = []
-    idle = IdleBound(clock, 5, lambda: fired.append(clock.seconds()))
-    idle.start()
+    idle = IdleBound(clock, lambda: fired.append(clock.seconds()))
+    idle.start(5)
     for _ in range(4):  # a chunk every 2 s
         clock.advance(2)
         idle.active_at = clock.seconds()
@@ -194,8 +194,8 @@ def test_idle_bound_fires_that_long_after_the_last_activity() -> None:
     assert fired == []
     clock.advance(0.1)
     assert fired == [13.0] and clock.getDelayedCalls() == []
-    again = IdleBound(clock, 5, lambda: fired.append(-1))
-    again.start()
+    again = IdleBound(clock, lambda: fired.append(-1))
+    again.start(5)
     clock.advance(3)
     again.stop()
     clock.advance(10)

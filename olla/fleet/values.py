@@ -191,7 +191,7 @@ class Endpoint:
         it (the URL's host, and its port unless the scheme's default); None when the
         endpoint's configured headers set one. Agent copies every header of a request that
         has no ``Host`` just to add it, so olla sets it."""
-        if b"host" in self.credential_headers:
+        if any(name.lower() == b"host" for name, _ in self.extra_headers):
             return None
         parts = urlsplit(self.url)
         host = parts.hostname or ""

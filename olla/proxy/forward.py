@@ -137,9 +137,7 @@ class StreamBody(Protocol):
         self._idle_timeout = idle_timeout
         self._done: Callable[[Failure | None], None] | None = done
         #: the idle bound, marked active at every chunk (None: unbounded)
-        self._idle = (
-            IdleBound(clock, idle_timeout, self._idle_expired) if idle_timeout > 0 else None
-        )
+        self._idle = IdleBound(clock, self._idle_expired) if idle_timeout > 0 else None
         self._abort_reason: Failure | None = None
         self._producing = False
         self.relayed = 0
@@ -158,7 +156,7 @@ class StreamBody(Protocol):
         self._request.registerProducer(self.transport, True)
         self._producing = True
         if self._idle is not None:
-            self._idle.start()
+            self._idle.start(self._idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self._abort_reason is not None:
@@ -195,8 +193,7 @@ class StreamBody(Protocol):
         if reason is None:
             reason = Failure(ConnectionAborted())
         if self._idle is not None:
-            self._idle.stop()
-            self._idle = None  # it calls back into this: a cycle otherwise
+            self._idle.close()  # it calls back into this: a cycle otherwise
         if self._producing:
             self._producing = False
             if self._request.channel is not None:  # a departed client has no channel

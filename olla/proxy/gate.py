@@ -72,6 +72,7 @@ from olla.proxy.fleetview import IFleetView
 from olla.proxy.placement import Placement
 from olla.proxy.slots import ISlotStore, Lease
 from olla.telemetry.stats import Histogram
+from olla.util.deadline import SLACK
 from olla.util.priority import Priority
 
 #: seconds; a held request's wait, from none to the default ``max_wait``
@@ -144,9 +145,6 @@ class _Entry:
 
 
 _QUEUE_ORDER = operator.attrgetter("key")
-
-#: seconds a due time may be short of the clock's (a delay added to the time it was armed)
-_EPSILON = 1e-9
 
 #: the counters ``snapshot()`` reports, all zero at start
 COUNTERS = (
@@ -325,19 +323,20 @@ class AdmissionGate:
         """Refuse the held tickets past ``max_wait``, promote the low ones past half of it, and
         wake again for the next one due."""
         self._wakeup = None
-        now = self._clock.seconds() + _EPSILON
+        now = self._clock.seconds()
+        due = now + SLACK
         later = math.inf
         for entry in list(self._queue):
             if entry.state is not _State.HELD:
                 continue
-            if entry.expires_at <= now:
+            if entry.expires_at <= due:
                 self._expire(entry)
                 continue
-            if entry.promote_at <= now:
+            if entry.promote_at <= due:
                 self._promote(entry)
             later = min(later, entry.expires_at, entry.promote_at)
         if later < math.inf:
-            self._wake(later, now - _EPSILON)
+            self._wake(later, now)
 
     def _wait_for_pin(self, entry: _Entry, now: float) -> None:
         """A ticket pinned to a full host waits for it alone while that is cheaper than moving."""

@@ -35,7 +35,7 @@ from olla.config._base import format_duration
 from olla.interfaces import IReconfigurable
 from olla.profiles import Profile
 from olla.proxy.forward import gather_size
-from olla.util.deadline import OneShot
+from olla.util.deadline import OneShot, nothing
 
 #: a prompt token is about this many bytes of a JSON body (``per_token_timeout_ms``)
 BYTES_PER_TOKEN = 4
@@ -197,7 +197,7 @@ class ResponseTimer(OneShot):
 
     def close(self) -> None:
         super().close()
-        self._bound_expired = self._header_expired = _nothing
+        self._bound_expired = self._header_expired = nothing
 
     def arm(self, deadline: AttemptDeadline) -> None:
         """Fire ``header_expired`` when the attempt's header wait runs out before its headers
@@ -246,7 +246,3 @@ class ResponseTimeout(Exception):
     def __init__(self, bound: ResponseBound, relayed: int) -> None:
         where = "before the first byte" if relayed == 0 else f"after {relayed} bytes"
         super().__init__(f"the response took longer than {bound.describe()}: cut {where}")
-
-
-def _nothing() -> None:
-    pass

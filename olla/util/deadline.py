@@ -83,51 +83,45 @@ class OneShot:
         and the owner keeps the timer, a cycle only the garbage collector would free (every
         request's objects with it)."""
         self.stop()
-        self._expired = _nothing
+        self._expired = nothing
 
     def _fire(self) -> None:
         self._call = None
         self._expired()
 
 
-def _nothing() -> None:
+def nothing() -> None:
+    """Does nothing: what a closed timer calls."""
     pass
 
 
-class IdleBound:
-    """Calls ``expired`` once nothing happened for ``seconds``: a stream's idle bound. What
-    happens is marked by setting ``active_at`` to the clock's time (a stream does it at every
-    chunk: an attribute, not a timer moved each time); the one delayed call, when due, looks at
-    it and waits again for what is left."""
+class IdleBound(OneShot):
+    """A one-shot timer for a stream's idle bound: it calls ``expired`` once nothing happened
+    for the ``seconds`` it was started with. What happens is marked by setting ``active_at`` to
+    the clock's time (a stream does it at every chunk: an attribute, not a timer moved each
+    time); when due, the one delayed call looks at it and waits again for what is left."""
 
-    __slots__ = ("_call", "_clock", "_expired", "_seconds", "active_at")
+    __slots__ = ("_seconds", "active_at")
 
-    def __init__(self, clock: IReactorTime, seconds: float, expired: Callable[[], object]) -> None:
-        self._clock = clock
-        self._seconds = seconds
-        self._expired = expired
-        self._call: IDelayedCall | None = None
+    def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
+        super().__init__(clock, expired)
+        self._seconds = 0.0
         #: when something last happened
         self.active_at = 0.0
 
-    def start(self) -> None:
+    def start(self, seconds: float) -> None:
+        self._seconds = seconds
         self.active_at = self._clock.seconds()
-        if self._call is None:
-            self._call = self._clock.callLater(self._seconds, self._due)
+        super().start(seconds)
 
-    def stop(self) -> None:
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _due(self) -> None:
+    def _fire(self) -> None:
         left = self.active_at + self._seconds - self._clock.seconds()
-        if left > _EPSILON:
-            self._call = self._clock.callLater(left, self._due)
-            return
-        self._call = None
-        self._expired()
+        if left > SLACK:
+            self._call = self._clock.callLater(left, self._fire)
+        else:
+            super()._fire()
 
 
-#: seconds a due time may be short of the clock's (a delay added to the time it was armed)
-_EPSILON = 1e-9
+#: seconds a due time may be short of the clock's when its call runs (the delay was added to
+#: the time it was armed, in floating point)
+SLACK = 1e-9
