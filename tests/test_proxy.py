@@ -126,6 +126,24 @@ class RelayTests(SynchronousTestCase):
         assert response is not None
         self.assertEqual(response.header(b"x-olla-request-id"), b"abc-42")
 
+    def test_generated_request_ids(self) -> None:
+        """If the client sends no request id, then olla makes ``<adjective>-<verb>-<4 hex>``
+        ones, every word of both lists and every hex digit in use."""
+        import random
+        import re
+
+        from olla.web.site import _ADJECTIVES, _VERBS, new_request_id
+
+        rng = random.Random(7)
+        ids = [new_request_id(rng) for _ in range(2000)]
+        shape = re.compile(r"([a-z]+)-([a-z]+)-([0-9a-f]{4})")
+        parts = [shape.fullmatch(rid) for rid in ids]
+        self.assertTrue(all(parts), ids[:5])
+        self.assertEqual({p.group(1) for p in parts if p}, set(_ADJECTIVES))
+        self.assertEqual({p.group(2) for p in parts if p}, set(_VERBS))
+        self.assertEqual({c for p in parts if p for c in p.group(3)}, set("0123456789abcdef"))
+        self.assertGreater(len(set(ids)), 1990)
+
     def test_query_and_path_forwarded(self) -> None:
         """If the client path has a query, then the backend sees the path below the prefix
         with the same query."""

@@ -48,6 +48,7 @@ from olla.telemetry.records import RequestRecord
 from olla.telemetry.security import SecurityStats
 from olla.util.errors import Dialect, error_body
 
+#: sixteen of each: ``new_request_id`` picks a word with four random bits
 _ADJECTIVES = (
     "amber", "brisk", "calm", "dapper", "eager", "fuzzy", "gentle", "hasty",
     "idle", "jolly", "keen", "lucid", "mellow", "nimble", "plucky", "quiet",
@@ -62,8 +63,10 @@ _REQUEST_ID_HEADER = canonical_name(b"X-Olla-Request-ID")
 
 
 def new_request_id(rng: random.Random) -> str:
-    """A short, readable, probably-unique id: ``<adjective>-<verb>-<4 hex>``."""
-    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_VERBS)}-{rng.getrandbits(16):04x}"
+    """A short, readable, probably-unique id: ``<adjective>-<verb>-<4 hex>``, from one draw of
+    24 random bits (four for each word of the sixteen, sixteen for the hex)."""
+    bits = rng.getrandbits(24)
+    return f"{_ADJECTIVES[bits >> 20]}-{_VERBS[(bits >> 16) & 15]}-{bits & 0xFFFF:04x}"
 
 
 class _Discard:
