@@ -98,14 +98,12 @@ def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]
     reader = _reader(extraction)
     figures: dict[str, Value] = {}
     names_of = reader.names_of
-    # one scan for every key; a later occurrence of a key overwrites an earlier one
-    for match in reader.keys.finditer(tail):
-        token = match.group(2)
+    # one scan for every key, its pairs made in C; a later occurrence of a key overwrites an
+    # earlier one
+    for key, token in dict(reader.keys.findall(tail)).items():
         value = float(token) if token[0] in _NUMBER_START else _scalar(token)
-        for name in names_of[match.group(1)]:
-            if value is None:
-                figures.pop(name, None)  # a null is no figure, whatever came before it
-            else:
+        if value is not None:  # a null is no figure, whatever came before it
+            for name in names_of[key]:
                 figures[name] = value
     if not figures:
         return figures  # a calculation needs a figure
