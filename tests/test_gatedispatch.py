@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -606,9 +606,9 @@ class VisibleTests(SynchronousTestCase):
         self.assertIn('olla_queue_wait_seconds_count{priority="low"} 1.0', metrics)
         self.assertIn('olla_queue_admissions_total{how="after_wait"} 1.0', metrics)
         lines = [e for e in logged if e.get("request_line")]
-        texts = [e["queue"] for e in lines]
-        self.assertIn(" queued=0ms", texts)
-        self.assertIn(" queued=1000ms priority=low", texts)
+        texts = [formatEvent(e) for e in lines]
+        self.assertTrue(any(" queued=0ms tokens=" in text for text in texts), texts)
+        self.assertTrue(any(" queued=1000ms priority=low tokens=" in text for text in texts))
 
 
 class OffTests(SynchronousTestCase):

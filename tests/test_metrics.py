@@ -140,7 +140,7 @@ class MetricsTests(SynchronousTestCase):
 
     def test_request_log_line_has_tokens(self) -> None:
         """If a streamed chat is served, then its log line carries the tokens and TTFT."""
-        from twisted.logger import globalLogPublisher
+        from twisted.logger import formatEvent, globalLogPublisher
 
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
@@ -150,7 +150,7 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(line["completion_tokens"], 5)
         self.assertEqual(line["prompt_tokens"], final["prompt_eval_count"])
         self.assertIsNotNone(line["ttft_ms"])
-        self.assertIn(f"tokens={final['prompt_eval_count']}/5", line["tokens"])
+        self.assertIn(f" tokens={final['prompt_eval_count']}/5 ttft=", formatEvent(line))
 
     def test_failover_by_cause(self) -> None:
         """If the preferred endpoint refuses connections, then the request is served by the

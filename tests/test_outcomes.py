@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -382,6 +382,8 @@ class RequestLogTests(SynchronousTestCase):
         log.request_finished(record)
         (line,) = request_lines(events)
         self.assertEqual((line["request_id"], line["status"], line["outcome"]), ("r-1", 200, "ok"))
+        self.assertEqual(line["log_namespace"], "olla.request")
+        self.assertIs(line["log_level"], LogLevel.info)
         log.reconfigure(off)
         log.request_finished(record)
         self.assertEqual(len(request_lines(events)), 1)

@@ -10,7 +10,7 @@ not build them at all: a line costs more than the rest of a request's bookkeepin
 
 from __future__ import annotations
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from olla.config import OllaConfig
@@ -23,7 +23,6 @@ from olla.telemetry.records import RequestRecord
 class RequestLog(OutcomeListener):
     """Logs each finished request (``olla.request`` namespace)."""
 
-    _log = Logger(namespace="olla.request")
     reconfigures = ("server.request_logging", "logging.level")
 
     def __init__(self, config: OllaConfig) -> None:
@@ -38,7 +37,8 @@ class RequestLog(OutcomeListener):
             return
         failovers = record.failovers
         ttft = record.ttft
-        self._log.info(
+        _log.emit(
+            LogLevel.info,
             _LINE,
             # the record's fields as they are (the JSON log's keys), spelt out: a loop of
             # getattr over the names costs twice as much, on every request
@@ -66,12 +66,14 @@ class RequestLog(OutcomeListener):
             failovers=list(failovers),
             ttft_ms=None if ttft is None else round(ttft * 1000),
             queued_ms=None if record.queued is None else round(record.queued * 1000),
-            queue=_queue_text(record),
-            tokens=_tokens_text(record),
-            tried=f" failed_over={','.join(failovers)}" if failovers else "",
-            why=f" why={record.error!r}" if record.error else "",
-            did=f" management={record.operation}" if record.operation else "",
-            key=f" key={record.client_key}" if record.client_key else "",
+            # pieces of the message only: a leading underscore keeps them out of the JSON
+            # record, which has the figures they show as its own keys
+            _queue=_queue_text(record),
+            _tokens=_tokens_text(record),
+            _tried=f" failed_over={','.join(failovers)}" if failovers else "",
+            _why=f" why={record.error!r}" if record.error else "",
+            _did=f" management={record.operation}" if record.operation else "",
+            _key=f" key={record.client_key}" if record.client_key else "",
             sticky_outcome=record.sticky,
             sticky_key_source=record.session_source,
             #: marks the one line per request (``server.request_logging`` filters it)
@@ -79,10 +81,14 @@ class RequestLog(OutcomeListener):
         )
 
 
+#: a module's logger, not a class attribute: as one, each use would build a new Logger named
+#: after the class (``Logger.__get__``), on every request and in the wrong namespace
+_log = Logger(namespace="olla.request")
+
 _LINE = (
     "{method} {path} -> {endpoint} model={model} status={status} "
-    "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{queue}{tokens}{tried}{why}{did} "
-    "client={client_ip}{key}"
+    "{duration_ms}ms {bytes}B {outcome} attempts={attempts}{_queue}{_tokens}{_tried}{_why}{_did} "
+    "client={client_ip}{_key}"
 )
 
 #: the ``logging.level`` values that show info lines
