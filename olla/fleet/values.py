@@ -148,7 +148,7 @@ class Endpoint:
 
     @property
     def type(self) -> str:
-        return self.platform.type
+        return (self._detected.platform or self.configured).type
 
     @property
     def health_url(self) -> str:
@@ -164,8 +164,9 @@ class Endpoint:
 
     @property
     def profile(self) -> Profile | None:
-        """The platform's profile: what it is known to do (None while ``auto`` detects)."""
-        return self.platform.profile
+        """The platform's profile: what it is known to do (None while ``auto`` detects).
+        Read without ``platform``: several times a request (routing, the gate, the catalogue)."""
+        return (self._detected.platform or self.configured).profile
 
     @property
     def detecting(self) -> bool:

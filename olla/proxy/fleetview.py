@@ -69,7 +69,9 @@ class RouterView:
         )
 
     def slots(self, endpoint: Endpoint) -> int:
-        return self._router.registry.load.slots(endpoint)
+        # the registry's figure, which the load views answer too, asked without their layers
+        # (the gate asks several times a request)
+        return self._router.registry.slots(endpoint)
 
     def load_cost(self, endpoint: Endpoint, model: str) -> float:
         if not model or not self._router.warm.enabled:
