@@ -14,6 +14,10 @@ loopback port, CPU 1, stopped by PID). CPU is the target process's utime+stime f
 - ``anthropic``: ``POST /olla/anthropic/v1/messages`` (translated to the backend's OpenAI
   API and back) against the floor relaying the same request's OpenAI form.
 
+With ``--floor-plus``, two more targets run S1 and S2 c=32 in every round: the floor with only
+olla's request log line added, and with its token reading too (``benchmarks/floor_plus.py``),
+each given as a ratio to the floor and as its share of the 1.15x budget.
+
 The verdict is the median over rounds of each round's olla/floor ratio (the VM is shared and
 noisy: ratios within one round are what count). Then, once: olla's idle RSS and its peak RSS
 over 1,000 slow streams (the shared runner's S7), and a cProfile of olla under S2 c=32
@@ -66,6 +70,10 @@ SCENARIOS: list[tuple[str, int, str, str, dict[str, Any], int]] = [
     ),
 ]
 REDIS_SCENARIOS = ("S1", "S2_c32", "S2_c128")
+#: ``--floor-plus``: the floor with olla's request log line (``floor+log``), and with its token
+#: reading too (``floor+log+tokens``): ``benchmarks/floor_plus.py``
+FLOOR_PLUS = ("floor+log", "floor+log+tokens")
+FLOOR_PLUS_SCENARIOS = ("S1", "S2_c32")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -166,7 +174,7 @@ def run_target(name: str, cmd: list[str], port: int, wanted: list[str], seconds:
         for label, conns, olla_path, floor_path, body, divisor in SCENARIOS:
             if label not in wanted:
                 continue
-            path = floor_path if name == "floor" else olla_path
+            path = floor_path if name.startswith("floor") else olla_path
             out[label] = scenario(proc.pid, base, path, conns, body, seconds, divisor)
             print(f"  {name:<10} {label:<10} {out[label]}", flush=True)
         out["rss_after_mb"] = rss_mb(proc.pid)
@@ -280,6 +288,13 @@ def main(argv: list[str]) -> int:
         help="also run olla with proxy.queue.enabled: false as target `olla-queue-off` (what the "
         "admission queue costs where it holds requests: at the default 4 slots, S2 c=32 holds 28)",
     )
+    parser.add_argument(
+        "--floor-plus",
+        action="store_true",
+        help="also run the floor with only olla's request log line, and with its token reading "
+        f"too (targets {' and '.join(FLOOR_PLUS)}, {' and '.join(FLOOR_PLUS_SCENARIOS)}): what "
+        "these alone cost above the floor",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     for tool in ("node", "wrk", "taskset"):
@@ -314,6 +329,8 @@ def main(argv: list[str]) -> int:
                     targets.append(("before", None))
                 if args.queue_off:
                     targets.append(("olla-queue-off", None))
+                if args.floor_plus:
+                    targets += [(name, None) for name in FLOOR_PLUS]
                 if round_ % 2:
                     targets.reverse()
                 figures: dict[str, Any] = {}
@@ -322,6 +339,11 @@ def main(argv: list[str]) -> int:
                     if name == "floor":
                         cmd = [sys.executable, str(floor_script), str(port), backend, PREFIX]
                         scenarios = wanted
+                    elif name in FLOOR_PLUS:
+                        plus = REPO / "benchmarks" / "floor_plus.py"
+                        cmd = [sys.executable, str(plus), str(port), backend, PREFIX]
+                        cmd += ["--tokens"] if name.endswith("tokens") else []
+                        scenarios = [s for s in wanted if s in FLOOR_PLUS_SCENARIOS]
                     else:
                         queue = name != "olla-queue-off"
                         cmd = olla_cmd(olla_config(work, port, backend, store, queue=queue))
@@ -356,6 +378,8 @@ def main(argv: list[str]) -> int:
         result["before"] = median_ratios(rounds, "before")
     if args.queue_off:
         result["olla-queue-off"] = median_ratios(rounds, "olla-queue-off")
+    for name in FLOOR_PLUS if args.floor_plus else ():
+        result[name] = median_ratios(rounds, name)
     print()
     print(
         "| scenario | floor µs | olla µs | olla/floor | round ratios | olla+redis µs "
@@ -392,6 +416,19 @@ def main(argv: list[str]) -> int:
                 f"| {label} | {off['olla_us']:.1f} | {off['ratio']:.3f} | "
                 f"{', '.join(map(str, off['round_ratios']))} |"
             )
+    if args.floor_plus:
+        print(
+            "\n| target | scenario | µs | /floor | round ratios | of the budget above the floor "
+            f"({TARGET}x) |"
+        )
+        print("|---|---|---:|---:|---|---:|")
+        for name in FLOOR_PLUS:
+            for label, plus in result[name].items():
+                used = (plus["ratio"] - 1) / (TARGET - 1)
+                print(
+                    f"| {name} | {label} | {plus['olla_us']:.1f} | {plus['ratio']:.3f} | "
+                    f"{', '.join(map(str, plus['round_ratios']))} | {used:.0%} |"
+                )
     s2 = result["olla"].get("S2_c32")
     if s2:
         verdict = "PASS" if s2["ratio"] <= TARGET else "FAIL"
@@ -417,7 +454,7 @@ def main(argv: list[str]) -> int:
     out = args.out or REPO / "benchmarks" / "results" / f"cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    shown = ("olla", "olla-redis", "before", "olla-queue-off")
+    shown = ("olla", "olla-redis", "before", "olla-queue-off", *FLOOR_PLUS)
     print(json.dumps({k: v for k, v in result.items() if k in shown}))
     print(f"\nJSON: {out}")
     return 0
