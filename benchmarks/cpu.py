@@ -14,9 +14,10 @@ loopback port, CPU 1, stopped by PID). CPU is the target process's utime+stime f
 - ``anthropic``: ``POST /olla/anthropic/v1/messages`` (translated to the backend's OpenAI
   API and back) against the floor relaying the same request's OpenAI form.
 
-With ``--floor-plus``, two more targets run S1 and S2 c=32 in every round: the floor with only
-olla's request log line added, and with its token reading too (``benchmarks/floor_plus.py``),
-each given as a ratio to the floor and as its share of the 1.15x budget.
+With ``--floor-plus``, three more targets run S1 and S2 c=32 in every round: the floor in a
+process that imported olla's daemon, then with olla's request log line added, then with its
+token reading too (``benchmarks/floor_plus.py``), each given as a ratio to the floor and as its
+share of the 1.15x budget.
 
 The verdict is the median over rounds of each round's olla/floor ratio (the VM is shared and
 noisy: ratios within one round are what count). Then, once: olla's idle RSS and its peak RSS
@@ -70,9 +71,10 @@ SCENARIOS: list[tuple[str, int, str, str, dict[str, Any], int]] = [
     ),
 ]
 REDIS_SCENARIOS = ("S1", "S2_c32", "S2_c128")
-#: ``--floor-plus``: the floor with olla's request log line (``floor+log``), and with its token
-#: reading too (``floor+log+tokens``): ``benchmarks/floor_plus.py``
-FLOOR_PLUS = ("floor+log", "floor+log+tokens")
+#: ``--floor-plus``: the floor in a process that imported olla's daemon (``floor+olla``), then
+#: with olla's request log line (``floor+log``), then with its token reading too
+#: (``floor+log+tokens``): ``benchmarks/floor_plus.py``
+FLOOR_PLUS = {"floor+olla": [], "floor+log": ["--log"], "floor+log+tokens": ["--log", "--tokens"]}
 FLOOR_PLUS_SCENARIOS = ("S1", "S2_c32")
 
 
@@ -209,6 +211,84 @@ def slow_streams(cmd: list[str], port: int, backend: str, work: Path, name: str)
     }
 
 
+#: the frames of ``floor+log+tokens`` that are olla's: its log line and its token reading
+_OLLA_PARTS = {
+    "log line": ("RequestLog.request_finished", "record_for"),
+    "token reading": ("read_usage",),
+}
+
+#: a py-spy sample: its frames (``function (file:line)``, outermost first) and its count
+Sample = tuple[list[str], int]
+
+
+def spy_samples(cmd: list[str], port: int, out: Path, seconds: float) -> list[Sample] | str:
+    """``py-spy`` samples of ``cmd`` under S2 c=32 (500 a second, without stopping it), or why
+    there are none. Shares within one process do not move with the VM's swings."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return "no py-spy (pip install '.[bench]')"
+    url = f"http://127.0.0.1:{port}{PREFIX}/api/chat"
+    with process(cmd, cpu=0, env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
+        wait_http(f"http://127.0.0.1:{port}{PREFIX}/api/tags")
+        wrk(url, 32, 1, CHAT)
+        record = [spy, "record", "-p", str(proc.pid), "-r", "500", "-d", str(round(seconds))]
+        record += ["-f", "raw", "-o", str(out), "--nonblocking"]
+        sampler = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wrk(url, 32, seconds + 2, CHAT)
+            sampler.wait(timeout=seconds + 30)
+        finally:
+            if sampler.poll() is None:
+                sampler.kill()
+    if not out.exists():
+        return "py-spy recorded nothing (is ptrace allowed?)"
+    samples: list[Sample] = []
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            samples.append((stack.split(";"), int(count)))
+    return samples
+
+
+def floor_plus_parts(samples: list[Sample]) -> dict[str, Any]:
+    """``floor+log+tokens``'s samples: each olla part's share, and its cost as a fraction of
+    the rest (the floor's own work)."""
+    total = sum(count for _, count in samples)
+    in_part = dict.fromkeys(_OLLA_PARTS, 0)
+    for frames, count in samples:
+        functions = {frame.split(" (", 1)[0] for frame in frames}
+        for part, names in _OLLA_PARTS.items():
+            if not functions.isdisjoint(names):
+                in_part[part] += count
+    floor_work = total - sum(in_part.values())
+    return {
+        "samples": total,
+        "parts": {
+            part: {
+                "share_pct": round(100 * n / total, 1) if total else None,
+                "of_floor": round(n / floor_work, 3) if floor_work > 0 else None,
+            }
+            for part, n in in_part.items()
+        },
+    }
+
+
+def own_share(samples: list[Sample]) -> dict[str, Any]:
+    """olla's samples: the share whose innermost frame outside the standard library is
+    olla's own (its code, and the ``json``, ``re``... it calls); the rest is Twisted's."""
+    total = own = 0
+    for frames, count in samples:
+        total += count
+        for frame in reversed(frames):
+            where = frame.rpartition("(")[2]
+            if where.startswith(("olla/", str(REPO / "olla"))):
+                own += count
+                break
+            if "twisted" in where:
+                break
+    return {"samples": total, "own_pct": round(100 * own / total, 1) if total else None}
+
+
 def profile(config: Path, port: int, seconds: float, work: Path, top: int) -> dict[str, Any]:
     """cProfile of olla under S2 c=32; the top frames of ``olla/`` by own time."""
     stats_file = work / "olla.prof"
@@ -291,9 +371,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--floor-plus",
         action="store_true",
-        help="also run the floor with only olla's request log line, and with its token reading "
-        f"too (targets {' and '.join(FLOOR_PLUS)}, {' and '.join(FLOOR_PLUS_SCENARIOS)}): what "
-        "these alone cost above the floor",
+        help="also run the floor in a process that imported olla's daemon, then with olla's "
+        "request log line, then with its token reading too (targets "
+        f"{', '.join(FLOOR_PLUS)}; {' and '.join(FLOOR_PLUS_SCENARIOS)}): what each alone costs "
+        "above the floor",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -342,7 +423,7 @@ def main(argv: list[str]) -> int:
                     elif name in FLOOR_PLUS:
                         plus = REPO / "benchmarks" / "floor_plus.py"
                         cmd = [sys.executable, str(plus), str(port), backend, PREFIX]
-                        cmd += ["--tokens"] if name.endswith("tokens") else []
+                        cmd += FLOOR_PLUS[name]
                         scenarios = [s for s in wanted if s in FLOOR_PLUS_SCENARIOS]
                     else:
                         queue = name != "olla-queue-off"
@@ -363,6 +444,21 @@ def main(argv: list[str]) -> int:
                 port = free_port()
                 floor = [sys.executable, str(floor_script), str(port), backend, PREFIX]
                 result["rss"]["floor"] = slow_streams(floor, port, backend, work, "floor")
+            if args.floor_plus:
+                sampled = args.seconds + 4
+                port = free_port()
+                plus = [sys.executable, str(REPO / "benchmarks" / "floor_plus.py"), str(port)]
+                plus += [backend, PREFIX, *FLOOR_PLUS["floor+log+tokens"]]
+                samples = spy_samples(plus, port, work / "floor-plus.spy", sampled)
+                result["floor_plus_shares"] = (
+                    floor_plus_parts(samples) if isinstance(samples, list) else {"skipped": samples}
+                )
+                port = free_port()
+                mine = olla_cmd(olla_config(work, port, backend, None))
+                samples = spy_samples(mine, port, work / "olla.spy", sampled)
+                result["olla_own_share"] = (
+                    own_share(samples) if isinstance(samples, list) else {"skipped": samples}
+                )
             if not args.no_profile:
                 port = free_port()
                 config = olla_config(work, port, backend, None)
@@ -429,6 +525,27 @@ def main(argv: list[str]) -> int:
                     f"| {name} | {label} | {plus['olla_us']:.1f} | {plus['ratio']:.3f} | "
                     f"{', '.join(map(str, plus['round_ratios']))} | {used:.0%} |"
                 )
+        shares = result.get("floor_plus_shares", {})
+        if "parts" in shares:
+            print(
+                f"\nfloor+log+tokens under S2 c=32, {shares['samples']} py-spy samples (one "
+                "process: the VM's swings do not enter):"
+            )
+            print("| olla's part | share of the samples | × the floor's own work |")
+            print("|---|---:|---:|")
+            for part, figures in shares["parts"].items():
+                print(f"| {part} | {figures['share_pct']} % | {figures['of_floor']} |")
+        elif shares:
+            print(f"\nfloor+log+tokens samples: {shares['skipped']}")
+        own = result.get("olla_own_share", {})
+        s2_ratio = result["olla"].get("S2_c32", {}).get("ratio")
+        if own.get("own_pct") is not None and s2_ratio:
+            print(
+                f"olla at its defaults, {own['samples']} py-spy samples under S2 c=32: its own "
+                f"code (and the standard library it calls) {own['own_pct']} % of them, about "
+                f"{own['own_pct'] / 100 * s2_ratio:.2f}x the floor at this run's "
+                f"{s2_ratio}x (the budget for all olla adds: {TARGET - 1:.2f}x)"
+            )
     s2 = result["olla"].get("S2_c32")
     if s2:
         verdict = "PASS" if s2["ratio"] <= TARGET else "FAIL"

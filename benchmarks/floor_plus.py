@@ -1,17 +1,21 @@
-"""The bare Twisted floor plus only what olla's defaults keep on every request's end: its request
-log line and, with ``--tokens``, its token reading. ``python -m benchmarks cpu --floor-plus`` runs
-it beside the floor and olla, to show what part of the 1.15x budget these alone take.
+"""The bare Twisted floor in a process the size of olla's, plus, one at a time, what olla's
+defaults do at every request's end: its request log line, and its token reading.
+``python -m benchmarks cpu --floor-plus`` runs it beside the floor and olla, to show what part of
+the 1.15x budget each alone takes.
 
-``python benchmarks/floor_plus.py PORT BACKEND PREFIX [--tokens]``: the shared bench's floor
-(``shared/bench/anchors/twisted_floor.py``, imported unchanged) whose relay, when an answer
-ends, hands olla's own ``RequestLog`` a ``RequestRecord`` like olla's for that request. The line
-goes through olla's JSON observer at ``info`` to standard output, as ``twistd -n olla`` writes
-it. With ``--tokens`` the relay also keeps the answer's last 2 KB and reads its figures with
+``python benchmarks/floor_plus.py PORT BACKEND PREFIX [--log] [--tokens]``: the shared bench's
+floor (``shared/bench/anchors/twisted_floor.py``, imported unchanged) in a process that has
+imported the whole daemon (``olla.daemon.tap``, as ``twistd olla`` does) and frozen its heap
+after startup, as olla does. With ``--log`` its relay, when an answer ends, hands olla's own
+``RequestLog`` a ``RequestRecord`` like olla's for that request; the line goes through olla's
+JSON observer at ``info`` to standard output, as ``twistd -n olla`` writes it. With
+``--tokens`` the relay also keeps the answer's last 2 KB and reads its figures with
 ``olla.proxy.tokens.read_usage`` and the Ollama profile's extraction, as olla does.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from pathlib import Path
@@ -27,6 +31,7 @@ sys.path.insert(0, str(BENCH / "anchors"))
 import twisted_floor  # type: ignore[import-not-found]  # noqa: E402
 from twisted.logger import globalLogBeginner  # noqa: E402
 
+import olla.daemon.tap  # noqa: E402, F401  (the daemon's code, loaded as twistd olla loads it)
 from olla.config import OllaConfig  # noqa: E402
 from olla.daemon.logging import StreamSink, make_observer  # noqa: E402
 from olla.profiles.registry import builtin_profiles  # noqa: E402
@@ -65,7 +70,7 @@ def record_for(request: Any, relayed: int, usage: TokenUsage | None, serial: int
 
 
 def main(argv: list[str]) -> None:
-    tokens = "--tokens" in argv
+    logged, tokens = "--log" in argv, "--tokens" in argv
     port, backend, prefix = (a for a in argv if not a.startswith("--"))
     observer = make_observer("json", "info", StreamSink(sys.stdout))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
@@ -89,7 +94,8 @@ def main(argv: list[str]) -> None:
             super().connectionLost(reason)
             usage = read_usage(self.tail, extraction) if tokens else None
             serial[0] += 1
-            log.request_finished(record_for(self.request, self.relayed, usage, serial[0]))
+            if logged:
+                log.request_finished(record_for(self.request, self.relayed, usage, serial[0]))
 
     floor_render = twisted_floor.Proxy.render
 
@@ -100,6 +106,10 @@ def main(argv: list[str]) -> None:
     twisted_floor.Relay = Relay
     twisted_floor.Proxy.render = render
     sys.argv = [sys.argv[0], port, backend, prefix]
+    # what olla's daemon does once it is built: the imported olla would otherwise be walked
+    # by every full collection the floor's per-request cycles set off
+    gc.collect()
+    gc.freeze()
     twisted_floor.main()
 
 
