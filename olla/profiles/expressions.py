@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 Value = float | str | bool | None
 Env = Mapping[str, Value]
-Node = Callable[[Env], Value]
+#: a compiled expression: the figures in, a number out
+Node = Callable[[Env], float]
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<number>\d+(?:\.\d*)?|\.\d+)"
@@ -45,7 +46,7 @@ class Expression:
     _node: Node
 
     def evaluate(self, env: Env) -> float:
-        return _number(self._node(env))
+        return self._node(env)  # compiled as a number (``_Code.number``)
 
 
 def compile_expression(text: str) -> Expression:
@@ -56,7 +57,7 @@ def compile_expression(text: str) -> Expression:
         code = parser.ternary()
         if parser.peek() is not None:
             raise ExpressionError(f"unexpected {parser.peek()!r} in {text!r}")
-        source = compile(f"lambda env: {code.source}", "<profile expression>", "eval")
+        source = compile(f"lambda env: {code.number()}", "<profile expression>", "eval")
     except (RecursionError, MemoryError, SyntaxError) as e:
         raise ExpressionError(f"{text[:40]!r}... is nested too deeply") from e
     node: Node = eval(source, dict(_HELPERS))  # source written by the parse above, not text
@@ -132,6 +133,7 @@ def _length(value: Value) -> Value:
 
 _HELPERS: dict[str, object] = {
     "__builtins__": {},
+    "_float": float,
     "_number": _number,
     "_truth": _truth,
     "_compare": _compare,
@@ -153,10 +155,19 @@ class _Code:
     source: str
     kind: str = "any"
     constant: float | None = None
+    #: a figure's name, when this reads one
+    name: str | None = None
 
     def number(self) -> str:
-        """Source for this as a number (``_number`` only where it may not be one)."""
-        return self.source if self.kind == "float" else f"_number({self.source})"
+        """Source for this as a number (``_number`` only where it may not be one). A figure is
+        nearly always a float already: that is checked inline, and ``_number`` called only
+        when it is not. (``_v`` is read right after it is set, before any other read of a
+        figure, so every figure can use it.)"""
+        if self.kind == "float":
+            return self.source
+        if self.name is not None:
+            return f"(_v if (_v := {self.source}).__class__ is _float else _number(_v))"
+        return f"_number({self.source})"
 
     def truth(self) -> str:
         """Source for this as a truth value."""
@@ -247,7 +258,7 @@ class _Parser:
                 self._take(")")
                 return _Code(f"_length({argument.source})")
             self.names.add(text)
-            return _Code(f"env.get({text!r})")
+            return _Code(f"env.get({text!r})", name=text)
         raise ExpressionError(f"unexpected {text!r} in {self._text!r}")
 
 

@@ -147,9 +147,7 @@ def _reader(extraction: MetricsExtraction) -> _Reader:
 def _float(figures: dict[str, Value], name: str, per: float = 1.0) -> float | None:
     """A figure as a number, divided by ``per`` (1e9 for nanoseconds to seconds)."""
     value = figures.get(name)
-    if isinstance(value, float) and not isinstance(value, bool):
-        return value / per
-    return None
+    return value / per if type(value) is float else None  # (a bool or a string is no number)
 
 
 def read_usage(tail: bytes, extraction: MetricsExtraction | None = None) -> TokenUsage | None:
