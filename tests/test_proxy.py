@@ -116,6 +116,36 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)
         self.assertEqual(h.registry.state(h.endpoints[0]).successes, 1)
 
+    def test_figures_json_cannot_read_are_skipped(self) -> None:
+        """If an answer's last bytes hold what JSON cannot read where the profile looks for its
+        figures (an escape JSON has not, bytes that are not UTF-8, a number too big for a
+        float), then the answer is relayed whole, the request ends with the figures that could
+        be read, and its slot is free again."""
+        body = (
+            b'{"model":"bad \\q escape","done_reason":"\xff\xfe","done":true,'
+            b'"prompt_eval_count":1e999,"eval_count":3,"eval_duration":2000000000}'
+        )
+
+        class Broken(Resource):
+            isLeaf = True
+
+            def render(self, request: Request) -> bytes:
+                request.setHeader(b"Content-Type", b"application/json")
+                return body
+
+        h = Harness({"a:1": Broken()})
+        response = h.send(http_request("POST", "/olla/ollama/api/chat", CHAT)).response()
+        assert response is not None and response.complete
+        self.assertEqual((response.status, response.body), (200, body))
+        (record,) = h.outcomes.requests
+        self.assertEqual((record.outcome, record.completion_tokens), ("ok", 3))
+        self.assertEqual(record.tokens_per_second, 1.5)
+        metrics = record.backend_metrics or {}
+        self.assertNotIn("model", metrics)
+        self.assertNotIn("input_tokens", metrics)
+        self.assertEqual(h.registry.load.in_flight(h.endpoints[0]), 0)
+        self.assertEqual(h.app.dispatch.gate.in_use(h.endpoints[0]), 0)
+
     def test_request_id_echoed(self) -> None:
         """If the client sends a valid X-Request-ID, then it comes back as X-Olla-Request-ID."""
         h = Harness({"a:1": Backend(Clock())})

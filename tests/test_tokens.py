@@ -224,3 +224,18 @@ def test_profile_keys_are_read_in_one_pass_last_one_winning() -> None:
         b'"usage": {"x": 1}, "prompt_eval_count": 7, "eval_count": 2, "gone": null}'
     )
     assert read_figures(tail, extraction) == {"out": 2.0, "also_out": 2.0, "prompt": 7.0}
+
+
+def test_what_json_cannot_read_is_no_figure() -> None:
+    """If a figure is a string JSON cannot read (an escape JSON has not, bytes that are not
+    UTF-8) or a number too big for a float, or a calculation overflows, then that figure is
+    absent and the others are read: nothing raises."""
+    from olla.profiles.spec import FrozenMap, MetricsExtraction
+    from olla.proxy.tokens import read_figures
+
+    extraction = MetricsExtraction(
+        paths=FrozenMap([("a", "$.a"), ("b", "$.b"), ("c", "$.c"), ("big", "$.big"), ("n", "$.n")]),
+        calculations=FrozenMap([("over", "n * n"), ("half", "n / 2")]),
+    )
+    tail = b'{"a": "x\\q", "b": "\xff\xfe", "c": "fine", "big": 1e999, "n": 1e300}'
+    assert read_figures(tail, extraction) == {"c": "fine", "n": 1e300, "half": 5e299}

@@ -20,6 +20,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
+from math import isfinite
 
 from olla.profiles.expressions import Expression, Value, compile_expression
 from olla.profiles.spec import MetricsExtraction
@@ -74,14 +75,15 @@ _LAST_KEY = re.compile(r"([A-Za-z0-9_\-]+)(?:\[\d+\])*$")
 
 def _scalar(token: bytes) -> Value:
     """A JSON scalar ``_SCALAR`` matched, read without ``json.loads`` where it is plain (every
-    answer reads a dozen: a number, an unescaped string, a literal)."""
+    answer reads a dozen: a number, an unescaped string, a literal). A string JSON cannot read
+    (bytes that are not UTF-8, an escape JSON has not: a broken backend) is no figure."""
     if token[0] == 0x22:  # a string
-        if b"\\" not in token:
-            try:
+        try:
+            if b"\\" not in token:
                 return token[1:-1].decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-        value: object = json.loads(token)
+            value: object = json.loads(token)
+        except ValueError:  # (a UnicodeDecodeError is one)
+            return None
         return value if isinstance(value, str) else None
     if token == b"true":
         return True
@@ -102,14 +104,18 @@ def read_figures(tail: bytes, extraction: MetricsExtraction) -> dict[str, Value]
     # earlier one
     for key, token in dict(reader.keys.findall(tail)).items():
         value = float(token) if token[0] in _NUMBER_START else _scalar(token)
-        if value is not None:  # a null is no figure, whatever came before it
+        # a null is no figure, whatever came before it; nor is a number too big for a float
+        # (JSON, the log line's, has no infinity)
+        if value is not None and (value.__class__ is not float or isfinite(value)):
             for name in names_of[key]:
                 figures[name] = value
     if not figures:
         return figures  # a calculation needs a figure
     for name, expression in reader.calculations:
         if not expression.names.isdisjoint(figures):  # (a figure is never None)
-            figures[name] = expression.evaluate(figures)
+            result = expression.evaluate(figures)
+            if isfinite(result):  # a quotient can overflow
+                figures[name] = result
     return figures
 
 
