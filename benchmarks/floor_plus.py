@@ -35,11 +35,10 @@ import olla.daemon.tap  # noqa: E402, F401  (the daemon's code, loaded as twistd
 from olla.config import OllaConfig  # noqa: E402
 from olla.daemon.logging import StreamSink, make_observer  # noqa: E402
 from olla.profiles.registry import builtin_profiles  # noqa: E402
+from olla.proxy.forward import TAIL_SIZE  # noqa: E402
 from olla.proxy.tokens import TokenUsage, read_usage  # noqa: E402
 from olla.telemetry.records import RequestRecord  # noqa: E402
 from olla.telemetry.requestlog import RequestLog  # noqa: E402
-
-TAIL = 2048
 
 
 def record_for(request: Any, relayed: int, usage: TokenUsage | None, serial: int) -> RequestRecord:
@@ -87,7 +86,7 @@ def main(argv: list[str]) -> None:
         def dataReceived(self, data: bytes) -> None:
             self.relayed += len(data)
             if tokens:
-                self.tail = (self.tail + data)[-TAIL:]
+                self.tail = (self.tail + data)[-TAIL_SIZE:]
             super().dataReceived(data)
 
         def connectionLost(self, reason: Any) -> None:
