@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 from olla.config import EndpointConfig
 
@@ -54,12 +54,22 @@ DEFAULT_MAX_CONCURRENCY = 4
 def sanitise_url(url: str) -> str:
     """The URL without userinfo, query or fragment: safe for status pages and logs."""
     parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, _authority(parts), parts.path, "", ""))
+
+
+def _authority(parts: SplitResult, *, default_port: bool = True) -> str:
+    """``host[:port]`` of a URL, without its userinfo (an IPv6 address in brackets); with
+    ``default_port=False`` a port that is its scheme's default is left out."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is None or (not default_port and (parts.scheme, port) in _DEFAULT_PORTS):
+        return host
+    return f"{host}:{port}"
+
+
+_DEFAULT_PORTS = (("http", 80), ("https", 443))
 
 
 def resolve_url(base: str, ref: str | None, default_path: str) -> str:
@@ -148,7 +158,7 @@ class Endpoint:
 
     @property
     def type(self) -> str:
-        return (self._detected.platform or self.configured).type
+        return self.platform.type
 
     @property
     def health_url(self) -> str:
@@ -194,14 +204,7 @@ class Endpoint:
         has no ``Host`` just to add it, so olla sets it."""
         if any(name.lower() == b"host" for name, _ in self.extra_headers):
             return None
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        if ":" in host:  # an IPv6 address
-            host = f"[{host}]"
-        port = parts.port
-        if port is not None and (parts.scheme, port) not in (("http", 80), ("https", 443)):
-            host = f"{host}:{port}"
-        return (b"Host", [host.encode()])
+        return (b"Host", [_authority(urlsplit(self.url), default_port=False).encode()])
 
     def upstream_url(self, path_and_query: bytes) -> bytes:
         """The backend URL for a client path (already stripped of the route prefix).
